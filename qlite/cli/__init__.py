@@ -1,0 +1,147 @@
+"""The ``qlite`` command line. Commands are thin: parse, call core, render.
+
+qlite's own errors print one line on stderr and exit 125 (as podman and
+docker do for ``run``); a command run in a qube passes its exit code through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from qlite import __version__
+from qlite.cli import commands
+from qlite.errors import QliteError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="qlite",
+        description="Qubes OS-style compartments on an ordinary Linux laptop.",
+    )
+    p.add_argument("--version", action="version", version=f"qlite {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def cmd(name: str, fn, help_: str, json_out: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=fn)
+        if json_out:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    sp = cmd("create", commands.create, "create a new app qube", json_out=True)
+    sp.add_argument("name")
+    sp.add_argument("-t", "--template", help="template (default: global default_template)")
+    sp.add_argument("-l", "--label", required=True, help="red, orange, yellow, green, gray, blue, purple or black")
+    sp.add_argument("-C", "--class", dest="klass", default="AppVM", help="qube class (AppVM)")
+    sp.add_argument("--netvm", help="none, default, or the uplink qube")
+    sp.add_argument("--memory", type=_int("memory"), help="memory limit in MiB (default 400)")
+    sp.add_argument("--vcpus", type=_int("vcpus"), help="CPU limit (default 2)")
+    sp.add_argument("--mode", choices=("container", "vm"), help="isolation mode (container)")
+    sp.add_argument("--prop", action="append", default=[], metavar="K=V", help="set a property")
+
+    sp = cmd("start", commands.start, "start qubes")
+    sp.add_argument("names", nargs="+", metavar="NAME")
+    sp.add_argument("--skip-if-running", action="store_true")
+
+    sp = cmd("shutdown", commands.shutdown, "shut qubes down (their volatile state is discarded)")
+    sp.add_argument("names", nargs="*", metavar="NAME")
+    sp.add_argument("--all", action="store_true", help="every running qube")
+    sp.add_argument("--wait", action="store_true", help="wait until they have stopped")
+    sp.add_argument("--timeout", type=float, default=60.0, help="seconds before a kill (default 60)")
+
+    sp = cmd("kill", commands.kill, "stop qubes at once")
+    sp.add_argument("names", nargs="+", metavar="NAME")
+
+    sp = cmd("pause", commands.pause, "pause qubes")
+    sp.add_argument("names", nargs="+", metavar="NAME")
+    sp = cmd("unpause", commands.unpause, "unpause qubes")
+    sp.add_argument("names", nargs="+", metavar="NAME")
+
+    sp = cmd("run", commands.run, "run a command in a qube, or in a new disposable")
+    sp.add_argument("--disposable", "--dispvm", action="store_true", help="run in a new disposable")
+    sp.add_argument("--dvm", metavar="NAME", help="disposable template (default: default_dispvm)")
+    sp.add_argument("--template", metavar="T", help="a disposable straight from template T, with an empty home")
+    sp.add_argument("-u", "--user", help="user to run as (default: the qube's default_user)")
+    sp.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    sp.add_argument("--no-autostart", action="store_true", help="fail if the qube is not running")
+    sp.add_argument("args", nargs=argparse.REMAINDER, metavar="[NAME] -- CMD")
+
+    sp = cmd("ls", commands.ls, "list qubes and templates", json_out=True)
+    sp.add_argument("--running", action="store_true", help="only running qubes")
+
+    sp = cmd("prefs", commands.prefs, "show or set a qube's properties (or the global ones)", json_out=True)
+    sp.add_argument("--global", dest="global_", action="store_true", help="global properties")
+    sp.add_argument("-D", "--default", action="store_true", help="reset PROP to its default")
+    sp.add_argument("args", nargs="*", metavar="NAME PROP VALUE")
+
+    sp = cmd("features", commands.features, "show or set a qube's features", json_out=True)
+    sp.add_argument("-D", "--unset", action="store_true", help="remove KEY")
+    sp.add_argument("name")
+    sp.add_argument("key", nargs="?")
+    sp.add_argument("value", nargs="?")
+
+    sp = cmd("tags", commands.tags, "list, add or remove a qube's tags", json_out=True)
+    sp.add_argument("name")
+    sp.add_argument("action", nargs="?", default="list", choices=("list", "add", "del"))
+    sp.add_argument("tags", nargs="*")
+
+    sp = cmd("clone", commands.clone, "clone a qube, with a copy of its private data")
+    sp.add_argument("source")
+    sp.add_argument("name")
+
+    sp = cmd("remove", commands.remove, "remove halted qubes and their private data")
+    sp.add_argument("names", nargs="+", metavar="NAME")
+    sp.add_argument("-f", "--force", action="store_true", help="shut them down first")
+
+    sp = cmd("template", commands.template, "build, list, update, revert or remove templates", json_out=True)
+    sp.add_argument("action", choices=("build", "list", "update", "revert", "remove"))
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("--force", action="store_true", help="build: rebuild even if up to date")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    sp = cmd("doctor", commands.doctor, "check what this host can do", json_out=True)
+    sp.add_argument("--no-kvm", action="store_true", help="skip the KVM guest probe")
+
+    sp = cmd("setup", commands.setup, "build the default template and default-dvm if missing")
+    sp.add_argument("-q", "--quiet", action="store_true")
+
+    cmd("reconcile", commands.reconcile, "remove what crashed qlite processes left behind", json_out=True)
+
+    sp = cmd("service", commands.service, "qlite's podman service (started on demand)")
+    sp.add_argument("action", choices=("start", "stop", "status"))
+
+    return p
+
+
+def _int(name: str):
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, not {text!r}") from None
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are qlite errors too: one line, exit 125."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"qlite: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(125)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(args.func(args) or 0)
+    except QliteError as exc:
+        sys.stderr.write(f"qlite: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("qlite: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,413 @@
+"""The CLI's commands. Each parses its arguments, calls core and renders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from qlite.cli.render import emit_json, info, progress_printer, table
+from qlite.core.context import Context
+from qlite.core.labels import label_colour
+from qlite.engines.base import Stdio
+from qlite.errors import InvalidValue, QliteError
+
+DVM_NAME = "default-dvm"
+DEFAULT_TEMPLATE = "debian-12"
+
+
+def _context() -> Context:
+    """The context, after reaping disposables that crashed qlite processes
+    left behind (cheap: it reads the store and touches the engine only if
+    there is something to reap)."""
+    from qlite.core.reconcile import reap  # noqa: PLC0415
+
+    ctx = Context.from_env()
+    report = reap(ctx)
+    if not report.empty:
+        info(f"qlite: reaped leftovers of dead qlite processes: {', '.join(report.disposables) or 'engine objects'}")
+    return ctx
+
+
+def _qubes(ctx: Context):
+    from qlite.core.qubes import QubeManager  # noqa: PLC0415
+
+    return QubeManager(ctx)
+
+
+def _templates(ctx: Context):
+    from qlite.core.templates import TemplateManager  # noqa: PLC0415
+
+    return TemplateManager(ctx)
+
+
+def _each(names: list[str], fn) -> int:
+    """Apply FN to every name; report each failure; 125 if any failed."""
+    failed = False
+    for name in names:
+        try:
+            fn(name)
+        except QliteError as exc:
+            sys.stderr.write(f"qlite: error: {exc}\n")
+            failed = True
+    return 125 if failed else 0
+
+
+# -- qubes ---------------------------------------------------------------------
+
+
+def create(args: argparse.Namespace) -> int:
+    ctx = _context()
+    props = {}
+    for item in args.prop:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidValue(f"--prop expects KEY=VALUE, got {item!r}")
+        props[key] = value
+    if args.mode:
+        props["mode"] = args.mode
+    qm = _qubes(ctx)
+    q = qm.create(
+        args.name, label=args.label, template=args.template, klass=args.klass,
+        netvm=args.netvm, memory=args.memory, vcpus=args.vcpus, props=props,
+    )
+    if args.json:
+        emit_json(qm.info(q, {}).as_json())
+    return 0
+
+
+def start(args: argparse.Namespace) -> int:
+    qm = _qubes(_context())
+    return _each(args.names, lambda n: qm.start(n, skip_if_running=args.skip_if_running))
+
+
+def shutdown(args: argparse.Namespace) -> int:
+    ctx = _context()
+    qm = _qubes(ctx)
+    names = list(args.names)
+    if args.all:
+        running = qm.containers()
+        names = [q.name for q in qm.list() if q.name in running and not q.is_disposable]
+    elif not names:
+        raise InvalidValue("name the qubes to shut down, or use --all")
+    return _each(names, lambda n: qm.shutdown(n, timeout=args.timeout))
+
+
+def kill(args: argparse.Namespace) -> int:
+    qm = _qubes(_context())
+    return _each(args.names, qm.kill)
+
+
+def pause(args: argparse.Namespace) -> int:
+    qm = _qubes(_context())
+    return _each(args.names, qm.pause)
+
+
+def unpause(args: argparse.Namespace) -> int:
+    qm = _qubes(_context())
+    return _each(args.names, qm.unpause)
+
+
+def split_run_args(rest: list[str], disposable: bool) -> tuple[str | None, list[str]]:
+    """[NAME] [--] CMD... -> (NAME, CMD). Pure."""
+    if "--" in rest:
+        i = rest.index("--")
+        before, cmd = rest[:i], rest[i + 1:]
+    elif disposable:
+        before, cmd = [], rest
+    else:
+        before, cmd = rest[:1], rest[1:]
+    if disposable:
+        if before:
+            raise InvalidValue("a disposable takes no qube name; use --dvm NAME to choose its template")
+        name = None
+    else:
+        if len(before) != 1:
+            raise InvalidValue("usage: qlite run NAME -- CMD... (or qlite run --disposable -- CMD...)")
+        name = before[0]
+    if not cmd:
+        raise InvalidValue("no command given: qlite run [NAME | --disposable] -- CMD...")
+    return name, cmd
+
+
+def run(args: argparse.Namespace) -> int:
+    from qlite.core.disposables import DisposableManager, Terminated, exit_code_for  # noqa: PLC0415
+
+    disposable = args.disposable or bool(args.dvm) or bool(args.template)
+    name, cmd = split_run_args(args.args, disposable)
+    ctx = _context()
+    stdio = Stdio(stdin=sys.stdin.buffer, tty=args.tty)
+    if args.tty and not sys.stdin.isatty():
+        raise InvalidValue("-t needs a terminal on stdin")
+    try:
+        if disposable:
+            return DisposableManager(ctx).run(
+                cmd, stdio, dvm=args.dvm, template=args.template, user=args.user
+            )
+        return _qubes(ctx).run(name, cmd, stdio, user=args.user, autostart=not args.no_autostart)
+    except (KeyboardInterrupt, Terminated) as exc:
+        info("qlite: interrupted; the disposable was destroyed" if disposable else "qlite: interrupted")
+        return exit_code_for(exc)
+
+
+def ls(args: argparse.Namespace) -> int:
+    ctx = _context()
+    qm = _qubes(ctx)
+    tm = _templates(ctx)
+    containers = qm.containers()
+    rows = [qm.info(q, containers).as_json() for q in qm.list()]
+    for t in tm.list():
+        rows.append({
+            "name": t.name, "class": "TemplateVM", "state": "Halted", "label": "black",
+            "template": None, "netvm": None, "mode": "container", "netpath": "none",
+            "memory": None, "vcpus": None, "template_for_dispvms": False,
+            "provides_network": False, "tags": [], "revision": t.current_rev,
+        })
+    rows.sort(key=lambda r: (r["class"] != "TemplateVM", r["name"]))
+    if args.running:
+        rows = [r for r in rows if r["state"] == "Running"]
+    if args.json:
+        emit_json(rows)
+        return 0
+    table(
+        ["NAME", "STATE", "CLASS", "LABEL", "TEMPLATE", "NETVM", "MODE", "NETPATH"],
+        [[r["name"], r["state"], r["class"], r["label"], r["template"], r["netvm"], r["mode"],
+          r["netpath"]] for r in rows],
+        [label_colour(r["label"]) for r in rows],
+    )
+    return 0
+
+
+def prefs(args: argparse.Namespace) -> int:
+    from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
+
+    ctx = _context()
+    qm = _qubes(ctx)
+    if args.global_:
+        return _global_prefs(ctx, qm, GlobalPrefs(ctx.store), args)
+    if not args.args:
+        raise InvalidValue("usage: qlite prefs NAME [PROP [VALUE]] (or --global)")
+    name, rest = args.args[0], args.args[1:]
+    if len(rest) > 2:
+        raise InvalidValue("usage: qlite prefs NAME [PROP [VALUE]]")
+    if not rest:
+        values = qm.get_prefs(name)
+        if args.json:
+            emit_json({k: v for k, (v, _d) in values.items()})
+        else:
+            table(["PROPERTY", "", "VALUE"], [[k, "D" if d else "-", v] for k, (v, d) in values.items()])
+        return 0
+    prop = rest[0]
+    if args.default:
+        qm.reset_pref(name, prop)
+    elif len(rest) == 2:
+        qm.set_pref(name, prop, rest[1])
+    else:
+        values = qm.get_prefs(name)
+        if prop not in values:
+            from qlite.core.model import parse_property  # noqa: PLC0415
+
+            parse_property(prop, "")  # raises the one-line "no such property"
+        value = values[prop][0]
+        emit_json({prop: value}) if args.json else print(value)
+    return 0
+
+
+def _global_prefs(ctx, qm, gp, args) -> int:
+    rest = args.args
+    if len(rest) > 2:
+        raise InvalidValue("usage: qlite prefs --global [PROP [VALUE]]")
+    if not rest:
+        values = gp.all()
+        if args.json:
+            emit_json(values)
+        else:
+            table(["PROPERTY", "", "VALUE"], [[k, "D" if gp.is_default(k) else "-", v] for k, v in values.items()])
+        return 0
+    key = rest[0]
+    if args.default:
+        gp.reset(key)
+        return 0
+    if len(rest) == 1:
+        value = gp.get(key)
+        emit_json({key: value}) if args.json else print(value)
+        return 0
+    value = rest[1]
+    value = "" if value == "none" else value
+    if key == "default_template" and value:
+        qm.check_template(value)
+    elif key == "default_dispvm":
+        qm.check_dispvm(value)
+    elif key == "default_netvm":
+        qm.check_netvm(value)
+    gp.set(key, value)
+    return 0
+
+
+def features(args: argparse.Namespace) -> int:
+    ctx = _context()
+    qm = _qubes(ctx)
+    if args.name != "dom0":
+        qm.get(args.name)
+    f = qm.features
+    if args.key is None:
+        values = f.all(args.name)
+        if args.json:
+            emit_json(values)
+        else:
+            for k, v in values.items():
+                print(f"{k:<30} {v}")
+        return 0
+    if args.unset:
+        f.delete(args.name, args.key)
+    elif args.value is not None:
+        f.set(args.name, args.key, args.value)
+    else:
+        value = f.get(args.name, args.key)
+        emit_json({args.key: value}) if args.json else print(value)
+    return 0
+
+
+def tags(args: argparse.Namespace) -> int:
+    qm = _qubes(_context())
+    if args.action == "list":
+        current = qm.tags(args.name)
+        if args.tags:  # like qvm-tags VM list TAG: exit 0 if present, 1 if not
+            present = args.tags[0] in current
+            if not args.json:
+                print(args.tags[0] if present else "", end="\n" if present else "")
+            return 0 if present else 1
+        emit_json(current) if args.json else print("\n".join(current)) if current else None
+        return 0
+    if not args.tags:
+        raise InvalidValue(f"name the tags to {args.action}")
+    if args.action == "add":
+        qm.add_tags(args.name, args.tags)
+    else:
+        qm.del_tags(args.name, args.tags)
+    return 0
+
+
+def clone(args: argparse.Namespace) -> int:
+    _qubes(_context()).clone(args.source, args.name)
+    return 0
+
+
+def remove(args: argparse.Namespace) -> int:
+    qm = _qubes(_context())
+
+    def rm(name: str) -> None:
+        if args.force:
+            qm.kill(name)
+        qm.remove(name)
+
+    return _each(args.names, rm)
+
+
+# -- templates -------------------------------------------------------------------
+
+
+def template(args: argparse.Namespace) -> int:
+    ctx = _context()
+    tm = _templates(ctx)
+    progress = progress_printer(args.quiet)
+    if args.action == "list":
+        infos = [tm.info(t) for t in tm.list()]
+        if args.json:
+            emit_json([i.as_json() for i in infos])
+        else:
+            built = {i.name for i in infos}
+            rows = [[i.name, i.current_rev, i.image_id[:12], ",".join(map(str, i.revisions)),
+                     ", ".join(i.users)] for i in infos]
+            rows += [[n, None, "(not built)", None, None] for n in tm.available() if n not in built]
+            table(["TEMPLATE", "REVISION", "IMAGE", "REVISIONS", "USED BY"], rows)
+        return 0
+    if not args.name:
+        raise InvalidValue(f"usage: qlite template {args.action} NAME")
+    if args.action == "build":
+        rev, _new = tm.build(args.name, progress, force=args.force)
+        result = {"name": args.name, "revision": rev.rev, "image_id": rev.image_id, "origin": rev.origin}
+    elif args.action == "update":
+        rev = tm.update(args.name, progress)
+        result = {"name": args.name, "revision": rev.rev, "image_id": rev.image_id, "origin": rev.origin}
+    elif args.action == "revert":
+        rev = tm.revert(args.name)
+        info(f"{args.name} is back at revision {rev.rev}; qubes use it from their next start")
+        result = {"name": args.name, "revision": rev.rev, "image_id": rev.image_id}
+    else:
+        tm.remove(args.name)
+        result = {"name": args.name, "removed": True}
+    if args.json:
+        emit_json(result)
+    return 0
+
+
+# -- host -------------------------------------------------------------------------
+
+
+def doctor(args: argparse.Namespace) -> int:
+    from qlite.doctor import FAIL, WARN, run_checks  # noqa: PLC0415
+
+    ctx = Context.from_env()
+    checks = run_checks(ctx, kvm=not args.no_kvm)
+    if args.json:
+        emit_json([c.as_json() for c in checks])
+    else:
+        marks = {"ok": "[green]  ok[/]", "warn": "[yellow]WARN[/]", "fail": "[red]FAIL[/]"}
+        from rich.console import Console  # noqa: PLC0415
+        from rich.markup import escape  # noqa: PLC0415
+
+        console = Console(soft_wrap=True, highlight=False)
+        for c in checks:
+            console.print(f"{marks[c.status]}  [bold]{c.name}[/]: {escape(c.detail)}")
+            if c.fix and c.status in (WARN, FAIL):
+                console.print(f"{'':>6}fix: {escape(c.fix)}")
+    return 1 if any(c.status == FAIL for c in checks) else 0
+
+
+def setup(args: argparse.Namespace) -> int:
+    from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
+
+    ctx = _context()
+    progress = progress_printer(args.quiet)
+    tm, qm, gp = _templates(ctx), _qubes(ctx), GlobalPrefs(ctx.store)
+    _rev, new = tm.build(DEFAULT_TEMPLATE, progress)
+    if gp.is_default("default_template"):
+        gp.set("default_template", DEFAULT_TEMPLATE)
+    if not qm.exists(DVM_NAME):
+        info(f"creating {DVM_NAME}, the default disposable template")
+        qm.create(DVM_NAME, label="red", template=DEFAULT_TEMPLATE, props={"template_for_dispvms": "True"})
+    if gp.is_default("default_dispvm"):
+        gp.set("default_dispvm", DVM_NAME)
+    info(f"ready: template {DEFAULT_TEMPLATE}{' (built now)' if new else ''}, disposable template {DVM_NAME}")
+    return 0
+
+
+def reconcile(args: argparse.Namespace) -> int:
+    from qlite.core.reconcile import reap  # noqa: PLC0415
+
+    report = reap(Context.from_env(), sweep=True)
+    if args.json:
+        emit_json(report.as_json())
+    elif report.empty:
+        print("nothing to reconcile")
+    else:
+        for kind, items in report.as_json().items():
+            if items:
+                print(f"removed {kind}: {', '.join(items)}")
+    return 0
+
+
+def service(args: argparse.Namespace) -> int:
+    from qlite.engines.podman import PodmanService  # noqa: PLC0415
+
+    svc = PodmanService(Context.from_env().paths)
+    if args.action == "start":
+        svc.ensure()
+        print(f"podman service running at {svc.paths.podman_sock} (pid {svc.pid()})")
+    elif args.action == "stop":
+        print("stopped" if svc.stop() else "not running")
+    else:
+        alive = svc.alive()
+        print(f"{'running' if alive else 'stopped'} ({svc.paths.podman_sock})")
+        return 0 if alive else 1
+    return 0

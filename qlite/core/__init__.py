@@ -1,0 +1,1 @@
+"""The core API shared by the CLI, the TUI and the daemon."""

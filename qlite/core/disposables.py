@@ -1,0 +1,157 @@
+"""Disposable qubes: made for one command, destroyed when it ends.
+
+Order matters for crash safety. The store row (with the owner process) is
+written before any engine object exists, and removed only after every
+engine object is gone. So if qlite is killed at any point, the row tells
+the next qlite command what to reap; see ``reconcile``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+
+from qlite.core.context import Context
+from qlite.core.model import Qube
+from qlite.core.qubes import QubeManager
+from qlite.core.spec import qube_container_spec, volume_name
+from qlite.core.volumes import init_private
+from qlite.engines.base import Stdio
+from qlite.errors import InvalidValue, NotFound, QliteError
+from qlite.state.owners import current_owner
+
+MAX_DISPID = 9999
+NAME_ATTEMPTS = 50
+
+
+class DisposableManager:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.qubes = QubeManager(ctx)
+
+    def resolve_source(self, dvm: str | None, template: str | None) -> tuple[Qube | None, str]:
+        """The disposable template (or None) and the template image's name."""
+        if dvm and template:
+            raise InvalidValue("give either --dvm or --template, not both")
+        if template:
+            self.qubes.check_template(template)
+            return None, template
+        name = dvm or self.qubes.resolved_default_dispvm(None)
+        if not name:
+            raise InvalidValue("no disposable template: set 'qlite prefs --global default_dispvm'")
+        try:
+            source = self.qubes.get(name)
+        except NotFound:
+            raise NotFound(f"no such disposable template: {name!r}") from None
+        if not source.template_for_dispvms:
+            raise InvalidValue(f"{name!r} is not a disposable template (template_for_dispvms is False)")
+        return source, source.template or ""
+
+    def create(self, dvm: str | None = None, template: str | None = None) -> Qube:
+        """Record a new dispNNNN inheriting from its disposable template."""
+        source, template_name = self.resolve_source(dvm, template)
+        features = self.qubes.features.all(source.name) if source else {}
+        owner = current_owner()
+        for _ in range(NAME_ATTEMPTS):
+            dispid = random.randint(1, MAX_DISPID)
+            if source is not None:
+                q = Qube(**{**source.__dict__, "tags": set(source.tags)})
+                q.template = source.name
+                q.template_for_dispvms = False
+                q.autostart = False
+            else:
+                q = Qube(name="", klass="DispVM", label="red", template=template_name)
+            q.name, q.klass, q.owner, q.created_at = f"disp{dispid}", "DispVM", owner, time.time()
+            q.default_dispvm_raw = source.name if source else None
+            try:
+                with self.ctx.store.transaction() as conn:
+                    if conn.execute("SELECT 1 FROM templates WHERE name=?", (q.name,)).fetchone():
+                        continue
+                    self.qubes._insert(q, conn)
+                    for k, v in features.items():
+                        conn.execute("INSERT INTO features(qube, key, value) VALUES(?,?,?)", (q.name, k, v))
+            except sqlite3.IntegrityError:
+                continue  # that dispid is taken; draw another
+            return q
+        raise QliteError("could not find a free disposable name; remove some disposables")
+
+    def prepare(self, q: Qube, argv: list[str], user: str, stdio: Stdio) -> str:
+        """Create Q's volume, network and container; return the container id."""
+        engine, hh = self.ctx.engine, self.ctx.home_hash
+        source = self.qubes.get(q.template) if q.template and self.qubes.exists(q.template) else None
+        self.qubes._create_private(q, copy_from=source)
+        vol = engine.inspect_volume(volume_name(hh, q.name))
+        assert vol is not None
+        home = init_private(vol.mountpoint)
+        network = self.qubes.ensure_network(q)
+        spec = qube_container_spec(
+            q, home_hash=hh, image=self.qubes.image_for(q), home_source=str(home),
+            network=network, command=tuple(argv), user=user,
+            stdin_open=True, tty=stdio.tty,
+        )
+        return engine.create_container(spec)
+
+    def run(
+        self,
+        argv: list[str],
+        stdio: Stdio,
+        dvm: str | None = None,
+        template: str | None = None,
+        user: str | None = None,
+    ) -> int:
+        """Run ARGV in a new disposable and destroy it afterwards, whatever
+        happens: success, failure, Ctrl-C or SIGTERM."""
+        if not argv:
+            raise InvalidValue("no command given")
+        q = self.create(dvm, template)
+        with _terminate_on_signals():
+            try:
+                cid = self.prepare(q, argv, user or q.default_user, stdio)
+                return self.ctx.engine.attach_and_start(cid, stdio)
+            finally:
+                with _signals_blocked():
+                    self.qubes.destroy(q)
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when qlite gets SIGTERM or SIGHUP."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_on_signals() -> Iterator[None]:
+    def handler(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Cleanup must not be cut short by a second Ctrl-C or SIGTERM."""
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    if isinstance(exc, Terminated):
+        return 128 + exc.signum
+    if isinstance(exc, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    return 125

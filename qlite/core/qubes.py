@@ -1,0 +1,529 @@
+"""The qube manager: create, start, run, shut down, clone and remove qubes.
+
+The store says what qubes *should* be; the engine says what runs. A qube's
+container exists only while it runs: start creates it from the template's
+current revision (so an updated template takes effect at the next start)
+and shutdown removes it (so /tmp, /run, /var/tmp and /var/log are gone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+from qlite.core.context import Context
+from qlite.core.labels import validate_label
+from qlite.core.model import (
+    CLASSES,
+    DEFAULT_MEMORY_MIB,
+    DEFAULT_VCPUS,
+    HOST_UPLINK,
+    PROPERTIES,
+    Qube,
+    State,
+    format_value,
+    parse_int,
+    parse_property,
+)
+from qlite.core.names import validate_name
+from qlite.core.prefs import Features, GlobalPrefs
+from qlite.core.spec import (
+    container_name,
+    engine_labels,
+    network_name,
+    qube_container_spec,
+    volume_name,
+)
+from qlite.core.volumes import copy_private, init_private
+from qlite.engines.base import ContainerInfo, Stdio
+from qlite.errors import AlreadyExists, InvalidValue, NotFound, QliteError, StateError
+
+DEFAULT_SHUTDOWN_TIMEOUT = 60.0
+ENGINE_STATES = {
+    "running": State.RUNNING,
+    "paused": State.PAUSED,
+    "created": State.TRANSIENT,
+    "configured": State.TRANSIENT,
+    "initialized": State.TRANSIENT,
+    "stopping": State.TRANSIENT,
+    "removing": State.TRANSIENT,
+}
+
+
+@dataclass
+class QubeInfo:
+    """One row of ``qlite ls``: Qubes property names, resolved values."""
+
+    name: str
+    klass: str
+    state: str
+    label: str
+    template: str | None
+    netvm: str | None
+    mode: str
+    netpath: str
+    memory: int
+    vcpus: int
+    template_for_dispvms: bool
+    provides_network: bool
+    tags: list[str]
+
+    def as_json(self) -> dict:
+        return {
+            "name": self.name, "class": self.klass, "state": self.state, "label": self.label,
+            "template": self.template, "netvm": self.netvm, "mode": self.mode,
+            "netpath": self.netpath, "memory": self.memory, "vcpus": self.vcpus,
+            "template_for_dispvms": self.template_for_dispvms,
+            "provides_network": self.provides_network, "tags": self.tags,
+        }
+
+
+class QubeManager:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.store = ctx.store
+        self.prefs = GlobalPrefs(ctx.store)
+        self.features = Features(ctx.store)
+
+    # -- store -------------------------------------------------------------
+
+    def _from_row(self, row) -> Qube:
+        tags = {r["tag"] for r in self.store.query("SELECT tag FROM tags WHERE qube=?", (row["name"],))}
+        return Qube(
+            name=row["name"], klass=row["class"], label=row["label"], template=row["template"],
+            netvm_raw=row["netvm"], provides_network=bool(row["provides_network"]),
+            memory=row["memory"], maxmem=row["maxmem"], vcpus=row["vcpus"],
+            autostart=bool(row["autostart"]), default_dispvm_raw=row["default_dispvm"],
+            template_for_dispvms=bool(row["template_for_dispvms"]),
+            default_user=row["default_user"], include_in_backups=bool(row["include_in_backups"]),
+            mode=row["mode"], owner=row["owner"], created_at=row["created_at"], tags=tags,
+        )
+
+    def get(self, name: str) -> Qube:
+        row = self.store.query_one("SELECT * FROM qubes WHERE name=?", (name,))
+        if row is None:
+            if self._is_template(name):
+                raise InvalidValue(f"{name!r} is a template; use 'qlite template' for it")
+            raise NotFound(f"no such qube: {name!r}")
+        return self._from_row(row)
+
+    def exists(self, name: str) -> bool:
+        return self.store.query_one("SELECT 1 FROM qubes WHERE name=?", (name,)) is not None
+
+    def list(self) -> list[Qube]:
+        return [self._from_row(r) for r in self.store.query("SELECT * FROM qubes ORDER BY name")]
+
+    def _is_template(self, name: str) -> bool:
+        return self.store.query_one("SELECT 1 FROM templates WHERE name=?", (name,)) is not None
+
+    def _insert(self, q: Qube, conn) -> None:
+        conn.execute(
+            "INSERT INTO qubes(name, class, label, template, netvm, provides_network, memory, "
+            "maxmem, vcpus, autostart, default_dispvm, template_for_dispvms, default_user, "
+            "include_in_backups, mode, owner, created_at) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (q.name, q.klass, q.label, q.template, q.netvm_raw, int(q.provides_network),
+             q.memory, q.maxmem, q.vcpus, int(q.autostart), q.default_dispvm_raw,
+             int(q.template_for_dispvms), q.default_user, int(q.include_in_backups), q.mode,
+             q.owner, q.created_at),
+        )
+        for tag in sorted(q.tags):
+            conn.execute("INSERT INTO tags(qube, tag) VALUES(?, ?)", (q.name, tag))
+
+    def _delete_row(self, name: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM qubes WHERE name=?", (name,))
+            conn.execute("DELETE FROM features WHERE qube=?", (name,))
+
+    # -- resolution ----------------------------------------------------------
+
+    def resolved_netvm(self, q: Qube) -> str | None:
+        """The qube's network provider, or None for no network."""
+        raw = self.prefs.get("default_netvm") if q.netvm_raw is None else q.netvm_raw
+        return raw or None
+
+    def resolved_default_dispvm(self, q: Qube | None) -> str | None:
+        raw = None if q is None else q.default_dispvm_raw
+        if raw is None:
+            raw = self.prefs.get("default_dispvm")
+        return raw or None
+
+    def netpath(self, q: Qube) -> str:
+        if self.resolved_netvm(q) is None:
+            return "none"
+        probe = self.ctx.runtime_probe
+        return probe.netpath if probe else "host-netns"
+
+    def check_netvm(self, value: str, for_qube: str | None = None) -> str:
+        """Validate a netvm value ('' for none); return it."""
+        if value in ("", HOST_UPLINK):
+            return value
+        if value == for_qube:
+            raise InvalidValue("a qube cannot be its own netvm")
+        if not self.exists(value):
+            raise NotFound(f"no such qube for netvm: {value!r}")
+        raise InvalidValue(
+            f"netvm {value!r}: routing through gateway qubes is not available in this version; "
+            f"use {HOST_UPLINK!r} (the host's NAT uplink) or none"
+        )
+
+    def check_template(self, name: str) -> str:
+        from qlite.core.templates import TemplateManager  # noqa: PLC0415
+
+        TemplateManager(self.ctx).current_image(name)
+        return name
+
+    def check_dispvm(self, name: str) -> str:
+        if name == "":
+            return name
+        q = self.get(name)
+        if not q.template_for_dispvms:
+            raise InvalidValue(
+                f"{name!r} is not a disposable template: set its template_for_dispvms to True"
+            )
+        return name
+
+    # -- state ---------------------------------------------------------------
+
+    def containers(self) -> dict[str, ContainerInfo]:
+        """This home's qube containers, by qube name."""
+        found = self.ctx.engine.list_containers({"qlite.home": self.ctx.home_hash})
+        return {c.labels.get("qlite.qube", ""): c for c in found if c.labels.get("qlite.kind") in ("app", "disp")}
+
+    def state_of(self, q: Qube, containers: dict[str, ContainerInfo] | None = None) -> State:
+        if containers is None:
+            info = self.ctx.engine.inspect_container(container_name(self.ctx.home_hash, q.name))
+        else:
+            info = containers.get(q.name)
+        if info is None:
+            return State.HALTED
+        return ENGINE_STATES.get(info.state, State.HALTED)
+
+    def info(self, q: Qube, containers: dict[str, ContainerInfo]) -> QubeInfo:
+        return QubeInfo(
+            name=q.name, klass=q.klass, state=self.state_of(q, containers).value, label=q.label,
+            template=q.template, netvm=self.resolved_netvm(q), mode=q.mode, netpath=self.netpath(q),
+            memory=q.memory, vcpus=q.vcpus, template_for_dispvms=q.template_for_dispvms,
+            provides_network=q.provides_network, tags=sorted(q.tags),
+        )
+
+    # -- create, clone, remove -------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        *,
+        label: str,
+        template: str | None = None,
+        klass: str = "AppVM",
+        netvm: str | None = None,
+        memory: int | None = None,
+        vcpus: int | None = None,
+        props: dict[str, str] | None = None,
+    ) -> Qube:
+        """Create an AppVM. Everything is validated before anything changes."""
+        validate_name(name)
+        if self.exists(name) or self._is_template(name):
+            raise AlreadyExists(f"a qube named {name!r} already exists")
+        if klass not in CLASSES:
+            raise InvalidValue(f"unknown class {klass!r}: expected one of {', '.join(CLASSES)}")
+        if klass != "AppVM":
+            hint = {
+                "TemplateVM": "templates are built with 'qlite template build'",
+                "DispVM": "disposables are made by 'qlite run --disposable'",
+                "StandaloneVM": "standalone qubes are not available in this version",
+            }[klass]
+            raise InvalidValue(f"cannot create a {klass} here: {hint}")
+        template = template or self.prefs.get("default_template")
+        if not template:
+            raise InvalidValue("no template given and no default_template set: use --template")
+        self.check_template(template)
+        q = Qube(
+            name=name, klass=klass, label=validate_label(label), template=template,
+            memory=memory if memory is not None else DEFAULT_MEMORY_MIB,
+            vcpus=vcpus if vcpus is not None else DEFAULT_VCPUS, created_at=time.time(),
+        )
+        parse_int("memory", str(q.memory), 32, 1 << 22)
+        parse_int("vcpus", str(q.vcpus), 1, 256)
+        if netvm is not None and netvm != "default":
+            q.netvm_raw = self.check_netvm("" if netvm == "none" else netvm, name)
+        for prop, text in (props or {}).items():
+            self._apply_prop(q, prop, text)
+        with self.store.transaction() as conn:
+            self._insert(q, conn)
+        try:
+            self._create_private(q)
+        except BaseException:
+            self._delete_row(name)
+            raise
+        return q
+
+    def _create_private(self, q: Qube, copy_from: Qube | None = None) -> None:
+        engine = self.ctx.engine
+        vol = engine.create_volume(
+            volume_name(self.ctx.home_hash, q.name),
+            engine_labels(self.ctx.home_hash, q.name, "private", q.owner),
+        )
+        try:
+            if copy_from is not None:
+                src = engine.inspect_volume(volume_name(self.ctx.home_hash, copy_from.name))
+                if src is not None:
+                    copy_private(src.mountpoint, vol.mountpoint)
+            init_private(vol.mountpoint)
+        except BaseException:
+            engine.remove_volume(vol.name)
+            raise
+
+    def clone(self, src: str, dst: str) -> Qube:
+        source = self.get(src)
+        validate_name(dst)
+        if self.exists(dst) or self._is_template(dst):
+            raise AlreadyExists(f"a qube named {dst!r} already exists")
+        if source.is_disposable:
+            raise InvalidValue("disposables cannot be cloned")
+        features = self.features.all(src)
+        q = Qube(**{**source.__dict__, "name": dst, "created_at": time.time(), "tags": set(source.tags)})
+        with self.store.transaction() as conn:
+            self._insert(q, conn)
+            for k, v in features.items():
+                conn.execute("INSERT INTO features(qube, key, value) VALUES(?,?,?)", (dst, k, v))
+        try:
+            self._create_private(q, copy_from=source)
+        except BaseException:
+            self._delete_row(dst)
+            raise
+        return q
+
+    def remove(self, name: str) -> None:
+        q = self.get(name)
+        state = self.state_of(q)
+        if state != State.HALTED:
+            raise StateError(f"qube {name!r} is {state.value.lower()}: shut it down first")
+        users = self._dependants(name)
+        if users:
+            raise StateError(f"qube {name!r} is still used by: {', '.join(users)}")
+        self.destroy(q)
+
+    def _dependants(self, name: str) -> list[str]:
+        out = []
+        for other in self.list():
+            if other.name == name:
+                continue
+            if other.default_dispvm_raw == name or other.netvm_raw == name:
+                out.append(other.name)
+            elif other.is_disposable and other.template == name:
+                out.append(other.name)
+        for key in ("default_dispvm", "default_netvm"):
+            if self.prefs.get(key) == name:
+                out.append(f"global {key}")
+        return out
+
+    def destroy(self, q: Qube) -> None:
+        """Remove every engine object of Q, then its row. Engine objects go
+        first so that a crash part-way leaves a row that says what to reap."""
+        engine, hh = self.ctx.engine, self.ctx.home_hash
+        engine.remove_container(container_name(hh, q.name), force=True)
+        engine.remove_network(network_name(hh, q.name))
+        engine.remove_volume(volume_name(hh, q.name))
+        self._delete_row(q.name)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self, name: str, skip_if_running: bool = False) -> Qube:
+        q = self.get(name)
+        if q.is_disposable:
+            raise StateError(f"{name!r} is a disposable; it runs only for its one command")
+        info = self.ctx.engine.inspect_container(container_name(self.ctx.home_hash, name))
+        if info is not None and info.state == "running":
+            if skip_if_running:
+                return q
+            raise StateError(f"qube {name!r} is already running")
+        if info is not None and info.state == "paused":
+            self.ctx.engine.unpause(info.id)
+            return q
+        self._start_container(q, stale=info)
+        return q
+
+    def _start_container(self, q: Qube, stale: ContainerInfo | None) -> None:
+        if q.mode != "container":
+            raise InvalidValue(f"qube {q.name!r} has mode {q.mode!r}, which this version cannot run")
+        engine, hh = self.ctx.engine, self.ctx.home_hash
+        image = self.image_for(q)
+        if stale is not None:
+            engine.remove_container(stale.id, force=True)
+        vol = engine.inspect_volume(volume_name(hh, q.name))
+        if vol is None:
+            self._create_private(q)
+            vol = engine.inspect_volume(volume_name(hh, q.name))
+            assert vol is not None
+        home = init_private(vol.mountpoint)
+        network = self.ensure_network(q)
+        spec = qube_container_spec(q, home_hash=hh, image=image, home_source=str(home), network=network)
+        cid = engine.create_container(spec)
+        try:
+            engine.start(cid)
+        except BaseException:
+            with contextlib.suppress(QliteError):
+                engine.remove_container(cid, force=True)
+            raise
+
+    def image_for(self, q: Qube) -> str:
+        """The image a qube starts from: its template's current revision."""
+        from qlite.core.templates import TemplateManager  # noqa: PLC0415
+
+        template = q.template
+        if q.is_disposable and template and self.exists(template):
+            template = self.get(template).template
+        if not template:
+            raise StateError(f"qube {q.name!r} has no template")
+        return TemplateManager(self.ctx).current_image(template)
+
+    def ensure_network(self, q: Qube) -> str:
+        """The engine network Q joins: 'none', or its own bridge."""
+        if self.resolved_netvm(q) is None:
+            return "none"
+        engine, hh = self.ctx.engine, self.ctx.home_hash
+        name = network_name(hh, q.name)
+        if engine.list_networks({"qlite.home": hh, "qlite.qube": q.name, "qlite.kind": "net"}):
+            return name
+        engine.create_network(name, engine_labels(hh, q.name, "net", q.owner))
+        return name
+
+    def shutdown(self, name: str, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> bool:
+        """Stop Q (SIGTERM, then SIGKILL after TIMEOUT) and discard its
+        container. Returns False if it was not running."""
+        q = self.get(name)
+        engine = self.ctx.engine
+        info = engine.inspect_container(container_name(self.ctx.home_hash, q.name))
+        if info is None:
+            return False
+        if info.state == "paused":
+            engine.unpause(info.id)
+        was_running = info.state in ("running", "paused")
+        if was_running:
+            engine.stop(info.id, timeout)
+        engine.remove_container(info.id, force=True)
+        return was_running
+
+    def kill(self, name: str) -> bool:
+        q = self.get(name)
+        engine = self.ctx.engine
+        info = engine.inspect_container(container_name(self.ctx.home_hash, q.name))
+        if info is None:
+            return False
+        engine.remove_container(info.id, force=True)
+        return True
+
+    def pause(self, name: str) -> None:
+        q = self.get(name)
+        if self.state_of(q) != State.RUNNING:
+            raise StateError(f"qube {name!r} is not running")
+        self.ctx.engine.pause(container_name(self.ctx.home_hash, name))
+
+    def unpause(self, name: str) -> None:
+        q = self.get(name)
+        if self.state_of(q) != State.PAUSED:
+            raise StateError(f"qube {name!r} is not paused")
+        self.ctx.engine.unpause(container_name(self.ctx.home_hash, name))
+
+    def run(
+        self,
+        name: str,
+        argv: list[str],
+        stdio: Stdio,
+        user: str | None = None,
+        autostart: bool = True,
+    ) -> int:
+        """Run ARGV in qube NAME with stdio passed through; its exit code."""
+        if not argv:
+            raise InvalidValue("no command given")
+        q = self.get(name)
+        state = self.state_of(q)
+        if state == State.PAUSED:
+            raise StateError(f"qube {name!r} is paused: unpause it first")
+        if state != State.RUNNING:
+            if not autostart:
+                raise StateError(f"qube {name!r} is not running")
+            self.start(name, skip_if_running=True)
+        user = user or q.default_user
+        workdir = "/home/user" if user != "root" else "/"
+        return self.ctx.engine.exec(
+            container_name(self.ctx.home_hash, name), argv, stdio, user=user, workdir=workdir,
+            env={"QLITE_QUBE": name},
+        )
+
+    # -- prefs and tags --------------------------------------------------------
+
+    def get_prefs(self, name: str) -> dict[str, tuple[str, bool]]:
+        """Every property as (value, is_default)."""
+        q = self.get(name)
+        out = {"name": (q.name, False), "class": (q.klass, False)}
+        for prop in PROPERTIES:
+            out[prop] = self._pref(q, prop)
+        return out
+
+    def _pref(self, q: Qube, prop: str) -> tuple[str, bool]:
+        if prop == "netvm":
+            value = self.resolved_netvm(q)
+            return (value or "", q.netvm_raw is None)
+        if prop == "default_dispvm":
+            return (self.resolved_default_dispvm(q) or "", q.default_dispvm_raw is None)
+        value = getattr(q, prop)
+        return (format_value(value), False)
+
+    def set_pref(self, name: str, prop: str, text: str) -> None:
+        q = self.get(name)
+        self._apply_prop(q, prop, text)
+        column = PROPERTIES[prop][0]
+        value = getattr(q, "netvm_raw" if prop == "netvm" else
+                        "default_dispvm_raw" if prop == "default_dispvm" else prop)
+        if isinstance(value, bool):
+            value = int(value)
+        self.store.execute(f"UPDATE qubes SET {column}=? WHERE name=?", (value, name))
+
+    def reset_pref(self, name: str, prop: str) -> None:
+        self.get(name)
+        if prop not in ("netvm", "default_dispvm"):
+            raise InvalidValue(f"property {prop!r} has no default to reset to")
+        self.store.execute(f"UPDATE qubes SET {PROPERTIES[prop][0]}=NULL WHERE name=?", (name,))
+
+    def _apply_prop(self, q: Qube, prop: str, text: str) -> None:
+        """Parse and check one property value and set it on Q (not stored)."""
+        value = parse_property(prop, text)
+        if prop == "template":
+            if q.is_disposable:
+                raise InvalidValue("a disposable's template cannot change")
+            self.check_template(str(value))
+            q.template = str(value)
+        elif prop == "netvm":
+            q.netvm_raw = self.check_netvm(str(value), q.name)
+        elif prop == "default_dispvm":
+            q.default_dispvm_raw = self.check_dispvm(str(value))
+        elif prop == "mode" and value == "vm":
+            raise InvalidValue("mode 'vm' (a QEMU/KVM hardware VM) is not available in this version")
+        elif prop == "provides_network" and value:
+            raise InvalidValue("gateway qubes (provides_network) are not available in this version")
+        else:
+            setattr(q, prop, value)
+
+    def tags(self, name: str) -> list[str]:
+        return sorted(self.get(name).tags)
+
+    def add_tags(self, name: str, tags: list[str]) -> None:
+        self.get(name)
+        for tag in tags:
+            if not tag or any(c.isspace() for c in tag):
+                raise InvalidValue(f"invalid tag {tag!r}")
+        with self.store.transaction() as conn:
+            for tag in tags:
+                conn.execute("INSERT OR IGNORE INTO tags(qube, tag) VALUES(?, ?)", (name, tag))
+
+    def del_tags(self, name: str, tags: list[str]) -> None:
+        q = self.get(name)
+        missing = [t for t in tags if t not in q.tags]
+        if missing:
+            raise NotFound(f"qube {name!r} has no tag {missing[0]!r}")
+        with self.store.transaction() as conn:
+            for tag in tags:
+                conn.execute("DELETE FROM tags WHERE qube=? AND tag=?", (name, tag))

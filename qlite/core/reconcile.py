@@ -1,0 +1,81 @@
+"""Reconcile the store with the engine after crashes.
+
+Only objects of this home (label qlite.home) are considered, and a
+disposable is reaped only when its owner process is dead: disposables that
+other live qlite processes are running are never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qlite.core.context import Context
+from qlite.state.owners import owner_alive
+
+
+@dataclass
+class ReconcileReport:
+    disposables: list[str] = field(default_factory=list)
+    containers: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.disposables or self.containers or self.volumes or self.networks)
+
+    def as_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def orphaned_disposables(ctx: Context) -> list[str]:
+    """Disposable rows whose owner process is gone. Needs no engine: cheap
+    enough to run before every command."""
+    rows = ctx.store.query("SELECT name, owner FROM qubes WHERE class='DispVM'")
+    return [r["name"] for r in rows if not owner_alive(r["owner"])]
+
+
+def reap(ctx: Context, sweep: bool = False) -> ReconcileReport:
+    """Destroy orphaned disposables; with SWEEP (or when any were found),
+    also remove stray engine objects of this home."""
+    from qlite.core.qubes import QubeManager  # noqa: PLC0415
+
+    report = ReconcileReport()
+    names = orphaned_disposables(ctx)
+    if not names and not sweep:
+        return report
+    qubes = QubeManager(ctx)
+    for name in names:
+        row = ctx.store.query_one("SELECT owner FROM qubes WHERE name=?", (name,))
+        if row is None or owner_alive(row["owner"]):
+            continue
+        qubes.destroy(qubes.get(name))
+        report.disposables.append(name)
+    sweep_engine(ctx, report)
+    return report
+
+
+def _stray(ctx: Context, labels: dict[str, str], known: set[str]) -> bool:
+    owner = labels.get("qlite.owner")
+    if owner is not None:
+        return not owner_alive(owner)
+    return labels.get("qlite.qube") not in known
+
+
+def sweep_engine(ctx: Context, report: ReconcileReport) -> None:
+    engine = ctx.engine
+    selector = {"qlite.home": ctx.home_hash}
+    known = {r["name"] for r in ctx.store.query("SELECT name FROM qubes")}
+    known |= {r["name"] for r in ctx.store.query("SELECT name FROM templates")}
+    for c in engine.list_containers(selector):
+        if _stray(ctx, c.labels, known):
+            engine.remove_container(c.id, force=True)
+            report.containers.append(c.name)
+    for n in engine.list_networks(selector):
+        if _stray(ctx, n.labels, known):
+            engine.remove_network(n.name)
+            report.networks.append(n.name)
+    for v in engine.list_volumes(selector):
+        if _stray(ctx, v.labels, known):
+            engine.remove_volume(v.name)
+            report.volumes.append(v.name)

@@ -1,0 +1,80 @@
+"""Pure translation of a qube into the engine objects it needs: names,
+labels and the ContainerSpec. Every engine object carries the Contracts'
+labels so that reconciliation finds everything qlite owns and nothing else."""
+
+from __future__ import annotations
+
+from qlite.core.model import DEFAULT_PIDS_LIMIT, Qube, parse_memory_limit
+from qlite.engines.base import ContainerSpec, Mount
+
+PRIVATE_MOUNT = "/rw"
+HOME = "/home/user"
+USER_UID = 1000
+# Volatile directories: they live in tmpfs and vanish at shutdown.
+VOLATILE = {"/tmp": "mode=1777", "/var/tmp": "mode=1777", "/run": "mode=755", "/var/log": "mode=755"}
+IDLE_COMMAND = ("sleep", "infinity")
+
+
+def container_name(home_hash: str, qube: str) -> str:
+    return f"qlite-{home_hash}-{qube}"
+
+
+def volume_name(home_hash: str, qube: str) -> str:
+    return f"qlite-{home_hash}-{qube}-private"
+
+
+def network_name(home_hash: str, qube: str) -> str:
+    return f"qlite-{home_hash}-{qube}"
+
+
+def engine_labels(home_hash: str, qube: str, kind: str, owner: str | None = None) -> dict[str, str]:
+    labels = {"qlite.qube": qube, "qlite.kind": kind, "qlite.home": home_hash}
+    if owner:
+        labels["qlite.owner"] = owner
+    return labels
+
+
+def container_kind(qube: Qube) -> str:
+    return "disp" if qube.is_disposable else "app"
+
+
+def qube_container_spec(
+    qube: Qube,
+    *,
+    home_hash: str,
+    image: str,
+    home_source: str,
+    network: str,
+    command: tuple[str, ...] = IDLE_COMMAND,
+    user: str = "root",
+    stdin_open: bool = False,
+    tty: bool = False,
+) -> ContainerSpec:
+    """The container for QUBE: the template image read-only, the private
+    volume at /rw with /home/user bound from /rw/home/user (HOME_SOURCE is
+    that directory on the host), and tmpfs for the volatile directories."""
+    mounts = [
+        Mount(type="volume", source=volume_name(home_hash, qube.name), target=PRIVATE_MOUNT),
+        Mount(type="bind", source=home_source, target=HOME),
+    ]
+    mounts += [Mount(type="tmpfs", target=path, options=(opt,)) for path, opt in VOLATILE.items()]
+    workdir = HOME if user != "root" else "/"
+    return ContainerSpec(
+        name=container_name(home_hash, qube.name),
+        image=image,
+        command=tuple(command),
+        labels=engine_labels(home_hash, qube.name, container_kind(qube), qube.owner),
+        hostname=qube.name,
+        user=user,
+        workdir=workdir,
+        env={"QLITE_QUBE": qube.name},
+        read_only=True,
+        mounts=tuple(mounts),
+        network=network,
+        memory_mib=parse_memory_limit(qube),
+        vcpus=qube.vcpus,
+        pids_limit=DEFAULT_PIDS_LIMIT,
+        init=True,
+        stdin_open=stdin_open,
+        tty=tty,
+    )

@@ -1,0 +1,346 @@
+"""Templates: OCI images built from ``images/<name>/``, with revisions.
+
+A build layers three steps: a Debian rootfs from mmdebstrap (when the
+template has a ``rootfs.conf``), the template's own Containerfile, and the
+guest-tools Containerfile at the top of the repository. Each result is
+tagged ``localhost/qlite/<name>:<N>`` with N increasing across the shared
+image store, and this home's store records which image each revision is.
+
+The image store is shared by every qlite home, so an image that another
+home already built from the same definition is adopted, not rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from qlite.core.context import Context
+from qlite.core.model import Template, TemplateRevision
+from qlite.core.names import validate_name
+from qlite.core.rootfs import build_rootfs, parse_rootfs_conf
+from qlite.core.spec import engine_labels
+from qlite.engines.base import ImageInfo, Progress
+from qlite.errors import AlreadyExists, EngineError, NotFound, StateError
+from qlite.paths import IMAGE_LOCK
+from qlite.state.owners import current_owner
+
+REPO = "localhost/qlite"
+CACHE_REPO = "localhost/qlite-cache"
+REVISIONS_TO_KEEP = 2  # the current one and the one before it
+DEFAULT_UPDATE = (
+    "export DEBIAN_FRONTEND=noninteractive; apt-get update && apt-get -y upgrade && apt-get clean"
+)
+
+
+def image_ref(template: str, rev: int) -> str:
+    return f"{REPO}/{template}:{rev}"
+
+
+def tag_revision(tag: str, template: str) -> int | None:
+    """N from a tag ``localhost/qlite/<template>:<N>``, else None."""
+    prefix = f"{REPO}/{template}:"
+    if tag.startswith(prefix) and tag[len(prefix):].isdigit():
+        return int(tag[len(prefix):])
+    return None
+
+
+def fingerprint(files: list[tuple[str, bytes]]) -> str:
+    """Stable digest of a template definition (names and contents)."""
+    h = hashlib.sha256()
+    for name, data in sorted(files):
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+@dataclass
+class TemplateInfo:
+    name: str
+    current_rev: int | None
+    image_id: str
+    revisions: list[int]
+    users: list[str]
+    origin: str
+
+    def as_json(self) -> dict:
+        return {
+            "name": self.name, "class": "TemplateVM", "current_revision": self.current_rev,
+            "image": image_ref(self.name, self.current_rev) if self.current_rev else None,
+            "image_id": self.image_id, "revisions": self.revisions, "users": self.users,
+            "origin": self.origin,
+        }
+
+
+class TemplateManager:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.store = ctx.store
+
+    # -- store -------------------------------------------------------------
+
+    def exists(self, name: str) -> bool:
+        return self.store.query_one("SELECT 1 FROM templates WHERE name=?", (name,)) is not None
+
+    def get(self, name: str) -> Template:
+        row = self.store.query_one("SELECT * FROM templates WHERE name=?", (name,))
+        if row is None:
+            raise NotFound(f"no such template: {name!r} (see 'qlite template list')")
+        revs = [
+            TemplateRevision(rev=r["rev"], image_id=r["image_id"], origin=r["origin"], created_at=r["created_at"])
+            for r in self.store.query(
+                "SELECT * FROM template_revisions WHERE template=? ORDER BY rev", (name,)
+            )
+        ]
+        return Template(name=name, current_rev=row["current_rev"], revisions=revs)
+
+    def list(self) -> list[Template]:
+        return [self.get(r["name"]) for r in self.store.query("SELECT name FROM templates ORDER BY name")]
+
+    def current_image(self, name: str) -> str:
+        current = self.get(name).current
+        if current is None:
+            raise StateError(f"template {name!r} has no built revision: run 'qlite template build {name}'")
+        return current.image_id
+
+    def users(self, name: str) -> list[str]:
+        rows = self.store.query(
+            "SELECT name FROM qubes WHERE template=? AND class != 'DispVM' ORDER BY name", (name,)
+        )
+        return [r["name"] for r in rows]
+
+    def info(self, t: Template) -> TemplateInfo:
+        current = t.current
+        return TemplateInfo(
+            name=t.name, current_rev=t.current_rev, image_id=current.image_id if current else "",
+            revisions=[r.rev for r in t.revisions], users=self.users(t.name),
+            origin=current.origin if current else "",
+        )
+
+    def _record(self, name: str, rev: int, image_id: str, origin: str) -> TemplateRevision:
+        now = time.time()
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO templates(name, current_rev, created_at) VALUES(?, NULL, ?) "
+                "ON CONFLICT(name) DO NOTHING", (name, now),
+            )
+            conn.execute(
+                "INSERT INTO template_revisions(template, rev, image_id, origin, created_at) "
+                "VALUES(?,?,?,?,?)", (name, rev, image_id, origin, now),
+            )
+            conn.execute("UPDATE templates SET current_rev=? WHERE name=?", (rev, name))
+        return TemplateRevision(rev=rev, image_id=image_id, origin=origin, created_at=now)
+
+    # -- definitions ----------------------------------------------------------
+
+    def definition_dir(self, name: str) -> Path:
+        validate_name(name)
+        d = self.ctx.paths.images_dir / name
+        if not (d / "Containerfile").is_file():
+            raise NotFound(f"no template definition {d}/Containerfile")
+        return d
+
+    def available(self) -> list[str]:
+        d = self.ctx.paths.images_dir
+        return sorted(p.parent.name for p in d.glob("*/Containerfile")) if d.is_dir() else []
+
+    def definition_fingerprint(self, name: str) -> str:
+        files = _tree_files(self.definition_dir(name), f"images/{name}")
+        files += _tree_files(self.ctx.paths.guest_dir, "guest")
+        files.append(("Containerfile", self.ctx.paths.guest_containerfile.read_bytes()))
+        return fingerprint(files)
+
+    # -- build ------------------------------------------------------------------
+
+    def build(self, name: str, progress: Progress, force: bool = False) -> tuple[TemplateRevision, bool]:
+        """Build (or adopt) NAME from its definition. Returns the revision and
+        whether anything new was recorded. A template whose current revision
+        already matches its definition is left alone unless FORCE."""
+        defdir = self.definition_dir(name)
+        if self.store.query_one("SELECT 1 FROM qubes WHERE name=?", (name,)):
+            raise AlreadyExists(f"a qube named {name!r} already exists")
+        fp = self.definition_fingerprint(name)
+        engine = self.ctx.engine
+        with _image_lock():
+            if self.exists(name) and not force:
+                current = self.get(name).current
+                if current is not None:
+                    img = engine.inspect_image(current.image_id)
+                    if img is not None and img.labels.get("qlite.build") == fp:
+                        progress(f"template {name} is up to date (revision {current.rev})")
+                        return current, False
+            images = engine.list_images(f"{REPO}/{name}")
+            if not force:
+                adopted = self._adoptable(name, fp, images)
+                if adopted is not None:
+                    rev, image = adopted
+                    progress(f"using the existing image {image_ref(name, rev)} ({image.id[:12]})")
+                    return self._record(name, rev, image.id, "adopted"), True
+            rev = self._next_rev(name, images)
+            image_id = self._build_image(name, defdir, fp, image_ref(name, rev), progress)
+            return self._record(name, rev, image_id, "build"), True
+
+    def _adoptable(self, name: str, fp: str, images: list[ImageInfo]) -> tuple[int, ImageInfo] | None:
+        best = None
+        for img in images:
+            if img.labels.get("qlite.build") != fp or img.labels.get("qlite.origin") != "build":
+                continue
+            for tag in img.tags:
+                rev = tag_revision(tag, name)
+                if rev is not None and (best is None or rev > best[0]):
+                    best = (rev, img)
+        if best is not None and self.exists(name):
+            if any(r.rev == best[0] for r in self.get(name).revisions):
+                return None
+        return best
+
+    def _next_rev(self, name: str, images: list[ImageInfo]) -> int:
+        revs = [tag_revision(t, name) for img in images for t in img.tags]
+        used = [r for r in revs if r is not None]
+        if self.exists(name):
+            used += [r.rev for r in self.get(name).revisions]
+        return max(used, default=0) + 1
+
+    def _build_image(self, name: str, defdir: Path, fp: str, ref: str, progress: Progress) -> str:
+        engine = self.ctx.engine
+        base_args: dict[str, str] = {}
+        conf = defdir / "rootfs.conf"
+        if conf.is_file():
+            cfg = parse_rootfs_conf(conf.read_text())
+            digest = hashlib.sha256(conf.read_bytes()).hexdigest()[:16]
+            rootfs_ref = f"{CACHE_REPO}/rootfs-{name}:{digest}"
+            if engine.inspect_image(rootfs_ref) is None:
+                with tempfile.TemporaryDirectory(prefix="qlite-rootfs-", dir=_tmp_dir()) as tmp:
+                    tar = Path(tmp) / "rootfs.tar"
+                    build_rootfs(cfg, tar, progress)
+                    engine.import_rootfs(str(tar), rootfs_ref, progress)
+            else:
+                progress(f"reusing the cached root filesystem {rootfs_ref}")
+            base_args["BASE"] = rootfs_ref
+        stage_ref = f"{CACHE_REPO}/stage-{name}:{fp[:16]}"
+        progress(f"building {name} from {defdir}/Containerfile")
+        engine.build_image(str(defdir / "Containerfile"), str(defdir), stage_ref, base_args, {}, progress)
+        progress("adding the qlite guest tools")
+        labels = {"qlite.template": name, "qlite.build": fp, "qlite.origin": "build"}
+        image_id = engine.build_image(
+            str(self.ctx.paths.guest_containerfile), str(self.ctx.paths.guest_dir), ref,
+            {"BASE": stage_ref}, labels, progress,
+        )
+        engine.untag_image(stage_ref)
+        progress(f"built {ref} ({image_id[:12]})")
+        return image_id
+
+    # -- update, revert, remove -------------------------------------------------
+
+    def update(self, name: str, progress: Progress) -> TemplateRevision:
+        """Upgrade the template's packages in a sandbox; commit a new revision."""
+        t = self.get(name)
+        current = t.current
+        if current is None:
+            raise StateError(f"template {name!r} has no built revision to update")
+        engine = self.ctx.engine
+        img = engine.inspect_image(current.image_id)
+        if img is None:
+            raise StateError(f"the image of {name!r} revision {current.rev} is missing; rebuild it")
+        command = img.labels.get("qlite.update") or DEFAULT_UPDATE
+        labels = engine_labels(self.ctx.home_hash, name, "template", current_owner())
+        with _image_lock():
+            rev = self._next_rev(name, engine.list_images(f"{REPO}/{name}"))
+            ref = image_ref(name, rev)
+            progress(f"updating {name} (revision {current.rev} -> {rev})")
+            image_id = engine.update_image(
+                current.image_id, ["/bin/sh", "-c", command], ref, labels,
+                ["LABEL qlite.origin=update", f"LABEL qlite.parent={current.image_id}"], progress,
+            )
+            revision = self._record(name, rev, image_id, "update")
+        self._prune(name)
+        progress(f"{name} is now at revision {rev}; qubes use it from their next start")
+        return revision
+
+    def revert(self, name: str) -> TemplateRevision:
+        """Go back one revision; the newer one is discarded."""
+        t = self.get(name)
+        older = [r for r in t.revisions if t.current_rev is not None and r.rev < t.current_rev]
+        if not older:
+            raise StateError(f"template {name!r} has no earlier revision to revert to")
+        target = older[-1]
+        if self.ctx.engine.inspect_image(target.image_id) is None:
+            raise StateError(f"the image of {name!r} revision {target.rev} is missing; cannot revert")
+        dropped = [r for r in t.revisions if r.rev > target.rev]
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE templates SET current_rev=? WHERE name=?", (target.rev, name))
+            for r in dropped:
+                conn.execute("DELETE FROM template_revisions WHERE template=? AND rev=?", (name, r.rev))
+        for r in dropped:
+            self._drop_image(name, r)
+        return target
+
+    def remove(self, name: str) -> None:
+        t = self.get(name)
+        users = self.users(name)
+        from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
+
+        if GlobalPrefs(self.store).get("default_template") == name:
+            users.append("global default_template")
+        if users:
+            raise StateError(f"template {name!r} is still used by: {', '.join(users)}")
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM templates WHERE name=?", (name,))
+        for r in t.revisions:
+            self._drop_image(name, r)
+
+    def _prune(self, name: str) -> None:
+        t = self.get(name)
+        keep = {r.rev for r in t.revisions[-REVISIONS_TO_KEEP:]} | {t.current_rev}
+        for r in t.revisions:
+            if r.rev not in keep:
+                self.store.execute("DELETE FROM template_revisions WHERE template=? AND rev=?", (name, r.rev))
+                self._drop_image(name, r)
+
+    def _drop_image(self, name: str, r: TemplateRevision) -> None:
+        """Untag and remove a revision's image, unless another home adopted
+        it (then it is theirs as much as ours) or a container still uses it."""
+        if r.origin == "adopted":
+            return
+        engine = self.ctx.engine
+        engine.untag_image(image_ref(name, r.rev))
+        img = engine.inspect_image(r.image_id)
+        if img is not None and not img.tags:
+            with contextlib.suppress(EngineError):
+                engine.remove_image(r.image_id)
+
+
+def _tree_files(root: Path, prefix: str) -> list[tuple[str, bytes]]:
+    if not root.is_dir():
+        return []
+    out = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            out.append((f"{prefix}/{path.relative_to(root)}", path.read_bytes()))
+    return out
+
+
+def _tmp_dir() -> str:
+    # mmdebstrap writes ~200 MB; prefer disk over a small tmpfs /tmp.
+    for d in ("/var/tmp", tempfile.gettempdir()):
+        if os.access(d, os.W_OK):
+            return d
+    return tempfile.gettempdir()
+
+
+@contextlib.contextmanager
+def _image_lock() -> Iterator[None]:
+    path = IMAGE_LOCK if os.access(IMAGE_LOCK.parent, os.W_OK) else Path(tempfile.gettempdir()) / IMAGE_LOCK.name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+

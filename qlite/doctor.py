@@ -1,0 +1,138 @@
+"""``qlite doctor``: what this host can do, and the fix for what it cannot."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from qlite.core.context import Context
+from qlite.errors import QliteError
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def as_json(self) -> dict:
+        return {"check": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+
+
+def run_checks(ctx: Context, kvm: bool = True) -> list[Check]:
+    checks = [check_podman(), *check_runsc(ctx)]
+    checks.append(check_service(ctx))
+    checks.append(check_tool("mmdebstrap", "builds template root filesystems", "apt install mmdebstrap"))
+    if kvm:
+        checks.append(check_kvm())
+    checks.append(check_tpm())
+    checks.extend(check_setup(ctx))
+    return checks
+
+
+def check_podman() -> Check:
+    podman = shutil.which("podman")
+    if not podman:
+        return Check("podman", FAIL, "podman is not installed", "run setup.sh (or apt install podman)")
+    out = subprocess.run([podman, "--version"], capture_output=True, text=True).stdout.strip()
+    version = out.rsplit(" ", 1)[-1] if out else "unknown"
+    return Check("podman", OK, f"podman {version}")
+
+
+def check_runsc(ctx: Context) -> list[Check]:
+    probe = ctx.runtime_probe
+    if probe is None:
+        return [Check("runsc", FAIL, "runsc (gVisor) is not installed", "run setup.sh (or apt install runsc)")]
+    checks = []
+    if not probe.platform:
+        checks.append(Check(
+            "runsc", FAIL, f"runsc {probe.version} cannot start a sandbox on any platform (systrap, ptrace)",
+            "check that the kernel allows ptrace and seccomp; see the runsc log in the podman log",
+        ))
+        return checks
+    plat_note = "" if probe.platform == "systrap" else " (systrap is preferred; install a newer runsc)"
+    checks.append(Check("runsc", OK if probe.platform == "systrap" else WARN,
+                        f"runsc {probe.version}, platform {probe.platform}{plat_note}",
+                        "" if probe.platform == "systrap" else "run setup.sh to get runsc from bookworm-backports"))
+    if probe.netstack:
+        checks.append(Check("netstack", OK, "gVisor netstack works: qubes' network stack runs inside the sandbox"))
+    else:
+        checks.append(Check(
+            "netstack", WARN,
+            "GVISOR NETSTACK DOES NOT WORK ON THIS KERNEL: networked qubes run with runsc "
+            "--network=host inside their own network namespace (netpath host-netns). They are still "
+            "isolated from each other and the host's interfaces, but their traffic is handled by the "
+            f"host kernel's network stack, not gVisor's. ({probe.netstack_error})",
+            "install gVisor release-20241118 or newer (not yet packaged by Debian 12); "
+            "qlite uses netstack automatically once it works",
+        ))
+    return checks
+
+
+def check_service(ctx: Context) -> Check:
+    try:
+        version = ctx.engine.version()
+    except QliteError as exc:
+        return Check("engine", FAIL, str(exc), "see the podman log in $QLITE_HOME/log/podman.log")
+    return Check("engine", OK, f"{ctx.engine.name} service answers (API {version}) at {ctx.paths.podman_sock}"
+                 if ctx.engine.name == "podman" else f"{ctx.engine.name} answers (version {version})")
+
+
+def check_tool(name: str, why: str, fix: str) -> Check:
+    if shutil.which(name):
+        return Check(name, OK, f"{name} is installed ({why})")
+    return Check(name, FAIL, f"{name} is missing; it {why}", fix)
+
+
+def check_kvm() -> Check:
+    from qlite.runtime.kvm import probe_kvm  # noqa: PLC0415
+
+    result = probe_kvm()
+    if result.usable:
+        return Check("kvm", OK, result.detail)
+    if not result.present:
+        return Check("kvm", WARN, "no /dev/kvm: VM-mode qubes would run under slow TCG emulation",
+                     "enable virtualisation (VT-x/AMD-V) in the firmware and load kvm_intel or kvm_amd")
+    return Check("kvm", WARN, result.detail + "; VM-mode qubes would fall back to TCG emulation",
+                 "on a laptop, enable VT-x/AMD-V in the firmware; in a VM, enable nested virtualisation")
+
+
+def check_tpm() -> Check:
+    devices = sorted(glob.glob("/dev/tpmrm*") + glob.glob("/dev/tpm[0-9]*"))
+    if devices:
+        return Check("tpm", OK, f"TPM present ({', '.join(devices)})")
+    return Check("tpm", WARN, "no TPM found: anti-evil-maid sealing would fall back to a passphrase",
+                 "enable the TPM (fTPM/PTT) in the firmware")
+
+
+def check_setup(ctx: Context) -> list[Check]:
+    from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
+    from qlite.core.qubes import QubeManager  # noqa: PLC0415
+    from qlite.core.templates import TemplateManager  # noqa: PLC0415
+
+    checks = []
+    try:
+        prefs = GlobalPrefs(ctx.store)
+        template = prefs.get("default_template")
+        dvm = prefs.get("default_dispvm")
+        tm = TemplateManager(ctx)
+        if template and tm.exists(template) and tm.get(template).current:
+            checks.append(Check("template", OK, f"default template {template} is built"))
+        else:
+            checks.append(Check("template", FAIL, "the default template is not built", "run setup.sh (or qlite setup)"))
+        if dvm and QubeManager(ctx).exists(dvm):
+            checks.append(Check("default_dispvm", OK, f"disposables start from {dvm}"))
+        else:
+            checks.append(Check("default_dispvm", FAIL, "no default disposable template",
+                                "run setup.sh (or qlite setup)"))
+    except QliteError as exc:
+        checks.append(Check("state", FAIL, str(exc), f"check {ctx.paths.db}"))
+    if os.geteuid() != 0:
+        checks.append(Check("root", WARN, "qlite runs podman and runsc as root; run it as root", "use sudo"))
+    return checks

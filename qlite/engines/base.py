@@ -1,0 +1,161 @@
+"""The Engine protocol and the plain dataclasses engines exchange with core."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Protocol
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A filesystem mounted into a container."""
+
+    type: str  # "volume" | "bind" | "tmpfs"
+    target: str
+    source: str = ""
+    read_only: bool = False
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create one container, engine-neutral."""
+
+    name: str
+    image: str
+    command: tuple[str, ...]
+    labels: dict[str, str]
+    hostname: str = ""
+    user: str = ""
+    workdir: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    read_only: bool = True
+    mounts: tuple[Mount, ...] = ()
+    network: str = "none"  # "none" or the name of an engine network
+    memory_mib: int = 0
+    vcpus: int = 0
+    pids_limit: int = 0
+    init: bool = True
+    stdin_open: bool = False
+    tty: bool = False
+    runtime: str = ""  # engine runtime name; "" means the default
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    state: str  # created | running | paused | exited | stopping | ...
+    labels: dict[str, str]
+    image_id: str = ""
+    pid: int = 0
+    runtime: str = ""
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    name: str
+    labels: dict[str, str]
+    mountpoint: str
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    name: str
+    labels: dict[str, str]
+    subnets: tuple[str, ...] = ()
+    internal: bool = False
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    tags: tuple[str, ...]
+    labels: dict[str, str]
+    digest: str = ""
+    size: int = 0
+    created: str = ""
+
+
+@dataclass
+class Stdio:
+    """The streams a command's stdio passes through to."""
+
+    stdin: IO[bytes] | None = None  # None: the command gets an immediate EOF
+    stdout: IO[bytes] = field(default_factory=lambda: sys.stdout.buffer)
+    stderr: IO[bytes] = field(default_factory=lambda: sys.stderr.buffer)
+    tty: bool = False
+
+
+Progress = Callable[[str], None]
+
+
+class Engine(Protocol):
+    """What core needs from a container engine. Every failure of the
+    underlying SDK is raised as EngineError (or EngineUnavailable)."""
+
+    name: str
+
+    def version(self) -> str: ...
+
+    # containers
+    def create_container(self, spec: ContainerSpec) -> str: ...
+    def start(self, cid: str) -> None: ...
+    def stop(self, cid: str, timeout: float) -> None: ...
+    def kill(self, cid: str, signal: str = "KILL") -> None: ...
+    def pause(self, cid: str) -> None: ...
+    def unpause(self, cid: str) -> None: ...
+    def remove_container(self, cid: str, force: bool = True) -> None: ...
+    def inspect_container(self, cid: str) -> ContainerInfo | None: ...
+    def list_containers(self, labels: dict[str, str]) -> list[ContainerInfo]: ...
+    def attach_and_start(self, cid: str, stdio: Stdio) -> int: ...
+    def exec(
+        self,
+        cid: str,
+        argv: list[str],
+        stdio: Stdio,
+        user: str = "",
+        workdir: str = "",
+        env: dict[str, str] | None = None,
+    ) -> int: ...
+
+    # volumes
+    def create_volume(self, name: str, labels: dict[str, str]) -> VolumeInfo: ...
+    def remove_volume(self, name: str) -> None: ...
+    def inspect_volume(self, name: str) -> VolumeInfo | None: ...
+    def list_volumes(self, labels: dict[str, str]) -> list[VolumeInfo]: ...
+
+    # networks
+    def create_network(self, name: str, labels: dict[str, str], internal: bool = False) -> NetworkInfo: ...
+    def remove_network(self, name: str) -> None: ...
+    def list_networks(self, labels: dict[str, str]) -> list[NetworkInfo]: ...
+
+    # images
+    def inspect_image(self, ref: str) -> ImageInfo | None: ...
+    def list_images(self, reference: str) -> list[ImageInfo]: ...
+    def tag_image(self, image_id: str, ref: str) -> None: ...
+    def untag_image(self, ref: str) -> None: ...
+    def remove_image(self, image_id: str) -> None: ...
+    def import_rootfs(self, tar_path: str, ref: str, progress: Progress) -> str: ...
+    def build_image(
+        self,
+        containerfile: str,
+        context: str,
+        ref: str,
+        build_args: dict[str, str],
+        labels: dict[str, str],
+        progress: Progress,
+    ) -> str: ...
+    def update_image(
+        self,
+        image_id: str,
+        command: list[str],
+        ref: str,
+        labels: dict[str, str],
+        changes: list[str],
+        progress: Progress,
+    ) -> str: ...
+    def commit(self, cid: str, ref: str, changes: list[str]) -> str: ...
+    def logs(self, cid: str) -> Iterator[bytes]: ...

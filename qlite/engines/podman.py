@@ -1,0 +1,608 @@
+"""The podman engine: podman-py against a podman service that qlite owns.
+
+qlite starts ``podman system service`` itself, on a socket in its home and
+with a containers.conf of its own (CONTAINERS_CONF), so the host's podman
+configuration is never touched. Builds and imports run the podman CLI with
+the same configuration, because they stream progress and need
+``--isolation=chroot`` (runsc cannot run buildah's RUN steps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from qlite.engines.base import (
+    ContainerInfo,
+    ContainerSpec,
+    ImageInfo,
+    NetworkInfo,
+    Progress,
+    Stdio,
+    VolumeInfo,
+)
+from qlite.engines.hijack import hijack
+from qlite.engines.stream import FrameDecoder, pump
+from qlite.errors import EngineError, EngineUnavailable
+from qlite.paths import Paths
+from qlite.runtime.config import write_runtime_config
+from qlite.runtime.probe import RuntimeProbe, probe
+
+IDLE_TIMEOUT_S = 300
+START_TIMEOUT_S = 20
+HIJACK_PREFIX = "/v4.0.0/libpod"
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------
+# Pure translation of a ContainerSpec into podman's specgen.
+
+
+def specgen(spec: ContainerSpec) -> dict[str, Any]:
+    """The libpod /containers/create body for SPEC."""
+    body: dict[str, Any] = {
+        "name": spec.name,
+        "image": spec.image,
+        "command": list(spec.command),
+        "labels": dict(spec.labels),
+        "read_only_filesystem": spec.read_only,
+        "init": spec.init,
+        "stdin": spec.stdin_open,
+        "terminal": spec.tty,
+        "mounts": [],
+        "volumes": [],
+        "rlimits": [],
+    }
+    if spec.hostname:
+        body["hostname"] = spec.hostname
+    if spec.user:
+        body["user"] = spec.user
+    if spec.workdir:
+        body["work_dir"] = spec.workdir
+    if spec.env:
+        body["env"] = dict(spec.env)
+    if spec.runtime:
+        body["oci_runtime"] = spec.runtime
+    for m in spec.mounts:
+        if m.type == "volume":
+            opts = ["ro" if m.read_only else "rw", *m.options]
+            body["volumes"].append({"Name": m.source, "Dest": m.target, "Options": opts})
+        elif m.type == "bind":
+            opts = ["rbind", "ro" if m.read_only else "rw", *m.options]
+            body["mounts"].append(
+                {"destination": m.target, "type": "bind", "source": m.source, "options": opts}
+            )
+        elif m.type == "tmpfs":
+            opts = ["rw", "nosuid", "nodev", *m.options]
+            body["mounts"].append(
+                {"destination": m.target, "type": "tmpfs", "source": "tmpfs", "options": opts}
+            )
+        else:
+            raise ValueError(f"unknown mount type {m.type!r}")
+    if spec.network == "none":
+        body["netns"] = {"nsmode": "none"}
+    else:
+        body["netns"] = {"nsmode": "bridge"}
+        body["Networks"] = {spec.network: {}}
+    limits: dict[str, Any] = {}
+    if spec.memory_mib:
+        limits["memory"] = {"limit": spec.memory_mib * 1024 * 1024}
+    if spec.vcpus:
+        period = 100_000
+        limits["cpu"] = {"period": period, "quota": spec.vcpus * period}
+    if spec.pids_limit:
+        limits["pids"] = {"limit": spec.pids_limit}
+    if limits:
+        body["resource_limits"] = limits
+    return body
+
+
+def label_filters(labels: dict[str, str]) -> str:
+    return json.dumps({"label": [f"{k}={v}" for k, v in sorted(labels.items())]})
+
+
+# --------------------------------------------------------------------------
+# The service qlite owns.
+
+
+class PodmanService:
+    """Start, find and stop qlite's own ``podman system service``."""
+
+    def __init__(self, paths: Paths, probe_result: RuntimeProbe | None = None):
+        self.paths = paths
+        self._probe = probe_result
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CONTAINERS_CONF"] = str(self.paths.containers_conf)
+        return env
+
+    def runtime_probe(self) -> RuntimeProbe:
+        if self._probe is None:
+            self._probe = probe(self.paths.probe_file)
+        if self._probe is None:
+            raise EngineUnavailable("runsc is not installed: run setup.sh (or apt install runsc)")
+        if not self._probe.platform:
+            raise EngineUnavailable(
+                "runsc cannot start a sandbox on this host: run 'qlite doctor' for details"
+            )
+        return self._probe
+
+    def alive(self) -> bool:
+        return _ping(str(self.paths.podman_sock))
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.paths.podman_pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+        except OSError:
+            return None
+        if b"service" in cmdline and str(self.paths.podman_sock).encode() in b" ".join(cmdline):
+            return pid
+        return None
+
+    def ensure(self) -> None:
+        """Make sure the service runs with the current generated config."""
+        self.paths.ensure()
+        result = self.runtime_probe()
+        with _flock(self.paths.service_lock):
+            changed = write_runtime_config(self.paths, result)
+            if self.alive():
+                if not changed:
+                    return
+                self._stop_locked()
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        podman = shutil.which("podman")
+        if not podman:
+            raise EngineUnavailable("podman is not installed: run setup.sh (or apt install podman)")
+        sock = self.paths.podman_sock
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        log = open(self.paths.podman_log, "ab")
+        try:
+            proc = subprocess.Popen(
+                [podman, "system", "service", f"--time={IDLE_TIMEOUT_S}", f"unix://{sock}"],
+                env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, close_fds=True,
+            )
+        finally:
+            log.close()
+        self.paths.podman_pidfile.write_text(str(proc.pid))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise EngineUnavailable(
+                    f"the podman service exited at start (code {proc.returncode}); "
+                    f"see {self.paths.podman_log}"
+                )
+            if _ping(str(sock)):
+                return
+            time.sleep(0.05)
+        raise EngineUnavailable(f"the podman service did not answer within {START_TIMEOUT_S}s")
+
+    def stop(self) -> bool:
+        """Stop the service this home started. True if one was running."""
+        with _flock(self.paths.service_lock):
+            return self._stop_locked()
+
+    def _stop_locked(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not os.path.exists(f"/proc/{pid}") or _is_zombie(pid):
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.podman_pidfile.unlink()
+        return True
+
+    def cli(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+        """Run the podman CLI with qlite's configuration (builds, imports)."""
+        return subprocess.run(["podman", *args], env=self.env, **kwargs)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _ping(sock_path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect(sock_path)
+        s.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
+        return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+@contextlib.contextmanager
+def _flock(path: os.PathLike) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------
+# The engine.
+
+
+class PodmanEngine:
+    """Engine over qlite's podman service (see PodmanService)."""
+
+    name = "podman"
+
+    def __init__(self, paths: Paths, service: PodmanService | None = None):
+        self.paths = paths
+        self.service = service or PodmanService(paths)
+        self._client: Any = None
+
+    # The one place where podman-py and OS errors become qlite errors.
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        from podman import errors as perr  # noqa: PLC0415 - podman-py is slow to import
+        from requests import exceptions as rexc  # noqa: PLC0415
+
+        try:
+            return fn()
+        except (EngineError, EngineUnavailable):
+            raise
+        except (rexc.ConnectionError, ConnectionError, FileNotFoundError) as exc:
+            raise EngineUnavailable(f"cannot reach the podman service ({what}): {exc}") from exc
+        except perr.APIError as exc:
+            detail = getattr(exc, "explanation", None) or str(exc)
+            raise EngineError(f"podman: {what}: {detail}") from exc
+        except (perr.PodmanError, rexc.RequestException, OSError) as exc:
+            raise EngineError(f"podman: {what}: {exc}") from exc
+
+    @property
+    def api(self) -> Any:
+        if self._client is None:
+            self.service.ensure()
+            from podman import PodmanClient  # noqa: PLC0415
+
+            self._client = PodmanClient(base_url=f"unix://{self.paths.podman_sock}")
+        return self._client.api
+
+    def _json(self, method: str, path: str, what: str, ok404: bool = False, **kw: Any) -> Any:
+        def go() -> Any:
+            resp = getattr(self.api, method)(path, **kw)
+            if ok404 and resp.status_code == 404:
+                return None
+            resp.raise_for_status()
+            if resp.status_code == 204 or not resp.content.strip():
+                return None
+            return resp.json()
+
+        return self._call(what, go)
+
+    def version(self) -> str:
+        return self._json("get", "/version", "version")["Version"]
+
+    # -- containers --------------------------------------------------------
+
+    def create_container(self, spec: ContainerSpec) -> str:
+        body = specgen(spec)
+        out = self._json("post", "/containers/create", f"create {spec.name}", data=json.dumps(body))
+        return out["Id"]
+
+    def start(self, cid: str) -> None:
+        self._json("post", f"/containers/{cid}/start", f"start {cid}")
+
+    def stop(self, cid: str, timeout: float) -> None:
+        self._json(
+            "post", f"/containers/{cid}/stop", f"stop {cid}",
+            params={"timeout": int(timeout)}, timeout=timeout + 30,
+        )
+
+    def kill(self, cid: str, signal: str = "KILL") -> None:
+        self._json("post", f"/containers/{cid}/kill", f"kill {cid}", params={"signal": signal})
+
+    def pause(self, cid: str) -> None:
+        self._json("post", f"/containers/{cid}/pause", f"pause {cid}")
+
+    def unpause(self, cid: str) -> None:
+        self._json("post", f"/containers/{cid}/unpause", f"unpause {cid}")
+
+    def remove_container(self, cid: str, force: bool = True) -> None:
+        self._json(
+            "delete", f"/containers/{cid}", f"remove {cid}", ok404=True,
+            params={"force": force, "v": False, "ignore": True},
+        )
+
+    def inspect_container(self, cid: str) -> ContainerInfo | None:
+        data = self._json("get", f"/containers/{cid}/json", f"inspect {cid}", ok404=True)
+        if data is None:
+            return None
+        return ContainerInfo(
+            id=data["Id"], name=data["Name"].lstrip("/"), state=data["State"]["Status"],
+            labels=data["Config"].get("Labels") or {}, image_id=data.get("Image", ""),
+            pid=data["State"].get("Pid", 0), runtime=data.get("OCIRuntime", ""),
+        )
+
+    def list_containers(self, labels: dict[str, str]) -> list[ContainerInfo]:
+        data = self._json(
+            "get", "/containers/json", "list containers",
+            params={"all": True, "filters": label_filters(labels)},
+        ) or []
+        return [
+            ContainerInfo(
+                id=c["Id"], name=(c.get("Names") or [""])[0], state=c.get("State", ""),
+                labels=c.get("Labels") or {}, image_id=c.get("ImageID", ""), pid=c.get("Pid", 0),
+            )
+            for c in data
+        ]
+
+    def attach_and_start(self, cid: str, stdio: Stdio) -> int:
+        """Attach to a created container, start it, pass stdio, return its exit code."""
+        sock, rest = self._call("attach", lambda: hijack(
+            str(self.paths.podman_sock),
+            f"{HIJACK_PREFIX}/containers/{cid}/attach?stream=true&stdin=true&stdout=true&stderr=true",
+        ))
+        with sock:
+            self.start(cid)
+            resize = self._resizer(f"/containers/{cid}/resize") if stdio.tty else None
+            pump(sock, stdio, rest, resize)
+        return self._wait(cid)
+
+    def _wait(self, cid: str) -> int:
+        code = self._json(
+            "post", f"/containers/{cid}/wait", f"wait {cid}",
+            # podman polls the state every 250 ms unless told otherwise
+            params={"condition": "stopped", "interval": "10ms"}, timeout=None,
+        )
+        return int(code)
+
+    def exec(
+        self,
+        cid: str,
+        argv: list[str],
+        stdio: Stdio,
+        user: str = "",
+        workdir: str = "",
+        env: dict[str, str] | None = None,
+    ) -> int:
+        body = {
+            "Cmd": argv, "AttachStdin": stdio.stdin is not None, "AttachStdout": True,
+            "AttachStderr": True, "Tty": stdio.tty, "User": user, "WorkingDir": workdir,
+            "Env": [f"{k}={v}" for k, v in (env or {}).items()],
+        }
+        eid = self._json("post", f"/containers/{cid}/exec", f"exec in {cid}", data=json.dumps(body))["Id"]
+        sock, rest = self._call("exec start", lambda: hijack(
+            str(self.paths.podman_sock), f"{HIJACK_PREFIX}/exec/{eid}/start",
+            {"Detach": False, "Tty": stdio.tty},
+        ))
+        with sock:
+            resize = self._resizer(f"/exec/{eid}/resize") if stdio.tty else None
+            pump(sock, stdio, rest, resize)
+        for _ in range(200):  # bounded: the exit code lands just after the stream ends
+            info = self._json("get", f"/exec/{eid}/json", "exec inspect")
+            if not info.get("Running"):
+                return int(info.get("ExitCode") or 0)
+            time.sleep(0.01)
+        raise EngineError(f"exec in {cid} did not report an exit code")
+
+    def _resizer(self, path: str) -> Callable[[int, int], None]:
+        def resize(rows: int, cols: int) -> None:
+            self._json("post", path, "resize", params={"h": rows, "w": cols})
+        return resize
+
+    def logs(self, cid: str) -> Iterator[bytes]:
+        def go() -> bytes:
+            resp = self.api.get(f"/containers/{cid}/logs", params={"stdout": True, "stderr": True})
+            resp.raise_for_status()
+            return resp.content
+        decoder = FrameDecoder()
+        for _stream, payload in decoder.feed(self._call("logs", go)):
+            yield payload
+
+    # -- volumes -----------------------------------------------------------
+
+    def create_volume(self, name: str, labels: dict[str, str]) -> VolumeInfo:
+        data = self._json(
+            "post", "/volumes/create", f"create volume {name}",
+            data=json.dumps({"Name": name, "Label": labels}),
+        )
+        return VolumeInfo(name=data["Name"], labels=data.get("Labels") or {}, mountpoint=data["Mountpoint"])
+
+    def remove_volume(self, name: str) -> None:
+        self._json("delete", f"/volumes/{name}", f"remove volume {name}", ok404=True, params={"force": True})
+
+    def inspect_volume(self, name: str) -> VolumeInfo | None:
+        data = self._json("get", f"/volumes/{name}/json", f"inspect volume {name}", ok404=True)
+        if data is None:
+            return None
+        return VolumeInfo(name=data["Name"], labels=data.get("Labels") or {}, mountpoint=data["Mountpoint"])
+
+    def list_volumes(self, labels: dict[str, str]) -> list[VolumeInfo]:
+        data = self._json("get", "/volumes/json", "list volumes", params={"filters": label_filters(labels)}) or []
+        return [VolumeInfo(name=v["Name"], labels=v.get("Labels") or {}, mountpoint=v["Mountpoint"]) for v in data]
+
+    # -- networks ----------------------------------------------------------
+
+    def create_network(self, name: str, labels: dict[str, str], internal: bool = False) -> NetworkInfo:
+        body = {"name": name, "driver": "bridge", "labels": labels, "internal": internal, "dns_enabled": True}
+        data = self._json("post", "/networks/create", f"create network {name}", data=json.dumps(body))
+        return _network_info(data)
+
+    def remove_network(self, name: str) -> None:
+        self._json("delete", f"/networks/{name}", f"remove network {name}", ok404=True, params={"force": True})
+
+    def list_networks(self, labels: dict[str, str]) -> list[NetworkInfo]:
+        data = self._json("get", "/networks/json", "list networks", params={"filters": label_filters(labels)}) or []
+        return [_network_info(n) for n in data]
+
+    # -- images ------------------------------------------------------------
+
+    def inspect_image(self, ref: str) -> ImageInfo | None:
+        data = self._json("get", f"/images/{ref}/json", f"inspect image {ref}", ok404=True)
+        return None if data is None else _image_info(data)
+
+    def list_images(self, reference: str) -> list[ImageInfo]:
+        data = self._json(
+            "get", "/images/json", "list images",
+            params={"filters": json.dumps({"reference": [reference]})},
+        ) or []
+        out = []
+        for img in data:
+            out.append(ImageInfo(
+                id=img["Id"].removeprefix("sha256:"), tags=tuple(img.get("RepoTags") or ()),
+                labels=img.get("Labels") or {}, digest=img.get("Digest", ""), size=img.get("Size", 0),
+            ))
+        return out
+
+    def tag_image(self, image_id: str, ref: str) -> None:
+        repo, tag = ref.rsplit(":", 1)
+        self._json("post", f"/images/{image_id}/tag", f"tag {ref}", params={"repo": repo, "tag": tag})
+
+    def untag_image(self, ref: str) -> None:
+        repo, tag = ref.rsplit(":", 1)
+        self._json("post", f"/images/{ref}/untag", f"untag {ref}", ok404=True, params={"repo": repo, "tag": tag})
+
+    def remove_image(self, image_id: str) -> None:
+        self._json("delete", f"/images/{image_id}", f"remove image {image_id[:12]}", ok404=True)
+
+    def import_rootfs(self, tar_path: str, ref: str, progress: Progress) -> str:
+        self.service.ensure()
+        progress(f"importing root filesystem as {ref}")
+        proc = self.service.cli(["import", "--quiet", tar_path, ref], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise EngineError(f"podman import failed: {_last(proc.stderr)}")
+        return proc.stdout.strip().removeprefix("sha256:")
+
+    def build_image(
+        self,
+        containerfile: str,
+        context: str,
+        ref: str,
+        build_args: dict[str, str],
+        labels: dict[str, str],
+        progress: Progress,
+    ) -> str:
+        """Build with chroot isolation; our Containerfiles are trusted and
+        runsc cannot run buildah's RUN steps."""
+        self.service.ensure()
+        iidfile = self.paths.run_dir / f"build-{os.getpid()}.iid"
+        args = [
+            "build", "--isolation=chroot", "--pull=never", "--layers=true", "--network=host",
+            "-f", containerfile, "-t", ref, "--iidfile", str(iidfile),
+        ]
+        for k, v in build_args.items():
+            args += ["--build-arg", f"{k}={v}"]
+        for k, v in labels.items():
+            args += ["--label", f"{k}={v}"]
+        args.append(context)
+        proc = subprocess.Popen(
+            ["podman", *args], env=self.service.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1,
+        )
+        tail: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = (tail + [line])[-20:]
+            progress(line)
+        if proc.wait() != 0:
+            raise EngineError(f"podman build of {ref} failed: {_last(chr(10).join(tail))}")
+        try:
+            return iidfile.read_text().strip().removeprefix("sha256:")
+        finally:
+            iidfile.unlink(missing_ok=True)
+
+    def update_image(
+        self,
+        image_id: str,
+        command: list[str],
+        ref: str,
+        labels: dict[str, str],
+        changes: list[str],
+        progress: Progress,
+    ) -> str:
+        """Run COMMAND as root in a sandbox on IMAGE_ID with network, then
+        commit the result as REF. The build runtime turns gVisor's own
+        overlay off so that writes reach the layer podman commits. The CLI
+        is used because podman 4.3's REST API ignores a per-container runtime."""
+        self.service.ensure()
+        name = f"qlite-{labels.get('qlite.home', 'x')}-{labels.get('qlite.qube', 'x')}-update"
+        args = ["run", "--name", name, "--runtime", "qlite-runsc-build", "--pull=never",
+                "--user", "root", "--env", "DEBIAN_FRONTEND=noninteractive"]
+        for k, v in labels.items():
+            args += ["--label", f"{k}={v}"]
+        args += [image_id, *command]
+        self.remove_container(name, force=True)
+        try:
+            proc = subprocess.Popen(
+                ["podman", *args], env=self.service.env, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, bufsize=1,
+            )
+            tail: list[str] = []
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip()
+                tail = (tail + [line])[-20:]
+                progress(line)
+            if proc.wait() != 0:
+                raise EngineError(f"template update failed (exit {proc.returncode}): {_last(chr(10).join(tail))}")
+            return self.commit(name, ref, changes)
+        finally:
+            self.remove_container(name, force=True)
+
+    def commit(self, cid: str, ref: str, changes: list[str]) -> str:
+        repo, tag = ref.rsplit(":", 1)
+        params: list[tuple[str, Any]] = [("container", cid), ("repo", repo), ("tag", tag), ("pause", False)]
+        params += [("changes", c) for c in changes]
+        data = self._json("post", "/commit", f"commit {cid}", params=params, timeout=600)
+        return data["Id"].removeprefix("sha256:")
+
+
+def _network_info(data: dict) -> NetworkInfo:
+    subnets = tuple(s.get("subnet", "") for s in data.get("subnets") or ())
+    return NetworkInfo(
+        name=data["name"], labels=data.get("labels") or {}, subnets=subnets,
+        internal=bool(data.get("internal")),
+    )
+
+
+def _image_info(data: dict) -> ImageInfo:
+    return ImageInfo(
+        id=data["Id"].removeprefix("sha256:"), tags=tuple(data.get("RepoTags") or ()),
+        labels=(data.get("Config") or {}).get("Labels") or data.get("Labels") or {},
+        digest=data.get("Digest", ""), size=data.get("Size", 0), created=data.get("Created", ""),
+    )
+
+
+def _last(text: str) -> str:
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"

@@ -1,0 +1,116 @@
+"""Every path qlite uses, in one place.
+
+QLITE_HOME relocates everything that belongs to one qlite installation
+(database, sockets, logs, generated config), so tests are hermetic. The
+podman image store is shared by all homes, so templates are built once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = Path("/var/lib/qlite")
+DEFAULT_POLICY_DIR = Path("/etc/qlite/policy.d")
+# Where the repository's data lives (images/, runsc-config/, policies/,
+# Containerfile, guest/). qlite is installed editable from the checkout.
+SHARE_DIR = Path(os.environ.get("QLITE_SHARE", Path(__file__).resolve().parent.parent))
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+    explicit_home: bool = False
+
+    @classmethod
+    def from_env(cls) -> Paths:
+        env = os.environ.get("QLITE_HOME")
+        if env:
+            return cls(Path(env).resolve(), explicit_home=True)
+        return cls(DEFAULT_HOME)
+
+    @property
+    def home_hash(self) -> str:
+        """Short, stable id of this home; it labels every engine object."""
+        return hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
+
+    @property
+    def db(self) -> Path:
+        return self.home / "qlite.db"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "log"
+
+    @property
+    def podman_sock(self) -> Path:
+        return self.run_dir / "podman.sock"
+
+    @property
+    def podman_pidfile(self) -> Path:
+        return self.run_dir / "podman.pid"
+
+    @property
+    def podman_log(self) -> Path:
+        return self.log_dir / "podman.log"
+
+    @property
+    def containers_conf(self) -> Path:
+        return self.run_dir / "containers.conf"
+
+    @property
+    def probe_file(self) -> Path:
+        return self.run_dir / "probe.json"
+
+    @property
+    def service_lock(self) -> Path:
+        return self.run_dir / "service.lock"
+
+    @property
+    def rpc_log(self) -> Path:
+        return self.log_dir / "rpc.jsonl"
+
+    @property
+    def policy_dir(self) -> Path:
+        return self.home / "policy.d" if self.explicit_home else DEFAULT_POLICY_DIR
+
+    def runsc_wrapper(self, mode: str) -> Path:
+        """The generated runsc wrapper for one mode ("qube" or "build")."""
+        return self.run_dir / f"runsc-{mode}"
+
+    # Data shipped in the repository.
+    @property
+    def images_dir(self) -> Path:
+        return SHARE_DIR / "images"
+
+    @property
+    def runsc_config_dir(self) -> Path:
+        return SHARE_DIR / "runsc-config"
+
+    @property
+    def guest_dir(self) -> Path:
+        return SHARE_DIR / "guest"
+
+    @property
+    def guest_containerfile(self) -> Path:
+        return SHARE_DIR / "Containerfile"
+
+    @property
+    def shipped_policy_dir(self) -> Path:
+        return SHARE_DIR / "policies"
+
+    def ensure(self) -> None:
+        for d in (self.home, self.run_dir, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.home, 0o711)
+
+
+# The image store is shared by every home, so the lock that serialises
+# template revision numbering lives outside any one home.
+IMAGE_LOCK = Path("/run/lock/qlite-images.lock")

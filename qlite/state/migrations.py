@@ -1,0 +1,58 @@
+"""Versioned schema migrations. Version N is MIGRATIONS[N-1]; never edit a
+released entry, append a new one."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: qubes, their tags and features, templates and their revisions, prefs.
+    """
+    CREATE TABLE qubes (
+        name                 TEXT PRIMARY KEY,
+        class                TEXT NOT NULL,
+        label                TEXT NOT NULL,
+        template             TEXT,
+        netvm                TEXT,            -- NULL: follow default_netvm; '': none
+        provides_network     INTEGER NOT NULL DEFAULT 0,
+        memory               INTEGER NOT NULL,
+        maxmem               INTEGER NOT NULL DEFAULT 0,
+        vcpus                INTEGER NOT NULL,
+        autostart            INTEGER NOT NULL DEFAULT 0,
+        default_dispvm       TEXT,            -- NULL: follow the global pref
+        template_for_dispvms INTEGER NOT NULL DEFAULT 0,
+        default_user         TEXT NOT NULL DEFAULT 'user',
+        include_in_backups   INTEGER NOT NULL DEFAULT 1,
+        mode                 TEXT NOT NULL DEFAULT 'container',
+        owner                TEXT,            -- disposables: "pid:start_time"
+        created_at           REAL NOT NULL
+    );
+    CREATE TABLE tags (
+        qube TEXT NOT NULL REFERENCES qubes(name) ON DELETE CASCADE ON UPDATE CASCADE,
+        tag  TEXT NOT NULL,
+        PRIMARY KEY (qube, tag)
+    );
+    -- features may also belong to dom0, which has no row in qubes.
+    CREATE TABLE features (
+        qube  TEXT NOT NULL,
+        key   TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (qube, key)
+    );
+    CREATE TABLE templates (
+        name        TEXT PRIMARY KEY,
+        current_rev INTEGER,
+        created_at  REAL NOT NULL
+    );
+    CREATE TABLE template_revisions (
+        template   TEXT NOT NULL REFERENCES templates(name) ON DELETE CASCADE,
+        rev        INTEGER NOT NULL,
+        image_id   TEXT NOT NULL,
+        origin     TEXT NOT NULL,             -- build | update | adopted
+        created_at REAL NOT NULL,
+        PRIMARY KEY (template, rev)
+    );
+    CREATE TABLE global_prefs (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+]
