@@ -108,25 +108,21 @@ def unpause(args: argparse.Namespace) -> int:
 
 
 def split_run_args(rest: list[str], disposable: bool) -> tuple[str | None, list[str]]:
-    """[NAME] [--] CMD... -> (NAME, CMD). Pure."""
-    if "--" in rest:
-        i = rest.index("--")
-        before, cmd = rest[:i], rest[i + 1:]
-    elif disposable:
-        before, cmd = [], rest
-    else:
-        before, cmd = rest[:1], rest[1:]
-    if disposable:
-        if before:
-            raise InvalidValue("a disposable takes no qube name; use --dvm NAME to choose its template")
-        name = None
-    else:
-        if len(before) != 1:
+    """[NAME] [--] CMD... -> (NAME, CMD). Pure. Only a "--" right where the
+    command starts separates it; a later "--" belongs to the command."""
+    tokens = list(rest)
+    name = None
+    if not disposable:
+        if tokens[:1] == ["--"]:
+            tokens = tokens[1:]
+        if not tokens:
             raise InvalidValue("usage: qlite run NAME -- CMD... (or qlite run --disposable -- CMD...)")
-        name = before[0]
-    if not cmd:
+        name, tokens = tokens[0], tokens[1:]
+    if tokens[:1] == ["--"]:
+        tokens = tokens[1:]
+    if not tokens:
         raise InvalidValue("no command given: qlite run [NAME | --disposable] -- CMD...")
-    return name, cmd
+    return name, tokens
 
 
 def run(args: argparse.Namespace) -> int:
@@ -378,7 +374,7 @@ def setup(args: argparse.Namespace) -> int:
         qm.create(DVM_NAME, label="red", template=DEFAULT_TEMPLATE, props={"template_for_dispvms": "True"})
     if gp.is_default("default_dispvm"):
         gp.set("default_dispvm", DVM_NAME)
-    info(f"ready: template {DEFAULT_TEMPLATE}{' (built now)' if new else ''}, disposable template {DVM_NAME}")
+    info(f"ready: template {DEFAULT_TEMPLATE}{' (added now)' if new else ''}, disposable template {DVM_NAME}")
     return 0
 
 

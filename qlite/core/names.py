@@ -13,13 +13,13 @@ RESERVED = frozenset({"none", "default", "dom0"})
 
 def name_problem(name: str) -> str | None:
     """Why NAME is not a valid user-chosen qube name, or None if it is."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         return (
             "must start with a letter and hold at most 31 letters, digits, '_', '.' or '-'"
         )
     if name in RESERVED:
         return "is reserved"
-    if DISP_RE.match(name):
+    if DISP_RE.fullmatch(name):
         return "is reserved for disposables (dispNNNN)"
     if name.endswith("-dm"):
         return "is reserved (names ending in -dm)"
@@ -28,7 +28,7 @@ def name_problem(name: str) -> str | None:
 
 def validate_name(name: str, *, allow_disp: bool = False) -> str:
     """Return NAME if valid, else raise InvalidName with a one-line reason."""
-    if allow_disp and isinstance(name, str) and DISP_RE.match(name) and len(name) <= 31:
+    if allow_disp and isinstance(name, str) and DISP_RE.fullmatch(name) and len(name) <= 31:
         return name
     problem = name_problem(name)
     if problem:

@@ -40,13 +40,16 @@ def parse_rootfs_conf(text: str) -> RootfsConfig:
     unknown = set(values) - {"suite", "variant", "components", "include"}
     if unknown:
         raise InvalidValue(f"rootfs.conf: unknown key {sorted(unknown)[0]!r}")
+    for key in ("suite", "variant", "components"):
+        if key in values and not values[key]:
+            raise InvalidValue(f"rootfs.conf: {key!r} is empty")
     if not values.get("suite"):
         raise InvalidValue("rootfs.conf: 'suite' is required")
     return RootfsConfig(
         suite=values["suite"],
         variant=values.get("variant", "minbase"),
         components=tuple(values.get("components", "main").split()),
-        include=tuple(re.split(r"[\s,]+", values.get("include", "").strip())) if values.get("include") else (),
+        include=tuple(p for p in re.split(r"[\s,]+", values.get("include", "")) if p),
     )
 
 
@@ -58,6 +61,8 @@ def host_debian_uris(sources_dir: Path = Path("/etc/apt/sources.list.d"),
         for stanza in path.read_text(errors="replace").split("\n\n"):
             fields = _deb822(stanza)
             if "deb" not in fields.get("Types", "").split():
+                continue
+            if fields.get("Enabled", "yes").strip().lower() == "no":
                 continue
             uris = fields.get("URIs", "").split()
             for suite in fields.get("Suites", "").split():

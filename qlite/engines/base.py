@@ -92,6 +92,19 @@ class Stdio:
 Progress = Callable[[str], None]
 
 
+def label_selectors(labels: dict[str, str]) -> list[str]:
+    """Engine label filters ("key=value") for LABELS, in a stable order."""
+    return [f"{k}={v}" for k, v in sorted(labels.items())]
+
+
+def has_labels(found: dict[str, str] | None, wanted: dict[str, str]) -> bool:
+    """Whether FOUND carries every one of WANTED. Engines' listings are
+    checked again on our side: podman 4.3 ORs several label filters on
+    volumes and networks."""
+    found = found or {}
+    return all(found.get(k) == v for k, v in wanted.items())
+
+
 class Engine(Protocol):
     """What core needs from a container engine. Every failure of the
     underlying SDK is raised as EngineError (or EngineUnavailable)."""

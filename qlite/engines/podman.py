@@ -29,6 +29,8 @@ from qlite.engines.base import (
     Progress,
     Stdio,
     VolumeInfo,
+    has_labels,
+    label_selectors,
 )
 from qlite.engines.hijack import hijack
 from qlite.engines.stream import FrameDecoder, pump
@@ -107,7 +109,7 @@ def specgen(spec: ContainerSpec) -> dict[str, Any]:
 
 
 def label_filters(labels: dict[str, str]) -> str:
-    return json.dumps({"label": [f"{k}={v}" for k, v in sorted(labels.items())]})
+    return json.dumps({"label": label_selectors(labels)})
 
 
 # --------------------------------------------------------------------------
@@ -158,6 +160,8 @@ class PodmanService:
     def ensure(self) -> None:
         """Make sure the service runs with the current generated config."""
         self.paths.ensure()
+        if not shutil.which("podman"):
+            raise EngineUnavailable("podman is not installed: run setup.sh (or apt install podman)")
         result = self.runtime_probe()
         with _flock(self.paths.service_lock):
             changed = write_runtime_config(self.paths, result)
@@ -168,9 +172,7 @@ class PodmanService:
             self._start_locked()
 
     def _start_locked(self) -> None:
-        podman = shutil.which("podman")
-        if not podman:
-            raise EngineUnavailable("podman is not installed: run setup.sh (or apt install podman)")
+        podman = shutil.which("podman") or "podman"
         sock = self.paths.podman_sock
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
@@ -362,7 +364,7 @@ class PodmanEngine:
                 id=c["Id"], name=(c.get("Names") or [""])[0], state=c.get("State", ""),
                 labels=c.get("Labels") or {}, image_id=c.get("ImageID", ""), pid=c.get("Pid", 0),
             )
-            for c in data
+            for c in data if has_labels(c.get("Labels"), labels)
         ]
 
     def attach_and_start(self, cid: str, stdio: Stdio) -> int:
@@ -448,7 +450,10 @@ class PodmanEngine:
 
     def list_volumes(self, labels: dict[str, str]) -> list[VolumeInfo]:
         data = self._json("get", "/volumes/json", "list volumes", params={"filters": label_filters(labels)}) or []
-        return [VolumeInfo(name=v["Name"], labels=v.get("Labels") or {}, mountpoint=v["Mountpoint"]) for v in data]
+        return [
+            VolumeInfo(name=v["Name"], labels=v.get("Labels") or {}, mountpoint=v["Mountpoint"])
+            for v in data if has_labels(v.get("Labels"), labels)
+        ]
 
     # -- networks ----------------------------------------------------------
 
@@ -462,7 +467,7 @@ class PodmanEngine:
 
     def list_networks(self, labels: dict[str, str]) -> list[NetworkInfo]:
         data = self._json("get", "/networks/json", "list networks", params={"filters": label_filters(labels)}) or []
-        return [_network_info(n) for n in data]
+        return [_network_info(n) for n in data if has_labels(n.get("labels"), labels)]
 
     # -- images ------------------------------------------------------------
 

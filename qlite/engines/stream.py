@@ -115,33 +115,94 @@ def pump(
 
     if initial:
         deliver(initial)
-    # poll, not epoll: epoll refuses regular files (stdin redirected from one).
-    sel = selectors.PollSelector()
-    sel.register(sock, selectors.EVENT_READ)
-    if in_fd is None:
-        _close_write(sock)
-    else:
-        sel.register(in_fd, selectors.EVENT_READ)
     try:
         with raw_terminal(in_fd if stdio.tty else None):
-            while True:
-                for key, _ in sel.select():
-                    if key.fileobj is sock:
-                        data = _recv(sock)
-                        if not data:
-                            return
-                        deliver(data)
-                    else:
-                        data = _read(in_fd)
-                        if data:
-                            sock.sendall(data)
-                        else:
-                            sel.unregister(in_fd)
-                            _close_write(sock)
+            _Loop(sock, in_fd, deliver).run()
     finally:
-        sel.close()
         if old_winch is not None:
             signal.signal(signal.SIGWINCH, old_winch)
+
+
+class _Loop:
+    """Copy stdin to the socket and the socket to DELIVER without blocking
+    on either: a command that writes more than it reads must not deadlock
+    against our own unsent stdin. While stdin data waits for the socket,
+    stdin is not read (backpressure)."""
+
+    def __init__(self, sock: socket.socket, in_fd: int | None, deliver: Callable[[bytes], None]):
+        self.sock = sock
+        self.in_fd = in_fd
+        self.deliver = deliver
+        self.pending = b""
+        self.stdin_done = in_fd is None
+        # poll, not epoll: epoll refuses regular files (stdin redirected from one).
+        self.sel = selectors.PollSelector()
+        self.reading_stdin = False
+
+    def run(self) -> None:
+        self.sock.setblocking(False)
+        self.sel.register(self.sock, selectors.EVENT_READ)
+        if self.stdin_done:
+            _close_write(self.sock)
+        try:
+            self._update()
+            while True:
+                for key, events in self.sel.select():
+                    if key.fileobj is self.sock:
+                        if events & selectors.EVENT_READ and not self._on_readable():
+                            return
+                        if events & selectors.EVENT_WRITE:
+                            self._send()
+                    else:
+                        self._on_stdin()
+                self._update()
+        finally:
+            self.sel.close()
+
+    def _on_readable(self) -> bool:
+        try:
+            data = self.sock.recv(CHUNK)
+        except BlockingIOError:
+            return True
+        except ConnectionResetError:
+            return False
+        if not data:
+            return False
+        self.deliver(data)
+        return True
+
+    def _on_stdin(self) -> None:
+        assert self.in_fd is not None
+        data = _read(self.in_fd)
+        if data:
+            self.pending += data
+        else:
+            self.stdin_done = True
+            if not self.pending:
+                _close_write(self.sock)
+
+    def _send(self) -> None:
+        try:
+            sent = self.sock.send(self.pending)
+        except BlockingIOError:
+            return
+        except (BrokenPipeError, ConnectionResetError):
+            # The command closed its stdin; what is left cannot be delivered.
+            self.pending, self.stdin_done = b"", True
+            return
+        self.pending = self.pending[sent:]
+        if not self.pending and self.stdin_done:
+            _close_write(self.sock)
+
+    def _update(self) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.pending else 0)
+        self.sel.modify(self.sock, events)
+        want_stdin = not self.stdin_done and not self.pending
+        if want_stdin and not self.reading_stdin:
+            self.sel.register(self.in_fd, selectors.EVENT_READ)
+        elif not want_stdin and self.reading_stdin:
+            self.sel.unregister(self.in_fd)
+        self.reading_stdin = want_stdin
 
 
 def _fileno(stream: object) -> int | None:
@@ -163,13 +224,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
-
-
-def _recv(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(CHUNK)
-    except ConnectionResetError:
-        return b""
 
 
 def _read(fd: int) -> bytes:

@@ -24,7 +24,8 @@ def host_limit(which: int, cap: int) -> int:
 
 def render_flags(template_text: str, probe: RuntimeProbe) -> str:
     """The flag line of a runsc-config/flags file, with the probe filled in."""
-    lines = [ln.strip() for ln in template_text.splitlines() if ln.strip() and not ln.startswith("#")]
+    stripped = (ln.strip() for ln in template_text.splitlines())
+    lines = [ln for ln in stripped if ln and not ln.startswith("#")]
     return Template(" ".join(lines)).substitute(
         PLATFORM=probe.platform, NETWORK=probe.network_flag
     )

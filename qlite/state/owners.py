@@ -8,6 +8,9 @@ different start time, so its disposables are recognised as orphaned.
 from __future__ import annotations
 
 import os
+import re
+
+OWNER_RE = re.compile(r"([0-9]+):([0-9]+)")
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -29,10 +32,8 @@ def current_owner() -> str:
 
 
 def parse_owner(owner: str) -> tuple[int, int] | None:
-    pid, sep, ticks = owner.partition(":")
-    if not sep or not pid.isdigit() or not ticks.isdigit():
-        return None
-    return int(pid), int(ticks)
+    m = OWNER_RE.fullmatch(owner)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def owner_alive(owner: str | None) -> bool:

@@ -8,6 +8,7 @@ writers queue on SQLite's lock instead of failing half-way.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +30,32 @@ class Store:
         except sqlite3.Error as exc:
             raise StateError(f"cannot open the qlite database {self.path}: {exc}") from exc
         self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.migrate()
+        try:
+            self._enable_wal()
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.migrate()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise StateError(f"cannot use the qlite database {self.path}: {exc}") from exc
+        except StateError:
+            self.conn.close()
+            raise
+
+    def _enable_wal(self) -> None:
+        """Switch to WAL once. Several processes opening a new database at
+        the same moment race for the lock this needs, and SQLite's busy
+        handler does not cover it, so retry for a bounded time."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self.conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @property
     def version(self) -> int:
@@ -83,17 +106,21 @@ class Store:
 
 
 def _split_sql(script: str) -> list[str]:
-    """Split a migration into statements (executescript would COMMIT early)."""
-    out, buf = [], []
-    for line in script.splitlines():
-        code = line.split("--", 1)[0]
-        buf.append(code)
-        if code.rstrip().endswith(";"):
-            stmt = "\n".join(buf).strip()
-            if stmt.strip(";").strip():
-                out.append(stmt)
-            buf = []
-    rest = "\n".join(buf).strip()
-    if rest:
-        out.append(rest)
+    """Split a migration into statements (executescript would COMMIT early).
+    SQLite itself decides where a statement ends, so strings, comments and
+    triggers are handled as SQLite handles them."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if _has_code(buf):
+                out.append(buf.strip())
+            buf = ""
+    if _has_code(buf):
+        out.append(buf.strip())
     return out
+
+
+def _has_code(sql: str) -> bool:
+    lines = (ln.split("--", 1)[0].strip() for ln in sql.splitlines())
+    return any(ln.strip(";") for ln in lines)
