@@ -1,0 +1,86 @@
+"""Fixtures for the unit suite: a temporary QLITE_HOME, a recording fake
+engine and a Context over both. Nothing here touches podman or runsc."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+from qlite.core.context import Context
+from qlite.core.model import Qube
+from qlite.core.qubes import QubeManager
+from qlite.core.templates import TemplateManager, image_ref
+from qlite.paths import Paths
+from qlite.runtime.probe import RuntimeProbe
+from qlite.state import Store
+
+from .fake_engine import FakeEngine
+
+# No example database, and Hypothesis' caches go to the temp dir: the unit
+# suite writes nothing into the checkout.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "qlite-unit-hypothesis")
+settings.register_profile("qlite-unit", database=None, deadline=None)
+settings.load_profile("qlite-unit")
+
+TEMPLATE = "debian-12"
+IMAGE_ID = "ab" * 32
+
+ROOT_REASON = "init_private chowns /rw/home/user to uid 1000, which needs root"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_REASON)
+
+
+def require_root() -> None:
+    """For fixtures that lay out a private volume."""
+    if os.geteuid() != 0:
+        pytest.skip(ROOT_REASON)
+
+FAKE_PROBE = RuntimeProbe(
+    runsc="/usr/bin/runsc", version="fake", platform="systrap", netstack=True,
+    netstack_error="", key="fake",
+)
+
+
+@pytest.fixture
+def paths(tmp_path) -> Paths:
+    home = tmp_path / "home"
+    home.mkdir()
+    return Paths(home, explicit_home=True)
+
+
+@pytest.fixture
+def engine(tmp_path) -> FakeEngine:
+    root = tmp_path / "volumes"
+    root.mkdir()
+    return FakeEngine(volume_root=root)
+
+
+@pytest.fixture
+def ctx(paths, engine, tmp_path):
+    store = Store(paths.home / "qlite.db")
+    c = Context(paths, engine=engine, store=store)
+    # Never run the real runsc probe from a unit test.
+    c.__dict__["runtime_probe"] = FAKE_PROBE
+    engine.add_image(IMAGE_ID, (image_ref(TEMPLATE, 1),), {"qlite.origin": "build"})
+    TemplateManager(c)._record(TEMPLATE, 1, IMAGE_ID, "build")
+    engine.calls.clear()
+    yield c
+    store.close()
+
+
+def dump_store(store: Store) -> list[str]:
+    return list(store.conn.iterdump())
+
+
+def insert_row(qm: QubeManager, name: str, **kw) -> Qube:
+    """A qube row without engine objects (no root needed)."""
+    q = Qube(name=name, klass=kw.pop("klass", "AppVM"), label=kw.pop("label", "green"),
+             template=kw.pop("template", TEMPLATE), created_at=time.time(), **kw)
+    with qm.store.transaction() as conn:
+        qm._insert(q, conn)
+    return q

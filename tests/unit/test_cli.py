@@ -1,0 +1,77 @@
+"""The CLI's pure parts: `run` argument splitting and usage errors (125)."""
+
+from __future__ import annotations
+
+import pytest
+
+import qlite.cli
+from qlite.cli.commands import split_run_args
+from qlite.errors import InvalidValue
+
+
+@pytest.mark.parametrize(("rest", "disposable", "expected"), [
+    (["work", "--", "ls", "-l"], False, ("work", ["ls", "-l"])),
+    (["work", "ls", "-l"], False, ("work", ["ls", "-l"])),
+    (["work", "--", "--help"], False, ("work", ["--help"])),
+    (["work", "--", "grep", "--", "-x"], False, ("work", ["grep", "--", "-x"])),
+    (["--", "ls"], True, (None, ["ls"])),
+    (["ls", "-l"], True, (None, ["ls", "-l"])),
+    (["--", "sh", "-c", "echo -- hi"], True, (None, ["sh", "-c", "echo -- hi"])),
+    (["--", "grep", "--", "-x"], True, (None, ["grep", "--", "-x"])),
+    # A "--" that belongs to the command, after the command has started:
+    (["work", "git", "diff", "--", "README"], False, ("work", ["git", "diff", "--", "README"])),
+    (["git", "diff", "--", "README"], True, (None, ["git", "diff", "--", "README"])),
+    (["a", "b", "--", "ls"], False, ("a", ["b", "--", "ls"])),
+    (["work", "--", "ls"], True, (None, ["work", "--", "ls"])),
+])
+def test_split_run_args(rest, disposable, expected):
+    assert split_run_args(list(rest), disposable) == expected
+
+
+@pytest.mark.parametrize(("rest", "disposable", "fragment"), [
+    ([], False, "usage"),
+    (["work"], False, "no command"),
+    (["work", "--"], False, "no command"),
+    (["--", "ls"], False, "no command"),
+    ([], True, "no command"),
+    (["--"], True, "no command"),
+])
+def test_split_run_args_errors(rest, disposable, fragment):
+    with pytest.raises(InvalidValue, match=fragment) as exc:
+        split_run_args(list(rest), disposable)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["no-such-command"],
+    ["create"],
+    ["create", "work"],  # --label is required
+    ["create", "work", "-l", "red", "--memory", "lots"],
+    ["create", "work", "-l", "red", "--vcpus", "2.5"],
+    ["create", "work", "-l", "red", "--mode", "hvm"],
+    ["create", "work", "-l", "red", "--bogus"],
+    ["start"],
+    ["template", "explode"],
+    ["tags", "work", "frobnicate"],
+    ["service", "restart"],
+    ["shutdown", "--timeout", "soon"],
+    ["run", "--no-such-flag", "work", "ls"],
+    ["ls", "extra"],
+    ["--no-such-global-flag"],
+])
+def test_usage_errors_exit_125(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        qlite.cli.main(argv)
+    assert exc.value.code == 125
+    err = capsys.readouterr().err
+    assert err.startswith("qlite: error:")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["create", "--help"]])
+def test_help_and_version_exit_0(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        qlite.cli.main(argv)
+    assert exc.value.code in (0, None)
+    assert capsys.readouterr().out

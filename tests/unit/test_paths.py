@@ -1,0 +1,55 @@
+"""Every path in one place; QLITE_HOME relocates all of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qlite.paths import DEFAULT_HOME, DEFAULT_POLICY_DIR, Paths
+
+
+def test_from_env_default(monkeypatch):
+    monkeypatch.delenv("QLITE_HOME", raising=False)
+    p = Paths.from_env()
+    assert p.home == DEFAULT_HOME and not p.explicit_home
+    assert p.policy_dir == DEFAULT_POLICY_DIR
+
+
+def test_from_env_relocates_everything(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QLITE_HOME", "rel/home")
+    p = Paths.from_env()
+    assert p.explicit_home and p.home == (tmp_path / "rel" / "home").resolve()
+    for path in (p.db, p.run_dir, p.log_dir, p.podman_sock, p.podman_pidfile, p.podman_log, p.containers_conf,
+                 p.probe_file, p.service_lock, p.rpc_log, p.policy_dir, p.runsc_wrapper("qube")):
+        assert path.is_absolute()
+        assert p.home in path.parents
+    assert p.podman_sock == p.home / "run" / "podman.sock"
+    assert p.rpc_log == p.home / "log" / "rpc.jsonl"
+    assert p.policy_dir == p.home / "policy.d"
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    ("/var/lib/qlite", "/var/lib/qlite", True),
+    ("/var/lib/qlite", "/var/lib/qlite2", False),
+    ("/tmp/h1", "/tmp/h2", False),
+])
+def test_home_hash(a, b, same):
+    ha, hb = Paths(Path(a)).home_hash, Paths(Path(b)).home_hash
+    assert len(ha) == 10 and int(ha, 16) >= 0
+    assert (ha == hb) is same
+
+
+def test_ensure(tmp_path):
+    p = Paths(tmp_path / "h", explicit_home=True)
+    p.ensure()
+    assert p.run_dir.is_dir() and p.log_dir.is_dir()
+    assert p.home.stat().st_mode & 0o777 == 0o711
+
+
+def test_shipped_data_exists():
+    p = Paths(Path("/nowhere"))
+    assert (p.runsc_config_dir / "containers.conf.in").is_file()
+    assert (p.runsc_config_dir / "runsc-wrapper.in").is_file()
+    assert (p.images_dir / "debian-12" / "Containerfile").is_file()

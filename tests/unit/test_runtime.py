@@ -1,0 +1,176 @@
+"""Generated runtime config (containers.conf, runsc wrappers), the probe's
+OCI bundle and the KVM probe firmware: all pure."""
+
+from __future__ import annotations
+
+import json
+import resource
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from qlite.paths import Paths
+from qlite.runtime import config
+from qlite.runtime.config import NOFILE_CAP, host_limit, render_all, render_flags, write_runtime_config
+from qlite.runtime.kvm import EXIT_OK, firmware, qemu_command
+from qlite.runtime.probe import RuntimeProbe, bundle_spec
+
+
+def probe(netstack: bool = True, platform: str = "systrap", runsc: str = "/opt/gvisor/runsc") -> RuntimeProbe:
+    return RuntimeProbe(runsc=runsc, version="release-20240101.0", platform=platform,
+                        netstack=netstack, netstack_error="" if netstack else "kernel too new", key="k")
+
+
+@pytest.mark.parametrize(
+    ("netstack", "flag", "netpath"), [(True, "sandbox", "netstack"), (False, "host", "host-netns")]
+)
+def test_probe_network_flag(netstack, flag, netpath):
+    p = probe(netstack)
+    assert p.network_flag == flag
+    assert p.netpath == netpath
+
+
+@pytest.mark.parametrize(("template", "p", "expected"), [
+    ("--platform=${PLATFORM} --network=${NETWORK}", probe(True, "systrap"),
+     "--platform=systrap --network=sandbox"),
+    ("--platform=${PLATFORM} --network=${NETWORK}", probe(False, "ptrace"),
+     "--platform=ptrace --network=host"),
+    ("# comment\n\n--a\n--b=${PLATFORM}\n", probe(True, "kvm"), "--a --b=kvm"),
+    ("--x\n   \n# --not-a-flag\n--y", probe(), "--x --y"),
+    ("  --indented\n", probe(), "--indented"),
+    ("--x\n  # an indented comment\n--y", probe(), "--x --y"),
+])
+def test_render_flags(template, p, expected):
+    assert render_flags(template, p) == expected
+
+
+def test_render_flags_rejects_unknown_placeholders():
+    with pytest.raises(KeyError):
+        render_flags("--foo=${NOPE}", probe())
+
+
+def test_render_flags_never_emits_a_shell_comment():
+    """The flags land on the wrapper's exec line: a '#' there would comment
+    out "$@" and every container would lose its arguments."""
+    for mode in ("qube", "build"):
+        text = (Paths(Path("/x")).runsc_config_dir / "flags" / mode).read_text()
+        assert "#" not in render_flags(text, probe())
+
+
+@pytest.fixture
+def paths(tmp_path) -> Paths:
+    return Paths(tmp_path / "home", explicit_home=True)
+
+
+@pytest.mark.parametrize(("netstack", "network"), [(True, "--network=sandbox"), (False, "--network=host")])
+@pytest.mark.parametrize("platform", ["systrap", "ptrace"])
+def test_render_all_wrappers(paths, netstack, network, platform):
+    files = render_all(paths, probe(netstack, platform))
+    qube = files[paths.runsc_wrapper("qube")]
+    build = files[paths.runsc_wrapper("build")]
+    for text in (qube, build):
+        assert text.startswith("#!/bin/sh\n")
+        exec_line = [ln for ln in text.splitlines() if ln.startswith("exec ")]
+        assert len(exec_line) == 1
+        assert exec_line[0].startswith("exec /opt/gvisor/runsc ")
+        assert exec_line[0].endswith(' "$@"')
+        assert f"--platform={platform}" in exec_line[0]
+        assert network in exec_line[0]
+        assert "${" not in text and "$$" not in text
+    assert "--host-uds=open" in qube
+    assert "--overlay2=none" in build
+    assert "--overlay2=none" not in qube
+
+
+def test_render_all_containers_conf(paths):
+    files = render_all(paths, probe())
+    assert set(files) == {paths.runsc_wrapper("qube"), paths.runsc_wrapper("build"), paths.containers_conf}
+    conf = tomllib.loads(files[paths.containers_conf])
+    engine = conf["engine"]
+    assert engine["runtime"] == "qlite-runsc"
+    assert engine["cgroup_manager"] == "cgroupfs"
+    assert engine["events_logger"] == "file"
+    assert Path(engine["events_logfile_path"]).is_absolute()
+    assert Path(engine["events_logfile_path"]).parent == paths.run_dir
+    assert engine["runtimes"]["qlite-runsc"] == [str(paths.runsc_wrapper("qube"))]
+    assert engine["runtimes"]["qlite-runsc-build"] == [str(paths.runsc_wrapper("build"))]
+    for wrapper in engine["runtimes"].values():
+        assert Path(wrapper[0]).is_absolute()
+    (ulimit,) = [u for u in conf["containers"]["default_ulimits"] if u.startswith("nofile=")]
+    soft, hard = (int(x) for x in ulimit.removeprefix("nofile=").split(":"))
+    assert soft == hard
+    host_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert host_hard == resource.RLIM_INFINITY or hard <= host_hard
+    assert hard <= NOFILE_CAP
+
+
+@pytest.mark.parametrize(("limits", "expected"), [
+    ((1024, 4096), 4096),
+    ((1024, 10 * NOFILE_CAP), NOFILE_CAP),
+    ((1024, resource.RLIM_INFINITY), NOFILE_CAP),
+    ((1024, 1024), 1024),
+])
+def test_host_limit(monkeypatch, limits, expected):
+    monkeypatch.setattr(config.resource, "getrlimit", lambda _which: limits)
+    assert host_limit(resource.RLIMIT_NOFILE, NOFILE_CAP) == expected
+
+
+def test_containers_conf_follows_a_low_host_limit(monkeypatch, paths):
+    monkeypatch.setattr(config.resource, "getrlimit", lambda _which: (512, 2048))
+    conf = tomllib.loads(render_all(paths, probe())[paths.containers_conf])
+    assert "nofile=2048:2048" in conf["containers"]["default_ulimits"]
+
+
+def test_write_runtime_config_reports_changes(paths):
+    assert write_runtime_config(paths, probe()) is True
+    assert write_runtime_config(paths, probe()) is False
+    wrapper = paths.runsc_wrapper("qube")
+    assert wrapper.stat().st_mode & 0o777 == 0o755
+    assert paths.containers_conf.stat().st_mode & 0o777 == 0o644
+    assert write_runtime_config(paths, probe(netstack=False)) is True
+    assert "--network=host" in wrapper.read_text()
+    assert not list(paths.run_dir.glob("*.tmp"))
+
+
+# -- the runsc probe's bundle ---------------------------------------------------------
+
+
+def test_bundle_spec():
+    spec = bundle_spec(["/bin/true", "x"])
+    assert spec["root"] == {"path": "/", "readonly": True}
+    assert spec["process"]["args"] == ["/bin/true", "x"]
+    kinds = [ns["type"] for ns in spec["linux"]["namespaces"]]
+    assert "network" not in kinds  # the probe runs in the netns `unshare --net` made
+    assert {"pid", "mount"} <= set(kinds)
+    assert json.loads(json.dumps(spec)) == spec
+
+
+# -- the KVM probe --------------------------------------------------------------------
+
+
+def test_firmware_layout():
+    rom = firmware()
+    assert len(rom) == 64 * 1024
+    # The reset vector (CS:IP F000:FFF0) is a far jump to F000:0000.
+    assert rom[0xFFF0:0xFFF5] == bytes.fromhex("ea000000f0")
+    assert rom[0] == 0xFA  # cli: the code starts at offset 0
+    assert rom[0xFFF5:] == bytes(11)
+
+
+def test_firmware_is_deterministic():
+    assert firmware() == firmware()
+
+
+@pytest.mark.parametrize("accel", ["tcg", "kvm"])
+def test_qemu_command(accel):
+    cmd = qemu_command("/usr/bin/qemu-system-x86_64", "/tmp/fw.bin", accel)
+    assert cmd[0] == "/usr/bin/qemu-system-x86_64"
+    assert cmd[cmd.index("-machine") + 1] == f"pc,accel={accel}"
+    assert cmd[cmd.index("-bios") + 1] == "/tmp/fw.bin"
+    assert "-nographic" in cmd and "-nodefaults" in cmd
+    assert cmd[cmd.index("-device") + 1] == "isa-debug-exit,iobase=0xf4,iosize=0x04"
+
+
+def test_exit_ok_is_what_isa_debug_exit_returns_for_0x2a():
+    assert EXIT_OK == 0x55
