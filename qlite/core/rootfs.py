@@ -8,12 +8,12 @@ apt already uses, so no mirror host name lives in the repository.
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from qlite.engines.base import Progress
 from qlite.errors import EngineError, InvalidValue
+from qlite.progress import run_streamed
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
@@ -116,14 +116,8 @@ def build_rootfs(cfg: RootfsConfig, target: Path, progress: Progress) -> None:
     cmd = mmdebstrap_command(cfg, str(target), host_debian_uris())
     progress(f"mmdebstrap {cfg.variant} {cfg.suite} (+{len(cfg.include)} packages)")
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        code, last = run_streamed(cmd, progress)
     except FileNotFoundError:
         raise EngineError("mmdebstrap is not installed: run setup.sh (or apt install mmdebstrap)") from None
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail = (tail + [line])[-10:]
-        progress(line)
-    if proc.wait() != 0:
-        raise EngineError(f"mmdebstrap failed: {tail[-1] if tail else 'no output'}")
+    if code != 0:
+        raise EngineError(f"mmdebstrap failed: {last}")

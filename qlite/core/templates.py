@@ -13,12 +13,10 @@ home already built from the same definition is adopted, not rebuilt.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from qlite.core.spec import engine_labels
 from qlite.engines.base import ImageInfo, Progress
 from qlite.errors import AlreadyExists, EngineError, NotFound, StateError
 from qlite.paths import IMAGE_LOCK
+from qlite.progress import file_lock
 from qlite.state.owners import current_owner
 
 REPO = "localhost/qlite"
@@ -334,13 +333,8 @@ def _tmp_dir() -> str:
     return tempfile.gettempdir()
 
 
-@contextlib.contextmanager
-def _image_lock() -> Iterator[None]:
+def _image_lock():
+    """Serialises revision numbering across every home sharing the store."""
     path = IMAGE_LOCK if os.access(IMAGE_LOCK.parent, os.W_OK) else Path(tempfile.gettempdir()) / IMAGE_LOCK.name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(path)
 

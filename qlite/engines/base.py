@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Protocol
+
+from qlite.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,6 @@ class Stdio:
     tty: bool = False
 
 
-Progress = Callable[[str], None]
 
 
 def label_selectors(labels: dict[str, str]) -> list[str]:

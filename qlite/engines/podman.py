@@ -10,7 +10,6 @@ the same configuration, because they stream progress and need
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from qlite.engines.hijack import hijack
 from qlite.engines.stream import FrameDecoder, pump
 from qlite.errors import EngineError, EngineUnavailable
 from qlite.paths import Paths
+from qlite.progress import file_lock, run_streamed
 from qlite.runtime.config import write_runtime_config
 from qlite.runtime.probe import RuntimeProbe, probe
 
@@ -163,7 +163,7 @@ class PodmanService:
         if not shutil.which("podman"):
             raise EngineUnavailable("podman is not installed: run setup.sh (or apt install podman)")
         result = self.runtime_probe()
-        with _flock(self.paths.service_lock):
+        with file_lock(self.paths.service_lock):
             changed = write_runtime_config(self.paths, result)
             if self.alive():
                 if not changed:
@@ -200,7 +200,7 @@ class PodmanService:
 
     def stop(self) -> bool:
         """Stop the service this home started. True if one was running."""
-        with _flock(self.paths.service_lock):
+        with file_lock(self.paths.service_lock):
             return self._stop_locked()
 
     def _stop_locked(self) -> bool:
@@ -246,16 +246,6 @@ def _ping(sock_path: str) -> bool:
         return False
     finally:
         s.close()
-
-
-@contextlib.contextmanager
-def _flock(path: os.PathLike) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------
@@ -529,18 +519,9 @@ class PodmanEngine:
         for k, v in labels.items():
             args += ["--label", f"{k}={v}"]
         args.append(context)
-        proc = subprocess.Popen(
-            ["podman", *args], env=self.service.env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1,
-        )
-        tail: list[str] = []
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail = (tail + [line])[-20:]
-            progress(line)
-        if proc.wait() != 0:
-            raise EngineError(f"podman build of {ref} failed: {_last(chr(10).join(tail))}")
+        code, last = run_streamed(["podman", *args], progress, self.service.env)
+        if code != 0:
+            raise EngineError(f"podman build of {ref} failed: {last}")
         try:
             return iidfile.read_text().strip().removeprefix("sha256:")
         finally:
@@ -568,18 +549,9 @@ class PodmanEngine:
         args += [image_id, *command]
         self.remove_container(name, force=True)
         try:
-            proc = subprocess.Popen(
-                ["podman", *args], env=self.service.env, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, bufsize=1,
-            )
-            tail: list[str] = []
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                line = line.rstrip()
-                tail = (tail + [line])[-20:]
-                progress(line)
-            if proc.wait() != 0:
-                raise EngineError(f"template update failed (exit {proc.returncode}): {_last(chr(10).join(tail))}")
+            code, last = run_streamed(["podman", *args], progress, self.service.env)
+            if code != 0:
+                raise EngineError(f"template update failed (exit {code}): {last}")
             return self.commit(name, ref, changes)
         finally:
             self.remove_container(name, force=True)
