@@ -563,6 +563,9 @@ def teardown(home: BenchHome) -> None:
                 attempt(lambda name=name: home.qlite("remove", "--force", name, check=False))
             if home.network:
                 attempt(lambda: home.podman("network", "rm", "-f", home.network, check=False))
+            # Release this home's hold on the shared template image (its tag).
+            attempt(lambda: home.qlite("prefs", "--global", "-D", "default_template", check=False))
+            attempt(lambda: home.qlite("template", "remove", "debian-12", check=False))
             attempt(lambda: home.qlite("reconcile", check=False))
             attempt(lambda: remove_leftovers(home))
             attempt(lambda: home.qlite("service", "stop", check=False))

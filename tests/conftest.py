@@ -90,6 +90,12 @@ class Home:
     def leftovers(self) -> dict[str, list[str]]:
         return podman_objects(f"qlite.home={self.hash}")
 
+    def image_tags(self) -> list[str]:
+        """The tags by which this home holds template images."""
+        proc = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"],
+                              capture_output=True, text=True, timeout=60)
+        return [t for t in proc.stdout.split() if t.startswith(f"localhost/qlite-home-{self.hash}/")]
+
     def disposable_leftovers(self) -> dict[str, list[str]]:
         """Engine objects of this home's disposables (they carry an owner)."""
         return podman_objects(f"qlite.home={self.hash}", "qlite.owner")
@@ -106,13 +112,22 @@ class Home:
         for row in rows:
             if row["class"] != "TemplateVM":
                 self.run("remove", "--force", row["name"], check=False)
+        # Templates last: removing one releases this home's tag on the shared image.
+        for row in rows:
+            if row["class"] == "TemplateVM":
+                self.run("template", "remove", row["name"], check=False)
         left = self.leftovers()
+        left["image tags"] = self.image_tags()
         self.run("service", "stop", check=False)
         # Whatever a failed test left behind is still removed, by label, with
         # this home's containers.conf: the host's podman does not know the
         # runsc runtime the containers were made with.
         env = {**os.environ, "CONTAINERS_CONF": str(self.path / "run" / "containers.conf")}
+        for tag in left["image tags"]:
+            subprocess.run(["podman", "untag", tag, tag], capture_output=True, timeout=60)
         for kind, names in left.items():
+            if kind == "image tags":
+                continue
             for name in names:
                 cmd = {"containers": ["rm", "-f"], "volumes": ["volume", "rm", "-f"],
                        "networks": ["network", "rm", "-f"]}[kind]

@@ -19,10 +19,11 @@ class ReconcileReport:
     containers: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.disposables or self.containers or self.volumes or self.networks)
+        return not (self.disposables or self.containers or self.volumes or self.networks or self.images)
 
     def as_json(self) -> dict:
         return self.__dict__.copy()
@@ -52,6 +53,10 @@ def reap(ctx: Context, sweep: bool = False) -> ReconcileReport:
         qubes.destroy(qubes.get(name))
         report.disposables.append(name)
     sweep_engine(ctx, report)
+    if sweep:
+        from qlite.core.templates import TemplateManager  # noqa: PLC0415
+
+        report.images = TemplateManager(ctx).collect_garbage()
     return report
 
 

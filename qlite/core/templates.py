@@ -33,6 +33,10 @@ from qlite.state.owners import current_owner
 
 REPO = "localhost/qlite"
 CACHE_REPO = "localhost/qlite-cache"
+# Every home tags each revision it records with a tag of its own. The image
+# store is shared, so these tags are the reference counts: an image leaves
+# the store only when no home holds it any more.
+HOME_REPO_PREFIX = "localhost/qlite-home-"
 REVISIONS_TO_KEEP = 2  # the current one and the one before it
 DEFAULT_UPDATE = (
     "export DEBIAN_FRONTEND=noninteractive; apt-get update && apt-get -y upgrade && apt-get clean"
@@ -41,6 +45,10 @@ DEFAULT_UPDATE = (
 
 def image_ref(template: str, rev: int) -> str:
     return f"{REPO}/{template}:{rev}"
+
+
+def home_ref(home_hash: str, template: str, rev: int) -> str:
+    return f"{HOME_REPO_PREFIX}{home_hash}/{template}:{rev}"
 
 
 def tag_revision(tag: str, template: str) -> int | None:
@@ -123,6 +131,7 @@ class TemplateManager:
         )
 
     def _record(self, name: str, rev: int, image_id: str, origin: str) -> TemplateRevision:
+        self.ctx.engine.tag_image(image_id, home_ref(self.ctx.home_hash, name, rev))
         now = time.time()
         with self.store.transaction() as conn:
             conn.execute(
@@ -172,6 +181,8 @@ class TemplateManager:
                 if current is not None:
                     img = engine.inspect_image(current.image_id)
                     if img is not None and img.labels.get("qlite.build") == fp:
+                        # Homes made before home tags existed get theirs here.
+                        engine.tag_image(current.image_id, home_ref(self.ctx.home_hash, name, current.rev))
                         progress(f"template {name} is up to date (revision {current.rev})")
                         return current, False
             images = engine.list_images(f"{REPO}/{name}")
@@ -255,7 +266,9 @@ class TemplateManager:
             progress(f"updating {name} (revision {current.rev} -> {rev})")
             image_id = engine.update_image(
                 current.image_id, ["/bin/sh", "-c", command], ref, labels,
-                ["LABEL qlite.origin=update", f"LABEL qlite.parent={current.image_id}"], progress,
+                # The update container's labels would otherwise stay in the image.
+                ["LABEL qlite.origin=update", f"LABEL qlite.parent={current.image_id}",
+                 "LABEL qlite.home= qlite.owner= qlite.kind= qlite.qube="], progress,
             )
             revision = self._record(name, rev, image_id, "update")
         self._prune(name)
@@ -278,6 +291,7 @@ class TemplateManager:
                 conn.execute("DELETE FROM template_revisions WHERE template=? AND rev=?", (name, r.rev))
         for r in dropped:
             self._drop_image(name, r)
+        self.collect_garbage(name)
         return target
 
     def remove(self, name: str) -> None:
@@ -293,6 +307,7 @@ class TemplateManager:
             conn.execute("DELETE FROM templates WHERE name=?", (name,))
         for r in t.revisions:
             self._drop_image(name, r)
+        self.collect_garbage(name)
 
     def _prune(self, name: str) -> None:
         t = self.get(name)
@@ -301,18 +316,24 @@ class TemplateManager:
             if r.rev not in keep:
                 self.store.execute("DELETE FROM template_revisions WHERE template=? AND rev=?", (name, r.rev))
                 self._drop_image(name, r)
+        self.collect_garbage(name)
 
     def _drop_image(self, name: str, r: TemplateRevision) -> None:
-        """Untag and remove a revision's image, unless another home adopted
-        it (then it is theirs as much as ours) or a container still uses it."""
-        if r.origin == "adopted":
-            return
+        """Release this home's hold on a revision's image. The shared tag
+        goes, and the image with it, once no other home holds it; an image
+        a container still runs stays until collect_garbage finds it unused."""
         engine = self.ctx.engine
-        engine.untag_image(image_ref(name, r.rev))
+        engine.untag_image(home_ref(self.ctx.home_hash, name, r.rev))
         img = engine.inspect_image(r.image_id)
-        if img is not None and not img.tags:
-            with contextlib.suppress(EngineError):
-                engine.remove_image(r.image_id)
+        if img is None or any(t.startswith(HOME_REPO_PREFIX) for t in img.tags):
+            return
+        engine.untag_image(image_ref(name, r.rev))
+        with contextlib.suppress(EngineError):  # in use: left for collect_garbage
+            engine.remove_image(r.image_id)
+
+    def collect_garbage(self, name: str | None = None) -> list[str]:
+        """Remove template images that no home tags and no container uses."""
+        return self.ctx.engine.prune_images("qlite.template", name)
 
 
 def _tree_files(root: Path, prefix: str) -> list[tuple[str, bytes]]:

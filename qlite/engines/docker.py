@@ -399,6 +399,12 @@ class DockerEngine:
     def remove_image(self, image_id: str) -> None:
         self._call(f"remove image {image_id[:12]}", lambda: self.api.remove_image(image_ref(image_id)), ok404=True)
 
+    def prune_images(self, label: str, value: str | None = None) -> list[str]:
+        selector = label if value is None else f"{label}={value}"
+        out = self._must("prune images", lambda: self.api.prune_images(
+            filters={"dangling": True, "label": [selector]}))
+        return [d.get("Deleted", "") for d in (out or {}).get("ImagesDeleted") or () if d.get("Deleted")]
+
     def import_rootfs(self, tar_path: str, ref: str, progress: Progress) -> str:
         progress(f"importing root filesystem as {ref}")
         # The tag goes inside repo: the API allows it, and podman's compat

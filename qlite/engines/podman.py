@@ -489,6 +489,12 @@ class PodmanEngine:
     def remove_image(self, image_id: str) -> None:
         self._json("delete", f"/images/{image_id}", f"remove image {image_id[:12]}", ok404=True)
 
+    def prune_images(self, label: str, value: str | None = None) -> list[str]:
+        selector = label if value is None else f"{label}={value}"
+        filters = json.dumps({"dangling": ["true"], "label": [selector]})
+        data = self._json("post", "/images/prune", "prune images", params={"filters": filters}) or []
+        return [d.get("Id", "") for d in data if not d.get("Err")]
+
     def import_rootfs(self, tar_path: str, ref: str, progress: Progress) -> str:
         self.service.ensure()
         progress(f"importing root filesystem as {ref}")

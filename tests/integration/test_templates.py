@@ -91,22 +91,43 @@ def test_template_lifecycle(home, share):
     home.run("template", "remove", name)
     assert name not in {t["name"] for t in home.json("template", "list")}
     assert subprocess.run(["podman", "image", "exists", f"localhost/qlite/{name}:{rev1}"]).returncode == 1
+    # Revision 2's image was still in use when it was reverted; it is
+    # collected once nothing uses it, so no image of the template is left.
+    assert template_images(name) == []
+
+
+def template_images(name: str) -> list[str]:
+    proc = subprocess.run(["podman", "images", "-a", "-q", "--filter", f"label=qlite.template={name}"],
+                          capture_output=True, text=True)
+    return proc.stdout.split()
 
 
 def test_another_home_adopts_instead_of_rebuilding(home, share):
+    """The image store is shared: a second home adopts the image, and the
+    image stays as long as any home holds it."""
     name, root = share
     env = {"QLITE_SHARE": str(root)}
     home.run("template", "build", name, env=env)
     rev = next(t for t in home.json("template", "list") if t["name"] == name)
+
+    def exists() -> bool:
+        return subprocess.run(["podman", "image", "exists", rev["image"]]).returncode == 0
+
     other = make_home("adopt")
     try:
         out = other.run("template", "build", name, env=env)
         assert "using the existing image" in out.stderr and "STEP" not in out.stderr
         theirs = next(t for t in other.json("template", "list") if t["name"] == name)
         assert theirs["image_id"] == rev["image_id"] and theirs["origin"] == "adopted"
+
+        home.run("template", "remove", name)  # the home that built it lets go first
+        assert exists()
+        home.run("template", "build", name, env=env)  # and adopts it back
+        assert next(t for t in home.json("template", "list") if t["name"] == name)["origin"] == "adopted"
         other.run("template", "remove", name)
+        assert exists()
     finally:
         other.teardown()
-    # Removing it in the other home left this home's image alone.
-    assert subprocess.run(["podman", "image", "exists", rev["image_id"]]).returncode == 0
     home.run("template", "remove", name)
+    assert not exists()
+    assert template_images(name) == []

@@ -35,7 +35,7 @@ MUTATING = frozenset({
     "create_container", "start", "stop", "kill", "pause", "unpause", "remove_container",
     "attach_and_start", "exec", "create_volume", "remove_volume", "create_network",
     "remove_network", "tag_image", "untag_image", "remove_image", "import_rootfs",
-    "build_image", "update_image", "commit",
+    "build_image", "update_image", "commit", "prune_images",
 })
 
 
@@ -245,6 +245,18 @@ class FakeEngine:
     def remove_image(self, image_id: str) -> None:
         self._rec("remove_image", image_id)
         self.images.pop(image_id, None)
+
+    def prune_images(self, label: str, value: str | None = None) -> list[str]:
+        self._rec("prune_images", label, value)
+        used = {c.spec.image for c in self.containers.values()} | {c.info.image_id for c in self.containers.values()}
+        gone = [
+            iid for iid, img in self.images.items()
+            if not img.tags and label in img.labels and (value is None or img.labels[label] == value)
+            and iid not in used
+        ]
+        for iid in gone:
+            del self.images[iid]
+        return gone
 
     def _new_image(self, ref: str, labels: dict[str, str]) -> str:
         iid = f"{next(self._ids):064x}"
