@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--all", action="store_true", help="every running qube")
     sp.add_argument("--wait", action="store_true", help="wait until they have stopped")
     sp.add_argument("--timeout", type=float, default=60.0, help="seconds before a kill (default 60)")
+    sp.add_argument("--force", action="store_true", help="also a gateway whose clients still run")
 
     sp = cmd("kill", commands.kill, "stop qubes at once")
     sp.add_argument("names", nargs="+", metavar="NAME")
@@ -86,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("action", nargs="?", default="list", choices=("list", "add", "del"))
     sp.add_argument("tags", nargs="*")
+
+    sp = cmd("firewall", commands.firewall, "list, add, delete or reset a qube's firewall rules", json_out=True)
+    sp.add_argument("name")
+    sp.add_argument("action", nargs="?", default="list", choices=("list", "add", "del", "reset"))
+    sp.add_argument("rule", nargs=argparse.REMAINDER, metavar="RULE | N",
+                    help="add: action=accept|drop [dsthost=] [proto=] [dstports=] [icmptype=] "
+                         "[specialtarget=dns] [expire=+S|EPOCH] [comment=...]; del: the rule number")
+    sp.add_argument("--before", type=_int("--before"), metavar="N", help="add: insert before rule N")
 
     sp = cmd("clone", commands.clone, "clone a qube, with a copy of its private data")
     sp.add_argument("source")

@@ -22,6 +22,7 @@ def _context() -> Context:
     from qlite.core.reconcile import reap  # noqa: PLC0415
 
     ctx = Context.from_env()
+    ctx.on_warning = lambda message: info(f"qlite: warning: {message}")
     report = reap(ctx)
     if not report.empty:
         info(f"qlite: reaped leftovers of dead qlite processes: {', '.join(report.disposables) or 'engine objects'}")
@@ -89,7 +90,11 @@ def shutdown(args: argparse.Namespace) -> int:
         names = [q.name for q in qm.list() if q.name in running and not q.is_disposable]
     elif not names:
         raise InvalidValue("name the qubes to shut down, or use --all")
-    return _each(names, lambda n: qm.shutdown(n, timeout=args.timeout))
+    for name in names:
+        qm.get(name)
+    # Clients before their gateways, deepest first.
+    names.sort(key=lambda n: -qm.net_depth(qm.get(n)))
+    return _each(names, lambda n: qm.shutdown(n, timeout=args.timeout, force=args.force))
 
 
 def kill(args: argparse.Namespace) -> int:
@@ -280,6 +285,78 @@ def tags(args: argparse.Namespace) -> int:
         qm.add_tags(args.name, args.tags)
     else:
         qm.del_tags(args.name, args.tags)
+    return 0
+
+
+def split_firewall_flags(words: list[str]) -> tuple[list[str], int | None, bool]:
+    """Take --before N and --json out of a rule's words (they may follow
+    it). A comment= swallows the rest of the words, flags included. Pure."""
+    out: list[str] = []
+    before, as_json = None, False
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("comment="):
+            out.extend(words[i:])
+            break
+        if word == "--json":
+            as_json = True
+        elif word == "--before" or word.startswith("--before="):
+            value = word.partition("=")[2] if "=" in word else (words[i + 1] if i + 1 < len(words) else "")
+            if "=" not in word:
+                i += 1
+            if not value.isdecimal():
+                raise InvalidValue(f"--before needs a rule number, not {value!r}")
+            before = int(value)
+        else:
+            out.append(word)
+        i += 1
+    return out, before, as_json
+
+
+def firewall(args: argparse.Namespace) -> int:
+    import time  # noqa: PLC0415
+
+    from qlite.net.firewall import DEFAULT_RULES, parse_rule  # noqa: PLC0415
+
+    args.rule, before, as_json = split_firewall_flags(args.rule)
+    args.before = before if before is not None else args.before
+    args.json = args.json or as_json
+    qm = _qubes(_context())
+    q = qm.get(args.name)
+    net = qm.net
+    rules = list(net.live_rules(q.name))
+    if args.action == "list":
+        if args.rule:
+            raise InvalidValue("list takes no rule")
+        if args.json:
+            emit_json([r.to_json() for r in rules])
+        else:
+            table(["NO", "ACTION", "HOST", "PROTOCOL", "PORT(S)", "SPECIAL TARGET", "ICMP TYPE", "EXPIRE", "COMMENT"],
+                  [[i, r.action, r.dsthost, r.proto, r.to_json().get("dstports"), r.specialtarget, r.icmptype,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.expire)) if r.expire else None,
+                    r.comment] for i, r in enumerate(rules)])
+        return 0
+    if args.action == "add":
+        rule = parse_rule(args.rule, time.time())
+        position = len(rules) if args.before is None else args.before
+        if not 0 <= position <= len(rules):
+            raise InvalidValue(f"--before {args.before}: there are rules 0..{len(rules) - 1}")
+        rules.insert(position, rule)
+    elif args.action == "del":
+        if len(args.rule) != 1 or not args.rule[0].isdecimal():
+            raise InvalidValue("usage: qlite firewall NAME del N (a rule number from 'list')")
+        number = int(args.rule[0])
+        if not 0 <= number < len(rules):
+            raise InvalidValue(f"no rule number {number}; there are rules 0..{len(rules) - 1}")
+        del rules[number]
+    else:
+        if args.rule:
+            raise InvalidValue("reset takes no rule")
+        rules = list(DEFAULT_RULES)
+    net.set_rules(q.name, tuple(rules))
+    if args.json:
+        emit_json([r.to_json() for r in rules])
     return 0
 
 

@@ -8,6 +8,7 @@ are created on first use, so commands that need neither stay fast.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cached_property
 
 from qlite.engines.base import Engine
@@ -21,6 +22,9 @@ ENGINES = ("podman", "docker")
 class Context:
     def __init__(self, paths: Paths, engine: Engine | None = None, store: Store | None = None):
         self.paths = paths
+        self.warnings: list[str] = []
+        # Where warnings go as they happen; the CLI prints them on stderr.
+        self.on_warning: Callable[[str], None] | None = None
         if engine is not None:
             self.__dict__["engine"] = engine
         if store is not None:
@@ -48,9 +52,22 @@ class Context:
             return DockerEngine(self.paths, os.environ.get("QLITE_DOCKER_HOST"))
         raise InvalidValue(f"QLITE_ENGINE={choice!r}: expected one of {', '.join(ENGINES)}")
 
+    def warn(self, message: str) -> None:
+        """Something the user must know that did not stop the operation."""
+        self.warnings.append(message)
+        if self.on_warning is not None:
+            self.on_warning(message)
+
     @property
     def home_hash(self) -> str:
         return self.paths.home_hash
+
+    @cached_property
+    def net_apply(self):  # -> the qlite.net.apply module, or a test's stand-in
+        """The seam through which qlite changes the kernel's network state."""
+        from qlite.net import apply  # noqa: PLC0415
+
+        return apply
 
     @cached_property
     def runtime_probe(self):  # -> RuntimeProbe | None

@@ -54,7 +54,6 @@ class DisposableManager:
     def create(self, dvm: str | None = None, template: str | None = None) -> Qube:
         """Record a new dispNNNN inheriting from its disposable template."""
         source, template_name = self.resolve_source(dvm, template)
-        features = self.qubes.features.all(source.name) if source else {}
         owner = current_owner()
         for _ in range(NAME_ATTEMPTS):
             dispid = random.randint(1, MAX_DISPID)
@@ -72,8 +71,8 @@ class DisposableManager:
                     if conn.execute("SELECT 1 FROM templates WHERE name=?", (q.name,)).fetchone():
                         continue
                     self.qubes._insert(q, conn)
-                    for k, v in features.items():
-                        conn.execute("INSERT INTO features(qube, key, value) VALUES(?,?,?)", (q.name, k, v))
+                    if source is not None:
+                        self.qubes.copy_settings(source.name, q.name, conn)
             except sqlite3.IntegrityError:
                 continue  # that dispid is taken; draw another
             return q
@@ -87,13 +86,15 @@ class DisposableManager:
         vol = engine.inspect_volume(volume_name(hh, q.name))
         assert vol is not None
         home = init_private(vol.mountpoint)
-        network = self.qubes.ensure_network(q)
+        plan = self.qubes.net.prepare(q)
         spec = qube_container_spec(
             q, home_hash=hh, image=self.qubes.image_for(q), home_source=str(home),
-            network=network, command=tuple(argv), user=user,
+            network=plan.network, dns=plan.dns, command=tuple(argv), user=user,
             stdin_open=True, tty=stdio.tty,
         )
-        return engine.create_container(spec)
+        cid = engine.create_container(spec)
+        self.qubes.arrange_network(q, cid, plan)
+        return cid
 
     def run(
         self,

@@ -132,8 +132,8 @@ PROPERTIES: dict[str, tuple[str, str]] = {
     "include_in_backups": ("include_in_backups", "bool"),
     "mode": ("mode", "mode"),
 }
-READ_ONLY = ("name", "class")
-ALL_PROPERTIES = ("name", "class", *PROPERTIES)
+READ_ONLY = ("name", "class", "ip")
+ALL_PROPERTIES = (*READ_ONLY, *PROPERTIES)
 
 
 def parse_property(prop: str, text: str) -> object:

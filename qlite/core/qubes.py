@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 from qlite.core.context import Context
 from qlite.core.labels import validate_label
@@ -31,7 +32,6 @@ from qlite.core.prefs import Features, GlobalPrefs
 from qlite.core.spec import (
     container_name,
     engine_labels,
-    network_name,
     qube_container_spec,
     volume_name,
 )
@@ -86,6 +86,12 @@ class QubeManager:
         self.prefs = GlobalPrefs(ctx.store)
         self.features = Features(ctx.store)
 
+    @cached_property
+    def net(self):  # -> NetworkManager
+        from qlite.net.manager import NetworkManager  # noqa: PLC0415
+
+        return NetworkManager(self.ctx, self)
+
     # -- store -------------------------------------------------------------
 
     def _from_row(self, row) -> Qube:
@@ -131,6 +137,12 @@ class QubeManager:
         for tag in sorted(q.tags):
             conn.execute("INSERT INTO tags(qube, tag) VALUES(?, ?)", (q.name, tag))
 
+    def copy_settings(self, src: str, dst: str, conn) -> None:
+        """Give DST (a new row) SRC's features and firewall rules."""
+        conn.execute("INSERT INTO features(qube, key, value) SELECT ?, key, value FROM features WHERE qube=?",
+                     (dst, src))
+        conn.execute("INSERT INTO firewall(qube, rules) SELECT ?, rules FROM firewall WHERE qube=?", (dst, src))
+
     def _delete_row(self, name: str) -> None:
         with self.store.transaction() as conn:
             conn.execute("DELETE FROM qubes WHERE name=?", (name,))
@@ -163,10 +175,20 @@ class QubeManager:
             raise InvalidValue("a qube cannot be its own netvm")
         if not self.exists(value):
             raise NotFound(f"no such qube for netvm: {value!r}")
-        raise InvalidValue(
-            f"netvm {value!r}: routing through gateway qubes is not available in this version; "
-            f"use {HOST_UPLINK!r} (the host's NAT uplink) or none"
-        )
+        gateway = self.get(value)
+        if not gateway.provides_network:
+            raise InvalidValue(f"netvm {value!r} does not provide network: set its provides_network to True")
+        if gateway.is_disposable:
+            raise InvalidValue("a disposable cannot be a netvm")
+        seen = {for_qube} if for_qube else set()
+        hop: Qube | None = gateway
+        while hop is not None:  # bounded: every hop is a distinct qube
+            if hop.name in seen:
+                raise InvalidValue(f"netvm {value!r} would make a loop through {hop.name!r}")
+            seen.add(hop.name)
+            upstream = self.resolved_netvm(hop)
+            hop = self.get(upstream) if upstream not in (None, HOST_UPLINK) and self.exists(upstream) else None
+        return value
 
     def check_template(self, name: str) -> str:
         from qlite.core.templates import TemplateManager  # noqa: PLC0415
@@ -282,12 +304,10 @@ class QubeManager:
             raise AlreadyExists(f"a qube named {dst!r} already exists")
         if source.is_disposable:
             raise InvalidValue("disposables cannot be cloned")
-        features = self.features.all(src)
         q = Qube(**{**source.__dict__, "name": dst, "created_at": time.time(), "tags": set(source.tags)})
         with self.store.transaction() as conn:
             self._insert(q, conn)
-            for k, v in features.items():
-                conn.execute("INSERT INTO features(qube, key, value) VALUES(?,?,?)", (dst, k, v))
+            self.copy_settings(src, dst, conn)
         try:
             self._create_private(q, copy_from=source)
         except BaseException:
@@ -323,10 +343,18 @@ class QubeManager:
         """Remove every engine object of Q, then its row. Engine objects go
         first so that a crash part-way leaves a row that says what to reap."""
         engine, hh = self.ctx.engine, self.ctx.home_hash
+        networked = self.resolved_netvm(q) is not None
+        gateway = self.net.gateway_of(q)
         engine.remove_container(container_name(hh, q.name), force=True)
-        engine.remove_network(network_name(hh, q.name))
+        self.net.drop_network(q)
         engine.remove_volume(volume_name(hh, q.name))
         self._delete_row(q.name)
+        if not networked:
+            return
+        try:
+            self.net.reload(gateway)
+        except QliteError as exc:
+            self.ctx.warn(f"firewall rules could not be reloaded after removing {q.name}: {exc}")
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -358,15 +386,45 @@ class QubeManager:
             vol = engine.inspect_volume(volume_name(hh, q.name))
             assert vol is not None
         home = init_private(vol.mountpoint)
-        network = self.ensure_network(q)
-        spec = qube_container_spec(q, home_hash=hh, image=image, home_source=str(home), network=network)
+        plan = self.net.prepare(q)
+        spec = qube_container_spec(
+            q, home_hash=hh, image=image, home_source=str(home), network=plan.network, dns=plan.dns
+        )
         cid = engine.create_container(spec)
         try:
+            self.arrange_network(q, cid, plan)
             engine.start(cid)
         except BaseException:
             with contextlib.suppress(QliteError):
                 engine.remove_container(cid, force=True)
             raise
+        if q.provides_network:
+            try:
+                self.net.gateway_started(q)
+            except QliteError as exc:
+                self.ctx.warn(f"gateway {q.name} started, but its clients have no network: {exc}")
+
+    def arrange_network(self, q: Qube, cid: str, plan) -> None:
+        """For a qube behind a gateway: set its container up and route it
+        through the gateway before its first process runs."""
+        if not plan.route_via:
+            return
+        self.ctx.engine.init(cid)
+        info = self.ctx.engine.inspect_container(cid)
+        if info is None:
+            raise StateError(f"{q.name} vanished while its network was set up")
+        self.net.after_init(q, info, plan)
+
+    def ensure_running(self, q: Qube) -> ContainerInfo:
+        """Start Q if needed (as a netvm is, for its clients); its container."""
+        name = container_name(self.ctx.home_hash, q.name)
+        info = self.ctx.engine.inspect_container(name)
+        if info is None or info.state not in ("running", "paused"):
+            self.start(q.name, skip_if_running=True)
+            info = self.ctx.engine.inspect_container(name)
+        if info is None:
+            raise StateError(f"{q.name} did not start")
+        return info
 
     def image_for(self, q: Qube) -> str:
         """The image a qube starts from: its template's current revision."""
@@ -379,21 +437,37 @@ class QubeManager:
             raise StateError(f"qube {q.name!r} has no template")
         return TemplateManager(self.ctx).current_image(template)
 
-    def ensure_network(self, q: Qube) -> str:
-        """The engine network Q joins: 'none', or its own bridge."""
-        if self.resolved_netvm(q) is None:
-            return "none"
-        engine, hh = self.ctx.engine, self.ctx.home_hash
-        name = network_name(hh, q.name)
-        if engine.list_networks({"qlite.home": hh, "qlite.qube": q.name, "qlite.kind": "net"}):
-            return name
-        engine.create_network(name, engine_labels(hh, q.name, "net", q.owner))
-        return name
+    def net_depth(self, q: Qube) -> int:
+        """How many gateway qubes stand between Q and the host (bounded by
+        the loop check on netvm)."""
+        depth, seen = 0, {q.name}
+        upstream = self.resolved_netvm(q)
+        while upstream not in (None, HOST_UPLINK) and self.exists(upstream) and upstream not in seen:
+            seen.add(upstream)
+            depth += 1
+            upstream = self.resolved_netvm(self.get(upstream))
+        return depth
 
-    def shutdown(self, name: str, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> bool:
+    def running_clients(self, name: str, containers: dict[str, ContainerInfo] | None = None) -> list[str]:
+        """Running qubes whose netvm is NAME."""
+        containers = self.containers() if containers is None else containers
+        return sorted(
+            q.name for q in self.list()
+            if q.name != name and self.resolved_netvm(q) == name and self.state_of(q, containers) != State.HALTED
+        )
+
+    def shutdown(self, name: str, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, force: bool = False) -> bool:
         """Stop Q (SIGTERM, then SIGKILL after TIMEOUT) and discard its
-        container. Returns False if it was not running."""
+        container. Returns False if it was not running. A gateway with
+        running clients is refused unless FORCE, as in Qubes."""
         q = self.get(name)
+        if q.provides_network and not force:
+            clients = self.running_clients(name)
+            if clients:
+                raise StateError(
+                    f"{name} is the netvm of running qubes: {', '.join(clients)}; "
+                    "shut them down first, or use --force"
+                )
         engine = self.ctx.engine
         info = engine.inspect_container(container_name(self.ctx.home_hash, q.name))
         if info is None:
@@ -461,6 +535,7 @@ class QubeManager:
         out = {"name": (q.name, False), "class": (q.klass, False)}
         for prop in PROPERTIES:
             out[prop] = self._pref(q, prop)
+        out["ip"] = (self.net.address_of(q) if self.resolved_netvm(q) else "", False)
         return out
 
     def _pref(self, q: Qube, prop: str) -> tuple[str, bool]:
@@ -481,6 +556,8 @@ class QubeManager:
         if isinstance(value, bool):
             value = int(value)
         self.store.execute(f"UPDATE qubes SET {column}=? WHERE name=?", (value, name))
+        if prop in ("netvm", "provides_network") and self.state_of(q) != State.HALTED:
+            self.ctx.warn(f"{name} is running: its new {prop} takes effect at its next start")
 
     def reset_pref(self, name: str, prop: str) -> None:
         self.get(name)
@@ -502,8 +579,12 @@ class QubeManager:
             q.default_dispvm_raw = self.check_dispvm(str(value))
         elif prop == "mode" and value == "vm":
             raise InvalidValue("mode 'vm' (a QEMU/KVM hardware VM) is not available in this version")
-        elif prop == "provides_network" and value:
-            raise InvalidValue("gateway qubes (provides_network) are not available in this version")
+        elif prop == "provides_network" and not value:
+            clients = [c.name for c in self.list() if c.netvm_raw == q.name or
+                       (c.netvm_raw is None and self.prefs.get("default_netvm") == q.name)]
+            if clients:
+                raise InvalidValue(f"{q.name} is the netvm of {', '.join(sorted(clients))}; change theirs first")
+            q.provides_network = False
         else:
             setattr(q, prop, value)
 

@@ -36,6 +36,7 @@ class ContainerSpec:
     read_only: bool = True
     mounts: tuple[Mount, ...] = ()
     network: str = "none"  # "none" or the name of an engine network
+    dns: tuple[str, ...] = ()  # nameservers for /etc/resolv.conf; () leaves it to the engine
     memory_mib: int = 0
     vcpus: int = 0
     pids_limit: int = 0
@@ -54,6 +55,17 @@ class ContainerInfo:
     image_id: str = ""
     pid: int = 0
     runtime: str = ""
+    netns: str = ""  # path of its network namespace, when it has one
+    networks: dict[str, Attachment] = field(default_factory=dict)  # by network name
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A container's place on one network."""
+
+    ip: str
+    mac: str = ""
+    gateway: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,8 @@ class NetworkInfo:
     labels: dict[str, str]
     subnets: tuple[str, ...] = ()
     internal: bool = False
+    interface: str = ""  # the bridge's name on the host
+    gateways: tuple[str, ...] = ()  # the host's addresses on the bridge
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,10 @@ class Engine(Protocol):
 
     # containers
     def create_container(self, spec: ContainerSpec) -> str: ...
+    def init(self, cid: str) -> None:
+        """Set a created container up (namespaces, sandbox) without starting
+        its process, so that its network can be arranged first."""
+        ...
     def start(self, cid: str) -> None: ...
     def stop(self, cid: str, timeout: float) -> None: ...
     def kill(self, cid: str, signal: str = "KILL") -> None: ...
@@ -142,8 +160,14 @@ class Engine(Protocol):
     def list_volumes(self, labels: dict[str, str]) -> list[VolumeInfo]: ...
 
     # networks
-    def create_network(self, name: str, labels: dict[str, str], internal: bool = False) -> NetworkInfo: ...
-    def remove_network(self, name: str) -> None: ...
+    def create_network(
+        self, name: str, labels: dict[str, str], internal: bool = False, interface: str = ""
+    ) -> NetworkInfo: ...
+    def remove_network(self, name: str) -> None:
+        """Remove a network no container uses (never removes containers)."""
+        ...
+    def connect_network(self, cid: str, network: str, static_ip: str = "", static_mac: str = "") -> None: ...
+    def disconnect_network(self, cid: str, network: str) -> None: ...
     def list_networks(self, labels: dict[str, str]) -> list[NetworkInfo]: ...
 
     # images

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
 from qlite.engines.base import (
+    Attachment,
     ContainerInfo,
     ContainerSpec,
     ImageInfo,
@@ -118,6 +119,8 @@ def create_args(spec: ContainerSpec, runtime: str = DEFAULT_RUNTIME) -> DockerCr
     }
     if tmpfs:
         host["tmpfs"] = tmpfs
+    if spec.dns:
+        host["dns"] = list(spec.dns)
     if spec.memory_mib:
         host["mem_limit"] = spec.memory_mib * 1024 * 1024
     if spec.vcpus:
@@ -243,6 +246,11 @@ class DockerEngine:
 
         return self._must(f"create {spec.name}", go)
 
+    def init(self, cid: str) -> None:
+        # The Docker API has no "init": namespaces appear only at start.
+        raise EngineError("the docker engine cannot set up a container before it starts; "
+                          "qubes behind a gateway qube need the podman engine")
+
     def start(self, cid: str) -> None:
         self._call(f"start {cid}", lambda: self.api.start(cid))
 
@@ -266,11 +274,17 @@ class DockerEngine:
         if data is None:
             return None
         state = data.get("State") or {}
+        net = data.get("NetworkSettings") or {}
+        attachments = {
+            name: Attachment(ip=a.get("IPAddress", ""), mac=a.get("MacAddress", ""), gateway=a.get("Gateway", ""))
+            for name, a in (net.get("Networks") or {}).items()
+        }
         return ContainerInfo(
             id=data["Id"], name=data["Name"].lstrip("/"), state=state.get("Status", ""),
             labels=(data.get("Config") or {}).get("Labels") or {},
             image_id=data.get("Image", "").removeprefix("sha256:"), pid=state.get("Pid") or 0,
             runtime=(data.get("HostConfig") or {}).get("Runtime", ""),
+            netns=net.get("SandboxKey", ""), networks=attachments,
         )
 
     def list_containers(self, labels: dict[str, str]) -> list[ContainerInfo]:
@@ -360,15 +374,29 @@ class DockerEngine:
 
     # -- networks ----------------------------------------------------------
 
-    def create_network(self, name: str, labels: dict[str, str], internal: bool = False) -> NetworkInfo:
+    def create_network(
+        self, name: str, labels: dict[str, str], internal: bool = False, interface: str = ""
+    ) -> NetworkInfo:
+        options = {"com.docker.network.bridge.name": interface} if interface else None
+
         def go() -> dict:
-            out = self.api.create_network(name, driver="bridge", labels=labels, internal=internal)
+            out = self.api.create_network(name, driver="bridge", labels=labels, internal=internal, options=options)
             return self.api.inspect_network(out["Id"])
 
         return _network_info(self._must(f"create network {name}", go))
 
     def remove_network(self, name: str) -> None:
         self._call(f"remove network {name}", lambda: self.api.remove_network(name), ok404=True)
+
+    def connect_network(self, cid: str, network: str, static_ip: str = "", static_mac: str = "") -> None:
+        # The SDK has no way to pass a MAC address here; clients may then
+        # need a moment to learn a restarted gateway's new one.
+        self._call(f"connect {cid} to {network}", lambda: self.api.connect_container_to_network(
+            cid, network, ipv4_address=static_ip or None))
+
+    def disconnect_network(self, cid: str, network: str) -> None:
+        self._call(f"disconnect {cid} from {network}", lambda: self.api.disconnect_container_from_network(
+            cid, network, force=True), ok404=True)
 
     def list_networks(self, labels: dict[str, str]) -> list[NetworkInfo]:
         data = self._must("list networks", lambda: self.api.networks(filters=label_filters(labels)))
@@ -576,6 +604,8 @@ def _network_info(data: dict) -> NetworkInfo:
         name=data["Name"], labels=data.get("Labels") or {},
         subnets=tuple(c["Subnet"] for c in configs if c.get("Subnet")),
         internal=bool(data.get("Internal")),
+        interface=(data.get("Options") or {}).get("com.docker.network.bridge.name", ""),
+        gateways=tuple(c["Gateway"] for c in configs if c.get("Gateway")),
     )
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from qlite.engines.base import (
+    Attachment,
     ContainerInfo,
     ContainerSpec,
     ImageInfo,
@@ -66,6 +67,8 @@ def specgen(spec: ContainerSpec) -> dict[str, Any]:
     }
     if spec.hostname:
         body["hostname"] = spec.hostname
+    if spec.dns:
+        body["dns_server"] = list(spec.dns)
     if spec.user:
         body["user"] = spec.user
     if spec.workdir:
@@ -296,7 +299,10 @@ class PodmanEngine:
             resp.raise_for_status()
             if resp.status_code == 204 or not resp.content.strip():
                 return None
-            return resp.json()
+            try:
+                return resp.json()
+            except ValueError:  # some endpoints answer with plain text ("OK")
+                return None
 
         return self._call(what, go)
 
@@ -309,6 +315,9 @@ class PodmanEngine:
         body = specgen(spec)
         out = self._json("post", "/containers/create", f"create {spec.name}", data=json.dumps(body))
         return out["Id"]
+
+    def init(self, cid: str) -> None:
+        self._json("post", f"/containers/{cid}/init", f"init {cid}")
 
     def start(self, cid: str) -> None:
         self._json("post", f"/containers/{cid}/start", f"start {cid}")
@@ -338,10 +347,16 @@ class PodmanEngine:
         data = self._json("get", f"/containers/{cid}/json", f"inspect {cid}", ok404=True)
         if data is None:
             return None
+        net = data.get("NetworkSettings") or {}
+        attachments = {
+            name: Attachment(ip=a.get("IPAddress", ""), mac=a.get("MacAddress", ""), gateway=a.get("Gateway", ""))
+            for name, a in (net.get("Networks") or {}).items()
+        }
         return ContainerInfo(
             id=data["Id"], name=data["Name"].lstrip("/"), state=data["State"]["Status"],
             labels=data["Config"].get("Labels") or {}, image_id=data.get("Image", ""),
             pid=data["State"].get("Pid", 0), runtime=data.get("OCIRuntime", ""),
+            netns=net.get("SandboxKey", ""), networks=attachments,
         )
 
     def list_containers(self, labels: dict[str, str]) -> list[ContainerInfo]:
@@ -447,13 +462,34 @@ class PodmanEngine:
 
     # -- networks ----------------------------------------------------------
 
-    def create_network(self, name: str, labels: dict[str, str], internal: bool = False) -> NetworkInfo:
-        body = {"name": name, "driver": "bridge", "labels": labels, "internal": internal, "dns_enabled": True}
+    def create_network(
+        self, name: str, labels: dict[str, str], internal: bool = False, interface: str = ""
+    ) -> NetworkInfo:
+        # An internal network has no NAT and no default route; aardvark-dns
+        # would only answer on the host's side of it, so it is off there.
+        body = {"name": name, "driver": "bridge", "labels": labels, "internal": internal,
+                "dns_enabled": not internal}
+        if interface:
+            body["network_interface"] = interface
         data = self._json("post", "/networks/create", f"create network {name}", data=json.dumps(body))
         return _network_info(data)
 
     def remove_network(self, name: str) -> None:
-        self._json("delete", f"/networks/{name}", f"remove network {name}", ok404=True, params={"force": True})
+        # Never force: podman's force removes every container on the network.
+        self._json("delete", f"/networks/{name}", f"remove network {name}", ok404=True)
+
+    def connect_network(self, cid: str, network: str, static_ip: str = "", static_mac: str = "") -> None:
+        body: dict[str, Any] = {"container": cid}
+        if static_ip:
+            body["static_ips"] = [static_ip]
+        if static_mac:
+            body["static_mac"] = static_mac
+        self._json("post", f"/networks/{network}/connect", f"connect {cid} to {network}", data=json.dumps(body))
+
+    def disconnect_network(self, cid: str, network: str) -> None:
+        body = {"Container": cid, "Force": True}
+        self._json("post", f"/networks/{network}/disconnect", f"disconnect {cid} from {network}",
+                   ok404=True, data=json.dumps(body))
 
     def list_networks(self, labels: dict[str, str]) -> list[NetworkInfo]:
         data = self._json("get", "/networks/json", "list networks", params={"filters": label_filters(labels)}) or []
@@ -572,9 +608,10 @@ class PodmanEngine:
 
 def _network_info(data: dict) -> NetworkInfo:
     subnets = tuple(s.get("subnet", "") for s in data.get("subnets") or ())
+    gateways = tuple(s.get("gateway", "") for s in data.get("subnets") or () if s.get("gateway"))
     return NetworkInfo(
         name=data["name"], labels=data.get("labels") or {}, subnets=subnets,
-        internal=bool(data.get("internal")),
+        internal=bool(data.get("internal")), interface=data.get("network_interface", ""), gateways=gateways,
     )
 
 

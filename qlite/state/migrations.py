@@ -55,4 +55,11 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: per-qube firewall rules (a JSON list; no row means the default).
+    """
+    CREATE TABLE firewall (
+        qube  TEXT PRIMARY KEY REFERENCES qubes(name) ON DELETE CASCADE ON UPDATE CASCADE,
+        rules TEXT NOT NULL
+    );
+    """,
 ]

@@ -21,6 +21,7 @@ from qlite.runtime.probe import RuntimeProbe
 from qlite.state import Store
 
 from .fake_engine import FakeEngine
+from .fake_net import FakeNetApply
 
 # No example database, and Hypothesis' caches go to the temp dir: the unit
 # suite writes nothing into the checkout.
@@ -46,6 +47,15 @@ FAKE_PROBE = RuntimeProbe(
 )
 
 
+@pytest.fixture(autouse=True)
+def no_kernel_network_changes(monkeypatch):
+    """Unit tests must never change nftables, routes or sysctls."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a unit test tried to change kernel network state: {args}")
+
+    monkeypatch.setattr("qlite.net.apply._run", refuse)
+
+
 @pytest.fixture
 def paths(tmp_path) -> Paths:
     home = tmp_path / "home"
@@ -64,8 +74,9 @@ def engine(tmp_path) -> FakeEngine:
 def ctx(paths, engine, tmp_path):
     store = Store(paths.home / "qlite.db")
     c = Context(paths, engine=engine, store=store)
-    # Never run the real runsc probe from a unit test.
+    # Never run the real runsc probe, nor touch the kernel's network state.
     c.__dict__["runtime_probe"] = FAKE_PROBE
+    c.__dict__["net_apply"] = FakeNetApply()
     engine.add_image(IMAGE_ID, (image_ref(TEMPLATE, 1),), {"qlite.origin": "build"})
     TemplateManager(c)._record(TEMPLATE, 1, IMAGE_ID, "build")
     engine.calls.clear()

@@ -35,7 +35,7 @@ MUTATING = frozenset({
     "create_container", "start", "stop", "kill", "pause", "unpause", "remove_container",
     "attach_and_start", "exec", "create_volume", "remove_volume", "create_network",
     "remove_network", "tag_image", "untag_image", "remove_image", "import_rootfs",
-    "build_image", "update_image", "commit", "prune_images",
+    "build_image", "update_image", "commit", "prune_images", "connect_network", "disconnect_network", "init",
 })
 
 
@@ -199,13 +199,26 @@ class FakeEngine:
 
     # networks
 
-    def create_network(self, name: str, labels: dict[str, str], internal: bool = False) -> NetworkInfo:
+    def create_network(
+        self, name: str, labels: dict[str, str], internal: bool = False, interface: str = ""
+    ) -> NetworkInfo:
         self._rec("create_network", name, dict(labels), internal)
         if name in self.networks:
             raise EngineError(f"fake: network {name} already exists")
-        net = NetworkInfo(name=name, labels=dict(labels), subnets=("10.89.0.0/24",), internal=internal)
+        n = len(self.networks)
+        net = NetworkInfo(name=name, labels=dict(labels), subnets=(f"10.89.{n}.0/24",), internal=internal,
+                          interface=interface, gateways=(f"10.89.{n}.1",))
         self.networks[name] = net
         return net
+
+    def connect_network(self, cid: str, network: str, static_ip: str = "", static_mac: str = "") -> None:
+        self._rec("connect_network", cid, network, static_ip)
+
+    def disconnect_network(self, cid: str, network: str) -> None:
+        self._rec("disconnect_network", cid, network)
+
+    def init(self, cid: str) -> None:
+        self._rec("init", cid)
 
     def remove_network(self, name: str) -> None:
         self._rec("remove_network", name)

@@ -52,7 +52,6 @@ def qm(ctx) -> QubeManager:
     pytest.param({"props": {"colour": "red"}}, InvalidValue, id="unknown-prop"),
     pytest.param({"props": {"name": "other"}}, InvalidValue, id="read-only-prop"),
     pytest.param({"props": {"mode": "vm"}}, InvalidValue, id="vm-mode"),
-    pytest.param({"props": {"provides_network": "true"}}, InvalidValue, id="provides-network"),
     pytest.param({"props": {"default_dispvm": "nonexistent"}}, NotFound, id="unknown-dispvm"),
 ])
 def test_create_validates_before_acting(ctx, qm, engine, kwargs, error):
@@ -415,7 +414,6 @@ def test_set_pref(qm, row, prop, text, shown):
     ("class", "DispVM", InvalidValue),
     ("colour", "red", InvalidValue),
     ("mode", "vm", InvalidValue),
-    ("provides_network", "yes", InvalidValue),
     ("default_user", "alice", InvalidValue),
     ("template", "fedora-40", NotFound),
     ("netvm", "ghost", NotFound),

@@ -1,0 +1,1 @@
+"""Per-qube networks, gateway qubes and the Qubes firewall on nftables."""

@@ -1,0 +1,64 @@
+"""The one seam through which qlite changes the kernel's network state:
+nftables scripts, sysctls and routes, on the host or inside a qube's
+network namespace (entered from the host: the qube cannot touch them)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from qlite.errors import EngineError
+
+TIMEOUT_S = 30
+
+
+def _nft() -> str:
+    return os.environ.get("QLITE_NFT") or shutil.which("nft") or "/usr/sbin/nft"
+
+
+def _in_netns(netns: str | None, cmd: list[str]) -> list[str]:
+    return ["nsenter", f"--net={netns}", "--", *cmd] if netns else cmd
+
+
+def _run(cmd: list[str], what: str, stdin: str | None = None) -> None:
+    try:
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"{what}: {exc}") from exc
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        raise EngineError(f"{what}: {lines[0] if lines else f'exit {proc.returncode}'}")
+
+
+def apply_nft(script: str, netns: str | None = None) -> None:
+    """Load an nft script (atomically: all of it or nothing)."""
+    _run(_in_netns(netns, [_nft(), "-f", "-"]), "applying nftables rules", stdin=script)
+
+
+def delete_table(table: str, netns: str | None = None) -> None:
+    script = f"table inet {table} {{}}\ndelete table inet {table}\n"
+    apply_nft(script, netns)
+
+
+def enable_forwarding(netns: str) -> None:
+    _run(_in_netns(netns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]), "enabling forwarding")
+
+
+def set_default_route(netns: str, via: str) -> None:
+    _run(_in_netns(netns, ["ip", "route", "replace", "default", "via", via]), "setting the default route")
+
+
+def interface_by_mac(netns: str, mac: str) -> str:
+    """The name of the interface with MAC inside NETNS."""
+    cmd = _in_netns(netns, ["ip", "-o", "link", "show"])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"listing interfaces: {exc}") from exc
+    for line in out.splitlines():
+        # "3: eth1@if12: <...> ... link/ether 02:..:.. brd ..."
+        parts = line.split()
+        if "link/ether" in parts and parts[parts.index("link/ether") + 1].lower() == mac.lower():
+            return parts[1].rstrip(":").split("@", 1)[0]
+    raise EngineError(f"no interface with address {mac} in {netns}")

@@ -1,0 +1,35 @@
+"""A stand-in for qlite.net.apply: records what would have been loaded into
+the kernel, and loads nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FakeNetApply:
+    calls: list[tuple] = field(default_factory=list)
+    scripts: list[tuple[str, str | None]] = field(default_factory=list)
+    fail: Exception | None = None
+
+    def _rec(self, *call: object) -> None:
+        self.calls.append(call)
+        if self.fail is not None:
+            raise self.fail
+
+    def apply_nft(self, script: str, netns: str | None = None) -> None:
+        self._rec("apply_nft", netns)
+        self.scripts.append((script, netns))
+
+    def delete_table(self, table: str, netns: str | None = None) -> None:
+        self._rec("delete_table", table, netns)
+
+    def enable_forwarding(self, netns: str) -> None:
+        self._rec("enable_forwarding", netns)
+
+    def set_default_route(self, netns: str, via: str) -> None:
+        self._rec("set_default_route", netns, via)
+
+    def interface_by_mac(self, netns: str, mac: str) -> str:
+        self._rec("interface_by_mac", netns, mac)
+        return "eth0"
