@@ -384,3 +384,24 @@ def test_ls_json_reports_netpath(home):
     for row in rows:
         if row["class"] != "TemplateVM":
             assert row["netpath"] == (expected if row["netvm"] else "none")
+
+
+def test_dns_of_a_client_goes_through_its_gateway(home, hosts):
+    resolver = hosts.new().serve_dns("198.18.250.10")
+    home.run("create", "gw3", "--label", "orange", "--prop", "provides_network=True")
+    home.run("features", "gw3", "net.dns-servers", resolver.address)
+    home.run("create", "cl3", "--label", "green", "--netvm", "gw3")
+    try:
+        # The client asks its gateway; the gateway forwards to its resolver.
+        nameserver = home.run("run", "cl3", "--", "awk", "/nameserver/ {print $2}", "/etc/resolv.conf").stdout
+        assert nameserver.strip().endswith(".254")
+        out = home.run("run", "cl3", "--", "getent", "hosts", "via-gateway.qlite.test").stdout
+        assert out.split()[0] == "198.18.250.10"
+        assert "via-gateway.qlite.test" in resolver.dns_log.read_text()
+        # The client's specialtarget=dns rule is enforced in the gateway.
+        home.run("firewall", "cl3", "add", "drop", "specialtarget=dns", "--before", "0")
+        assert home.run("run", "cl3", "--", "getent", "hosts", "blocked.qlite.test", check=False).returncode != 0
+        assert "blocked.qlite.test" not in resolver.dns_log.read_text()
+    finally:
+        home.run("remove", "--force", "cl3")
+        home.run("remove", "--force", "gw3")
