@@ -568,6 +568,7 @@ def teardown(home: BenchHome) -> None:
             attempt(lambda: home.qlite("template", "remove", "debian-12", check=False))
             attempt(lambda: home.qlite("reconcile", check=False))
             attempt(lambda: remove_leftovers(home))
+            attempt(lambda: home.qlite("daemon", "stop", check=False))
             attempt(lambda: home.qlite("service", "stop", check=False))
         shutil.rmtree(home.path, ignore_errors=True)
         verify_clean(home)

@@ -80,6 +80,26 @@ class Paths:
     def policy_dir(self) -> Path:
         return self.home / "policy.d" if self.explicit_home else DEFAULT_POLICY_DIR
 
+    @property
+    def daemon_pidfile(self) -> Path:
+        return self.run_dir / "daemon.pid"
+
+    @property
+    def daemon_lock(self) -> Path:
+        return self.run_dir / "daemon.lock"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.log_dir / "daemon.log"
+
+    @property
+    def admin_sock(self) -> Path:
+        return self.run_dir / "admin.sock"
+
+    def rpc_dir(self, qube: str) -> Path:
+        """Bind-mounted into QUBE at /run/qlite; the broker's socket for it."""
+        return self.run_dir / "rpc" / qube
+
     def runsc_wrapper(self, mode: str) -> Path:
         """The generated runsc wrapper for one mode ("qube" or "build")."""
         return self.run_dir / f"runsc-{mode}"

@@ -118,6 +118,8 @@ class Home:
                 self.run("template", "remove", row["name"], check=False)
         left = self.leftovers()
         left["image tags"] = self.image_tags()
+        # The daemon first: its rescans would start the podman service again.
+        self.run("daemon", "stop", check=False)
         self.run("service", "stop", check=False)
         # Whatever a failed test left behind is still removed, by label, with
         # this home's containers.conf: the host's podman does not know the

@@ -118,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd("reconcile", commands.reconcile, "remove what crashed qlite processes left behind", json_out=True)
 
+    sp = cmd("daemon", commands.daemon, "the RPC broker (started on demand)")
+    sp.add_argument("action", choices=("run", "start", "stop", "status"))
+
+    sp = cmd("policy", commands.policy, "evaluate, check and answer RPC policy", json_out=True)
+    sp.add_argument("action", choices=("eval", "lint", "ask"))
+    sp.add_argument("args", nargs="*", metavar="ARG",
+                    help="eval: SERVICE[+ARG] SOURCE TARGET; ask: [ID allow [TARGET] | ID deny]")
+
+    sp = cmd("log", commands.log, "show a log", json_out=True)
+    sp.add_argument("which", choices=("rpc",))
+    sp.add_argument("-n", "--lines", type=_int("--lines"), default=50, help="how many records (default 50)")
+
     sp = cmd("service", commands.service, "qlite's podman service (started on demand)")
     sp.add_argument("action", choices=("start", "stop", "status"))
 

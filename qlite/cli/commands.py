@@ -484,3 +484,125 @@ def service(args: argparse.Namespace) -> int:
         print(f"{'running' if alive else 'stopped'} ({svc.paths.podman_sock})")
         return 0 if alive else 1
     return 0
+
+
+# -- RPC ----------------------------------------------------------------------------
+
+
+def daemon(args: argparse.Namespace) -> int:
+    from qlite.rpc.daemonctl import DaemonControl  # noqa: PLC0415
+
+    paths = Context.from_env().paths
+    if args.action == "run":
+        from qlite.daemon import run  # noqa: PLC0415
+
+        return run(paths)
+    ctl = DaemonControl(paths)
+    if args.action == "start":
+        ctl.ensure()
+        print(f"qlite daemon running (pid {ctl.pid()})")
+    elif args.action == "stop":
+        print("stopped" if ctl.stop() else "not running")
+    else:
+        running = ctl.running()
+        print(f"{'running' if running else 'stopped'}" + (f" (pid {ctl.pid()})" if running else ""))
+        return 0 if running else 1
+    return 0
+
+
+def policy(args: argparse.Namespace) -> int:
+    if args.action == "eval":
+        return _policy_eval(args)
+    if args.action == "lint":
+        return _policy_lint(args)
+    return _policy_ask(args)
+
+
+def _policy_eval(args: argparse.Namespace) -> int:
+    from qlite.rpc.broker import evaluate_call  # noqa: PLC0415
+    from qlite.rpc.policy import Request  # noqa: PLC0415
+
+    if len(args.args) != 3:
+        raise InvalidValue("usage: qlite policy eval SERVICE[+ARG] SOURCE TARGET")
+    service_arg, source, target = args.args
+    service, _, argument = service_arg.partition("+")
+    ctx = _context()
+    if source in ("dom0", "@adminvm"):
+        result = {"action": "allow", "target": target, "choices": [], "user": None, "rule": None,
+                  "reason": "calls from dom0 bypass policy"}
+    else:
+        _qubes(ctx).get(source)
+        res, _policy = evaluate_call(ctx.paths, ctx, Request(service, argument, source, target))
+        result = {"action": res.action, "target": res.target, "choices": list(res.choices), "user": res.user,
+                  "rule": f"{res.rule.file}:{res.rule.line}" if res.rule else None, "reason": res.reason}
+    if args.json:
+        emit_json(result)
+    else:
+        print(result["action"] + (f" target={result['target']}" if result["target"] else ""))
+        if result["choices"]:
+            print(f"  choices: {', '.join(result['choices'])}")
+        print(f"  {result['reason']}" + (f" ({result['rule']})" if result["rule"] else ""))
+    return 0
+
+
+def _policy_lint(args: argparse.Namespace) -> int:
+    from qlite.rpc.broker import policy_dirs  # noqa: PLC0415
+    from qlite.rpc.policy import lint  # noqa: PLC0415
+
+    errors = lint(policy_dirs(Context.from_env().paths))
+    if args.json:
+        emit_json({"errors": errors})
+    else:
+        for e in errors:
+            print(e)
+        if not errors:
+            print("policy OK")
+    return 1 if errors else 0
+
+
+def _policy_ask(args: argparse.Namespace) -> int:
+    from qlite.rpc.daemonctl import DaemonControl  # noqa: PLC0415
+
+    ctl = DaemonControl(Context.from_env().paths)
+    if not args.args:
+        asks = ctl.request({"op": "asks"})["asks"] if ctl.running() else []
+        if args.json:
+            emit_json(asks)
+        elif not asks:
+            print("no pending questions")
+        else:
+            table(["ID", "SOURCE", "SERVICE", "ARGUMENT", "TARGET", "CHOICES", "DEFAULT", "SECONDS"],
+                  [[a["id"], a["source"], a["service"], a["argument"], a["target"], ", ".join(a["choices"]),
+                    a["default_target"], a["seconds_left"]] for a in asks])
+        return 0
+    words = args.args
+    if len(words) not in (2, 3) or not words[0].isdecimal() or words[1] not in ("allow", "deny") \
+            or (words[1] == "deny" and len(words) == 3):
+        raise InvalidValue("usage: qlite policy ask [ID allow [TARGET] | ID deny]")
+    reply = ctl.request({"op": "answer", "id": int(words[0]), "allow": words[1] == "allow",
+                         "target": words[2] if len(words) == 3 else None})
+    if args.json:
+        emit_json(reply)
+    else:
+        print(f"question {reply['id']}: " + (f"allowed to {reply['target']}" if reply["allow"] else "denied"))
+    return 0
+
+
+def log(args: argparse.Namespace) -> int:
+    from qlite.rpc import audit  # noqa: PLC0415
+
+    records = audit.read(Context.from_env().paths.rpc_log, args.lines)
+    if args.json:
+        emit_json(records)
+        return 0
+    import time  # noqa: PLC0415
+
+    for r in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("time", 0)))
+        what = f"{r.get('service', '?')}" + (f"+{r['argument']}" if r.get("argument") else "")
+        to = r.get("resolved") or r.get("target") or "?"
+        extra = f" exit={r['exit']}" if "exit" in r else ""
+        rule = f" [{r['rule']}]" if r.get("rule") else ""
+        print(f"{when} {r.get('source', '?')} -> {to} {what}: {r.get('decision', '?')}{extra}{rule}"
+              + (f" ({r['reason']})" if r.get("reason") and r.get("decision") != "done" else ""))
+    return 0

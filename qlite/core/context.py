@@ -63,6 +63,13 @@ class Context:
         return self.paths.home_hash
 
     @cached_property
+    def daemon(self):  # -> DaemonControl, or a test's stand-in
+        """The seam to qlite daemon (the RPC broker) of this home."""
+        from qlite.rpc.daemonctl import DaemonControl  # noqa: PLC0415
+
+        return DaemonControl(self.paths)
+
+    @cached_property
     def net_apply(self):  # -> the qlite.net.apply module, or a test's stand-in
         """The seam through which qlite changes the kernel's network state."""
         from qlite.net import apply  # noqa: PLC0415

@@ -12,8 +12,9 @@ import contextlib
 import random
 import signal
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from qlite.core.context import Context
 from qlite.core.model import Qube
@@ -78,7 +79,7 @@ class DisposableManager:
             return q
         raise QliteError("could not find a free disposable name; remove some disposables")
 
-    def prepare(self, q: Qube, argv: list[str], user: str, stdio: Stdio) -> str:
+    def prepare(self, q: Qube, argv: list[str], user: str, stdio: Stdio, env: dict[str, str] | None = None) -> str:
         """Create Q's volume, network and container; return the container id."""
         engine, hh = self.ctx.engine, self.ctx.home_hash
         source = self.qubes.get(q.template) if q.template and self.qubes.exists(q.template) else None
@@ -89,8 +90,8 @@ class DisposableManager:
         plan = self.qubes.net.prepare(q)
         spec = qube_container_spec(
             q, home_hash=hh, image=self.qubes.image_for(q), home_source=str(home),
-            network=plan.network, dns=plan.dns, command=tuple(argv), user=user,
-            stdin_open=True, tty=stdio.tty,
+            network=plan.network, dns=plan.dns, rpc_source=str(self.qubes.rpc_dir(q)),
+            command=tuple(argv), user=user, env=env, stdin_open=True, tty=stdio.tty,
         )
         cid = engine.create_container(spec)
         self.qubes.arrange_network(q, cid, plan)
@@ -103,18 +104,25 @@ class DisposableManager:
         dvm: str | None = None,
         template: str | None = None,
         user: str | None = None,
+        env: dict[str, str] | None = None,
+        on_created: Callable[[Qube], None] | None = None,
     ) -> int:
         """Run ARGV in a new disposable and destroy it afterwards, whatever
-        happens: success, failure, Ctrl-C or SIGTERM."""
+        happens: success, failure, Ctrl-C or SIGTERM. Signals are only
+        handled from the main thread (the broker runs calls in others)."""
         if not argv:
             raise InvalidValue("no command given")
         q = self.create(dvm, template)
-        with _terminate_on_signals():
+        main = threading.current_thread() is threading.main_thread()
+        with _terminate_on_signals() if main else contextlib.nullcontext():
             try:
-                cid = self.prepare(q, argv, user or q.default_user, stdio)
+                cid = self.prepare(q, argv, user or q.default_user, stdio, env)
+                if on_created is not None:
+                    on_created(q)
+                self.qubes.rpc_ready(q, start_daemon=False)
                 return self.ctx.engine.attach_and_start(cid, stdio)
             finally:
-                with _signals_blocked():
+                with _signals_blocked() if main else contextlib.nullcontext():
                     self.qubes.destroy(q)
 
 

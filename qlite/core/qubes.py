@@ -9,9 +9,12 @@ and shutdown removes it (so /tmp, /run, /var/tmp and /var/log are gone).
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 from qlite.core.context import Context
 from qlite.core.labels import validate_label
@@ -348,6 +351,7 @@ class QubeManager:
         engine.remove_container(container_name(hh, q.name), force=True)
         self.net.drop_network(q)
         engine.remove_volume(volume_name(hh, q.name))
+        shutil.rmtree(self.ctx.paths.rpc_dir(q.name), ignore_errors=True)
         self._delete_row(q.name)
         if not networked:
             return
@@ -388,7 +392,8 @@ class QubeManager:
         home = init_private(vol.mountpoint)
         plan = self.net.prepare(q)
         spec = qube_container_spec(
-            q, home_hash=hh, image=image, home_source=str(home), network=plan.network, dns=plan.dns
+            q, home_hash=hh, image=image, home_source=str(home), network=plan.network, dns=plan.dns,
+            rpc_source=str(self.rpc_dir(q)),
         )
         cid = engine.create_container(spec)
         try:
@@ -403,17 +408,45 @@ class QubeManager:
                 self.net.gateway_started(q)
             except QliteError as exc:
                 self.ctx.warn(f"gateway {q.name} started, but its clients have no network: {exc}")
+        self.rpc_ready(q, start_daemon=True)
+
+    def rpc_dir(self, q: Qube) -> Path:
+        """Q's RPC directory on the host, made fresh and empty."""
+        d = self.ctx.paths.rpc_dir(q.name)
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)
+        return d
+
+    def rpc_ready(self, q: Qube, start_daemon: bool) -> None:
+        """Tell the broker that Q runs, so that its socket appears. The
+        daemon is started for app qubes; for a disposable it is only told,
+        if it runs (its periodic rescan would find it anyway)."""
+        daemon = self.ctx.daemon
+        try:
+            if start_daemon:
+                daemon.ensure()
+            daemon.notify(q.name)
+        except QliteError as exc:
+            self.ctx.warn(f"{q.name} runs, but the RPC broker is not available: {exc}")
 
     def arrange_network(self, q: Qube, cid: str, plan) -> None:
-        """For a qube behind a gateway: set its container up and route it
-        through the gateway before its first process runs."""
-        if not plan.route_via:
+        """Set up what must hold before the qube's first process runs: a
+        route through its gateway, or, offline under runsc's host-netns
+        path, a loopback that is up (nobody else brings it up there)."""
+        probe = self.ctx.runtime_probe
+        offline = plan.network == "none" and not (probe is not None and probe.netstack)
+        if not plan.route_via and not offline:
             return
         self.ctx.engine.init(cid)
         info = self.ctx.engine.inspect_container(cid)
         if info is None:
             raise StateError(f"{q.name} vanished while its network was set up")
-        self.net.after_init(q, info, plan)
+        if offline:
+            if not info.pid:
+                raise StateError(f"{q.name} has no process to bring loopback up in")
+            self.ctx.net_apply.loopback_up(f"/proc/{info.pid}/ns/net")
+        else:
+            self.net.after_init(q, info, plan)
 
     def ensure_running(self, q: Qube) -> ContainerInfo:
         """Start Q if needed (as a netvm is, for its clients); its container."""

@@ -13,6 +13,7 @@ USER_UID = 1000
 # Volatile directories: they live in tmpfs and vanish at shutdown.
 VOLATILE = {"/tmp": "mode=1777", "/var/tmp": "mode=1777", "/run": "mode=755", "/var/log": "mode=755"}
 IDLE_COMMAND = ("sleep", "infinity")
+RPC_MOUNT = "/run/qlite"  # holds rpc.sock, the qube's own socket to the broker
 
 
 def container_name(home_hash: str, qube: str) -> str:
@@ -46,19 +47,24 @@ def qube_container_spec(
     home_source: str,
     network: str,
     dns: tuple[str, ...] = (),
+    rpc_source: str = "",
     command: tuple[str, ...] = IDLE_COMMAND,
     user: str = "root",
+    env: dict[str, str] | None = None,
     stdin_open: bool = False,
     tty: bool = False,
 ) -> ContainerSpec:
     """The container for QUBE: the template image read-only, the private
     volume at /rw with /home/user bound from /rw/home/user (HOME_SOURCE is
-    that directory on the host), and tmpfs for the volatile directories."""
+    that directory on the host), tmpfs for the volatile directories, and
+    the qube's own RPC directory (RPC_SOURCE on the host) at /run/qlite."""
     mounts = [
         Mount(type="volume", source=volume_name(home_hash, qube.name), target=PRIVATE_MOUNT),
         Mount(type="bind", source=home_source, target=HOME),
     ]
     mounts += [Mount(type="tmpfs", target=path, options=(opt,)) for path, opt in VOLATILE.items()]
+    if rpc_source:
+        mounts.append(Mount(type="bind", source=rpc_source, target=RPC_MOUNT))
     workdir = HOME if user != "root" else "/"
     return ContainerSpec(
         name=container_name(home_hash, qube.name),
@@ -68,7 +74,7 @@ def qube_container_spec(
         hostname=qube.name,
         user=user,
         workdir=workdir,
-        env={"QLITE_QUBE": qube.name},
+        env={"QLITE_QUBE": qube.name, **(env or {})},
         read_only=True,
         mounts=tuple(mounts),
         network=network,

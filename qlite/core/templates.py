@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from qlite.core import guest
 from qlite.core.context import Context
 from qlite.core.model import Template, TemplateRevision
 from qlite.core.names import validate_name
@@ -160,7 +161,7 @@ class TemplateManager:
 
     def definition_fingerprint(self, name: str) -> str:
         files = _tree_files(self.definition_dir(name), f"images/{name}")
-        files += _tree_files(self.ctx.paths.guest_dir, "guest")
+        files += [(f"guest/{rel}", src.read_bytes()) for rel, src in guest.guest_files(self.ctx.paths.guest_dir)]
         files.append(("Containerfile", self.ctx.paths.guest_containerfile.read_bytes()))
         return fingerprint(files)
 
@@ -186,15 +187,17 @@ class TemplateManager:
                         progress(f"template {name} is up to date (revision {current.rev})")
                         return current, False
             images = engine.list_images(f"{REPO}/{name}")
-            if not force:
-                adopted = self._adoptable(name, fp, images)
-                if adopted is not None:
-                    rev, image = adopted
-                    progress(f"using the existing image {image_ref(name, rev)} ({image.id[:12]})")
-                    return self._record(name, rev, image.id, "adopted"), True
-            rev = self._next_rev(name, images)
-            image_id = self._build_image(name, defdir, fp, image_ref(name, rev), progress)
-            return self._record(name, rev, image_id, "build"), True
+            adopted = None if force else self._adoptable(name, fp, images)
+            if adopted is not None:
+                rev, image = adopted
+                progress(f"using the existing image {image_ref(name, rev)} ({image.id[:12]})")
+                revision = self._record(name, rev, image.id, "adopted")
+            else:
+                rev = self._next_rev(name, images)
+                image_id = self._build_image(name, defdir, fp, image_ref(name, rev), progress)
+                revision = self._record(name, rev, image_id, "build")
+        self._prune(name)  # keep the new revision and the one before it
+        return revision, True
 
     def _adoptable(self, name: str, fp: str, images: list[ImageInfo]) -> tuple[int, ImageInfo] | None:
         best = None
@@ -238,10 +241,11 @@ class TemplateManager:
         engine.build_image(str(defdir / "Containerfile"), str(defdir), stage_ref, base_args, {}, progress)
         progress("adding the qlite guest tools")
         labels = {"qlite.template": name, "qlite.build": fp, "qlite.origin": "build"}
-        image_id = engine.build_image(
-            str(self.ctx.paths.guest_containerfile), str(self.ctx.paths.guest_dir), ref,
-            {"BASE": stage_ref}, labels, progress,
-        )
+        with tempfile.TemporaryDirectory(prefix="qlite-guest-") as context:
+            guest.assemble(self.ctx.paths.guest_dir, Path(context))
+            image_id = engine.build_image(
+                str(self.ctx.paths.guest_containerfile), context, ref, {"BASE": stage_ref}, labels, progress,
+            )
         engine.untag_image(stage_ref)
         progress(f"built {ref} ({image_id[:12]})")
         return image_id

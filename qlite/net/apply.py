@@ -49,6 +49,10 @@ def set_default_route(netns: str, via: str) -> None:
     _run(_in_netns(netns, ["ip", "route", "replace", "default", "via", via]), "setting the default route")
 
 
+def loopback_up(netns: str) -> None:
+    _run(_in_netns(netns, ["ip", "link", "set", "lo", "up"]), "bringing up loopback")
+
+
 def interface_by_mac(netns: str, mac: str) -> str:
     """The name of the interface with MAC inside NETNS."""
     cmd = _in_netns(netns, ["ip", "-o", "link", "show"])

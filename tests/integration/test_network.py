@@ -91,6 +91,7 @@ def test_qubes_cannot_reach_each_other_in_either_direction(home, h1):
 
 def test_offline_qube_has_no_route(home, h1):
     home.run("create", "off", "--label", "black", "--netvm", "none")
+    home.run("create", "dvm-loop", "--label", "black", "--netvm", "none", "--prop", "template_for_dispvms=True")
     try:
         out = probe(home, "off", [(h1.address, 8001)])
         assert out[f"{h1.address}:8001"] == "blocked"
@@ -98,8 +99,14 @@ def test_offline_qube_has_no_route(home, h1):
         assert "eth0" not in route
         row = next(r for r in home.json("ls") if r["name"] == "off")
         assert row["netvm"] is None and row["netpath"] == "none"
+        # Loopback only, and it works.
+        serve_in_qube(home, "off", 7100)
+        out = home.run("run", "--dvm", "dvm-loop", "--", "python3", "-c",
+                       "import socket;s=socket.socket();s.bind(('127.0.0.1',7101));s.listen();"
+                       "c=socket.create_connection(('127.0.0.1',7101),2);print('loopback ok')").stdout
+        assert out == "loopback ok\n"
     finally:
-        home.run("remove", "--force", "off")
+        home.run("remove", "--force", "off", "dvm-loop")
 
 
 # -- the firewall ------------------------------------------------------------------

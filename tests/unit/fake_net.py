@@ -30,6 +30,25 @@ class FakeNetApply:
     def set_default_route(self, netns: str, via: str) -> None:
         self._rec("set_default_route", netns, via)
 
+    def loopback_up(self, netns: str) -> None:
+        self._rec("loopback_up", netns)
+
     def interface_by_mac(self, netns: str, mac: str) -> str:
         self._rec("interface_by_mac", netns, mac)
         return "eth0"
+
+
+@dataclass
+class FakeDaemon:
+    """A stand-in for DaemonControl: records, starts nothing."""
+
+    calls: list[tuple] = field(default_factory=list)
+
+    def ensure(self) -> None:
+        self.calls.append(("ensure",))
+
+    def notify(self, qube: str) -> None:
+        self.calls.append(("notify", qube))
+
+    def running(self) -> bool:
+        return False

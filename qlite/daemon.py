@@ -1,0 +1,59 @@
+"""``qlite daemon``: the RPC broker and its ask queue, for one qlite home.
+
+The CLI starts it on demand (qlite/rpc/daemonctl.py); a systemd unit can
+run ``qlite daemon run`` instead. It holds run/daemon.lock while it lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+import time
+
+from qlite.paths import Paths
+from qlite.rpc.broker import DEFAULT_ASK_TIMEOUT_S, Broker
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} qlite daemon[{os.getpid()}]: {message}\n")
+    sys.stderr.flush()
+
+
+def ask_timeout() -> float:
+    try:
+        value = float(os.environ.get("QLITE_ASK_TIMEOUT", DEFAULT_ASK_TIMEOUT_S))
+    except ValueError:
+        return DEFAULT_ASK_TIMEOUT_S
+    return value if value > 0 else DEFAULT_ASK_TIMEOUT_S
+
+
+def run(paths: Paths) -> int:
+    paths.ensure()
+    lock = os.open(paths.daemon_lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log("another qlite daemon already runs for this home")
+        return 1
+    paths.daemon_pidfile.write_text(str(os.getpid()))
+    broker = Broker(paths, ask_timeout=ask_timeout(), log=log)
+
+    def stop(_signum: int, _frame: object) -> None:
+        broker.stopping.set()
+        with contextlib.suppress(OSError):
+            os.write(broker._wake_w, b"x")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log(f"serving {paths.home} (ask timeout {broker.ask_timeout:.0f}s)")
+    try:
+        broker.serve()
+    finally:
+        with contextlib.suppress(OSError):
+            paths.daemon_pidfile.unlink()
+        os.close(lock)
+        log("stopped")
+    return 0

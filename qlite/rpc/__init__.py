@@ -1,0 +1,1 @@
+"""qrexec-style RPC: the policy engine, the broker and the services."""

@@ -1,0 +1,77 @@
+"""Pending "ask" decisions: the broker waits, the user answers through
+``qlite policy ask`` (or the TUI). No answer in time means deny."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+
+from qlite.errors import InvalidValue, NotFound
+
+
+@dataclass
+class Ask:
+    id: int
+    source: str
+    service: str
+    argument: str
+    target: str  # as the caller asked
+    choices: tuple[str, ...]
+    default_target: str | None
+    deadline: float
+    answered: threading.Event = field(default_factory=threading.Event)
+    allow: bool = False
+    chosen: str | None = None
+
+    def as_json(self) -> dict:
+        return {
+            "id": self.id, "source": self.source, "service": self.service, "argument": self.argument,
+            "target": self.target, "choices": list(self.choices), "default_target": self.default_target,
+            "seconds_left": max(0, round(self.deadline - time.time())),
+        }
+
+
+class AskQueue:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[int, Ask] = {}
+        self._ids = itertools.count(1)
+
+    def add(self, source: str, service: str, argument: str, target: str, choices: tuple[str, ...],
+            default_target: str | None, timeout: float) -> Ask:
+        with self._lock:
+            ask = Ask(next(self._ids), source, service, argument, target, choices, default_target,
+                      time.time() + timeout)
+            self._pending[ask.id] = ask
+            return ask
+
+    def pending(self) -> list[Ask]:
+        with self._lock:
+            return sorted(self._pending.values(), key=lambda a: a.id)
+
+    def wait(self, ask: Ask) -> tuple[bool, str | None]:
+        """Block until ASK is answered or its deadline passes (then deny)."""
+        ask.answered.wait(max(0.0, ask.deadline - time.time()))
+        with self._lock:
+            self._pending.pop(ask.id, None)
+        return (ask.allow, ask.chosen) if ask.answered.is_set() else (False, None)
+
+    def answer(self, ask_id: int, allow: bool, target: str | None = None) -> Ask:
+        with self._lock:
+            ask = self._pending.get(ask_id)
+            if ask is None:
+                raise NotFound(f"no pending question {ask_id} (answered, or timed out)")
+            if allow:
+                chosen = target or ask.default_target or (ask.choices[0] if len(ask.choices) == 1 else None)
+                if chosen is None:
+                    raise InvalidValue(f"name a target for question {ask_id}: one of {', '.join(ask.choices)}")
+                if chosen not in ask.choices:
+                    raise InvalidValue(f"{chosen!r} is not allowed for question {ask_id}; "
+                                       f"choose one of {', '.join(ask.choices)}")
+                ask.chosen = chosen
+            ask.allow = allow
+            del self._pending[ask_id]
+            ask.answered.set()
+            return ask

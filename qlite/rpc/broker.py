@@ -1,0 +1,445 @@
+"""The RPC broker inside ``qlite daemon``.
+
+One listening socket per running qube (``run/rpc/<qube>/rpc.sock``, which
+the qube sees as ``/run/qlite/rpc.sock``): the socket a call arrives on is
+the caller's identity. Each call is evaluated against the policy, perhaps
+asked about, and then run in its target with stdio joined; see docs/rpc.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import selectors
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from qlite.core.context import Context
+from qlite.core.spec import container_name
+from qlite.engines.base import Stdio
+from qlite.errors import AccessDenied, QliteError
+from qlite.paths import Paths
+from qlite.rpc import audit, wire
+from qlite.rpc.asks import AskQueue
+from qlite.rpc.policy import Policy, QubeFacts, Request, Resolution, System, answer_ask, evaluate, load_policy
+
+DISPATCH = "/usr/lib/qlite/qubes-rpc-dispatch"
+SERVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+ARGUMENT_RE = re.compile(r"[A-Za-z0-9._+-]{0,256}")
+TARGET_RE = re.compile(r"@?[A-Za-z0-9._:@-]{1,80}")
+REQUEST_TIMEOUT_S = 10.0
+DEFAULT_ASK_TIMEOUT_S = 60.0
+
+
+def policy_dirs(paths: Paths) -> list[Path]:
+    """Shipped first; the admin's files replace same-named shipped ones."""
+    return [paths.shipped_policy_dir, paths.policy_dir]
+
+
+def system_snapshot(ctx: Context) -> System:
+    """What policy evaluation needs to know about every qube, frozen now."""
+    from qlite.core.qubes import QubeManager  # noqa: PLC0415
+
+    qm = QubeManager(ctx)
+    facts = {}
+    for q in qm.list():
+        facts[q.name] = QubeFacts(
+            name=q.name, klass=q.klass, tags=frozenset(q.tags),
+            default_dispvm=qm.resolved_default_dispvm(q), template_for_dispvms=q.template_for_dispvms,
+        )
+    return System(qubes=facts)
+
+
+def evaluate_call(paths: Paths, ctx: Context, request: Request) -> tuple[Resolution, Policy]:
+    policy = load_policy(policy_dirs(paths))
+    return evaluate(policy, system_snapshot(ctx), request), policy
+
+
+# -- services the host itself answers (target dom0) -----------------------------
+
+
+def _get_date(stdio: Stdio) -> int:
+    stdio.stdout.write(time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()).encode() + b"\n")
+    return 0
+
+
+HOST_SERVICES: dict[str, Callable[[Stdio], int]] = {"qubes.GetDate": _get_date}
+
+
+class Call:
+    """One connection from a qube, handled in its own thread."""
+
+    def __init__(self, broker: Broker, conn: socket.socket, source: str):
+        self.broker = broker
+        self.conn = conn
+        self.source = source
+        self.send_lock = threading.Lock()
+        self.decoder = wire.Decoder()
+        self.backlog: list[tuple[int, bytes]] = []
+        self.record: dict = {"source": source}
+
+    def send(self, kind: int, payload: bytes = b"") -> None:
+        with self.send_lock, contextlib.suppress(OSError):
+            self.conn.sendall(wire.encode(kind, payload))
+
+    def send_json(self, kind: int, obj: dict) -> None:
+        self.send(kind, json.dumps(obj, separators=(",", ":")).encode())
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except wire.WireError as exc:
+            self.send_json(wire.ERROR, {"message": str(exc)})
+            self._audit(decision="error", reason=str(exc))
+        except QliteError as exc:
+            self.send_json(wire.ERROR, {"message": str(exc)})
+            self._audit(decision="error", reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - one call must never take the broker down
+            traceback.print_exc()
+            self.send_json(wire.ERROR, {"message": f"internal error: {exc}"})
+        finally:
+            with contextlib.suppress(OSError):
+                self.conn.close()
+
+    def _request(self) -> Request:
+        self.conn.settimeout(REQUEST_TIMEOUT_S)
+        try:
+            frame = wire.recv_frame(self.conn, self.decoder, self.backlog)
+        except TimeoutError:
+            raise wire.WireError(f"no request within {REQUEST_TIMEOUT_S:.0f}s") from None
+        if frame is None:
+            raise wire.WireError("connection closed before a request")
+        kind, payload = frame
+        if kind != wire.REQUEST:
+            raise wire.WireError("the first frame must be a REQUEST")
+        req = wire.decode_json(payload, wire.MAX_REQUEST)
+        service, argument, target = (req.get(k, "") for k in ("service", "argument", "target"))
+        if not all(isinstance(v, str) for v in (service, argument, target)):
+            raise wire.WireError("service, argument and target must be strings")
+        if "+" in service and not argument:
+            service, _, argument = service.partition("+")
+        if not SERVICE_RE.fullmatch(service):
+            raise wire.WireError(f"invalid service name {service[:80]!r}")
+        if not ARGUMENT_RE.fullmatch(argument):
+            raise wire.WireError(f"invalid service argument {argument[:80]!r}")
+        target = target or "@default"
+        if not TARGET_RE.fullmatch(target):
+            raise wire.WireError(f"invalid target {target[:80]!r}")
+        # Whatever the caller claims about itself ("source") is ignored.
+        self.conn.settimeout(None)
+        self.record.update(service=service, argument=argument, target=target)
+        return Request(service=service, argument=argument, source=self.source, target=target)
+
+    def _run(self) -> None:
+        request = self._request()
+        ctx = Context(self.broker.paths)
+        ctx.on_warning = lambda m: self.broker.log(f"{self.source}: {m}")
+        resolution, _policy = evaluate_call(self.broker.paths, ctx, request)
+        if resolution.action == "ask":
+            resolution = self._ask(request, resolution, ctx)
+        self._audit(decision=resolution.action, resolved=resolution.target, reason=resolution.reason,
+                    rule=f"{resolution.rule.file}:{resolution.rule.line}" if resolution.rule else None)
+        if resolution.action != "allow" or resolution.target is None:
+            self.send_json(wire.RESULT, {"result": "deny", "code": wire.EXIT_REFUSED,
+                                         "message": resolution.reason})
+            return
+        code = self._execute(request, resolution, ctx)
+        self._audit(decision="done", resolved=resolution.target, exit=code)
+        self.send_json(wire.EXIT, {"code": code})
+
+    def _ask(self, request: Request, resolution: Resolution, ctx: Context) -> Resolution:
+        ask = self.broker.asks.add(
+            request.source, request.service, request.argument, request.target, resolution.choices,
+            resolution.target, self.broker.ask_timeout,
+        )
+        self._audit(decision="asking", ask=ask.id, choices=list(resolution.choices))
+        allow, chosen = self.broker.asks.wait(ask)
+        if not allow or chosen is None:
+            reason = "the user said no" if ask.answered.is_set() else "nobody answered in time"
+            return Resolution(action="deny", target=None, choices=(), user=None, notify=False, autostart=False,
+                              rule=resolution.rule, reason=reason)
+        try:
+            return answer_ask(resolution, chosen, system_snapshot(ctx))
+        except AccessDenied as exc:
+            return Resolution(action="deny", target=None, choices=(), user=None, notify=False, autostart=False,
+                              rule=resolution.rule, reason=str(exc))
+
+    # -- running the service -------------------------------------------------------
+
+    def _execute(self, request: Request, resolution: Resolution, ctx: Context) -> int:
+        target = resolution.target or ""
+        full = request.service + (f"+{request.argument}" if request.argument else "")
+        env = {"QREXEC_REMOTE_DOMAIN": request.source, "QREXEC_SERVICE_ARGUMENT": request.argument,
+               "QREXEC_SERVICE_FULL_NAME": full}
+        argv = [DISPATCH, request.service, *([request.argument] if request.argument else [])]
+        if target in ("dom0", "@adminvm"):
+            handler = HOST_SERVICES.get(request.service)
+            self.send_json(wire.RESULT, {"result": "allow", "target": "dom0"})
+            if handler is None:
+                return self._bridge(lambda stdio: _no_host_service(stdio, request.service))
+            return self._bridge(handler)
+        if target.startswith("@dispvm:"):
+            return self._in_disposable(target.split(":", 1)[1], argv, env, resolution, ctx)
+        return self._in_qube(target, argv, env, resolution, ctx)
+
+    def _in_qube(self, target: str, argv: list[str], env: dict[str, str], resolution: Resolution,
+                 ctx: Context) -> int:
+        from qlite.core.model import State  # noqa: PLC0415
+        from qlite.core.qubes import QubeManager  # noqa: PLC0415
+
+        qm = QubeManager(ctx)
+        q = qm.get(target)
+        if qm.state_of(q) != State.RUNNING:
+            if not resolution.autostart:
+                raise QliteError(f"{target} is not running and the policy says autostart=no")
+            qm.start(target, skip_if_running=True)
+        self.send_json(wire.RESULT, {"result": "allow", "target": target})
+        user = resolution.user or q.default_user
+        cname = container_name(ctx.home_hash, target)
+        return self._bridge(lambda stdio: ctx.engine.exec(
+            cname, argv, stdio, user=user, workdir="/home/user" if user != "root" else "/", env=env))
+
+    def _in_disposable(self, dvm: str, argv: list[str], env: dict[str, str], resolution: Resolution,
+                       ctx: Context) -> int:
+        from qlite.core.disposables import DisposableManager  # noqa: PLC0415
+
+        def created(q) -> None:
+            self.record["disposable"] = q.name
+            self.send_json(wire.RESULT, {"result": "allow", "target": q.name})
+
+        return self._bridge(lambda stdio: DisposableManager(ctx).run(
+            argv, stdio, dvm=dvm, user=resolution.user, env=env, on_created=created))
+
+    def _bridge(self, runner: Callable[[Stdio], int]) -> int:
+        """Run RUNNER with its stdio joined to this connection's frames."""
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        stdio = Stdio(stdin=open(in_r, "rb", buffering=0), stdout=open(out_w, "wb", buffering=0),
+                      stderr=open(err_w, "wb", buffering=0))
+        feeder = threading.Thread(target=self._feed_stdin, args=(in_w,), daemon=True)
+        readers = [threading.Thread(target=self._drain, args=(fd, kind), daemon=True)
+                   for fd, kind in ((out_r, wire.STDOUT), (err_r, wire.STDERR))]
+        for t in (feeder, *readers):
+            t.start()
+        try:
+            return runner(stdio)
+        finally:
+            for f in (stdio.stdin, stdio.stdout, stdio.stderr):
+                with contextlib.suppress(OSError):
+                    f.close()
+            for t in readers:
+                t.join(timeout=30)
+
+    def _feed_stdin(self, fd: int) -> None:
+        try:
+            while True:
+                frame = wire.recv_frame(self.conn, self.decoder, self.backlog)
+                if frame is None:
+                    return
+                kind, payload = frame
+                if kind != wire.STDIN:
+                    raise wire.WireError(f"unexpected frame type {kind:#x} after the request")
+                if not payload:
+                    return
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+        except wire.WireError as exc:
+            self.send_json(wire.ERROR, {"message": str(exc)})
+            with contextlib.suppress(OSError):
+                self.conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the service closed its stdin, or the caller went away
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _drain(self, fd: int, kind: int) -> None:
+        try:
+            while True:
+                data = os.read(fd, wire.MAX_PAYLOAD)
+                if not data:
+                    break
+                self.send(kind, data)
+        finally:
+            os.close(fd)
+            self.send(kind, b"")
+
+    def _audit(self, **fields: object) -> None:
+        audit.append(self.broker.paths.rpc_log, {**self.record, **{k: v for k, v in fields.items() if v is not None}})
+
+
+def _no_host_service(stdio: Stdio, service: str) -> int:
+    stdio.stderr.write(f"dom0 has no service {service}\n".encode())
+    return wire.EXIT_NO_SERVICE
+
+
+class Broker:
+    """Listening sockets for running qubes and the admin socket."""
+
+    def __init__(self, paths: Paths, ask_timeout: float = DEFAULT_ASK_TIMEOUT_S, log=print):
+        self.paths = paths
+        self.ask_timeout = ask_timeout
+        self.asks = AskQueue()
+        self.log = log
+        self.sel = selectors.DefaultSelector()
+        self.listeners: dict[str, socket.socket] = {}
+        self.ctx = Context(paths)
+        self._rescans: list[threading.Event] = []
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        self.stopping = threading.Event()
+
+    # -- sockets ----------------------------------------------------------------
+
+    def open_admin(self) -> None:
+        path = self.paths.admin_sock
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        s = _bind(path, 0o600)
+        self.sel.register(s, selectors.EVENT_READ, ("admin", None))
+        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+
+    def running_qubes(self) -> set[str]:
+        found = self.ctx.engine.list_containers({"qlite.home": self.ctx.home_hash})
+        return {c.labels.get("qlite.qube", "") for c in found
+                if c.state == "running" and c.labels.get("qlite.kind") in ("app", "disp")}
+
+    def rescan(self) -> None:
+        try:
+            running = self.running_qubes()
+        except QliteError as exc:
+            self.log(f"rescan failed: {exc}")
+            return
+        for name in running - set(self.listeners):
+            d = self.paths.rpc_dir(name)
+            if not d.is_dir():
+                continue  # a qube started by an older qlite: no mount for it
+            path = d / "rpc.sock"
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            try:
+                s = _bind(path, 0o666)  # the qube's user connects; only it sees this directory
+            except OSError as exc:
+                self.log(f"cannot listen for {name}: {exc}")
+                continue
+            self.listeners[name] = s
+            self.sel.register(s, selectors.EVENT_READ, ("qube", name))
+        for name in set(self.listeners) - running:
+            s = self.listeners.pop(name)
+            self.sel.unregister(s)
+            s.close()
+            with contextlib.suppress(OSError):
+                (self.paths.rpc_dir(name) / "rpc.sock").unlink()
+
+    def request_rescan(self, timeout: float = 10.0) -> None:
+        """From another thread: rescan now, and wait until it is done."""
+        done = threading.Event()
+        with self._lock:
+            self._rescans.append(done)
+        os.write(self._wake_w, b"x")
+        done.wait(timeout)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def serve(self, rescan_every: float = 2.0) -> None:
+        self.open_admin()
+        self.rescan()
+        next_scan = time.monotonic() + rescan_every
+        while not self.stopping.is_set():
+            for key, _ in self.sel.select(timeout=max(0.0, next_scan - time.monotonic())):
+                kind, name = key.data
+                if kind == "wake":
+                    os.read(self._wake_r, 4096)
+                    with self._lock:
+                        waiting, self._rescans = self._rescans, []
+                    self.rescan()
+                    for done in waiting:
+                        done.set()
+                    continue
+                try:
+                    conn, _ = key.fileobj.accept()
+                except OSError:
+                    continue
+                handler = self._admin if kind == "admin" else Call(self, conn, name).run
+                args = (conn,) if kind == "admin" else ()
+                threading.Thread(target=handler, args=args, daemon=True).start()
+            if time.monotonic() >= next_scan:
+                self.rescan()
+                next_scan = time.monotonic() + rescan_every
+        self.close()
+
+    def close(self) -> None:
+        for name, s in list(self.listeners.items()):
+            s.close()
+            with contextlib.suppress(OSError):
+                (self.paths.rpc_dir(name) / "rpc.sock").unlink()
+        self.listeners.clear()
+        with contextlib.suppress(OSError):
+            self.paths.admin_sock.unlink()
+
+    # -- the admin socket -------------------------------------------------------------
+
+    def _admin(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(10)
+                buf = b""
+                while not buf.endswith(b"\n") and len(buf) < 65536:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                reply = self._admin_op(json.loads(buf))
+            except (ValueError, OSError) as exc:
+                reply = {"ok": False, "error": f"bad request: {exc}"}
+            except QliteError as exc:
+                reply = {"ok": False, "error": str(exc)}
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    def _admin_op(self, msg: dict) -> dict:
+        op = msg.get("op")
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if op == "rescan":
+            self.request_rescan()
+            return {"ok": True, "listening": sorted(self.listeners)}
+        if op == "asks":
+            return {"ok": True, "asks": [a.as_json() for a in self.asks.pending()]}
+        if op == "answer":
+            ask_id, allow, target = msg.get("id"), bool(msg.get("allow")), msg.get("target")
+            if not isinstance(ask_id, int) or (target is not None and not isinstance(target, str)):
+                raise ValueError("answer needs an integer id and a string target")
+            ask = self.asks.answer(ask_id, allow, target)
+            return {"ok": True, "id": ask.id, "allow": ask.allow, "target": ask.chosen}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def _bind(path: Path, mode: int) -> socket.socket:
+    """Bind and listen on a Unix socket at PATH, even one longer than the
+    108 bytes sockaddr_un allows (through /proc/self/fd of its directory)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    address = str(path)
+    dirfd = None
+    if len(address.encode()) >= 100:
+        dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        address = f"/proc/self/fd/{dirfd}/{path.name}"
+    try:
+        s.bind(address)
+        os.chmod(path, mode)
+        s.listen(64)
+    except OSError:
+        s.close()
+        raise
+    finally:
+        if dirfd is not None:
+            os.close(dirfd)
+    return s

@@ -1,0 +1,335 @@
+"""Evaluate a qrexec call against a policy and a frozen snapshot of the system.
+
+Pure: no I/O, no clock. The first rule that matches decides; no match, a
+broken policy or an invalid request means deny. Semantics follow Qubes'
+qrexec (qrexec/policy/parser.py); docs/rpc.md says how the broker uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from qlite.errors import AccessDenied
+from qlite.rpc.policy import tokens
+from qlite.rpc.policy.parser import Policy, Rule
+from qlite.rpc.policy.tokens import DOM0
+
+
+@dataclass(frozen=True)
+class QubeFacts:
+    """What policy needs to know about one qube."""
+
+    name: str
+    klass: str                    # AppVM | TemplateVM | DispVM | StandaloneVM
+    tags: frozenset[str] = frozenset()
+    default_dispvm: str | None = None
+    template_for_dispvms: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", frozenset(self.tags))
+
+
+@dataclass(frozen=True)
+class System:
+    """Every qube except dom0, keyed by name. Copied, so later changes do not leak in."""
+
+    qubes: Mapping[str, QubeFacts] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "qubes", MappingProxyType(dict(self.qubes)))
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call: SOURCE asks for SERVICE+ARGUMENT in TARGET."""
+
+    service: str
+    argument: str                 # "" if none; without the '+'
+    source: str
+    target: str                   # as the caller gave it; "@default" when none
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The policy's answer to one request."""
+
+    action: str                   # allow | deny | ask
+    target: str | None            # allow: "work", "dom0" or "@dispvm:NAME"; ask: default_target if any; deny: None
+    choices: tuple[str, ...]      # ask: the targets the user may choose from (sorted); else ()
+    user: str | None
+    notify: bool
+    autostart: bool
+    rule: Rule | None             # the matching rule (None: no match, broken policy or invalid request)
+    reason: str                   # one line for the audit log
+
+
+class _Denied(Exception):
+    """A request or target that cannot be served; the message says why."""
+
+
+def _show(text: str) -> str:
+    """An untrusted string, quoted and bounded, fit for a one-line reason."""
+    return repr(text if len(text) <= 64 else text[:64] + "...")
+
+
+def _deny(reason: str, rule: Rule | None = None) -> Resolution:
+    return Resolution("deny", None, (), None, True, False, rule, reason)
+
+
+class _Call:
+    """One request against one system: the matching and resolving helpers."""
+
+    def __init__(self, system: System, request: Request) -> None:
+        self.system = system
+        self.request = request
+        self.source = request.source
+        facts = system.qubes.get(request.source)
+        self.source_facts = facts
+        self.default_dispvm = facts.default_dispvm if facts else None
+
+    # -- matching ---------------------------------------------------------
+
+    def matches(self, rule: Rule, intended: str) -> bool:
+        return self.matches_but_target(rule) and self.target_matches(rule.target, intended)
+
+    def matches_but_target(self, rule: Rule) -> bool:
+        request = self.request
+        return (
+            rule.service in (tokens.WILDCARD, request.service)
+            and (rule.argument is None or rule.argument == request.argument)
+            and self.source_matches(rule.source)
+        )
+
+    def source_matches(self, token: str) -> bool:
+        facts = self.source_facts
+        if facts is None:  # dom0: matched by '*' and by the tokens naming it
+            return token == tokens.WILDCARD or tokens.is_dom0(token)
+        if tokens.is_dom0(token):
+            return False
+        if token in (tokens.WILDCARD, tokens.ANYVM):
+            return True
+        if token.startswith(tokens.DISPVM_PREFIX):
+            return False  # as in Qubes, only a target is ever spelled @dispvm:...
+        if token.startswith(tokens.TAG_PREFIX):
+            return token[len(tokens.TAG_PREFIX):] in facts.tags
+        if token.startswith(tokens.TYPE_PREFIX):
+            return token[len(tokens.TYPE_PREFIX):] == facts.klass
+        return token == facts.name
+
+    def target_matches(self, token: str, intended: str) -> bool:
+        """Whether rule target TOKEN matches INTENDED (a normalized request target)."""
+        if tokens.is_dom0(token):
+            return intended == DOM0
+        if intended == DOM0:
+            return False  # the host is matched only by the tokens naming it
+        if token in (tokens.WILDCARD, tokens.ANYVM):
+            return True
+        if token in (tokens.DEFAULT, tokens.DISPVM):
+            return intended == token
+        if token.startswith(tokens.DISPVM_TAG_PREFIX):
+            facts = self.system.qubes.get(self.dispvm_base(intended) or "")
+            tag = token[len(tokens.DISPVM_TAG_PREFIX):]
+            return facts is not None and facts.template_for_dispvms and tag in facts.tags
+        if token.startswith(tokens.DISPVM_PREFIX):
+            # @dispvm:NAME also matches a plain @dispvm whose base is NAME.
+            return token == intended or (
+                intended == tokens.DISPVM and self.default_dispvm == token[len(tokens.DISPVM_PREFIX):])
+        if token.startswith(tokens.TAG_PREFIX):
+            facts = self.system.qubes.get(intended)
+            return facts is not None and token[len(tokens.TAG_PREFIX):] in facts.tags
+        if token.startswith(tokens.TYPE_PREFIX):
+            facts = self.system.qubes.get(intended)
+            return facts is not None and token[len(tokens.TYPE_PREFIX):] == facts.klass
+        return token == intended
+
+    def dispvm_base(self, intended: str) -> str | None:
+        """The disposable template INTENDED asks for, if it asks for a disposable."""
+        if intended == tokens.DISPVM:
+            return self.default_dispvm
+        if intended.startswith(tokens.DISPVM_PREFIX):
+            return intended[len(tokens.DISPVM_PREFIX):]
+        return None
+
+    # -- resolving ----------------------------------------------------------
+
+    def resolve(self, target: str) -> str:
+        """The concrete target ("name", "dom0" or "@dispvm:NAME") for TARGET, or raise _Denied."""
+        if target == tokens.DEFAULT:
+            raise _Denied("the caller named no target and the rule gives no target=")
+        if tokens.is_dom0(target):
+            return DOM0
+        if target == tokens.DISPVM:
+            if self.default_dispvm is None:
+                raise _Denied(f"{self.source} has no default_dispvm to make a @dispvm from")
+            target = tokens.DISPVM_PREFIX + self.default_dispvm
+        if target.startswith(tokens.DISPVM_PREFIX):
+            base = target[len(tokens.DISPVM_PREFIX):]
+            facts = self.system.qubes.get(base)
+            if facts is None or not facts.template_for_dispvms:
+                raise _Denied(f"{_show(base)} is not a disposable template (template_for_dispvms)")
+            return target
+        if target not in self.system.qubes:
+            raise _Denied(f"no such qube {_show(target)}")
+        return target
+
+    def first_match(self, policy: Policy, intended: str) -> Rule | None:
+        return next((rule for rule in policy.rules if self.matches(rule, intended)), None)
+
+    def choices(self, policy: Policy) -> set[str]:
+        """Every target the policy would allow or ask for this service, argument and source.
+
+        Each candidate is evaluated as if the caller had named it; redirects
+        count as their destination. The caller itself is never offered.
+        """
+        qubes = self.system.qubes
+        candidates = [name for name in qubes if name != self.source]
+        candidates += [DOM0, tokens.DISPVM]
+        candidates += [tokens.DISPVM_PREFIX + name for name, facts in qubes.items() if facts.template_for_dispvms]
+        offered = set()
+        for candidate in candidates:
+            rule = self.first_match(policy, candidate)
+            if rule is None or rule.action == "deny":
+                continue
+            try:
+                resolved = self.resolve(rule.params.get("target", candidate))
+            except _Denied:
+                continue
+            if resolved != self.source:
+                offered.add(resolved)
+        return offered
+
+
+def _intended(system: System, target: str) -> str:
+    """The caller's target, normalized, or raise _Denied."""
+    if target in ("", tokens.DEFAULT):
+        return tokens.DEFAULT
+    if tokens.is_dom0(target):
+        return DOM0
+    if target == tokens.DISPVM:
+        return target
+    if target.startswith(tokens.DISPVM_PREFIX):
+        facts = system.qubes.get(target[len(tokens.DISPVM_PREFIX):])
+        if facts is None or not facts.template_for_dispvms:
+            raise _Denied(f"target {_show(target)} is not a disposable template")
+        return target
+    if target in system.qubes:
+        return target
+    if tokens.token_kind(target) == "name":
+        raise _Denied(f"no such qube {_show(target)}")
+    raise _Denied(f"invalid target {_show(target)}")
+
+
+def _check_request(system: System, request: Request) -> str:
+    """Validate REQUEST; return its normalized target, or raise _Denied."""
+    if not tokens.SERVICE_RE.fullmatch(request.service):
+        raise _Denied(f"invalid service name {_show(request.service)}")
+    if not tokens.ARGUMENT_RE.fullmatch(request.argument):
+        raise _Denied(f"invalid argument {_show(request.argument)}")
+    if request.source != DOM0 and request.source not in system.qubes:
+        raise _Denied(f"unknown source qube {_show(request.source)}")
+    return _intended(system, request.target)
+
+
+def _call_name(request: Request) -> str:
+    return f"{request.service}+{request.argument}"
+
+
+def evaluate(policy: Policy, system: System, request: Request) -> Resolution:
+    """Decide REQUEST by the first matching rule. Never raises.
+
+    No match, a broken policy or an invalid request (unknown source, a
+    target that does not exist) means deny. A call from dom0 is decided by
+    the rules like any other: only '*', 'dom0' and '@adminvm' in the source
+    column match it, so the shipped policy denies it. Qubes lets the host's
+    own calls bypass policy; that bypass is the broker's (docs/rpc.md),
+    which does not call evaluate for them.
+    """
+    if policy.error is not None:
+        return _deny(f"denied: the policy is broken: {policy.error}")
+    call = _Call(system, request)
+    try:
+        intended = _check_request(system, request)
+    except _Denied as err:
+        return _deny(f"denied: {err}")
+    rule = call.first_match(policy, intended)
+    if rule is None:
+        return _deny(
+            f"denied: no rule matches {_call_name(request)} from {request.source} to {request.target or '@default'}")
+    try:
+        return _apply(rule, policy, call, intended)
+    except _Denied as err:
+        return _deny(f"denied by policy {rule.location}: {err}", rule)
+
+
+def _not_loopback(call: _Call, target: str) -> str:
+    # As in Qubes: a qube cannot call a service in itself.
+    if target == call.source:
+        raise _Denied(f"{call.source} cannot call itself")
+    return target
+
+
+def _yes(rule: Rule, key: str, default: bool) -> bool:
+    value = rule.params.get(key)
+    return default if value is None else value == "yes"
+
+
+def _apply(rule: Rule, policy: Policy, call: _Call, intended: str) -> Resolution:
+    where = rule.location
+    if rule.action == "deny":
+        return Resolution("deny", None, (), None, _yes(rule, "notify", True), False, rule, f"denied by policy {where}")
+    user = rule.params.get("user")
+    notify = _yes(rule, "notify", False)
+    autostart = _yes(rule, "autostart", True)
+    if rule.action == "allow":
+        target = _not_loopback(call, call.resolve(rule.params.get("target", intended)))
+        if not autostart and target.startswith(tokens.DISPVM_PREFIX):
+            raise _Denied("autostart=no, but a disposable has to be started")
+        return Resolution("allow", target, (), user, notify, autostart, rule, f"allowed by policy {where}")
+    if "target" in rule.params:
+        choices = {_not_loopback(call, call.resolve(rule.params["target"]))}
+    else:
+        choices = call.choices(policy)
+    if not autostart:
+        # A disposable always has to be started; whether a named target is
+        # running is for the broker to check.
+        choices = {c for c in choices if not c.startswith(tokens.DISPVM_PREFIX)}
+    if not choices:
+        raise _Denied("ask, but there is no target to choose from")
+    default = _default_target(call, rule, choices)
+    return Resolution("ask", default, tuple(sorted(choices)), user, notify, autostart, rule, f"ask by policy {where}")
+
+
+def _default_target(call: _Call, rule: Rule, choices: set[str]) -> str | None:
+    value = rule.params.get("default_target")
+    if value is None:
+        return None
+    try:
+        resolved = call.resolve(value)
+    except _Denied:
+        return None
+    # A default the user could not pick is dropped rather than preselected.
+    return resolved if resolved in choices else None
+
+
+def answer_ask(resolution: Resolution, chosen: str, system: System) -> Resolution:
+    """The user picked CHOSEN for an ask: return the allow Resolution.
+
+    Raises AccessDenied if RESOLUTION is not an ask, CHOSEN was not offered,
+    or CHOSEN no longer exists in SYSTEM (the question may have waited).
+    """
+    if resolution.action != "ask":
+        raise AccessDenied(f"there is no question to answer: the call was already {resolution.action}")
+    if chosen not in resolution.choices:
+        raise AccessDenied(f"{_show(chosen)} is not one of the offered targets: {', '.join(resolution.choices)}")
+    base = chosen[len(tokens.DISPVM_PREFIX):] if chosen.startswith(tokens.DISPVM_PREFIX) else None
+    if base is not None:
+        facts = system.qubes.get(base)
+        if facts is None or not facts.template_for_dispvms:
+            raise AccessDenied(f"{base} is no longer a disposable template")
+    elif chosen != DOM0 and chosen not in system.qubes:
+        raise AccessDenied(f"qube {chosen} no longer exists")
+    where = resolution.rule.location if resolution.rule else "?"
+    return replace(resolution, action="allow", target=chosen, choices=(),
+                   reason=f"allowed by the user (asked by policy {where})")
