@@ -49,43 +49,42 @@ nothing is left.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import json
-import os
-import platform
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from qlite.state.owners import current_owner
+# The script runs as `python bench/disposable.py`, which puts bench/ on
+# sys.path; this keeps `python -P` (safe path) working too.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parent.parent
-QLITE = (sys.executable, "-m", "qlite")
+from benchlib import (  # noqa: E402
+    CMD_TIMEOUT_S,
+    QLITE,
+    REPO,
+    TEMPLATE,
+    BenchError,
+    BenchHome,
+    host_facts,
+    last_line,
+    p50,
+    p95,
+    run_in_home,
+    write_json,
+)
+
 DEFAULT_JSON = REPO / "bench" / "results" / "disposable.json"
-HOME_BASE = Path("/var/tmp")
 DEFAULT_DVM = "default-dvm"
 OFFLINE_DVM = "bench-dvm-off"
 IDLE_PREFIX = "bench-idle-"
-TEMPLATE = "debian-12"
 EXPECTED_RUNTIME = "qlite-runsc"
-CMD_TIMEOUT_S = 120
 SETTLE_S = 3.0
 MIB_PER_KIB = 1 / 1024
 BASELINE = "c"
-# The bench's own engine objects carry this owner tag. qlite's reconcile
-# then sees them as belonging to a live process and leaves them alone, and
-# the bench removes them itself on exit.
-OWNER = current_owner()
 
 PUBLISHED = {
     "source": "qubes-core-admin tests-data/dispvm_perf (Qubes R4.3, laptop)",
@@ -93,71 +92,6 @@ PUBLISHED = {
     "qubes_disposable_preloaded_s": 2.3,
     "qubes_appvm_default_memory_mb": 400,
 }
-
-
-class BenchError(Exception):
-    """A step of the bench failed; the numbers would be meaningless."""
-
-
-# --------------------------------------------------------------------------
-# Running commands
-
-
-def run(argv: list[str], env: dict[str, str], cwd: Path, *, check: bool = True,
-        timeout: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise BenchError(f"{' '.join(argv)} exited {proc.returncode}: {last_line(proc.stderr or proc.stdout)}")
-    return proc
-
-
-def last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else "no output"
-
-
-def home_hash(path: Path) -> str:
-    """The label value that qlite puts on this home's engine objects, computed
-    the way qlite.paths.Paths.home_hash does it."""
-    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
-
-
-@dataclass
-class BenchHome:
-    """The bench's own QLITE_HOME, and a record of what was made in it."""
-
-    path: Path
-    qubes: list[str] = field(default_factory=list)
-    network: str | None = None
-
-    @property
-    def hash(self) -> str:
-        return home_hash(self.path)
-
-    @property
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("QLITE_ENGINE", "CONTAINERS_CONF")}
-        return {**env, "QLITE_HOME": str(self.path)}
-
-    @property
-    def podman_env(self) -> dict[str, str]:
-        """The podman CLI on qlite's containers.conf: the same store, and
-        qlite's runsc wrapper as the default runtime."""
-        return {**self.env, "CONTAINERS_CONF": str(self.path / "run" / "containers.conf")}
-
-    def label_args(self) -> list[str]:
-        return ["--label", f"qlite.home={self.hash}", "--label", f"qlite.owner={OWNER}"]
-
-    def qlite(self, *args: str, check: bool = True, timeout: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess:
-        return run([*QLITE, *args], self.env, self.path, check=check, timeout=timeout)
-
-    def podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return run(["podman", *args], self.podman_env, self.path, check=check)
-
-    def qlite_json(self, *args: str) -> object:
-        return json.loads(self.qlite(*args, "--json").stdout)
 
 
 # --------------------------------------------------------------------------
@@ -183,7 +117,7 @@ def prepare(home: BenchHome) -> Setup:
     home.podman("network", "create", *home.label_args(), home.network)
     image_id = template_image_id(home)
     check_runtime(home, image_id)
-    probe = json.loads((home.path / "run" / "probe.json").read_text())
+    probe = home.probe()
     rows = home.qlite_json("ls")
     netpath = next(r["netpath"] for r in rows if r["name"] == DEFAULT_DVM)
     return Setup(image_id=image_id, probe=probe, netpath=netpath)
@@ -261,15 +195,6 @@ def measure_latency(cases: list[Case], runs: int, cwd: Path) -> dict[str, list[f
             samples[case.key].append(time_once(case, cwd))
         print(f"  latency round {i + 1}/{runs} done", file=sys.stderr, flush=True)
     return samples
-
-
-def p50(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
-def p95(xs: list[float]) -> float:
-    """Linear interpolation between order statistics (the 'inclusive' method)."""
-    return statistics.quantiles(xs, n=100, method="inclusive")[94]
 
 
 # --------------------------------------------------------------------------
@@ -433,19 +358,6 @@ def measure_memory(home: BenchHome, density: int) -> dict:
 # Results
 
 
-def host_facts(home: BenchHome, setup: Setup) -> dict:
-    podman_version = home.podman("version", "--format", "{{.Client.Version}}").stdout.strip()
-    return {
-        "kernel": platform.release(),
-        "runsc_version": setup.probe["version"],
-        "platform": setup.probe["platform"],
-        "netpath": setup.netpath,
-        "podman_version": podman_version,
-        "cpu_count": os.cpu_count(),
-        "mem_total_mib": round(psutil.virtual_memory().total / 2**20),
-    }
-
-
 def mean_of(per_qube: dict[str, dict], key: str) -> float:
     return statistics.fmean(q[key] for q in per_qube.values())
 
@@ -503,88 +415,6 @@ def render(result: dict) -> None:
           f" an AppVM's default memory: {p['qubes_appvm_default_memory_mb']} MB")
 
 
-def write_json(result: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nJSON written to {out}")
-
-
-# --------------------------------------------------------------------------
-# Cleaning up
-
-
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Cleanup must not be cut short by a second Ctrl-C. The commands it
-    runs inherit the ignored SIGINT too, so they are not cut short either."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def attempt(step: Callable[[], object]) -> None:
-    """Run one cleanup step; a failing step must not stop the others."""
-    try:
-        step()
-    except (BenchError, subprocess.SubprocessError, OSError) as exc:
-        print(f"warning: cleanup step failed: {exc}", file=sys.stderr)
-
-
-def podman_leftovers(label: str, env: dict[str, str], cwd: Path) -> dict[str, list[str]]:
-    """Names of containers, volumes and networks that carry LABEL."""
-    listings = {
-        "containers": ["ps", "-a", "--format", "{{.Names}}"],
-        "volumes": ["volume", "ls", "--format", "{{.Name}}"],
-        "networks": ["network", "ls", "--format", "{{.Name}}"],
-    }
-    return {
-        kind: run(["podman", *args, "--filter", f"label={label}"], env, cwd, check=False).stdout.split()
-        for kind, args in listings.items()
-    }
-
-
-def remove_leftovers(home: BenchHome) -> None:
-    """Whatever an interrupted run left behind, by this home's label."""
-    removers = {"containers": ["rm", "-f"], "volumes": ["volume", "rm", "-f"], "networks": ["network", "rm", "-f"]}
-    for kind, names in podman_leftovers(f"qlite.home={home.hash}", home.podman_env, home.path).items():
-        for name in names:
-            home.podman(*removers[kind], name, check=False)
-
-
-def teardown(home: BenchHome) -> None:
-    with signals_ignored():
-        if home.path.exists():
-            # default-dvm cannot be removed while it is the global default_dispvm.
-            attempt(lambda: home.qlite("prefs", "--global", "default_dispvm", "none", check=False))
-            for name in reversed(home.qubes):
-                attempt(lambda name=name: home.qlite("remove", "--force", name, check=False))
-            if home.network:
-                attempt(lambda: home.podman("network", "rm", "-f", home.network, check=False))
-            # Release this home's hold on the shared template image (its tag).
-            attempt(lambda: home.qlite("prefs", "--global", "-D", "default_template", check=False))
-            attempt(lambda: home.qlite("template", "remove", "debian-12", check=False))
-            attempt(lambda: home.qlite("reconcile", check=False))
-            attempt(lambda: remove_leftovers(home))
-            attempt(lambda: home.qlite("daemon", "stop", check=False))
-            attempt(lambda: home.qlite("service", "stop", check=False))
-        shutil.rmtree(home.path, ignore_errors=True)
-        verify_clean(home)
-
-
-def verify_clean(home: BenchHome) -> None:
-    # The home (and its containers.conf) is gone: list with the host's podman
-    # configuration, which reads the same store.
-    env = {k: v for k, v in os.environ.items() if k != "CONTAINERS_CONF"}
-    left = podman_leftovers(f"qlite.home={home.hash}", env, Path("/"))
-    if any(left.values()):
-        print(f"WARNING: engine objects of bench home {home.hash} are left: {left}", file=sys.stderr)
-    else:
-        print(f"cleanup: nothing labelled qlite.home={home.hash} is left", file=sys.stderr)
-
-
 # --------------------------------------------------------------------------
 
 
@@ -607,33 +437,18 @@ def run_bench(home: BenchHome, args: argparse.Namespace) -> dict:
     cases = latency_cases(home, setup)
     samples = measure_latency(cases, args.runs, home.path)
     memory = measure_memory(home, args.density)
-    return build_result(args, host_facts(home, setup), cases, samples, memory)
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    return build_result(args, host_facts(home, setup.probe, netpath=setup.netpath), cases, samples, memory)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/disposable.py must run as root (qlite's podman service is rootful)", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, _interrupt)
-    home = BenchHome(Path(tempfile.mkdtemp(prefix="qlite-bench-", dir=HOME_BASE)).resolve())
-    try:
+
+    def body(home: BenchHome) -> None:
         result = run_bench(home, args)
         render(result)
         write_json(result, args.json or DEFAULT_JSON)
-        return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted: cleaning up", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        teardown(home)
+
+    return run_in_home("bench/disposable.py", body)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("args", nargs="*", metavar="ARG",
                     help="eval: SERVICE[+ARG] SOURCE TARGET; ask: [ID allow [TARGET] | ID deny]")
 
+    sp = cmd("splitgpg", commands.splitgpg, "keys in an offline vault qube, used by other qubes", json_out=True)
+    sp.add_argument("action", choices=("setup", "gen-key", "import", "list", "export"))
+    sp.add_argument("vault")
+    sp.add_argument("args", nargs="*", metavar="ARG", help="import: FILE or -; export: KEY")
+    sp.add_argument("--client", action="append", default=[], metavar="QUBE", help="setup: a qube that may use it")
+    sp.add_argument("--autoaccept", type=_int("--autoaccept"), metavar="SECONDS",
+                    help="setup: how long a yes stands (default 300)")
+    sp.add_argument("--name", help="gen-key: the key's name")
+    sp.add_argument("--email", help="gen-key: the key's email address")
+    sp.add_argument("--secret", action="store_true", help="list: secret keys")
+
     sp = cmd("log", commands.log, "show a log", json_out=True)
     sp.add_argument("which", choices=("rpc",))
     sp.add_argument("-n", "--lines", type=_int("--lines"), default=50, help="how many records (default 50)")

@@ -606,3 +606,49 @@ def log(args: argparse.Namespace) -> int:
         print(f"{when} {r.get('source', '?')} -> {to} {what}: {r.get('decision', '?')}{extra}{rule}"
               + (f" ({r['reason']})" if r.get("reason") and r.get("decision") != "done" else ""))
     return 0
+
+
+# -- split GPG ------------------------------------------------------------------------
+
+
+def splitgpg(args: argparse.Namespace) -> int:
+    from qlite.gpg import splitgpg as sg  # noqa: PLC0415
+    from qlite.gpg.vault import VaultGPG  # noqa: PLC0415
+
+    ctx = _context()
+    if args.action == "setup":
+        result = sg.setup(ctx, args.vault, args.client, args.autoaccept)
+        if args.json:
+            emit_json(result.as_json())
+        else:
+            info(f"{'created' if result.created else 'configured'} vault {result.vault} (offline); "
+                 f"clients: {', '.join(result.clients) or 'none yet'}; policy in {result.policy_file}")
+        return 0
+    _qubes(ctx).get(args.vault)
+    vault = VaultGPG(ctx, args.vault)
+    if args.action == "gen-key":
+        if not args.name or not args.email:
+            raise InvalidValue("usage: qlite splitgpg gen-key VAULT --name NAME --email EMAIL")
+        fingerprint = vault.generate(args.name, args.email)
+        emit_json({"fingerprint": fingerprint}) if args.json else print(fingerprint)
+    elif args.action == "import":
+        if len(args.args) != 1:
+            raise InvalidValue("usage: qlite splitgpg import VAULT FILE (or - for stdin)")
+        try:
+            data = sys.stdin.buffer.read() if args.args[0] == "-" else open(args.args[0], "rb").read()
+        except OSError as exc:
+            raise InvalidValue(f"cannot read {args.args[0]}: {exc.strerror}") from None
+        result = vault.import_keys(data)
+        emit_json(result) if args.json else print(f"imported {result['count']} key(s) into {args.vault}")
+    elif args.action == "list":
+        keys = vault.list_keys(secret=args.secret)
+        if args.json:
+            emit_json([k.as_json() for k in keys])
+        else:
+            table(["FINGERPRINT", "UIDS", "ALGO", "CREATED"],
+                  [[k.fingerprint, "; ".join(k.uids), k.algo, k.created] for k in keys])
+    else:
+        if len(args.args) != 1:
+            raise InvalidValue("usage: qlite splitgpg export VAULT KEY")
+        sys.stdout.write(vault.export_public(args.args[0]))
+    return 0

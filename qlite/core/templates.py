@@ -233,6 +233,12 @@ class TemplateManager:
                     tar = Path(tmp) / "rootfs.tar"
                     build_rootfs(cfg, tar, progress)
                     engine.import_rootfs(str(tar), rootfs_ref, progress)
+                # Older cached rootfs of this template are no longer wanted
+                # (templates built on them keep their layers).
+                for img in engine.list_images(f"{CACHE_REPO}/rootfs-{name}"):
+                    for tag in img.tags:
+                        if tag != rootfs_ref and tag.startswith(f"{CACHE_REPO}/rootfs-{name}:"):
+                            engine.untag_image(tag)
             else:
                 progress(f"reusing the cached root filesystem {rootfs_ref}")
             base_args["BASE"] = rootfs_ref

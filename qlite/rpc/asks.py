@@ -33,6 +33,32 @@ class Ask:
         }
 
 
+class Approvals:
+    """Remembered "yes" answers: (source, service, requested target) ->
+    (chosen target, until). Within its window an ask is accepted again
+    without a question, as Qubes' split GPG does (QUBES_GPG_AUTOACCEPT)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._until: dict[tuple[str, str, str], tuple[str, float]] = {}
+
+    def remember(self, source: str, service: str, target: str, chosen: str, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with self._lock:
+            self._until[(source, service, target)] = (chosen, time.time() + seconds)
+
+    def lookup(self, source: str, service: str, target: str) -> tuple[str, float] | None:
+        with self._lock:
+            found = self._until.get((source, service, target))
+            if found is None:
+                return None
+            if found[1] <= time.time():
+                del self._until[(source, service, target)]
+                return None
+            return found
+
+
 class AskQueue:
     def __init__(self) -> None:
         self._lock = threading.Lock()

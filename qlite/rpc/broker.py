@@ -9,6 +9,7 @@ asked about, and then run in its target with stdio joined; see docs/rpc.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from qlite.engines.base import Stdio
 from qlite.errors import AccessDenied, QliteError
 from qlite.paths import Paths
 from qlite.rpc import audit, wire
-from qlite.rpc.asks import AskQueue
+from qlite.rpc.asks import Approvals, AskQueue
 from qlite.rpc.policy import Policy, QubeFacts, Request, Resolution, System, answer_ask, evaluate, load_policy
 
 DISPATCH = "/usr/lib/qlite/qubes-rpc-dispatch"
@@ -35,6 +36,22 @@ ARGUMENT_RE = re.compile(r"[A-Za-z0-9._+-]{0,256}")
 TARGET_RE = re.compile(r"@?[A-Za-z0-9._:@-]{1,80}")
 REQUEST_TIMEOUT_S = 10.0
 DEFAULT_ASK_TIMEOUT_S = 60.0
+# How long a "yes" to an ask stands, per service, unless the calling qube's
+# feature autoaccept.<service> says otherwise. 300 s is Qubes' split-GPG
+# default (QUBES_GPG_AUTOACCEPT); everything else asks every time.
+AUTOACCEPT_DEFAULTS = {"qubes.Gpg": 300.0}
+
+
+def autoaccept_window(ctx: Context, source: str, service: str) -> float:
+    from qlite.core.prefs import Features  # noqa: PLC0415
+
+    text = Features(ctx.store).all(source).get(f"autoaccept.{service}")
+    if text is None:
+        return AUTOACCEPT_DEFAULTS.get(service, 0.0)
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        return 0.0
 
 
 def policy_dirs(paths: Paths) -> list[Path]:
@@ -154,6 +171,17 @@ class Call:
         self.send_json(wire.EXIT, {"code": code})
 
     def _ask(self, request: Request, resolution: Resolution, ctx: Context) -> Resolution:
+        approvals = self.broker.approvals
+        key = (request.source, request.service, request.target)
+        remembered = approvals.lookup(*key)
+        if remembered is not None and remembered[0] in resolution.choices:
+            try:
+                allowed = answer_ask(resolution, remembered[0], system_snapshot(ctx))
+            except AccessDenied:
+                pass
+            else:
+                until = time.strftime("%H:%M:%S", time.localtime(remembered[1]))
+                return _with_reason(allowed, f"auto-accepted: approved earlier, until {until}")
         ask = self.broker.asks.add(
             request.source, request.service, request.argument, request.target, resolution.choices,
             resolution.target, self.broker.ask_timeout,
@@ -165,10 +193,12 @@ class Call:
             return Resolution(action="deny", target=None, choices=(), user=None, notify=False, autostart=False,
                               rule=resolution.rule, reason=reason)
         try:
-            return answer_ask(resolution, chosen, system_snapshot(ctx))
+            allowed = answer_ask(resolution, chosen, system_snapshot(ctx))
         except AccessDenied as exc:
             return Resolution(action="deny", target=None, choices=(), user=None, notify=False, autostart=False,
                               rule=resolution.rule, reason=str(exc))
+        approvals.remember(*key, chosen, autoaccept_window(ctx, request.source, request.service))
+        return allowed
 
     # -- running the service -------------------------------------------------------
 
@@ -276,6 +306,10 @@ class Call:
         audit.append(self.broker.paths.rpc_log, {**self.record, **{k: v for k, v in fields.items() if v is not None}})
 
 
+def _with_reason(resolution: Resolution, reason: str) -> Resolution:
+    return dataclasses.replace(resolution, reason=reason)
+
+
 def _no_host_service(stdio: Stdio, service: str) -> int:
     stdio.stderr.write(f"dom0 has no service {service}\n".encode())
     return wire.EXIT_NO_SERVICE
@@ -288,6 +322,7 @@ class Broker:
         self.paths = paths
         self.ask_timeout = ask_timeout
         self.asks = AskQueue()
+        self.approvals = Approvals()
         self.log = log
         self.sel = selectors.DefaultSelector()
         self.listeners: dict[str, socket.socket] = {}

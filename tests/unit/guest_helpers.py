@@ -208,10 +208,23 @@ class FakeBroker:
         except BaseException as exc:  # noqa: BLE001 (reported by the test)
             self.errors.append(exc)
         finally:
+            _shutdown(sock)
             sock.close()
 
     def close(self) -> None:
+        # Wake the accept() and wait for its thread before closing: a thread
+        # left blocked in accept() on a closed fd was seen taking a later
+        # test's connections once that fd number had been reused.
+        _shutdown(self.listener)
+        self.thread.join(timeout=10)
         self.listener.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected, or already gone
 
 
 def allow_running(argv_for: Callable[[dict], list[str]], env_for: Callable[[dict], dict[str, str]],

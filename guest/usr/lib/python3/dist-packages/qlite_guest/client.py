@@ -16,7 +16,7 @@ import selectors
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from qlite_guest import wire
 from qlite_guest.names import argument_problem, printable, service_problem
@@ -155,18 +155,21 @@ def _exit_code(payload: bytes) -> int:
 
 
 def pump(call: Call, source: Source, on_stdout: Sink, on_stderr: Sink,
-         on_stdout_end: Callable[[], None] | None = None) -> int:
+         on_stdout_end: Callable[[], None] | None = None, prefix: Iterable[bytes] = ()) -> int:
     """Run CALL to its end; return the service's exit code.
 
     SOURCE feeds the service's stdin: an fd (read until EOF), an iterator of
-    byte chunks, or None (stdin closed at once). Stdout and stderr go to the
-    sinks as they arrive. Raises RpcError if the call breaks; exceptions from
-    SOURCE or the sinks propagate (the caller then closes the socket)."""
+    byte chunks, or None (stdin closed at once). With an fd, PREFIX chunks
+    go first (a request header, say); the fd is read only after them.
+    Stdout and stderr go to the sinks as they arrive. Raises RpcError if the
+    call breaks; exceptions from SOURCE or the sinks propagate (the caller
+    then closes the socket)."""
     sock = call.sock
     sock.setblocking(False)
     out = bytearray()
     fd = source if isinstance(source, int) else None
     chunks = source if source is not None and fd is None else None
+    lead = iter(prefix) if fd is not None else None
     feeding = source is not None
     send_broken = False
     if not feeding:
@@ -218,7 +221,13 @@ def pump(call: Call, source: Source, on_stdout: Sink, on_stderr: Sink,
                         stop_feeding()
                     elif chunk:
                         queue(chunk)
-            if feeding and fd is not None:
+            while feeding and lead is not None and len(out) < HIGH_WATER:
+                chunk = next(lead, None)
+                if chunk is None:
+                    lead = None
+                else:
+                    queue(chunk)
+            if feeding and fd is not None and lead is None:
                 want = len(out) < HIGH_WATER
                 if want and not fd_registered:
                     sel.register(fd, selectors.EVENT_READ)

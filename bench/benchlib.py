@@ -1,0 +1,281 @@
+"""What the benchmarks in bench/ share: a QLITE_HOME of their own under
+/var/tmp, commands run in it, percentiles, host facts, and a teardown that
+removes everything the bench made and checks by label that nothing is left.
+
+The scripts run as ``python bench/<name>.py``, so this directory is on
+sys.path and they import this module as ``benchlib``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from qlite.state.owners import current_owner
+
+REPO = Path(__file__).resolve().parent.parent
+QLITE = (sys.executable, "-m", "qlite")
+HOME_BASE = Path("/var/tmp")
+TEMPLATE = "debian-12"
+CMD_TIMEOUT_S = 120
+# conmon of an exec session can outlive its container's removal by some
+# seconds; after this long, a process of the home counts as left behind.
+PROCESS_GRACE_S = 30
+# The bench's own engine objects carry this owner tag. qlite's reconcile
+# then sees them as belonging to a live process and leaves them alone, and
+# the bench removes them itself on exit.
+OWNER = current_owner()
+
+
+class BenchError(Exception):
+    """A step of the bench failed; the numbers would be meaningless."""
+
+
+# --------------------------------------------------------------------------
+# Running commands
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path, *, check: bool = True,
+        timeout: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} exited {proc.returncode}: {last_line(proc.stderr or proc.stdout)}")
+    return proc
+
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def home_hash(path: Path) -> str:
+    """The label value that qlite puts on this home's engine objects, computed
+    the way qlite.paths.Paths.home_hash does it."""
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
+
+
+@dataclass
+class BenchHome:
+    """The bench's own QLITE_HOME, and a record of what was made in it."""
+
+    path: Path
+    qubes: list[str] = field(default_factory=list)
+    network: str | None = None
+    # Steps the teardown runs before it removes any qube (e.g. stopping a
+    # daemon that a bench started inside one), in order.
+    before_removal: list[Callable[[], object]] = field(default_factory=list)
+
+    @property
+    def hash(self) -> str:
+        return home_hash(self.path)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("QLITE_ENGINE", "CONTAINERS_CONF")}
+        return {**env, "QLITE_HOME": str(self.path)}
+
+    @property
+    def podman_env(self) -> dict[str, str]:
+        """The podman CLI on qlite's containers.conf: the same store, and
+        qlite's runsc wrapper as the default runtime."""
+        return {**self.env, "CONTAINERS_CONF": str(self.path / "run" / "containers.conf")}
+
+    def label_args(self) -> list[str]:
+        return ["--label", f"qlite.home={self.hash}", "--label", f"qlite.owner={OWNER}"]
+
+    def qlite(self, *args: str, check: bool = True, timeout: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess:
+        return run([*QLITE, *args], self.env, self.path, check=check, timeout=timeout)
+
+    def podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(["podman", *args], self.podman_env, self.path, check=check)
+
+    def qlite_json(self, *args: str) -> object:
+        return json.loads(self.qlite(*args, "--json").stdout)
+
+    def probe(self) -> dict:
+        """What qlite's setup found out about runsc on this host."""
+        return json.loads((self.path / "run" / "probe.json").read_text())
+
+
+# --------------------------------------------------------------------------
+# Numbers
+
+
+def p50(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def p95(xs: list[float]) -> float:
+    """Linear interpolation between order statistics (the 'inclusive' method)."""
+    return statistics.quantiles(xs, n=100, method="inclusive")[94]
+
+
+def host_facts(home: BenchHome, probe: dict, **extra: object) -> dict:
+    """Kernel, runsc, podman and machine size; EXTRA goes after the platform."""
+    podman_version = home.podman("version", "--format", "{{.Client.Version}}").stdout.strip()
+    return {
+        "kernel": platform.release(),
+        "runsc_version": probe["version"],
+        "platform": probe["platform"],
+        **extra,
+        "podman_version": podman_version,
+        "cpu_count": os.cpu_count(),
+        "mem_total_mib": round(psutil.virtual_memory().total / 2**20),
+    }
+
+
+def write_json(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nJSON written to {out}")
+
+
+# --------------------------------------------------------------------------
+# Cleaning up
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Cleanup must not be cut short by a second Ctrl-C. The commands it
+    runs inherit the ignored SIGINT too, so they are not cut short either."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def attempt(step: Callable[[], object]) -> None:
+    """Run one cleanup step; a failing step must not stop the others."""
+    try:
+        step()
+    except (BenchError, subprocess.SubprocessError, OSError) as exc:
+        print(f"warning: cleanup step failed: {exc}", file=sys.stderr)
+
+
+def podman_leftovers(label: str, env: dict[str, str], cwd: Path) -> dict[str, list[str]]:
+    """Names of containers, volumes and networks that carry LABEL."""
+    listings = {
+        "containers": ["ps", "-a", "--format", "{{.Names}}"],
+        "volumes": ["volume", "ls", "--format", "{{.Name}}"],
+        "networks": ["network", "ls", "--format", "{{.Name}}"],
+    }
+    return {
+        kind: run(["podman", *args, "--filter", f"label={label}"], env, cwd, check=False).stdout.split()
+        for kind, args in listings.items()
+    }
+
+
+def remove_leftovers(home: BenchHome) -> None:
+    """Whatever an interrupted run left behind, by this home's label."""
+    removers = {"containers": ["rm", "-f"], "volumes": ["volume", "rm", "-f"], "networks": ["network", "rm", "-f"]}
+    for kind, names in podman_leftovers(f"qlite.home={home.hash}", home.podman_env, home.path).items():
+        for name in names:
+            home.podman(*removers[kind], name, check=False)
+
+
+def teardown(home: BenchHome) -> None:
+    with signals_ignored():
+        if home.path.exists():
+            for step in home.before_removal:
+                attempt(step)
+            # default-dvm cannot be removed while it is the global default_dispvm.
+            attempt(lambda: home.qlite("prefs", "--global", "default_dispvm", "none", check=False))
+            for name in reversed(home.qubes):
+                attempt(lambda name=name: home.qlite("remove", "--force", name, check=False))
+            if home.network:
+                attempt(lambda: home.podman("network", "rm", "-f", home.network, check=False))
+            # Release this home's hold on the shared template image (its tag).
+            attempt(lambda: home.qlite("prefs", "--global", "-D", "default_template", check=False))
+            attempt(lambda: home.qlite("template", "remove", TEMPLATE, check=False))
+            attempt(lambda: home.qlite("reconcile", check=False))
+            attempt(lambda: remove_leftovers(home))
+            attempt(lambda: home.qlite("daemon", "stop", check=False))
+            attempt(lambda: home.qlite("service", "stop", check=False))
+        shutil.rmtree(home.path, ignore_errors=True)
+        verify_clean(home)
+
+
+def verify_clean(home: BenchHome) -> None:
+    # The home (and its containers.conf) is gone: list with the host's podman
+    # configuration, which reads the same store.
+    env = {k: v for k, v in os.environ.items() if k != "CONTAINERS_CONF"}
+    left = podman_leftovers(f"qlite.home={home.hash}", env, Path("/"))
+    if any(left.values()):
+        print(f"WARNING: engine objects of bench home {home.hash} are left: {left}", file=sys.stderr)
+    else:
+        print(f"cleanup: nothing labelled qlite.home={home.hash} is left", file=sys.stderr)
+    running = wait_processes_gone(home, PROCESS_GRACE_S)
+    if running:
+        print(f"WARNING: processes of bench home {home.path} still run after {PROCESS_GRACE_S} s: {running}",
+              file=sys.stderr)
+
+
+def home_processes(home: BenchHome) -> list[int]:
+    """Pids of processes that name the home on their command line (conmon,
+    the podman service) or in their environment (qlite daemon)."""
+    marker, env_marker = str(home.path), f"QLITE_HOME={home.path}"
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if marker in " ".join(proc.info["cmdline"] or ()) or env_marker in (
+                    f"{k}={v}" for k, v in proc.environ().items()):
+                pids.append(proc.info["pid"])
+        except psutil.Error:
+            continue  # gone, or a zombie
+    return pids
+
+
+def wait_processes_gone(home: BenchHome, timeout: float) -> list[int]:
+    """Wait up to TIMEOUT for the home's processes to end; return those left."""
+    deadline = time.monotonic() + timeout
+    while (pids := home_processes(home)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return pids
+
+
+# --------------------------------------------------------------------------
+# Running a bench
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_in_home(script: str, body: Callable[[BenchHome], None]) -> int:
+    """Run BODY in a fresh bench home as root and tear the home down on any
+    exit: success, Ctrl-C, SIGTERM or a failed step. Returns the exit code."""
+    if os.geteuid() != 0:
+        print(f"{script} must run as root (qlite's podman service is rootful)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    home = BenchHome(Path(tempfile.mkdtemp(prefix="qlite-bench-", dir=HOME_BASE)).resolve())
+    try:
+        body(home)
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        teardown(home)

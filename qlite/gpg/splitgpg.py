@@ -1,0 +1,105 @@
+"""Setting up split GPG: the vault, its clients and their policy.
+
+The policy lines live in a file qlite manages in the admin policy
+directory (40-splitgpg.policy), in Qubes' format, so a 30-user.policy of
+the admin's still comes first. Which qubes use which vault is recorded as
+the vault's feature ``splitgpg.clients``; each client's approval window is
+its feature ``autoaccept.qubes.Gpg``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from qlite.core.context import Context
+from qlite.core.qubes import QubeManager
+from qlite.errors import InvalidValue
+
+SERVICE = "qubes.Gpg"
+POLICY_FILE = "40-splitgpg.policy"
+CLIENTS_FEATURE = "splitgpg.clients"
+AUTOACCEPT_FEATURE = f"autoaccept.{SERVICE}"
+DEFAULT_AUTOACCEPT = 300
+
+
+@dataclass
+class SplitGpgSetup:
+    vault: str
+    clients: list[str]
+    created: bool
+    policy_file: str
+
+    def as_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def render_policy(vaults: dict[str, list[str]]) -> str:
+    """The managed policy file for VAULTS (vault -> clients). Pure."""
+    lines = [
+        "# Managed by 'qlite splitgpg setup': rewritten on every change.",
+        "# Split GPG: each client may ask its vault to sign, decrypt, encrypt and",
+        "# list keys; the user is asked, and a 'yes' stands for the client's",
+        "# autoaccept.qubes.Gpg feature (300 s by default). To override, put",
+        "# your own qubes.Gpg lines in an earlier file such as 30-user.policy.",
+        "",
+    ]
+    defaults_given: set[str] = set()
+    for vault in sorted(vaults):
+        for client in sorted(vaults[vault]):
+            lines.append(f"{SERVICE}  *  {client}  {vault}  ask default_target={vault}")
+            if client not in defaults_given:
+                # Without QLITE_GPG_DOMAIN the client names no target: the
+                # first vault set up for it is the one asked.
+                lines.append(f"{SERVICE}  *  {client}  @default  ask target={vault} default_target={vault}")
+                defaults_given.add(client)
+    return "\n".join(lines) + "\n"
+
+
+def setup(ctx: Context, vault: str, clients: list[str], autoaccept: int | None = None) -> SplitGpgSetup:
+    """Create or configure VAULT (offline), add CLIENTS, write the policy."""
+    qm = QubeManager(ctx)
+    if autoaccept is not None and not 0 <= autoaccept <= 86400:
+        raise InvalidValue("--autoaccept takes seconds, from 0 to 86400")
+    for client in clients:
+        if client == vault:
+            raise InvalidValue("a vault cannot be its own client")
+        qm.get(client)
+    created = False
+    if not qm.exists(vault):
+        qm.create(vault, label="black", netvm="none")
+        created = True
+    v = qm.get(vault)
+    if v.is_disposable:
+        raise InvalidValue("a disposable cannot be a vault")
+    if qm.resolved_netvm(v) is not None:
+        qm.set_pref(vault, "netvm", "")
+    known = set(qm.features.all(vault).get(CLIENTS_FEATURE, "").split())
+    known |= set(clients)
+    qm.features.set(vault, CLIENTS_FEATURE, " ".join(sorted(known)))
+    for client in clients:
+        if autoaccept is not None or AUTOACCEPT_FEATURE not in qm.features.all(client):
+            qm.features.set(client, AUTOACCEPT_FEATURE, str(DEFAULT_AUTOACCEPT if autoaccept is None else autoaccept))
+    path = write_policy(ctx, qm)
+    return SplitGpgSetup(vault=vault, clients=sorted(known), created=created, policy_file=str(path))
+
+
+def vaults(qm: QubeManager) -> dict[str, list[str]]:
+    out = {}
+    for q in qm.list():
+        clients = qm.features.all(q.name).get(CLIENTS_FEATURE, "").split()
+        if clients:
+            out[q.name] = [c for c in clients if qm.exists(c)]
+    return out
+
+
+def write_policy(ctx: Context, qm: QubeManager) -> Path:
+    directory = ctx.paths.policy_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / POLICY_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(render_policy(vaults(qm)))
+    os.chmod(tmp, 0o644)
+    tmp.replace(path)
+    return path
