@@ -26,7 +26,7 @@ PACKAGES=(
     podman netavark aardvark-dns conmon catatonit uidmap iptables
     mmdebstrap nftables iproute2 util-linux bsdutils procps
     python3 python3-venv python3-dev gcc
-    ca-certificates git gnupg
+    ca-certificates git gnupg tmux
     qemu-system-x86 qemu-utils swtpm swtpm-tools tpm2-tools
 )
 

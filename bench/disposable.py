@@ -56,8 +56,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 # The script runs as `python bench/disposable.py`, which puts bench/ on
 # sys.path; this keeps `python -P` (safe path) working too.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,13 +75,20 @@ from benchlib import (  # noqa: E402
     write_json,
 )
 
+from qlite.core.usage import (  # noqa: E402 - the one attribution of processes to qubes, shared with the TUI
+    MIB_PER_KIB,
+    container_processes,
+    process_table,
+    pss_mib,
+    uss_mib,
+)
+
 DEFAULT_JSON = REPO / "bench" / "results" / "disposable.json"
 DEFAULT_DVM = "default-dvm"
 OFFLINE_DVM = "bench-dvm-off"
 IDLE_PREFIX = "bench-idle-"
 EXPECTED_RUNTIME = "qlite-runsc"
 SETTLE_S = 3.0
-MIB_PER_KIB = 1 / 1024
 BASELINE = "c"
 
 PUBLISHED = {
@@ -240,83 +245,6 @@ def idle_container_ids(home: BenchHome) -> dict[str, str]:
         if name.startswith(prefix):
             ids[name.removeprefix(f"qlite-{home.hash}-")] = cid
     return ids
-
-
-def rollup_kib(pid: int) -> dict[str, int]:
-    """The kB fields of /proc/PID/smaps_rollup; empty if PID is gone."""
-    fields = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                parts = rest.split()
-                if len(parts) == 2 and parts[1] == "kB":
-                    fields[key] = int(parts[0])
-    except OSError:
-        return {}
-    return fields
-
-
-def process_table() -> list[tuple[int, str, str]]:
-    """(pid, comm, command line) of every process."""
-    table = []
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-        table.append((proc.info["pid"], proc.info["name"] or "", " ".join(proc.info["cmdline"] or ())))
-    return table
-
-
-def descendants(pid: int) -> set[int]:
-    try:
-        return {child.pid for child in psutil.Process(pid).children(recursive=True)}
-    except psutil.NoSuchProcess:
-        return set()
-
-
-def container_processes(cid: str, table: list[tuple[int, str, str]]) -> dict[str, set[int]]:
-    """The pids of container CID's processes, by kind: sandbox, gofer, stubs,
-    other (any other runsc process) and conmon.
-
-    How processes are attributed to a qube:
-
-    - conmon, runsc-gofer and runsc-sandbox all carry the full 64-hex
-      container id on their command lines. conmon has it in ``-c``/``-u``.
-      The runsc processes have it in ``--bundle=.../overlay-containers/<id>/userdata``,
-      and the sandbox also as its last argument.
-    - The systrap stub processes are children of runsc-sandbox, and their
-      command line is empty. So every descendant of a matched runsc process
-      counts as gVisor too. (The sentry's memory file is shared with the
-      stubs, and PSS splits it between them rather than counting it twice.)
-    - The runsc wrapper is a shell script that execs runsc, and runsc
-      create/start exit once the container runs. An idle qube therefore has
-      no wrapper or monitor process left. If one were still alive it would
-      carry the id and be counted under "other".
-    - conmon's own children are the runsc processes, so conmon is counted
-      alone, by its comm name.
-    """
-    kinds: dict[str, set[int]] = {k: set() for k in ("sandbox", "gofer", "stubs", "other", "conmon")}
-    for pid, comm, cmdline in table:
-        if cid not in cmdline:
-            continue
-        if comm == "conmon":
-            kinds["conmon"].add(pid)
-        elif cmdline.startswith(("runsc-sandbox", "runsc-gofer")):
-            kinds[cmdline.split(None, 1)[0].removeprefix("runsc-")].add(pid)
-        else:
-            kinds["other"].add(pid)
-    runsc = kinds["sandbox"] | kinds["gofer"] | kinds["other"]
-    for pid in runsc:
-        kinds["stubs"] |= descendants(pid)
-    kinds["stubs"] -= runsc | kinds["conmon"]
-    return kinds
-
-
-def pss_mib(pids: set[int]) -> float:
-    return sum(rollup_kib(pid).get("Pss", 0) for pid in pids) * MIB_PER_KIB
-
-
-def uss_mib(pids: set[int]) -> float:
-    rollups = [rollup_kib(pid) for pid in pids]
-    return sum(r.get("Private_Clean", 0) + r.get("Private_Dirty", 0) for r in rollups) * MIB_PER_KIB
 
 
 def qube_usage(cid: str, table: list[tuple[int, str, str]]) -> dict[str, float]:

@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("service", commands.service, "qlite's podman service (started on demand)")
     sp.add_argument("action", choices=("start", "stop", "status"))
 
+    cmd("tui", commands.tui, "the terminal user interface: qubes, templates, logs and RPC questions")
+
     return p
 
 

@@ -151,19 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def ls(args: argparse.Namespace) -> int:
-    ctx = _context()
-    qm = _qubes(ctx)
-    tm = _templates(ctx)
-    containers = qm.containers()
-    rows = [qm.info(q, containers).as_json() for q in qm.list()]
-    for t in tm.list():
-        rows.append({
-            "name": t.name, "class": "TemplateVM", "state": "Halted", "label": "black",
-            "template": None, "netvm": None, "mode": "container", "netpath": "none",
-            "memory": None, "vcpus": None, "template_for_dispvms": False,
-            "provides_network": False, "tags": [], "revision": t.current_rev,
-        })
-    rows.sort(key=lambda r: (r["class"] != "TemplateVM", r["name"]))
+    rows = [i.as_json() for i in _qubes(_context()).infos()]
     if args.running:
         rows = [r for r in rows if r["state"] == "Running"]
     if args.json:
@@ -317,7 +305,7 @@ def split_firewall_flags(words: list[str]) -> tuple[list[str], int | None, bool]
 def firewall(args: argparse.Namespace) -> int:
     import time  # noqa: PLC0415
 
-    from qlite.net.firewall import DEFAULT_RULES, parse_rule  # noqa: PLC0415
+    from qlite.net.firewall import parse_rule  # noqa: PLC0415
 
     args.rule, before, as_json = split_firewall_flags(args.rule)
     args.before = before if before is not None else args.before
@@ -338,23 +326,15 @@ def firewall(args: argparse.Namespace) -> int:
                     r.comment] for i, r in enumerate(rules)])
         return 0
     if args.action == "add":
-        rule = parse_rule(args.rule, time.time())
-        position = len(rules) if args.before is None else args.before
-        if not 0 <= position <= len(rules):
-            raise InvalidValue(f"--before {args.before}: there are rules 0..{len(rules) - 1}")
-        rules.insert(position, rule)
+        rules = net.add_rule(q.name, parse_rule(args.rule, time.time()), args.before)
     elif args.action == "del":
         if len(args.rule) != 1 or not args.rule[0].isdecimal():
             raise InvalidValue("usage: qlite firewall NAME del N (a rule number from 'list')")
-        number = int(args.rule[0])
-        if not 0 <= number < len(rules):
-            raise InvalidValue(f"no rule number {number}; there are rules 0..{len(rules) - 1}")
-        del rules[number]
+        rules = net.delete_rule(q.name, int(args.rule[0]))
     else:
         if args.rule:
             raise InvalidValue("reset takes no rule")
-        rules = list(DEFAULT_RULES)
-    net.set_rules(q.name, tuple(rules))
+        rules = net.reset_rules(q.name)
     if args.json:
         emit_json([r.to_json() for r in rules])
     return 0
@@ -486,6 +466,16 @@ def service(args: argparse.Namespace) -> int:
     return 0
 
 
+def tui(args: argparse.Namespace) -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise InvalidValue("qlite tui needs a terminal")
+    # Textual is imported only here: the rest of qlite never loads it.
+    from tui.app import build_app  # noqa: PLC0415
+
+    build_app(Context.from_env).run()
+    return 0
+
+
 # -- RPC ----------------------------------------------------------------------------
 
 
@@ -565,7 +555,7 @@ def _policy_ask(args: argparse.Namespace) -> int:
 
     ctl = DaemonControl(Context.from_env().paths)
     if not args.args:
-        asks = ctl.request({"op": "asks"})["asks"] if ctl.running() else []
+        asks = ctl.asks()
         if args.json:
             emit_json(asks)
         elif not asks:
@@ -579,8 +569,7 @@ def _policy_ask(args: argparse.Namespace) -> int:
     if len(words) not in (2, 3) or not words[0].isdecimal() or words[1] not in ("allow", "deny") \
             or (words[1] == "deny" and len(words) == 3):
         raise InvalidValue("usage: qlite policy ask [ID allow [TARGET] | ID deny]")
-    reply = ctl.request({"op": "answer", "id": int(words[0]), "allow": words[1] == "allow",
-                         "target": words[2] if len(words) == 3 else None})
+    reply = ctl.answer(int(words[0]), words[1] == "allow", words[2] if len(words) == 3 else None)
     if args.json:
         emit_json(reply)
     else:

@@ -66,11 +66,12 @@ class QubeInfo:
     netvm: str | None
     mode: str
     netpath: str
-    memory: int
-    vcpus: int
+    memory: int | None
+    vcpus: int | None
     template_for_dispvms: bool
     provides_network: bool
     tags: list[str]
+    revision: int | None = None  # templates: the current revision
 
     def as_json(self) -> dict:
         return {
@@ -78,7 +79,7 @@ class QubeInfo:
             "template": self.template, "netvm": self.netvm, "mode": self.mode,
             "netpath": self.netpath, "memory": self.memory, "vcpus": self.vcpus,
             "template_for_dispvms": self.template_for_dispvms,
-            "provides_network": self.provides_network, "tags": self.tags,
+            "provides_network": self.provides_network, "tags": self.tags, "revision": self.revision,
         }
 
 
@@ -232,6 +233,22 @@ class QubeManager:
             memory=q.memory, vcpus=q.vcpus, template_for_dispvms=q.template_for_dispvms,
             provides_network=q.provides_network, tags=sorted(q.tags),
         )
+
+    def infos(self, containers: dict[str, ContainerInfo] | None = None) -> list[QubeInfo]:
+        """Every qube and template, templates first: what ``qlite ls`` and
+        the TUI list show."""
+        from qlite.core.templates import TemplateManager  # noqa: PLC0415
+
+        containers = self.containers() if containers is None else containers
+        rows = [self.info(q, containers) for q in self.list()]
+        rows += [
+            QubeInfo(name=t.name, klass="TemplateVM", state=State.HALTED.value, label="black", template=None,
+                     netvm=None, mode="container", netpath="none", memory=None, vcpus=None,
+                     template_for_dispvms=False, provides_network=False, tags=[], revision=t.current_rev)
+            for t in TemplateManager(self.ctx).list()
+        ]
+        rows.sort(key=lambda r: (r.klass != "TemplateVM", r.name))
+        return rows
 
     # -- create, clone, remove -------------------------------------------------
 
@@ -411,7 +428,7 @@ class QubeManager:
         self.rpc_ready(q, start_daemon=True)
 
     def rpc_dir(self, q: Qube) -> Path:
-        """Q's RPC directory on the host, made fresh and empty."""
+        """Q's RPC directory on the host (created if missing)."""
         d = self.ctx.paths.rpc_dir(q.name)
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)
@@ -434,7 +451,10 @@ class QubeManager:
         route through its gateway, or, offline under runsc's host-netns
         path, a loopback that is up (nobody else brings it up there)."""
         probe = self.ctx.runtime_probe
-        offline = plan.network == "none" and not (probe is not None and probe.netstack)
+        # Only qlite's own podman service runs runsc with the probed flags;
+        # a Docker daemon's runsc is configured by its owner.
+        offline = (plan.network == "none" and self.ctx.engine.name == "podman"
+                   and not (probe is not None and probe.netstack))
         if not plan.route_via and not offline:
             return
         self.ctx.engine.init(cid)

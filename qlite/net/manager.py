@@ -120,6 +120,29 @@ class NetworkManager:
                 self._store_rules(name, tuple(rule_from_json(d) for d in json.loads(previous["rules"])))
             raise
 
+    def add_rule(self, name: str, rule: Rule, before: int | None = None) -> tuple[Rule, ...]:
+        """Insert RULE before rule number BEFORE (at the end if None)."""
+        rules = list(self.live_rules(self.qubes.get(name).name))
+        position = len(rules) if before is None else before
+        if not 0 <= position <= len(rules):
+            raise InvalidValue(f"--before {before}: there are rules 0..{len(rules) - 1}")
+        rules.insert(position, rule)
+        self.set_rules(name, tuple(rules))
+        return tuple(rules)
+
+    def delete_rule(self, name: str, number: int) -> tuple[Rule, ...]:
+        rules = list(self.live_rules(self.qubes.get(name).name))
+        if not 0 <= number < len(rules):
+            raise InvalidValue(f"no rule number {number}; there are rules 0..{len(rules) - 1}")
+        del rules[number]
+        self.set_rules(name, tuple(rules))
+        return tuple(rules)
+
+    def reset_rules(self, name: str) -> tuple[Rule, ...]:
+        """Back to Qubes' default: accept everything."""
+        self.set_rules(name, DEFAULT_RULES)
+        return DEFAULT_RULES
+
     def _store_rules(self, name: str, rules: tuple[Rule, ...]) -> None:
         data = json.dumps([r.to_json() for r in rules])
         self.ctx.store.execute(

@@ -111,6 +111,17 @@ class DaemonControl:
             raise QliteError(reply.get("error") or "qlite daemon refused the request")
         return reply
 
+    def asks(self, timeout: float = 10) -> list[dict[str, Any]]:
+        """The questions waiting for an answer ([] when no daemon runs)."""
+        if not self.running():
+            return []
+        return self.request({"op": "asks"}, timeout=timeout).get("asks", [])
+
+    def answer(self, ask_id: int, allow: bool, target: str | None = None, timeout: float = 10) -> dict[str, Any]:
+        """Answer question ASK_ID; raises QliteError if it is gone or TARGET
+        is not one the policy offers."""
+        return self.request({"op": "answer", "id": ask_id, "allow": allow, "target": target}, timeout=timeout)
+
     def notify(self, qube: str) -> None:
         """Best effort: a qube started; create its socket now."""
         if self.running():

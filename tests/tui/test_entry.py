@@ -1,0 +1,110 @@
+"""How the TUI is reached and what it may import; the production asks
+source against a stand-in for the daemon's admin socket."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from qlite.errors import QliteError
+from qlite.paths import Paths
+from tests.conftest import REPO
+from tui.asks import DaemonAsks, Question
+from tui.screens.run import RunRequest
+
+
+def test_qlite_itself_never_imports_textual():
+    code = ("import sys, qlite.cli, qlite.core.qubes, qlite.core.usage\n"
+            "print([m for m in sys.modules if m.split('.')[0] in ('textual', 'tui')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_qlite_tui_needs_a_terminal(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "qlite", "tui"], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, "QLITE_HOME": str(tmp_path)}, timeout=60)
+    assert proc.returncode == 125
+    assert proc.stderr == "qlite: error: qlite tui needs a terminal\n"
+
+
+def test_run_requests_become_qlite_run_arguments():
+    assert RunRequest(["bash"], terminal=True, qube="work").cli_args() == ["run", "-t", "work", "--", "bash"]
+    assert RunRequest(["ls", "-l"], terminal=False).cli_args() == ["run", "--disposable", "--", "ls", "-l"]
+    assert RunRequest(["sh"], terminal=True, dvm="dvm2").cli_args() == \
+        ["run", "--disposable", "--dvm", "dvm2", "-t", "--", "sh"]
+
+
+class FakeAdmin:
+    """Holds the daemon lock and answers JSON lines on admin.sock as the
+    broker does, recording each request."""
+
+    def __init__(self, paths: Paths, replies):
+        paths.ensure()
+        self.requests: list[dict] = []
+        self.replies = replies
+        self.lock_fd = os.open(paths.daemon_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(paths.admin_sock))
+        self.server.listen(4)
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                request = json.loads(conn.makefile().readline())
+                self.requests.append(request)
+                conn.sendall(json.dumps(self.replies(request)).encode() + b"\n")
+
+    def close(self) -> None:
+        self.server.close()
+        os.close(self.lock_fd)
+
+
+@pytest.fixture
+def paths(tmp_path) -> Paths:
+    return Paths(tmp_path / "home", explicit_home=True)
+
+
+def test_daemon_asks_without_a_daemon_has_no_questions(paths):
+    assert DaemonAsks(paths).pending() == []
+
+
+def test_daemon_asks_lists_and_answers(paths):
+    ask = {"id": 3, "source": "work", "service": "qubes.Filecopy", "argument": "", "target": "@default",
+           "choices": ["vault", "personal"], "default_target": None, "seconds_left": 41}
+
+    def replies(request: dict) -> dict:
+        if request["op"] == "asks":
+            return {"ok": True, "asks": [ask]}
+        if request["id"] != 3:
+            return {"ok": False, "error": f"no pending question {request['id']} (answered, or timed out)"}
+        return {"ok": True, "id": 3, "allow": request["allow"], "target": request["target"]}
+
+    admin = FakeAdmin(paths, replies)
+    try:
+        asks = DaemonAsks(paths)
+        assert asks.pending() == [Question(3, "work", "qubes.Filecopy", "", "@default", ("vault", "personal"),
+                                           None, 41)]
+        asks.answer(3, True, "personal")
+        with pytest.raises(QliteError, match="no pending question 4"):
+            asks.answer(4, False, None)
+    finally:
+        admin.close()
+    assert admin.requests == [
+        {"op": "asks"},
+        {"op": "answer", "id": 3, "allow": True, "target": "personal"},
+        {"op": "answer", "id": 4, "allow": False, "target": None},
+    ]

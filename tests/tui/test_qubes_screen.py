@@ -1,0 +1,222 @@
+"""The qube list and the actions on it, driven with Pilot over a fake core."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from textual.widgets import Input, Log, Select
+
+from qlite.core.qubes import QubeManager
+from qlite.core.spec import container_name
+from qlite.errors import EngineError
+from tui.screens.create import CloneScreen, CreateQubeScreen
+from tui.screens.dialogs import ConfirmScreen, ErrorScreen
+from tui.screens.run import RunScreen
+from tui.widgets.qube_table import QubeTable
+
+from .conftest import SIZE, TEMPLATE, wait_for
+
+# Creating a private volume chowns /rw/home/user to uid 1000.
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="laying out a private volume needs root")
+
+
+def make_qubes(core, *names: str, label: str = "blue") -> None:
+    ctx = core.context()
+    for name in names:
+        QubeManager(ctx).create(name, label=label)
+    ctx.store.close()
+    core.engine.calls.clear()
+
+
+def table(app) -> QubeTable:
+    return app.screen.query_one(QubeTable)
+
+
+def cell(app, name: str, column: int) -> str:
+    return str(table(app).get_row(name)[column])
+
+
+async def select(pilot, app, name: str) -> None:
+    await wait_for(pilot, lambda: name in [k.value for k in table(app).rows], what=f"row {name}")
+    table(app).move_cursor(row=table(app).get_row_index(name), animate=False)
+    await pilot.pause()
+
+
+def running(core, name: str) -> bool:
+    info = core.engine.inspect_container(container_name(core.paths.home_hash, name))
+    return info is not None and info.state == "running"
+
+
+async def test_list_shows_qubes_templates_and_states(core):
+    make_qubes(core, "work", "vault")
+    QubeManager(ctx := core.context()).start("work")
+    ctx.store.close()
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await select(pilot, app, "vault")
+        rows = {k.value for k in table(app).rows}
+        assert rows == {"work", "vault", TEMPLATE}
+        assert cell(app, "work", 1) == "Running"
+        assert cell(app, "vault", 1) == "Halted"
+        assert cell(app, TEMPLATE, 2) == "TemplateVM r1"
+        assert cell(app, "work", 4) == TEMPLATE and cell(app, "work", 5) == "dom0"
+        assert cell(app, "work", 6) == "netstack"
+        assert cell(app, "work", 7) == "64/400" and cell(app, "work", 8) == "1.5%"
+        assert cell(app, "vault", 7) == "" and cell(app, "vault", 8) == ""
+        # The name is drawn in its label's colour.
+        assert table(app).get_row("work")[0].style == "bold blue"
+
+
+async def test_filter_and_sort(core):
+    make_qubes(core, "alpha", "beta", "gamma")
+    QubeManager(ctx := core.context()).start("gamma")
+    ctx.store.close()
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await select(pilot, app, "alpha")
+        await pilot.press("slash", "b", "e", "t")
+        await wait_for(pilot, lambda: table(app).row_count == 1)
+        assert [k.value for k in table(app).rows] == ["beta"]
+        await pilot.press("enter", "escape")
+        assert app.screen.query_one("#filter", Input).value == ""
+        await wait_for(pilot, lambda: table(app).row_count == 4)
+        await pilot.press("o")  # sort by state: the running qube first
+        assert [k.value for k in table(app).rows][0] == "gamma"
+
+
+async def test_create_through_the_form(core):
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await select(pilot, app, TEMPLATE)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, CreateQubeScreen))
+        form = app.screen
+        # The global default_template is preselected.
+        assert form.query_one("#template", Select).value == TEMPLATE
+        await pilot.press(*"mail")
+        form.query_one("#label", Select).value = "yellow"
+        form.query_one("#netvm", Select).value = "none"
+        form.query_one("#memory", Input).value = "512"
+        await pilot.click("#create")
+        await wait_for(pilot, lambda: not isinstance(app.screen, CreateQubeScreen), what="the form to close")
+        await select(pilot, app, "mail")
+    row = core.qube_row("mail")
+    assert (row["class"], row["label"], row["template"], row["netvm"], row["memory"]) == \
+        ("AppVM", "yellow", TEMPLATE, "", 512)
+    assert [args[0] for args in core.calls("create_volume")] == [f"qlite-{core.paths.home_hash}-mail-private"]
+
+
+async def test_create_form_shows_a_rejected_name_and_stays_open(core):
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, CreateQubeScreen))
+        await pilot.press(*"disp12", "enter")
+        error = app.screen.query_one("#error")
+        await wait_for(pilot, lambda: error.text, what="an error line")
+        assert isinstance(app.screen, CreateQubeScreen)
+        assert "\n" not in error.text and "disp12" in error.text
+    assert core.qube_row("disp12") is None
+    assert core.calls("create_volume") == []
+
+
+async def test_start_shutdown_kill_and_remove(core):
+    make_qubes(core, "work")
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await select(pilot, app, "work")
+        await pilot.press("s")
+        await wait_for(pilot, lambda: cell(app, "work", 1) == "Running", what="work to run")
+        assert running(core, "work") and core.calls("start")
+
+        await pilot.press("h")
+        await wait_for(pilot, lambda: cell(app, "work", 1) == "Halted", what="work to halt")
+        assert core.calls("stop") and not running(core, "work")
+
+        await pilot.press("s")
+        await wait_for(pilot, lambda: cell(app, "work", 1) == "Running")
+        core.engine.calls.clear()
+        await pilot.press("k")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")  # declined: nothing happens
+        await pilot.pause(0.1)
+        assert core.calls("remove_container") == [] and running(core, "work")
+        await pilot.press("k")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: cell(app, "work", 1) == "Halted", what="work to be killed")
+        assert core.calls("remove_container") and core.calls("stop") == []
+
+        await pilot.press("x")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "work" in str(app.screen.question)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: "work" not in [k.value for k in table(app).rows], what="the row to go")
+    assert core.qube_row("work") is None
+    assert core.calls("remove_volume") == [(f"qlite-{core.paths.home_hash}-work-private",)]
+
+
+async def test_engine_error_shows_its_one_line_in_a_dialog(core):
+    make_qubes(core, "work")
+    core.engine.fail["start"] = EngineError("podman: start qlite-x-work: OCI runtime error")
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await select(pilot, app, "work")
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen), what="an error dialog")
+        assert app.screen.message == "podman: start qlite-x-work: OCI runtime error"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ErrorScreen))
+        await wait_for(pilot, lambda: cell(app, "work", 1) == "Halted")
+        assert "start work failed: podman: start" in "\n".join(app.screen.query_one("#activity", Log).lines)
+    assert not running(core, "work")
+
+
+async def test_terminal_starts_the_qube_then_hands_over(core):
+    make_qubes(core, "work")
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await select(pilot, app, "work")
+        await pilot.press("t")
+        await wait_for(pilot, lambda: core.runner.interactive_calls, what="the terminal")
+        assert running(core, "work")
+        args = core.runner.interactive_calls[0]
+        assert args[:4] == ["run", "-t", "work", "--"]
+        assert "bash" in args[-1] and "/bin/sh" in args[-1]
+
+
+async def test_disposable_command_output_goes_to_the_activity_log(core):
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        await pilot.press(*"echo 'a b'", "enter")
+        await wait_for(pilot, lambda: core.runner.capture_calls)
+        log = app.screen.query_one("#activity", Log)
+        await wait_for(pilot, lambda: any("exited with 0" in line for line in log.lines))
+        assert "  hello from the qube" in log.lines
+    assert core.runner.capture_calls == [["run", "--disposable", "--", "echo", "a b"]]
+
+
+async def test_templates_are_not_started(core):
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await select(pilot, app, TEMPLATE)
+        await pilot.press("s")
+        await pilot.pause(0.1)
+    assert core.calls("start") == [] and core.calls("create_container") == []
+
+
+async def test_clone_through_the_form(core):
+    make_qubes(core, "work")
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await select(pilot, app, "work")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, CloneScreen))
+        assert app.screen.query_one("#name", Input).value == "work-clone"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, CloneScreen), what="the form to close")
+        await select(pilot, app, "work-clone")
+    assert core.qube_row("work-clone")["label"] == "blue"

@@ -1,0 +1,91 @@
+"""The templates screen (revisions, update with progress, revert), the logs
+screen and the placeholder panels."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable, Log, Static
+
+from qlite.rpc import audit
+from tui.screens.dialogs import ConfirmScreen
+from tui.screens.logs import LogsScreen
+from tui.screens.placeholders import AemScreen, DevicesScreen
+from tui.screens.templates import TemplatesScreen
+
+from .conftest import IMAGE_ID, SIZE, TEMPLATE, wait_for
+
+
+def current_rev(core) -> int:
+    return core.store.query_one("SELECT current_rev FROM templates WHERE name=?", (TEMPLATE,))["current_rev"]
+
+
+async def open_templates(pilot, app) -> TemplatesScreen:
+    await pilot.press("2")
+    await wait_for(pilot, lambda: isinstance(app.screen, TemplatesScreen))
+    screen = app.screen
+    await wait_for(pilot, lambda: screen.query_one("#templates", DataTable).row_count >= 1)
+    return screen
+
+
+async def test_templates_list_revisions(core):
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_templates(pilot, app)
+        row = screen.query_one("#templates", DataTable).get_row(TEMPLATE)
+        assert row[:4] == [TEMPLATE, "1", IMAGE_ID[:12], "build"]
+        revisions = screen.query_one("#revisions", DataTable)
+        await wait_for(pilot, lambda: revisions.row_count == 1)
+        assert revisions.get_row_at(0)[:3] == ["*", "1", "build"]
+        await pilot.press("1")
+        await wait_for(pilot, lambda: not isinstance(app.screen, TemplatesScreen))
+
+
+async def test_update_streams_progress_then_revert(core):
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_templates(pilot, app)
+        await pilot.press("u")
+        log = screen.query_one("#progress", Log)
+        await wait_for(pilot, lambda: any("done, now at revision 2" in line for line in log.lines), what="update")
+        assert f"updating {TEMPLATE} (revision 1 -> 2)" in log.lines
+        assert current_rev(core) == 2
+        assert [c[0] for c in core.engine.calls if c[0] == "update_image"] == ["update_image"]
+        revisions = screen.query_one("#revisions", DataTable)
+        await wait_for(pilot, lambda: revisions.row_count == 2)
+        assert [revisions.get_row_at(i)[:2] for i in range(2)] == [["", "1"], ["*", "2"]]
+
+        await pilot.press("v")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: any("revert done, now at revision 1" in line for line in log.lines))
+        await wait_for(pilot, lambda: revisions.row_count == 1)
+        assert current_rev(core) == 1
+
+
+async def test_logs_show_rpc_audit_and_daemon_log(core):
+    audit.append(core.paths.rpc_log, {"source": "work", "target": "vault", "service": "qubes.Filecopy",
+                                      "decision": "allow", "resolved": "vault", "rule": "90-default.policy:12"})
+    audit.append(core.paths.rpc_log, {"source": "work", "target": "@default", "service": "qubes.Gpg",
+                                      "decision": "deny", "reason": "no answer"})
+    core.paths.daemon_log.parent.mkdir(parents=True, exist_ok=True)
+    core.paths.daemon_log.write_text("qlite daemon: listening for work\nqlite daemon: rescan\n")
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("3")
+        await wait_for(pilot, lambda: isinstance(app.screen, LogsScreen))
+        table = app.screen.query_one("#rpc", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 2)
+        newest, oldest = table.get_row_at(0), table.get_row_at(1)
+        assert newest[1:5] == ["work", "@default", "qubes.Gpg", "deny"] and newest[7] == "no answer"
+        assert oldest[1:5] == ["work", "vault", "qubes.Filecopy", "allow"] and oldest[6] == "90-default.policy:12"
+        daemon = app.screen.query_one("#daemon", Log)
+        assert list(daemon.lines) == ["qlite daemon: listening for work", "qlite daemon: rescan"]
+
+
+async def test_placeholder_panels(core):
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        for key, screen_type in (("4", DevicesScreen), ("5", AemScreen)):
+            await pilot.press(key)
+            await wait_for(pilot, lambda screen_type=screen_type: isinstance(app.screen, screen_type))
+            text = str(app.screen.query_one(".placeholder", Static).content)
+            assert "arrives in a later release" in text

@@ -1,0 +1,1 @@
+"""qlite's Textual TUI (``qlite tui``). It talks only to qlite's core API."""

@@ -1,0 +1,132 @@
+"""Typed messages that workers post back to the screens and the app."""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+from qlite.net.firewall import Rule
+from tui.asks import Question
+from tui.backend import Pref, Snapshot, TemplateRow
+
+
+class CoreWarning(Message):
+    """Something core said the user must know (ctx.warn)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+class QubesRefreshed(Message):
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class RefreshFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class ActionDone(Message):
+    """A qube action finished; ERROR is the one-line QliteError, or ''."""
+
+    def __init__(self, qube: str, action: str, error: str = "") -> None:
+        super().__init__()
+        self.qube = qube
+        self.action = action
+        self.error = error
+
+
+class CommandOutput(Message):
+    def __init__(self, title: str, line: str) -> None:
+        super().__init__()
+        self.title = title
+        self.line = line
+
+
+class CommandExited(Message):
+    def __init__(self, title: str, code: int) -> None:
+        super().__init__()
+        self.title = title
+        self.code = code
+
+
+class AsksPolled(Message):
+    def __init__(self, questions: list[Question]) -> None:
+        super().__init__()
+        self.questions = questions
+
+
+class AsksPollFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class AskAnswered(Message):
+    def __init__(self, ask_id: int, allow: bool, target: str | None, error: str = "") -> None:
+        super().__init__()
+        self.ask_id = ask_id
+        self.allow = allow
+        self.target = target
+        self.error = error
+
+
+class PrefsLoaded(Message):
+    def __init__(self, prefs: list[Pref], error: str = "") -> None:
+        super().__init__()
+        self.prefs = prefs
+        self.error = error
+
+
+class PrefSaved(Message):
+    def __init__(self, prop: str, error: str = "") -> None:
+        super().__init__()
+        self.prop = prop
+        self.error = error
+
+
+class RulesLoaded(Message):
+    def __init__(self, rules: tuple[Rule, ...], error: str = "") -> None:
+        super().__init__()
+        self.rules = rules
+        self.error = error
+
+
+class TemplatesLoaded(Message):
+    def __init__(self, templates: list[TemplateRow], error: str = "") -> None:
+        super().__init__()
+        self.templates = templates
+        self.error = error
+
+
+class TemplateProgress(Message):
+    def __init__(self, line: str) -> None:
+        super().__init__()
+        self.line = line
+
+
+class TemplateJobDone(Message):
+    def __init__(self, template: str, action: str, revision: int | None, error: str = "") -> None:
+        super().__init__()
+        self.template = template
+        self.action = action
+        self.revision = revision
+        self.error = error
+
+
+class LogsLoaded(Message):
+    def __init__(self, rpc: list[dict], daemon: list[str], error: str = "") -> None:
+        super().__init__()
+        self.rpc = rpc
+        self.daemon = daemon
+        self.error = error
+
+
+class QubeCreated(Message):
+    def __init__(self, name: str, error: str = "") -> None:
+        super().__init__()
+        self.name = name
+        self.error = error

@@ -1,0 +1,23 @@
+"""One line that says what went wrong (a QliteError's message), or nothing."""
+
+from __future__ import annotations
+
+from textual.widgets import Static
+
+
+class ErrorLine(Static):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", markup=False, **kwargs)
+        self._text = ""
+
+    def show(self, message: str) -> None:
+        self._text = message.splitlines()[0] if message else ""
+        self.update(self._text)
+        self.set_class(bool(self._text), "-shown")
+
+    def clear(self) -> None:
+        self.show("")
+
+    @property
+    def text(self) -> str:
+        return self._text
