@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from qlite.core.context import Context
+from qlite.core.qubes import QubeInfo
 from qlite.core.usage import CpuSampler, Usage, qube_usage
 from qlite.engines.base import ContainerInfo
 from qlite.net.firewall import Rule, parse_rule
@@ -25,22 +26,10 @@ Progress = Callable[[str], None]
 DAEMON_LOG_LINES = 400
 
 
-@dataclass(frozen=True)
-class QubeRow:
+@dataclass
+class QubeRow(QubeInfo):
     """One line of the qube list: ``qlite ls`` plus what the qube costs."""
 
-    name: str
-    klass: str
-    state: str
-    label: str
-    template: str | None
-    netvm: str | None
-    mode: str
-    netpath: str
-    memory: int | None
-    provides_network: bool = False
-    template_for_dispvms: bool = False
-    revision: int | None = None
     usage: Usage | None = None
 
     @property
@@ -151,15 +140,7 @@ class Backend:
             qm = self._qubes(ctx)
             containers = qm.containers()
             usage = self._usage(ctx, containers)
-            rows = [
-                QubeRow(
-                    name=i.name, klass=i.klass, state=i.state, label=i.label, template=i.template,
-                    netvm=i.netvm, mode=i.mode, netpath=i.netpath, memory=i.memory,
-                    provides_network=i.provides_network, template_for_dispvms=i.template_for_dispvms,
-                    revision=i.revision, usage=usage.get(i.name),
-                )
-                for i in qm.infos(containers)
-            ]
+            rows = [QubeRow(**vars(i), usage=usage.get(i.name)) for i in qm.infos(containers)]
             prefs = qm.prefs.all()
             return Snapshot(
                 rows=tuple(rows), default_template=prefs["default_template"],

@@ -41,8 +41,9 @@ NFT = shutil.which("nft")
 
 def nft_check(script: str) -> None:
     """Assert the real nft parser accepts SCRIPT (check mode only)."""
-    if NFT is None or os.geteuid() != 0:
-        pytest.skip("nft -c needs the nft binary and CAP_NET_ADMIN")
+    if os.geteuid() != 0:
+        pytest.skip("nft -c needs CAP_NET_ADMIN: run as root")
+    assert NFT is not None, "nft is missing: setup.sh installs nftables"
     with tempfile.NamedTemporaryFile("w", suffix=".nft") as f:
         f.write(script)
         f.flush()
