@@ -260,6 +260,24 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def bench_main(script: str, args, run_bench: Callable[[BenchHome, object], dict],
+               render: Callable[[dict], None], default_json: Path) -> int:
+    """The whole of a benchmark's main(): measure in a fresh home, print the
+    table, write the JSON (to --json, else DEFAULT_JSON), clean up."""
+
+    def body(home: BenchHome) -> None:
+        result = run_bench(home, args)
+        render(result)
+        write_json(result, args.json or default_json)
+
+    return run_in_home(script, body)
+
+
+def warn_if_few_runs(runs: int) -> None:
+    if runs < 20:
+        print("warning: a p95 over fewer than 20 runs is not meaningful", file=sys.stderr)
+
+
 def run_in_home(script: str, body: Callable[[BenchHome], None]) -> int:
     """Run BODY in a fresh bench home as root and tear the home down on any
     exit: success, Ctrl-C, SIGTERM or a failed step. Returns the exit code."""

@@ -67,12 +67,12 @@ from benchlib import (  # noqa: E402
     TEMPLATE,
     BenchError,
     BenchHome,
+    bench_main,
     host_facts,
     last_line,
     p50,
     p95,
-    run_in_home,
-    write_json,
+    warn_if_few_runs,
 )
 
 from qlite.core.usage import (  # noqa: E402 - the one attribution of processes to qubes, shared with the TUI
@@ -354,8 +354,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 2 or args.density < 1:
         parser.error("--runs must be at least 2 and --density at least 1")
-    if args.runs < 20:
-        print("warning: a p95 over fewer than 20 runs is not meaningful", file=sys.stderr)
+    warn_if_few_runs(args.runs)
     return args
 
 
@@ -369,14 +368,7 @@ def run_bench(home: BenchHome, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    def body(home: BenchHome) -> None:
-        result = run_bench(home, args)
-        render(result)
-        write_json(result, args.json or DEFAULT_JSON)
-
-    return run_in_home("bench/disposable.py", body)
+    return bench_main("bench/disposable.py", parse_args(argv), run_bench, render, DEFAULT_JSON)
 
 
 if __name__ == "__main__":

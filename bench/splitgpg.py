@@ -57,12 +57,12 @@ from benchlib import (  # noqa: E402
     REPO,
     BenchError,
     BenchHome,
+    bench_main,
     host_facts,
     last_line,
     p50,
     p95,
-    run_in_home,
-    write_json,
+    warn_if_few_runs,
 )
 
 DEFAULT_JSON = REPO / "bench" / "results" / "splitgpg.json"
@@ -378,8 +378,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 2:
         parser.error("--runs must be at least 2")
-    if args.runs < 20:
-        print("warning: a p95 over fewer than 20 runs is not meaningful", file=sys.stderr)
+    warn_if_few_runs(args.runs)
     return args
 
 
@@ -402,14 +401,7 @@ def run_bench(home: BenchHome, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    def body(home: BenchHome) -> None:
-        result = run_bench(home, args)
-        render(result)
-        write_json(result, args.json or DEFAULT_JSON)
-
-    return run_in_home("bench/splitgpg.py", body)
+    return bench_main("bench/splitgpg.py", parse_args(argv), run_bench, render, DEFAULT_JSON)
 
 
 if __name__ == "__main__":

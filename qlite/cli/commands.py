@@ -454,14 +454,20 @@ def service(args: argparse.Namespace) -> int:
     from qlite.engines.podman import PodmanService  # noqa: PLC0415
 
     svc = PodmanService(Context.from_env().paths)
-    if args.action == "start":
-        svc.ensure()
-        print(f"podman service running at {svc.paths.podman_sock} (pid {svc.pid()})")
-    elif args.action == "stop":
-        print("stopped" if svc.stop() else "not running")
+    return _start_stop_status(args.action, "podman service", svc.ensure, svc.stop, svc.alive, svc.pid)
+
+
+def _start_stop_status(action: str, what: str, ensure, stop, running, pid) -> int:
+    """start / stop / status of one of qlite's background processes;
+    status exits 1 when it is not running."""
+    if action == "start":
+        ensure()
+        print(f"{what} running (pid {pid()})")
+    elif action == "stop":
+        print("stopped" if stop() else "not running")
     else:
-        alive = svc.alive()
-        print(f"{'running' if alive else 'stopped'} ({svc.paths.podman_sock})")
+        alive = running()
+        print(f"{what} {'running' if alive else 'stopped'}" + (f" (pid {pid()})" if alive else ""))
         return 0 if alive else 1
     return 0
 
@@ -488,16 +494,7 @@ def daemon(args: argparse.Namespace) -> int:
 
         return run(paths)
     ctl = DaemonControl(paths)
-    if args.action == "start":
-        ctl.ensure()
-        print(f"qlite daemon running (pid {ctl.pid()})")
-    elif args.action == "stop":
-        print("stopped" if ctl.stop() else "not running")
-    else:
-        running = ctl.running()
-        print(f"{'running' if running else 'stopped'}" + (f" (pid {ctl.pid()})" if running else ""))
-        return 0 if running else 1
-    return 0
+    return _start_stop_status(args.action, "qlite daemon", ctl.ensure, ctl.stop, ctl.running, ctl.pid)
 
 
 def policy(args: argparse.Namespace) -> int:
