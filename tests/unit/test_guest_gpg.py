@@ -473,8 +473,7 @@ def _gpg(home, *args, input=None):
 def vault_keys():
     """A throwaway GNUPGHOME with an ed25519 signing key and a cv25519
     encryption subkey: (GNUPGHOME, fingerprint). Stops its gpg-agent after."""
-    if not os.path.exists(splitgpg.GPG):
-        pytest.skip("needs gpg at /usr/bin/gpg")
+    assert os.path.exists(splitgpg.GPG), "gpg is missing: setup.sh installs gnupg"
     home = short_tmpdir()  # short: gpg-agent's socket lives in it
     home.chmod(0o700)
     try:
