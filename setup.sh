@@ -27,7 +27,7 @@ PACKAGES=(
     mmdebstrap nftables iproute2 util-linux bsdutils procps
     python3 python3-venv python3-dev gcc
     ca-certificates git gnupg tmux
-    qemu-system-x86 qemu-utils swtpm swtpm-tools tpm2-tools
+    qemu-system-x86 qemu-utils busybox-static e2fsprogs kmod swtpm swtpm-tools tpm2-tools
 )
 
 # Adds bookworm-backports, reusing the URI of the host's existing Debian

@@ -100,6 +100,24 @@ class Paths:
         """Bind-mounted into QUBE at /run/qlite; the broker's socket for it."""
         return self.run_dir / "rpc" / qube
 
+    @property
+    def vm_dir(self) -> Path:
+        return self.home / "vm"
+
+    @property
+    def vm_kernel_dir(self) -> Path:
+        """The unpacked VM kernel package and its initramfs."""
+        return self.vm_dir / "kernel"
+
+    @property
+    def vm_disk_dir(self) -> Path:
+        """Read-only root disks, one per template image."""
+        return self.vm_dir / "disks"
+
+    def vm_run_dir(self, qube: str) -> Path:
+        """A running VM's sockets, pidfiles and per-boot overlay."""
+        return self.run_dir / "vm" / qube
+
     def runsc_wrapper(self, mode: str) -> Path:
         """The generated runsc wrapper for one mode ("qube" or "build")."""
         return self.run_dir / f"runsc-{mode}"

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-u", "--user", help="user to run as (default: the qube's default_user)")
     sp.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     sp.add_argument("--no-autostart", action="store_true", help="fail if the qube is not running")
+    sp.add_argument("--mode", choices=("container", "vm"),
+                    help="the disposable's isolation mode (default: its disposable template's)")
     sp.add_argument("args", nargs=argparse.REMAINDER, metavar="[NAME] -- CMD")
 
     sp = cmd("ls", commands.ls, "list qubes and templates", json_out=True)

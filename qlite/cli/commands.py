@@ -23,6 +23,7 @@ def _context() -> Context:
 
     ctx = Context.from_env()
     ctx.on_warning = lambda message: info(f"qlite: warning: {message}")
+    ctx.on_progress = lambda message: info(f"qlite: {message}")
     report = reap(ctx)
     if not report.empty:
         info(f"qlite: reaped leftovers of dead qlite processes: {', '.join(report.disposables) or 'engine objects'}")
@@ -142,8 +143,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if disposable:
             return DisposableManager(ctx).run(
-                cmd, stdio, dvm=args.dvm, template=args.template, user=args.user
+                cmd, stdio, dvm=args.dvm, template=args.template, user=args.user, mode=args.mode
             )
+        if args.mode:
+            raise InvalidValue("--mode applies to a new disposable: add --disposable")
         return _qubes(ctx).run(name, cmd, stdio, user=args.user, autostart=not args.no_autostart)
     except (KeyboardInterrupt, Terminated) as exc:
         info("qlite: interrupted; the disposable was destroyed" if disposable else "qlite: interrupted")

@@ -25,6 +25,8 @@ class Context:
         self.warnings: list[str] = []
         # Where warnings go as they happen; the CLI prints them on stderr.
         self.on_warning: Callable[[str], None] | None = None
+        # Where progress of long work goes (the CLI: stderr); silent by default.
+        self.on_progress: Callable[[str], None] | None = None
         if engine is not None:
             self.__dict__["engine"] = engine
         if store is not None:
@@ -57,6 +59,11 @@ class Context:
         self.warnings.append(message)
         if self.on_warning is not None:
             self.on_warning(message)
+
+    def progress(self, message: str) -> None:
+        """A step of long work (downloads, exports), for the user to follow."""
+        if self.on_progress is not None:
+            self.on_progress(message)
 
     @property
     def home_hash(self) -> str:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from qlite.core.context import Context
-from qlite.core.model import Qube
+from qlite.core.model import MODES, Qube, parse_choice
 from qlite.core.qubes import QubeManager
 from qlite.core.spec import qube_container_spec, volume_name
 from qlite.core.volumes import init_private
@@ -52,9 +52,15 @@ class DisposableManager:
             raise InvalidValue(f"{name!r} is not a disposable template (template_for_dispvms is False)")
         return source, source.template or ""
 
-    def create(self, dvm: str | None = None, template: str | None = None) -> Qube:
-        """Record a new dispNNNN inheriting from its disposable template."""
+    def create(self, dvm: str | None = None, template: str | None = None, mode: str | None = None) -> Qube:
+        """Record a new dispNNNN inheriting from its disposable template
+        (and its mode, unless MODE says otherwise)."""
         source, template_name = self.resolve_source(dvm, template)
+        if mode is not None:
+            parse_choice("--mode", mode, MODES)
+            if mode == "container" and source is not None and source.mode == "vm":
+                raise InvalidValue(f"{source.name} is a VM-mode disposable template: its private disk "
+                                   "is never mounted on the host, so its disposables run as VMs too")
         owner = current_owner()
         for _ in range(NAME_ATTEMPTS):
             dispid = random.randint(1, MAX_DISPID)
@@ -67,6 +73,7 @@ class DisposableManager:
                 q = Qube(name="", klass="DispVM", label="red", template=template_name)
             q.name, q.klass, q.owner, q.created_at = f"disp{dispid}", "DispVM", owner, time.time()
             q.default_dispvm_raw = source.name if source else None
+            q.mode = mode or q.mode
             try:
                 with self.ctx.store.transaction() as conn:
                     if conn.execute("SELECT 1 FROM templates WHERE name=?", (q.name,)).fetchone():
@@ -78,6 +85,13 @@ class DisposableManager:
                 continue  # that dispid is taken; draw another
             return q
         raise QliteError("could not find a free disposable name; remove some disposables")
+
+    def prepare_vm(self, q: Qube) -> None:
+        """Boot disposable Q as a VM, its private disk a copy of its
+        disposable template's."""
+        source = self.qubes.get(q.template) if q.template and self.qubes.exists(q.template) else None
+        self.qubes._create_private(q, copy_from=source)
+        self.qubes.vm.start(q)
 
     def prepare(self, q: Qube, argv: list[str], user: str, stdio: Stdio, env: dict[str, str] | None = None) -> str:
         """Create Q's volume, network and container; return the container id."""
@@ -106,16 +120,22 @@ class DisposableManager:
         user: str | None = None,
         env: dict[str, str] | None = None,
         on_created: Callable[[Qube], None] | None = None,
+        mode: str | None = None,
     ) -> int:
         """Run ARGV in a new disposable and destroy it afterwards, whatever
         happens: success, failure, Ctrl-C or SIGTERM. Signals are only
         handled from the main thread (the broker runs calls in others)."""
         if not argv:
             raise InvalidValue("no command given")
-        q = self.create(dvm, template)
+        q = self.create(dvm, template, mode)
         main = threading.current_thread() is threading.main_thread()
         with _terminate_on_signals() if main else contextlib.nullcontext():
             try:
+                if q.mode == "vm":
+                    self.prepare_vm(q)
+                    if on_created is not None:
+                        on_created(q)
+                    return self.qubes.exec_in(q, argv, stdio, user or q.default_user, env or {})
                 cid = self.prepare(q, argv, user or q.default_user, stdio, env)
                 if on_created is not None:
                     on_created(q)

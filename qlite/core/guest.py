@@ -8,10 +8,14 @@ import shutil
 from pathlib import Path
 
 import qlite.rpc.wire
+import qlite.vm.channel
 
 GUEST_PACKAGE = Path("usr/lib/python3/dist-packages/qlite_guest")
 # module file in qlite -> its path inside the guest tree
-SHARED = {Path(qlite.rpc.wire.__file__): GUEST_PACKAGE / "wire.py"}
+SHARED = {
+    Path(qlite.rpc.wire.__file__): GUEST_PACKAGE / "wire.py",
+    Path(qlite.vm.channel.__file__): GUEST_PACKAGE / "channel.py",
+}
 
 
 def guest_files(guest_dir: Path) -> list[tuple[str, Path]]:

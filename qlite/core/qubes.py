@@ -96,6 +96,12 @@ class QubeManager:
 
         return NetworkManager(self.ctx, self)
 
+    @cached_property
+    def vm(self):  # -> VmRunner
+        from qlite.vm.runner import VmRunner  # noqa: PLC0415
+
+        return VmRunner(self.ctx, self)
+
     # -- store -------------------------------------------------------------
 
     def _from_row(self, row) -> Qube:
@@ -222,6 +228,8 @@ class QubeManager:
             info = self.ctx.engine.inspect_container(container_name(self.ctx.home_hash, q.name))
         else:
             info = containers.get(q.name)
+        if q.mode == "vm":
+            return self.vm.state(q, info)
         if info is None:
             return State.HALTED
         return ENGINE_STATES.get(info.state, State.HALTED)
@@ -365,6 +373,8 @@ class QubeManager:
         engine, hh = self.ctx.engine, self.ctx.home_hash
         networked = self.resolved_netvm(q) is not None
         gateway = self.net.gateway_of(q)
+        if q.mode == "vm":
+            self.vm.kill(q)
         engine.remove_container(container_name(hh, q.name), force=True)
         self.net.drop_network(q)
         engine.remove_volume(volume_name(hh, q.name))
@@ -384,19 +394,21 @@ class QubeManager:
         if q.is_disposable:
             raise StateError(f"{name!r} is a disposable; it runs only for its one command")
         info = self.ctx.engine.inspect_container(container_name(self.ctx.home_hash, name))
-        if info is not None and info.state == "running":
+        state = self.state_of(q, {name: info} if info is not None else {})
+        if state == State.RUNNING:
             if skip_if_running:
                 return q
             raise StateError(f"qube {name!r} is already running")
-        if info is not None and info.state == "paused":
-            self.ctx.engine.unpause(info.id)
+        if state == State.PAUSED:
+            self.unpause(name)
             return q
-        self._start_container(q, stale=info)
+        if q.mode == "vm":
+            self.vm.start(q, stale=info)
+        else:
+            self._start_container(q, stale=info)
         return q
 
     def _start_container(self, q: Qube, stale: ContainerInfo | None) -> None:
-        if q.mode != "container":
-            raise InvalidValue(f"qube {q.name!r} has mode {q.mode!r}, which this version cannot run")
         engine, hh = self.ctx.engine, self.ctx.home_hash
         image = self.image_for(q)
         if stale is not None:
@@ -521,6 +533,8 @@ class QubeManager:
                     f"{name} is the netvm of running qubes: {', '.join(clients)}; "
                     "shut them down first, or use --force"
                 )
+        if q.mode == "vm":
+            return self.vm.shutdown(q, timeout)
         engine = self.ctx.engine
         info = engine.inspect_container(container_name(self.ctx.home_hash, q.name))
         if info is None:
@@ -535,6 +549,8 @@ class QubeManager:
 
     def kill(self, name: str) -> bool:
         q = self.get(name)
+        if q.mode == "vm":
+            return self.vm.kill(q)
         engine = self.ctx.engine
         info = engine.inspect_container(container_name(self.ctx.home_hash, q.name))
         if info is None:
@@ -546,13 +562,19 @@ class QubeManager:
         q = self.get(name)
         if self.state_of(q) != State.RUNNING:
             raise StateError(f"qube {name!r} is not running")
-        self.ctx.engine.pause(container_name(self.ctx.home_hash, name))
+        if q.mode == "vm":
+            self.vm.pause(q)
+        else:
+            self.ctx.engine.pause(container_name(self.ctx.home_hash, name))
 
     def unpause(self, name: str) -> None:
         q = self.get(name)
         if self.state_of(q) != State.PAUSED:
             raise StateError(f"qube {name!r} is not paused")
-        self.ctx.engine.unpause(container_name(self.ctx.home_hash, name))
+        if q.mode == "vm":
+            self.vm.resume(q)
+        else:
+            self.ctx.engine.unpause(container_name(self.ctx.home_hash, name))
 
     def run(
         self,
@@ -573,12 +595,16 @@ class QubeManager:
             if not autostart:
                 raise StateError(f"qube {name!r} is not running")
             self.start(name, skip_if_running=True)
-        user = user or q.default_user
+        return self.exec_in(q, argv, stdio, user or q.default_user, {})
+
+    def exec_in(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str]) -> int:
+        """Run ARGV in running qube Q, whatever its mode; its exit code."""
         workdir = "/home/user" if user != "root" else "/"
-        return self.ctx.engine.exec(
-            container_name(self.ctx.home_hash, name), argv, stdio, user=user, workdir=workdir,
-            env={"QLITE_QUBE": name},
-        )
+        env = {"QLITE_QUBE": q.name, **env}
+        if q.mode == "vm":
+            return self.vm.exec(q, argv, stdio, user, workdir, env)
+        return self.ctx.engine.exec(container_name(self.ctx.home_hash, q.name), argv, stdio, user=user,
+                                    workdir=workdir, env=env)
 
     # -- prefs and tags --------------------------------------------------------
 
@@ -630,8 +656,11 @@ class QubeManager:
             q.netvm_raw = self.check_netvm(str(value), q.name)
         elif prop == "default_dispvm":
             q.default_dispvm_raw = self.check_dispvm(str(value))
-        elif prop == "mode" and value == "vm":
-            raise InvalidValue("mode 'vm' (a QEMU/KVM hardware VM) is not available in this version")
+        elif prop == "mode":
+            self._check_mode(q, str(value))
+            q.mode = str(value)
+        elif prop == "provides_network" and value and q.mode == "vm":
+            raise InvalidValue(f"{q.name} is a VM-mode qube; VM-mode gateways are not available in this version")
         elif prop == "provides_network" and not value:
             clients = [c.name for c in self.list() if c.netvm_raw == q.name or
                        (c.netvm_raw is None and self.prefs.get("default_netvm") == q.name)]
@@ -640,6 +669,23 @@ class QubeManager:
             q.provides_network = False
         else:
             setattr(q, prop, value)
+
+    def _check_mode(self, q: Qube, mode: str) -> None:
+        if mode == q.mode:
+            return
+        if q.created_at and self.exists(q.name) and self.state_of(q) != State.HALTED:
+            raise StateError(f"{q.name} is running: shut it down before changing its mode")
+        if mode == "vm" and q.provides_network:
+            raise InvalidValue(f"{q.name} provides network; VM-mode gateways are not available in this version")
+        if mode == "container" and self.exists(q.name):
+            from qlite.vm.disks import private_image  # noqa: PLC0415
+
+            vol = self.ctx.engine.inspect_volume(volume_name(self.ctx.home_hash, q.name))
+            if vol is not None and private_image(vol.mountpoint).exists():
+                raise InvalidValue(
+                    f"{q.name}'s private disk was written by a VM, and the host never mounts one; "
+                    "create a container qube and copy the files across with qvm-copy"
+                )
 
     def tags(self, name: str) -> list[str]:
         return sorted(self.get(name).tags)

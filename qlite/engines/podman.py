@@ -598,6 +598,25 @@ class PodmanEngine:
         finally:
             self.remove_container(name, force=True)
 
+    def export_image(self, image: str, tar_path: str, labels: dict[str, str]) -> None:
+        """Write IMAGE's filesystem to TAR_PATH as a tar (through a
+        container that is created, never started, and removed)."""
+        name = f"qlite-{labels.get('qlite.home', 'x')}-export-{os.getpid()}"
+        spec = ContainerSpec(name=name, image=image, command=("true",), labels=dict(labels), init=False)
+        self.remove_container(name, force=True)
+        cid = self.create_container(spec)
+        try:
+            def go() -> None:
+                resp = self.api.get(f"/containers/{cid}/export", stream=True, timeout=900)
+                resp.raise_for_status()
+                with open(tar_path, "wb") as f:
+                    for chunk in resp.iter_content(1 << 20):
+                        f.write(chunk)
+
+            self._call(f"export {image}", go)
+        finally:
+            self.remove_container(cid, force=True)
+
     def commit(self, cid: str, ref: str, changes: list[str]) -> str:
         repo, tag = ref.rsplit(":", 1)
         params: list[tuple[str, Any]] = [("container", cid), ("repo", repo), ("tag", tag), ("pause", False)]

@@ -66,3 +66,23 @@ def interface_by_mac(netns: str, mac: str) -> str:
         if "link/ether" in parts and parts[parts.index("link/ether") + 1].lower() == mac.lower():
             return parts[1].rstrip(":").split("@", 1)[0]
     raise EngineError(f"no interface with address {mac} in {netns}")
+
+
+def tap_mirror(netns: str, mac: str, tap: str) -> None:
+    """Create TAP in NETNS and join it to the interface with MAC by tc
+    mirred, both ways: every frame that arrives on one leaves by the other,
+    so a VM on TAP that uses MAC takes the interface's place on its link.
+    (u32 matching everything: some kernels lack the matchall classifier.)"""
+    eth = interface_by_mac(netns, mac)
+    steps = [
+        ["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
+        ["ip", "link", "set", tap, "up"],
+    ]
+    for src, dst in ((eth, tap), (tap, eth)):
+        steps += [
+            ["tc", "qdisc", "add", "dev", src, "ingress"],
+            ["tc", "filter", "add", "dev", src, "parent", "ffff:", "protocol", "all", "u32", "match", "u8", "0",
+             "0", "action", "mirred", "egress", "redirect", "dev", dst],
+        ]
+    for cmd in steps:
+        _run(_in_netns(netns, cmd), f"joining the VM's tap to {eth}")

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qlite.core.context import Context
-from qlite.core.spec import container_name
 from qlite.engines.base import Stdio
 from qlite.errors import AccessDenied, QliteError
 from qlite.paths import Paths
@@ -231,9 +230,7 @@ class Call:
             qm.start(target, skip_if_running=True)
         self.send_json(wire.RESULT, {"result": "allow", "target": target})
         user = resolution.user or q.default_user
-        cname = container_name(ctx.home_hash, target)
-        return self._bridge(lambda stdio: ctx.engine.exec(
-            cname, argv, stdio, user=user, workdir="/home/user" if user != "root" else "/", env=env))
+        return self._bridge(lambda stdio: qm.exec_in(q, argv, stdio, user, env))
 
     def _in_disposable(self, dvm: str, argv: list[str], env: dict[str, str], resolution: Resolution,
                        ctx: Context) -> int:

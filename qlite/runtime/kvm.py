@@ -10,11 +10,15 @@ with a timeout.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 # The assembled kvmprobe.S (as --64; ld -Ttext=0 --oformat binary): the
 # code at offset 0 and the reset vector's far jump at 0xFFF0.
@@ -91,3 +95,18 @@ def probe_kvm() -> KvmProbe:
         return KvmProbe(True, True, "a standard guest reached 64-bit mode under KVM")
     hint = "" if cpu_virt_flags() else " (the CPU shows no vmx/svm flag: a PVM or nested host?)"
     return KvmProbe(True, False, f"KVM cannot run a standard guest: {detail}{hint}")
+
+
+def cached_probe(cache: Path) -> KvmProbe:
+    """probe_kvm(), remembered in CACHE for this kernel and QEMU: the probe
+    can take seconds (a hanging guest is waited out)."""
+    qemu = shutil.which("qemu-system-x86_64") or ""
+    key = f"{platform.release()}:{qemu}:{os.stat(qemu).st_mtime if qemu else 0}"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        data = json.loads(cache.read_text())
+        if data["key"] == key:
+            return KvmProbe(bool(data["present"]), bool(data["usable"]), str(data["detail"]))
+    result = probe_kvm()
+    with contextlib.suppress(OSError):
+        cache.write_text(json.dumps({"key": key, **asdict(result)}))
+    return result

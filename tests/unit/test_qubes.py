@@ -51,7 +51,8 @@ def qm(ctx) -> QubeManager:
     pytest.param({"props": {"memory": "lots"}}, InvalidValue, id="bad-prop-value"),
     pytest.param({"props": {"colour": "red"}}, InvalidValue, id="unknown-prop"),
     pytest.param({"props": {"name": "other"}}, InvalidValue, id="read-only-prop"),
-    pytest.param({"props": {"mode": "vm"}}, InvalidValue, id="vm-mode"),
+    pytest.param({"props": {"mode": "vm", "provides_network": "true"}}, InvalidValue, id="vm-gateway"),
+    pytest.param({"props": {"mode": "kvm"}}, InvalidValue, id="unknown-mode"),
     pytest.param({"props": {"default_dispvm": "nonexistent"}}, NotFound, id="unknown-dispvm"),
 ])
 def test_create_validates_before_acting(ctx, qm, engine, kwargs, error):
@@ -413,7 +414,7 @@ def test_set_pref(qm, row, prop, text, shown):
     ("name", "other", InvalidValue),
     ("class", "DispVM", InvalidValue),
     ("colour", "red", InvalidValue),
-    ("mode", "vm", InvalidValue),
+    ("mode", "hvm", InvalidValue),
     ("default_user", "alice", InvalidValue),
     ("template", "fedora-40", NotFound),
     ("netvm", "ghost", NotFound),

@@ -1,0 +1,353 @@
+"""The guest agent of a VM qube: PID 1 after the initramfs.
+
+It speaks qlite_guest.channel over the virtio-serial port named
+org.qlite.agent: it runs the commands the host sends (stdio and exit code
+carried back), tunnels the qube's own RPC calls (/run/qlite/rpc.sock) to
+the host's broker, reaps every orphan, and powers the VM off when the
+host presses the (ACPI) power button: QMP system_powerdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import pwd
+import queue
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+from qlite_guest import channel as ch
+
+PORT_NAME = "org.qlite.agent"
+RPC_SOCK = "/run/qlite/rpc.sock"
+BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+RB_POWER_OFF = 0x4321FEDC
+EV_KEY, KEY_POWER = 1, 116
+
+
+def log(msg: str) -> None:
+    with contextlib.suppress(OSError), open("/dev/console", "w") as f:
+        f.write(f"qlite-agent: {msg}\n")
+
+
+def find_port(timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d in Path("/sys/class/virtio-ports").glob("*"):
+            with contextlib.suppress(OSError):
+                if (d / "name").read_text().strip() == PORT_NAME:
+                    return f"/dev/{d.name}"
+        time.sleep(0.05)
+    raise SystemExit(f"no virtio port named {PORT_NAME}")
+
+
+def setup_mounts() -> None:
+    for target, fstype, opts in (("/dev/pts", "devpts", "mode=620,ptmxmode=666"), ("/dev/shm", "tmpfs", "mode=1777")):
+        os.makedirs(target, exist_ok=True)
+        subprocess.run(["mount", "-t", fstype, "-o", opts, fstype, target], check=False)
+    with contextlib.suppress(OSError):
+        os.symlink("/proc/self/fd", "/dev/fd")
+    os.makedirs("/run/qlite", exist_ok=True)
+
+
+class Link:
+    """The port: one writer lock, frames in and out."""
+
+    def __init__(self, path: str):
+        self.fd = os.open(path, os.O_RDWR)
+        self.lock = threading.Lock()
+
+    def send(self, kind: int, channel: int, payload: bytes = b"") -> None:
+        data = ch.encode(kind, channel, payload)
+        with self.lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+
+    def send_json(self, kind: int, channel: int, obj: dict) -> None:
+        self.send(kind, channel, json.dumps(obj, separators=(",", ":")).encode())
+
+
+class Reaper:
+    """PID 1 reaps every child; sessions wait for theirs here."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.codes: dict[int, int] = {}
+        self.watched: set[int] = set()
+
+    def watch(self, pid: int) -> None:
+        with self.cond:
+            self.watched.add(pid)
+
+    def run(self) -> None:
+        while True:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                time.sleep(0.05)
+                continue
+            with self.cond:
+                if pid in self.watched:
+                    self.codes[pid] = os.waitstatus_to_exitcode(status)
+                    self.cond.notify_all()
+
+    def wait(self, pid: int) -> int:
+        with self.cond:
+            while pid not in self.codes:
+                self.cond.wait()
+            self.watched.discard(pid)
+            code = self.codes.pop(pid)
+        return 128 - code if code < 0 else code
+
+
+class Agent:
+    def __init__(self, link: Link):
+        self.link = link
+        self.reaper = Reaper()
+        self.inputs: dict[int, queue.Queue] = {}  # channel -> stdin chunks / rpc data
+        self.rpc_socks: dict[int, socket.socket] = {}
+        self.next_channel = 1
+        self.lock = threading.Lock()
+
+    # -- the host's frames -----------------------------------------------------
+
+    def serve(self) -> None:
+        threading.Thread(target=self.reaper.run, daemon=True).start()
+        threading.Thread(target=self.rpc_listener, daemon=True).start()
+        threading.Thread(target=watch_power_button, daemon=True).start()
+        self.link.send_json(ch.HELLO, 0, {"version": ch.VERSION})
+        decoder = ch.Decoder()
+        while True:
+            data = os.read(self.link.fd, ch.MAX_PAYLOAD + ch.HEADER.size)
+            if not data:
+                time.sleep(0.05)  # the host end is not connected
+                continue
+            try:
+                frames = decoder.feed(data)
+            except ch.ChannelError as exc:
+                log(f"bad frame from the host: {exc}")
+                decoder = ch.Decoder()
+                continue
+            for kind, channel, payload in frames:
+                self.dispatch(kind, channel, payload)
+
+    def dispatch(self, kind: int, channel: int, payload: bytes) -> None:
+        if kind == ch.PING:
+            self.link.send(ch.PONG, channel, payload)
+        elif kind == ch.OPEN:
+            self.open(channel, payload)
+        elif kind in (ch.STDIN, ch.DATA):
+            q = self.inputs.get(channel)
+            if q is not None:
+                q.put(payload)
+        elif kind == ch.CLOSE:
+            q = self.inputs.get(channel)
+            if q is not None:
+                q.put(None)
+
+    def open(self, channel: int, payload: bytes) -> None:
+        try:
+            req = ch.validate_exec(ch.decode_json(payload))
+        except ch.ChannelError as exc:
+            self.link.send_json(ch.ERROR, channel, {"message": str(exc)})
+            return
+        self.inputs[channel] = queue.Queue()
+        threading.Thread(target=self.run_exec, args=(channel, req), daemon=True).start()
+
+    # -- commands ------------------------------------------------------------------
+
+    def run_exec(self, channel: int, req: dict) -> None:
+        try:
+            code = self._exec(channel, req)
+            self.link.send_json(ch.EXIT, channel, {"code": code})
+        except Exception as exc:  # noqa: BLE001 - the channel must get an answer
+            self.link.send_json(ch.ERROR, channel, {"message": f"{req['argv'][0]}: {exc}"})
+        finally:
+            self.inputs.pop(channel, None)
+
+    def _exec(self, channel: int, req: dict) -> int:
+        try:
+            pw = pwd.getpwnam(req["user"])
+        except KeyError:
+            raise RuntimeError(f"no user {req['user']!r} in this qube") from None
+        env = {**BASE_ENV, "HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name, **req["env"]}
+        cwd = req["cwd"] if os.path.isdir(req["cwd"]) else "/"
+        if req["tty"]:
+            return self._exec_tty(channel, req, pw, env, cwd)
+        try:
+            proc = subprocess.Popen(
+                req["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=cwd, env=env, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], start_new_session=True,
+            )
+        except FileNotFoundError:
+            self.link.send(ch.STDERR, channel, f"{req['argv'][0]}: command not found\n".encode())
+            self.link.send(ch.STDOUT, channel)
+            self.link.send(ch.STDERR, channel)
+            return 127
+        self.reaper.watch(proc.pid)
+        readers = [threading.Thread(target=self.pump_out, args=(channel, f.fileno(), kind), daemon=True)
+                   for f, kind in ((proc.stdout, ch.STDOUT), (proc.stderr, ch.STDERR))]
+        for t in readers:
+            t.start()
+        threading.Thread(target=self.pump_in, args=(channel, proc.stdin.fileno()), daemon=True).start()
+        code = self.reaper.wait(proc.pid)
+        for t in readers:
+            t.join(timeout=30)
+        return code
+
+    def _exec_tty(self, channel: int, req: dict, pw, env: dict, cwd: str) -> int:
+        primary, secondary = os.openpty()
+        env.setdefault("TERM", "xterm-256color")
+
+        def ctty() -> None:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        try:
+            proc = subprocess.Popen(
+                req["argv"], stdin=secondary, stdout=secondary, stderr=secondary, cwd=cwd, env=env,
+                user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], start_new_session=True, preexec_fn=ctty,
+            )
+        finally:
+            os.close(secondary)
+        self.reaper.watch(proc.pid)
+        reader = threading.Thread(target=self.pump_out, args=(channel, primary, ch.STDOUT, False), daemon=True)
+        reader.start()
+        threading.Thread(target=self.pump_in, args=(channel, os.dup(primary)), daemon=True).start()
+        code = self.reaper.wait(proc.pid)
+        reader.join(timeout=5)
+        self.link.send(ch.STDOUT, channel)
+        self.link.send(ch.STDERR, channel)
+        with contextlib.suppress(OSError):
+            os.close(primary)
+        return code
+
+    def pump_out(self, channel: int, fd: int, kind: int, send_eof: bool = True) -> None:
+        try:
+            while True:
+                data = os.read(fd, ch.MAX_PAYLOAD)
+                if not data:
+                    break
+                self.link.send(kind, channel, data)
+        except OSError:
+            pass  # a pty reads EIO once its last writer is gone
+        if send_eof:
+            self.link.send(kind, channel)
+
+    def pump_in(self, channel: int, fd: int) -> None:
+        q = self.inputs.get(channel)
+        try:
+            while q is not None:
+                data = q.get()
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+        except OSError:
+            pass  # the command closed its stdin
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- the qube's RPC calls, tunnelled to the host ----------------------------------
+
+    def rpc_listener(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(RPC_SOCK)
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(RPC_SOCK)
+        os.chmod(RPC_SOCK, 0o666)
+        srv.listen(64)
+        while True:
+            conn, _ = srv.accept()
+            with self.lock:
+                channel = self.next_channel
+                self.next_channel += 2
+            self.inputs[channel] = queue.Queue()
+            threading.Thread(target=self.tunnel, args=(channel, conn), daemon=True).start()
+
+    def tunnel(self, channel: int, conn: socket.socket) -> None:
+        self.link.send_json(ch.OPEN, channel, {"kind": "rpc"})
+        q = self.inputs[channel]
+
+        def to_host() -> None:
+            try:
+                while True:
+                    data = conn.recv(ch.MAX_PAYLOAD)
+                    self.link.send(ch.DATA, channel, data)
+                    if not data:
+                        return
+            except OSError:
+                self.link.send(ch.DATA, channel)
+
+        up = threading.Thread(target=to_host, daemon=True)
+        up.start()
+        try:
+            while True:
+                data = q.get()
+                if not data:
+                    break
+                conn.sendall(data)
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_WR)
+            up.join()
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            self.inputs.pop(channel, None)
+            self.link.send(ch.CLOSE, channel)
+
+
+def watch_power_button() -> None:
+    """Power off on KEY_POWER from any input device (the ACPI button)."""
+    event = struct.Struct("llHHi")  # struct input_event on x86-64
+    fds = []
+    for path in sorted(Path("/dev/input").glob("event*")):
+        with contextlib.suppress(OSError):
+            fds.append(os.open(path, os.O_RDONLY))
+    if not fds:
+        log("no input device: the power button will not work")
+        return
+    while True:
+        ready, _, _ = select.select(fds, [], [])
+        for fd in ready:
+            data = os.read(fd, event.size * 16)
+            for i in range(0, len(data) - event.size + 1, event.size):
+                _s, _us, etype, code, value = event.unpack_from(data, i)
+                if etype == EV_KEY and code == KEY_POWER and value == 1:
+                    poweroff()
+
+
+def poweroff() -> None:
+    os.sync()
+    for target in ("/home/user", "/rw"):
+        subprocess.run(["umount", target], check=False, capture_output=True)
+    os.sync()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.reboot(RB_POWER_OFF)
+
+
+def main() -> None:
+    if os.getpid() != 1:
+        sys.exit("qlite-agent runs as PID 1 in a VM qube")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    setup_mounts()
+    Agent(Link(find_port())).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""VM mode: qubes as QEMU hardware VMs booted from their template."""

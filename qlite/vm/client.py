@@ -1,0 +1,103 @@
+"""Running a command in a VM qube: one channel through its supervisor."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from pathlib import Path
+
+from qlite.engines.base import Stdio
+from qlite.engines.stream import raw_terminal
+from qlite.errors import EngineError, StateError
+from qlite.vm import channel as ch
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _connect(path: Path, qube: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(CONNECT_TIMEOUT_S)
+    try:
+        s.connect(str(path))
+    except OSError:
+        s.close()
+        raise StateError(f"VM qube {qube} is not running (its agent cannot be reached)") from None
+    s.settimeout(None)
+    return s
+
+
+def ping(path: Path, qube: str) -> bool:
+    try:
+        s = _connect(path, qube)
+    except StateError:
+        return False
+    with s:
+        s.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            s.sendall(ch.encode(ch.PING, 0, b"p"))
+            return s.recv(64).startswith(ch.encode(ch.PONG, 0, b"p"))
+        except OSError:
+            return False
+
+
+def _fileno(stream: object) -> int | None:
+    try:
+        return stream.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _write(stream: object, data: bytes) -> None:
+    fd = _fileno(stream)
+    if fd is not None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    else:
+        stream.write(data)  # type: ignore[attr-defined]
+        with contextlib.suppress(AttributeError, OSError):
+            stream.flush()  # type: ignore[attr-defined]
+
+
+def exec_in(path: Path, qube: str, argv: list[str], stdio: Stdio, user: str, cwd: str,
+            env: dict[str, str]) -> int:
+    """Run ARGV in the VM qube whose supervisor listens on PATH; its exit code."""
+    conn = _connect(path, qube)
+    request = {"kind": "exec", "argv": argv, "user": user, "cwd": cwd, "env": env, "tty": stdio.tty}
+    with conn, raw_terminal(_fileno(stdio.stdin) if stdio.tty else None):
+        conn.sendall(ch.encode_json(ch.OPEN, 0, request))
+        feeder = threading.Thread(target=_feed, args=(conn, stdio), daemon=True)
+        feeder.start()
+        return _receive(conn, stdio, qube)
+
+
+def _feed(conn: socket.socket, stdio: Stdio) -> None:
+    fd = _fileno(stdio.stdin) if stdio.stdin is not None else None
+    try:
+        while fd is not None or stdio.stdin is not None:
+            data = os.read(fd, ch.MAX_PAYLOAD) if fd is not None else stdio.stdin.read(ch.MAX_PAYLOAD)  # type: ignore[union-attr]
+            conn.sendall(ch.encode(ch.STDIN, 0, data or b""))
+            if not data:
+                return
+        conn.sendall(ch.encode(ch.STDIN, 0))
+    except (OSError, ValueError):
+        pass  # the command ended, or our stdin went away
+
+
+def _receive(conn: socket.socket, stdio: Stdio, qube: str) -> int:
+    decoder = ch.Decoder()
+    while True:
+        data = conn.recv(ch.MAX_PAYLOAD + ch.HEADER.size)
+        if not data:
+            raise EngineError(f"VM qube {qube} went away while the command ran")
+        for kind, _channel, payload in decoder.feed(data):
+            if kind == ch.STDOUT and payload:
+                _write(stdio.stdout, payload)
+            elif kind == ch.STDERR and payload:
+                _write(stdio.stderr, payload)
+            elif kind == ch.EXIT:
+                return int(ch.decode_json(payload).get("code", 1))
+            elif kind == ch.ERROR:
+                raise EngineError(f"in VM qube {qube}: {ch.decode_json(payload).get('message', 'error')}")
