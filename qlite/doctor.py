@@ -29,6 +29,7 @@ def run_checks(ctx: Context, kvm: bool = True) -> list[Check]:
     checks = [check_podman(), *check_runsc(ctx)]
     checks.append(check_service(ctx))
     checks.append(check_tool("mmdebstrap", "builds template root filesystems", "apt install mmdebstrap"))
+    checks.append(check_vm_tools())
     if kvm:
         checks.append(check_kvm())
     checks.append(check_tpm())
@@ -88,6 +89,23 @@ def check_tool(name: str, why: str, fix: str) -> Check:
     if shutil.which(name):
         return Check(name, OK, f"{name} is installed ({why})")
     return Check(name, FAIL, f"{name} is missing; it {why}", fix)
+
+
+def check_vm_tools() -> Check:
+    """What VM-mode qubes need besides KVM: QEMU, the disk tools, busybox
+    for the initramfs, and the kernel package (setup fetches it)."""
+    from qlite.vm.kernel import BUSYBOX, PACKAGE_CACHE  # noqa: PLC0415
+
+    missing = [t for t in ("qemu-system-x86_64", "qemu-img", "mkfs.ext4", "modinfo", "tc") if not shutil.which(t)]
+    if not BUSYBOX.is_file():
+        missing.append(str(BUSYBOX))
+    if missing:
+        return Check("vm", FAIL, f"VM-mode qubes cannot start: missing {', '.join(missing)}", "run setup.sh")
+    debs = sorted(PACKAGE_CACHE.glob("linux-image-*.deb"))
+    if not debs:
+        return Check("vm", WARN, "the VM kernel package is not fetched yet; the first VM start fetches it",
+                     "run setup.sh (or qlite setup)")
+    return Check("vm", OK, f"QEMU, disk tools and the VM kernel ({debs[-1].name.split('_')[0]}) are ready")
 
 
 def check_kvm() -> Check:

@@ -434,6 +434,11 @@ def setup(args: argparse.Namespace) -> int:
         qm.create(DVM_NAME, label="red", template=DEFAULT_TEMPLATE, props={"template_for_dispvms": "True"})
     if gp.is_default("default_dispvm"):
         gp.set("default_dispvm", DVM_NAME)
+    from qlite.vm.kernel import fetch_package  # noqa: PLC0415
+
+    # VM-mode qubes boot this package's kernel; each home unpacks it when
+    # its first VM starts.
+    fetch_package(progress)
     info(f"ready: template {DEFAULT_TEMPLATE}{' (added now)' if new else ''}, disposable template {DVM_NAME}")
     return 0
 

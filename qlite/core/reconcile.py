@@ -67,13 +67,30 @@ def _stray(ctx: Context, labels: dict[str, str], known: set[str]) -> bool:
     return labels.get("qlite.qube") not in known
 
 
+def _dead_vm(ctx: Context, labels: dict[str, str]) -> bool:
+    """A VM qube's network holder whose supervisor (and so QEMU) is gone."""
+    if labels.get("qlite.mode") != "vm":
+        return False
+    from qlite.core.qubes import QubeManager  # noqa: PLC0415
+
+    qm = QubeManager(ctx)
+    name = labels.get("qlite.qube", "")
+    if not qm.exists(name):
+        return True
+    q = qm.get(name)
+    if qm.vm.supervisor_pid(q) is not None:
+        return False
+    qm.vm.kill(q)  # also clears its run directory
+    return True
+
+
 def sweep_engine(ctx: Context, report: ReconcileReport) -> None:
     engine = ctx.engine
     selector = {"qlite.home": ctx.home_hash}
     known = {r["name"] for r in ctx.store.query("SELECT name FROM qubes")}
     known |= {r["name"] for r in ctx.store.query("SELECT name FROM templates")}
     for c in engine.list_containers(selector):
-        if _stray(ctx, c.labels, known):
+        if _stray(ctx, c.labels, known) or _dead_vm(ctx, c.labels):
             engine.remove_container(c.id, force=True)
             report.containers.append(c.name)
     for n in engine.list_networks(selector):

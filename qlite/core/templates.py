@@ -342,7 +342,11 @@ class TemplateManager:
             engine.remove_image(r.image_id)
 
     def collect_garbage(self, name: str | None = None) -> list[str]:
-        """Remove template images that no home tags and no container uses."""
+        """Remove template images that no home tags and no container uses,
+        and the VM root disks of images no revision here uses."""
+        from qlite.vm.disks import prune_root_disks  # noqa: PLC0415
+
+        prune_root_disks(self.ctx.paths, {r.image_id for t in self.list() for r in t.revisions})
         return self.ctx.engine.prune_images("qlite.template", name)
 
 

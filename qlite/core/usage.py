@@ -165,6 +165,20 @@ class CpuSampler:
                 del self._procs[pid]
 
 
+def vm_pids(ctx: Context, qube: str) -> set[int]:
+    """A VM qube's QEMU and supervisor (its network holder is counted as a
+    container); both write their pids in the VM's run directory."""
+    out = set()
+    for name in ("qemu.pid", "supervisor.pid"):
+        try:
+            pid = int((ctx.paths.vm_run_dir(qube) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if psutil.pid_exists(pid):
+            out.add(pid)
+    return out
+
+
 def qube_usage(ctx: Context, sampler: CpuSampler | None = None, containers: dict | None = None) -> dict[str, Usage]:
     """Usage of every running qube of this home, by qube name. CPU percent
     needs a SAMPLER kept between calls; without one it is 0.0. CONTAINERS
@@ -183,6 +197,8 @@ def qube_usage(ctx: Context, sampler: CpuSampler | None = None, containers: dict
     seen: set[int] = set()
     for name, info in running.items():
         pids = all_pids(container_processes(info.id, table))
+        if info.labels.get("qlite.mode") == "vm":
+            pids |= vm_pids(ctx, name)
         seen |= pids
         rss, pss = memory_mib(pids)
         cpu = sampler.percent(pids) if sampler is not None else 0.0

@@ -7,7 +7,7 @@ the socket beneath) becomes EngineError in ``_call``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,9 +95,3 @@ class Qmp:
         """Node names of the block devices QEMU has."""
         nodes = self._cmd("query-named-block-nodes")
         return sorted({n.get("node-name", "") for n in nodes if n.get("node-name")})
-
-
-@contextlib.contextmanager
-def suppressed() -> Iterator[None]:
-    with contextlib.suppress(EngineError):
-        yield

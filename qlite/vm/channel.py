@@ -59,8 +59,8 @@ def encode_json(kind: int, channel: int, obj: dict) -> bytes:
 def decode_json(payload: bytes) -> dict:
     try:
         obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ChannelError(f"malformed message: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ChannelError(f"malformed message: {type(exc).__name__}") from None
     if not isinstance(obj, dict):
         raise ChannelError("malformed message: not a JSON object")
     return obj

@@ -92,12 +92,19 @@ def _receive(conn: socket.socket, stdio: Stdio, qube: str) -> int:
         data = conn.recv(ch.MAX_PAYLOAD + ch.HEADER.size)
         if not data:
             raise EngineError(f"VM qube {qube} went away while the command ran")
-        for kind, _channel, payload in decoder.feed(data):
+        try:
+            frames = decoder.feed(data)
+        except ch.ChannelError as exc:
+            raise EngineError(f"VM qube {qube} sent a malformed frame: {exc}") from None
+        for kind, _channel, payload in frames:
             if kind == ch.STDOUT and payload:
                 _write(stdio.stdout, payload)
             elif kind == ch.STDERR and payload:
                 _write(stdio.stderr, payload)
             elif kind == ch.EXIT:
-                return int(ch.decode_json(payload).get("code", 1))
+                code = ch.decode_json(payload).get("code")
+                if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 255:
+                    raise EngineError(f"VM qube {qube} sent a malformed exit code")
+                return code
             elif kind == ch.ERROR:
                 raise EngineError(f"in VM qube {qube}: {ch.decode_json(payload).get('message', 'error')}")

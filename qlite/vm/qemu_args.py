@@ -69,6 +69,8 @@ def qemu_argv(qemu: str, cfg: VmConfig) -> list[str]:
         "-machine", f"{machine},accel={cfg.accel}", "-cpu", "host" if cfg.accel == "kvm" else "max",
         "-m", str(cfg.memory_mib), "-smp", str(cfg.vcpus),
         "-nodefaults", "-no-user-config", "-nographic", "-display", "none", "-no-reboot",
+        # QEMU's own seccomp filter: no exec, no privilege changes, no obsolete calls.
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-serial", f"file:{cfg.console_log}",
         "-kernel", cfg.kernel, "-initrd", cfg.initrd, "-append", kernel_cmdline(cfg),
         "-qmp", f"unix:{cfg.qmp_socket},server=on,wait=off",

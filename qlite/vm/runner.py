@@ -39,7 +39,7 @@ from qlite.vm.qemu_args import HOTPLUG_PORTS, MACHINES, TAP, NetConfig, VmConfig
 
 MACHINE_FEATURE = "vm.machine"
 KVM_CACHE = Path("/run/qlite-kvm-probe.json")
-BOOT_TIMEOUT_S = 300.0
+BOOT_TIMEOUT_S = float(os.environ.get("QLITE_VM_BOOT_TIMEOUT", "300"))
 SUPERVISOR_MODULE = "qlite.vm.supervisor"
 
 
@@ -54,6 +54,30 @@ def net_config(ip: str, mac: str, subnet: str, gateway: str, dns: tuple[str, ...
     """The guest's address (with the subnet's prefix), route and resolvers."""
     prefix = ipaddress.ip_network(subnet).prefixlen
     return NetConfig(ip=f"{ip}/{prefix}", gateway=gateway, dns=dns, mac=mac)
+
+
+def tsc_khz(cpuinfo: str) -> int | None:
+    """The host's clock rate in kHz from /proc/cpuinfo ("cpu MHz")."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "cpu MHz":
+            try:
+                return round(float(value) * 1000) or None
+            except ValueError:
+                return None
+    return None
+
+
+def tcg_append() -> tuple[str, ...]:
+    """Kernel arguments a TCG guest needs. Under TCG the guest's TSC ticks
+    at the host's rate, and calibrating it against the emulated PIT fails
+    on a busy host, after which the kernel hangs at boot; telling it the
+    rate skips the calibration."""
+    try:
+        khz = tsc_khz(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return ()
+    return (f"tsc_early_khz={khz}",) if khz else ()
 
 
 def _pid_alive(pidfile: Path, marker: str) -> int | None:
@@ -140,6 +164,7 @@ class VmRunner:
                 kernel=str(k.vmlinuz), initrd=str(k.initrd), root_overlay=str(overlay), private_disk=str(private),
                 qmp_socket=str(d / "qmp.sock"), agent_socket=str(d / "agent-qemu.sock"),
                 console_log=str(d / "console.log"), pidfile=str(d / "qemu.pid"), net=net,
+                extra_append=tcg_append() if accel == "tcg" else (),
             )
             self._launch(q, cfg, holder)
         except BaseException:

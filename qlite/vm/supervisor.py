@@ -61,6 +61,14 @@ class Supervisor:
             assert self.link is not None
             self.link.sendall(data)
 
+    def try_send(self, kind: int, channel: int, payload: bytes = b"") -> None:
+        """Send a small frame unless that would block: a guest that does not
+        read (still booting, or hung) must not stall the supervisor."""
+        data = ch.encode(kind, channel, payload)
+        with self.link_lock, contextlib.suppress(BlockingIOError, InterruptedError):
+            assert self.link is not None
+            self.link.send(data, socket.MSG_DONTWAIT)  # small: all of it or nothing
+
     def connect_link(self, deadline: float) -> None:
         path = self.cfg["agent_socket"]
         while time.monotonic() < deadline and self.qemu_alive():
@@ -95,7 +103,7 @@ class Supervisor:
                 self.from_guest(kind, channel, payload)
 
     def from_guest(self, kind: int, channel: int, payload: bytes) -> None:
-        if kind == ch.HELLO:
+        if kind in (ch.HELLO, ch.PONG) and channel == 0:
             self.hello.set()
         elif channel % 2 == 1:  # the guest's own channels: RPC calls
             self.from_guest_tunnel(kind, channel, payload)
@@ -213,7 +221,13 @@ class Supervisor:
             self.start_qemu()
             self.connect_link(deadline)
             threading.Thread(target=self.read_link, daemon=True).start()
+            polls = 0
             while not self.hello.wait(0.1):
+                polls += 1
+                if polls % 20 == 0 and polls <= 400:
+                    # QEMU drops what the guest writes before it has taken
+                    # our connection, HELLO included; a PING is answered.
+                    self.try_send(ch.PING, 0, b"ready?")
                 if not self.qemu_alive():
                     raise RuntimeError("the VM stopped before its agent started")
                 if time.monotonic() > deadline:
@@ -225,6 +239,9 @@ class Supervisor:
             log("agent ready")
         except Exception as exc:  # noqa: BLE001 - reported to the starting qlite, then cleaned up
             log(f"start failed: {exc}")
+            with contextlib.suppress(OSError):
+                tail = (self.run_dir / "console.log").read_text(errors="replace").splitlines()[-30:]
+                log("console: " + "\n  ".join(tail))
             with contextlib.suppress(OSError):
                 ready.write(f"error {exc}\n")
                 ready.close()

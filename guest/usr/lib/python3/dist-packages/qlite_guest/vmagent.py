@@ -117,7 +117,7 @@ class Agent:
         self.link = link
         self.reaper = Reaper()
         self.inputs: dict[int, queue.Queue] = {}  # channel -> stdin chunks / rpc data
-        self.rpc_socks: dict[int, socket.socket] = {}
+        self.pids: dict[int, int] = {}  # exec channel -> its process (group leader)
         self.next_channel = 1
         self.lock = threading.Lock()
 
@@ -156,6 +156,10 @@ class Agent:
             q = self.inputs.get(channel)
             if q is not None:
                 q.put(None)
+            pid = self.pids.get(channel)
+            if pid is not None:  # the host side went away: end what it started
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
 
     def open(self, channel: int, payload: bytes) -> None:
         try:
@@ -176,6 +180,7 @@ class Agent:
             self.link.send_json(ch.ERROR, channel, {"message": f"{req['argv'][0]}: {exc}"})
         finally:
             self.inputs.pop(channel, None)
+            self.pids.pop(channel, None)
 
     def _exec(self, channel: int, req: dict) -> int:
         try:
@@ -197,6 +202,7 @@ class Agent:
             self.link.send(ch.STDERR, channel)
             return 127
         self.reaper.watch(proc.pid)
+        self.pids[channel] = proc.pid
         readers = [threading.Thread(target=self.pump_out, args=(channel, f.fileno(), kind), daemon=True)
                    for f, kind in ((proc.stdout, ch.STDOUT), (proc.stderr, ch.STDERR))]
         for t in readers:
@@ -222,6 +228,7 @@ class Agent:
         finally:
             os.close(secondary)
         self.reaper.watch(proc.pid)
+        self.pids[channel] = proc.pid
         reader = threading.Thread(target=self.pump_out, args=(channel, primary, ch.STDOUT, False), daemon=True)
         reader.start()
         threading.Thread(target=self.pump_in, args=(channel, os.dup(primary)), daemon=True).start()
