@@ -26,7 +26,7 @@ Why these baselines:
   itself costs (CLI start-up, store rows, private volume, attach and cleanup).
 - Case d is the floor: a gVisor sandbox with no container engine. It must use
   ``--network=none``, because gVisor's netstack fails on this kernel (see
-  /work/shared/HOST-NOTES.md).
+  ``qlite doctor`` and docs/isolation.md).
 - Case e is case c plus a podman bridge, which a networked disposable also
   pays. So a/e is the like-for-like ratio for case a, and the table still
   reports every ratio against case c.
