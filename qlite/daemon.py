@@ -1,4 +1,5 @@
-"""``qlite daemon``: the RPC broker and its ask queue, for one qlite home.
+"""``qlite daemon``: the RPC broker and its ask queue, and the device
+watcher, for one qlite home.
 
 The CLI starts it on demand (qlite/rpc/daemonctl.py); a systemd unit can
 run ``qlite daemon run`` instead. It holds run/daemon.lock while it lives.
@@ -49,6 +50,12 @@ def run(paths: Paths) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log(f"serving {paths.home} (ask timeout {broker.ask_timeout:.0f}s)")
+    try:
+        from qlite.devices.watcher import DeviceWatcher  # noqa: PLC0415
+
+        DeviceWatcher(paths, log).start()
+    except Exception as exc:  # noqa: BLE001 - RPC must go on without device events
+        log(f"device watcher not started: {exc}")
     try:
         broker.serve()
     finally:

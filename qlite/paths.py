@@ -96,6 +96,15 @@ class Paths:
     def admin_sock(self) -> Path:
         return self.run_dir / "admin.sock"
 
+    def devices_dir(self, qube: str) -> Path:
+        """Where attached filesystems are mounted on the host; a container
+        qube sees it at /mnt/removable (mounts propagate into it)."""
+        return self.run_dir / "devices" / qube
+
+    @property
+    def device_log(self) -> Path:
+        return self.log_dir / "devices.jsonl"
+
     def rpc_dir(self, qube: str) -> Path:
         """Bind-mounted into QUBE at /run/qlite; the broker's socket for it."""
         return self.run_dir / "rpc" / qube

@@ -139,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--email", help="gen-key: the key's email address")
     sp.add_argument("--secret", action="store_true", help="list: secret keys")
 
+    sp = cmd("device", commands.device, "block devices: list, attach, detach, assign, pair, eject", json_out=True)
+    sp.add_argument("action", choices=("list", "attach", "detach", "assign", "unassign", "pair", "eject"))
+    sp.add_argument("args", nargs="*", metavar="ARG",
+                    help="attach: QUBE DEVICE; detach: [QUBE] DEVICE; assign/unassign: QUBE IDENT "
+                         "(uuid:U, serial:S or dev:NAME); pair: QUBE; eject: DEVICE")
+    sp.add_argument("--ro", action="store_true", help="attach/assign/pair: read-only")
+    sp.add_argument("--exec", action="store_true", help="attach: allow running programs from it (no noexec)")
+    sp.add_argument("--required", action="store_true", help="assign: the qube does not start without it")
+    sp.add_argument("--fs-uuid", metavar="U", help="pair: the drive's filesystem UUID")
+    sp.add_argument("--serial", metavar="S", help="pair: the drive's serial")
+
     sp = cmd("log", commands.log, "show a log", json_out=True)
     sp.add_argument("which", choices=("rpc",))
     sp.add_argument("-n", "--lines", type=_int("--lines"), default=50, help="how many records (default 50)")

@@ -582,6 +582,73 @@ def _policy_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def device(args: argparse.Namespace) -> int:
+    from qlite.devices.manager import DeviceManager  # noqa: PLC0415
+
+    ctx = _context()
+    dm = DeviceManager(ctx)
+    rest = list(args.args)
+
+    def need(n: int, usage: str) -> list[str]:
+        if len(rest) != n:
+            raise InvalidValue(f"usage: qlite device {args.action} {usage}")
+        return rest
+
+    if args.action == "list":
+        need(0, "[--json]")
+        rows = dm.list()
+        if args.json:
+            emit_json([r.as_json() for r in rows])
+            return 0
+        table(["DEVICE", "SIZE", "IDENT", "LABEL", "ATTACHED TO", "ASSIGNED TO"], [
+            [r.device.name, _size(r.device.size), r.device.ident, r.device.label or "-",
+             (r.attached_to + (" (ro)" if r.read_only else "")) if r.attached_to else
+             (f"host: {r.host_mounts[0]}" if r.host_mounts else "-"),
+             ", ".join(r.assigned_to) or "-"] for r in rows])
+        return 0
+    if args.action == "attach":
+        qube, dev = need(2, "QUBE DEVICE [--ro] [--exec]")
+        d = dm.attach(qube, dev, read_only=args.ro, allow_exec=args.exec)
+        info(f"{d.name} attached to {qube}" + (" read-only" if args.ro else ""))
+        return 0
+    if args.action == "detach":
+        if len(rest) == 1:
+            names = dm.detach(rest[0])
+        else:
+            qube, dev = need(2, "[QUBE] DEVICE")
+            names = dm.detach(dev, qube=qube)
+        info(f"detached {', '.join(names)}")
+        return 0
+    if args.action in ("assign", "pair"):
+        qube, ident = need(2, "QUBE IDENT") if args.action == "assign" else (
+            *need(1, "QUBE --fs-uuid U | --serial S"), None)
+        if args.action == "pair":
+            if bool(args.fs_uuid) == bool(args.serial):
+                raise InvalidValue("usage: qlite device pair QUBE --fs-uuid U | --serial S")
+            ident = f"uuid:{args.fs_uuid}" if args.fs_uuid else f"serial:{args.serial}"
+        dm.assign(qube, ident, read_only=args.ro, required=args.required, paired=args.action == "pair")
+        info(f"{ident} {'paired with' if args.action == 'pair' else 'assigned to'} {qube}")
+        return 0
+    if args.action == "unassign":
+        qube, ident = need(2, "QUBE IDENT")
+        dm.unassign(qube, ident)
+        return 0
+    if args.action == "eject":
+        (dev,) = need(1, "DEVICE")
+        qube = dm.eject(dev)
+        info(f"{dev}: synced and detached{f' from {qube}' if qube else ''}; it is safe to remove")
+        return 0
+    raise InvalidValue(f"unknown device action {args.action!r}")
+
+
 def log(args: argparse.Namespace) -> int:
     from qlite.rpc import audit  # noqa: PLC0415
 

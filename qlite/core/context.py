@@ -84,6 +84,13 @@ class Context:
         return apply
 
     @cached_property
+    def mounts(self):  # -> the qlite.devices.mounts module, or a test's stand-in
+        """The seam through which qlite mounts on the host (devices)."""
+        from qlite.devices import mounts  # noqa: PLC0415
+
+        return mounts
+
+    @cached_property
     def runtime_probe(self):  # -> RuntimeProbe | None
         from qlite.runtime.probe import probe  # noqa: PLC0415
 

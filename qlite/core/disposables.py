@@ -105,6 +105,7 @@ class DisposableManager:
         spec = qube_container_spec(
             q, home_hash=hh, image=self.qubes.image_for(q), home_source=str(home),
             network=plan.network, dns=plan.dns, rpc_source=str(self.qubes.rpc_dir(q)),
+            devices_source=str(self.qubes.devices.prepare_dir(q.name)),
             command=tuple(argv), user=user, env=env, stdin_open=True, tty=stdio.tty,
         )
         cid = engine.create_container(spec)

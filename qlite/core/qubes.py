@@ -97,6 +97,12 @@ class QubeManager:
         return NetworkManager(self.ctx, self)
 
     @cached_property
+    def devices(self):  # -> DeviceManager
+        from qlite.devices.manager import DeviceManager  # noqa: PLC0415
+
+        return DeviceManager(self.ctx, self)
+
+    @cached_property
     def vm(self):  # -> VmRunner
         from qlite.vm.runner import VmRunner  # noqa: PLC0415
 
@@ -376,6 +382,7 @@ class QubeManager:
         if q.mode == "vm":
             self.vm.kill(q)
         engine.remove_container(container_name(hh, q.name), force=True)
+        self.devices.release_qube(q.name)
         self.net.drop_network(q)
         engine.remove_volume(volume_name(hh, q.name))
         shutil.rmtree(self.ctx.paths.rpc_dir(q.name), ignore_errors=True)
@@ -402,10 +409,16 @@ class QubeManager:
         if state == State.PAUSED:
             self.unpause(name)
             return q
+        self.devices.check_required(name)
         if q.mode == "vm":
             self.vm.start(q, stale=info)
         else:
             self._start_container(q, stale=info)
+        try:
+            self.devices.attach_assigned(name)
+        except QliteError:
+            self.kill(name)  # a required device could not be attached
+            raise
         return q
 
     def _start_container(self, q: Qube, stale: ContainerInfo | None) -> None:
@@ -419,10 +432,11 @@ class QubeManager:
             vol = engine.inspect_volume(volume_name(hh, q.name))
             assert vol is not None
         home = init_private(vol.mountpoint)
+        devices = self.devices.prepare_dir(q.name)
         plan = self.net.prepare(q)
         spec = qube_container_spec(
             q, home_hash=hh, image=image, home_source=str(home), network=plan.network, dns=plan.dns,
-            rpc_source=str(self.rpc_dir(q)),
+            rpc_source=str(self.rpc_dir(q)), devices_source=str(devices),
         )
         cid = engine.create_container(spec)
         try:
@@ -533,6 +547,12 @@ class QubeManager:
                     f"{name} is the netvm of running qubes: {', '.join(clients)}; "
                     "shut them down first, or use --force"
                 )
+        try:
+            return self._shutdown(q, timeout)
+        finally:
+            self.devices.release_qube(q.name)
+
+    def _shutdown(self, q: Qube, timeout: float) -> bool:
         if q.mode == "vm":
             return self.vm.shutdown(q, timeout)
         engine = self.ctx.engine
@@ -549,14 +569,17 @@ class QubeManager:
 
     def kill(self, name: str) -> bool:
         q = self.get(name)
-        if q.mode == "vm":
-            return self.vm.kill(q)
-        engine = self.ctx.engine
-        info = engine.inspect_container(container_name(self.ctx.home_hash, q.name))
-        if info is None:
-            return False
-        engine.remove_container(info.id, force=True)
-        return True
+        try:
+            if q.mode == "vm":
+                return self.vm.kill(q)
+            engine = self.ctx.engine
+            info = engine.inspect_container(container_name(self.ctx.home_hash, q.name))
+            if info is None:
+                return False
+            engine.remove_container(info.id, force=True)
+            return True
+        finally:
+            self.devices.release_qube(q.name)
 
     def pause(self, name: str) -> None:
         q = self.get(name)

@@ -14,6 +14,7 @@ USER_UID = 1000
 VOLATILE = {"/tmp": "mode=1777", "/var/tmp": "mode=1777", "/run": "mode=755", "/var/log": "mode=755"}
 IDLE_COMMAND = ("sleep", "infinity")
 RPC_MOUNT = "/run/qlite"  # holds rpc.sock, the qube's own socket to the broker
+REMOVABLE_MOUNT = "/mnt/removable"  # attached devices' filesystems appear below it
 
 
 def container_name(home_hash: str, qube: str) -> str:
@@ -48,6 +49,7 @@ def qube_container_spec(
     network: str,
     dns: tuple[str, ...] = (),
     rpc_source: str = "",
+    devices_source: str = "",
     command: tuple[str, ...] = IDLE_COMMAND,
     user: str = "root",
     env: dict[str, str] | None = None,
@@ -65,6 +67,12 @@ def qube_container_spec(
     mounts += [Mount(type="tmpfs", target=path, options=(opt,)) for path, opt in VOLATILE.items()]
     if rpc_source:
         mounts.append(Mount(type="bind", source=rpc_source, target=RPC_MOUNT))
+    if devices_source:
+        # rslave: filesystems the host mounts there later appear in the qube.
+        # gVisor applies its own mount's flags, not those of the host mounts
+        # below, so nodev, nosuid and noexec are set here, for every device.
+        mounts.append(Mount(type="bind", source=devices_source, target=REMOVABLE_MOUNT,
+                            options=("rslave", "nodev", "nosuid", "noexec")))
     workdir = HOME if user != "root" else "/"
     return ContainerSpec(
         name=container_name(home_hash, qube.name),

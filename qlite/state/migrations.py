@@ -62,4 +62,24 @@ MIGRATIONS: list[str] = [
         rules TEXT NOT NULL
     );
     """,
+    # 3: block devices: persistent assignments (and pairings), and who has what now.
+    """
+    CREATE TABLE device_assignments (
+        qube      TEXT NOT NULL REFERENCES qubes(name) ON DELETE CASCADE ON UPDATE CASCADE,
+        ident     TEXT NOT NULL,             -- uuid:U | serial:S | dev:NAME
+        read_only INTEGER NOT NULL DEFAULT 0,
+        required  INTEGER NOT NULL DEFAULT 0,  -- the qube does not start without it
+        paired    INTEGER NOT NULL DEFAULT 0,  -- runs only while it is present
+        PRIMARY KEY (qube, ident)
+    );
+    CREATE TABLE device_attachments (
+        device      TEXT PRIMARY KEY,          -- kernel name: one qube at a time
+        qube        TEXT NOT NULL,
+        ident       TEXT NOT NULL,
+        read_only   INTEGER NOT NULL,
+        how         TEXT NOT NULL,             -- mount (container) | block (VM)
+        target      TEXT NOT NULL,             -- host mount point, or QEMU node name
+        attached_at REAL NOT NULL
+    );
+    """,
 ]

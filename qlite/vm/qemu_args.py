@@ -41,6 +41,7 @@ class VmConfig:
     console_log: str
     pidfile: str
     net: NetConfig | None = None
+    boot_devices: tuple[tuple[str, str, bool], ...] = ()  # (node, host path, read-only) given at boot
     extra_append: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -88,6 +89,11 @@ def qemu_argv(qemu: str, cfg: VmConfig) -> list[str]:
         argv += [
             "-netdev", f"tap,id=net0,ifname={cfg.net.tap},script=no,downscript=no",
             "-device", f"{_dev(cfg.machine, 'net')},netdev=net0,mac={cfg.net.mac}",
+        ]
+    for node, path, read_only in cfg.boot_devices:
+        argv += [
+            "-drive", f"id={node},file={path},format=raw,if=none,readonly={'on' if read_only else 'off'}",
+            "-device", f"{_dev(cfg.machine, 'blk')},drive={node}",
         ]
     if cfg.machine == "q35":
         for i in range(HOTPLUG_PORTS):

@@ -165,6 +165,7 @@ class VmRunner:
                 qmp_socket=str(d / "qmp.sock"), agent_socket=str(d / "agent-qemu.sock"),
                 console_log=str(d / "console.log"), pidfile=str(d / "qemu.pid"), net=net,
                 extra_append=tcg_append() if accel == "tcg" else (),
+                boot_devices=self.qubes.devices.claim_for_boot(q.name) if machine == "microvm" else (),
             )
             self._launch(q, cfg, holder)
         except BaseException:

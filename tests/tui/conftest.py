@@ -27,7 +27,7 @@ from qlite.paths import Paths
 from qlite.runtime.probe import RuntimeProbe
 from qlite.state import Store
 from tests.unit.fake_engine import FakeEngine
-from tests.unit.fake_net import FakeDaemon, FakeNetApply
+from tests.unit.fake_net import FakeDaemon, FakeMounts, FakeNetApply
 from tui.app import QliteApp
 from tui.asks import Question
 from tui.backend import Backend
@@ -137,6 +137,7 @@ class FakeCore:
         ctx = Context(self.paths, engine=LockedEngine(self.engine), store=Store(self.paths.db))
         ctx.__dict__["runtime_probe"] = FAKE_PROBE
         ctx.__dict__["net_apply"] = self.net_apply
+        ctx.__dict__["mounts"] = FakeMounts()
         ctx.__dict__["daemon"] = self.daemon
         return ctx
 

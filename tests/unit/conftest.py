@@ -21,7 +21,7 @@ from qlite.runtime.probe import RuntimeProbe
 from qlite.state import Store
 
 from .fake_engine import FakeEngine
-from .fake_net import FakeDaemon, FakeNetApply
+from .fake_net import FakeDaemon, FakeMounts, FakeNetApply
 
 # No example database, and Hypothesis' caches go to the temp dir: the unit
 # suite writes nothing into the checkout.
@@ -82,6 +82,7 @@ def ctx(paths, engine, tmp_path):
     # Never run the real runsc probe, nor touch the kernel's network state.
     c.__dict__["runtime_probe"] = FAKE_PROBE
     c.__dict__["net_apply"] = FakeNetApply()
+    c.__dict__["mounts"] = FakeMounts()
     c.__dict__["daemon"] = FakeDaemon()
     engine.add_image(IMAGE_ID, (image_ref(TEMPLATE, 1),), {"qlite.origin": "build"})
     TemplateManager(c)._record(TEMPLATE, 1, IMAGE_ID, "build")

@@ -52,3 +52,35 @@ class FakeDaemon:
 
     def running(self) -> bool:
         return False
+
+
+@dataclass
+class FakeMounts:
+    """Records what qlite would mount on the host; mounts nothing."""
+
+    calls: list[tuple] = field(default_factory=list)
+    mounted: set[str] = field(default_factory=set)
+
+    def mountinfo(self) -> str:
+        return "".join(f"1 1 7:99 / {m} rw - ext4 /dev/x rw\n" for m in sorted(self.mounted))
+
+    def is_mountpoint(self, path) -> bool:
+        return str(path) in self.mounted
+
+    def mount(self, device: str, target, options: str) -> None:
+        self.calls.append(("mount", device, str(target), options))
+        self.mounted.add(str(target))
+
+    def make_shared(self, directory) -> None:
+        self.calls.append(("make_shared", str(directory)))
+        self.mounted.add(str(directory))
+
+    def umount(self, target, lazy: bool = False) -> None:
+        self.calls.append(("umount", str(target), lazy))
+        self.mounted.discard(str(target))
+
+    def sync(self) -> None:
+        self.calls.append(("sync",))
+
+    def busy(self, device: str) -> bool:
+        return False

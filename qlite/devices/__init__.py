@@ -1,0 +1,1 @@
+"""Removable block devices: identities, attachment to qubes, pairing."""

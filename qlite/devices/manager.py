@@ -1,0 +1,388 @@
+"""Block devices and qubes: list, attach, detach, assign, pair, eject.
+
+- A container qube gets the device's *filesystem*: the host mounts it
+  ``nodev,nosuid,noexec`` (``--exec`` drops noexec; ``--ro`` adds ro) in the
+  qube's devices directory, which is bind-mounted into the qube with slave
+  propagation, so it appears at /mnt/removable/<device> while it runs.
+- A VM qube gets the *block device*: hot-plugged over QMP on q35, or
+  given at boot on microvm (which has no hot-plug) when it is assigned.
+- A device is attached to at most one qube, and never to a qube while the
+  host has it mounted; the host never mounts a device a qube has, except
+  for the container case above, where that mount *is* the attachment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from qlite.core.context import Context
+from qlite.core.model import State
+from qlite.devices.identity import (
+    SYS_BLOCK,
+    BlockDevice,
+    host_mounts,
+    is_removable_candidate,
+    parse_ident,
+    read_device,
+)
+from qlite.errors import AlreadyExists, EngineError, InvalidValue, NotFound, QliteError, StateError
+
+DEFAULT_OPTIONS = ("nodev", "nosuid")
+
+
+@dataclass
+class DeviceRow:
+    """One line of ``qlite device list``."""
+
+    device: BlockDevice
+    attached_to: str | None
+    read_only: bool
+    assigned_to: list[str]
+    host_mounts: list[str]
+
+    def as_json(self) -> dict:
+        return {**self.device.as_json(), "attached_to": self.attached_to, "read_only": self.read_only,
+                "assigned_to": self.assigned_to, "host_mounts": self.host_mounts}
+
+
+def mount_options(read_only: bool, allow_exec: bool) -> str:
+    return ",".join((*DEFAULT_OPTIONS, *(() if allow_exec else ("noexec",)), "ro" if read_only else "rw"))
+
+
+class DeviceManager:
+    def __init__(self, ctx: Context, qubes=None):
+        from qlite.core.qubes import QubeManager  # noqa: PLC0415
+
+        self.ctx = ctx
+        self.qubes = qubes or QubeManager(ctx)
+        self.store = ctx.store
+        self.mounts = ctx.mounts
+
+    # -- what is there ---------------------------------------------------------
+
+    def devices(self) -> list[BlockDevice]:
+        out = []
+        for entry in sorted(SYS_BLOCK.iterdir()) if SYS_BLOCK.is_dir() else []:
+            if is_removable_candidate(entry.name):
+                dev = read_device(entry.name)
+                if dev is not None:
+                    out.append(dev)
+        return out
+
+    def list(self) -> list[DeviceRow]:
+        attached = {r["device"]: r for r in self.store.query("SELECT * FROM device_attachments")}
+        assignments = self.store.query("SELECT qube, ident FROM device_assignments ORDER BY qube")
+        mounts = host_mounts(self.mounts.mountinfo())
+        ours = str(self.ctx.paths.run_dir / "devices")
+        rows = []
+        for dev in self.devices():
+            row = attached.get(dev.name)
+            rows.append(DeviceRow(
+                device=dev, attached_to=row["qube"] if row else None,
+                read_only=bool(row["read_only"]) if row else False,
+                assigned_to=[a["qube"] for a in assignments if dev.matches(a["ident"])],
+                host_mounts=[m for m in mounts.get(dev.major_minor, []) if not m.startswith(ours)],
+            ))
+        return rows
+
+    def find(self, text: str) -> BlockDevice:
+        """A device by kernel name, /dev path or identity (uuid:, serial:, dev:)."""
+        name = text.removeprefix("/dev/")
+        if ":" in text:
+            ident = parse_ident(text)
+            for dev in self.devices():
+                if dev.matches(ident):
+                    return dev
+            raise NotFound(f"no device {text} is present")
+        if "/" in name or not (SYS_BLOCK / name).exists():
+            raise NotFound(f"no such block device: {text!r} (see 'qlite device list')")
+        dev = read_device(name)
+        if dev is None:
+            raise NotFound(f"block device {name} has no medium")
+        return dev
+
+    def attachment(self, name: str):
+        return self.store.query_one("SELECT * FROM device_attachments WHERE device=?", (name,))
+
+    # -- attach and detach --------------------------------------------------------
+
+    def attach(self, qube: str, text: str, read_only: bool = False, allow_exec: bool = False) -> BlockDevice:
+        q = self.qubes.get(qube)
+        dev = self.find(text)
+        self._check_free(dev, qube)
+        if self.qubes.state_of(q) != State.RUNNING:
+            raise StateError(f"qube {qube} is not running: start it, or assign the device with 'qlite device assign'")
+        if allow_exec and q.mode != "vm":
+            raise InvalidValue(f"--exec: {qube} is a container qube, where /mnt/removable is always noexec "
+                               "(gVisor applies that mount's flags to every device below it)")
+        if q.mode == "vm":
+            node = f"dev-{dev.name}"
+            self.qubes.vm.attach_block(q, node, dev.path, read_only)
+            self._record(dev, qube, read_only, "block", node)
+        else:
+            target = self.qubes_devices_dir(q.name) / dev.name
+            self._record(dev, qube, read_only, "mount", str(target))
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+                self.mounts.mount(dev.path, target, mount_options(read_only, allow_exec))
+            except BaseException:
+                self.store.execute("DELETE FROM device_attachments WHERE device=?", (dev.name,))
+                with contextlib.suppress(OSError):
+                    target.rmdir()
+                raise
+        self._log("attach", dev, qube, read_only=read_only)
+        return dev
+
+    def _check_free(self, dev: BlockDevice, qube: str) -> None:
+        row = self.attachment(dev.name)
+        if row is not None and not self._running(row["qube"]):
+            self._release(row, gone=True)  # left by a qube that stopped without us
+            row = None
+        if row is not None:
+            other = row["qube"]
+            raise AlreadyExists(f"{dev.name} is already attached to {other}: detach it first")
+        mounts = host_mounts(self.mounts.mountinfo()).get(dev.major_minor, [])
+        if mounts:
+            raise StateError(f"{dev.name} is mounted on the host at {mounts[0]}: unmount it first")
+        if self.mounts.busy(dev.path):
+            raise StateError(f"{dev.name} is still in use (a sandbox that had it keeps it until it stops, "
+                             "or a host program holds it): stop that qube, or close what holds it")
+        holders = SYS_BLOCK / dev.name / "holders"
+        if holders.is_dir() and any(holders.iterdir()):
+            raise StateError(f"{dev.name} is in use on the host (by {', '.join(p.name for p in holders.iterdir())})")
+
+    def _running(self, qube: str) -> bool:
+        return self.qubes.exists(qube) and self.qubes.state_of(self.qubes.get(qube)) != State.HALTED
+
+    def _record(self, dev: BlockDevice, qube: str, read_only: bool, how: str, target: str) -> None:
+        try:
+            self.store.execute(
+                "INSERT INTO device_attachments(device, qube, ident, read_only, how, target, attached_at) "
+                "VALUES(?,?,?,?,?,?,?)", (dev.name, qube, dev.ident, int(read_only), how, target, time.time()))
+        except Exception as exc:  # noqa: BLE001 - a concurrent attach won the row
+            raise AlreadyExists(f"{dev.name} was attached by someone else just now") from exc
+
+    def detach(self, text: str, qube: str | None = None) -> list[str]:
+        """Detach a device (by name, path or identity), or with QUBE and no
+        device every device of QUBE. Returns the devices detached."""
+        if text:
+            name = text.removeprefix("/dev/")
+            if ":" in text:
+                name = self.find(text).name
+            row = self.attachment(name)
+            if row is None or (qube and row["qube"] != qube):
+                raise NotFound(f"{name} is not attached{' to ' + qube if qube else ''}")
+            rows = [row]
+        else:
+            rows = self.store.query("SELECT * FROM device_attachments WHERE qube=?", (qube,))
+        for row in rows:
+            self._release(row)
+        return [r["device"] for r in rows]
+
+    def _release(self, row, gone: bool = False) -> None:
+        """Undo one attachment. GONE: the device vanished, so unmount lazily."""
+        if row["how"] == "mount":
+            target = Path(row["target"])
+            if self.mounts.is_mountpoint(target):
+                self._unmount(target, row, gone)
+            with contextlib.suppress(OSError):
+                target.rmdir()
+        else:
+            q = self.qubes.get(row["qube"]) if self.qubes.exists(row["qube"]) else None
+            if q is not None and self.qubes.vm.supervisor_pid(q) is not None:
+                with contextlib.suppress(QliteError):
+                    self.qubes.vm.detach_block(q, row["target"])
+        self.store.execute("DELETE FROM device_attachments WHERE device=?", (row["device"],))
+        self._log("detach", None, row["qube"], device=row["device"], gone=gone)
+
+    def _unmount(self, target: Path, row, gone: bool) -> None:
+        if gone:
+            self.mounts.umount(target, lazy=True)
+            return
+        try:
+            self.mounts.umount(target)
+        except EngineError:
+            # gVisor's gofer may hold files of it open until the qube stops:
+            # flush everything, then take it out of every view at once.
+            self.mounts.sync()
+            self.mounts.umount(target, lazy=True)
+            self.ctx.warn(f"{row['device']} is detached and synced, but {row['qube']} still holds files "
+                          "on it open; its filesystem is released completely when that qube stops")
+
+    # -- qubes' devices directories -------------------------------------------------
+
+    def qubes_devices_dir(self, qube: str) -> Path:
+        return self.ctx.paths.devices_dir(qube)
+
+    def prepare_dir(self, qube: str) -> Path:
+        """Make QUBE's devices directory a shared mount, so that what is
+        mounted below it later reaches the qube (bound with rslave)."""
+        d = self.qubes_devices_dir(qube)
+        d.mkdir(parents=True, exist_ok=True)
+        self.mounts.make_shared(d)
+        return d
+
+    def release_qube(self, qube: str) -> None:
+        """After QUBE stops: detach everything it had, drop its directory."""
+        for row in self.store.query("SELECT * FROM device_attachments WHERE qube=?", (qube,)):
+            with contextlib.suppress(QliteError):
+                self._release(row)
+        d = self.qubes_devices_dir(qube)
+        if d.exists():
+            for _ in range(8):  # bounded: each pass removes one layer
+                if not self.mounts.is_mountpoint(d):
+                    break
+                try:
+                    self.mounts.umount(d, lazy=True)
+                except EngineError:
+                    break
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+    # -- assignments and pairing ------------------------------------------------------
+
+    def assign(self, qube: str, ident: str, read_only: bool = False, required: bool = False,
+               paired: bool = False) -> None:
+        self.qubes.get(qube)
+        ident = parse_ident(ident)
+        self.store.execute(
+            "INSERT INTO device_assignments(qube, ident, read_only, required, paired) VALUES(?,?,?,?,?) "
+            "ON CONFLICT(qube, ident) DO UPDATE SET read_only=excluded.read_only, required=excluded.required, "
+            "paired=excluded.paired", (qube, ident, int(read_only), int(required or paired), int(paired)))
+
+    def unassign(self, qube: str, ident: str) -> None:
+        self.qubes.get(qube)
+        n = self.store.execute("DELETE FROM device_assignments WHERE qube=? AND ident=?", (qube, parse_ident(ident)))
+        if not getattr(n, "rowcount", 1):
+            raise NotFound(f"{ident} is not assigned to {qube}")
+
+    def assignments(self, qube: str) -> list:
+        return self.store.query("SELECT * FROM device_assignments WHERE qube=?", (qube,))
+
+    def present(self, ident: str) -> BlockDevice | None:
+        return next((d for d in self.devices() if d.matches(ident)), None)
+
+    def check_required(self, qube: str) -> None:
+        """Refuse to start QUBE while a device it requires is absent."""
+        for a in self.assignments(qube):
+            if a["required"] and self.present(a["ident"]) is None:
+                raise StateError(f"{qube} requires device {a['ident']}, which is not present")
+
+    def attach_assigned(self, qube: str) -> list[str]:
+        """After QUBE started: attach every assigned device that is present
+        and free. Returns the devices attached."""
+        out = []
+        for a in self.assignments(qube):
+            dev = self.present(a["ident"])
+            if dev is None:
+                continue
+            held = self.attachment(dev.name)
+            if held is not None and held["qube"] == qube:
+                continue  # given at boot
+            try:
+                self.attach(qube, dev.name, read_only=bool(a["read_only"]))
+                out.append(dev.name)
+            except QliteError as exc:
+                if a["required"]:
+                    raise
+                self.ctx.warn(f"{qube}: assigned device {a['ident']} was not attached: {exc}")
+        return out
+
+    def claim_for_boot(self, qube: str) -> tuple[tuple[str, str, bool], ...]:
+        """For a VM without hot-plug: the assigned devices that are present
+        and free, recorded as attached, to be given to QEMU at boot."""
+        out = []
+        for a in self.assignments(qube):
+            dev = self.present(a["ident"])
+            if dev is None:
+                continue
+            try:
+                self._check_free(dev, qube)
+            except QliteError as exc:
+                if a["required"]:
+                    raise
+                self.ctx.warn(f"{qube}: assigned device {a['ident']} is not given to it: {exc}")
+                continue
+            node = f"dev-{dev.name}"
+            self._record(dev, qube, bool(a["read_only"]), "block", node)
+            out.append((node, dev.path, bool(a["read_only"])))
+        return tuple(out)
+
+    # -- the watcher's events ---------------------------------------------------------------
+
+    def on_removed(self, name: str) -> list[str]:
+        """NAME vanished (yanked without eject): its attachment is undone
+        and the qubes paired with it are stopped. Returns those qubes."""
+        row = self.attachment(name)
+        stopped = []
+        if row is not None:
+            qube = row["qube"]
+            paired = any(a["paired"] and (a["ident"] == row["ident"] or a["ident"] == f"dev:{name}")
+                         for a in self.assignments(qube)) if self.qubes.exists(qube) else False
+            self._release(row, gone=True)
+            self._log("removed", None, qube, device=name, unsafe=True,
+                      detail="removed without eject: writes not yet on the drive may be lost")
+            if paired:
+                with contextlib.suppress(QliteError):
+                    self.qubes.kill(qube)
+                stopped.append(qube)
+        return stopped
+
+    def on_added(self, name: str) -> list[str]:
+        """NAME appeared: start every halted qube paired with it (fresh)."""
+        dev = read_device(name)
+        if dev is None:
+            return []
+        started = []
+        for a in self.store.query("SELECT * FROM device_assignments WHERE paired=1"):
+            if not dev.matches(a["ident"]) or not self.qubes.exists(a["qube"]):
+                continue
+            q = self.qubes.get(a["qube"])
+            if self.qubes.state_of(q) != State.HALTED:
+                continue
+            try:
+                self.qubes.start(q.name)
+                started.append(q.name)
+            except QliteError as exc:
+                self._log("start-failed", dev, q.name, error=str(exc))
+        return started
+
+    def eject(self, text: str) -> str | None:
+        """Safely remove: sync in the qube, stop a paired qube, unmount.
+        Returns the qube it was attached to."""
+        dev = self.find(text)
+        row = self.attachment(dev.name)
+        if row is None:
+            return None
+        qube = row["qube"]
+        q = self.qubes.get(qube)
+        with contextlib.suppress(QliteError):
+            self.qubes.exec_in(q, ["sync"], _null_stdio(), "root", {})
+        paired = any(a["paired"] and dev.matches(a["ident"]) for a in self.assignments(qube))
+        if paired:
+            self.qubes.shutdown(qube, timeout=30)  # releases the device too
+        if self.attachment(dev.name) is not None:
+            self.detach(dev.name)
+        self.mounts.sync()
+        self._log("eject", dev, qube)
+        return qube
+
+    def _log(self, event: str, dev: BlockDevice | None, qube: str, **fields: object) -> None:
+        record = {"time": time.time(), "event": event, "qube": qube, **fields}
+        if dev is not None:
+            record.update(device=dev.name, ident=dev.ident)
+        self.ctx.paths.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.ctx.paths.device_log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _null_stdio():
+    import io  # noqa: PLC0415
+
+    from qlite.engines.base import Stdio  # noqa: PLC0415
+
+    return Stdio(stdin=None, stdout=io.BytesIO(), stderr=io.BytesIO())
