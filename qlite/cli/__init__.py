@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-f", "--force", action="store_true", help="shut them down first")
 
     sp = cmd("template", commands.template, "build, list, update, revert or remove templates", json_out=True)
-    sp.add_argument("action", choices=("build", "list", "update", "revert", "remove"))
+    sp.add_argument("action", choices=("build", "list", "update", "revert", "remove", "approve"))
     sp.add_argument("name", nargs="?")
     sp.add_argument("--force", action="store_true", help="build: rebuild even if up to date")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--required", action="store_true", help="assign: the qube does not start without it")
     sp.add_argument("--fs-uuid", metavar="U", help="pair: the drive's filesystem UUID")
     sp.add_argument("--serial", metavar="S", help="pair: the drive's serial")
+
+    sp = cmd("aem", commands.aem, "anti-evil-maid: measure, seal a secret, verify", json_out=True)
+    sp.add_argument("action", choices=("log", "seal", "verify", "reseal", "enforce", "relax"))
+    sp.add_argument("--secret-file", metavar="F", help="seal: the secret to show when nothing changed (- for stdin)")
+    sp.add_argument("--passphrase-file", metavar="P", help="without a TPM: the passphrase (- for stdin)")
+    sp.add_argument("--boot-pcrs", metavar="N,N", help="seal: also bind to these TPM PCRs of the host's boot")
+    sp.add_argument("-y", "--yes", action="store_true", help="verify: confirm; reseal: do not ask")
 
     sp = cmd("log", commands.log, "show a log", json_out=True)
     sp.add_argument("which", choices=("rpc",))

@@ -389,12 +389,91 @@ def template(args: argparse.Namespace) -> int:
         rev = tm.revert(args.name)
         info(f"{args.name} is back at revision {rev.rev}; qubes use it from their next start")
         result = {"name": args.name, "revision": rev.rev, "image_id": rev.image_id}
+    elif args.action == "approve":
+        image = tm.approve(args.name)
+        info(f"{args.name}: approved image {image[:12]}; qubes start from it again")
+        result = {"name": args.name, "image_id": image}
     else:
         tm.remove(args.name)
         result = {"name": args.name, "removed": True}
     if args.json:
         emit_json(result)
     return 0
+
+
+def _read_secret_file(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()  # noqa: SIM115
+    except OSError as exc:
+        raise InvalidValue(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    return data.rstrip(b"\n") if what == "passphrase" else data
+
+
+def _confirm(question: str, yes: bool) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise InvalidValue(f"{question} (answer with --yes when not at a terminal)")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def aem(args: argparse.Namespace) -> int:
+    from qlite.aem.manager import AemManager  # noqa: PLC0415
+
+    ctx = _context()
+    am = AemManager(ctx)
+    passphrase = _read_secret_file(args.passphrase_file, "passphrase")
+    if args.action == "log":
+        log_ = am.log()
+        if args.json:
+            emit_json(log_)
+            return 0
+        table(["#", "COMPONENT", "SHA256"], [[i, m["name"], m["digest"]] for i, m in enumerate(log_["measurements"])])
+        where = f"TPM PCR {log_['pcr']} ({log_['tpm']})" if log_["tpm"] else "no TPM: software chain only"
+        info(f"chain {log_['chain']}; {where}; sealed: {log_['sealed'] or 'no'}; "
+             f"enforced: {'yes' if log_['enforced'] else 'no'}")
+        return 0
+    if args.action == "seal":
+        secret = _read_secret_file(args.secret_file, "secret")
+        if secret is None:
+            raise InvalidValue("usage: qlite aem seal --secret-file F [--passphrase-file P] [--boot-pcrs 0,2,4,7]")
+        boot = [int(p) for p in args.boot_pcrs.split(",")] if args.boot_pcrs else []
+        mode = am.seal(secret, passphrase, boot)
+        if mode == "passphrase":
+            info("qlite: warning: no TPM: sealed with a key from your passphrase, bound to the measurements. "
+                 "This is weaker than a TPM: anyone with the passphrase and the sealed file can read the secret.")
+        info(f"sealed to the current measurements ({mode})")
+        return 0
+    if args.action == "verify":
+        result = am.verify(passphrase)
+        if args.json:
+            emit_json({**result.as_json(), "secret": result.secret.decode(errors="replace") if result.ok else None})
+        elif result.ok:
+            sys.stdout.write(result.secret.decode(errors="replace").rstrip("\n") + "\n")
+        else:
+            for name, old, new in result.changes:
+                info(f"CHANGED {name}: sealed {(old or 'absent')[:16]}, now {(new or 'absent')[:16]}")
+            info(f"qlite: error: anti-evil-maid verification FAILED: {result.detail}")
+        if not result.ok:
+            return 1
+        if am.enforced() and _confirm("Is this your secret?", args.yes):
+            am.confirm()
+            info("confirmed: qubes may start")
+        return 0
+    if args.action == "reseal":
+        if not _confirm("Reseal the secret to what is installed now (only after an update you made)?", args.yes):
+            info("nothing changed")
+            return 1
+        info(f"resealed to the current measurements ({am.reseal(passphrase)})")
+        return 0
+    if args.action in ("enforce", "relax"):
+        am.set_enforced(args.action == "enforce")
+        info("qubes start only after 'qlite aem verify' in each boot" if args.action == "enforce"
+             else "qubes start without anti-evil-maid verification")
+        return 0
+    raise InvalidValue(f"unknown aem action {args.action!r}")
 
 
 # -- host -------------------------------------------------------------------------

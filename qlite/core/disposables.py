@@ -105,7 +105,7 @@ class DisposableManager:
         spec = qube_container_spec(
             q, home_hash=hh, image=self.qubes.image_for(q), home_source=str(home),
             network=plan.network, dns=plan.dns, rpc_source=str(self.qubes.rpc_dir(q)),
-            devices_source=str(self.qubes.devices.prepare_dir(q.name)),
+            devices_source=self.qubes.devices_source(q),
             command=tuple(argv), user=user, env=env, stdin_open=True, tty=stdio.tty,
         )
         cid = engine.create_container(spec)
@@ -128,6 +128,7 @@ class DisposableManager:
         handled from the main thread (the broker runs calls in others)."""
         if not argv:
             raise InvalidValue("no command given")
+        self.qubes.aem_check("a disposable")
         q = self.create(dvm, template, mode)
         main = threading.current_thread() is threading.main_thread()
         with _terminate_on_signals() if main else contextlib.nullcontext():

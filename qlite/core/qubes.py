@@ -409,6 +409,7 @@ class QubeManager:
         if state == State.PAUSED:
             self.unpause(name)
             return q
+        self.aem_check(name)
         self.devices.check_required(name)
         if q.mode == "vm":
             self.vm.start(q, stale=info)
@@ -432,11 +433,10 @@ class QubeManager:
             vol = engine.inspect_volume(volume_name(hh, q.name))
             assert vol is not None
         home = init_private(vol.mountpoint)
-        devices = self.devices.prepare_dir(q.name)
         plan = self.net.prepare(q)
         spec = qube_container_spec(
             q, home_hash=hh, image=image, home_source=str(home), network=plan.network, dns=plan.dns,
-            rpc_source=str(self.rpc_dir(q)), devices_source=str(devices),
+            rpc_source=str(self.rpc_dir(q)), devices_source=self.devices_source(q),
         )
         cid = engine.create_container(spec)
         try:
@@ -452,6 +452,21 @@ class QubeManager:
             except QliteError as exc:
                 self.ctx.warn(f"gateway {q.name} started, but its clients have no network: {exc}")
         self.rpc_ready(q, start_daemon=True)
+
+    def devices_source(self, q: Qube) -> str:
+        """The host directory bound at /mnt/removable in Q's container, made
+        ready for mounts to propagate into it. The Docker API cannot give a
+        bind mount nodev/nosuid/noexec, so under it qubes get no devices."""
+        if self.ctx.engine.name != "podman":
+            return ""
+        return str(self.devices.prepare_dir(q.name))
+
+    def aem_check(self, name: str) -> None:
+        """With anti-evil-maid enforced, nothing starts before this boot's
+        measurements were verified and confirmed."""
+        from qlite.aem.manager import AemManager  # noqa: PLC0415
+
+        AemManager(self.ctx).check_start(name)
 
     def rpc_dir(self, q: Qube) -> Path:
         """Q's RPC directory on the host (created if missing)."""
@@ -514,7 +529,7 @@ class QubeManager:
             template = self.get(template).template
         if not template:
             raise StateError(f"qube {q.name!r} has no template")
-        return TemplateManager(self.ctx).current_image(template)
+        return TemplateManager(self.ctx).verified_image(template)
 
     def net_depth(self, q: Qube) -> int:
         """How many gateway qubes stand between Q and the host (bounded by

@@ -117,6 +117,37 @@ class TemplateManager:
             raise StateError(f"template {name!r} has no built revision: run 'qlite template build {name}'")
         return current.image_id
 
+    def resolved_image(self, name: str) -> str | None:
+        """The image this home's tag of NAME's current revision points at now."""
+        current = self.get(name).current
+        if current is None:
+            return None
+        info = self.ctx.engine.inspect_image(home_ref(self.ctx.home_hash, name, current.rev))
+        return info.id if info else None
+
+    def verified_image(self, name: str) -> str:
+        """The current image of NAME, if it is still the one qlite recorded
+        when it built, updated or adopted it."""
+        recorded = self.current_image(name)
+        found = self.resolved_image(name)
+        if found != recorded:
+            raise StateError(
+                f"template {name}: its image was replaced outside qlite (recorded {recorded[:12]}, "
+                f"now {found[:12] if found else 'missing'}); if you did that, approve it with "
+                f"'qlite template approve {name}'"
+            )
+        return recorded
+
+    def approve(self, name: str) -> str:
+        """Accept the image NAME's current revision now resolves to."""
+        t = self.get(name)
+        found = self.resolved_image(name)
+        if t.current is None or found is None:
+            raise NotFound(f"template {name} has no image to approve: rebuild it with 'qlite template build'")
+        self.store.execute("UPDATE template_revisions SET image_id=? WHERE template=? AND rev=?",
+                           (found, name, t.current_rev))
+        return found
+
     def users(self, name: str) -> list[str]:
         rows = self.store.query(
             "SELECT name FROM qubes WHERE template=? AND class != 'DispVM' ORDER BY name", (name,)

@@ -116,6 +116,9 @@ class DeviceManager:
         self._check_free(dev, qube)
         if self.qubes.state_of(q) != State.RUNNING:
             raise StateError(f"qube {qube} is not running: start it, or assign the device with 'qlite device assign'")
+        if q.mode != "vm" and self.ctx.engine.name != "podman":
+            raise InvalidValue("container qubes get devices only with the podman engine "
+                               "(the Docker API cannot mount them nodev, nosuid, noexec)")
         if allow_exec and q.mode != "vm":
             raise InvalidValue(f"--exec: {qube} is a container qube, where /mnt/removable is always noexec "
                                "(gVisor applies that mount's flags to every device below it)")

@@ -1,0 +1,1 @@
+"""Anti-evil-maid: a measured launch of qlite, a sealed secret, checked templates."""
