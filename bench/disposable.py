@@ -16,6 +16,11 @@ because that is what a user waits for.
      this once with ``podman inspect``.
   d. ``runsc --network=none --platform=<probed> do true``: gVisor alone.
   e. Case c on a fresh labelled podman bridge network, for reference.
+  f. ``qlite run --dvm bench-dvm-pre -- true``: like b, from a second
+     offline disposable template with ``preload-dispvm-max 2``: the daemon
+     keeps two started, and the command is handed to one through its
+     agent. Before each timed run the bench waits (untimed) until a member
+     is ready; the refill after a run overlaps the other cases' runs.
 
 Why these baselines:
 
@@ -53,6 +58,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +92,7 @@ from qlite.core.usage import (  # noqa: E402 - the one attribution of processes 
 DEFAULT_JSON = REPO / "bench" / "results" / "disposable.json"
 DEFAULT_DVM = "default-dvm"
 OFFLINE_DVM = "bench-dvm-off"
+PRELOAD_DVM = "bench-dvm-pre"
 IDLE_PREFIX = "bench-idle-"
 EXPECTED_RUNTIME = "qlite-runsc"
 SETTLE_S = 3.0
@@ -118,6 +125,17 @@ def prepare(home: BenchHome) -> Setup:
     home.qubes.append(OFFLINE_DVM)
     home.qlite("create", OFFLINE_DVM, "--netvm", "none", "--prop", "template_for_dispvms=True",
                "--label", "gray")
+    # A second offline disposable template whose disposables the daemon
+    # preloads (case f); b stays cold, so b and f differ only in that.
+    home.qubes.append(PRELOAD_DVM)
+    home.qlite("create", PRELOAD_DVM, "--netvm", "none", "--prop", "template_for_dispvms=True",
+               "--label", "gray")
+    home.before_removal.append(lambda: home.qlite("features", "-D", PRELOAD_DVM, "preload-dispvm-max",
+                                                  check=False))
+    home.before_removal.append(lambda: home.qlite("daemon", "stop", check=False))
+    home.before_removal.append(lambda: home.qlite("reconcile", check=False))
+    home.qlite("features", PRELOAD_DVM, "preload-dispvm-max", "2")
+    home.qlite("daemon", "start")
     home.network = f"qlite-{home.hash}-bench-net"
     home.podman("network", "create", *home.label_args(), home.network)
     image_id = template_image_id(home)
@@ -156,6 +174,20 @@ class Case:
     label: str
     argv: tuple[str, ...]
     env: dict[str, str]
+    before: Callable[[], None] | None = None  # untimed, before every run
+
+
+def wait_preloaded(home: BenchHome, timeout: float = CMD_TIMEOUT_S) -> None:
+    """Until the daemon has a ready member of PRELOAD_DVM (the refill after
+    the previous run happens while the other cases run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = home.qlite_json("ls")
+        if any("preloaded" in r["tags"] and r["state"] == "Running" and r["template"] == PRELOAD_DVM
+               for r in rows):
+            return
+        time.sleep(0.05)
+    raise BenchError(f"no preloaded disposable of {PRELOAD_DVM} became ready in {timeout:.0f} s")
 
 
 def latency_cases(home: BenchHome, setup: Setup) -> list[Case]:
@@ -177,10 +209,14 @@ def latency_cases(home: BenchHome, setup: Setup) -> list[Case]:
              runsc_do, home.env),
         Case("e", "podman run --rm, bridge network, qlite-runsc",
              (*podman_run, f"--network={home.network}", setup.image_id, "true"), home.podman_env),
+        Case("f", f"qlite run --dvm {PRELOAD_DVM} (offline, preloaded)",
+             (*QLITE, "run", "--dvm", PRELOAD_DVM, "--", "true"), home.env, lambda: wait_preloaded(home)),
     ]
 
 
 def time_once(case: Case, cwd: Path) -> float:
+    if case.before is not None:
+        case.before()
     start = time.perf_counter()
     proc = subprocess.run(case.argv, env=case.env, cwd=cwd, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=CMD_TIMEOUT_S)
@@ -303,6 +339,9 @@ def build_result(args: argparse.Namespace, facts: dict, cases: list[Case],
         "ratio_qlite_to_podman_p50": p50(samples["a"]) / base,
         "ratio_qlite_offline_to_podman_p50": p50(samples["b"]) / base,
         "ratio_qlite_to_podman_net_p50": p50(samples["a"]) / p50(samples["e"]),
+        "preloaded_p50_s": p50(samples["f"]), "preloaded_p95_s": p95(samples["f"]),
+        "ratio_preloaded_to_runsc_do_p50": p50(samples["f"]) / p50(samples["d"]),
+        "ratio_preloaded_to_podman_p50": p50(samples["f"]) / base,
         "idle_qube_pss_mib": mean_of(per_qube, "gvisor_pss_mib"),
         "idle_qube_uss_mib": mean_of(per_qube, "gvisor_uss_mib"),
         "idle_qube_sentry_pss_mib": mean_of(per_qube, "sandbox_pss_mib") + mean_of(per_qube, "stubs_pss_mib"),
@@ -330,6 +369,8 @@ def render(result: dict) -> None:
         xs = r["samples_s"][key]
         print(f"{key}  {case['label']:<49} {p50(xs):>7.3f} {p95(xs):>7.3f} {p50(xs) / base:>7.2f}x")
     print(f"\n   a / e (networked qlite vs networked podman): {r['ratio_qlite_to_podman_net_p50']:.2f}x")
+    print(f"   f / d (preloaded vs runsc do): {r['ratio_preloaded_to_runsc_do_p50']:.2f}x;"
+          f" f / c (preloaded vs podman run): {r['ratio_preloaded_to_podman_p50']:.2f}x")
     print(f"\nmemory: {r['density']} idle app qubes (--netvm none), started by one 'qlite start' "
           f"in {r['idle_start_all_s']:.1f} s")
     print(f"  MemAvailable drop per qube             {r['idle_qube_memavailable_drop_mib']:7.1f} MiB")

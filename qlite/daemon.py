@@ -31,6 +31,28 @@ def ask_timeout() -> float:
     return value if value > 0 else DEFAULT_ASK_TIMEOUT_S
 
 
+def aem_at_start(paths: Paths) -> None:
+    """With anti-evil-maid enforced and a TPM seal, check the measurements
+    as the daemon starts, and say in its log what the user must do."""
+    from qlite.aem.manager import AemManager  # noqa: PLC0415
+    from qlite.core.context import Context  # noqa: PLC0415
+    from qlite.errors import QliteError  # noqa: PLC0415
+
+    am = AemManager(Context(paths))
+    try:
+        if not am.enforced() or not am.sealed_path.exists() or am._load().get("mode") != "tpm":
+            return
+        result = am.verify()
+    except QliteError as exc:
+        log(f"anti-evil-maid: could not verify: {exc}; qubes stay held")
+        return
+    if result.ok:
+        log("anti-evil-maid: measurements match; qubes are held until you confirm with 'qlite aem verify'")
+    else:
+        names = ", ".join(n for n, _o, _c in result.changes) or result.detail
+        log(f"anti-evil-maid: VERIFICATION FAILED ({names}); qubes stay held")
+
+
 def run(paths: Paths) -> int:
     paths.ensure()
     lock = os.open(paths.daemon_lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -50,6 +72,10 @@ def run(paths: Paths) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log(f"serving {paths.home} (ask timeout {broker.ask_timeout:.0f}s)")
+    aem_at_start(paths)
+    from qlite.core.preload import PoolKeeper  # noqa: PLC0415
+
+    PoolKeeper(paths, log).start()
     try:
         from qlite.devices.watcher import DeviceWatcher  # noqa: PLC0415
 

@@ -26,6 +26,8 @@ from qlite.errors import InvalidValue, NotFound, QliteError
 from qlite.state.owners import current_owner
 
 MAX_DISPID = 9999
+# A preloaded member's main process: the guest agent on a root-only socket.
+PRELOAD_AGENT = ("python3", "-u", "-m", "qlite_guest.vmagent", "--connect", "/run/qlite/agent-host.sock")
 NAME_ATTEMPTS = 50
 
 
@@ -129,6 +131,9 @@ class DisposableManager:
         if not argv:
             raise InvalidValue("no command given")
         self.qubes.aem_check("a disposable")
+        claimed = self._claim(dvm, template, mode)
+        if claimed is not None:
+            return self._run_preloaded(*claimed, argv, stdio, user, env, on_created)
         q = self.create(dvm, template, mode)
         main = threading.current_thread() is threading.main_thread()
         with _terminate_on_signals() if main else contextlib.nullcontext():
@@ -146,6 +151,71 @@ class DisposableManager:
             finally:
                 with _signals_blocked() if main else contextlib.nullcontext():
                     self.qubes.destroy(q)
+
+    # -- preloaded disposables (see qlite.core.preload) --------------------------------
+
+
+
+    def _preload_dvm(self, dvm: str | None, template: str | None, mode: str | None) -> str | None:
+        if template or mode == "vm":
+            return None
+        name = dvm or self.qubes.resolved_default_dispvm(None)
+        return name or None
+
+
+    def _claim(self, dvm: str | None, template: str | None, mode: str | None) -> tuple[str, str] | None:
+        from qlite.core import preload  # noqa: PLC0415
+
+        name = self._preload_dvm(dvm, template, mode)
+        return preload.claim(self.ctx, name) if name else None
+
+
+    def _run_preloaded(self, name: str, daemon_owner: str, argv: list[str], stdio: Stdio, user: str | None,
+                       env: dict[str, str] | None, on_created: Callable[[Qube], None] | None) -> int:
+        """Run ARGV in the claimed member NAME through its agent; give it back
+        to the daemon (which destroys it) whatever happens."""
+        from qlite.core import preload  # noqa: PLC0415
+        from qlite.vm import client  # noqa: PLC0415
+
+        q = self.qubes.get(name)
+        main = threading.current_thread() is threading.main_thread()
+        with _terminate_on_signals() if main else contextlib.nullcontext():
+            try:
+                if on_created is not None:
+                    on_created(q)
+                user = user or q.default_user
+                conn = self.ctx.daemon.take_connection(q.name)
+                return client.exec_over(conn, q.name, argv, stdio, user, "/home/user" if user != "root" else "/",
+                                        {"QLITE_QUBE": q.name, **(env or {})})
+            finally:
+                with _signals_blocked() if main else contextlib.nullcontext():
+                    if not preload.hand_back(self.ctx, name, daemon_owner):
+                        self.qubes.destroy(q)
+
+
+    def preload(self, dvm: str, generation: str) -> str:
+        """Create and start one ready member of DVM (in the daemon)."""
+        from qlite.core import preload  # noqa: PLC0415
+
+        q = self.create(dvm)
+        srv = None
+        try:
+            self.qubes.features.set(q.name, preload.GENERATION, generation)
+            srv = preload.listen_for_agent(self.qubes.rpc_dir(q) / preload.AGENT_SOCKET)
+            cid = self.prepare(q, list(PRELOAD_AGENT), "root", Stdio(stdin=None))
+            self.ctx.engine.start(cid)
+            preload.accept_agent(srv, q.name)
+            self.qubes.rpc_ready(q, start_daemon=False)
+            self.qubes.add_tags(q.name, [preload.READY])
+        except BaseException:
+            preload.drop_connection(q.name)
+            self.qubes.destroy(q)
+            raise
+        finally:
+            if srv is not None:
+                srv.close()
+                (self.qubes.rpc_dir(q) / preload.AGENT_SOCKET).unlink(missing_ok=True)
+        return q.name
 
 
 class Terminated(BaseException):

@@ -429,13 +429,28 @@ class Broker:
                     if not chunk:
                         break
                     buf += chunk
-                reply = self._admin_op(json.loads(buf))
+                msg = json.loads(buf)
+                if isinstance(msg, dict) and msg.get("op") == "take":
+                    self._take(conn, msg)
+                    return
+                reply = self._admin_op(msg)
             except (ValueError, OSError) as exc:
                 reply = {"ok": False, "error": f"bad request: {exc}"}
             except QliteError as exc:
                 reply = {"ok": False, "error": str(exc)}
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    def _take(self, conn: socket.socket, msg: dict) -> None:
+        """Pass a preloaded disposable's agent connection to the claimant."""
+        from qlite.core import preload  # noqa: PLC0415
+
+        agent = preload.take_connection(str(msg.get("qube", "")))
+        if agent is None:
+            conn.sendall(json.dumps({"ok": False, "error": f"no preloaded {msg.get('qube')!r} here"}).encode())
+            return
+        with agent:
+            socket.send_fds(conn, [json.dumps({"ok": True}).encode()], [agent.fileno()])
 
     def _admin_op(self, msg: dict) -> dict:
         op = msg.get("op")

@@ -64,7 +64,13 @@ def _write(stream: object, data: bytes) -> None:
 def exec_in(path: Path, qube: str, argv: list[str], stdio: Stdio, user: str, cwd: str,
             env: dict[str, str]) -> int:
     """Run ARGV in the VM qube whose supervisor listens on PATH; its exit code."""
-    conn = _connect(path, qube)
+    return exec_over(_connect(path, qube), qube, argv, stdio, user, cwd, env)
+
+
+def exec_over(conn: socket.socket, qube: str, argv: list[str], stdio: Stdio, user: str, cwd: str,
+              env: dict[str, str]) -> int:
+    """Run ARGV over CONN, a connection to an agent (through a VM's
+    supervisor, or to a preloaded disposable's agent); its exit code."""
     request = {"kind": "exec", "argv": argv, "user": user, "cwd": cwd, "env": env, "tty": stdio.tty}
     with conn, raw_terminal(_fileno(stdio.stdin) if stdio.tty else None):
         conn.sendall(ch.encode_json(ch.OPEN, 0, request))

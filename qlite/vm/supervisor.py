@@ -232,7 +232,7 @@ class Supervisor:
                     raise RuntimeError("the VM stopped before its agent started")
                 if time.monotonic() > deadline:
                     raise RuntimeError("the agent did not start in time")
-            srv = _listen(Path(self.cfg["client_socket"]))
+            srv = listen_private(Path(self.cfg["client_socket"]))
             threading.Thread(target=self.serve_clients, args=(srv,), daemon=True).start()
             ready.write("ok\n")
             ready.close()
@@ -278,13 +278,14 @@ class Supervisor:
             (self.run_dir / "supervisor.pid").unlink()
 
 
-def _listen(path: Path) -> socket.socket:
+def listen_private(path: Path, backlog: int = 64) -> socket.socket:
+    """A Unix socket at PATH that only root can connect to."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(path))
     os.chmod(path, 0o600)
-    s.listen(64)
+    s.listen(backlog)
     return s
 
 

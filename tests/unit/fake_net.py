@@ -53,6 +53,9 @@ class FakeDaemon:
     def running(self) -> bool:
         return False
 
+    def take_connection(self, qube: str):
+        raise AssertionError("a unit test tried to take a preloaded disposable's connection")
+
 
 @dataclass
 class FakeMounts:

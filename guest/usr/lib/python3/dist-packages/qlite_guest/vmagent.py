@@ -64,8 +64,8 @@ def setup_mounts() -> None:
 class Link:
     """The port: one writer lock, frames in and out."""
 
-    def __init__(self, path: str):
-        self.fd = os.open(path, os.O_RDWR)
+    def __init__(self, path: str = "", fd: int = -1):
+        self.fd = os.open(path, os.O_RDWR) if path else fd
         self.lock = threading.Lock()
 
     def send(self, kind: int, channel: int, payload: bytes = b"") -> None:
@@ -103,6 +103,13 @@ class Reaper:
                     self.codes[pid] = os.waitstatus_to_exitcode(status)
                     self.cond.notify_all()
 
+    def drain(self, timeout: float = 5.0) -> None:
+        """Before exiting: let the sessions collect their children."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.watched and time.monotonic() < deadline:
+                self.cond.wait(0.1)
+
     def wait(self, pid: int) -> int:
         with self.cond:
             while pid not in self.codes:
@@ -112,10 +119,13 @@ class Reaper:
         return 128 - code if code < 0 else code
 
 
+REAPER = Reaper()
+
+
 class Agent:
     def __init__(self, link: Link):
         self.link = link
-        self.reaper = Reaper()
+        self.reaper = REAPER
         self.inputs: dict[int, queue.Queue] = {}  # channel -> stdin chunks / rpc data
         self.pids: dict[int, int] = {}  # exec channel -> its process (group leader)
         self.next_channel = 1
@@ -128,10 +138,22 @@ class Agent:
         threading.Thread(target=self.rpc_listener, daemon=True).start()
         threading.Thread(target=watch_power_button, daemon=True).start()
         self.link.send_json(ch.HELLO, 0, {"version": ch.VERSION})
+        self.read_frames(persistent=True)
+
+    def read_frames(self, persistent: bool) -> None:
+        """Dispatch the host's frames. The VM's port reads empty while the
+        host is not connected (PERSISTENT); a socket's end is its end."""
         decoder = ch.Decoder()
         while True:
-            data = os.read(self.link.fd, ch.MAX_PAYLOAD + ch.HEADER.size)
+            try:
+                data = os.read(self.link.fd, ch.MAX_PAYLOAD + ch.HEADER.size)
+            except OSError:
+                data = b""
             if not data:
+                if not persistent:
+                    for channel in list(self.pids):
+                        self.dispatch(ch.CLOSE, channel, b"")
+                    return
                 time.sleep(0.05)  # the host end is not connected
                 continue
             try:
@@ -347,7 +369,33 @@ def poweroff() -> None:
     libc.reboot(RB_POWER_OFF)
 
 
+def serve_host(path: str, timeout: float = 60.0) -> None:
+    """In a container (a preloaded disposable): connect to the host's
+    socket for this qube and run the one command that will come on it.
+    (A socket a sandbox creates is not visible on the host; one the host
+    created can be connected to from inside.)"""
+    threading.Thread(target=REAPER.run, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            break
+        except OSError:
+            s.close()
+            if time.monotonic() > deadline:
+                sys.exit(f"qlite-agent: nothing listens on {path}")
+            time.sleep(0.02)
+    with s:
+        Agent(Link(fd=s.fileno())).read_frames(persistent=False)
+    REAPER.drain()
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--connect":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        serve_host(sys.argv[2])
+        return
     if os.getpid() != 1:
         sys.exit("qlite-agent runs as PID 1 in a VM qube")
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,210 @@
+"""Preloaded disposables: sandboxes created and started ahead of time.
+
+``qlite features DVM preload-dispvm-max N`` (or on ``dom0``, for the global
+``default_dispvm``, as in Qubes 4.3) asks the daemon to keep N disposables
+of DVM ready. A ready member runs the guest agent as its main process,
+listening on a socket in its RPC directory that only root (the host) can
+use. ``qlite run --disposable`` claims one in a single store transaction,
+runs its command through the agent, and hands it back *spent*: the daemon
+destroys it and starts a replacement. A member is never used twice.
+
+Members carry the tag ``preloaded`` while ready and ``spent`` after use,
+and the feature ``preload.generation``: a digest of what they were made
+from (the template's image, the disposable template's properties,
+features and firewall). When that changes, ready members are recycled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from qlite.core.context import Context
+from qlite.core.model import Qube
+from qlite.errors import QliteError
+from qlite.paths import Paths
+from qlite.state.owners import current_owner
+
+FEATURE = "preload-dispvm-max"
+READY, SPENT = "preloaded", "spent"
+GENERATION = "preload.generation"
+AGENT_SOCKET = "agent-host.sock"  # in the member's RPC directory; /run/qlite/ inside
+ACCEPT_TIMEOUT_S = 60.0
+
+# The daemon's open connections to ready members' agents, by member name.
+# Only the daemon's process fills it; a claim takes the connection over the
+# admin socket (SCM_RIGHTS), so nothing else can reach a member's agent.
+CONNECTIONS: dict[str, socket.socket] = {}
+CONNECTIONS_LOCK = threading.Lock()
+
+
+def listen_for_agent(path: Path) -> socket.socket:
+    from qlite.vm.supervisor import listen_private  # noqa: PLC0415
+
+    return listen_private(path, backlog=1)
+
+
+def accept_agent(srv: socket.socket, name: str) -> None:
+    """Wait for member NAME's agent to connect; keep the connection."""
+    srv.settimeout(ACCEPT_TIMEOUT_S)
+    try:
+        conn, _ = srv.accept()
+    except TimeoutError:
+        raise QliteError(f"the agent of preloaded {name} did not connect") from None
+    conn.settimeout(None)
+    with CONNECTIONS_LOCK:
+        CONNECTIONS[name] = conn
+
+
+def take_connection(name: str) -> socket.socket | None:
+    with CONNECTIONS_LOCK:
+        return CONNECTIONS.pop(name, None)
+
+
+def drop_connection(name: str) -> None:
+    conn = take_connection(name)
+    if conn is not None:
+        conn.close()
+MAX_PRELOAD = 16
+LOOP_S = 1.0
+
+
+def parse_max(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        return 0
+    return max(0, min(n, MAX_PRELOAD))
+
+
+def wanted(ctx: Context) -> dict[str, int]:
+    """Disposable template -> how many ready members it should have."""
+    from qlite.core.prefs import Features, GlobalPrefs  # noqa: PLC0415
+
+    features = Features(ctx.store)
+    out: dict[str, int] = {}
+    default = GlobalPrefs(ctx.store).get("default_dispvm")
+    dom0 = features.all("dom0").get(FEATURE)
+    if default and dom0 is not None:
+        out[default] = parse_max(dom0)
+    for row in ctx.store.query("SELECT qube, value FROM features WHERE key=? AND qube != 'dom0'", (FEATURE,)):
+        out[row["qube"]] = parse_max(row["value"])
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def generation(ctx: Context, dvm: Qube) -> str:
+    """What a member of DVM is made from; a change recycles the pool."""
+    from qlite.core.qubes import QubeManager  # noqa: PLC0415
+
+    qm = QubeManager(ctx)
+    fw = ctx.store.query_one("SELECT rules FROM firewall WHERE qube=?", (dvm.name,))
+    data = {
+        "image": qm.image_for(Qube(name="x", klass="AppVM", label="red", template=dvm.template)),
+        "prefs": {k: v for k, v in dvm.__dict__.items() if k not in ("created_at", "tags", "owner")},
+        "features": {k: v for k, v in qm.features.all(dvm.name).items() if k != FEATURE},
+        "firewall": fw["rules"] if fw else None,
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=sorted).encode()).hexdigest()[:16]
+
+
+def members(ctx: Context, dvm: str, tag: str) -> list[str]:
+    rows = ctx.store.query(
+        "SELECT q.name FROM qubes q JOIN tags t ON t.qube = q.name "
+        "WHERE q.class='DispVM' AND q.default_dispvm=? AND t.tag=? ORDER BY q.created_at", (dvm, tag))
+    return [r["name"] for r in rows]
+
+
+def claim(ctx: Context, dvm: str) -> tuple[str, str] | None:
+    """Take one ready member of DVM for this process, atomically: its name
+    and the daemon's owner tag it had (to hand it back to)."""
+    owner = current_owner()
+    with ctx.store.transaction() as conn:
+        row = conn.execute(
+            "SELECT q.name, q.owner FROM qubes q JOIN tags t ON t.qube = q.name WHERE q.class='DispVM' "
+            "AND q.default_dispvm=? AND t.tag=? ORDER BY q.created_at LIMIT 1", (dvm, READY)).fetchone()
+        if row is None:
+            return None
+        conn.execute("DELETE FROM tags WHERE qube=? AND tag=?", (row["name"], READY))
+        conn.execute("UPDATE qubes SET owner=? WHERE name=?", (owner, row["name"]))
+    return row["name"], row["owner"]
+
+
+def hand_back(ctx: Context, name: str, daemon_owner: str | None) -> bool:
+    """After use: give the member to the daemon to destroy. False if no
+    daemon owner is known (then the caller destroys it)."""
+    if not daemon_owner:
+        return False
+    with ctx.store.transaction() as conn:
+        conn.execute("INSERT OR IGNORE INTO tags(qube, tag) VALUES(?, ?)", (name, SPENT))
+        conn.execute("UPDATE qubes SET owner=? WHERE name=?", (daemon_owner, name))
+    return True
+
+
+class PoolKeeper:
+    """The daemon's loop: destroy spent members, recycle stale ones, and
+    start members until every disposable template has what it wants."""
+
+    def __init__(self, paths: Paths, log: Callable[[str], None]):
+        self.paths = paths
+        self.log = log
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, daemon=True, name="preload").start()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.once()
+            except Exception as exc:  # noqa: BLE001 - the pool must go on
+                self.log(f"preload: {type(exc).__name__}: {exc}")
+            self.wake.wait(LOOP_S)
+            self.wake.clear()
+
+    def once(self) -> None:
+        from qlite.core.disposables import DisposableManager  # noqa: PLC0415
+        from qlite.core.qubes import QubeManager  # noqa: PLC0415
+
+        ctx = Context(self.paths)
+        ctx.on_warning = lambda m: self.log(f"preload: {m}")
+        qm = QubeManager(ctx)
+        for row in ctx.store.query("SELECT qube FROM tags WHERE tag=?", (SPENT,)):
+            drop_connection(row["qube"])
+            with contextlib.suppress(QliteError):
+                qm.destroy(qm.get(row["qube"]))
+        want = wanted(ctx)
+        dvms = {r["default_dispvm"] for r in ctx.store.query(
+            "SELECT DISTINCT q.default_dispvm FROM qubes q JOIN tags t ON t.qube=q.name WHERE t.tag=?", (READY,))}
+        for dvm in sorted(set(want) | dvms):
+            self._keep(ctx, qm, DisposableManager(ctx), dvm, want.get(dvm, 0))
+
+    def _keep(self, ctx: Context, qm, dm, dvm: str, n: int) -> None:
+        if not qm.exists(dvm) or not qm.get(dvm).template_for_dispvms or qm.get(dvm).mode == "vm":
+            n = 0  # VM disposables are not preloaded in this version
+        gen = generation(ctx, qm.get(dvm)) if n else ""
+        ready = members(ctx, dvm, READY)
+        for name in ready:
+            stale = qm.features.all(name).get(GENERATION) != gen
+            if stale or len(ready) > n:
+                if self._unclaim(ctx, name):
+                    ready.remove(name)
+                    drop_connection(name)
+                    qm.destroy(qm.get(name))
+                    self.log(f"preload: removed {name} ({'recycled' if stale else 'over the limit'})")
+        for _ in range(n - len(members(ctx, dvm, READY))):
+            started = time.monotonic()
+            name = dm.preload(dvm, gen)
+            self.log(f"preload: {name} ready for {dvm} in {time.monotonic() - started:.2f}s")
+
+    @staticmethod
+    def _unclaim(ctx: Context, name: str) -> bool:
+        """Take NAME out of the ready set unless a claim got it first."""
+        with ctx.store.transaction() as conn:
+            return conn.execute("DELETE FROM tags WHERE qube=? AND tag=?", (name, READY)).rowcount == 1
