@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
@@ -105,6 +106,22 @@ class Stdio:
     tty: bool = False
 
 
+
+
+def export_through_container(engine: Engine, image: str, tar_path: str, labels: dict[str, str],
+                             chunks: Callable[[str], Iterable[bytes]]) -> None:
+    """Write IMAGE's filesystem to TAR_PATH through a container that is
+    created, never started, and removed; CHUNKS(cid) streams its export."""
+    name = f"qlite-{labels.get('qlite.home', 'x')}-export-{os.getpid()}"
+    spec = ContainerSpec(name=name, image=image, command=("true",), labels=dict(labels), init=False)
+    engine.remove_container(name, force=True)
+    cid = engine.create_container(spec)
+    try:
+        with open(tar_path, "wb") as f:
+            for chunk in chunks(cid):
+                f.write(chunk)
+    finally:
+        engine.remove_container(cid, force=True)
 
 
 def label_selectors(labels: dict[str, str]) -> list[str]:

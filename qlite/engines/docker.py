@@ -57,6 +57,7 @@ from qlite.engines.base import (
     Progress,
     Stdio,
     VolumeInfo,
+    export_through_container,
     has_labels,
     label_selectors,
 )
@@ -484,21 +485,8 @@ class DockerEngine:
         return image_id.removeprefix("sha256:")
 
     def export_image(self, image: str, tar_path: str, labels: dict[str, str]) -> None:
-        """Write IMAGE's filesystem to TAR_PATH as a tar (through a
-        container that is created, never started, and removed)."""
-        name = f"qlite-{labels.get('qlite.home', 'x')}-export-{os.getpid()}"
-        spec = ContainerSpec(name=name, image=image, command=("true",), labels=dict(labels), init=False)
-        self.remove_container(name, force=True)
-        cid = self.create_container(spec)
-        try:
-            def go() -> None:
-                with open(tar_path, "wb") as f:
-                    for chunk in self.api.export(cid):
-                        f.write(chunk)
-
-            self._must(f"export {image}", go)
-        finally:
-            self.remove_container(cid, force=True)
+        self._must(f"export {image}",
+                   lambda: export_through_container(self, image, tar_path, labels, self.api.export))
 
     def update_image(
         self,

@@ -29,6 +29,7 @@ from qlite.engines.base import (
     Progress,
     Stdio,
     VolumeInfo,
+    export_through_container,
     has_labels,
     label_selectors,
 )
@@ -599,23 +600,12 @@ class PodmanEngine:
             self.remove_container(name, force=True)
 
     def export_image(self, image: str, tar_path: str, labels: dict[str, str]) -> None:
-        """Write IMAGE's filesystem to TAR_PATH as a tar (through a
-        container that is created, never started, and removed)."""
-        name = f"qlite-{labels.get('qlite.home', 'x')}-export-{os.getpid()}"
-        spec = ContainerSpec(name=name, image=image, command=("true",), labels=dict(labels), init=False)
-        self.remove_container(name, force=True)
-        cid = self.create_container(spec)
-        try:
-            def go() -> None:
-                resp = self.api.get(f"/containers/{cid}/export", stream=True, timeout=900)
-                resp.raise_for_status()
-                with open(tar_path, "wb") as f:
-                    for chunk in resp.iter_content(1 << 20):
-                        f.write(chunk)
+        def chunks(cid: str) -> Iterator[bytes]:
+            resp = self.api.get(f"/containers/{cid}/export", stream=True, timeout=900)
+            resp.raise_for_status()
+            yield from resp.iter_content(1 << 20)
 
-            self._call(f"export {image}", go)
-        finally:
-            self.remove_container(cid, force=True)
+        self._call(f"export {image}", lambda: export_through_container(self, image, tar_path, labels, chunks))
 
     def commit(self, cid: str, ref: str, changes: list[str]) -> str:
         repo, tag = ref.rsplit(":", 1)
