@@ -36,6 +36,7 @@ READY, SPENT = "preloaded", "spent"
 GENERATION = "preload.generation"
 AGENT_SOCKET = "agent-host.sock"  # in the member's RPC directory; /run/qlite/ inside
 ACCEPT_TIMEOUT_S = 60.0
+GREETING_TIMEOUT_S = 5.0
 
 # The daemon's open connections to ready members' agents, by member name.
 # Only the daemon's process fills it; a claim takes the connection over the
@@ -47,19 +48,35 @@ CONNECTIONS_LOCK = threading.Lock()
 def listen_for_agent(path: Path) -> socket.socket:
     from qlite.vm.supervisor import listen_private  # noqa: PLC0415
 
-    return listen_private(path, backlog=1)
+    return listen_private(path, backlog=4)
 
 
 def accept_agent(srv: socket.socket, name: str) -> None:
-    """Wait for member NAME's agent to connect; keep the connection."""
-    srv.settimeout(ACCEPT_TIMEOUT_S)
-    try:
-        conn, _ = srv.accept()
-    except TimeoutError:
-        raise QliteError(f"the agent of preloaded {name} did not connect") from None
-    conn.settimeout(None)
-    with CONNECTIONS_LOCK:
-        CONNECTIONS[name] = conn
+    """Wait for member NAME's agent to connect and greet; keep the
+    connection. A connection that does not greet is dropped: gVisor can
+    leave a host-side connection behind when a connect inside the sandbox
+    is retried, and a command sent there would wait forever."""
+    from qlite.vm import channel as ch  # noqa: PLC0415
+
+    deadline = time.monotonic() + ACCEPT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        srv.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            conn, _ = srv.accept()
+        except TimeoutError:
+            break
+        conn.settimeout(GREETING_TIMEOUT_S)
+        try:
+            frames = ch.Decoder().feed(conn.recv(ch.HEADER.size + 256))
+        except (OSError, ch.ChannelError):
+            frames = []
+        if frames and frames[0][0] == ch.HELLO:
+            conn.settimeout(None)
+            with CONNECTIONS_LOCK:
+                CONNECTIONS[name] = conn
+            return
+        conn.close()
+    raise QliteError(f"the agent of preloaded {name} did not connect")
 
 
 def take_connection(name: str) -> socket.socket | None:

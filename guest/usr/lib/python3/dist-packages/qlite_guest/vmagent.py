@@ -87,9 +87,13 @@ class Reaper:
         self.codes: dict[int, int] = {}
         self.watched: set[int] = set()
 
-    def watch(self, pid: int) -> None:
+    @contextlib.contextmanager
+    def spawning(self):
+        """Hold the reaper's lock from fork to watch: a command that exits
+        at once is reaped by run() only after its pid is watched, so its
+        status is never thrown away (and wait() never waits forever)."""
         with self.cond:
-            self.watched.add(pid)
+            yield self.watched.add
 
     def run(self) -> None:
         while True:
@@ -214,16 +218,17 @@ class Agent:
         if req["tty"]:
             return self._exec_tty(channel, req, pw, env, cwd)
         try:
-            proc = subprocess.Popen(
-                req["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                cwd=cwd, env=env, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], start_new_session=True,
-            )
+            with self.reaper.spawning() as watch:
+                proc = subprocess.Popen(
+                    req["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    cwd=cwd, env=env, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], start_new_session=True,
+                )
+                watch(proc.pid)
         except FileNotFoundError:
             self.link.send(ch.STDERR, channel, f"{req['argv'][0]}: command not found\n".encode())
             self.link.send(ch.STDOUT, channel)
             self.link.send(ch.STDERR, channel)
             return 127
-        self.reaper.watch(proc.pid)
         self.pids[channel] = proc.pid
         readers = [threading.Thread(target=self.pump_out, args=(channel, f.fileno(), kind), daemon=True)
                    for f, kind in ((proc.stdout, ch.STDOUT), (proc.stderr, ch.STDERR))]
@@ -243,13 +248,14 @@ class Agent:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
         try:
-            proc = subprocess.Popen(
-                req["argv"], stdin=secondary, stdout=secondary, stderr=secondary, cwd=cwd, env=env,
-                user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], start_new_session=True, preexec_fn=ctty,
-            )
+            with self.reaper.spawning() as watch:
+                proc = subprocess.Popen(
+                    req["argv"], stdin=secondary, stdout=secondary, stderr=secondary, cwd=cwd, env=env,
+                    user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], start_new_session=True, preexec_fn=ctty,
+                )
+                watch(proc.pid)
         finally:
             os.close(secondary)
-        self.reaper.watch(proc.pid)
         self.pids[channel] = proc.pid
         reader = threading.Thread(target=self.pump_out, args=(channel, primary, ch.STDOUT, False), daemon=True)
         reader.start()
@@ -387,7 +393,9 @@ def serve_host(path: str, timeout: float = 60.0) -> None:
                 sys.exit(f"qlite-agent: nothing listens on {path}")
             time.sleep(0.02)
     with s:
-        Agent(Link(fd=s.fileno())).read_frames(persistent=False)
+        agent = Agent(Link(fd=s.fileno()))
+        agent.link.send_json(ch.HELLO, 0, {"version": ch.VERSION})  # the host keeps only greeted connections
+        agent.read_frames(persistent=False)
     REAPER.drain()
 
 
