@@ -127,7 +127,7 @@ class DeviceManager:
             self.qubes.vm.attach_block(q, node, dev.path, read_only)
             self._record(dev, qube, read_only, "block", node)
         else:
-            target = self.qubes_devices_dir(q.name) / dev.name
+            target = self.ctx.paths.devices_dir(q.name) / dev.name
             self._record(dev, qube, read_only, "mount", str(target))
             try:
                 target.mkdir(parents=True, exist_ok=True)
@@ -218,13 +218,10 @@ class DeviceManager:
 
     # -- qubes' devices directories -------------------------------------------------
 
-    def qubes_devices_dir(self, qube: str) -> Path:
-        return self.ctx.paths.devices_dir(qube)
-
     def prepare_dir(self, qube: str) -> Path:
         """Make QUBE's devices directory a shared mount, so that what is
         mounted below it later reaches the qube (bound with rslave)."""
-        d = self.qubes_devices_dir(qube)
+        d = self.ctx.paths.devices_dir(qube)
         d.mkdir(parents=True, exist_ok=True)
         self.mounts.make_shared(d)
         return d
@@ -234,7 +231,7 @@ class DeviceManager:
         for row in self.store.query("SELECT * FROM device_attachments WHERE qube=?", (qube,)):
             with contextlib.suppress(QliteError):
                 self._release(row)
-        d = self.qubes_devices_dir(qube)
+        d = self.ctx.paths.devices_dir(qube)
         if d.exists():
             for _ in range(8):  # bounded: each pass removes one layer
                 if not self.mounts.is_mountpoint(d):

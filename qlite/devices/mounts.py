@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from pathlib import Path
 
 from qlite.devices.identity import host_mounts
-from qlite.errors import EngineError
+from qlite.runtime.command import run_tool
 
 TIMEOUT_S = 60
-
-
-def _run(cmd: list[str], what: str) -> None:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EngineError(f"{what}: {exc}") from exc
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise EngineError(f"{what}: {lines[-1] if lines else f'exit {proc.returncode}'}")
 
 
 def mountinfo() -> str:
@@ -33,19 +22,19 @@ def is_mountpoint(path: Path) -> bool:
 
 
 def mount(device: str, target: Path, options: str) -> None:
-    _run(["mount", "-o", options, device, str(target)], f"mounting {device}")
+    run_tool(["mount", "-o", options, device, str(target)], f"mounting {device}", TIMEOUT_S)
 
 
 def make_shared(directory: Path) -> None:
     """Make DIRECTORY a mount of its own with shared propagation, so that
     what is mounted below it reaches the containers that bind it (rslave)."""
     if not is_mountpoint(directory):
-        _run(["mount", "--bind", str(directory), str(directory)], "preparing the devices directory")
-    _run(["mount", "--make-rshared", str(directory)], "preparing the devices directory")
+        run_tool(["mount", "--bind", str(directory), str(directory)], "preparing the devices directory", TIMEOUT_S)
+    run_tool(["mount", "--make-rshared", str(directory)], "preparing the devices directory", TIMEOUT_S)
 
 
 def umount(target: Path, lazy: bool = False) -> None:
-    _run(["umount", *(["-l"] if lazy else []), str(target)], f"unmounting {target}")
+    run_tool(["umount", *(["-l"] if lazy else []), str(target)], f"unmounting {target}", TIMEOUT_S)
 
 
 def busy(device: str) -> bool:
@@ -60,4 +49,4 @@ def busy(device: str) -> bool:
 
 
 def sync() -> None:
-    _run(["sync"], "syncing")
+    run_tool(["sync"], "syncing", TIMEOUT_S)

@@ -90,8 +90,3 @@ class Qmp:
             mon.cmd("blockdev-del", **{"node-name": node})
 
         self._call("block detach", go)
-
-    def block_devices(self) -> list[str]:
-        """Node names of the block devices QEMU has."""
-        nodes = self._cmd("query-named-block-nodes")
-        return sorted({n.get("node-name", "") for n in nodes if n.get("node-name")})

@@ -28,20 +28,6 @@ def _connect(path: Path, qube: str) -> socket.socket:
     return s
 
 
-def ping(path: Path, qube: str) -> bool:
-    try:
-        s = _connect(path, qube)
-    except StateError:
-        return False
-    with s:
-        s.settimeout(CONNECT_TIMEOUT_S)
-        try:
-            s.sendall(ch.encode(ch.PING, 0, b"p"))
-            return s.recv(64).startswith(ch.encode(ch.PONG, 0, b"p"))
-        except OSError:
-            return False
-
-
 def _fileno(stream: object) -> int | None:
     try:
         return stream.fileno()  # type: ignore[attr-defined]

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-from qlite.errors import EngineError, EngineUnavailable
 from qlite.paths import Paths
 from qlite.progress import Progress, file_lock
+from qlite.runtime.command import run_tool
 
 PRIVATE_IMAGE = "private.img"
 PRIVATE_SIZE_MIB = 2048
@@ -28,25 +27,12 @@ ROOT_SLACK_MIB = 256
 TIMEOUT_S = 900
 
 
-def _run(cmd: list[str], what: str) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
-    except FileNotFoundError:
-        raise EngineUnavailable(f"{what}: {cmd[0]} is not installed (run setup.sh)") from None
-    except subprocess.TimeoutExpired:
-        raise EngineError(f"{what}: {cmd[0]} took over {TIMEOUT_S}s") from None
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise EngineError(f"{what}: {lines[-1] if lines else f'exit {proc.returncode}'}")
-    return proc.stdout
-
-
 def root_disk_path(paths: Paths, image_id: str) -> Path:
     return paths.vm_disk_dir / f"{image_id[:20]}.img"
 
 
 def tree_size_mib(root: Path) -> int:
-    out = _run(["du", "-sxm", str(root)], "measuring the root filesystem")
+    out = run_tool(["du", "-sxm", str(root)], "measuring the root filesystem", TIMEOUT_S)
     return int(out.split()[0])
 
 
@@ -65,7 +51,8 @@ def ensure_root_disk(paths: Paths, image_id: str, export: callable, progress: Pr
             progress(f"exporting template image {image_id[:12]} for VM qubes")
             export(str(tar))
             tree.mkdir()
-            _run(["tar", "-x", "--numeric-owner", "-p", "-f", str(tar), "-C", str(tree)], "unpacking the image")
+            run_tool(["tar", "-x", "--numeric-owner", "-p", "-f", str(tar), "-C", str(tree)], "unpacking the image",
+                     TIMEOUT_S)
             tar.unlink()
             for d in ("proc", "sys", "dev", "run", "tmp", "var/tmp", "rw", "home/user"):
                 (tree / d).mkdir(parents=True, exist_ok=True)
@@ -73,8 +60,8 @@ def ensure_root_disk(paths: Paths, image_id: str, export: callable, progress: Pr
             progress(f"writing the VM root disk ({size} MiB)")
             part = dst.with_suffix(".part")
             part.unlink(missing_ok=True)
-            _run(["mkfs.ext4", "-q", "-F", "-L", "qlite-root", "-d", str(tree), str(part), f"{size}M"],
-                 "making the VM root disk")
+            run_tool(["mkfs.ext4", "-q", "-F", "-L", "qlite-root", "-d", str(tree), str(part), f"{size}M"],
+                     "making the VM root disk", TIMEOUT_S)
             os.chmod(part, 0o444)
             os.replace(part, dst)
     return dst
@@ -105,8 +92,8 @@ def ensure_private(volume_mountpoint: str, size_mib: int = PRIVATE_SIZE_MIB) -> 
     vol = Path(volume_mountpoint)
     part = vol.parent / f".{vol.name}-{PRIVATE_IMAGE}.part"
     part.unlink(missing_ok=True)
-    _run(["mkfs.ext4", "-q", "-F", "-L", "qlite-private", "-E", "root_owner=0:0", "-d", str(vol), str(part),
-          f"{size_mib}M"], "making the private disk")
+    run_tool(["mkfs.ext4", "-q", "-F", "-L", "qlite-private", "-E", "root_owner=0:0", "-d", str(vol), str(part),
+          f"{size_mib}M"], "making the private disk", TIMEOUT_S)
     os.replace(part, img)
     for child in vol.iterdir():
         if child.name == PRIVATE_IMAGE:
@@ -120,6 +107,6 @@ def ensure_private(volume_mountpoint: str, size_mib: int = PRIVATE_SIZE_MIB) -> 
 
 def create_overlay(root_disk: Path, overlay: Path) -> Path:
     overlay.unlink(missing_ok=True)
-    _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(root_disk), str(overlay)],
-         "making the per-boot overlay")
+    run_tool(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(root_disk), str(overlay)],
+         "making the per-boot overlay", TIMEOUT_S)
     return overlay

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from qlite.errors import EngineError, EngineUnavailable
 from qlite.paths import Paths
 from qlite.progress import Progress, file_lock
+from qlite.runtime.command import run_tool
 from qlite.vm import initramfs
 
 META_PACKAGE = "linux-image-cloud-amd64"
@@ -34,7 +34,8 @@ class Kernel:
 
 def kernel_package(meta: str = META_PACKAGE) -> str:
     """The versioned package META depends on, from the host's apt lists."""
-    out = _run(["apt-cache", "depends", "--no-recommends", "--no-suggests", meta], "finding the VM kernel")
+    out = run_tool(["apt-cache", "depends", "--no-recommends", "--no-suggests", meta], "finding the VM kernel",
+                   TIMEOUT_S)
     return parse_depends(out, meta)
 
 
@@ -48,19 +49,6 @@ def parse_depends(text: str, meta: str) -> str:
     raise EngineError(f"apt knows no kernel that {meta} depends on: run 'apt-get update'")
 
 
-def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=cwd)
-    except FileNotFoundError:
-        raise EngineUnavailable(f"{what}: {cmd[0]} is not installed (run setup.sh)") from None
-    except subprocess.TimeoutExpired:
-        raise EngineError(f"{what}: {cmd[0]} took over {TIMEOUT_S}s") from None
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("W:")]
-        raise EngineError(f"{what}: {lines[-1] if lines else f'exit {proc.returncode}'}")
-    return proc.stdout
-
-
 def fetch_package(progress: Progress) -> Path:
     """The kernel .deb in the shared cache, downloaded if missing."""
     PACKAGE_CACHE.mkdir(parents=True, exist_ok=True)
@@ -72,7 +60,7 @@ def fetch_package(progress: Progress) -> Path:
         progress(f"downloading {package} (not installed on the host)")
         with tempfile.TemporaryDirectory(dir=PACKAGE_CACHE) as tmp:
             os.chmod(tmp, 0o755)  # apt's sandbox user writes here
-            _run(["apt-get", "download", "-q", package], "downloading the VM kernel", cwd=Path(tmp))
+            run_tool(["apt-get", "download", "-q", package], "downloading the VM kernel", TIMEOUT_S, cwd=Path(tmp))
             debs = sorted(Path(tmp).glob("linux-image-*.deb"))
             if not debs:
                 raise EngineError(f"apt-get download {package} produced no package")
@@ -110,7 +98,7 @@ def ensure(paths: Paths, progress: Progress = lambda _m: None) -> Kernel:
         tmp = root.with_name(root.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _run(["dpkg-deb", "-x", str(deb), str(tmp)], "unpacking the VM kernel")
+        run_tool(["dpkg-deb", "-x", str(deb), str(tmp)], "unpacking the VM kernel", TIMEOUT_S)
         versions = sorted(p.name for p in (tmp / "lib" / "modules").glob("*"))
         if not versions:
             raise EngineError(f"{deb.name} holds no kernel modules")
