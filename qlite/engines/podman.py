@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from qlite.engines.base import (
@@ -131,7 +132,13 @@ class PodmanService:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["CONTAINERS_CONF"] = str(self.paths.containers_conf)
+        env["TMPDIR"] = str(self.tmp_dir)
         return env
+
+    @property
+    def tmp_dir(self) -> Path:
+        """The service's temporary files (see image_copy_tmp_dir)."""
+        return self.paths.run_dir / "tmp"
 
     def runtime_probe(self) -> RuntimeProbe:
         if self._probe is None:
@@ -167,6 +174,7 @@ class PodmanService:
         if not shutil.which("podman"):
             raise EngineUnavailable("podman is not installed: run setup.sh (or apt install podman)")
         result = self.runtime_probe()
+        self.tmp_dir.mkdir(exist_ok=True)
         with file_lock(self.paths.service_lock):
             changed = write_runtime_config(self.paths, result)
             if self.alive():
