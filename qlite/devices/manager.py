@@ -351,6 +351,18 @@ class DeviceManager:
                 self._log("start-failed", dev, q.name, error=str(exc))
         return started
 
+    def resync(self) -> list[str]:
+        """After lost events: undo attachments whose device is gone, and
+        start paired qubes whose drive is present. What was done."""
+        done = []
+        for row in self.store.query("SELECT device FROM device_attachments"):
+            if read_device(row["device"]) is None or not (SYS_BLOCK / row["device"]).exists():
+                done += [f"{q} stopped ({row['device']} is gone)" for q in self.on_removed(row["device"])]
+        present = {d.name for d in self.devices()}
+        for name in sorted(present):
+            done += [f"{q} started ({name} is present)" for q in self.on_added(name)]
+        return done
+
     def eject(self, text: str) -> str | None:
         """Safely remove: sync in the qube, stop a paired qube, unmount.
         Returns the qube it was attached to."""

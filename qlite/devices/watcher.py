@@ -8,6 +8,7 @@ a paired device that appears starts its qube, fresh.
 
 from __future__ import annotations
 
+import queue
 import threading
 import traceback
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from qlite.core.context import Context
 from qlite.paths import Paths
 
 UDEV_CONTROL = Path("/run/udev/control")
+RECEIVE_BUFFER = 8 << 20
 
 
 def source() -> str:
@@ -24,29 +26,47 @@ def source() -> str:
 
 
 class DeviceWatcher:
+    """One thread drains the kernel's events as fast as they come (a
+    qube's start must not make the socket overflow); another acts on
+    them. If events are lost anyway (ENOBUFS under a burst of uevents),
+    the watcher goes on and resynchronises from what is present now."""
+
     def __init__(self, paths: Paths, log: Callable[[str], None]):
         self.paths = paths
         self.log = log
-        self.thread: threading.Thread | None = None
         self.monitor = None
+        self.events: queue.Queue[tuple[str, str]] = queue.Queue()
 
     def start(self) -> None:
         import pyudev  # noqa: PLC0415
 
         self.monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=source())
         self.monitor.filter_by("block")
+        self.monitor.set_receive_buffer_size(RECEIVE_BUFFER)
         self.monitor.start()
-        self.thread = threading.Thread(target=self._loop, daemon=True, name="device-watcher")
-        self.thread.start()
+        threading.Thread(target=self._read, daemon=True, name="device-events").start()
+        threading.Thread(target=self._act, daemon=True, name="device-watcher").start()
         self.log(f"watching block devices (source: {source()})")
 
-    def _loop(self) -> None:
+    def _read(self) -> None:
         assert self.monitor is not None
-        for device in iter(self.monitor.poll, None):
+        while True:
             try:
-                self.handle(device.action or "", device.sys_name)
+                device = self.monitor.poll()
+            except OSError as exc:  # ENOBUFS: some events were lost
+                self.log(f"device events were lost ({exc}); resynchronising")
+                self.events.put(("resync", ""))
+                continue
+            if device is not None:
+                self.events.put((device.action or "", device.sys_name))
+
+    def _act(self) -> None:
+        while True:
+            action, name = self.events.get()
+            try:
+                self.handle(action, name)
             except Exception:  # noqa: BLE001 - one event must not end the watcher
-                self.log(f"device event {device.action} {device.sys_name} failed:\n{traceback.format_exc()}")
+                self.log(f"device event {action} {name} failed:\n{traceback.format_exc()}")
 
     def handle(self, action: str, name: str) -> None:
         from qlite.devices.manager import DeviceManager  # noqa: PLC0415
@@ -54,7 +74,10 @@ class DeviceWatcher:
         ctx = Context(self.paths)
         ctx.on_warning = lambda m: self.log(f"devices: {m}")
         devices = DeviceManager(ctx)
-        if action == "remove":
+        if action == "resync":
+            for name_ in devices.resync():
+                self.log(f"resynchronised: {name_}")
+        elif action == "remove":
             stopped = devices.on_removed(name)
             if stopped:
                 self.log(f"{name} was removed without eject: stopped {', '.join(stopped)}; "
