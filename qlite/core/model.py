@@ -54,6 +54,8 @@ class Qube:
     include_in_backups: bool = True
     mode: str = "container"
     owner: str | None = None
+    # The process creating, cloning or removing the qube, until it is done.
+    pending: str | None = None
     created_at: float = 0.0
     tags: set[str] = field(default_factory=set)
 

@@ -196,6 +196,13 @@ class PoolKeeper:
             drop_connection(row["qube"])
             with contextlib.suppress(QliteError):
                 qm.destroy(qm.get(row["qube"]))
+        # A member claimed by a command that was killed before it took the
+        # connection is reaped by the next command; its connection goes too.
+        with CONNECTIONS_LOCK:
+            held = list(CONNECTIONS)
+        for name in held:
+            if not qm.exists(name):
+                drop_connection(name)
         want = wanted(ctx)
         dvms = {r["default_dispvm"] for r in ctx.store.query(
             "SELECT DISTINCT q.default_dispvm FROM qubes q JOIN tags t ON t.qube=q.name WHERE t.tag=?", (READY,))}

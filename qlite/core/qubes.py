@@ -41,6 +41,7 @@ from qlite.core.spec import (
 from qlite.core.volumes import copy_private, init_private
 from qlite.engines.base import ContainerInfo, Stdio
 from qlite.errors import AlreadyExists, InvalidValue, NotFound, QliteError, StateError
+from qlite.state.owners import current_owner
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
 ENGINE_STATES = {
@@ -119,7 +120,7 @@ class QubeManager:
             autostart=bool(row["autostart"]), default_dispvm_raw=row["default_dispvm"],
             template_for_dispvms=bool(row["template_for_dispvms"]),
             default_user=row["default_user"], include_in_backups=bool(row["include_in_backups"]),
-            mode=row["mode"], owner=row["owner"], created_at=row["created_at"], tags=tags,
+            mode=row["mode"], owner=row["owner"], pending=row["pending"], created_at=row["created_at"], tags=tags,
         )
 
     def get(self, name: str) -> Qube:
@@ -143,12 +144,12 @@ class QubeManager:
         conn.execute(
             "INSERT INTO qubes(name, class, label, template, netvm, provides_network, memory, "
             "maxmem, vcpus, autostart, default_dispvm, template_for_dispvms, default_user, "
-            "include_in_backups, mode, owner, created_at) "
-            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "include_in_backups, mode, owner, pending, created_at) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (q.name, q.klass, q.label, q.template, q.netvm_raw, int(q.provides_network),
              q.memory, q.maxmem, q.vcpus, int(q.autostart), q.default_dispvm_raw,
              int(q.template_for_dispvms), q.default_user, int(q.include_in_backups), q.mode,
-             q.owner, q.created_at),
+             q.owner, q.pending, q.created_at),
         )
         for tag in sorted(q.tags):
             conn.execute("INSERT INTO tags(qube, tag) VALUES(?, ?)", (q.name, tag))
@@ -306,14 +307,26 @@ class QubeManager:
             q.netvm_raw = self.check_netvm("" if netvm == "none" else netvm, name)
         for prop, text in (props or {}).items():
             self._apply_prop(q, prop, text)
+        q.pending = current_owner()
         with self.store.transaction() as conn:
             self._insert(q, conn)
-        try:
-            self._create_private(q)
-        except BaseException:
-            self._delete_row(name)
-            raise
+        self._finish_creating(q)
         return q
+
+    def _finish_creating(self, q: Qube, copy_from: Qube | None = None) -> None:
+        """Make Q's private volume, then clear the row's pending mark. If
+        this process is killed before that, reconcile rolls the qube back."""
+        try:
+            self._create_private(q, copy_from)
+        except BaseException:
+            self._delete_row(q.name)
+            raise
+        self._set_pending(q.name, None)
+        q.pending = None
+
+    def _set_pending(self, name: str, owner: str | None) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE qubes SET pending=? WHERE name=?", (owner, name))
 
     def _create_private(self, q: Qube, copy_from: Qube | None = None) -> None:
         engine = self.ctx.engine
@@ -338,15 +351,12 @@ class QubeManager:
             raise AlreadyExists(f"a qube named {dst!r} already exists")
         if source.is_disposable:
             raise InvalidValue("disposables cannot be cloned")
-        q = Qube(**{**source.__dict__, "name": dst, "created_at": time.time(), "tags": set(source.tags)})
+        q = Qube(**{**source.__dict__, "name": dst, "created_at": time.time(), "tags": set(source.tags),
+                    "pending": current_owner()})
         with self.store.transaction() as conn:
             self._insert(q, conn)
             self.copy_settings(src, dst, conn)
-        try:
-            self._create_private(q, copy_from=source)
-        except BaseException:
-            self._delete_row(dst)
-            raise
+        self._finish_creating(q, copy_from=source)
         return q
 
     def remove(self, name: str) -> None:
@@ -357,6 +367,9 @@ class QubeManager:
         users = self._dependants(name)
         if users:
             raise StateError(f"qube {name!r} is still used by: {', '.join(users)}")
+        # From here the removal is committed: if this process is killed
+        # part-way, reconcile completes it.
+        self._set_pending(name, current_owner())
         self.destroy(q)
 
     def _dependants(self, name: str) -> list[str]:
@@ -400,6 +413,8 @@ class QubeManager:
         q = self.get(name)
         if q.is_disposable:
             raise StateError(f"{name!r} is a disposable; it runs only for its one command")
+        if q.pending:
+            raise StateError(f"qube {name!r} is being created or removed by another qlite command")
         info = self.ctx.engine.inspect_container(container_name(self.ctx.home_hash, name))
         state = self.state_of(q, {name: info} if info is not None else {})
         if state == State.RUNNING:

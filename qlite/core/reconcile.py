@@ -16,6 +16,8 @@ from qlite.state.owners import owner_alive
 @dataclass
 class ReconcileReport:
     disposables: list[str] = field(default_factory=list)
+    # Qubes whose create or clone was rolled back, or whose remove completed.
+    interrupted: list[str] = field(default_factory=list)
     containers: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
@@ -23,17 +25,25 @@ class ReconcileReport:
 
     @property
     def empty(self) -> bool:
-        return not (self.disposables or self.containers or self.volumes or self.networks or self.images)
+        return not any(self.as_json().values())
 
     def as_json(self) -> dict:
         return self.__dict__.copy()
 
 
-def orphaned_disposables(ctx: Context) -> list[str]:
-    """Disposable rows whose owner process is gone. Needs no engine: cheap
-    enough to run before every command."""
-    rows = ctx.store.query("SELECT name, owner FROM qubes WHERE class='DispVM'")
-    return [r["name"] for r in rows if not owner_alive(r["owner"])]
+def orphaned_rows(ctx: Context) -> list[str]:
+    """Qubes to destroy: disposables whose owner process is gone, and qubes
+    whose create, clone or remove was cut short (the process marked in
+    ``pending`` is gone). Needs no engine: cheap enough to run before every
+    command."""
+    rows = ctx.store.query("SELECT name, owner, pending FROM qubes WHERE class='DispVM' OR pending IS NOT NULL")
+    return [r["name"] for r in rows if _orphaned(r)]
+
+
+def _orphaned(row) -> bool:
+    if row["pending"] is not None:
+        return not owner_alive(row["pending"])
+    return not owner_alive(row["owner"])
 
 
 def reap(ctx: Context, sweep: bool = False) -> ReconcileReport:
@@ -42,16 +52,16 @@ def reap(ctx: Context, sweep: bool = False) -> ReconcileReport:
     from qlite.core.qubes import QubeManager  # noqa: PLC0415
 
     report = ReconcileReport()
-    names = orphaned_disposables(ctx)
+    names = orphaned_rows(ctx)
     if not names and not sweep:
         return report
     qubes = QubeManager(ctx)
     for name in names:
-        row = ctx.store.query_one("SELECT owner FROM qubes WHERE name=?", (name,))
-        if row is None or owner_alive(row["owner"]):
+        row = ctx.store.query_one("SELECT class, owner, pending FROM qubes WHERE name=?", (name,))
+        if row is None or not _orphaned(row):
             continue
         qubes.destroy(qubes.get(name))
-        report.disposables.append(name)
+        (report.interrupted if row["pending"] is not None else report.disposables).append(name)
     sweep_engine(ctx, report)
     if sweep:
         from qlite.core.templates import TemplateManager  # noqa: PLC0415

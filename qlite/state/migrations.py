@@ -82,4 +82,10 @@ MIGRATIONS: list[str] = [
         attached_at REAL NOT NULL
     );
     """,
+    # 4: a create, clone or remove in progress: the "pid:start_time" of the
+    # process doing it. If that process dies, reconcile finishes the job (a
+    # create or clone is rolled back; a remove is completed).
+    """
+    ALTER TABLE qubes ADD COLUMN pending TEXT;
+    """,
 ]

@@ -4,6 +4,8 @@ engine and a Context over both. Nothing here touches podman or runsc."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from qlite.core.templates import TemplateManager, image_ref
 from qlite.paths import Paths
 from qlite.runtime.probe import RuntimeProbe
 from qlite.state import Store
+from qlite.state.owners import owner_alive, process_start_ticks
 
 from .fake_engine import FakeEngine
 from .fake_net import FakeDaemon, FakeMounts, FakeNetApply
@@ -102,3 +105,14 @@ def insert_row(qm: QubeManager, name: str, **kw) -> Qube:
     with qm.store.transaction() as conn:
         qm._insert(q, conn)
     return q
+
+
+def dead_owner() -> str:
+    """The owner tag of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    ticks = process_start_ticks(child.pid)
+    child.kill()
+    child.wait()
+    owner = f"{child.pid}:{ticks}"
+    assert not owner_alive(owner)
+    return owner

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -13,13 +11,13 @@ from qlite.core.disposables import DisposableManager, Terminated, exit_code_for
 from qlite.core.names import validate_name
 from qlite.core.prefs import GlobalPrefs
 from qlite.core.qubes import QubeManager
-from qlite.core.reconcile import orphaned_disposables, reap
+from qlite.core.reconcile import orphaned_rows, reap
 from qlite.core.spec import container_name, network_name, volume_name
 from qlite.engines.base import Stdio
 from qlite.errors import EngineError, InvalidValue, NotFound
-from qlite.state.owners import current_owner, owner_alive, process_start_ticks
+from qlite.state.owners import current_owner, owner_alive
 
-from .conftest import IMAGE_ID, TEMPLATE, dump_store, insert_row, require_root
+from .conftest import IMAGE_ID, TEMPLATE, dead_owner, dump_store, insert_row, require_root
 
 
 @pytest.fixture
@@ -38,16 +36,6 @@ def dvm(ctx, qm):
 @pytest.fixture
 def dm(ctx) -> DisposableManager:
     return DisposableManager(ctx)
-
-
-def dead_owner() -> str:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    ticks = process_start_ticks(child.pid)
-    child.kill()
-    child.wait()
-    owner = f"{child.pid}:{ticks}"
-    assert not owner_alive(owner)
-    return owner
 
 
 def objects_of(ctx, engine, name: str) -> dict:
@@ -192,7 +180,7 @@ def test_reap_removes_a_dead_owners_disposable_and_keeps_a_live_one(ctx, qm, dm,
     dm.prepare(alive, ["sleep", "1"], "user", Stdio())
     assert objects_of(ctx, engine, dead.name) == {"container": True, "volume": True, "network": True}
 
-    assert orphaned_disposables(ctx) == [dead.name]
+    assert orphaned_rows(ctx) == [dead.name]
     report = reap(ctx)
     assert report.disposables == [dead.name]
     assert not qm.exists(dead.name)
@@ -232,3 +220,20 @@ def test_sweep_removes_stray_objects_of_this_home_only(ctx, qm, engine):
     assert report.volumes == [f"qlite-{hh}-gone-private"]
     assert report.networks == [f"qlite-{hh}-orphan"]
     assert set(engine.volumes) == {"qlite-otherhome-x-private", "not-ours"}
+
+
+def test_the_pool_keeper_drops_connections_of_members_that_are_gone(ctx, paths):
+    import socket  # noqa: PLC0415
+
+    from qlite.core import preload  # noqa: PLC0415
+
+    held, peer = socket.socketpair()
+    preload.CONNECTIONS["disp4321"] = held  # its claimant was killed, and the member reaped
+    try:
+        preload.PoolKeeper(paths, log=lambda _m: None).once()
+        assert "disp4321" not in preload.CONNECTIONS
+        assert held.fileno() == -1  # closed
+    finally:
+        preload.CONNECTIONS.pop("disp4321", None)
+        held.close()
+        peer.close()

@@ -9,6 +9,7 @@ import pytest
 from qlite.core.model import Qube
 from qlite.core.prefs import GlobalPrefs
 from qlite.core.qubes import QubeManager
+from qlite.core.reconcile import reap
 from qlite.core.spec import container_name, network_name, volume_name
 from qlite.engines.base import Stdio
 from qlite.errors import (
@@ -20,8 +21,9 @@ from qlite.errors import (
     QliteError,
     StateError,
 )
+from qlite.state.owners import current_owner
 
-from .conftest import IMAGE_ID, TEMPLATE, dump_store, insert_row, needs_root, require_root
+from .conftest import IMAGE_ID, TEMPLATE, dead_owner, dump_store, insert_row, needs_root, require_root
 
 
 @pytest.fixture
@@ -544,3 +546,47 @@ def test_list_and_info(ctx, qm, row):
 def test_errors_are_qlite_errors():
     for exc in (AlreadyExists, InvalidName, InvalidValue, NotFound, StateError, EngineError):
         assert issubclass(exc, QliteError)
+
+
+# -- a create, clone or remove cut short (kill -9) ------------------------------------------
+
+
+def test_create_and_clone_leave_no_pending_mark(ctx, qm, work):
+    qm.clone("work", "copy")
+    rows = ctx.store.query("SELECT name, pending FROM qubes WHERE name IN ('work', 'copy') ORDER BY name")
+    assert [(r["name"], r["pending"]) for r in rows] == [("copy", None), ("work", None)]
+
+
+@needs_root
+@pytest.mark.parametrize("cut", ["create-before-volume", "create-after-volume", "remove-after-container",
+                                 "remove-after-volume"])
+def test_reap_finishes_what_a_dead_process_left_pending(ctx, qm, engine, cut):
+    if cut.startswith("create"):
+        q = qm.create("work", label="red", template=TEMPLATE)
+        if cut == "create-before-volume":
+            engine.remove_volume(volume_name(ctx.home_hash, "work"))
+    else:
+        q = qm.create("work", label="red", template=TEMPLATE)
+        qm.start("work")
+        qm.shutdown("work")
+        engine.remove_container(container_name(ctx.home_hash, "work"), force=True)
+        if cut == "remove-after-volume":
+            engine.remove_volume(volume_name(ctx.home_hash, "work"))
+    qm.features.set("work", "k", "v")
+    ctx.store.execute("UPDATE qubes SET pending=? WHERE name='work'", (dead_owner(),))
+
+    report = reap(ctx)
+
+    assert report.interrupted == [q.name] and report.disposables == []
+    assert not qm.exists("work")
+    assert engine.containers == {} and engine.volumes == {} and engine.networks == {}
+    assert ctx.store.query("SELECT * FROM features WHERE qube='work'") == []
+
+
+def test_a_live_pending_qube_is_left_alone_and_cannot_start(ctx, qm, engine, work):
+    ctx.store.execute("UPDATE qubes SET pending=? WHERE name='work'", (current_owner(),))
+    assert reap(ctx).empty
+    assert qm.exists("work") and volume_name(ctx.home_hash, "work") in engine.volumes
+    with pytest.raises(StateError, match="being created or removed"):
+        qm.start("work")
+
