@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +46,10 @@ from qlite.runtime.probe import RuntimeProbe, probe
 
 IDLE_TIMEOUT_S = 300
 START_TIMEOUT_S = 20
+# How long a container's conmon may take to record its exit after the sandbox stopped.
+CONMON_EXIT_TIMEOUT_S = 10
+# How long a container may go on running after its output stream ended.
+STREAM_GRACE_S = 5.0
 HIJACK_PREFIX = "/v4.0.0/libpod"
 T = TypeVar("T")
 
@@ -177,10 +183,11 @@ class PodmanService:
         self.tmp_dir.mkdir(exist_ok=True)
         with file_lock(self.paths.service_lock):
             changed = write_runtime_config(self.paths, result)
-            if self.alive():
-                if not changed:
-                    return
-                self._stop_locked()
+            if self.alive() and not changed:
+                return
+            # A service of ours that answers with an old config, or does not
+            # answer at all (hung or stopped), is replaced, never doubled.
+            self._stop_locked()
             self._start_locked()
 
     def _start_locked(self) -> None:
@@ -237,6 +244,18 @@ class PodmanService:
     def cli(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
         """Run the podman CLI with qlite's configuration (builds, imports)."""
         return subprocess.run(["podman", *args], env=self.env, **kwargs)
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait up to TIMEOUT for process PID (not our child) to end."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return  # already gone
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
 
 
 def _is_zombie(pid: int) -> bool:
@@ -391,7 +410,34 @@ class PodmanEngine:
             self.start(cid)
             resize = self._resizer(f"/containers/{cid}/resize") if stdio.tty else None
             pump(sock, stdio, rest, resize)
-        return self._wait(cid)
+        return self._wait_after_stream(cid)
+
+    def _wait_after_stream(self, cid: str) -> int:
+        """The exit code, once the output stream has ended. conmon ends the
+        stream when the container stops, so a container still running well
+        after that has lost its stream: its sandbox was set up again (podman
+        re-creates one that died before start) behind the attach. Its
+        output would go nowhere, so it is killed and the run fails."""
+        result: list[int | BaseException] = []
+
+        def wait() -> None:
+            try:
+                result.append(self._wait(cid))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                result.append(exc)
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        waiter.join(STREAM_GRACE_S)
+        if waiter.is_alive():
+            with contextlib.suppress(EngineError):
+                self.kill(cid)
+            waiter.join(STREAM_GRACE_S)
+            raise EngineError("the sandbox was restarted under the command and its output was lost; "
+                              "the command was stopped")
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
 
     def _wait(self, cid: str) -> int:
         code = self._json(
@@ -399,7 +445,20 @@ class PodmanEngine:
             # podman polls the state every 250 ms unless told otherwise
             params={"condition": "stopped", "interval": "10ms"}, timeout=None,
         )
-        return int(code)
+        return self._recorded_exit(cid) if int(code) == 0 else int(code)
+
+    def _recorded_exit(self, cid: str) -> int:
+        """The exit code conmon recorded. podman 4.3's wait can answer 0 as
+        soon as runsc reports the sandbox stopped, before conmon has written
+        how it ended: a sandbox killed from outside would pass as success.
+        conmon exits once it has written the code, so wait (bounded) for
+        that conmon to be gone, then read the code podman recorded."""
+        state = (self._json("get", f"/containers/{cid}/json", f"inspect {cid}", ok404=True) or {}).get("State", {})
+        pid = state.get("ConmonPid") or 0
+        if pid > 0:
+            _wait_gone(pid, CONMON_EXIT_TIMEOUT_S)
+            state = (self._json("get", f"/containers/{cid}/json", f"inspect {cid}", ok404=True) or {}).get("State", {})
+        return int(state.get("ExitCode") or 0)
 
     def exec(
         self,
