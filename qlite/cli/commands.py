@@ -26,7 +26,8 @@ def _context() -> Context:
     ctx.on_progress = lambda message: info(f"qlite: {message}")
     report = reap(ctx)
     if not report.empty:
-        info(f"qlite: reaped leftovers of dead qlite processes: {', '.join(report.disposables) or 'engine objects'}")
+        names = ", ".join(report.disposables + report.interrupted) or "engine objects"
+        info(f"qlite: reaped leftovers of dead qlite processes: {names}")
     return ctx
 
 
@@ -154,16 +155,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 def ls(args: argparse.Namespace) -> int:
-    rows = [i.as_json() for i in _qubes(_context()).infos()]
+    from qlite.core.preload import READY  # noqa: PLC0415
+
+    ctx = _context()
+    qm = _qubes(ctx)
+    containers = qm.containers()
+    rows = [i.as_json() for i in qm.infos(containers)]
     if args.running:
         rows = [r for r in rows if r["state"] == "Running"]
+    for r in rows:
+        r["preloaded"] = READY in r["tags"]
     if args.json:
+        from qlite.core.usage import qube_usage  # noqa: PLC0415
+
+        # What each running qube costs the host (preloaded members too).
+        usage = qube_usage(ctx, containers=containers)
+        for r in rows:
+            u = usage.get(r["name"])
+            r["usage"] = None if u is None else {"rss_mib": round(u.rss_mib, 1), "pss_mib": round(u.pss_mib, 1),
+                                                  "processes": u.processes}
         emit_json(rows)
         return 0
     table(
         ["NAME", "STATE", "CLASS", "LABEL", "TEMPLATE", "NETVM", "MODE", "NETPATH"],
-        [[r["name"], r["state"], r["class"], r["label"], r["template"], r["netvm"], r["mode"],
-          r["netpath"]] for r in rows],
+        [[r["name"], "Preloaded" if r["preloaded"] and r["state"] == "Running" else r["state"], r["class"],
+          r["label"], r["template"], r["netvm"], r["mode"], r["netpath"]] for r in rows],
         [label_colour(r["label"]) for r in rows],
     )
     return 0

@@ -42,6 +42,14 @@ def pool(home):
 
 def test_the_daemon_keeps_the_pool_full_and_a_member_serves_one_command(pool):
     members = wait_ready(pool, 2)
+    # ls shows the members as preloaded, and --json what each costs the host.
+    rows = {r["name"]: r for r in pool.json("ls")}
+    for name in members:
+        assert rows[name]["preloaded"] is True and rows[name]["state"] == "Running"
+        assert rows[name]["usage"]["pss_mib"] > 1 and rows[name]["usage"]["processes"] >= 2
+    assert all(r["usage"] is None for r in rows.values() if r["state"] != "Running")
+    listing = {line.split()[0]: line.split()[1] for line in pool.run("ls").stdout.splitlines()[1:]}
+    assert all(listing[name] == "Preloaded" for name in members)
     proc = pool.run("run", "--disposable", "--", "sh", "-c", "echo $QLITE_QUBE; id -un; pwd; cat; exit 5",
                     input="from stdin\n", check=False)
     assert proc.returncode == 5, proc.stderr

@@ -68,6 +68,20 @@ async def test_list_shows_qubes_templates_and_states(core):
         assert table(app).get_row("work")[0].style == "bold blue"
 
 
+async def test_a_preloaded_disposable_shows_as_preloaded_with_its_memory(core):
+    make_qubes(core, "work")
+    ctx = core.context()
+    qm = QubeManager(ctx)
+    qm.start("work")
+    qm.add_tags("work", ["preloaded"])  # what the daemon's pool tags a ready member with
+    ctx.store.close()
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await select(pilot, app, "work")
+        assert cell(app, "work", 1) == "Preloaded"
+        assert cell(app, "work", 7) == "64/400"
+
+
 async def test_filter_and_sort(core):
     make_qubes(core, "alpha", "beta", "gamma")
     QubeManager(ctx := core.context()).start("gamma")

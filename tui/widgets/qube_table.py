@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from qlite.core.labels import label_colour
+from qlite.core.preload import READY as PRELOADED
 from tui.backend import QubeRow
 
 COLUMNS = ("NAME", "STATE", "CLASS", "MODE", "TEMPLATE", "NETVM", "NETPATH", "MEM MiB", "CPU")
@@ -78,6 +79,8 @@ class QubeTable(DataTable):
         name = Text(r.name, style=f"bold {label_colour(r.label)}")
         if busy:
             state = Text(f"{busy}…", style="bold yellow")
+        elif PRELOADED in r.tags and r.state == "Running":  # started ahead of time, waiting for a command
+            state = Text("Preloaded", style="cyan")
         else:
             state = Text(r.state, style=STATE_STYLES.get(r.state, ""))
         klass = r.klass + (f" r{r.revision}" if r.is_template and r.revision is not None else "")
