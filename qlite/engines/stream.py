@@ -17,6 +17,7 @@ import signal
 import socket
 import struct
 import termios
+import threading
 import tty as ttymod
 from collections.abc import Callable, Iterator
 
@@ -24,6 +25,7 @@ from qlite.engines.base import Stdio
 
 HEADER = struct.Struct(">BxxxI")
 CHUNK = 65536
+TAIL_BYTES = 512
 
 
 class FrameDecoder:
@@ -238,3 +240,41 @@ def _read(fd: int) -> bytes:
 def _close_write(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
+
+
+def pump_process(proc, stdio: Stdio, err_tail: bytearray | None = None) -> int:
+    """Pass STDIO through the pipes of PROC (a subprocess.Popen with stdin,
+    stdout and stderr pipes) until its output ends; its exit code. Each
+    stream has its own thread, so a command that writes more than it reads
+    cannot deadlock against our unsent stdin. ERR_TAIL, if given, keeps the
+    last bytes of stderr."""
+    in_fd, out_fd, err_fd = _fileno(stdio.stdin), _fileno(stdio.stdout), _fileno(stdio.stderr)
+    _flush(stdio.stdout)
+    _flush(stdio.stderr)
+
+    def feed() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while in_fd is not None and (data := _read(in_fd)):
+                _write_all(proc.stdin.fileno(), data)
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+
+    def drain(src, target: int | None, tail: bytearray | None) -> None:
+        while data := _read(src.fileno()):
+            if tail is not None:
+                tail += data
+                del tail[:-TAIL_BYTES]
+            if target is not None:
+                try:
+                    _write_all(target, data)
+                except BrokenPipeError:
+                    target = None  # the reader went away; keep draining so the command finishes
+
+    threading.Thread(target=feed, daemon=True).start()
+    readers = [threading.Thread(target=drain, args=(src, fd, tail), daemon=True)
+               for src, fd, tail in ((proc.stdout, out_fd, None), (proc.stderr, err_fd, err_tail))]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    return proc.wait()

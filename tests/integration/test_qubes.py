@@ -99,6 +99,25 @@ def test_exit_code_and_stdin_pass_through(home, work):
     assert proc.returncode == 7 and proc.stdout == "HELLO\n"
 
 
+def podman_execs(home) -> int:
+    log = home.path / "run" / "podman-events.log"
+    return sum('"Status":"exec"' in line for line in log.read_text().splitlines())
+
+
+def test_a_command_in_a_running_qube_goes_straight_to_runsc(home, work):
+    """Without a terminal, qlite runs ``runsc exec`` into the sandbox itself
+    rather than through a podman exec session; a terminal still uses podman."""
+    home.run("start", work, "--skip-if-running")
+    before = podman_execs(home)
+    proc = home.run("run", work, "--", "sh", "-c", "id -un; pwd; echo $HOME; cat; exit 9", input="in\n",
+                    check=False)
+    assert (proc.returncode, proc.stdout) == (9, "user\n/home/user\n/home/user\nin\n")
+    assert home.run("run", "-u", "root", work, "--", "sh", "-c", "id -un; pwd").stdout == "root\n/\n"
+    missing = home.run("run", work, "--", "/no/such/program", check=False)
+    assert missing.returncode == 127 and "no such file" in missing.stderr.lower()
+    assert podman_execs(home) == before
+
+
 def test_run_starts_the_qube_unless_told_not_to(home, work):
     home.run("shutdown", work)
     proc = home.run("run", "--no-autostart", work, "--", "true", check=False)

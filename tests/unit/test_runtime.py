@@ -174,3 +174,41 @@ def test_qemu_command(accel):
 
 def test_exit_ok_is_what_isa_debug_exit_returns_for_0x2a():
     assert EXIT_OK == 0x55
+
+
+# -- runsc exec straight into a qube's sandbox ----------------------------------------------
+
+
+def test_runsc_root_is_read_from_the_sandbox_command_line(tmp_path, monkeypatch):
+    import builtins  # noqa: PLC0415
+
+    from qlite.engines import podman  # noqa: PLC0415
+
+    cases = {
+        1: b"runsc-sandbox\0--root=/var/run/runsc\0--platform=systrap\0boot\0",
+        2: b"/usr/bin/runsc\0--root\0/run/x\0boot\0",
+        3: b"runsc-sandbox\0boot\0",
+        4: b"/usr/bin/conmon\0--root=/nope\0",
+    }
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if isinstance(path, str) and path.startswith("/proc/") and path.endswith("/cmdline"):
+            pid = int(path.split("/")[2])
+            if pid not in cases:
+                raise FileNotFoundError(path)
+            target = tmp_path / f"cmdline-{pid}"
+            target.write_bytes(cases[pid])
+            return real_open(target, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert [podman._runsc_root(pid) for pid in (1, 2, 3, 4, 5)] == ["/var/run/runsc", "/run/x", None, None, None]
+
+
+def test_users_runsc_exec_can_take():
+    from qlite.engines.podman import KNOWN_USERS, USER_RE  # noqa: PLC0415
+
+    assert KNOWN_USERS == {"root": "0:0", "user": "1000:1000"}
+    assert [bool(USER_RE.fullmatch(u)) for u in ("0", "1000:1000", "alice", "1:x", "", "1" * 10)] == \
+        [True, True, False, False, False, False]

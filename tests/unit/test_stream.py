@@ -324,3 +324,38 @@ def test_pump_does_not_deadlock_when_output_outgrows_input():
     assert not hung, "pump deadlocked: blocked sending stdin while the engine waited for it to read output"
     assert "exc" not in box, box.get("exc")
     assert out_size == 2 * size
+
+
+# -- pump_process: stdio through a child's pipes (runsc exec) ---------------------------
+
+
+def _run_piped(argv: list[str], data: bytes) -> tuple[int, bytes, bytes, bytes]:
+    import subprocess  # noqa: PLC0415
+
+    from qlite.engines.stream import pump_process  # noqa: PLC0415
+
+    with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr:
+        fin.write(data)
+        fin.seek(0)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        tail = bytearray()
+        code = pump_process(proc, Stdio(stdin=fin, stdout=fout, stderr=ferr), tail)
+        fout.seek(0)
+        ferr.seek(0)
+        return code, fout.read(), ferr.read(), bytes(tail)
+
+
+def test_pump_process_passes_stdio_and_the_exit_code():
+    code, out, err, tail = _run_piped(["sh", "-c", "tr a-z A-Z; echo oops >&2; exit 3"], b"hello\n")
+    assert (code, out, err, tail) == (3, b"HELLO\n", b"oops\n", b"oops\n")
+
+
+def test_pump_process_does_not_deadlock_on_more_output_than_input():
+    data = os.urandom(3 << 20)
+    code, out, _err, _tail = _run_piped(["sh", "-c", "cat; cat /dev/zero | head -c 4000000"], data)
+    assert code == 0 and out[:len(data)] == data and len(out) == len(data) + 4000000
+
+
+def test_pump_process_survives_a_command_that_ignores_its_stdin():
+    code, out, _err, tail = _run_piped(["sh", "-c", "echo done; yes x | head -c 2000 >&2"], os.urandom(1 << 20))
+    assert code == 0 and out == b"done\n" and len(tail) == 512  # only the last bytes are kept
