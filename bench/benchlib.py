@@ -1,6 +1,8 @@
 """What the benchmarks in bench/ share: a QLITE_HOME of their own under
-/var/tmp, commands run in it, percentiles, host facts, and a teardown that
-removes everything the bench made and checks by label that nothing is left.
+/var/tmp, commands run in it, qubes made in it (one by one or in parallel
+batches), commands timed inside a qube, percentiles, host facts, and a
+teardown that removes everything the bench made and checks by label that
+nothing is left.
 
 The scripts run as ``python bench/<name>.py``, so this directory is on
 sys.path and they import this module as ``benchlib``.
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +35,14 @@ REPO = Path(__file__).resolve().parent.parent
 QLITE = (sys.executable, "-m", "qlite")
 HOME_BASE = Path("/var/tmp")
 TEMPLATE = "debian-12"
+DEFAULT_DVM = "default-dvm"
 CMD_TIMEOUT_S = 120
+# `qlite create` / `qlite remove` processes at once when qubes are made or
+# removed in bulk: enough to overlap the CLI's start-up on a small host
+# without starving it.
+BULK_WORKERS = 4
+# Qubes per `qlite remove` process when removing in bulk.
+REMOVE_BATCH = 25
 # conmon of an exec session can outlive its container's removal by some
 # seconds; after this long, a process of the home counts as left behind.
 PROCESS_GRACE_S = 30
@@ -76,7 +86,12 @@ class BenchHome:
     """The bench's own QLITE_HOME, and a record of what was made in it."""
 
     path: Path
+    # Removed one by one, last first, so a qube goes before those it uses.
     qubes: list[str] = field(default_factory=list)
+    # Qubes nothing depends on (no netvm of, or disposable template for,
+    # another qube): removed first, in parallel batches.
+    bulk_qubes: list[str] = field(default_factory=list)
+    bulk_workers: int = BULK_WORKERS
     network: str | None = None
     # Steps the teardown runs before it removes any qube (e.g. stopping a
     # daemon that a bench started inside one), in order.
@@ -112,6 +127,141 @@ class BenchHome:
     def probe(self) -> dict:
         """What qlite's setup found out about runsc on this host."""
         return json.loads((self.path / "run" / "probe.json").read_text())
+
+
+# --------------------------------------------------------------------------
+# Making qubes
+
+
+def setup_home(home: BenchHome) -> None:
+    """``qlite setup`` in the bench home: it adopts the shared template and
+    creates default-dvm."""
+    home.qubes.append(DEFAULT_DVM)  # setup creates it; the bench removes it
+    home.qlite("setup", "--quiet", timeout=1800)
+
+
+def create_qube(home: BenchHome, name: str, *create_args: str) -> None:
+    home.qubes.append(name)  # first, so that a create cut short is cleaned up too
+    home.qlite("create", name, *create_args)
+
+
+def create_bulk(home: BenchHome, names: list[str], *create_args: str, what: str = "qubes") -> None:
+    """Create NAMES (leaf qubes) with at most home.bulk_workers ``qlite
+    create`` at once, printing progress; the teardown removes them in bulk."""
+    home.bulk_qubes.extend(names)  # first, so that a create cut short is cleaned up too
+    step = max(1, len(names) // 10)
+
+    def progress(done: int) -> None:
+        if done % step == 0 or done == len(names):
+            print(f"  created {done}/{len(names)} {what}", file=sys.stderr, flush=True)
+
+    print(f"  creating {len(names)} {what}, {home.bulk_workers} at a time", file=sys.stderr, flush=True)
+    in_parallel(home, [("create", name, *create_args) for name in names], progress=progress)
+
+
+def remove_bulk(home: BenchHome, names: list[str], *, check: bool = True) -> None:
+    """Remove NAMES (leaf qubes, running or not) in parallel batches."""
+    batches = [names[i:i + REMOVE_BATCH] for i in range(0, len(names), REMOVE_BATCH)]
+    in_parallel(home, [("remove", "--force", *batch) for batch in batches], check=check,
+                timeout=CMD_TIMEOUT_S + 10 * REMOVE_BATCH)
+    if check:
+        gone = set(names)
+        home.bulk_qubes = [n for n in home.bulk_qubes if n not in gone]
+
+
+def in_parallel(home: BenchHome, commands: list[tuple[str, ...]], *, check: bool = True,
+                timeout: float = CMD_TIMEOUT_S, progress: Callable[[int], object] | None = None) -> None:
+    """Run qlite COMMANDS, at most home.bulk_workers at once. A failure (with
+    CHECK) or an interrupt cancels the commands not yet started."""
+    pool = ThreadPoolExecutor(home.bulk_workers)
+    try:
+        futures = [pool.submit(home.qlite, *cmd, check=check, timeout=timeout) for cmd in commands]
+        for done, future in enumerate(as_completed(futures), start=1):
+            future.result()
+            if progress is not None:
+                progress(done)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------
+# Timing commands inside a qube
+
+
+@dataclass(frozen=True)
+class QubeCase:
+    """A command timed inside QUBE, by a loop that runs there."""
+
+    key: str
+    label: str
+    qube: str
+    argv: tuple[str, ...]
+
+
+# Run inside a qube: run spec["argv"] spec["n"] times with spec["input"] on
+# its stdin, timing each run alone, and print the times and outputs as JSON.
+# A run that exits non-zero or whose stdout is not what was expected (equal
+# to, or with "exact" false starting with, spec["expect"]) ends the loop.
+IN_QUBE_TIMER = """\
+import json, subprocess, sys, time
+spec = json.loads(sys.argv[1])
+data, want = spec["input"].encode(), spec["expect"].encode()
+out = {"samples_s": [], "outputs": []}
+for _ in range(spec["n"]):
+    start = time.perf_counter()
+    proc = subprocess.run(spec["argv"], input=data, capture_output=True)
+    out["samples_s"].append(time.perf_counter() - start)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        out["error"] = f"exit {proc.returncode}: {err[-1] if err else 'no output'}"
+        break
+    if not (proc.stdout == want if spec["exact"] else proc.stdout.startswith(want)):
+        out["error"] = f"unexpected output {proc.stdout[:80]!r}"
+        break
+    out["outputs"].append(proc.stdout.decode())
+print(json.dumps(out))
+"""
+
+
+def time_in_qube(home: BenchHome, case: QubeCase, n: int, stdin: str, expect: str,
+                 exact: bool = False) -> tuple[list[float], list[str]]:
+    """N runs of CASE, each timed inside its qube (so ``qlite run``'s own
+    start-up is not counted) and checked: exit 0 and the EXPECTed output."""
+    spec = {"argv": list(case.argv), "n": n, "input": stdin, "expect": expect, "exact": exact}
+    proc = home.qlite("run", case.qube, "--", "python3", "-c", IN_QUBE_TIMER, json.dumps(spec),
+                      timeout=CMD_TIMEOUT_S + 10 * n)
+    out = json.loads(last_line(proc.stdout))
+    if "error" in out:
+        raise BenchError(f"case {case.key} ({case.label}) failed: {out['error']}")
+    return out["samples_s"], out["outputs"]
+
+
+def batch_sizes(runs: int, batches: int) -> list[int]:
+    count = min(runs, batches)
+    q, r = divmod(runs, count)
+    return [q + (i < r) for i in range(count)]
+
+
+def measure_in_qubes(home: BenchHome, cases: list[QubeCase], runs: int, *, stdin: str, expect: str,
+                     exact: bool = False, warmup: int, batches: int) -> tuple[dict, dict, list[dict]]:
+    """RUNS timed runs per case inside their qubes, after WARMUP untimed ones,
+    in interleaved batches (a, b, a, b, ...) so that drift of the machine
+    hits every case alike. Returns samples and outputs by case key, and the
+    samples of each batch."""
+    for case in cases:
+        time_in_qube(home, case, warmup, stdin, expect, exact)  # page cache, python's bytecode
+    samples: dict[str, list[float]] = {c.key: [] for c in cases}
+    outputs: dict[str, list[str]] = {c.key: [] for c in cases}
+    log = []
+    sizes = batch_sizes(runs, batches)
+    for i, n in enumerate(sizes):
+        for case in cases:
+            xs, outs = time_in_qube(home, case, n, stdin, expect, exact)
+            samples[case.key] += xs
+            outputs[case.key] += outs
+            log.append({"batch": i + 1, "case": case.key, "samples_s": xs})
+        print(f"  batch {i + 1}/{len(sizes)} done", file=sys.stderr, flush=True)
+    return samples, outputs, log
 
 
 # --------------------------------------------------------------------------
@@ -199,6 +349,11 @@ def teardown(home: BenchHome) -> None:
                 attempt(step)
             # default-dvm cannot be removed while it is the global default_dispvm.
             attempt(lambda: home.qlite("prefs", "--global", "default_dispvm", "none", check=False))
+            if home.bulk_qubes:
+                print(f"cleanup: removing {len(home.bulk_qubes)} qubes in batches", file=sys.stderr, flush=True)
+                started = time.monotonic()
+                attempt(lambda: remove_bulk(home, list(reversed(home.bulk_qubes)), check=False))
+                print(f"cleanup: removed in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
             for name in reversed(home.qubes):
                 attempt(lambda name=name: home.qlite("remove", "--force", name, check=False))
             if home.network:

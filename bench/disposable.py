@@ -21,6 +21,8 @@ because that is what a user waits for.
      keeps two started, and the command is handed to one through its
      agent. Before each timed run the bench waits (untimed) until a member
      is ready; the refill after a run overlaps the other cases' runs.
+     Preloading is switched off, and the bench waits for its members to
+     be gone, before memory is measured.
 
 Why these baselines:
 
@@ -38,8 +40,9 @@ Why these baselines:
 - The runs are interleaved (a, b, c, d, e, a, ...) after one untimed warm-up
   of each, so that drift of the machine hits every case alike.
 
-Memory: N app qubes (``--netvm none``) are created, started and left to
-settle. Two things are then measured:
+Memory: N app qubes (``--netvm none``) are created (a few at a time),
+started by one ``qlite start`` and left to settle. Two things are then
+measured:
 
 - the drop in MemAvailable from before they were created to after they all
   run, divided by N;
@@ -68,16 +71,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (  # noqa: E402
     CMD_TIMEOUT_S,
+    DEFAULT_DVM,
     QLITE,
     REPO,
     TEMPLATE,
     BenchError,
     BenchHome,
     bench_main,
+    create_bulk,
+    create_qube,
     host_facts,
     last_line,
     p50,
     p95,
+    setup_home,
     warn_if_few_runs,
 )
 
@@ -90,7 +97,6 @@ from qlite.core.usage import (  # noqa: E402 - the one attribution of processes 
 )
 
 DEFAULT_JSON = REPO / "bench" / "results" / "disposable.json"
-DEFAULT_DVM = "default-dvm"
 OFFLINE_DVM = "bench-dvm-off"
 PRELOAD_DVM = "bench-dvm-pre"
 IDLE_PREFIX = "bench-idle-"
@@ -118,18 +124,14 @@ class Setup:
 
 
 def prepare(home: BenchHome) -> Setup:
-    """Set the home up, create the offline disposable template and the
-    bench network, and check that the baseline uses qlite's runtime."""
-    home.qubes.append(DEFAULT_DVM)  # setup creates it; the bench removes it
-    home.qlite("setup", "--quiet", timeout=1800)
-    home.qubes.append(OFFLINE_DVM)
-    home.qlite("create", OFFLINE_DVM, "--netvm", "none", "--prop", "template_for_dispvms=True",
-               "--label", "gray")
+    """Set the home up, create the offline disposable templates and the
+    bench network, start the daemon, and check that the baseline uses
+    qlite's runtime."""
+    setup_home(home)
+    create_qube(home, OFFLINE_DVM, "--netvm", "none", "--prop", "template_for_dispvms=True", "--label", "gray")
     # A second offline disposable template whose disposables the daemon
     # preloads (case f); b stays cold, so b and f differ only in that.
-    home.qubes.append(PRELOAD_DVM)
-    home.qlite("create", PRELOAD_DVM, "--netvm", "none", "--prop", "template_for_dispvms=True",
-               "--label", "gray")
+    create_qube(home, PRELOAD_DVM, "--netvm", "none", "--prop", "template_for_dispvms=True", "--label", "gray")
     home.before_removal.append(lambda: home.qlite("features", "-D", PRELOAD_DVM, "preload-dispvm-max",
                                                   check=False))
     home.before_removal.append(lambda: home.qlite("daemon", "stop", check=False))
@@ -188,6 +190,19 @@ def wait_preloaded(home: BenchHome, timeout: float = CMD_TIMEOUT_S) -> None:
             return
         time.sleep(0.05)
     raise BenchError(f"no preloaded disposable of {PRELOAD_DVM} became ready in {timeout:.0f} s")
+
+
+def stop_preloading(home: BenchHome, timeout: float = CMD_TIMEOUT_S) -> None:
+    """Switch preloading off and wait until the daemon has removed every
+    disposable of PRELOAD_DVM, so that none starts or ends while memory
+    (or anything after the latency runs) is measured."""
+    home.qlite("features", "-D", PRELOAD_DVM, "preload-dispvm-max")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(r["class"] == "DispVM" and r["template"] == PRELOAD_DVM for r in home.qlite_json("ls")):
+            return
+        time.sleep(0.5)
+    raise BenchError(f"the preloaded disposables of {PRELOAD_DVM} were still there after {timeout:.0f} s")
 
 
 def latency_cases(home: BenchHome, setup: Setup) -> list[Case]:
@@ -250,11 +265,13 @@ def mem_available_kib() -> int:
     raise BenchError("no MemAvailable in /proc/meminfo")
 
 
+def idle_names(density: int) -> list[str]:
+    return [f"{IDLE_PREFIX}{i:02d}" for i in range(1, density + 1)]
+
+
 def start_idle_qubes(home: BenchHome, density: int) -> tuple[list[str], float]:
-    names = [f"{IDLE_PREFIX}{i:02d}" for i in range(1, density + 1)]
-    for name in names:
-        home.qubes.append(name)
-        home.qlite("create", name, "--netvm", "none", "--label", "gray")
+    names = idle_names(density)
+    create_bulk(home, names, "--netvm", "none", "--label", "gray", what="idle qubes")
     start = time.perf_counter()
     home.qlite("start", *names, timeout=CMD_TIMEOUT_S + 10 * density)
     return names, time.perf_counter() - start
@@ -404,6 +421,7 @@ def run_bench(home: BenchHome, args: argparse.Namespace) -> dict:
     setup = prepare(home)
     cases = latency_cases(home, setup)
     samples = measure_latency(cases, args.runs, home.path)
+    stop_preloading(home)
     memory = measure_memory(home, args.density)
     return build_result(args, host_facts(home, setup.probe, netpath=setup.netpath), cases, samples, memory)
 

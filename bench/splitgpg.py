@@ -44,7 +44,6 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 # The script runs as `python bench/splitgpg.py`, which puts bench/ on
@@ -57,16 +56,20 @@ from benchlib import (  # noqa: E402
     REPO,
     BenchError,
     BenchHome,
+    QubeCase,
+    batch_sizes,
     bench_main,
+    create_qube,
     host_facts,
     last_line,
+    measure_in_qubes,
     p50,
     p95,
+    setup_home,
     warn_if_few_runs,
 )
 
 DEFAULT_JSON = REPO / "bench" / "results" / "splitgpg.json"
-DEFAULT_DVM = "default-dvm"
 CLIENT = "work"
 VAULT = "vault"
 SERVICE = "qubes.Gpg"
@@ -89,25 +92,6 @@ E2E_MESSAGE = "x\n"  # what `echo x` writes
 # OpenPGP public-key algorithm ids (RFC 4880 9.1, RFC 6637, RFC 9580), as gpg lists them.
 PUBKEY_ALGOS = {"1": "RSA", "16": "Elgamal", "17": "DSA", "18": "ECDH", "19": "ECDSA", "22": "EdDSA"}
 
-# Run inside a qube: sign spec["n"] times, timing each gpg or qlite-gpg
-# invocation alone, and print the times and signatures as JSON.
-TIMER = """\
-import json, subprocess, sys, time
-spec = json.loads(sys.argv[1])
-msg = spec["message"].encode()
-out = {"samples_s": [], "signatures": []}
-for _ in range(spec["n"]):
-    start = time.perf_counter()
-    proc = subprocess.run(spec["argv"], input=msg, capture_output=True)
-    out["samples_s"].append(time.perf_counter() - start)
-    if proc.returncode != 0 or not proc.stdout.startswith(spec["head"].encode()):
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        out["error"] = f"exit {proc.returncode}: {err[-1] if err else 'no output'}"
-        break
-    out["signatures"].append(proc.stdout.decode())
-print(json.dumps(out))
-"""
-
 # Run inside the vault: verify each signature of spec["message"] and print
 # gpg's exit code and status lines per signature.
 VERIFIER = """\
@@ -129,29 +113,21 @@ print(json.dumps(results))
 """
 
 
-@dataclass(frozen=True)
-class Case:
-    key: str
-    label: str
-    qube: str
-    argv: tuple[str, ...]
-
-
-def signing_cases(fpr: str) -> list[Case]:
+def signing_cases(fpr: str) -> list[QubeCase]:
     return [
-        Case("a", f"qlite-gpg -bsa -u FPR in {CLIENT} (split, via {VAULT})", CLIENT,
-             ("qlite-gpg", "-bsa", "-u", fpr)),
-        Case("b", f"gpg --batch -bsa -u FPR in {VAULT} (local, baseline)", VAULT,
-             ("gpg", "--batch", "-bsa", "-u", fpr)),
+        QubeCase("a", f"qlite-gpg -bsa -u FPR in {CLIENT} (split, via {VAULT})", CLIENT,
+                 ("qlite-gpg", "-bsa", "-u", fpr)),
+        QubeCase("b", f"gpg --batch -bsa -u FPR in {VAULT} (local, baseline)", VAULT,
+                 ("gpg", "--batch", "-bsa", "-u", fpr)),
     ]
 
 
-def e2e_cases(fpr: str) -> list[Case]:
+def e2e_cases(fpr: str) -> list[QubeCase]:
     return [
-        Case("c", f"qlite run {CLIENT} -- sh -c 'echo x | qlite-gpg -bsa -u FPR'", CLIENT,
-             ("sh", "-c", f"echo x | qlite-gpg -bsa -u {fpr}")),
-        Case("d", f"qlite run {VAULT} -- sh -c 'echo x | gpg --batch -bsa -u FPR'", VAULT,
-             ("sh", "-c", f"echo x | gpg --batch -bsa -u {fpr}")),
+        QubeCase("c", f"qlite run {CLIENT} -- sh -c 'echo x | qlite-gpg -bsa -u FPR'", CLIENT,
+                 ("sh", "-c", f"echo x | qlite-gpg -bsa -u {fpr}")),
+        QubeCase("d", f"qlite run {VAULT} -- sh -c 'echo x | gpg --batch -bsa -u FPR'", VAULT,
+                 ("sh", "-c", f"echo x | gpg --batch -bsa -u {fpr}")),
     ]
 
 
@@ -162,14 +138,18 @@ def e2e_cases(fpr: str) -> list[Case]:
 def prepare(home: BenchHome) -> str:
     """Set the home up with a client and an offline vault holding a fresh
     key; return the key's fingerprint."""
-    home.qubes.append(DEFAULT_DVM)  # setup creates it; the bench removes it
-    home.qlite("setup", "--quiet", timeout=1800)
+    setup_home(home)
     home.qlite("daemon", "start")
-    home.qubes.append(CLIENT)
+    return prepare_vault(home)
+
+
+def prepare_vault(home: BenchHome) -> str:
+    """In a home that is set up, with the daemon running: the client and an
+    offline vault holding a fresh key; return the key's fingerprint."""
     # A batch cut short (Ctrl-C) leaves its signing loop running in the
     # client after `qlite run` is gone: stop the client before anything else.
     home.before_removal.append(lambda: home.qlite("kill", CLIENT, check=False))
-    home.qlite("create", CLIENT, "--netvm", "none", "--label", "blue")
+    create_qube(home, CLIENT, "--netvm", "none", "--label", "blue")
     home.qubes.append(VAULT)  # splitgpg setup creates it
     # gen-key starts a gpg-agent in the vault, which lives on there.
     home.before_removal.append(lambda: home.qlite("run", VAULT, "--", "gpgconf", "--kill", "gpg-agent", check=False))
@@ -181,7 +161,7 @@ def prepare(home: BenchHome) -> str:
     return fpr
 
 
-def approve_first_use(home: BenchHome, case: Case) -> None:
+def approve_first_use(home: BenchHome, case: QubeCase) -> None:
     """Make the first split GPG call and answer its question with yes, as a
     user would; the approval then stands for the autoaccept window."""
     proc = subprocess.Popen([*QLITE, "run", case.qube, "--", *case.argv], env=home.env, cwd=home.path,
@@ -214,41 +194,13 @@ def wait_for_ask(home: BenchHome, proc: subprocess.Popen) -> dict:
 # Measuring
 
 
-def sign_in_qube(home: BenchHome, case: Case, n: int) -> tuple[list[float], list[str]]:
-    """N signatures by CASE, each timed inside its qube."""
-    spec = {"argv": list(case.argv), "n": n, "message": MESSAGE, "head": SIG_HEAD}
-    proc = home.qlite("run", case.qube, "--", "python3", "-c", TIMER, json.dumps(spec),
-                      timeout=CMD_TIMEOUT_S + 10 * n)
-    out = json.loads(last_line(proc.stdout))
-    if "error" in out:
-        raise BenchError(f"case {case.key} ({case.label}) failed: {out['error']}")
-    return out["samples_s"], out["signatures"]
+def measure_signing(home: BenchHome, cases: list[QubeCase], runs: int) -> tuple[dict, dict, list[dict]]:
+    """RUNS signatures per case, each timed inside its qube (the warm-up
+    also starts the vault's gpg-agent): samples, signatures, batches."""
+    return measure_in_qubes(home, cases, runs, stdin=MESSAGE, expect=SIG_HEAD, warmup=WARMUP, batches=BATCHES)
 
 
-def batch_sizes(runs: int, batches: int) -> list[int]:
-    count = min(runs, batches)
-    q, r = divmod(runs, count)
-    return [q + (i < r) for i in range(count)]
-
-
-def measure_signing(home: BenchHome, cases: list[Case], runs: int) -> tuple[dict, dict, list[dict]]:
-    for case in cases:
-        sign_in_qube(home, case, WARMUP)  # page cache, gpg-agent, python's bytecode
-    samples: dict[str, list[float]] = {c.key: [] for c in cases}
-    signatures: dict[str, list[str]] = {c.key: [] for c in cases}
-    batches = []
-    sizes = batch_sizes(runs, BATCHES)
-    for i, n in enumerate(sizes):
-        for case in cases:
-            xs, sigs = sign_in_qube(home, case, n)
-            samples[case.key] += xs
-            signatures[case.key] += sigs
-            batches.append({"batch": i + 1, "case": case.key, "samples_s": xs})
-        print(f"  batch {i + 1}/{len(sizes)} done", file=sys.stderr, flush=True)
-    return samples, signatures, batches
-
-
-def time_from_host(home: BenchHome, case: Case) -> tuple[float, str]:
+def time_from_host(home: BenchHome, case: QubeCase) -> tuple[float, str]:
     start = time.perf_counter()
     proc = home.qlite("run", case.qube, "--", *case.argv)
     elapsed = time.perf_counter() - start
@@ -257,7 +209,7 @@ def time_from_host(home: BenchHome, case: Case) -> tuple[float, str]:
     return elapsed, proc.stdout[proc.stdout.index(SIG_HEAD):]
 
 
-def measure_e2e(home: BenchHome, cases: list[Case], runs: int) -> tuple[dict, dict]:
+def measure_e2e(home: BenchHome, cases: list[QubeCase], runs: int) -> tuple[dict, dict]:
     for case in cases:
         time_from_host(home, case)  # warm-up
     samples: dict[str, list[float]] = {c.key: [] for c in cases}
@@ -318,7 +270,7 @@ def key_facts(home: BenchHome, fpr: str) -> dict:
     return {"key_fingerprint": fpr, "key_algo": algo, "gpg_version_in_vault": gpg_version}
 
 
-def build_result(args: argparse.Namespace, facts: dict, cases: dict[str, Case], samples: dict[str, list[float]],
+def build_result(args: argparse.Namespace, facts: dict, cases: dict[str, QubeCase], samples: dict[str, list[float]],
                  batches: list[dict], checks: dict) -> dict:
     a, b, c, d = (samples[k] for k in "abcd")
     return {

@@ -92,10 +92,12 @@ from benchlib import (  # noqa: E402
     BenchError,
     BenchHome,
     bench_main,
+    create_qube,
     host_facts,
     last_line,
     p50,
     p95,
+    setup_home,
     warn_if_few_runs,
 )
 
@@ -109,7 +111,6 @@ from qlite.runtime.kvm import cached_probe  # noqa: E402
 from qlite.vm.runner import KVM_CACHE  # noqa: E402
 
 DEFAULT_JSON = REPO / "bench" / "results" / "vm.json"
-DEFAULT_DVM = "default-dvm"
 OFFLINE_DVM = "bench-dvm-off"
 VM_QUBE = "vmq"
 CT_QUBE = "cq"
@@ -126,14 +127,10 @@ SHUTDOWN_TIMEOUT_S = 120
 def prepare(home: BenchHome) -> None:
     """Set the home up and create the offline disposable template, the VM
     qube and the container qube."""
-    home.qubes.append(DEFAULT_DVM)  # setup creates it; the bench removes it
-    home.qlite("setup", "--quiet", timeout=1800)
-    home.qubes.append(OFFLINE_DVM)
-    home.qlite("create", OFFLINE_DVM, "--label", "red", "--netvm", "none", "--prop", "template_for_dispvms=true")
-    home.qubes.append(VM_QUBE)
-    home.qlite("create", VM_QUBE, "--label", "blue", "--mode", "vm", "--netvm", "none")
-    home.qubes.append(CT_QUBE)
-    home.qlite("create", CT_QUBE, "--label", "blue", "--netvm", "none")
+    setup_home(home)
+    create_qube(home, OFFLINE_DVM, "--label", "red", "--netvm", "none", "--prop", "template_for_dispvms=true")
+    create_qube(home, VM_QUBE, "--label", "blue", "--mode", "vm", "--netvm", "none")
+    create_qube(home, CT_QUBE, "--label", "blue", "--netvm", "none")
     rows = {r["name"]: r for r in home.qlite_json("ls")}
     for name, mode in ((VM_QUBE, "vm"), (CT_QUBE, "container"), (OFFLINE_DVM, "container")):
         if rows[name]["mode"] != mode:
