@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from qlite.core.context import Context
-from qlite.state.owners import owner_alive
+from qlite.state.owners import current_owner, owner_alive
 
 
 @dataclass
@@ -56,10 +56,17 @@ def reap(ctx: Context, sweep: bool = False) -> ReconcileReport:
     if not names and not sweep:
         return report
     qubes = QubeManager(ctx)
+    me = current_owner()
     for name in names:
-        row = ctx.store.query_one("SELECT class, owner, pending FROM qubes WHERE name=?", (name,))
-        if row is None or not _orphaned(row):
-            continue
+        # Take the orphan over first, atomically: of two commands reaping at
+        # once only one destroys it, so the other cannot remove, by name,
+        # a new disposable that has meanwhile taken the freed name.
+        with ctx.store.transaction() as conn:
+            row = conn.execute("SELECT class, owner, pending FROM qubes WHERE name=?", (name,)).fetchone()
+            if row is None or not _orphaned(row):
+                continue
+            column = "pending" if row["pending"] is not None else "owner"
+            conn.execute(f"UPDATE qubes SET {column}=? WHERE name=?", (me, name))  # noqa: S608
         qubes.destroy(qubes.get(name))
         (report.interrupted if row["pending"] is not None else report.disposables).append(name)
     sweep_engine(ctx, report)
@@ -97,17 +104,23 @@ def _dead_vm(ctx: Context, labels: dict[str, str]) -> bool:
 def sweep_engine(ctx: Context, report: ReconcileReport) -> None:
     engine = ctx.engine
     selector = {"qlite.home": ctx.home_hash}
+    containers = engine.list_containers(selector)
+    networks = engine.list_networks(selector)
+    volumes = engine.list_volumes(selector)
+    # Rows are read after the listings: a qube's row is written before its
+    # first engine object and deleted after its last, so every object
+    # listed of a qube being created right now has its row already.
     known = {r["name"] for r in ctx.store.query("SELECT name FROM qubes")}
     known |= {r["name"] for r in ctx.store.query("SELECT name FROM templates")}
-    for c in engine.list_containers(selector):
+    for c in containers:
         if _stray(ctx, c.labels, known) or _dead_vm(ctx, c.labels):
             engine.remove_container(c.id, force=True)
             report.containers.append(c.name)
-    for n in engine.list_networks(selector):
+    for n in networks:
         if _stray(ctx, n.labels, known):
             engine.remove_network(n.name)
             report.networks.append(n.name)
-    for v in engine.list_volumes(selector):
+    for v in volumes:
         if _stray(ctx, v.labels, known):
             engine.remove_volume(v.name)
             report.volumes.append(v.name)

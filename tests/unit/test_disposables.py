@@ -237,3 +237,23 @@ def test_the_pool_keeper_drops_connections_of_members_that_are_gone(ctx, paths):
         preload.CONNECTIONS.pop("disp4321", None)
         held.close()
         peer.close()
+
+
+def test_a_reaper_takes_an_orphan_over_before_destroying_it(ctx, qm, dm, dvm, monkeypatch):
+    """Two commands reaping at once: the orphan is first made the reaper's
+    own in one transaction, so another reaper sees a live owner and leaves
+    it (and a disposable that later takes the name) alone."""
+    orphan = dm.create()
+    ctx.store.execute("UPDATE qubes SET owner=? WHERE name=?", (dead_owner(), orphan.name))
+    seen = {}
+    real_destroy = QubeManager.destroy
+
+    def destroy(self, q):
+        seen["owner"] = ctx.store.query_one("SELECT owner FROM qubes WHERE name=?", (q.name,))["owner"]
+        seen["orphaned_for_others"] = orphaned_rows(ctx)
+        return real_destroy(self, q)
+
+    monkeypatch.setattr(QubeManager, "destroy", destroy)
+    assert reap(ctx).disposables == [orphan.name]
+    assert seen == {"owner": current_owner(), "orphaned_for_others": []}
+    assert not qm.exists(orphan.name)
