@@ -96,10 +96,11 @@ class RulesLoaded(Message):
 
 
 class TemplatesLoaded(Message):
-    def __init__(self, templates: list[TemplateRow], error: str = "") -> None:
+    def __init__(self, templates: list[TemplateRow], error: str = "", seq: int = 0) -> None:
         super().__init__()
         self.templates = templates
         self.error = error
+        self.seq = seq  # which load this answers; only the latest is shown
 
 
 class TemplateProgress(Message):

@@ -89,3 +89,35 @@ async def test_placeholder_panels(core):
             await wait_for(pilot, lambda screen_type=screen_type: isinstance(app.screen, screen_type))
             text = str(app.screen.query_one(".placeholder", Static).content)
             assert "arrives in a later release" in text
+
+
+async def test_a_slow_older_load_does_not_overwrite_a_newer_one(core):
+    """Loads run in threads that cannot be stopped: one from before a change
+    may answer after the one from after it, and must then be ignored."""
+    import threading  # noqa: PLC0415
+
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_templates(pilot, app)
+        real = app.backend.templates
+        stale = real()  # the list as it is now: revision 1
+        release = threading.Event()
+
+        def slow_then_real(calls=[]):  # noqa: B006 - counts calls
+            calls.append(1)
+            if len(calls) == 1:
+                release.wait(10)
+                return stale
+            return real()
+
+        app.backend.templates = slow_then_real
+        screen.load()  # slow: answers last, with the old list
+        core.store.execute("INSERT INTO template_revisions(template, rev, image_id, origin, created_at) "
+                           "VALUES(?, 2, ?, 'update', 0)", (TEMPLATE, IMAGE_ID))
+        core.store.execute("UPDATE templates SET current_rev=2 WHERE name=?", (TEMPLATE,))
+        screen.load()  # fast: the newer list
+        table = screen.query_one("#templates", DataTable)
+        await wait_for(pilot, lambda: table.get_row(TEMPLATE)[1] == "2", what="the newer list")
+        release.set()
+        await pilot.pause(0.5)
+        assert table.get_row(TEMPLATE)[1] == "2"

@@ -55,14 +55,22 @@ class TemplatesScreen(Screen):
         if self.is_mounted:
             self.load()
 
-    @work(thread=True, exclusive=True, group="load")
     def load(self) -> None:
+        # A load thread cannot be stopped, so an older one may answer after
+        # a newer one (say, from before a revert): only the latest is shown.
+        self._loads = getattr(self, "_loads", 0) + 1
+        self._load(self._loads)
+
+    @work(thread=True, group="load")
+    def _load(self, seq: int) -> None:
         try:
-            self.post_message(TemplatesLoaded(self.app.backend.templates()))
+            self.post_message(TemplatesLoaded(self.app.backend.templates(), seq=seq))
         except QliteError as exc:
-            self.post_message(TemplatesLoaded([], str(exc)))
+            self.post_message(TemplatesLoaded([], str(exc), seq=seq))
 
     def on_templates_loaded(self, message: TemplatesLoaded) -> None:
+        if message.seq != self._loads:
+            return
         if message.error:
             self.query_one("#progress", Log).write_line(f"error: {message.error}")
             return
