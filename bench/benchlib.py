@@ -433,6 +433,20 @@ def warn_if_few_runs(runs: int) -> None:
         print("warning: a p95 over fewer than 20 runs is not meaningful", file=sys.stderr)
 
 
+def parse_runs_args(doc: str, argv: list[str] | None, runs: int, runs_help: str, default_json: Path):
+    """The command line of a bench that takes only --runs and --json."""
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=runs, help=runs_help)
+    parser.add_argument("--json", type=Path, default=None, help=f"write results here (default {default_json})")
+    args = parser.parse_args(argv)
+    if args.runs < 2:
+        parser.error("--runs must be at least 2")
+    warn_if_few_runs(args.runs)
+    return args
+
+
 def run_in_home(script: str, body: Callable[[BenchHome], None]) -> int:
     """Run BODY in a fresh bench home as root and tear the home down on any
     exit: success, Ctrl-C, SIGTERM or a failed step. Returns the exit code."""

@@ -65,8 +65,8 @@ from benchlib import (  # noqa: E402
     measure_in_qubes,
     p50,
     p95,
+    parse_runs_args,
     setup_home,
-    warn_if_few_runs,
 )
 
 DEFAULT_JSON = REPO / "bench" / "results" / "splitgpg.json"
@@ -324,14 +324,7 @@ def render(result: dict) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=30, help="timed signatures per case (default 30)")
-    parser.add_argument("--json", type=Path, default=None, help=f"write results here (default {DEFAULT_JSON})")
-    args = parser.parse_args(argv)
-    if args.runs < 2:
-        parser.error("--runs must be at least 2")
-    warn_if_few_runs(args.runs)
-    return args
+    return parse_runs_args(__doc__, argv, 30, "timed signatures per case (default 30)", DEFAULT_JSON)
 
 
 def run_bench(home: BenchHome, args: argparse.Namespace) -> dict:

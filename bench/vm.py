@@ -97,8 +97,8 @@ from benchlib import (  # noqa: E402
     last_line,
     p50,
     p95,
+    parse_runs_args,
     setup_home,
-    warn_if_few_runs,
 )
 
 from qlite.core.usage import (  # noqa: E402 - the one attribution of processes to qubes, shared with the TUI
@@ -443,15 +443,7 @@ def render(result: dict) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5,
-                        help="timed runs per case (default 5: a TCG boot takes ~5 s)")
-    parser.add_argument("--json", type=Path, default=None, help=f"write results here (default {DEFAULT_JSON})")
-    args = parser.parse_args(argv)
-    if args.runs < 2:
-        parser.error("--runs must be at least 2")
-    warn_if_few_runs(args.runs)
-    return args
+    return parse_runs_args(__doc__, argv, 5, "timed runs per case (default 5: a TCG boot takes ~5 s)", DEFAULT_JSON)
 
 
 def run_bench(home: BenchHome, args: argparse.Namespace) -> dict:
