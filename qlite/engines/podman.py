@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from qlite.engines.base import (
     Attachment,
@@ -250,6 +250,15 @@ class PodmanService:
     def cli(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
         """Run the podman CLI with qlite's configuration (builds, imports)."""
         return subprocess.run(["podman", *args], env=self.env, **kwargs)
+
+
+class DirectExec(NamedTuple):
+    """What ``runsc exec`` into a qube's sandbox needs."""
+
+    wrapper: str  # qlite's runsc wrapper for qubes
+    root: str     # the sandbox's runsc state directory
+    ids: str      # UID:GID
+    cid: str      # the full container ID
 
 
 def _runsc_root(sandbox_pid: int) -> str | None:
@@ -515,7 +524,7 @@ class PodmanEngine:
             time.sleep(0.01)
         raise EngineError(f"exec in {cid} did not report an exit code")
 
-    def _direct_exec(self, cid: str, user: str) -> list[str] | None:
+    def _direct_exec(self, cid: str, user: str) -> DirectExec | None:
         """The start of a ``runsc exec`` into running container CID as USER,
         through qlite's own runsc wrapper and the sandbox's runsc root; None
         where only podman's exec will do (another runtime, not running, a
@@ -535,19 +544,19 @@ class PodmanEngine:
         root = _runsc_root(int(state["Pid"]))
         if root is None:
             return None
-        return [str(wrapper), f"--root={root}", "exec", "--user", ids, data["Id"]]
+        return DirectExec(wrapper=str(wrapper), root=root, ids=ids, cid=data["Id"])
 
     @staticmethod
-    def _runsc_exec(start: list[str], argv: list[str], stdio: Stdio, workdir: str,
+    def _runsc_exec(target: DirectExec, argv: list[str], stdio: Stdio, workdir: str,
                     env: dict[str, str] | None) -> int:
-        uid = start[start.index("--user") + 1].partition(":")[0]
-        env = {"HOME": "/root" if uid == "0" else "/home/user", **(env or {})}
-        args = [*start[:-1]]
+        root_user = target.ids.partition(":")[0] == "0"
+        env = {"HOME": "/root" if root_user else "/home/user", **(env or {})}
+        args = [target.wrapper, f"--root={target.root}", "exec", "--user", target.ids]
         if workdir:
             args += ["--cwd", workdir]
         for k, v in env.items():
             args += ["--env", f"{k}={v}"]
-        proc = subprocess.Popen([*args, start[-1], *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([*args, target.cid, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, close_fds=True)
         tail = bytearray()
         try:
