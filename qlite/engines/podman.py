@@ -57,6 +57,9 @@ QUBE_RUNTIME = "qlite-runsc"
 # The users of qlite's templates, by name, as runsc exec takes them.
 KNOWN_USERS = {"root": "0:0", "user": "1000:1000"}
 USER_RE = re.compile(r"[0-9]{1,9}(:[0-9]{1,9})?")
+# A listing that failed because an object went away while it was listed.
+VANISHED_RE = re.compile(r"no (such|volume with name|container with|network with)", re.IGNORECASE)
+LIST_ATTEMPTS = 5
 T = TypeVar("T")
 
 
@@ -366,6 +369,20 @@ class PodmanEngine:
 
         return self._call(what, go)
 
+    def _list(self, path: str, what: str, params: dict[str, Any]) -> list[dict]:
+        """A listing. podman 4.3 fails a whole listing when one object goes
+        away while it is being listed ("no volume with name ..."), which
+        another qlite command cleaning up can cause at any moment: such a
+        listing is simply asked again (bounded)."""
+        for attempt in range(LIST_ATTEMPTS):
+            try:
+                return self._json("get", path, what, params=params) or []
+            except EngineError as exc:
+                if attempt == LIST_ATTEMPTS - 1 or not VANISHED_RE.search(str(exc)):
+                    raise
+                time.sleep(0.05)
+        return []  # not reached
+
     def version(self) -> str:
         return self._json("get", "/version", "version")["Version"]
 
@@ -420,10 +437,7 @@ class PodmanEngine:
         )
 
     def list_containers(self, labels: dict[str, str]) -> list[ContainerInfo]:
-        data = self._json(
-            "get", "/containers/json", "list containers",
-            params={"all": True, "filters": label_filters(labels)},
-        ) or []
+        data = self._list("/containers/json", "list containers", {"all": True, "filters": label_filters(labels)})
         return [
             ContainerInfo(
                 id=c["Id"], name=(c.get("Names") or [""])[0], state=c.get("State", ""),
@@ -607,7 +621,7 @@ class PodmanEngine:
         return VolumeInfo(name=data["Name"], labels=data.get("Labels") or {}, mountpoint=data["Mountpoint"])
 
     def list_volumes(self, labels: dict[str, str]) -> list[VolumeInfo]:
-        data = self._json("get", "/volumes/json", "list volumes", params={"filters": label_filters(labels)}) or []
+        data = self._list("/volumes/json", "list volumes", {"filters": label_filters(labels)})
         return [
             VolumeInfo(name=v["Name"], labels=v.get("Labels") or {}, mountpoint=v["Mountpoint"])
             for v in data if has_labels(v.get("Labels"), labels)
@@ -645,7 +659,7 @@ class PodmanEngine:
                    ok404=True, data=json.dumps(body))
 
     def list_networks(self, labels: dict[str, str]) -> list[NetworkInfo]:
-        data = self._json("get", "/networks/json", "list networks", params={"filters": label_filters(labels)}) or []
+        data = self._list("/networks/json", "list networks", {"filters": label_filters(labels)})
         return [_network_info(n) for n in data if has_labels(n.get("labels"), labels)]
 
     # -- images ------------------------------------------------------------

@@ -212,3 +212,36 @@ def test_users_runsc_exec_can_take():
     assert KNOWN_USERS == {"root": "0:0", "user": "1000:1000"}
     assert [bool(USER_RE.fullmatch(u)) for u in ("0", "1000:1000", "alice", "1:x", "", "1" * 10)] == \
         [True, True, False, False, False, False]
+
+
+@pytest.mark.parametrize(("failures", "message", "outcome"), [
+    pytest.param(0, "", "listed", id="first-time"),
+    pytest.param(2, "podman: list volumes: no volume with name qlite-x-disp1-private found", "listed",
+                 id="a-volume-went-away"),
+    pytest.param(1, "podman: list containers: no such container abc", "listed", id="a-container-went-away"),
+    pytest.param(5, "podman: list volumes: no volume with name v found", "error", id="gives-up-after-5"),
+    pytest.param(1, "podman: list volumes: permission denied", "error", id="other-errors-are-not-retried"),
+])
+def test_a_listing_is_asked_again_when_an_object_vanishes_under_it(tmp_path, monkeypatch, failures, message,
+                                                                   outcome):
+    from qlite.engines.podman import PodmanEngine  # noqa: PLC0415
+    from qlite.errors import EngineError  # noqa: PLC0415
+    from qlite.paths import Paths  # noqa: PLC0415
+
+    engine = PodmanEngine(Paths(tmp_path, explicit_home=True))
+    calls = []
+
+    def fake_json(method, path, what, ok404=False, **kw):
+        calls.append(path)
+        if len(calls) <= failures:
+            raise EngineError(message)
+        return [{"Name": "v", "Labels": {"qlite.home": "h"}, "Mountpoint": "/m"}]
+
+    monkeypatch.setattr(engine, "_json", fake_json)
+    monkeypatch.setattr("qlite.engines.podman.time.sleep", lambda _s: None)
+    if outcome == "listed":
+        assert [v.name for v in engine.list_volumes({"qlite.home": "h"})] == ["v"]
+        assert len(calls) == failures + 1
+    else:
+        with pytest.raises(EngineError):
+            engine.list_volumes({"qlite.home": "h"})
