@@ -455,6 +455,7 @@ def run_in_home(script: str, body: Callable[[BenchHome], None]) -> int:
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
     home = BenchHome(Path(tempfile.mkdtemp(prefix="qlite-bench-", dir=HOME_BASE)).resolve())
+    print(f"bench home {home.path} (label qlite.home={home.hash})", file=sys.stderr)
     try:
         body(home)
         return 0

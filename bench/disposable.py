@@ -417,7 +417,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_bench(home: BenchHome, args: argparse.Namespace) -> dict:
-    print(f"bench home {home.path} (label qlite.home={home.hash})", file=sys.stderr)
     setup = prepare(home)
     cases = latency_cases(home, setup)
     samples = measure_latency(cases, args.runs, home.path)

@@ -328,7 +328,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_bench(home: BenchHome, args: argparse.Namespace) -> dict:
-    print(f"bench home {home.path} (label qlite.home={home.hash})", file=sys.stderr)
     fpr = prepare(home)
     signing, e2e = signing_cases(fpr), e2e_cases(fpr)
     approve_first_use(home, e2e[0])

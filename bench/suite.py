@@ -464,7 +464,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_bench(home: BenchHome, args: argparse.Namespace) -> dict:
-    print(f"bench home {home.path} (label qlite.home={home.hash})", file=sys.stderr)
     home.bulk_workers = args.workers
     started = time.monotonic()
 

@@ -447,7 +447,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_bench(home: BenchHome, args: argparse.Namespace) -> dict:
-    print(f"bench home {home.path} (label qlite.home={home.hash})", file=sys.stderr)
     load_before = os.getloadavg()[0]
     prepare(home)
     cases = latency_cases()
