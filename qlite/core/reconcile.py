@@ -7,6 +7,7 @@ other live qlite processes are running are never touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qlite.core.context import Context
@@ -117,10 +118,35 @@ def sweep_engine(ctx: Context, report: ReconcileReport) -> None:
             engine.remove_container(c.id, force=True)
             report.containers.append(c.name)
     for n in networks:
-        if _stray(ctx, n.labels, known):
-            engine.remove_network(n.name)
+        if _stray(ctx, n.labels, known) and remove_named_stray(ctx, n.name, n.labels, engine.list_networks,
+                                                               engine.remove_network):
             report.networks.append(n.name)
     for v in volumes:
-        if _stray(ctx, v.labels, known):
-            engine.remove_volume(v.name)
+        if _stray(ctx, v.labels, known) and remove_named_stray(ctx, v.name, v.labels, engine.list_volumes,
+                                                               engine.remove_volume):
             report.volumes.append(v.name)
+
+
+def remove_named_stray(ctx: Context, name: str, labels: dict[str, str],
+                       lister: Callable[[dict[str, str]], list], remover: Callable[[str], None]) -> bool:
+    """Remove the stray volume or network NAME, listed with LABELS, if it is
+    still stray; True if it was removed.
+
+    Volumes and networks are removed by name, and names come back: once a
+    reaper has destroyed a dead command's disp1386, a new command may make
+    its own disp1386 before this sweep reaches the stale listing. So the
+    object is looked at again and removed under the store's write lock: a
+    new qube's row, written before its first engine object, waits for it,
+    and a fresh object of a live qube is never taken for the dead one."""
+    selector = {"qlite.home": ctx.home_hash}
+    if "qlite.qube" in labels:
+        selector["qlite.qube"] = labels["qlite.qube"]
+    with ctx.store.transaction() as conn:
+        fresh = next((o for o in lister(selector) if o.name == name), None)
+        if fresh is None:
+            return False
+        known = {r[0] for r in conn.execute("SELECT name FROM qubes UNION SELECT name FROM templates")}
+        if not _stray(ctx, fresh.labels, known):
+            return False
+        remover(name)
+    return True

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
 from qlite.progress import Progress
+
+# A removal that lost the race to another one: podman 4.3 finds the object,
+# then answers 500 rather than 404 if it is gone by the time it removes it.
+GONE_RE = re.compile(r"no such (volume|container|network)|network not found", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

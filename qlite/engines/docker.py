@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
 from qlite.engines.base import (
+    GONE_RE,
     Attachment,
     ContainerInfo,
     ContainerSpec,
@@ -201,6 +202,8 @@ class DockerEngine:
                 return None
             raise EngineError(f"docker: {what}: {exc.explanation or exc}") from exc
         except derr.APIError as exc:
+            if ok404 and GONE_RE.search(str(exc.explanation or exc)):
+                return None
             raise EngineError(f"docker: {what}: {exc.explanation or exc}") from exc
         except unreachable as exc:
             raise EngineUnavailable(self._unreachable(what, exc)) from exc

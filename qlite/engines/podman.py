@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from qlite.engines.base import (
+    GONE_RE,
     Attachment,
     ContainerInfo,
     ContainerSpec,
@@ -61,6 +62,11 @@ USER_RE = re.compile(r"[0-9]{1,9}(:[0-9]{1,9})?")
 VANISHED_RE = re.compile(r"no (such|volume with name|container with|network with)", re.IGNORECASE)
 LIST_ATTEMPTS = 5
 T = TypeVar("T")
+
+
+def gone(resp: Any) -> bool:
+    """True if a failed removal says that its object no longer exists."""
+    return resp.status_code >= 500 and GONE_RE.search(resp.text or "") is not None
 
 
 # --------------------------------------------------------------------------
@@ -357,7 +363,7 @@ class PodmanEngine:
     def _json(self, method: str, path: str, what: str, ok404: bool = False, **kw: Any) -> Any:
         def go() -> Any:
             resp = getattr(self.api, method)(path, **kw)
-            if ok404 and resp.status_code == 404:
+            if ok404 and (resp.status_code == 404 or (method == "delete" and gone(resp))):
                 return None
             resp.raise_for_status()
             if resp.status_code == 204 or not resp.content.strip():

@@ -13,6 +13,7 @@ disposable is left over.
 
 from __future__ import annotations
 
+import os
 import random
 import selectors
 import subprocess
@@ -40,7 +41,8 @@ pytestmark = pytest.mark.integration
 
 TOTAL = 200
 BATCH = 12
-SEED = 20261128
+# Fixed, so that a failure can be replayed; QLITE_STORM_SEED tries others.
+SEED = int(os.environ.get("QLITE_STORM_SEED", "20261128"))
 OFFLINE_DVM = "storm-off"
 PRELOAD_DVM = "storm-pre"
 RUN_TIMEOUT_S = 120

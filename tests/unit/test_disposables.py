@@ -222,6 +222,56 @@ def test_sweep_removes_stray_objects_of_this_home_only(ctx, qm, engine):
     assert set(engine.volumes) == {"qlite-otherhome-x-private", "not-ours"}
 
 
+@pytest.mark.parametrize("kind", ["volume", "network"])
+def test_sweep_never_removes_a_new_object_that_took_a_stale_listed_name(ctx, qm, dm, engine, kind):
+    """A sweep lists a dead command's disp object; before it gets to it, a
+    reaper destroys that disposable and a new command makes its own of the
+    same name. The sweep must leave the new one alone."""
+    hh = ctx.home_hash
+    name = volume_name(hh, "disp1386") if kind == "volume" else network_name(hh, "disp1386")
+    create = engine.create_volume if kind == "volume" else engine.create_network
+    objects = engine.volumes if kind == "volume" else engine.networks
+    create(name, {"qlite.qube": "disp1386", "qlite.kind": "x", "qlite.home": hh, "qlite.owner": dead_owner()})
+    listing = getattr(engine, f"list_{kind}s")
+    listed: list[bool] = []
+
+    def list_then_replace(labels):
+        out = listing(labels)
+        if not listed:  # the sweep's own listing: now the name changes hands
+            listed.append(True)
+            getattr(engine, f"remove_{kind}")(name)
+            q = dm.create(template=TEMPLATE)
+            ctx.store.execute("UPDATE qubes SET name='disp1386' WHERE name=?", (q.name,))
+            create(name, {"qlite.qube": "disp1386", "qlite.kind": "x", "qlite.home": hh,
+                          "qlite.owner": current_owner()})
+        return out
+
+    setattr(engine, f"list_{kind}s", list_then_replace)
+    report = reap(ctx, sweep=True)
+    assert listed
+    assert getattr(report, f"{kind}s") == []
+    assert objects[name].labels["qlite.owner"] == current_owner()
+
+
+@pytest.mark.parametrize(("status", "text", "expected"), [
+    (500, "no volume with name qlite-x found in database: no such volume", True),
+    (500, "no container with name or ID \"x\" found: no such container", True),
+    (500, "unable to find network with name or ID x: network not found", True),
+    (500, "volume is being used", False),
+    (500, "open /var/lib/x: no such file or directory", False),
+    (409, "no such volume", False),
+    (200, "", False),
+])
+def test_a_removal_that_lost_a_race_counts_as_done(status, text, expected):
+    from qlite.engines.podman import gone  # noqa: PLC0415
+
+    class Resp:
+        status_code = status
+
+    Resp.text = text
+    assert gone(Resp()) is expected
+
+
 def test_the_pool_keeper_drops_connections_of_members_that_are_gone(ctx, paths):
     import socket  # noqa: PLC0415
 
