@@ -73,6 +73,10 @@ class Paths:
         return self.run_dir / "service.lock"
 
     @property
+    def tables_lock(self) -> Path:
+        return self.run_dir / "nft.lock"
+
+    @property
     def rpc_log(self) -> Path:
         return self.log_dir / "rpc.jsonl"
 

@@ -21,12 +21,13 @@ loaded atomically. If rules cannot be loaded, the qube gets no network.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from qlite.core.context import Context
@@ -36,6 +37,7 @@ from qlite.engines.base import ContainerInfo, NetworkInfo
 from qlite.errors import EngineError, InvalidValue, NotFound, QliteError, StateError
 from qlite.net import nft
 from qlite.net.firewall import DEFAULT_RULES, Rule, rule_from_json
+from qlite.progress import file_lock
 
 GATEWAY_TABLE = "qlite-gw"
 DNS_FEATURE = "net.dns-servers"
@@ -321,18 +323,33 @@ class NetworkManager:
             ))
         return out
 
+    @contextlib.contextmanager
+    def _tables_locked(self) -> Iterator[None]:
+        """Held from reading what a table covers until it is loaded. Each
+        load replaces the whole table, so without it a command that read the
+        qubes before a new one's network existed could load its table after
+        the new qube's own, and leave that qube running without its rules."""
+        self.ctx.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.ctx.paths.tables_lock):
+            yield
+
     def apply_host(self) -> None:
-        nets = self.host_nets()
-        if not nets:  # nothing to guard: leave no table behind in the kernel
-            self.apply.delete_table(host_table_name(self.hh))
-            return
-        resolved: dict[str, tuple[str, ...]] = {}
-        for n in nets:
-            resolved.update(self.resolve(n.rules))
-        script = nft.host_table(host_table_name(self.hh), nets, resolved, time.time())
-        self.apply.apply_nft(script)
+        with self._tables_locked():
+            nets = self.host_nets()
+            if not nets:  # nothing to guard: leave no table behind in the kernel
+                self.apply.delete_table(host_table_name(self.hh))
+                return
+            resolved: dict[str, tuple[str, ...]] = {}
+            for n in nets:
+                resolved.update(self.resolve(n.rules))
+            script = nft.host_table(host_table_name(self.hh), nets, resolved, time.time())
+            self.apply.apply_nft(script)
 
     def apply_gateway(self, gateway: Qube) -> None:
+        with self._tables_locked():
+            self._apply_gateway(gateway)
+
+    def _apply_gateway(self, gateway: Qube) -> None:
         info = self._running_info(gateway)
         if info is None or not info.netns:
             return

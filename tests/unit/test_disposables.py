@@ -253,6 +253,58 @@ def test_sweep_never_removes_a_new_object_that_took_a_stale_listed_name(ctx, qm,
     assert objects[name].labels["qlite.owner"] == current_owner()
 
 
+def test_a_stale_host_table_never_replaces_a_newer_one(ctx, engine, paths):
+    """Command A reads the qubes for the host table; before it loads it,
+    command B makes a disposable's network and loads its own table. A's
+    table, without B's qube, must not be the one left in the kernel: B's
+    qube would run without its firewall."""
+    import threading  # noqa: PLC0415
+
+    from qlite.core.context import Context  # noqa: PLC0415
+    from qlite.net import nft  # noqa: PLC0415
+    from qlite.state.store import Store  # noqa: PLC0415
+
+    other = Store(paths.db)
+    ctx_b = Context(paths, engine=engine, store=other)
+    for key in ("runtime_probe", "net_apply", "mounts", "daemon"):
+        ctx_b.__dict__[key] = ctx.__dict__[key]  # one kernel: one record of what was loaded
+    loaded = ctx.net_apply.scripts
+    first = DisposableManager(ctx).create(template=TEMPLATE)
+    QubeManager(ctx).net.prepare(first)
+
+    a_listed, a_go = threading.Event(), threading.Event()
+    listing = engine.list_networks
+
+    def pausing_list(labels):
+        out = listing(labels)
+        if threading.current_thread().name == "A" and not a_listed.is_set():
+            a_listed.set()
+            assert a_go.wait(10)
+        return out
+
+    engine.list_networks = pausing_list
+    a = threading.Thread(target=QubeManager(ctx).net.apply_host, name="A")
+    a.start()
+    assert a_listed.wait(10)
+    b_done = threading.Event()
+    second = DisposableManager(ctx_b).create(template=TEMPLATE)
+
+    def command_b():
+        QubeManager(ctx_b).net.prepare(second)
+        b_done.set()
+
+    b = threading.Thread(target=command_b, name="B")
+    b.start()
+    b_done.wait(0.5)  # B is held until A has loaded what it read
+    a_go.set()
+    a.join(10)
+    b.join(10)
+    other.close()
+    assert not a.is_alive() and not b.is_alive()
+    assert f"chain {nft.chain_name(second.name)} " in loaded[-1][0]
+    assert f"chain {nft.chain_name(first.name)} " in loaded[-1][0]
+
+
 @pytest.mark.parametrize(("status", "text", "expected"), [
     (500, "no volume with name qlite-x found in database: no such volume", True),
     (500, "no container with name or ID \"x\" found: no such container", True),
