@@ -14,7 +14,10 @@ from qlite.cli import commands
 from qlite.errors import QliteError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ONLY, just that command's (building every
+    command's parser costs more than some commands take to run). Its
+    ``matched`` says whether ONLY was a command."""
     p = _Parser(
         prog="qlite",
         description="Qubes OS-style compartments on an ordinary Linux laptop.",
@@ -23,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    p.matched = only is None
+
     def cmd(name: str, fn, help_: str, json_out: bool = False) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            return _Unused()
+        p.matched = True
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=fn)
         if json_out:
@@ -178,8 +186,17 @@ def _int(name: str):
     return parse
 
 
+class _Unused:
+    """Where the arguments of a command that was not asked for go."""
+
+    def add_argument(self, *args, **kwargs) -> None:
+        pass
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors are qlite errors too: one line, exit 125."""
+
+    matched = True  # see build_parser
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"qlite: error: {message} (see '{self.prog} --help')\n")
@@ -187,8 +204,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    first = argv[0] if argv and not argv[0].startswith("-") else None
+    parser = build_parser(first)
+    if not parser.matched:  # not a command: the full parser says so, with the choices
+        parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except QliteError as exc:

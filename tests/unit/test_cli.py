@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 import qlite.cli
@@ -75,3 +77,28 @@ def test_help_and_version_exit_0(argv, capsys):
         qlite.cli.main(argv)
     assert exc.value.code in (0, None)
     assert capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--disposable", "--", "true"],
+    ["run", "work", "-u", "root", "--", "id"],
+    ["ls", "--json"],
+    ["create", "work", "-l", "red", "--netvm", "none", "--prop", "a=b"],
+    ["firewall", "work", "add", "action=accept", "dsthost=example.org"],
+    ["device", "attach", "work", "sdb1", "--ro"],
+    ["tui"],
+    ["reconcile"],
+])
+def test_the_one_command_parser_reads_argv_as_the_whole_parser_does(argv):
+    one = qlite.cli.build_parser(argv[0])
+    assert one.matched
+    assert vars(one.parse_args(argv)) == vars(qlite.cli.build_parser().parse_args(argv))
+
+
+def test_every_command_has_a_parser_of_its_own():
+    full = qlite.cli.build_parser()
+    names = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert len(names) > 20
+    for name in names:
+        assert qlite.cli.build_parser(name).matched, name
+    assert not qlite.cli.build_parser("nosuch").matched
