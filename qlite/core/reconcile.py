@@ -7,6 +7,7 @@ other live qlite processes are running are never touched.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -78,6 +79,11 @@ def reap(ctx: Context, sweep: bool = False) -> ReconcileReport:
     return report
 
 
+def _known(conn: sqlite3.Connection) -> set[str]:
+    """The names of every qube and template in the store."""
+    return {r[0] for r in conn.execute("SELECT name FROM qubes UNION SELECT name FROM templates")}
+
+
 def _stray(ctx: Context, labels: dict[str, str], known: set[str]) -> bool:
     owner = labels.get("qlite.owner")
     if owner is not None:
@@ -111,8 +117,7 @@ def sweep_engine(ctx: Context, report: ReconcileReport) -> None:
     # Rows are read after the listings: a qube's row is written before its
     # first engine object and deleted after its last, so every object
     # listed of a qube being created right now has its row already.
-    known = {r["name"] for r in ctx.store.query("SELECT name FROM qubes")}
-    known |= {r["name"] for r in ctx.store.query("SELECT name FROM templates")}
+    known = _known(ctx.store.conn)
     for c in containers:
         if _stray(ctx, c.labels, known) or _dead_vm(ctx, c.labels):
             engine.remove_container(c.id, force=True)
@@ -145,8 +150,7 @@ def remove_named_stray(ctx: Context, name: str, labels: dict[str, str],
         fresh = next((o for o in lister(selector) if o.name == name), None)
         if fresh is None:
             return False
-        known = {r[0] for r in conn.execute("SELECT name FROM qubes UNION SELECT name FROM templates")}
-        if not _stray(ctx, fresh.labels, known):
+        if not _stray(ctx, fresh.labels, _known(conn)):
             return False
         remover(name)
     return True
