@@ -173,6 +173,14 @@ def core(tmp_path: Path) -> FakeCore:
     fake.store.close()
 
 
+async def wait_for_screen(pilot, screen_type: type, what: str = "") -> None:
+    """Until the app's screen is a SCREEN_TYPE with its widgets mounted: a
+    pushed screen is the app's screen at once, its widgets come a moment
+    later, and a key pressed or a query made before then finds nothing."""
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, screen_type) and pilot.app.screen.is_mounted,
+                   what=what or screen_type.__name__)
+
+
 async def wait_for(pilot, predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
     """Let the app run until PREDICATE holds (bounded)."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ from tui.asks import Question
 from tui.screens.ask import AskScreen
 from tui.screens.templates import TemplatesScreen
 
-from .conftest import SIZE, wait_for
+from .conftest import SIZE, wait_for, wait_for_screen
 
 
 @dataclass
@@ -31,8 +31,11 @@ def shown_targets(screen: AskScreen) -> list[tuple[str, bool]]:
     return [(str(b.label), b.value) for b in screen.query(RadioButton)]
 
 
-async def wait_for_question(pilot, app) -> AskScreen:
-    await wait_for(pilot, lambda: isinstance(app.screen, AskScreen), what="the question")
+async def wait_for_question(pilot, app, ask_id: int | None = None) -> AskScreen:
+    """The question's screen once it is laid out: a pushed screen is the
+    app's screen at once, but its widgets come a moment later."""
+    await wait_for(pilot, lambda: isinstance(app.screen, AskScreen)
+                   and ask_id in (None, app.screen.question.id), what=f"question {ask_id or ''}")
     await wait_for(pilot, lambda: app.screen.query_one(".dialog").region.area, what="the dialog's layout")
     return app.screen
 
@@ -105,9 +108,7 @@ async def test_closes_when_answered_elsewhere_then_shows_the_next(core):
         screen = await wait_for_question(pilot, app)
         assert screen.question.id == 1
         core.asks.questions = core.asks.questions[1:]  # e.g. qlite policy ask 1 deny
-        await wait_for(pilot, lambda: isinstance(app.screen, AskScreen) and app.screen.question.id == 2,
-                       what="the second question")
-        gpg = app.screen
+        gpg = await wait_for_question(pilot, app, 2)
         assert "Split GPG" in str(gpg.query_one(".dialog-title").content)
         assert shown_targets(gpg) == [("vault", False)]
     assert core.asks.answers == []
@@ -117,12 +118,12 @@ async def test_a_question_comes_up_over_any_screen(core):
     app = core.app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("2")
-        await wait_for(pilot, lambda: isinstance(app.screen, TemplatesScreen))
+        await wait_for_screen(pilot, TemplatesScreen)
         core.asks.questions = [question()]
         await wait_for_question(pilot, app)
         await pilot.press("1")  # no leaving the question by switching screens
         await pilot.pause(0.1)
         assert isinstance(app.screen, AskScreen)
         await pilot.press("escape")
-        await wait_for(pilot, lambda: isinstance(app.screen, TemplatesScreen))
+        await wait_for_screen(pilot, TemplatesScreen)
     assert core.asks.answers == [(1, False, None)]

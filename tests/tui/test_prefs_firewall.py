@@ -13,7 +13,7 @@ from tui.screens.dialogs import ConfirmScreen
 from tui.screens.firewall import FirewallScreen
 from tui.screens.prefs import PrefsScreen
 
-from .conftest import SIZE, wait_for
+from .conftest import SIZE, wait_for, wait_for_screen
 from .test_qubes_screen import make_qubes, select
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="laying out a private volume needs root")
@@ -27,7 +27,7 @@ def stored_rules(core, name: str) -> list[dict] | None:
 async def open_prefs(pilot, app, name: str) -> PrefsScreen:
     await select(pilot, app, name)
     await pilot.press("p")
-    await wait_for(pilot, lambda: isinstance(app.screen, PrefsScreen))
+    await wait_for_screen(pilot, PrefsScreen)
     screen = app.screen
     await wait_for(pilot, lambda: screen.query_one("#prefs", DataTable).row_count > 10, what="the properties")
     return screen
@@ -99,7 +99,7 @@ async def test_firewall_add_delete_reset(core):
     async with app.run_test(size=SIZE) as pilot:
         await select(pilot, app, "work")
         await pilot.press("f")
-        await wait_for(pilot, lambda: isinstance(app.screen, FirewallScreen))
+        await wait_for_screen(pilot, FirewallScreen)
         screen = app.screen
         table = screen.query_one("#rules", DataTable)
         await wait_for(pilot, lambda: table.row_count == 1)
@@ -140,7 +140,7 @@ async def test_firewall_add_delete_reset(core):
         ]
 
         await pilot.press("R")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await wait_for_screen(pilot, ConfirmScreen)
         await pilot.press("y")
         await wait_for(pilot, lambda: table.row_count == 1)
         assert stored_rules(core, "work") == [{"action": "accept"}]

@@ -15,7 +15,7 @@ from tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from tui.screens.run import RunScreen
 from tui.widgets.qube_table import QubeTable
 
-from .conftest import SIZE, TEMPLATE, wait_for
+from .conftest import SIZE, TEMPLATE, wait_for, wait_for_screen
 
 # Creating a private volume chowns /rw/home/user to uid 1000.
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="laying out a private volume needs root")
@@ -104,7 +104,7 @@ async def test_create_through_the_form(core):
     async with app.run_test(size=SIZE) as pilot:
         await select(pilot, app, TEMPLATE)
         await pilot.press("n")
-        await wait_for(pilot, lambda: isinstance(app.screen, CreateQubeScreen))
+        await wait_for_screen(pilot, CreateQubeScreen)
         form = app.screen
         # The global default_template is preselected.
         assert form.query_one("#template", Select).value == TEMPLATE
@@ -125,7 +125,7 @@ async def test_create_form_shows_a_rejected_name_and_stays_open(core):
     app = core.app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n")
-        await wait_for(pilot, lambda: isinstance(app.screen, CreateQubeScreen))
+        await wait_for_screen(pilot, CreateQubeScreen)
         await pilot.press(*"disp12", "enter")
         error = app.screen.query_one("#error")
         await wait_for(pilot, lambda: error.text, what="an error line")
@@ -152,18 +152,18 @@ async def test_start_shutdown_kill_and_remove(core):
         await wait_for(pilot, lambda: cell(app, "work", 1) == "Running")
         core.engine.calls.clear()
         await pilot.press("k")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await wait_for_screen(pilot, ConfirmScreen)
         await pilot.press("n")  # declined: nothing happens
         await pilot.pause(0.1)
         assert core.calls("remove_container") == [] and running(core, "work")
         await pilot.press("k")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await wait_for_screen(pilot, ConfirmScreen)
         await pilot.press("y")
         await wait_for(pilot, lambda: cell(app, "work", 1) == "Halted", what="work to be killed")
         assert core.calls("remove_container") and core.calls("stop") == []
 
         await pilot.press("x")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await wait_for_screen(pilot, ConfirmScreen)
         assert "work" in str(app.screen.question)
         await pilot.press("y")
         await wait_for(pilot, lambda: "work" not in [k.value for k in table(app).rows], what="the row to go")
@@ -178,7 +178,7 @@ async def test_engine_error_shows_its_one_line_in_a_dialog(core):
     async with app.run_test(size=SIZE) as pilot:
         await select(pilot, app, "work")
         await pilot.press("s")
-        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen), what="an error dialog")
+        await wait_for_screen(pilot, ErrorScreen, what="an error dialog")
         assert app.screen.message == "podman: start qlite-x-work: OCI runtime error"
         await pilot.press("enter")
         await wait_for(pilot, lambda: not isinstance(app.screen, ErrorScreen))
@@ -204,7 +204,7 @@ async def test_disposable_command_output_goes_to_the_activity_log(core):
     app = core.app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("d")
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        await wait_for_screen(pilot, RunScreen)
         await pilot.press(*"echo 'a b'", "enter")
         await wait_for(pilot, lambda: core.runner.capture_calls)
         log = app.screen.query_one("#activity", Log)
@@ -228,7 +228,7 @@ async def test_clone_through_the_form(core):
     async with app.run_test(size=SIZE) as pilot:
         await select(pilot, app, "work")
         await pilot.press("c")
-        await wait_for(pilot, lambda: isinstance(app.screen, CloneScreen))
+        await wait_for_screen(pilot, CloneScreen)
         assert app.screen.query_one("#name", Input).value == "work-clone"
         await pilot.press("enter")
         await wait_for(pilot, lambda: not isinstance(app.screen, CloneScreen), what="the form to close")

@@ -34,7 +34,7 @@ def populate(core) -> None:
 async def steady(pilot, screen_type=None) -> None:
     app = pilot.app
     await wait_for(pilot, lambda: app.screen.query(QubeTable) and app.screen.query_one(QubeTable).row_count == 5
-                   if screen_type is None else isinstance(app.screen, screen_type))
+                   if screen_type is None else isinstance(app.screen, screen_type) and app.screen.is_mounted)
     for field in app.screen.query(Input):
         field.cursor_blink = False
     await pilot.pause(0.1)

@@ -11,7 +11,7 @@ from tui.screens.logs import LogsScreen
 from tui.screens.placeholders import AemScreen, DevicesScreen
 from tui.screens.templates import TemplatesScreen
 
-from .conftest import IMAGE_ID, SIZE, TEMPLATE, wait_for
+from .conftest import IMAGE_ID, SIZE, TEMPLATE, wait_for, wait_for_screen
 
 
 def current_rev(core) -> int:
@@ -20,7 +20,7 @@ def current_rev(core) -> int:
 
 async def open_templates(pilot, app) -> TemplatesScreen:
     await pilot.press("2")
-    await wait_for(pilot, lambda: isinstance(app.screen, TemplatesScreen))
+    await wait_for_screen(pilot, TemplatesScreen)
     screen = app.screen
     await wait_for(pilot, lambda: screen.query_one("#templates", DataTable).row_count >= 1)
     return screen
@@ -54,7 +54,7 @@ async def test_update_streams_progress_then_revert(core):
         assert [revisions.get_row_at(i)[:2] for i in range(2)] == [["", "1"], ["*", "2"]]
 
         await pilot.press("v")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await wait_for_screen(pilot, ConfirmScreen)
         await pilot.press("y")
         await wait_for(pilot, lambda: any("revert done, now at revision 1" in line for line in log.lines))
         await wait_for(pilot, lambda: revisions.row_count == 1)
@@ -71,7 +71,7 @@ async def test_logs_show_rpc_audit_and_daemon_log(core):
     app = core.app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("3")
-        await wait_for(pilot, lambda: isinstance(app.screen, LogsScreen))
+        await wait_for_screen(pilot, LogsScreen)
         table = app.screen.query_one("#rpc", DataTable)
         await wait_for(pilot, lambda: table.row_count == 2)
         newest, oldest = table.get_row_at(0), table.get_row_at(1)
@@ -86,7 +86,7 @@ async def test_placeholder_panels(core):
     async with app.run_test(size=SIZE) as pilot:
         for key, screen_type in (("4", DevicesScreen), ("5", AemScreen)):
             await pilot.press(key)
-            await wait_for(pilot, lambda screen_type=screen_type: isinstance(app.screen, screen_type))
+            await wait_for_screen(pilot, screen_type)
             text = str(app.screen.query_one(".placeholder", Static).content)
             assert "arrives in a later release" in text
 
