@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 
 import pytest
 
+from qlite.core.context import Context
 from qlite.core.disposables import DisposableManager, Terminated, exit_code_for
 from qlite.core.names import validate_name
 from qlite.core.prefs import GlobalPrefs
@@ -14,8 +16,11 @@ from qlite.core.qubes import QubeManager
 from qlite.core.reconcile import orphaned_rows, reap
 from qlite.core.spec import container_name, network_name, volume_name
 from qlite.engines.base import Stdio
+from qlite.engines.podman import gone
 from qlite.errors import EngineError, InvalidValue, NotFound
+from qlite.net import nft
 from qlite.state.owners import current_owner, owner_alive
+from qlite.state.store import Store
 
 from .conftest import IMAGE_ID, TEMPLATE, dead_owner, dump_store, insert_row, require_root
 
@@ -223,7 +228,7 @@ def test_sweep_removes_stray_objects_of_this_home_only(ctx, qm, engine):
 
 
 @pytest.mark.parametrize("kind", ["volume", "network"])
-def test_sweep_never_removes_a_new_object_that_took_a_stale_listed_name(ctx, qm, dm, engine, kind):
+def test_sweep_never_removes_a_new_object_that_took_a_stale_listed_name(ctx, dm, engine, kind):
     """A sweep lists a dead command's disp object; before it gets to it, a
     reaper destroys that disposable and a new command makes its own of the
     same name. The sweep must leave the new one alone."""
@@ -258,12 +263,6 @@ def test_a_stale_host_table_never_replaces_a_newer_one(ctx, engine, paths):
     command B makes a disposable's network and loads its own table. A's
     table, without B's qube, must not be the one left in the kernel: B's
     qube would run without its firewall."""
-    import threading  # noqa: PLC0415
-
-    from qlite.core.context import Context  # noqa: PLC0415
-    from qlite.net import nft  # noqa: PLC0415
-    from qlite.state.store import Store  # noqa: PLC0415
-
     other = Store(paths.db)
     ctx_b = Context(paths, engine=engine, store=other)
     for key in ("runtime_probe", "net_apply", "mounts", "daemon"):
@@ -315,8 +314,6 @@ def test_a_stale_host_table_never_replaces_a_newer_one(ctx, engine, paths):
     (200, "", False),
 ])
 def test_a_removal_that_lost_a_race_counts_as_done(status, text, expected):
-    from qlite.engines.podman import gone  # noqa: PLC0415
-
     class Resp:
         status_code = status
 
