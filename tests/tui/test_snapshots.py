@@ -14,7 +14,7 @@ from tui.screens.ask import AskScreen
 from tui.screens.create import CreateQubeScreen
 from tui.widgets.qube_table import QubeTable
 
-from .conftest import SIZE, wait_for
+from .conftest import SIZE, wait_for, wait_for_screen
 from .test_asks import Clock, question
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="laying out a private volume needs root")
@@ -33,8 +33,10 @@ def populate(core) -> None:
 
 async def steady(pilot, screen_type=None) -> None:
     app = pilot.app
-    await wait_for(pilot, lambda: app.screen.query(QubeTable) and app.screen.query_one(QubeTable).row_count == 5
-                   if screen_type is None else isinstance(app.screen, screen_type) and app.screen.is_mounted)
+    if screen_type is None:
+        await wait_for(pilot, lambda: app.screen.query(QubeTable) and app.screen.query_one(QubeTable).row_count == 5)
+    else:
+        await wait_for_screen(pilot, screen_type)
     for field in app.screen.query(Input):
         field.cursor_blink = False
     await pilot.pause(0.1)
