@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from qlite.core.context import Context
 from qlite.errors import QliteError
+from qlite.paths import Paths
+from qlite.runtime.hostpodman import HostPodman, dropin_state, read_host
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -28,6 +30,7 @@ class Check:
 def run_checks(ctx: Context, kvm: bool = True) -> list[Check]:
     checks = [check_podman(), *check_runsc(ctx)]
     checks.append(check_service(ctx))
+    checks.append(check_host_podman(ctx.paths))
     checks.append(check_tool("mmdebstrap", "builds template root filesystems", "apt install mmdebstrap"))
     checks.append(check_vm_tools())
     if kvm:
@@ -44,6 +47,24 @@ def check_podman() -> Check:
     out = subprocess.run([podman, "--version"], capture_output=True, text=True).stdout.strip()
     version = out.rsplit(" ", 1)[-1] if out else "unknown"
     return Check("podman", OK, f"podman {version}")
+
+
+def check_host_podman(paths: Paths, host: HostPodman | None = None) -> Check:
+    """Whether the host's podman tools see what qlite runs."""
+    host = host if host is not None else read_host()
+    installed, netavark = dropin_state(paths)
+    if not installed:
+        return Check("host-podman", WARN,
+                     f"{paths.podman_dropin} is missing or out of date: the host's podman tools may not "
+                     "list qlite's networks or know its runsc runtimes", "run qlite setup")
+    if not netavark:
+        why = host.cni_in_use or "the host's podman was left on CNI"
+        return Check("host-podman", WARN,
+                     f"{why}: 'podman network ls' on the host does not list qlite's networks (qlite itself "
+                     "works: its service uses netavark)",
+                     "qlite setup --force switches the host's podman to netavark")
+    return Check("host-podman", OK, f"the host's podman tools see qlite's qubes (netavark, qlite's runtimes; "
+                                    f"{paths.podman_dropin})")
 
 
 def check_runsc(ctx: Context) -> list[Check]:

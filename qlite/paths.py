@@ -14,6 +14,12 @@ from pathlib import Path
 
 DEFAULT_HOME = Path("/var/lib/qlite")
 DEFAULT_POLICY_DIR = Path("/etc/qlite/policy.d")
+# Machine-wide: the runsc wrappers every podman on this host knows as
+# qlite's runtimes, and the one drop-in that extends the host's podman
+# configuration (netavark, and those runtimes), so that the host's own
+# podman tools see and can handle what qlite runs.
+HOST_LIB_DIR = Path("/usr/local/lib/qlite")
+PODMAN_DROPIN = Path("/etc/containers/containers.conf.d/50-qlite.conf")
 # Where the repository's data lives (images/, runsc-config/, policies/,
 # Containerfile, guest/). qlite is installed editable from the checkout.
 SHARE_DIR = Path(os.environ.get("QLITE_SHARE", Path(__file__).resolve().parent.parent))
@@ -23,6 +29,8 @@ SHARE_DIR = Path(os.environ.get("QLITE_SHARE", Path(__file__).resolve().parent.p
 class Paths:
     home: Path
     explicit_home: bool = False
+    host_lib_dir: Path = HOST_LIB_DIR
+    podman_dropin: Path = PODMAN_DROPIN
 
     @classmethod
     def from_env(cls) -> Paths:
@@ -132,8 +140,10 @@ class Paths:
         return self.run_dir / "vm" / qube
 
     def runsc_wrapper(self, mode: str) -> Path:
-        """The generated runsc wrapper for one mode ("qube" or "build")."""
-        return self.run_dir / f"runsc-{mode}"
+        """The generated runsc wrapper for one mode ("qube" or "build").
+        Machine-wide: the host's podman runs qlite's containers through it
+        too (stop, rm), whichever home made them."""
+        return self.host_lib_dir / f"runsc-{mode}"
 
     # Data shipped in the repository.
     @property

@@ -122,9 +122,8 @@ class Home:
         self.run("daemon", "stop", check=False)
         self.run("service", "stop", check=False)
         # Whatever a failed test left behind is still removed, by label, with
-        # this home's containers.conf: the host's podman does not know the
-        # runsc runtime the containers were made with.
-        env = {**os.environ, "CONTAINERS_CONF": str(self.path / "run" / "containers.conf")}
+        # the host's podman: setup's drop-in taught it qlite's runtimes.
+        env = {k: v for k, v in os.environ.items() if k != "CONTAINERS_CONF"}
         for tag in left["image tags"]:
             subprocess.run(["podman", "untag", tag, tag], capture_output=True, timeout=60)
         for kind, names in left.items():

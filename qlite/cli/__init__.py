@@ -123,8 +123,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp = cmd("doctor", commands.doctor, "check what this host can do", json_out=True)
     sp.add_argument("--no-kvm", action="store_true", help="skip the KVM guest probe")
 
-    sp = cmd("setup", commands.setup, "build the default template and default-dvm if missing")
+    sp = cmd("setup", commands.setup, "set up the host's podman, build the default template and default-dvm")
     sp.add_argument("-q", "--quiet", action="store_true")
+    sp.add_argument("--force", action="store_true",
+                    help="switch the host's podman to netavark even where it uses CNI networks")
 
     cmd("reconcile", commands.reconcile, "remove what crashed qlite processes left behind", json_out=True)
 

@@ -517,9 +517,16 @@ def doctor(args: argparse.Namespace) -> int:
 
 def setup(args: argparse.Namespace) -> int:
     from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
+    from qlite.runtime.hostpodman import install_dropin  # noqa: PLC0415
 
     ctx = _context()
     progress = progress_printer(args.quiet)
+    dropin = install_dropin(ctx.paths, force=args.force)
+    if dropin.held_back:
+        ctx.warn(f"{dropin.held_back}: the host's podman keeps CNI, so 'podman network ls' will not list "
+                 "qlite's networks; 'qlite setup --force' switches it to netavark")
+    elif dropin.changed:
+        info(f"the host's podman now uses netavark and knows qlite's runtimes ({dropin.path})")
     tm, qm, gp = _templates(ctx), _qubes(ctx), GlobalPrefs(ctx.store)
     _rev, new = tm.build(DEFAULT_TEMPLATE, progress)
     if gp.is_default("default_template"):

@@ -1,8 +1,8 @@
 """The podman engine: podman-py against a podman service that qlite owns.
 
 qlite starts ``podman system service`` itself, on a socket in its home and
-with a containers.conf of its own (CONTAINERS_CONF), so the host's podman
-configuration is never touched. Builds and imports run the podman CLI with
+with a containers.conf of its own (CONTAINERS_CONF); the host's podman is
+extended only by the drop-in of qlite.runtime.hostpodman. Builds and imports run the podman CLI with
 the same configuration, because they stream progress and need
 ``--isolation=chroot`` (runsc cannot run buildah's RUN steps).
 """

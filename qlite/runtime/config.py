@@ -1,9 +1,12 @@
-"""Render qlite's containers.conf and runsc wrappers from runsc-config/."""
+"""Render qlite's containers.conf, the runsc wrappers and the host's
+podman drop-in from runsc-config/."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import tempfile
 from pathlib import Path
 from string import Template
 
@@ -50,19 +53,44 @@ def render_all(paths: Paths, probe: RuntimeProbe) -> dict[Path, str]:
     return files
 
 
+def render_dropin(paths: Paths, network: bool) -> str:
+    """Pure: the host's podman drop-in. It registers qlite's runtimes and,
+    with NETWORK, makes netavark the host's network backend (the one qlite's
+    own service uses), so both see the same networks."""
+    return Template((paths.runsc_config_dir / "50-qlite.conf.in").read_text()).substitute(
+        NETWORK="" if network else "# ",
+        WRAPPER_QUBE=str(paths.runsc_wrapper("qube")),
+        WRAPPER_BUILD=str(paths.runsc_wrapper("build")),
+    )
+
+
+def write_file(path: Path, content: str, mode: int) -> bool:
+    """Replace PATH with CONTENT atomically; False if it already held it.
+    Several homes may write a machine-wide file at once: each writes its own
+    temporary file, and the last rename wins with identical content."""
+    try:
+        if path.read_text() == content:
+            return False
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+            os.fchmod(f.fileno(), mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return True
+
+
 def write_runtime_config(paths: Paths, probe: RuntimeProbe) -> bool:
     """Write the generated files; True if anything changed."""
     changed = False
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     for path, content in render_all(paths, probe).items():
-        try:
-            if path.read_text() == content:
-                continue
-        except OSError:
-            pass
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(content)
-        os.chmod(tmp, 0o755 if path.name.startswith("runsc-") else 0o644)
-        tmp.replace(path)
-        changed = True
+        changed |= write_file(path, content, 0o755 if path.name.startswith("runsc-") else 0o644)
     return changed

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qlite.paths import DEFAULT_HOME, DEFAULT_POLICY_DIR, Paths
+from qlite.paths import DEFAULT_HOME, DEFAULT_POLICY_DIR, HOST_LIB_DIR, PODMAN_DROPIN, Paths
 
 
 def test_from_env_default(monkeypatch):
@@ -22,12 +22,16 @@ def test_from_env_relocates_everything(monkeypatch, tmp_path):
     p = Paths.from_env()
     assert p.explicit_home and p.home == (tmp_path / "rel" / "home").resolve()
     for path in (p.db, p.run_dir, p.log_dir, p.podman_sock, p.podman_pidfile, p.podman_log, p.containers_conf,
-                 p.probe_file, p.service_lock, p.rpc_log, p.policy_dir, p.runsc_wrapper("qube")):
+                 p.probe_file, p.service_lock, p.rpc_log, p.policy_dir):
         assert path.is_absolute()
         assert p.home in path.parents
     assert p.podman_sock == p.home / "run" / "podman.sock"
     assert p.rpc_log == p.home / "log" / "rpc.jsonl"
     assert p.policy_dir == p.home / "policy.d"
+    # Machine-wide, whatever the home: the host's podman runs every home's
+    # containers through the same runtimes.
+    assert p.runsc_wrapper("qube") == HOST_LIB_DIR / "runsc-qube"
+    assert p.podman_dropin == PODMAN_DROPIN
 
 
 @pytest.mark.parametrize(("a", "b", "same"), [

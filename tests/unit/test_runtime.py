@@ -60,7 +60,8 @@ def test_render_flags_never_emits_a_shell_comment():
 
 @pytest.fixture
 def paths(tmp_path) -> Paths:
-    return Paths(tmp_path / "home", explicit_home=True)
+    return Paths(tmp_path / "home", explicit_home=True, host_lib_dir=tmp_path / "lib",
+                 podman_dropin=tmp_path / "containers.conf.d" / "50-qlite.conf")
 
 
 @pytest.mark.parametrize(("netstack", "network"), [(True, "--network=sandbox"), (False, "--network=host")])
