@@ -71,12 +71,6 @@ def test_several_sources_and_a_single_file(tmp_path):
     assert read_tree(tmp_path / "dest") == {"one.txt": b"1", "d": {"two": b"2"}}
 
 
-def test_setuid_and_sticky_bits_do_not_cross(tmp_path):
-    data = stream_of({"type": "file", "name": "x", "mode": 0o4755, "size": 1}, content={0: b"x"})
-    unpack(tmp_path / "dest", data)
-    assert stat.S_IMODE(os.stat(tmp_path / "dest/x").st_mode) == 0o755
-
-
 SAFE_NAMES = st.text(alphabet=st.sampled_from("abcXYZ019._- é日"), min_size=1, max_size=12).filter(
     lambda s: s not in (".", ".."))
 TREES = st.recursive(
@@ -95,6 +89,55 @@ def test_random_trees_round_trip(tree):
         summary = unpack(dest, packed(*(src / name for name in tree)))
         assert read_tree(dest) == tree
         assert summary.files + summary.dirs == sum(1 for _ in src.rglob("*"))
+
+
+# -- the modes the receiver gives ------------------------------------------------------------
+
+# (type, sent mode or None for none sent, mode on disk): a directory is always rwx for
+# its owner, a file always rw; group and other never get write; no setuid, setgid or sticky.
+MODES = [
+    ("dir", 0, 0o700),
+    ("dir", 0o500, 0o700),
+    ("dir", 0o055, 0o755),
+    ("dir", 0o750, 0o750),
+    ("dir", 0o775, 0o755),
+    ("dir", 0o777, 0o755),
+    ("dir", 0o1777, 0o755),
+    ("dir", 0o2770, 0o750),
+    ("dir", None, 0o755),
+    ("file", 0, 0o600),
+    ("file", 0o400, 0o600),
+    ("file", 0o444, 0o644),
+    ("file", 0o640, 0o640),
+    ("file", 0o100, 0o700),
+    ("file", 0o664, 0o644),
+    ("file", 0o666, 0o644),
+    ("file", 0o777, 0o755),
+    ("file", 0o4755, 0o755),
+    ("file", 0o2775, 0o755),
+    ("file", 0o7777, 0o755),
+    ("file", None, 0o644),
+]
+
+
+@pytest.mark.parametrize("kind, sent, expected", MODES,
+                         ids=[f"{k}-{'none' if s is None else oct(s)}" for k, s, _ in MODES])
+def test_received_modes_are_normalised(tmp_path, kind, sent, expected):
+    header = {"type": kind, "name": "x"} | ({} if sent is None else {"mode": sent})
+    if kind == "file":
+        header["size"] = 1
+    unpack(tmp_path / "dest", stream_of(header, content={0: b"x"} if kind == "file" else None))
+    assert stat.S_IMODE(os.lstat(tmp_path / "dest/x").st_mode) == expected
+
+
+def test_a_mode_0_directory_stays_usable(tmp_path):
+    data = stream_of({"type": "dir", "name": "d", "mode": 0}, {"type": "dir", "name": "d/e", "mode": 0},
+                     {"type": "file", "name": "d/e/f", "mode": 0, "size": 2}, content={2: b"hi"})
+    unpack(tmp_path / "dest", data)
+    assert read_tree(tmp_path / "dest") == {"d": {"e": {"f": b"hi"}}}
+    for path in ("d", "d/e"):
+        assert stat.S_IMODE(os.lstat(tmp_path / "dest" / path).st_mode) == 0o700
+    (tmp_path / "dest/d/e/new").write_bytes(b"")  # the owner can add to it
 
 
 # -- the receiver never writes outside its destination -----------------------------------
@@ -192,27 +235,148 @@ def test_existing_files_are_not_overwritten_but_existing_dirs_are_reused(tmp_pat
     assert (tmp_path / "dest/d/new").read_bytes() == b"n"
 
 
-def test_over_count_stops_and_keeps_what_was_received(tmp_path):
-    headers = [{"type": "file", "name": f"f{i}", "size": 1} for i in range(4)]
-    with pytest.raises(filecopy.Refusal, match="more than 2 entries"):
-        unpack(tmp_path / "dest", stream_of(*headers, content={i: b"x" for i in range(4)}), max_files=2)
-    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["f0", "f1"]
+def listing(root: Path) -> dict:
+    """Everything under ROOT, never through a symlink: each path's type and
+    permission bits, a file's content and a symlink's target."""
+    out: dict = {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        st_ = entry.stat(follow_symlinks=False)
+        mode = stat.S_IMODE(st_.st_mode)
+        if entry.is_symlink():
+            out[entry.name] = ("link", os.readlink(entry.path))
+        elif entry.is_dir(follow_symlinks=False):
+            out[entry.name] = ("dir", mode, listing(Path(entry.path)))
+        else:
+            out[entry.name] = ("file", mode, Path(entry.path).read_bytes())
+    return out
 
 
-def test_over_size_stops_before_writing_the_file(tmp_path):
-    data = stream_of({"type": "file", "name": "small", "size": 6}, {"type": "file", "name": "big", "size": 5},
-                     content={0: b"123456", 1: b"12345"})
-    with pytest.raises(filecopy.Refusal, match="more than 10 bytes"):
-        unpack(tmp_path / "dest", data, max_bytes=10)
-    assert read_tree(tmp_path / "dest") == {"small": b"123456"}
+def with_pre_existing(dest: Path) -> None:
+    """What a destination holds before a stream: files, a directory the stream
+    reuses, a symlink to outside, odd modes the receiver must leave alone."""
+    write_tree(dest, {"keep.txt": b"old", "shared": {"old": b"o"}, "locked": {}})
+    os.chmod(dest / "keep.txt", 0o666)
+    os.chmod(dest / "shared", 0o777)
+    os.chmod(dest / "locked", 0o500)
+    (dest.parent / "outside").mkdir()
+    os.symlink(dest.parent / "outside", dest / "link")
 
 
-def test_a_stream_cut_in_a_file_removes_that_file_only(tmp_path):
-    data = stream_of({"type": "file", "name": "whole", "size": 2}, {"type": "file", "name": "cut", "size": 100},
-                     content={0: b"ok", 1: b"only part"}, end=False)
-    with pytest.raises(filecopy.Refusal, match="middle of the file"):
-        unpack(tmp_path / "dest", data)
-    assert read_tree(tmp_path / "dest") == {"whole": b"ok"}
+# Entries a stream sends before it goes wrong: into a directory that was there
+# already, and into new nested directories (one of them mode 0, one with no write bit).
+PREFIX = [
+    ({"type": "dir", "name": "shared", "mode": 0o755}, b""),
+    ({"type": "file", "name": "shared/new", "mode": 0o644, "size": 3}, b"new"),
+    ({"type": "dir", "name": "d", "mode": 0}, b""),
+    ({"type": "dir", "name": "d/e", "mode": 0o555}, b""),
+    ({"type": "file", "name": "d/e/f", "mode": 0o400, "size": 5}, b"12345"),
+    ({"type": "dir", "name": "d/e/empty"}, b""),
+    ({"type": "file", "name": "top.txt", "size": 0}, b""),
+]
+
+
+def prefix_then(*more: tuple[dict, bytes], end: bool = True) -> bytes:
+    entries = PREFIX + list(more)
+    return stream_of(*(h for h, _ in entries), content={i: c for i, (_, c) in enumerate(entries)}, end=end)
+
+
+REFUSED_MIDWAY = [
+    pytest.param(prefix_then(({"type": "file", "name": "d/big", "size": 1000}, b"x" * 1000)), {"max_bytes": 100},
+                 "more than 100 bytes", id="size-over-the-limit"),
+    pytest.param(prefix_then(({"type": "file", "name": "more", "size": 0}, b"")), {"max_files": len(PREFIX)},
+                 "more than 7 entries", id="count-over-the-limit"),
+    pytest.param(prefix_then(({"type": "file", "name": "..", "size": 1}, b"x")), {}, "'..'", id="dotdot"),
+    pytest.param(prefix_then(({"type": "file", "name": "d/../../x", "size": 1}, b"x")), {}, "'..'",
+                 id="dotdot-inside"),
+    pytest.param(prefix_then(({"type": "file", "name": "d/e/cut", "size": 100}, b"only part"), end=False), {},
+                 "middle of the file", id="cut-in-a-file"),
+    pytest.param(prefix_then(end=False), {}, "before its end marker", id="no-end-marker"),
+    pytest.param(prefix_then(end=False)[:-3], {}, "middle of", id="cut-in-content"),
+    pytest.param(prefix_then() + b"x", {}, "after the end", id="data-after-end"),
+    pytest.param(prefix_then(({"type": "file", "name": "keep.txt", "size": 3}, b"new")), {}, "already exists",
+                 id="existing-file"),
+    pytest.param(prefix_then(({"type": "dir", "name": "link"}, b"")), {}, "already exists", id="existing-link"),
+    pytest.param(prefix_then(({"type": "file", "name": "link/x", "size": 0}, b"")), {}, "not sent before",
+                 id="through-a-link"),
+    pytest.param(prefix_then(({"type": "file", "name": "locked/x", "size": 0}, b"")), {}, "not sent before",
+                 id="unsent-dir"),
+    pytest.param(prefix_then(({"type": "dir", "name": "d/e"}, b"")), {}, "sent twice", id="dir-sent-twice"),
+    pytest.param(prefix_then(({"type": "fifo", "name": "p"}, b"")), {}, "unknown entry type", id="bad-type"),
+    pytest.param(prefix_then(({"type": "file", "name": "m", "size": 0, "mode": -1}, b"")), {}, "'mode'",
+                 id="bad-mode"),
+]
+
+
+@pytest.mark.parametrize("data, limits, match", REFUSED_MIDWAY)
+def test_a_refused_stream_leaves_the_destination_as_it_was(tmp_path, data, limits, match):
+    dest = tmp_path / "dest"
+    with_pre_existing(dest)
+    before = listing(tmp_path)
+    with pytest.raises(filecopy.Refusal, match=match):
+        unpack(dest, data, **limits)
+    assert listing(tmp_path) == before
+
+
+def test_a_refusal_reports_that_nothing_was_kept(tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        unpacker = filecopy.Unpacker(fd)
+        with pytest.raises(filecopy.Refusal):
+            unpacker.run(io.BytesIO(prefix_then(end=False)))
+    finally:
+        os.close(fd)
+    assert unpacker.summary.as_dict() == {"files": 0, "dirs": 0, "bytes": 0}
+    assert list(dest.iterdir()) == []
+
+
+def tree_entries(tree: dict, modes: st.DataObject, prefix: str = "") -> list[tuple[dict, bytes]]:
+    """The stream entries for TREE, parents first, each with a drawn mode."""
+    out: list[tuple[dict, bytes]] = []
+    for name, value in tree.items():
+        mode = modes.draw(st.integers(0, 0o7777))
+        if isinstance(value, dict):
+            out.append(({"type": "dir", "name": prefix + name, "mode": mode}, b""))
+            out += tree_entries(value, modes, f"{prefix}{name}/")
+        else:
+            out.append(({"type": "file", "name": prefix + name, "mode": mode, "size": len(value)}, value))
+    return out
+
+
+FAULTS = st.sampled_from([
+    ({"type": "file", "name": "../escape", "size": 1}, b"x"),
+    ({"type": "file", "name": "big", "size": 10_000}, b"x" * 10_000),
+    ({"type": "file", "name": "keep.txt", "size": 1}, b"x"),
+    ({"type": "dir", "name": "nowhere/x"}, b""),
+    ({"type": "symlink", "name": "s"}, b""),
+    ({"type": "file", "name": "cut", "size": 50}, b"short"),
+    "truncate",
+    "trailing",
+])
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=st.dictionaries(st.one_of(SAFE_NAMES, st.just("shared")), TREES, min_size=1, max_size=3),
+       fault=FAULTS, modes=st.data())
+def test_random_refused_streams_leave_the_destination_as_it_was(tree, fault, modes):
+    entries = tree_entries(tree, modes)
+    if fault == "truncate":
+        whole = stream_of(*(h for h, _ in entries), content={i: c for i, (_, c) in enumerate(entries)})
+        data = whole[:modes.draw(st.integers(0, len(whole) - 1))]
+    elif fault == "trailing":
+        data = stream_of(*(h for h, _ in entries), content={i: c for i, (_, c) in enumerate(entries)}) + b"\0"
+    else:
+        at = modes.draw(st.integers(0, len(entries)))
+        entries = entries[:at] + [fault] + entries[at:]
+        data = stream_of(*(h for h, _ in entries), content={i: c for i, (_, c) in enumerate(entries)})
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = Path(tmp, "dest")
+        with_pre_existing(dest)
+        before = listing(Path(tmp))
+        with pytest.raises(filecopy.Refusal):
+            unpack(dest, data, max_bytes=5000)
+        assert listing(Path(tmp)) == before
 
 
 @pytest.mark.parametrize("raw, match", [
@@ -311,6 +475,29 @@ def test_service_refuses_a_symlinked_incoming_directory(tmp_path):
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
+def test_service_refusal_removes_what_it_made_and_says_nothing_was_kept(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = run_service(home, prefix_then(({"type": "file", "name": "../x", "size": 1}, b"x")))
+    assert proc.returncode == 1 and b"'..'" in proc.stderr
+    answer = json_line(proc.stdout)
+    assert answer["ok"] is False and (answer["files"], answer["dirs"], answer["bytes"]) == (0, 0, 0)
+    assert answer["dest"] == str(home / "QubesIncoming/work")
+    assert list(home.iterdir()) == []  # it made QubesIncoming/work, so it removes them
+
+    (home / "QubesIncoming").mkdir()
+    proc = run_service(home, prefix_then(end=False))
+    assert proc.returncode == 1
+    assert list(home.iterdir()) == [home / "QubesIncoming"]
+    assert list((home / "QubesIncoming").iterdir()) == []
+
+    with_pre_existing(home / "QubesIncoming/work")
+    before = listing(tmp_path)
+    proc = run_service(home, prefix_then(end=False))
+    assert proc.returncode == 1
+    assert listing(tmp_path) == before
+
+
 def test_service_limits_come_from_the_environment(tmp_path):
     data = stream_of(*({"type": "file", "name": f"f{i}", "size": 0} for i in range(3)))
     proc = run_service(tmp_path / "home", data, QLITE_FILECOPY_MAX_FILES="2")
@@ -397,7 +584,7 @@ def test_qlite_move_keeps_sources_when_the_receiver_hits_a_limit(tmp_path, rpc):
     assert proc.returncode != 0
     assert b"more than 2 entries" in proc.stderr
     assert read_tree(tmp_path / "src") == {"d": {"1": b"1", "2": b"2", "3": b"3"}}
-    assert read_tree(home / "QubesIncoming/src-qube") == {"d": {"1": b"1"}}
+    assert list(home.iterdir()) == []  # QubesIncoming/src-qube was made for this copy, and removed with it
 
 
 def test_qlite_copy_refuses_special_files_before_calling(tmp_path, rpc):

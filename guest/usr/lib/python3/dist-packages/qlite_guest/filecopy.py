@@ -10,10 +10,19 @@ content:
 
 A directory comes before anything inside it. The receiver answers with one
 line of JSON on stdout: {"ok": true, "files": N, "dirs": N, "bytes": N, "dest": "..."}
-or {"ok": false, "error": "...", ...}.
+or {"ok": false, "error": "...", "files": 0, "dirs": 0, "bytes": 0, "dest": "..."}.
 
 The sender refuses anything but regular files and directories before it
-sends a byte; the receiver trusts nothing in the stream.
+sends a byte; the receiver trusts nothing in the stream:
+
+- Modes (received_mode): only the permission bits cross (no setuid, setgid
+  or sticky bit), group and other never get write, a directory is always
+  rwx for its owner and a file always rw: a directory gets
+  (mode | 0o700) & ~0o022, a file (mode | 0o600) & ~0o022.
+- A refused stream keeps nothing: everything it created is removed again,
+  deepest first, fd-relative and never through a symlink; what was there
+  before is left alone. The counts of a refusal are what could not be
+  removed (normally none).
 """
 
 from __future__ import annotations
@@ -60,6 +69,14 @@ def encode_header(header: dict) -> bytes:
     if len(data) > MAX_HEADER:
         raise SourceError(f"{header.get('name', '')!r}: entry header too long")
     return LENGTH.pack(len(data)) + data
+
+
+def received_mode(kind: str, sent: int) -> int:
+    """The mode a received KIND ("dir" or "file") gets for the SENT mode."""
+    # A mode-0 directory would lock its owner out of what they just received, and
+    # group/other write would let any other user of the qube change it.
+    owner = 0o700 if kind == "dir" else 0o600
+    return (sent & 0o777 | owner) & ~0o022
 
 
 def _int_field(header: dict, key: str, default: int | None = None, maximum: int = 2 ** 63) -> int:
@@ -209,8 +226,25 @@ class Summary:
     bytes: int = 0
     created_dirs: list[tuple[str, int, int | None]] = field(default_factory=list)
 
+    def count(self, kind: str, size: int) -> None:
+        if kind == "dir":
+            self.dirs += 1
+        else:
+            self.files += 1
+            self.bytes += size
+
     def as_dict(self) -> dict:
         return {"files": self.files, "dirs": self.dirs, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class Made:
+    """Something this stream created: what to remove if it is refused."""
+
+    kind: str  # "file" or "dir"
+    name: str
+    dev: int
+    ino: int
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -222,33 +256,42 @@ class Unpacker:
     Every path is reached from DEST_FD one component at a time with
     O_NOFOLLOW, so a symlink already in the destination is never followed;
     files are created with O_EXCL, so nothing existing is overwritten.
-    A file cut short is removed; everything complete before a refusal stays."""
+    A stream that is refused (or fails in any way) keeps nothing: what it
+    created is removed again, and the summary then counts what could not be."""
 
     def __init__(self, dest_fd: int, limits: Limits | None = None):
         self.dest_fd = dest_fd
         self.limits = limits or Limits()
         self.summary = Summary()
         self.sent_dirs: set[str] = set()
+        self.made: list[Made] = []  # in creation order, so parents before children
         self._cached: tuple[str, int] | None = None  # (relative dir, open fd)
 
     def run(self, stream: BinaryIO) -> Summary:
         try:
-            while True:
-                header = self._read_header(stream)
-                kind = header.get("type")
-                if kind == "end":
-                    if stream.read(1):
-                        raise Refusal("data after the end of the stream")
-                    self._finish_dirs()
-                    return self.summary
-                if kind == "dir":
-                    self._make_dir(header)
-                elif kind == "file":
-                    self._make_file(header, stream)
-                else:
-                    raise Refusal(f"bad header: unknown entry type {printable(str(kind))!r}")
+            self._unpack(stream)
+            return self.summary
+        except BaseException:
+            self._remove_made()
+            raise
         finally:
             self._drop_cache()
+
+    def _unpack(self, stream: BinaryIO) -> None:
+        while True:
+            header = self._read_header(stream)
+            kind = header.get("type")
+            if kind == "end":
+                if stream.read(1):
+                    raise Refusal("data after the end of the stream")
+                self._finish_dirs()
+                return
+            if kind == "dir":
+                self._make_dir(header)
+            elif kind == "file":
+                self._make_file(header, stream)
+            else:
+                raise Refusal(f"bad header: unknown entry type {printable(str(kind))!r}")
 
     # -- stream parsing
 
@@ -270,13 +313,12 @@ class Unpacker:
             raise Refusal("bad header: not a JSON object")
         return header
 
-    def _entry(self, header: dict, default_mode: int) -> tuple[str, list[str], int, int | None]:
+    def _entry(self, header: dict, kind: str) -> tuple[str, list[str], int, int | None]:
         name = header.get("name")
         problem = relpath_problem(name)
         if problem:
             raise Refusal(problem)
-        # Permission bits only: no setuid, setgid or sticky bit crosses over.
-        mode = _int_field(header, "mode", default_mode, 0o7777) & 0o777
+        mode = received_mode(kind, _int_field(header, "mode", 0o755 if kind == "dir" else 0o644, 0o7777))
         mtime = _int_field(header, "mtime", 0, 2 ** 40) if "mtime" in header else None
         parts = name.split("/")
         parent = "/".join(parts[:-1])
@@ -313,12 +355,14 @@ class Unpacker:
             self._cached = None
 
     def _make_dir(self, header: dict) -> None:
-        name, parts, mode, mtime = self._entry(header, 0o755)
+        name, parts, mode, mtime = self._entry(header, "dir")
         if name in self.sent_dirs:
             raise Refusal(f"{printable(name)!r}: sent twice")
         parent_fd = self._open_dir(parts[:-1])
         try:
             os.mkdir(parts[-1], 0o700, dir_fd=parent_fd)
+            st = os.stat(parts[-1], dir_fd=parent_fd, follow_symlinks=False)
+            self.made.append(Made("dir", name, st.st_dev, st.st_ino))
             self.summary.created_dirs.append((name, mode, mtime))
         except FileExistsError:
             # An earlier copy made it: fine if it is a real directory.
@@ -332,7 +376,7 @@ class Unpacker:
         self.summary.dirs += 1
 
     def _make_file(self, header: dict, stream: BinaryIO) -> None:
-        name, parts, mode, mtime = self._entry(header, 0o644)
+        name, parts, mode, mtime = self._entry(header, "file")
         size = _int_field(header, "size")
         if self.summary.bytes + size > self.limits.max_bytes:
             raise Refusal(f"{printable(name)!r}: more than {self.limits.max_bytes} bytes in all")
@@ -344,8 +388,9 @@ class Unpacker:
             raise Refusal(f"{printable(name)!r}: already exists") from None
         except OSError as exc:
             raise Refusal(f"{printable(name)!r}: cannot create: {exc.strerror}") from None
-        complete = False
         try:
+            st = os.fstat(fd)
+            self.made.append(Made("file", name, st.st_dev, st.st_ino))
             left = size
             while left:
                 data = stream.read(min(CHUNK, left))
@@ -359,12 +404,8 @@ class Unpacker:
             os.fchmod(fd, mode)
             if mtime is not None:
                 os.utime(fd, (mtime, mtime))
-            complete = True
         finally:
             os.close(fd)
-            if not complete:
-                with contextlib.suppress(OSError):
-                    os.unlink(parts[-1], dir_fd=parent_fd)
         self.summary.files += 1
         self.summary.bytes += size
 
@@ -377,6 +418,41 @@ class Unpacker:
             os.fchmod(fd, mode)
             if mtime is not None:
                 os.utime(fd, (mtime, mtime))
+
+    def _remove_made(self) -> None:
+        """Undo this stream: remove what it created, deepest first; the summary
+        then counts what could not be removed."""
+        self.summary.files = self.summary.dirs = self.summary.bytes = 0
+        self.summary.created_dirs.clear()
+        self._drop_cache()
+        for made in reversed(self.made):
+            with contextlib.suppress(Refusal, OSError):
+                self._remove_one(made)
+
+    def _remove_one(self, made: Made) -> None:
+        """Remove MADE if it is still the entry this stream created; count it if it
+        is but cannot be removed (raises Refusal or OSError when in doubt)."""
+        parts = made.name.split("/")
+        try:
+            parent_fd = self._open_dir(parts[:-1])
+        except Refusal:
+            self.summary.count(made.kind, 0)  # out of reach: it may still be there
+            raise
+        try:
+            st = os.stat(parts[-1], dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        # Whatever stands there now but is not what this stream made is left alone.
+        if (st.st_dev, st.st_ino) != (made.dev, made.ino):
+            return
+        try:
+            if made.kind == "dir":
+                os.rmdir(parts[-1], dir_fd=parent_fd)
+            else:
+                os.unlink(parts[-1], dir_fd=parent_fd)
+        except OSError:
+            self.summary.count(made.kind, st.st_size)
+            raise
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -394,11 +470,13 @@ def receive_main(env: dict[str, str] | os._Environ = os.environ,
     source = env.get("QREXEC_REMOTE_DOMAIN", "")
     summary = Summary()
     dest = ""
+    made: list[str] = []
     try:
         if qube_problem(source):
             raise Refusal(f"the caller's name {printable(source)!r} is not a valid qube name")
         limits = Limits.from_env(env)
         dest = os.path.join(os.path.expanduser("~"), INCOMING, source)
+        made = [path for path in (dest, os.path.dirname(dest)) if not os.path.lexists(path)]
         try:
             os.makedirs(dest, 0o700, exist_ok=True)
             dest_fd = os.open(dest, _DIR_FLAGS)
@@ -411,11 +489,26 @@ def receive_main(env: dict[str, str] | os._Environ = os.environ,
         finally:
             os.close(dest_fd)
     except Refusal as exc:
-        print(f"qubes.Filecopy: refused: {exc}", file=stderr)
+        _remove_if_empty(made)
+        left = summary.files + summary.dirs
+        kept = "nothing was kept" if not left else f"{left} received entries could not be removed"
+        print(f"qubes.Filecopy: refused: {exc}; {kept}", file=stderr)
         print(json.dumps({"ok": False, "error": str(exc), **summary.as_dict(), "dest": dest}), file=stdout)
         return 1
     print(json.dumps({"ok": True, **summary.as_dict(), "dest": dest}), file=stdout)
     return 0
+
+
+def _remove_if_empty(paths: list[str]) -> None:
+    """Remove the directories PATHS (deepest first) that this call made for its
+    destination, each only if it is empty and still a directory."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            parent_fd = os.open(os.path.dirname(path), _DIR_FLAGS)
+            try:
+                os.rmdir(os.path.basename(path), dir_fd=parent_fd)
+            finally:
+                os.close(parent_fd)
 
 
 # -- qlite-copy / qlite-move -----------------------------------------------------------
