@@ -8,7 +8,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from qlite.errors import InvalidValue, NotFound
+from qlite.errors import AccessDenied, InvalidValue, NotFound
+
+# A qube may keep at most this many questions waiting for the user; one
+# more is denied at once, so that a qube cannot flood the user with them.
+MAX_PENDING_ASKS_PER_SOURCE = 4
 
 
 @dataclass
@@ -59,6 +63,10 @@ class Approvals:
             return found
 
 
+class TooManyAsks(AccessDenied):
+    """SOURCE already has MAX_PENDING_ASKS_PER_SOURCE questions waiting."""
+
+
 class AskQueue:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -67,7 +75,10 @@ class AskQueue:
 
     def add(self, source: str, service: str, argument: str, target: str, choices: tuple[str, ...],
             default_target: str | None, timeout: float) -> Ask:
+        """Queue a question; TooManyAsks if SOURCE has too many waiting."""
         with self._lock:
+            if sum(a.source == source for a in self._pending.values()) >= MAX_PENDING_ASKS_PER_SOURCE:
+                raise TooManyAsks(f"too many questions pending from {source}")
             ask = Ask(next(self._ids), source, service, argument, target, choices, default_target,
                       time.time() + timeout)
             self._pending[ask.id] = ask

@@ -15,6 +15,7 @@ import os
 import re
 import selectors
 import socket
+import stat
 import threading
 import time
 import traceback
@@ -26,19 +27,25 @@ from qlite.engines.base import Stdio
 from qlite.errors import AccessDenied, QliteError
 from qlite.paths import Paths
 from qlite.rpc import audit, wire
-from qlite.rpc.asks import Approvals, AskQueue
+from qlite.rpc.asks import Approvals, AskQueue, TooManyAsks
 from qlite.rpc.policy import Policy, QubeFacts, Request, Resolution, System, answer_ask, evaluate, load_policy
 
 DISPATCH = "/usr/lib/qlite/qubes-rpc-dispatch"
 SERVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ARGUMENT_RE = re.compile(r"[A-Za-z0-9._+-]{0,256}")
 TARGET_RE = re.compile(r"@?[A-Za-z0-9._:@-]{1,80}")
+# The whole first frame must arrive within this, however slowly it trickles.
 REQUEST_TIMEOUT_S = 10.0
+# Connections one qube may have open at once (each holds a thread, and
+# three more while its service runs). Above qlite-connect-tcp's 64, so that
+# a busy tunnel still leaves room for the qube's other calls.
+MAX_CONNECTIONS_PER_QUBE = 96
 DEFAULT_ASK_TIMEOUT_S = 60.0
 # How long a "yes" to an ask stands, per service, unless the calling qube's
 # feature autoaccept.<service> says otherwise. 300 s is Qubes' split-GPG
 # default (QUBES_GPG_AUTOACCEPT); everything else asks every time.
 AUTOACCEPT_DEFAULTS = {"qubes.Gpg": 300.0}
+SOCKET_NAME = "rpc.sock"  # in each qube's RPC directory; /run/qlite/rpc.sock inside it
 
 
 def autoaccept_window(ctx: Context, source: str, service: str) -> float:
@@ -124,9 +131,9 @@ class Call:
                 self.conn.close()
 
     def _request(self) -> Request:
-        self.conn.settimeout(REQUEST_TIMEOUT_S)
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
         try:
-            frame = wire.recv_frame(self.conn, self.decoder, self.backlog)
+            frame = wire.recv_frame(self.conn, self.decoder, self.backlog, deadline)
         except TimeoutError:
             raise wire.WireError(f"no request within {REQUEST_TIMEOUT_S:.0f}s") from None
         if frame is None:
@@ -181,10 +188,13 @@ class Call:
             else:
                 until = time.strftime("%H:%M:%S", time.localtime(remembered[1]))
                 return _with_reason(allowed, f"auto-accepted: approved earlier, until {until}")
-        ask = self.broker.asks.add(
-            request.source, request.service, request.argument, request.target, resolution.choices,
-            resolution.target, self.broker.ask_timeout,
-        )
+        try:
+            ask = self.broker.asks.add(
+                request.source, request.service, request.argument, request.target, resolution.choices,
+                resolution.target, self.broker.ask_timeout,
+            )
+        except TooManyAsks as exc:
+            return _with_reason(_denied(resolution), str(exc))
         self._audit(decision="asking", ask=ask.id, choices=list(resolution.choices))
         allow, chosen = self.broker.asks.wait(ask)
         if not allow or chosen is None:
@@ -307,6 +317,11 @@ def _with_reason(resolution: Resolution, reason: str) -> Resolution:
     return dataclasses.replace(resolution, reason=reason)
 
 
+def _denied(resolution: Resolution) -> Resolution:
+    return dataclasses.replace(resolution, action="deny", target=None, choices=(), user=None, notify=False,
+                               autostart=False)
+
+
 def _no_host_service(stdio: Stdio, service: str) -> int:
     stdio.stderr.write(f"dom0 has no service {service}\n".encode())
     return wire.EXIT_NO_SERVICE
@@ -328,6 +343,9 @@ class Broker:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         self.stopping = threading.Event()
+        self._active: dict[str, int] = {}  # qube -> its connections whose handler runs
+        self._refusing: set[str] = set()  # qubes over their cap, told to the log already
+        self._trouble: dict[str, str] = {}  # qube -> why it has no listener, as last logged
 
     # -- sockets ----------------------------------------------------------------
 
@@ -350,26 +368,63 @@ class Broker:
         except QliteError as exc:
             self.log(f"rescan failed: {exc}")
             return
-        for name in running - set(self.listeners):
-            d = self.paths.rpc_dir(name)
-            if not d.is_dir():
-                continue  # a qube started by an older qlite: no mount for it
-            path = d / "rpc.sock"
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        for name in sorted(running - set(self.listeners)):
             try:
-                s = _bind(path, 0o666)  # the qube's user connects; only it sees this directory
-            except OSError as exc:
-                self.log(f"cannot listen for {name}: {exc}")
+                s = self._listen(name)
+            except (OSError, QliteError) as exc:
+                # Whatever one qube put in its directory, the others get their listeners.
+                self._no_listener(name, f"cannot listen for {name}: {exc}")
                 continue
+            if s is None:
+                continue
+            self._trouble.pop(name, None)
             self.listeners[name] = s
             self.sel.register(s, selectors.EVENT_READ, ("qube", name))
+        for name in set(self._trouble) - running:
+            del self._trouble[name]
         for name in set(self.listeners) - running:
             s = self.listeners.pop(name)
             self.sel.unregister(s)
             s.close()
             with contextlib.suppress(OSError):
-                (self.paths.rpc_dir(name) / "rpc.sock").unlink()
+                (self.paths.rpc_dir(name) / SOCKET_NAME).unlink()
+
+    def _listen(self, name: str) -> socket.socket | None:
+        """A listener in NAME's RPC directory (None: it has none). The qube's
+        root controls what is in there: nothing in it is followed."""
+        try:
+            # The directory itself is the qube's mount point: qlite's, not the qube's.
+            dirfd = os.open(self.paths.rpc_dir(name), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # a qube started by an older qlite: no mount for it
+        try:
+            self._clear_socket_name(name, dirfd)
+            return _bind_at(dirfd, SOCKET_NAME, 0o666)  # the qube's user connects; only it sees this directory
+        finally:
+            os.close(dirfd)
+
+    def _clear_socket_name(self, name: str, dirfd: int) -> None:
+        try:
+            st = os.stat(SOCKET_NAME, dir_fd=dirfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        what = _describe(st.st_mode)
+        try:
+            # rmdir, never a tree walk: a qube's deep tree must not stall the loop.
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(SOCKET_NAME, dir_fd=dirfd)
+            else:
+                os.unlink(SOCKET_NAME, dir_fd=dirfd)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{SOCKET_NAME} is {what} that cannot be removed ({exc.strerror})") from None
+        if not stat.S_ISSOCK(st.st_mode):  # an old socket is expected; anything else is the qube's doing
+            self.log(f"{name}: removed {what} in the place of {SOCKET_NAME}")
+
+    def _no_listener(self, name: str, message: str) -> None:
+        """Log MESSAGE, unless it is what the last rescan said about NAME."""
+        if self._trouble.get(name) != message:
+            self._trouble[name] = message
+            self.log(message)
 
     def request_rescan(self, timeout: float = 10.0) -> None:
         """From another thread: rescan now, and wait until it is done."""
@@ -400,9 +455,10 @@ class Broker:
                     conn, _ = key.fileobj.accept()
                 except OSError:
                     continue
-                handler = self._admin if kind == "admin" else Call(self, conn, name).run
-                args = (conn,) if kind == "admin" else ()
-                threading.Thread(target=handler, args=args, daemon=True).start()
+                if kind == "admin":
+                    threading.Thread(target=self._admin, args=(conn,), daemon=True).start()
+                else:
+                    self._start_call(conn, name)
             if time.monotonic() >= next_scan:
                 self.rescan()
                 next_scan = time.monotonic() + rescan_every
@@ -412,10 +468,60 @@ class Broker:
         for name, s in list(self.listeners.items()):
             s.close()
             with contextlib.suppress(OSError):
-                (self.paths.rpc_dir(name) / "rpc.sock").unlink()
+                (self.paths.rpc_dir(name) / SOCKET_NAME).unlink()
         self.listeners.clear()
         with contextlib.suppress(OSError):
             self.paths.admin_sock.unlink()
+
+    # -- connections per qube ---------------------------------------------------------
+
+    def _start_call(self, conn: socket.socket, source: str) -> None:
+        """Serve CONN in a thread of its own, unless SOURCE is at its cap."""
+        if not self._claim(source):
+            self._refuse(conn, source)
+            return
+        try:
+            threading.Thread(target=self._serve_call, args=(conn, source), daemon=True).start()
+        except RuntimeError as exc:  # out of threads: this call fails, the broker goes on
+            self._release(source)
+            conn.close()
+            self.log(f"cannot serve a call from {source}: {exc}")
+
+    def _serve_call(self, conn: socket.socket, source: str) -> None:
+        try:
+            Call(self, conn, source).run()
+        finally:
+            self._release(source)
+
+    def _claim(self, source: str) -> bool:
+        with self._lock:
+            active = self._active.get(source, 0)
+            if active >= MAX_CONNECTIONS_PER_QUBE:
+                return False
+            self._active[source] = active + 1
+            return True
+
+    def _release(self, source: str) -> None:
+        with self._lock:
+            active = self._active.pop(source) - 1
+            if active:
+                self._active[source] = active
+            else:
+                self._refusing.discard(source)  # the flood is over: log the next one
+
+    def _refuse(self, conn: socket.socket, source: str) -> None:
+        """Answer one line and close, from the loop itself: no thread, no waiting."""
+        message = f"too many connections from {source}: at most {MAX_CONNECTIONS_PER_QUBE} at once"
+        with contextlib.suppress(OSError):
+            conn.setblocking(False)
+            conn.send(wire.encode_json(wire.ERROR, {"message": message}))
+        conn.close()
+        audit.append(self.paths.rpc_log, {"source": source, "decision": "error", "reason": message})
+        with self._lock:
+            first = source not in self._refusing
+            self._refusing.add(source)
+        if first:
+            self.log(message)
 
     # -- the admin socket -------------------------------------------------------------
 
@@ -471,22 +577,46 @@ class Broker:
 
 
 def _bind(path: Path, mode: int) -> socket.socket:
-    """Bind and listen on a Unix socket at PATH, even one longer than the
-    108 bytes sockaddr_un allows (through /proc/self/fd of its directory)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    address = str(path)
-    dirfd = None
-    if len(address.encode()) >= 100:
-        dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        address = f"/proc/self/fd/{dirfd}/{path.name}"
+    """Bind and listen on a Unix socket at PATH, a path qlite controls."""
+    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        s.bind(address)
-        os.chmod(path, mode)
+        return _bind_at(dirfd, path.name, mode)
+    finally:
+        os.close(dirfd)
+
+
+def _bind_at(dirfd: int, name: str, mode: int) -> socket.socket:
+    """Bind and listen on a Unix socket NAME in the directory DIRFD, with
+    MODE. Through /proc/self/fd, a path of any length fits in sockaddr_un."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.bind(f"/proc/self/fd/{dirfd}/{name}")
+        _chmod_socket(dirfd, name, mode)
         s.listen(64)
     except OSError:
         s.close()
         raise
-    finally:
-        if dirfd is not None:
-            os.close(dirfd)
     return s
+
+
+def _chmod_socket(dirfd: int, name: str, mode: int) -> None:
+    """chmod the socket just bound at NAME. A qube may have swapped it for a
+    symlink or a hard link since: only a socket of one link gets MODE, and
+    the chmod acts on the inode checked, never on a path looked up again."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_nlink != 1:
+            now = _describe(st.st_mode) + (f" with {st.st_nlink} links" if st.st_nlink != 1 else "")
+            raise OSError(f"{name} changed after bind (it is {now}); its mode is left alone")
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
+
+
+def _describe(mode: int) -> str:
+    for test, what in ((stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symlink"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return what
+    return "a device or other special file"

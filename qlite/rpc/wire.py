@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import time
 
 VERSION = 1
 HEADER = struct.Struct(">BI")
@@ -88,9 +89,18 @@ class Decoder:
         return len(self._buf)
 
 
-def recv_frame(sock: socket.socket, decoder: Decoder, backlog: list[tuple[int, bytes]]) -> tuple[int, bytes] | None:
-    """The next frame from SOCK (None at a clean end of stream)."""
+def recv_frame(sock: socket.socket, decoder: Decoder, backlog: list[tuple[int, bytes]],
+               deadline: float | None = None) -> tuple[int, bytes] | None:
+    """The next frame from SOCK (None at a clean end of stream).
+
+    With DEADLINE (a time.monotonic() value), the whole frame must arrive
+    by then, however slowly its bytes trickle in; else TimeoutError."""
     while not backlog:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the frame did not arrive in time")
+            sock.settimeout(left)
         data = sock.recv(MAX_PAYLOAD + HEADER.size)
         if not data:
             if decoder.pending:
