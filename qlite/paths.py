@@ -110,8 +110,14 @@ class Paths:
 
     def devices_dir(self, qube: str) -> Path:
         """Where attached filesystems are mounted on the host; a container
-        qube sees it at /mnt/removable (mounts propagate into it)."""
+        qube sees it at /mnt/removable (mounts propagate into it). It is a
+        read-only bind of devices_points(QUBE), so the qube can create
+        nothing in it; the host makes each mount point in the other one."""
         return self.run_dir / "devices" / qube
+
+    def devices_points(self, qube: str) -> Path:
+        """The directory behind devices_dir(QUBE), which no qube can reach."""
+        return self.run_dir / "device-points" / qube
 
     @property
     def device_log(self) -> Path:

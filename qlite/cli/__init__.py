@@ -11,6 +11,7 @@ import sys
 
 from qlite import __version__
 from qlite.cli import commands
+from qlite.cli.render import printable
 from qlite.errors import QliteError
 
 
@@ -215,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except QliteError as exc:
-        sys.stderr.write(f"qlite: error: {exc}\n")
+        # One line, whatever a qube put into it (a VM's console, a name
+        # from a stream): a terminal must not act on escape sequences.
+        sys.stderr.write(f"qlite: error: {printable(exc)}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("qlite: interrupted\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qlite.cli.render import emit_json, info, progress_printer, table
+from qlite.cli.render import emit_json, info, printable, progress_printer, table
 from qlite.core.context import Context
 from qlite.core.labels import label_colour
 from qlite.engines.base import Stdio
@@ -22,7 +22,7 @@ def _context() -> Context:
     from qlite.core.reconcile import reap  # noqa: PLC0415
 
     ctx = Context.from_env()
-    ctx.on_warning = lambda message: info(f"qlite: warning: {message}")
+    ctx.on_warning = lambda message: info(f"qlite: warning: {printable(message)}")
     ctx.on_progress = lambda message: info(f"qlite: {message}")
     report = reap(ctx)
     if not report.empty:

@@ -102,10 +102,10 @@ class DisposableManager:
         self.qubes._create_private(q, copy_from=source)
         vol = engine.inspect_volume(volume_name(hh, q.name))
         assert vol is not None
-        home = init_private(vol.mountpoint)
+        init_private(vol.mountpoint)
         plan = self.qubes.net.prepare(q)
         spec = qube_container_spec(
-            q, home_hash=hh, image=self.qubes.image_for(q), home_source=str(home),
+            q, home_hash=hh, image=self.qubes.image_for(q),
             network=plan.network, dns=plan.dns, rpc_source=str(self.qubes.rpc_dir(q)),
             devices_source=self.qubes.devices_source(q),
             command=tuple(argv), user=user, env=env, stdin_open=True, tty=stdio.tty,

@@ -33,6 +33,7 @@ from qlite.core.model import (
 from qlite.core.names import validate_name
 from qlite.core.prefs import Features, GlobalPrefs
 from qlite.core.spec import (
+    HOME,
     container_name,
     engine_labels,
     qube_container_spec,
@@ -447,10 +448,10 @@ class QubeManager:
             self._create_private(q)
             vol = engine.inspect_volume(volume_name(hh, q.name))
             assert vol is not None
-        home = init_private(vol.mountpoint)
+        init_private(vol.mountpoint)
         plan = self.net.prepare(q)
         spec = qube_container_spec(
-            q, home_hash=hh, image=image, home_source=str(home), network=plan.network, dns=plan.dns,
+            q, home_hash=hh, image=image, network=plan.network, dns=plan.dns,
             rpc_source=str(self.rpc_dir(q)), devices_source=self.devices_source(q),
         )
         cid = engine.create_container(spec)
@@ -652,8 +653,8 @@ class QubeManager:
 
     def exec_in(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str]) -> int:
         """Run ARGV in running qube Q, whatever its mode; its exit code."""
-        workdir = "/home/user" if user != "root" else "/"
-        env = {"QLITE_QUBE": q.name, **env}
+        workdir = HOME if user != "root" else "/"
+        env = {"QLITE_QUBE": q.name, **({"PWD": HOME} if user != "root" else {}), **env}
         if q.mode == "vm":
             return self.vm.exec(q, argv, stdio, user, workdir, env)
         return self.ctx.engine.exec(container_name(self.ctx.home_hash, q.name), argv, stdio, user=user,
@@ -734,7 +735,7 @@ class QubeManager:
             from qlite.vm.disks import private_image  # noqa: PLC0415
 
             vol = self.ctx.engine.inspect_volume(volume_name(self.ctx.home_hash, q.name))
-            if vol is not None and private_image(vol.mountpoint).exists():
+            if vol is not None and os.path.lexists(private_image(vol.mountpoint)):
                 raise InvalidValue(
                     f"{q.name}'s private disk was written by a VM, and the host never mounts one; "
                     "create a container qube and copy the files across with qvm-copy"

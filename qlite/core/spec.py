@@ -8,7 +8,8 @@ from qlite.core.model import DEFAULT_PIDS_LIMIT, Qube, parse_memory_limit
 from qlite.engines.base import ContainerSpec, Mount
 
 PRIVATE_MOUNT = "/rw"
-HOME = "/home/user"
+HOME = "/home/user"  # /home is a link to /rw/home in every template, resolved inside the sandbox
+PRIVATE_HOME = "/rw/home/user"
 USER_UID = 1000
 # Volatile directories: they live in tmpfs and vanish at shutdown.
 VOLATILE = {"/tmp": "mode=1777", "/var/tmp": "mode=1777", "/run": "mode=755", "/var/log": "mode=755"}
@@ -45,7 +46,6 @@ def qube_container_spec(
     *,
     home_hash: str,
     image: str,
-    home_source: str,
     network: str,
     dns: tuple[str, ...] = (),
     rpc_source: str = "",
@@ -57,23 +57,29 @@ def qube_container_spec(
     tty: bool = False,
 ) -> ContainerSpec:
     """The container for QUBE: the template image read-only, the private
-    volume at /rw with /home/user bound from /rw/home/user (HOME_SOURCE is
-    that directory on the host), tmpfs for the volatile directories, and
-    the qube's own RPC directory (RPC_SOURCE on the host) at /run/qlite."""
-    mounts = [
-        Mount(type="volume", source=volume_name(home_hash, qube.name), target=PRIVATE_MOUNT),
-        Mount(type="bind", source=home_source, target=HOME),
-    ]
+    volume at /rw (/home is the template's link into it), tmpfs for the
+    volatile directories, and the qube's own RPC directory (RPC_SOURCE on
+    the host) at /run/qlite.
+
+    No bind source lies where the qube can write: the host never resolves a
+    path inside the qube's volume for podman, and the RPC directory is bound
+    read-only, so the qube can neither replace its socket nor plant a link
+    for the host to follow there."""
+    mounts = [Mount(type="volume", source=volume_name(home_hash, qube.name), target=PRIVATE_MOUNT)]
     mounts += [Mount(type="tmpfs", target=path, options=(opt,)) for path, opt in VOLATILE.items()]
     if rpc_source:
-        mounts.append(Mount(type="bind", source=rpc_source, target=RPC_MOUNT))
+        mounts.append(Mount(type="bind", source=rpc_source, target=RPC_MOUNT, read_only=True))
     if devices_source:
         # rslave: filesystems the host mounts there later appear in the qube.
         # gVisor applies its own mount's flags, not those of the host mounts
         # below, so nodev, nosuid and noexec are set here, for every device.
         mounts.append(Mount(type="bind", source=devices_source, target=REMOVABLE_MOUNT,
                             options=("rslave", "nodev", "nosuid", "noexec")))
-    workdir = HOME if user != "root" else "/"
+    # The private volume's own path: podman then leaves the working
+    # directory to the runtime instead of resolving it on the host through
+    # the template's /home link. PWD keeps the shell's name for it.
+    workdir = PRIVATE_HOME if user != "root" else "/"
+    pwd = {"PWD": HOME} if user != "root" else {}
     return ContainerSpec(
         name=container_name(home_hash, qube.name),
         image=image,
@@ -82,7 +88,7 @@ def qube_container_spec(
         hostname=qube.name,
         user=user,
         workdir=workdir,
-        env={"QLITE_QUBE": qube.name, **(env or {})},
+        env={"QLITE_QUBE": qube.name, **pwd, **(env or {})},
         read_only=True,
         mounts=tuple(mounts),
         network=network,

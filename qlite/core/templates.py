@@ -44,6 +44,16 @@ DEFAULT_UPDATE = (
 )
 
 
+# The guest-tools layer's version (LABEL qlite.guest-tools in the top-level
+# Containerfile) that qubes need: 2 made /home a link into /rw.
+GUEST_TOOLS = 2
+
+
+def guest_tools_version(info: ImageInfo) -> int:
+    text = info.labels.get("qlite.guest-tools", "0")
+    return int(text) if text.isdigit() else 0
+
+
 def image_ref(template: str, rev: int) -> str:
     return f"{REPO}/{template}:{rev}"
 
@@ -117,25 +127,36 @@ class TemplateManager:
             raise StateError(f"template {name!r} has no built revision: run 'qlite template build {name}'")
         return current.image_id
 
-    def resolved_image(self, name: str) -> str | None:
-        """The image this home's tag of NAME's current revision points at now."""
+    def _resolved(self, name: str) -> ImageInfo | None:
         current = self.get(name).current
         if current is None:
             return None
-        info = self.ctx.engine.inspect_image(home_ref(self.ctx.home_hash, name, current.rev))
+        return self.ctx.engine.inspect_image(home_ref(self.ctx.home_hash, name, current.rev))
+
+    def resolved_image(self, name: str) -> str | None:
+        """The image this home's tag of NAME's current revision points at now."""
+        info = self._resolved(name)
         return info.id if info else None
 
     def verified_image(self, name: str) -> str:
         """The current image of NAME, if it is still the one qlite recorded
-        when it built, updated or adopted it."""
+        when it built, updated or adopted it, and carries the guest tools
+        this qlite needs."""
         recorded = self.current_image(name)
-        found = self.resolved_image(name)
+        info = self._resolved(name)
+        found = info.id if info else None
         if found != recorded:
             raise StateError(
                 f"template {name}: its image was replaced outside qlite (recorded {recorded[:12]}, "
                 f"now {found[:12] if found else 'missing'}); if you did that, approve it with "
                 f"'qlite template approve {name}'"
             )
+        assert info is not None
+        if guest_tools_version(info) < GUEST_TOOLS:
+            # Older guest tools have /home/user as a directory, which qlite
+            # used to bind from the host: a path the qube could redirect.
+            raise StateError(f"template {name} was built with older guest tools: rebuild it with "
+                             f"'qlite template build {name}'")
         return recorded
 
     def approve(self, name: str) -> str:

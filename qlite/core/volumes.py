@@ -1,38 +1,38 @@
 """Host-side work on a private volume's data: laying out /rw and copying it.
 
-A private volume holds /rw; /home/user is /rw/home/user, owned by the
-qube's ``user`` (uid 1000 in every template)."""
+A private volume holds /rw; /home is the template's link to /rw/home, and
+/rw/home/user is owned by the qube's ``user`` (uid 1000 in every template).
+Root in the qube controls every entry of the volume, so everything here
+goes through qlite.safepath, from the volume's own root directory, which
+podman made and the qube cannot rename (it is the qube's /rw mount)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
 
 from qlite.core.spec import USER_UID
 from qlite.errors import EngineError
+from qlite.safepath import UnsafePath, copy_tree, make_dirs, open_trusted_dir, opened
 
 
-def home_dir(mountpoint: str) -> Path:
-    return Path(mountpoint) / "home" / "user"
-
-
-def init_private(mountpoint: str) -> Path:
-    """Make sure /rw/home/user exists with the right owner; return it."""
-    home = home_dir(mountpoint)
-    if not home.is_dir():
-        home.mkdir(parents=True, mode=0o700, exist_ok=True)
-        os.chown(home.parent, 0, 0)
-        os.chmod(home.parent, 0o755)
-        os.chown(home, USER_UID, USER_UID)
-    return home
+def init_private(mountpoint: str) -> None:
+    """Make sure /rw/home/user exists; what is made gets its owner (home
+    root 0755, user uid 1000 0700). Whatever the qube put there already is
+    left as it is, even a link: it is resolved only inside the sandbox."""
+    with opened(open_trusted_dir(mountpoint)) as root:
+        try:
+            os.close(make_dirs(root, "home/user", modes={0: 0o755, 1: 0o700},
+                               owners={1: (USER_UID, USER_UID)}))
+        except UnsafePath:
+            pass  # the qube made home or home/user something else: its own business
 
 
 def copy_private(src_mountpoint: str, dst_mountpoint: str) -> None:
-    """Copy one private volume's contents into another (empty) one."""
-    proc = subprocess.run(
-        ["cp", "-a", "--reflink=auto", f"{src_mountpoint}/.", f"{dst_mountpoint}/"],
-        capture_output=True, text=True,
-    )
-    if proc.returncode != 0:
-        raise EngineError(f"copying private data failed: {proc.stderr.strip()}")
+    """Copy one private volume's contents into another (empty) one, on
+    descriptors only: links are copied as links, never followed, and FIFOs,
+    sockets and device nodes are left out."""
+    try:
+        with opened(open_trusted_dir(src_mountpoint)) as src, opened(open_trusted_dir(dst_mountpoint)) as dst:
+            copy_tree(src, dst)
+    except (OSError, UnsafePath) as exc:
+        raise EngineError(f"copying private data failed: {exc}") from None

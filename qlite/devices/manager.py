@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from qlite.devices.identity import (
     read_device,
 )
 from qlite.errors import AlreadyExists, EngineError, InvalidValue, NotFound, QliteError, StateError
+from qlite.safepath import UnsafePath, make_dirs, open_trusted_dir, opened, remove_beneath
 
 DEFAULT_OPTIONS = ("nodev", "nosuid")
 
@@ -130,12 +132,11 @@ class DeviceManager:
             target = self.ctx.paths.devices_dir(q.name) / dev.name
             self._record(dev, qube, read_only, "mount", str(target))
             try:
-                target.mkdir(parents=True, exist_ok=True)
+                self._make_point(q.name, dev.name)
                 self.mounts.mount(dev.path, target, mount_options(read_only, allow_exec))
             except BaseException:
                 self.store.execute("DELETE FROM device_attachments WHERE device=?", (dev.name,))
-                with contextlib.suppress(OSError):
-                    target.rmdir()
+                self._drop_point(q.name, dev.name)
                 raise
         self._log("attach", dev, qube, read_only=read_only)
         return dev
@@ -192,8 +193,9 @@ class DeviceManager:
             target = Path(row["target"])
             if self.mounts.is_mountpoint(target):
                 self._unmount(target, row, gone)
-            with contextlib.suppress(OSError):
-                target.rmdir()
+            if self.mounts.is_mountpoint(target):
+                raise StateError(f"{row['device']} is still mounted at {target}; see 'qlite device list'")
+            self._drop_point(row["qube"], target.name)
         else:
             q = self.qubes.get(row["qube"]) if self.qubes.exists(row["qube"]) else None
             if q is not None and self.qubes.vm.supervisor_pid(q) is not None:
@@ -219,29 +221,48 @@ class DeviceManager:
     # -- qubes' devices directories -------------------------------------------------
 
     def prepare_dir(self, qube: str) -> Path:
-        """Make QUBE's devices directory a shared mount, so that what is
-        mounted below it later reaches the qube (bound with rslave)."""
-        d = self.ctx.paths.devices_dir(qube)
-        d.mkdir(parents=True, exist_ok=True)
-        self.mounts.make_shared(d)
-        return d
+        """QUBE's devices directory: a read-only, shared bind of a directory
+        only the host reaches, so that the qube can create nothing in it
+        (no symlink for an attach to follow), while what the host mounts
+        below it later reaches the qube (bound with rslave) read-write."""
+        points, view = self.ctx.paths.devices_points(qube), self.ctx.paths.devices_dir(qube)
+        for d in (points, view):
+            d.mkdir(parents=True, exist_ok=True)
+        self.mounts.bind_read_only_shared(points, view)
+        return view
+
+    def _make_point(self, qube: str, name: str) -> None:
+        """A mount point for device NAME in QUBE's devices directory, made
+        where only the host writes."""
+        points = self.ctx.paths.devices_points(qube)
+        if not points.is_dir():
+            raise StateError(f"{qube} was started without a devices directory: restart it to attach devices")
+        with opened(open_trusted_dir(points)) as fd:
+            os.close(make_dirs(fd, name))
+
+    def _drop_point(self, qube: str, name: str) -> None:
+        points = self.ctx.paths.devices_points(qube)
+        with contextlib.suppress(OSError, UnsafePath), opened(open_trusted_dir(points)) as fd:
+            os.rmdir(name, dir_fd=fd)  # refuses while something is still mounted there
 
     def release_qube(self, qube: str) -> None:
         """After QUBE stops: detach everything it had, drop its directory."""
         for row in self.store.query("SELECT * FROM device_attachments WHERE qube=?", (qube,)):
             with contextlib.suppress(QliteError):
                 self._release(row)
-        d = self.ctx.paths.devices_dir(qube)
-        if d.exists():
-            for _ in range(8):  # bounded: each pass removes one layer
-                if not self.mounts.is_mountpoint(d):
-                    break
-                try:
-                    self.mounts.umount(d, lazy=True)
-                except EngineError:
-                    break
-            with contextlib.suppress(OSError):
-                d.rmdir()
+        view = self.ctx.paths.devices_dir(qube)
+        for _ in range(8):  # bounded: each pass removes one layer
+            if not self.mounts.is_mountpoint(view):
+                break
+            try:
+                self.mounts.umount(view, lazy=True)
+            except EngineError:
+                break
+        with contextlib.suppress(OSError):
+            view.rmdir()
+        points = self.ctx.paths.devices_points(qube)
+        with contextlib.suppress(OSError, UnsafePath), opened(open_trusted_dir(points.parent)) as fd:
+            remove_beneath(fd, qube)
 
     # -- assignments and pairing ------------------------------------------------------
 

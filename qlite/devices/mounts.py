@@ -25,12 +25,14 @@ def mount(device: str, target: Path, options: str) -> None:
     run_tool(["mount", "-o", options, device, str(target)], f"mounting {device}", TIMEOUT_S)
 
 
-def make_shared(directory: Path) -> None:
-    """Make DIRECTORY a mount of its own with shared propagation, so that
-    what is mounted below it reaches the containers that bind it (rslave)."""
-    if not is_mountpoint(directory):
-        run_tool(["mount", "--bind", str(directory), str(directory)], "preparing the devices directory", TIMEOUT_S)
-    run_tool(["mount", "--make-rshared", str(directory)], "preparing the devices directory", TIMEOUT_S)
+def bind_read_only_shared(source: Path, view: Path) -> None:
+    """Bind SOURCE at VIEW read-only, with shared propagation: a qube that
+    binds VIEW (rslave) can create nothing in it, while filesystems mounted
+    later on directories below VIEW reach it with their own flags."""
+    if not is_mountpoint(view):
+        run_tool(["mount", "--bind", str(source), str(view)], "preparing the devices directory", TIMEOUT_S)
+    run_tool(["mount", "-o", "remount,bind,ro", str(view)], "preparing the devices directory", TIMEOUT_S)
+    run_tool(["mount", "--make-rshared", str(view)], "preparing the devices directory", TIMEOUT_S)
 
 
 def umount(target: Path, lazy: bool = False) -> None:

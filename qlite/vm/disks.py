@@ -13,15 +13,17 @@
 from __future__ import annotations
 
 import os
-import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 from qlite.paths import Paths
 from qlite.progress import Progress, file_lock
 from qlite.runtime.command import run_tool
+from qlite.safepath import UnsafePath, lstat_beneath, open_beneath, open_trusted_dir, opened, remove_beneath
 
 PRIVATE_IMAGE = "private.img"
+PRIVATE_LABEL = "qlite-private"
 PRIVATE_SIZE_MIB = 2048
 ROOT_SLACK_MIB = 256
 TIMEOUT_S = 900
@@ -54,7 +56,8 @@ def ensure_root_disk(paths: Paths, image_id: str, export: callable, progress: Pr
             run_tool(["tar", "-x", "--numeric-owner", "-p", "-f", str(tar), "-C", str(tree)], "unpacking the image",
                      TIMEOUT_S)
             tar.unlink()
-            for d in ("proc", "sys", "dev", "run", "tmp", "var/tmp", "rw", "home/user"):
+            # /home is the template's link into /rw.
+            for d in ("proc", "sys", "dev", "run", "tmp", "var/tmp", "rw"):
                 (tree / d).mkdir(parents=True, exist_ok=True)
             size = tree_size_mib(tree) * 5 // 4 + ROOT_SLACK_MIB
             progress(f"writing the VM root disk ({size} MiB)")
@@ -82,27 +85,53 @@ def private_image(volume_mountpoint: str) -> Path:
     return Path(volume_mountpoint) / PRIVATE_IMAGE
 
 
+def verify_private(volume_mountpoint: str) -> bool:
+    """Whether the volume holds qlite's private disk (False: none yet).
+
+    While it was a container qube, its root could put anything at
+    private.img: a link to a host file or device would hand that to QEMU as
+    a writable disk. Only a regular file with one link and qlite's label is
+    taken; anything else there is refused. A VM qube itself never writes
+    the volume's directory, so what is verified stays so."""
+    with opened(open_trusted_dir(volume_mountpoint)) as root:
+        st = lstat_beneath(root, PRIVATE_IMAGE)
+        if st is None:
+            return False
+        if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and _has_private_label(root)):
+            raise UnsafePath(f"{PRIVATE_IMAGE} in the private volume is not a disk qlite made: "
+                             f"rename /rw/{PRIVATE_IMAGE} in the qube (as a container qube) and start again")
+        return True
+
+
 def ensure_private(volume_mountpoint: str, size_mib: int = PRIVATE_SIZE_MIB) -> Path:
     """The qube's private disk, made from the volume's files the first
     time (a container qube becoming a VM keeps its /rw), which then move
     into it."""
     img = private_image(volume_mountpoint)
-    if img.is_file():
+    if verify_private(volume_mountpoint):
         return img
-    vol = Path(volume_mountpoint)
-    part = vol.parent / f".{vol.name}-{PRIVATE_IMAGE}.part"
-    part.unlink(missing_ok=True)
-    run_tool(["mkfs.ext4", "-q", "-F", "-L", "qlite-private", "-E", "root_owner=0:0", "-d", str(vol), str(part),
-          f"{size_mib}M"], "making the private disk", TIMEOUT_S)
-    os.replace(part, img)
-    for child in vol.iterdir():
-        if child.name == PRIVATE_IMAGE:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    with opened(open_trusted_dir(volume_mountpoint)) as root:
+        vol = Path(volume_mountpoint)
+        part = vol.parent / f".{vol.name}-{PRIVATE_IMAGE}.part"
+        part.unlink(missing_ok=True)
+        # The qube is halted, so nothing changes under mke2fs, which copies
+        # links as links (lstat), never following them.
+        run_tool(["mkfs.ext4", "-q", "-F", "-L", PRIVATE_LABEL, "-E", "root_owner=0:0", "-d", str(vol), str(part),
+                  f"{size_mib}M"], "making the private disk", TIMEOUT_S)
+        os.replace(part, PRIVATE_IMAGE, dst_dir_fd=root)
+        for name in os.listdir(root):
+            if name != PRIVATE_IMAGE:
+                remove_beneath(root, name)
     return img
+
+
+def _has_private_label(root: int) -> bool:
+    """Whether private.img's ext4 superblock carries qlite's volume label."""
+    with opened(open_beneath(root, PRIVATE_IMAGE, os.O_RDONLY | os.O_NONBLOCK)) as fd:
+        block = os.pread(fd, 1024, 1024)  # the superblock
+    if len(block) < 136 or block[0x38:0x3A] != b"\x53\xef":  # the ext2/3/4 magic
+        return False
+    return block[0x78:0x88].rstrip(b"\0") == PRIVATE_LABEL.encode()
 
 
 def create_overlay(root_disk: Path, overlay: Path) -> Path:

@@ -44,8 +44,7 @@ mkdir -p /newroot
 mount -t ext4 -o rw,noatime /dev/vda /newroot || fail "cannot mount the root disk"
 if [ -b /dev/vdb ]; then
   mount -t ext4 -o rw,noatime,nodev,nosuid /dev/vdb /newroot/rw || fail "cannot mount the private disk"
-  mkdir -p /newroot/rw/home/user /newroot/home/user
-  mount --bind /newroot/rw/home/user /newroot/home/user
+  mkdir -p /newroot/rw/home/user
 fi
 for d in /tmp /var/tmp /run; do mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "/newroot$d"; done
 chmod 755 /newroot/run

@@ -136,6 +136,9 @@ class VmRunner:
         if q.provides_network:
             raise InvalidValue(f"{q.name} provides network; VM-mode gateways are not available in this version")
         engine, hh = self.ctx.engine, self.ctx.home_hash
+        vol = engine.inspect_volume(volume_name(hh, q.name))
+        if vol is not None:
+            disks.verify_private(vol.mountpoint)  # before anything is made or fetched
         machine = machine_of(self.qubes.features.all(q.name))
         accel = self.accel()
         if accel == "tcg":

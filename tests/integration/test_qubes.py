@@ -68,7 +68,10 @@ def test_root_filesystem_is_read_only_even_for_root(home, work):
 def test_commands_run_as_user_unless_root_is_asked(home, work):
     assert home.run("run", work, "--", "id", "-un").stdout == "user\n"
     assert home.run("run", "-u", "root", work, "--", "id", "-un").stdout == "root\n"
-    assert home.run("run", work, "--", "pwd").stdout == "/home/user\n"
+    # /home is the template's link to /rw/home: the shell keeps the name it
+    # was given, getcwd(3) says where the link leads.
+    assert home.run("run", work, "--", "sh", "-c", "pwd").stdout == "/home/user\n"
+    assert home.run("run", work, "--", "/bin/pwd").stdout == "/rw/home/user\n"
 
 
 def test_it_is_gvisor_and_limits_apply(home):

@@ -74,9 +74,9 @@ class FakeMounts:
         self.calls.append(("mount", device, str(target), options))
         self.mounted.add(str(target))
 
-    def make_shared(self, directory) -> None:
-        self.calls.append(("make_shared", str(directory)))
-        self.mounted.add(str(directory))
+    def bind_read_only_shared(self, source, view) -> None:
+        self.calls.append(("bind_ro_shared", str(source), str(view)))
+        self.mounted.add(str(view))
 
     def umount(self, target, lazy: bool = False) -> None:
         self.calls.append(("umount", str(target), lazy))

@@ -123,7 +123,7 @@ def test_prepare_copies_the_dvm_home_and_labels_everything(ctx, qm, dm, engine, 
     owner = {"qlite.owner": q.owner}
     assert c.spec.labels == {"qlite.qube": q.name, "qlite.kind": "disp", "qlite.home": ctx.home_hash, **owner}
     assert c.spec.command == ("sh", "-c", "true")
-    assert c.spec.user == "user" and c.spec.workdir == "/home/user"
+    assert c.spec.user == "user" and c.spec.workdir == "/rw/home/user"
     assert c.spec.read_only and c.spec.stdin_open and c.spec.image == IMAGE_ID
     vol = engine.volumes[volume_name(ctx.home_hash, q.name)]
     assert vol.labels["qlite.owner"] == q.owner and vol.labels["qlite.kind"] == "private"

@@ -143,7 +143,9 @@ def test_start_creates_a_read_only_labelled_container(ctx, qm, engine, work):
     mounts = {m.target: m for m in spec.mounts}
     vol = engine.volumes[volume_name(ctx.home_hash, "work")]
     assert mounts["/rw"].source == vol.name
-    assert mounts["/home/user"].source == os.path.join(vol.mountpoint, "home", "user")
+    assert "/home/user" not in mounts  # /home is the template's link into /rw
+    home = os.path.join(vol.mountpoint, "home", "user")
+    assert os.stat(home).st_uid == 1000 and os.stat(home).st_mode & 0o777 == 0o700
     # The default netvm is the host uplink, so the qube has its own network.
     net = network_name(ctx.home_hash, "work")
     assert spec.network == net
@@ -196,6 +198,18 @@ def test_start_follows_the_current_template_revision(ctx, qm, engine, work):
     assert engine.container_by_name(container_name(ctx.home_hash, "work")).spec.image == "ef" * 32
 
 
+def test_a_template_with_older_guest_tools_is_refused(ctx, qm, engine, work):
+    """Guest tools before 2 have /home/user as a directory that qlite bound
+    from the qube's own volume: such a template is rebuilt, never started."""
+    from qlite.core.templates import TemplateManager, image_ref  # noqa: PLC0415
+
+    engine.add_image("ab" * 32, (image_ref(TEMPLATE, 2),), {"qlite.guest-tools": "1"})
+    TemplateManager(ctx)._record(TEMPLATE, 2, "ab" * 32, "update")
+    with pytest.raises(StateError, match="older guest tools"):
+        qm.start("work")
+    assert engine.containers == {}
+
+
 def test_failed_start_removes_the_container(ctx, qm, engine, work):
     engine.fail["start"] = EngineError("fake: runsc failed")
     with pytest.raises(EngineError):
@@ -233,7 +247,8 @@ def test_run_autostarts_and_execs_as_the_default_user(ctx, qm, engine, work):
     (call,) = [c for c in engine.calls if c[0] == "exec"]
     cid, argv, user, workdir, env = call[1]
     assert cid == container_name(ctx.home_hash, "work")
-    assert (argv, user, workdir, env) == (["id", "-u"], "user", "/home/user", {"QLITE_QUBE": "work"})
+    assert (argv, user, workdir, env) == (["id", "-u"], "user", "/home/user",
+                                          {"QLITE_QUBE": "work", "PWD": "/home/user"})
     qm.run("work", ["id"], Stdio(), user="root")
     assert engine.calls[-1][1][2:4] == ("root", "/")
 

@@ -28,7 +28,7 @@ def qube(**kw) -> Qube:
 
 
 def build(q: Qube, **kw) -> ContainerSpec:
-    args = dict(home_hash=HH, image="img0", home_source="/vol/work/_data/home/user", network="none")
+    args = dict(home_hash=HH, image="img0", network="none")
     args.update(kw)
     return qube_container_spec(q, **args)
 
@@ -59,7 +59,7 @@ SPEC_CASES = [
     pytest.param(qube(memory=600, maxmem=2048, vcpus=4), {"network": f"qlite-{HH}-work"}, dict(
         network=f"qlite-{HH}-work", memory_mib=2048, vcpus=4,
     ), id="maxmem-wins-and-network"),
-    pytest.param(qube(memory=512), {"user": "user"}, dict(memory_mib=512, user="user", workdir="/home/user"),
+    pytest.param(qube(memory=512), {"user": "user"}, dict(memory_mib=512, user="user", workdir="/rw/home/user"),
                  id="as-user"),
     pytest.param(qube(name="disp123", klass="DispVM", owner="77:12345"),
                  {"command": ("sh", "-c", "id"), "user": "user", "stdin_open": True, "tty": True},
@@ -92,17 +92,31 @@ def test_spec_mounts():
     by_target = {m.target: m for m in spec.mounts}
     assert len(by_target) == len(spec.mounts)
     assert by_target["/rw"] == Mount(type="volume", source=volume_name(HH, "work"), target="/rw")
-    assert by_target["/home/user"] == Mount(type="bind", source="/vol/work/_data/home/user", target="/home/user")
     for path in ("/tmp", "/run", "/var/tmp", "/var/log"):
         assert by_target[path].type == "tmpfs"
         assert not by_target[path].read_only
-    assert set(by_target) == {"/rw", "/home/user", "/tmp", "/run", "/var/tmp", "/var/log"}
-    assert not by_target["/rw"].read_only and not by_target["/home/user"].read_only
+    # /home is the template's link into /rw: nothing of the qube's own
+    # volume is a bind source the host resolves.
+    assert set(by_target) == {"/rw", "/tmp", "/run", "/var/tmp", "/var/log"}
+    assert not by_target["/rw"].read_only
 
 
-@pytest.mark.parametrize(("user", "workdir"), [("user", "/home/user"), ("root", "/"), ("alice", "/home/user")])
-def test_workdir_follows_user(user, workdir):
-    assert build(qube(), user=user).workdir == workdir
+def test_no_bind_source_is_writable_by_the_qube():
+    """The RPC directory is bound read-only (the qube cannot replace its
+    socket); the devices directory is read-only on the host's side."""
+    spec = build(qube(), rpc_source="/h/run/rpc/work", devices_source="/h/run/devices/work")
+    binds = {m.target: m for m in spec.mounts if m.type == "bind"}
+    assert binds["/run/qlite"].read_only
+    assert set(binds) == {"/run/qlite", "/mnt/removable"}
+
+
+@pytest.mark.parametrize(("user", "workdir", "pwd"), [
+    ("user", "/rw/home/user", "/home/user"), ("root", "/", None), ("alice", "/rw/home/user", "/home/user"),
+])
+def test_workdir_follows_user(user, workdir, pwd):
+    spec = build(qube(), user=user)
+    assert spec.workdir == workdir
+    assert spec.env.get("PWD") == pwd
 
 
 # -- ContainerSpec -> specgen -----------------------------------------------------
@@ -116,16 +130,13 @@ def test_specgen_from_a_qube_spec():
     assert body["read_only_filesystem"] is True
     assert body["init"] is True
     assert body["user"] == "user"
-    assert body["work_dir"] == "/home/user"
+    assert body["work_dir"] == "/rw/home/user"
     assert body["hostname"] == "work"
-    assert body["env"] == {"QLITE_QUBE": "work"}
+    assert body["env"] == {"QLITE_QUBE": "work", "PWD": "/home/user"}
     assert body["labels"] == {"qlite.qube": "work", "qlite.kind": "app", "qlite.home": HH}
     assert body["volumes"] == [{"Name": f"qlite-{HH}-work-private", "Dest": "/rw", "Options": ["rw"]}]
     mounts = {m["destination"]: m for m in body["mounts"]}
-    assert mounts["/home/user"] == {
-        "destination": "/home/user", "type": "bind", "source": "/vol/work/_data/home/user",
-        "options": ["rbind", "rw"],
-    }
+    assert "/home/user" not in mounts
     modes = {"/tmp": "mode=1777", "/var/tmp": "mode=1777", "/run": "mode=755", "/var/log": "mode=755"}
     for path, mode in modes.items():
         assert mounts[path]["type"] == "tmpfs"
