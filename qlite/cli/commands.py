@@ -644,16 +644,22 @@ def _policy_eval(args: argparse.Namespace) -> int:
 
 def _policy_lint(args: argparse.Namespace) -> int:
     from qlite.rpc.broker import policy_dirs  # noqa: PLC0415
-    from qlite.rpc.policy import lint  # noqa: PLC0415
+    from qlite.rpc.policy import lint, load_policy, unknown_qubes  # noqa: PLC0415
 
-    errors = lint(policy_dirs(Context.from_env().paths))
+    ctx = Context.from_env()
+    dirs = policy_dirs(ctx.paths)
+    errors = lint(dirs)
+    known = {q.name for q in _qubes(ctx).list()} | {t.name for t in _templates(ctx).list()}
+    warnings = [] if errors else unknown_qubes(load_policy(dirs).rules, known)
     if args.json:
-        emit_json({"errors": errors})
+        emit_json({"errors": errors, "warnings": warnings})
     else:
         for e in errors:
             print(e)
+        for w in warnings:
+            print(f"warning: {w}")
         if not errors:
-            print("policy OK")
+            print("policy OK" + (f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""))
     return 1 if errors else 0
 
 

@@ -67,7 +67,7 @@ class DisposableManager:
         for _ in range(NAME_ATTEMPTS):
             dispid = random.randint(1, MAX_DISPID)
             if source is not None:
-                q = Qube(**{**source.__dict__, "tags": set(source.tags)})
+                q = source.derive()
                 q.template = source.name
                 q.template_for_dispvms = False
                 q.autostart = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from uuid import uuid4
 
 from qlite.core.labels import validate_label
 from qlite.errors import InvalidValue
@@ -58,10 +59,19 @@ class Qube:
     pending: str | None = None
     created_at: float = 0.0
     tags: set[str] = field(default_factory=set)
+    # The qube's identity: a new one for every qube made, a clone included.
+    uuid: str = field(default_factory=lambda: str(uuid4()))
 
     @property
     def is_disposable(self) -> bool:
         return self.klass == "DispVM"
+
+    def derive(self, **changes: object) -> Qube:
+        """A new qube made from this one (a clone, a disposable): its
+        settings with CHANGES, and an identity of its own."""
+        fields = {**self.__dict__, "tags": set(self.tags), **changes}
+        fields["uuid"] = str(uuid4())
+        return Qube(**fields)
 
 
 @dataclass

@@ -122,6 +122,7 @@ class QubeManager:
             template_for_dispvms=bool(row["template_for_dispvms"]),
             default_user=row["default_user"], include_in_backups=bool(row["include_in_backups"]),
             mode=row["mode"], owner=row["owner"], pending=row["pending"], created_at=row["created_at"], tags=tags,
+            uuid=row["uuid"],
         )
 
     def get(self, name: str) -> Qube:
@@ -145,12 +146,12 @@ class QubeManager:
         conn.execute(
             "INSERT INTO qubes(name, class, label, template, netvm, provides_network, memory, "
             "maxmem, vcpus, autostart, default_dispvm, template_for_dispvms, default_user, "
-            "include_in_backups, mode, owner, pending, created_at) "
-            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "include_in_backups, mode, owner, pending, created_at, uuid) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (q.name, q.klass, q.label, q.template, q.netvm_raw, int(q.provides_network),
              q.memory, q.maxmem, q.vcpus, int(q.autostart), q.default_dispvm_raw,
              int(q.template_for_dispvms), q.default_user, int(q.include_in_backups), q.mode,
-             q.owner, q.pending, q.created_at),
+             q.owner, q.pending, q.created_at, q.uuid),
         )
         for tag in sorted(q.tags):
             conn.execute("INSERT INTO tags(qube, tag) VALUES(?, ?)", (q.name, tag))
@@ -352,8 +353,7 @@ class QubeManager:
             raise AlreadyExists(f"a qube named {dst!r} already exists")
         if source.is_disposable:
             raise InvalidValue("disposables cannot be cloned")
-        q = Qube(**{**source.__dict__, "name": dst, "created_at": time.time(), "tags": set(source.tags),
-                    "pending": current_owner()})
+        q = source.derive(name=dst, created_at=time.time(), pending=current_owner())
         with self.store.transaction() as conn:
             self._insert(q, conn)
             self.copy_settings(src, dst, conn)
@@ -401,12 +401,28 @@ class QubeManager:
         engine.remove_volume(volume_name(hh, q.name))
         shutil.rmtree(self.ctx.paths.rpc_dir(q.name), ignore_errors=True)
         self._delete_row(q.name)
+        if not q.is_disposable:
+            self._forget(q)
         if not networked:
             return
         try:
             self.net.reload(gateway)
         except QliteError as exc:
             self.ctx.warn(f"firewall rules could not be reloaded after removing {q.name}: {exc}")
+
+    def _forget(self, q: Qube) -> None:
+        """Whatever was granted to Q goes with it: the policy lines qlite
+        manages, and the broker's remembered approvals (keyed by uuid)."""
+        from qlite.gpg.splitgpg import forget_qube  # noqa: PLC0415
+
+        try:
+            forget_qube(self.ctx, self, q.name)
+        except OSError as exc:
+            self.ctx.warn(f"the managed policy could not be rewritten after removing {q.name}: {exc}")
+        try:
+            self.ctx.daemon.forget(q.uuid)
+        except QliteError:
+            pass  # no daemon: nothing remembered
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -94,6 +94,25 @@ def vaults(qm: QubeManager) -> dict[str, list[str]]:
     return out
 
 
+def forget_qube(ctx: Context, qm: QubeManager, name: str) -> bool:
+    """After qube NAME is removed: take it off every vault's client list and
+    rewrite the managed policy, so that a qube created later under that
+    name inherits nothing. True if anything named it."""
+    named = False
+    for row in ctx.store.query("SELECT qube, value FROM features WHERE key=?", (CLIENTS_FEATURE,)):
+        clients = row["value"].split()
+        if row["qube"] == name:
+            named = True
+        elif name in clients:
+            qm.features.set(row["qube"], CLIENTS_FEATURE, " ".join(c for c in clients if c != name))
+            named = True
+    policy = ctx.paths.policy_dir / POLICY_FILE
+    if named or (policy.is_file() and name in policy.read_text().split()):
+        write_policy(ctx, qm)
+        return True
+    return False
+
+
 def write_policy(ctx: Context, qm: QubeManager) -> Path:
     directory = ctx.paths.policy_dir
     directory.mkdir(parents=True, exist_ok=True)

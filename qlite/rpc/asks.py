@@ -37,30 +37,48 @@ class Ask:
         }
 
 
+@dataclass(frozen=True)
+class Approval:
+    chosen: str      # the target the user chose
+    chosen_id: str   # and who that was (its uuid)
+    until: float
+
+
 class Approvals:
-    """Remembered "yes" answers: (source, service, requested target) ->
-    (chosen target, until). Within its window an ask is accepted again
-    without a question, as Qubes' split GPG does (QUBES_GPG_AUTOACCEPT)."""
+    """Remembered "yes" answers: (caller's uuid, service, requested target)
+    -> Approval. Within its window an ask is accepted again without a
+    question, as Qubes' split GPG does (QUBES_GPG_AUTOACCEPT). Names are not
+    identities: it is kept by uuid, and holds only while the chosen target
+    is still the qube it was given for."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._until: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._until: dict[tuple[str, str, str], Approval] = {}
 
-    def remember(self, source: str, service: str, target: str, chosen: str, seconds: float) -> None:
-        if seconds <= 0:
+    def remember(self, source_id: str, service: str, target: str, chosen: str, chosen_id: str,
+                 seconds: float) -> None:
+        if seconds <= 0 or not source_id:
             return
         with self._lock:
-            self._until[(source, service, target)] = (chosen, time.time() + seconds)
+            self._until[(source_id, service, target)] = Approval(chosen, chosen_id, time.time() + seconds)
 
-    def lookup(self, source: str, service: str, target: str) -> tuple[str, float] | None:
+    def lookup(self, source_id: str, service: str, target: str) -> Approval | None:
         with self._lock:
-            found = self._until.get((source, service, target))
+            found = self._until.get((source_id, service, target))
             if found is None:
                 return None
-            if found[1] <= time.time():
-                del self._until[(source, service, target)]
+            if found.until <= time.time():
+                del self._until[(source_id, service, target)]
                 return None
             return found
+
+    def forget(self, uuid: str) -> int:
+        """Drop every approval given to or for the qube UUID; how many."""
+        with self._lock:
+            gone = [k for k, a in self._until.items() if uuid in (k[0], a.chosen_id)]
+            for k in gone:
+                del self._until[k]
+            return len(gone)
 
 
 class TooManyAsks(AccessDenied):

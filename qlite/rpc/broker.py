@@ -75,6 +75,7 @@ def system_snapshot(ctx: Context) -> System:
         facts[q.name] = QubeFacts(
             name=q.name, klass=q.klass, tags=frozenset(q.tags),
             default_dispvm=qm.resolved_default_dispvm(q), template_for_dispvms=q.template_for_dispvms,
+            uuid=q.uuid,
         )
     return System(qubes=facts)
 
@@ -178,15 +179,17 @@ class Call:
 
     def _ask(self, request: Request, resolution: Resolution, ctx: Context) -> Resolution:
         approvals = self.broker.approvals
-        key = (request.source, request.service, request.target)
+        system = system_snapshot(ctx)
+        key = (system.identity(request.source), request.service, request.target)
         remembered = approvals.lookup(*key)
-        if remembered is not None and remembered[0] in resolution.choices:
+        if (remembered is not None and remembered.chosen in resolution.choices
+                and system.identity(remembered.chosen) == remembered.chosen_id):
             try:
-                allowed = answer_ask(resolution, remembered[0], system_snapshot(ctx))
+                allowed = answer_ask(resolution, remembered.chosen, system)
             except AccessDenied:
                 pass
             else:
-                until = time.strftime("%H:%M:%S", time.localtime(remembered[1]))
+                until = time.strftime("%H:%M:%S", time.localtime(remembered.until))
                 return _with_reason(allowed, f"auto-accepted: approved earlier, until {until}")
         try:
             ask = self.broker.asks.add(
@@ -201,12 +204,16 @@ class Call:
             reason = "the user said no" if ask.answered.is_set() else "nobody answered in time"
             return Resolution(action="deny", target=None, choices=(), user=None, notify=False, autostart=False,
                               rule=resolution.rule, reason=reason)
+        system = system_snapshot(ctx)  # the answer came later: who is who now
+        if system.identity(request.source) != key[0]:
+            return _with_reason(_denied(resolution), f"{request.source} was replaced while the question was open")
         try:
-            allowed = answer_ask(resolution, chosen, system_snapshot(ctx))
+            allowed = answer_ask(resolution, chosen, system)
         except AccessDenied as exc:
             return Resolution(action="deny", target=None, choices=(), user=None, notify=False, autostart=False,
                               rule=resolution.rule, reason=str(exc))
-        approvals.remember(*key, chosen, autoaccept_window(ctx, request.source, request.service))
+        approvals.remember(*key, chosen, system.identity(chosen),
+                           autoaccept_window(ctx, request.source, request.service))
         return allowed
 
     # -- running the service -------------------------------------------------------
@@ -338,6 +345,7 @@ class Broker:
         self.log = log
         self.sel = selectors.DefaultSelector()
         self.listeners: dict[str, socket.socket] = {}
+        self._bound_for: dict[str, str] = {}  # qube -> the container its listener was made for
         self.ctx = Context(paths)
         self._rescans: list[threading.Event] = []
         self._lock = threading.Lock()
@@ -357,9 +365,10 @@ class Broker:
         self.sel.register(s, selectors.EVENT_READ, ("admin", None))
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
 
-    def running_qubes(self) -> set[str]:
+    def running_qubes(self) -> dict[str, str]:
+        """Running qubes by name, each with its container's id."""
         found = self.ctx.engine.list_containers({"qlite.home": self.ctx.home_hash})
-        return {c.labels.get("qlite.qube", "") for c in found
+        return {c.labels.get("qlite.qube", ""): c.id for c in found
                 if c.state == "running" and c.labels.get("qlite.kind") in ("app", "disp")}
 
     def rescan(self) -> None:
@@ -368,7 +377,11 @@ class Broker:
         except QliteError as exc:
             self.log(f"rescan failed: {exc}")
             return
-        for name in sorted(running - set(self.listeners)):
+        # A name whose container changed is another run, maybe another qube
+        # under an old name: it gets a socket of its own, never the old one.
+        for name in [n for n in self.listeners if n in running and self._bound_for.get(n) != running[n]]:
+            self._drop_listener(name)
+        for name in sorted(set(running) - set(self.listeners)):
             try:
                 s = self._listen(name)
             except (OSError, QliteError) as exc:
@@ -379,15 +392,20 @@ class Broker:
                 continue
             self._trouble.pop(name, None)
             self.listeners[name] = s
+            self._bound_for[name] = running[name]
             self.sel.register(s, selectors.EVENT_READ, ("qube", name))
-        for name in set(self._trouble) - running:
+        for name in set(self._trouble) - set(running):
             del self._trouble[name]
-        for name in set(self.listeners) - running:
-            s = self.listeners.pop(name)
-            self.sel.unregister(s)
-            s.close()
-            with contextlib.suppress(OSError):
-                (self.paths.rpc_dir(name) / SOCKET_NAME).unlink()
+        for name in set(self.listeners) - set(running):
+            self._drop_listener(name)
+
+    def _drop_listener(self, name: str) -> None:
+        s = self.listeners.pop(name)
+        self._bound_for.pop(name, None)
+        self.sel.unregister(s)
+        s.close()
+        with contextlib.suppress(OSError):
+            (self.paths.rpc_dir(name) / SOCKET_NAME).unlink()
 
     def _listen(self, name: str) -> socket.socket | None:
         """A listener in NAME's RPC directory (None: it has none). The qube's
@@ -567,6 +585,11 @@ class Broker:
             return {"ok": True, "listening": sorted(self.listeners)}
         if op == "asks":
             return {"ok": True, "asks": [a.as_json() for a in self.asks.pending()]}
+        if op == "forget":
+            uuid = msg.get("uuid")
+            if not isinstance(uuid, str) or not uuid:
+                raise ValueError("forget needs a qube's uuid")
+            return {"ok": True, "forgotten": self.approvals.forget(uuid)}
         if op == "answer":
             ask_id, allow, target = msg.get("id"), bool(msg.get("allow")), msg.get("target")
             if not isinstance(ask_id, int) or (target is not None and not isinstance(target, str)):

@@ -150,6 +150,13 @@ class DaemonControl:
             with contextlib.suppress(QliteError):
                 self.request({"op": "rescan", "qube": qube}, timeout=10)
 
+    def forget(self, uuid: str) -> None:
+        """Best effort: a qube was removed; drop what the broker remembers
+        about it (its approvals)."""
+        if self.running():
+            with contextlib.suppress(QliteError):
+                self.request({"op": "forget", "uuid": uuid}, timeout=10)
+
     def _ping(self) -> bool:
         try:
             self.request({"op": "ping"}, timeout=2)

@@ -88,4 +88,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE qubes ADD COLUMN pending TEXT;
     """,
+    # 5: every qube's identity, as in Qubes 4.2+. Names come back (dispNNNN,
+    # a qube re-created under an old name); what is remembered about a
+    # qube (approvals, grants) is keyed by its uuid, which never does.
+    """
+    ALTER TABLE qubes ADD COLUMN uuid TEXT;
+    UPDATE qubes SET uuid = lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4'
+        || substr(hex(randomblob(2)), 2) || '-' || substr('89ab', 1 + (abs(random()) % 4), 1)
+        || substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6)));
+    CREATE UNIQUE INDEX qubes_uuid ON qubes(uuid);
+    """,
 ]

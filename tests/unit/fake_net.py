@@ -50,6 +50,9 @@ class FakeDaemon:
     def notify(self, qube: str) -> None:
         self.calls.append(("notify", qube))
 
+    def forget(self, uuid: str) -> None:
+        self.calls.append(("forget", uuid))
+
     def running(self) -> bool:
         return False
 

@@ -70,7 +70,7 @@ def serving(broker, paths, monkeypatch):
     def start(qubes: set[str]) -> Broker:
         for name in qubes:
             paths.rpc_dir(name).mkdir(parents=True, exist_ok=True)
-        monkeypatch.setattr(broker, "running_qubes", lambda: set(qubes))
+        monkeypatch.setattr(broker, "running_qubes", lambda: {q: f"cid-{q}" for q in qubes})
         t = threading.Thread(target=broker.serve, kwargs={"rescan_every": 0.1}, daemon=True)
         t.start()
         threads.append(t)
@@ -322,7 +322,7 @@ def test_rescan_survives_anything_in_a_qubes_rpc_directory(broker, paths, logs, 
         make(paths.rpc_dir(name) / "rpc.sock", outside)
     for name in GOOD:
         paths.rpc_dir(name).mkdir(parents=True)
-    monkeypatch.setattr(broker, "running_qubes", lambda: set(HOSTILE) | GOOD)
+    monkeypatch.setattr(broker, "running_qubes", lambda: {q: f"cid-{q}" for q in set(HOSTILE) | GOOD})
 
     broker.rescan()
 
@@ -348,7 +348,7 @@ def test_the_socket_mode_cannot_be_redirected_through_a_symlink(broker, paths, l
     outside = _outside(paths.home)
     sock = paths.rpc_dir("victim") / "rpc.sock"
     sock.parent.mkdir(parents=True)
-    monkeypatch.setattr(broker, "running_qubes", lambda: {"victim"})
+    monkeypatch.setattr(broker, "running_qubes", lambda: {"victim": "cid-victim"})
     real_socket = socket.socket
 
     class SwappedAfterBind(real_socket):

@@ -26,6 +26,7 @@ class QubeFacts:
     tags: frozenset[str] = frozenset()
     default_dispvm: str | None = None
     template_for_dispvms: bool = False
+    uuid: str = ""                # the qube's identity; policy itself goes by names, as Qubes' does
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", frozenset(self.tags))
@@ -39,6 +40,13 @@ class System:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "qubes", MappingProxyType(dict(self.qubes)))
+
+    def identity(self, token: str) -> str:
+        """Who TOKEN (a name, dom0, @dispvm:NAME) is now: a qube's uuid, or
+        the token itself for what has no uuid (dom0, @dispvm)."""
+        name = token.removeprefix("@dispvm:")
+        facts = self.qubes.get(name)
+        return facts.uuid if facts is not None and facts.uuid else token
 
 
 @dataclass(frozen=True)

@@ -312,6 +312,20 @@ def load_policy(dirs: Sequence[Path]) -> Policy:
     return Policy(rules=tuple(parser.rules))
 
 
+def unknown_qubes(rules: Sequence[Rule], known: set[str]) -> list[str]:
+    """Warnings, as "file:line: message", for rules that name a qube that
+    does not exist: names are not identities, so a qube created later
+    under that name would get what the rule grants."""
+    warnings = []
+    for rule in rules:
+        words = [rule.source, rule.target, *(rule.params.get(k, "") for k in ("target", "default_target"))]
+        for name in dict.fromkeys(n for n in map(tokens.named_qube, words) if n):
+            if name not in known:
+                warnings.append(f"{rule.location}: names qube {_one_line(name)!r}, which does not exist; "
+                                "a qube created under that name would be covered by this rule")
+    return warnings
+
+
 def lint(dirs: Sequence[Path]) -> list[str]:
     """Every error in the policy of DIRS, as "file:line: message" (empty when it is valid)."""
     errors: list[str] = []

@@ -61,6 +61,16 @@ def token_kind(token: str) -> str | None:
     return None
 
 
+def named_qube(token: str) -> str | None:
+    """The qube TOKEN names by name (a plain name or @dispvm:NAME), else None."""
+    kind = token_kind(token)
+    if kind == "name":
+        return token
+    if kind == "dispvm-name":
+        return token[len(DISPVM_PREFIX):]
+    return None
+
+
 def _tag_ok(tag: str) -> bool:
     # qlite's tags are any words without whitespace (a split line has none);
     # like Qubes, a tag may not start with '@', so '@tag:@x' is a typo.
