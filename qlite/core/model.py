@@ -144,7 +144,7 @@ PROPERTIES: dict[str, tuple[str, str]] = {
     "include_in_backups": ("include_in_backups", "bool"),
     "mode": ("mode", "mode"),
 }
-READ_ONLY = ("name", "class", "ip")
+READ_ONLY = ("name", "class", "uuid", "ip")
 ALL_PROPERTIES = (*READ_ONLY, *PROPERTIES)
 
 

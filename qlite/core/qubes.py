@@ -42,6 +42,7 @@ from qlite.core.spec import (
 from qlite.core.volumes import copy_private, init_private
 from qlite.engines.base import ContainerInfo, Stdio
 from qlite.errors import AlreadyExists, InvalidValue, NotFound, QliteError, StateError
+from qlite.safepath import UnsafePath
 from qlite.state.owners import current_owner
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
@@ -681,7 +682,7 @@ class QubeManager:
     def get_prefs(self, name: str) -> dict[str, tuple[str, bool]]:
         """Every property as (value, is_default)."""
         q = self.get(name)
-        out = {"name": (q.name, False), "class": (q.klass, False)}
+        out = {"name": (q.name, False), "class": (q.klass, False), "uuid": (q.uuid, False)}
         for prop in PROPERTIES:
             out[prop] = self._pref(q, prop)
         out["ip"] = (self.net.address_of(q) if self.resolved_netvm(q) else "", False)
@@ -748,10 +749,14 @@ class QubeManager:
         if mode == "vm" and q.provides_network:
             raise InvalidValue(f"{q.name} provides network; VM-mode gateways are not available in this version")
         if mode == "container" and self.exists(q.name):
-            from qlite.vm.disks import private_image  # noqa: PLC0415
+            from qlite.vm.disks import verify_private  # noqa: PLC0415
 
             vol = self.ctx.engine.inspect_volume(volume_name(self.ctx.home_hash, q.name))
-            if vol is not None and os.path.lexists(private_image(vol.mountpoint)):
+            try:
+                made = vol is not None and verify_private(vol.mountpoint)
+            except UnsafePath:
+                made = False  # not a disk qlite made: the qube's own files, so there is a way back
+            if made:
                 raise InvalidValue(
                     f"{q.name}'s private disk was written by a VM, and the host never mounts one; "
                     "create a container qube and copy the files across with qvm-copy"

@@ -127,3 +127,13 @@ def test_lint_names_rules_for_qubes_that_do_not_exist(known, flagged):
     named = [re.search(r"names qube '([^']+)'", w).group(1) for w in warnings]
     assert named == flagged
     assert all(w.startswith("50-test.policy:") for w in warnings)
+
+
+def test_the_uuid_is_a_read_only_property(qm):
+    from qlite.errors import InvalidValue
+
+    a = insert_row(qm, "a")
+    assert qm.get_prefs("a")["uuid"] == (a.uuid, False)
+    with pytest.raises(InvalidValue, match="read-only"):
+        qm.set_pref("a", "uuid", "00000000-0000-4000-8000-000000000000")
+    assert qm.get("a").uuid == a.uuid
