@@ -28,16 +28,20 @@ SHARE_DIR = Path(os.environ.get("QLITE_SHARE", Path(__file__).resolve().parent.p
 @dataclass(frozen=True)
 class Paths:
     home: Path
-    explicit_home: bool = False
     host_lib_dir: Path = HOST_LIB_DIR
     podman_dropin: Path = PODMAN_DROPIN
 
     @classmethod
     def from_env(cls) -> Paths:
-        env = os.environ.get("QLITE_HOME")
-        if env:
-            return cls(Path(env).resolve(), explicit_home=True)
-        return cls(DEFAULT_HOME)
+        # Resolved either way, so that nothing (the policy directory, the
+        # labels' home hash) depends on whether QLITE_HOME names the default.
+        return cls(Path(os.environ.get("QLITE_HOME") or DEFAULT_HOME).resolve())
+
+    @property
+    def is_default_install(self) -> bool:
+        """The default install: a home whose real path is /var/lib/qlite,
+        whether or not QLITE_HOME says so."""
+        return os.path.realpath(self.home) == os.path.realpath(DEFAULT_HOME)
 
     @property
     def home_hash(self) -> str:
@@ -90,7 +94,9 @@ class Paths:
 
     @property
     def policy_dir(self) -> Path:
-        return self.home / "policy.d" if self.explicit_home else DEFAULT_POLICY_DIR
+        """The admin's policy files: /etc/qlite/policy.d for the default
+        install, the home's own policy.d for any other home."""
+        return DEFAULT_POLICY_DIR if self.is_default_install else self.home / "policy.d"
 
     @property
     def daemon_pidfile(self) -> Path:

@@ -38,9 +38,7 @@ class CommandRunner(Protocol):
 class CliRunner:
     def __init__(self, paths: Paths):
         self.argv0 = [sys.executable, "-m", "qlite"]
-        self.env = dict(os.environ)
-        if paths.explicit_home:
-            self.env["QLITE_HOME"] = str(paths.home)
+        self.env = {**os.environ, "QLITE_HOME": str(paths.home)}
         self._running: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
 

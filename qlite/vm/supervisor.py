@@ -271,7 +271,7 @@ class Supervisor:
                 from qlite.core.context import Context  # noqa: PLC0415
                 from qlite.paths import Paths  # noqa: PLC0415
 
-                Context(Paths(Path(self.cfg["home"]), explicit_home=True)).engine.remove_container(holder, force=True)
+                Context(Paths(Path(self.cfg["home"]))).engine.remove_container(holder, force=True)
             except Exception as exc:  # noqa: BLE001 - logged; reconciliation removes it later
                 log(f"could not remove the network holder: {exc}")
         with contextlib.suppress(OSError):

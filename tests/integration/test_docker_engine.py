@@ -44,7 +44,7 @@ def sock(home) -> str:
 def engine(home, sock) -> DockerEngine:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("QLITE_DOCKER_RUNTIME", "")
-        eng = DockerEngine(Paths(home.path, explicit_home=True), sock)
+        eng = DockerEngine(Paths(home.path), sock)
     assert eng.runtime == ""
     return eng
 
@@ -111,7 +111,7 @@ def test_version(engine):
 
 
 def test_unreachable_engine_is_reported(home, tmp_path):
-    eng = DockerEngine(Paths(home.path, explicit_home=True), f"unix://{tmp_path / 'nothing.sock'}")
+    eng = DockerEngine(Paths(home.path), f"unix://{tmp_path / 'nothing.sock'}")
     with pytest.raises(EngineUnavailable, match="cannot reach the Docker engine"):
         eng.version()
 

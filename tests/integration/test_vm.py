@@ -215,7 +215,7 @@ def test_block_devices_hot_plug_into_a_q35_vm_over_qmp(vm, tmp_path):
     vm.run("start", "vmh", timeout=600)
     disk = tmp_path / "stick.img"
     disk.write_bytes(b"QLITE-HOTPLUG-MARK" + bytes(16 * 1024 * 1024 - 18))
-    qm = QubeManager(Context(Paths(vm.path, explicit_home=True)))
+    qm = QubeManager(Context(Paths(vm.path)))
     try:
         with pytest.raises(InvalidValue, match="no hot-plug"):
             qm.vm.attach_block(qm.get("vmq"), "stick", str(disk), read_only=True)

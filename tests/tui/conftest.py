@@ -160,7 +160,7 @@ def core(tmp_path: Path) -> FakeCore:
     home = tmp_path / "home"
     home.mkdir()
     (tmp_path / "volumes").mkdir()
-    paths = Paths(home, explicit_home=True)
+    paths = Paths(home)
     engine = FakeEngine(volume_root=tmp_path / "volumes")
     fake = FakeCore(paths, engine, FakeNetApply(), FakeDaemon(), FakeAsks(), FakeRunner(), Store(paths.db))
     ctx = fake.context()

@@ -75,7 +75,7 @@ class FakeAdmin:
 
 @pytest.fixture
 def paths(tmp_path) -> Paths:
-    return Paths(tmp_path / "home", explicit_home=True)
+    return Paths(tmp_path / "home")
 
 
 def test_daemon_asks_without_a_daemon_has_no_questions(paths):

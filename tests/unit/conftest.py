@@ -68,7 +68,7 @@ def no_kernel_network_changes(monkeypatch):
 def paths(tmp_path) -> Paths:
     home = tmp_path / "home"
     home.mkdir()
-    return Paths(home, explicit_home=True)
+    return Paths(home)
 
 
 @pytest.fixture

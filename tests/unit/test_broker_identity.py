@@ -64,7 +64,7 @@ def test_system_identity(token, identity):
 @pytest.fixture
 def broker():
     home = Path(tempfile.mkdtemp(prefix="qlb-", dir="/tmp"))
-    b = Broker(Paths(home, explicit_home=True), log=lambda _m: None)
+    b = Broker(Paths(home), log=lambda _m: None)
     yield b
     b.close()
     os.close(b._wake_r)

@@ -41,7 +41,7 @@ WAIT_S = 5.0
 def paths() -> Paths:
     """A home with a path short enough for a client's sockaddr_un."""
     home = Path(tempfile.mkdtemp(prefix="qlb-", dir="/tmp"))
-    yield Paths(home, explicit_home=True)
+    yield Paths(home)
     shutil.rmtree(home, ignore_errors=True)
 
 

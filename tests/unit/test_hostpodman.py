@@ -16,7 +16,7 @@ from qlite.runtime.hostpodman import HostPodman, dropin_state, install_dropin, r
 
 @pytest.fixture
 def paths(tmp_path) -> Paths:
-    return Paths(tmp_path / "home", explicit_home=True, host_lib_dir=tmp_path / "lib",
+    return Paths(tmp_path / "home", host_lib_dir=tmp_path / "lib",
                  podman_dropin=tmp_path / "containers.conf.d" / "50-qlite.conf")
 
 

@@ -12,15 +12,37 @@ from qlite.paths import DEFAULT_HOME, DEFAULT_POLICY_DIR, HOST_LIB_DIR, PODMAN_D
 def test_from_env_default(monkeypatch):
     monkeypatch.delenv("QLITE_HOME", raising=False)
     p = Paths.from_env()
-    assert p.home == DEFAULT_HOME and not p.explicit_home
+    assert p.home == DEFAULT_HOME.resolve() and p.is_default_install
     assert p.policy_dir == DEFAULT_POLICY_DIR
+
+
+@pytest.mark.parametrize("env", [None, "", "/var/lib/qlite", "/var/lib/qlite/", "/var/lib/../lib/qlite", "link"])
+def test_the_default_install_is_the_same_however_it_is_named(monkeypatch, tmp_path, env):
+    """The daemon is started with QLITE_HOME set even on a default install:
+    nothing may depend on whether the variable names the default."""
+    if env == "link":
+        (tmp_path / "link").symlink_to(DEFAULT_HOME)
+        env = str(tmp_path / "link")
+    if env is None:
+        monkeypatch.delenv("QLITE_HOME", raising=False)
+    else:
+        monkeypatch.setenv("QLITE_HOME", env)
+    p = Paths.from_env()
+    assert p.is_default_install
+    assert p.policy_dir == DEFAULT_POLICY_DIR
+    assert p.home_hash == Paths(DEFAULT_HOME.resolve()).home_hash
+
+
+def test_any_other_home_uses_its_own_policy_dir(tmp_path):
+    assert Paths(tmp_path / "h").policy_dir == tmp_path / "h" / "policy.d"
+    assert not Paths(tmp_path / "h").is_default_install
 
 
 def test_from_env_relocates_everything(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("QLITE_HOME", "rel/home")
     p = Paths.from_env()
-    assert p.explicit_home and p.home == (tmp_path / "rel" / "home").resolve()
+    assert p.home == (tmp_path / "rel" / "home").resolve() and not p.is_default_install
     for path in (p.db, p.run_dir, p.log_dir, p.podman_sock, p.podman_pidfile, p.podman_log, p.containers_conf,
                  p.probe_file, p.service_lock, p.rpc_log, p.policy_dir):
         assert path.is_absolute()
@@ -46,7 +68,7 @@ def test_home_hash(a, b, same):
 
 
 def test_ensure(tmp_path):
-    p = Paths(tmp_path / "h", explicit_home=True)
+    p = Paths(tmp_path / "h")
     p.ensure()
     assert p.run_dir.is_dir() and p.log_dir.is_dir()
     assert p.home.stat().st_mode & 0o777 == 0o711

@@ -60,7 +60,7 @@ def test_render_flags_never_emits_a_shell_comment():
 
 @pytest.fixture
 def paths(tmp_path) -> Paths:
-    return Paths(tmp_path / "home", explicit_home=True, host_lib_dir=tmp_path / "lib",
+    return Paths(tmp_path / "home", host_lib_dir=tmp_path / "lib",
                  podman_dropin=tmp_path / "containers.conf.d" / "50-qlite.conf")
 
 
@@ -229,7 +229,7 @@ def test_a_listing_is_asked_again_when_an_object_vanishes_under_it(tmp_path, mon
     from qlite.errors import EngineError  # noqa: PLC0415
     from qlite.paths import Paths  # noqa: PLC0415
 
-    engine = PodmanEngine(Paths(tmp_path, explicit_home=True))
+    engine = PodmanEngine(Paths(tmp_path))
     calls = []
 
     def fake_json(method, path, what, ok404=False, **kw):

@@ -328,7 +328,7 @@ V = "6.1.0-18-cloud-amd64"
     ([], False),
 ])
 def test_kernel_installed(tmp_path, files, complete):
-    paths, root = Paths(tmp_path, explicit_home=True), tmp_path / "vm" / "kernel"
+    paths, root = Paths(tmp_path), tmp_path / "vm" / "kernel"
     assert paths.vm_kernel_dir == root
     for f in files:
         (root / f if f.endswith("/") else (root / f).parent).mkdir(parents=True, exist_ok=True)
@@ -382,7 +382,7 @@ def test_pid_alive(tmp_path):
 
 
 def test_root_disks(tmp_path):
-    paths = Paths(tmp_path, explicit_home=True)
+    paths = Paths(tmp_path)
     keep, drop = "a1" * 32, "b2" * 32
     assert disks.root_disk_path(paths, keep) == tmp_path / "vm" / "disks" / f"{keep[:20]}.img"
     assert disks.prune_root_disks(paths, {keep}) == []  # no disk dir yet
