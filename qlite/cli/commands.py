@@ -246,7 +246,7 @@ def _global_prefs(ctx, qm, gp, args) -> int:
     elif key == "default_dispvm":
         qm.check_dispvm(value)
     elif key == "default_netvm":
-        qm.check_netvm(value)
+        qm.check_default_netvm(value)
     gp.set(key, value)
     return 0
 

@@ -200,15 +200,40 @@ class QubeManager:
             raise InvalidValue(f"netvm {value!r} does not provide network: set its provides_network to True")
         if gateway.is_disposable:
             raise InvalidValue("a disposable cannot be a netvm")
-        seen = {for_qube} if for_qube else set()
-        hop: Qube | None = gateway
-        while hop is not None:  # bounded: every hop is a distinct qube
-            if hop.name in seen:
-                raise InvalidValue(f"netvm {value!r} would make a loop through {hop.name!r}")
-            seen.add(hop.name)
-            upstream = self.resolved_netvm(hop)
-            hop = self.get(upstream) if upstream not in (None, HOST_UPLINK) and self.exists(upstream) else None
+        if for_qube:
+            self.netvm_chain(Qube(name=for_qube, klass="AppVM", label="red", template=None, netvm_raw=value))
         return value
+
+    def check_default_netvm(self, value: str) -> str:
+        """Validate a new global default_netvm: no gateway that follows the
+        default may end up routing through itself."""
+        self.check_netvm(value)
+        for q in self.list():
+            if q.provides_network:
+                self.netvm_chain(q, default_netvm=value)
+        return value
+
+    def netvm_chain(self, q: Qube, default_netvm: str | None = None) -> list[str]:
+        """The gateway qubes between Q and the host, nearest first; a loop
+        (direct, through a chain, or through the global default) is refused
+        with the way out."""
+        default = self.prefs.get("default_netvm") if default_netvm is None else default_netvm
+        path, hop = [q.name], q
+        while True:  # bounded: every hop is a distinct qube, or the loop is reported
+            raw = default if hop.netvm_raw is None else hop.netvm_raw
+            if raw in ("", HOST_UPLINK) or not self.exists(raw):
+                return path[1:]
+            if raw in path:
+                via = [n for n in dict.fromkeys(path) if n == q.name and q.netvm_raw is None
+                       or n != q.name and self._follows_default(n)]
+                how = f" ({', '.join(via)}: following the global default_netvm)" if via else ""
+                raise InvalidValue(f"network loop: {' -> '.join((*path, raw))}{how}; give one of them a netvm "
+                                   f"of its own, e.g. 'qlite prefs {raw} netvm dom0'")
+            path.append(raw)
+            hop = self.get(raw)
+
+    def _follows_default(self, name: str) -> bool:
+        return self.exists(name) and self.get(name).netvm_raw is None
 
     def check_template(self, name: str) -> str:
         from qlite.core.templates import TemplateManager  # noqa: PLC0415
@@ -565,15 +590,12 @@ class QubeManager:
         return TemplateManager(self.ctx).verified_image(template)
 
     def net_depth(self, q: Qube) -> int:
-        """How many gateway qubes stand between Q and the host (bounded by
-        the loop check on netvm)."""
-        depth, seen = 0, {q.name}
-        upstream = self.resolved_netvm(q)
-        while upstream not in (None, HOST_UPLINK) and self.exists(upstream) and upstream not in seen:
-            seen.add(upstream)
-            depth += 1
-            upstream = self.resolved_netvm(self.get(upstream))
-        return depth
+        """How many gateway qubes stand between Q and the host (0 for a loop,
+        which its start reports)."""
+        try:
+            return len(self.netvm_chain(q))
+        except InvalidValue:
+            return 0
 
     def running_clients(self, name: str, containers: dict[str, ContainerInfo] | None = None) -> list[str]:
         """Running qubes whose netvm is NAME."""
@@ -710,9 +732,12 @@ class QubeManager:
             self.ctx.warn(f"{name} is running: its new {prop} takes effect at its next start")
 
     def reset_pref(self, name: str, prop: str) -> None:
-        self.get(name)
+        q = self.get(name)
         if prop not in ("netvm", "default_dispvm"):
             raise InvalidValue(f"property {prop!r} has no default to reset to")
+        if prop == "netvm":
+            q.netvm_raw = None
+            self.netvm_chain(q)  # following the default must not make a loop
         self.store.execute(f"UPDATE qubes SET {PROPERTIES[prop][0]}=NULL WHERE name=?", (name,))
 
     def _apply_prop(self, q: Qube, prop: str, text: str) -> None:

@@ -181,7 +181,9 @@ class NetworkManager:
         """Make Q's network ready before its container exists: the bridge,
         the gateway's side of it, and every rule that must hold before Q's
         first packet. Fails closed: if that cannot be done, Q gets no
-        network and the reason is reported."""
+        network and the reason is reported. A network loop is refused
+        outright: it is a mistake to fix, not a network to do without."""
+        self.qubes.netvm_chain(q)
         uplink = self.uplink(q)
         if uplink is None:
             return NetPlan()
