@@ -29,12 +29,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     p.matched = only is None
 
+    p.commands = {}
+
     def cmd(name: str, fn, help_: str, json_out: bool = False) -> argparse.ArgumentParser:
         if only is not None and name != only:
             return _Unused()
         p.matched = True
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=fn)
+        p.commands[name] = sp
         if json_out:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         return sp
@@ -58,7 +61,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("names", nargs="*", metavar="NAME")
     sp.add_argument("--all", action="store_true", help="every running qube")
     sp.add_argument("--wait", action="store_true", help="wait until they have stopped")
-    sp.add_argument("--timeout", type=float, default=60.0, help="seconds before a kill (default 60)")
+    sp.add_argument("--timeout", type=_seconds("--timeout"), default=60.0, help="seconds before a kill (default 60)")
     sp.add_argument("--force", action="store_true", help="also a gateway whose clients still run")
 
     sp = cmd("kill", commands.kill, "stop qubes at once")
@@ -107,7 +110,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                          "[specialtarget=dns] [expire=+S|EPOCH] [comment=...]; del: the rule number")
     sp.add_argument("--before", type=_int("--before"), metavar="N", help="add: insert before rule N")
 
-    sp = cmd("clone", commands.clone, "clone a qube, with a copy of its private data")
+    sp = cmd("clone", commands.clone, "clone a qube, with a copy of its private data", json_out=True)
     sp.add_argument("source")
     sp.add_argument("name")
 
@@ -170,7 +173,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     sp = cmd("log", commands.log, "show a log", json_out=True)
     sp.add_argument("which", choices=("rpc",))
-    sp.add_argument("-n", "--lines", type=_int("--lines"), default=50, help="how many records (default 50)")
+    sp.add_argument("-n", "--lines", type=_int("--lines", minimum=0), default=50,
+                    help="how many records (default 50)")
 
     sp = cmd("service", commands.service, "qlite's podman service (started on demand)")
     sp.add_argument("action", choices=("start", "stop", "status"))
@@ -180,12 +184,50 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def _int(name: str):
+# Commands whose last argument takes the rest of the line as it is (the
+# command to run; a firewall rule, whose comment= may hold anything).
+REST_OF_LINE = ("run", "firewall")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str], command: str | None) -> argparse.Namespace:
+    """Parse ARGV. A command's options may come anywhere after it, between
+    its positional arguments too ('qlite prefs work --json memory'), and a
+    word it does not take is reported with that command's --help."""
+    sub = parser.commands.get(command) if command else None
+    if sub is None:
+        return parser.parse_args(argv)
+    rest = argv[1:]
+    if command in REST_OF_LINE:
+        args, extra = sub.parse_known_args(rest)
+    else:
+        args, extra = sub.parse_known_intermixed_args(rest)
+    if extra:
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.command = command
+    return args
+
+
+def _int(name: str, minimum: int | None = None):
     def parse(text: str) -> int:
         try:
-            return int(text)
+            value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a whole number, not {text!r}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be {minimum} or more, not {text!r}")
+        return value
+    return parse
+
+
+def _seconds(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not value >= 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name} takes seconds, 0 or more, not {text!r}")
+        return value
     return parse
 
 
@@ -200,6 +242,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors are qlite errors too: one line, exit 125."""
 
     matched = True  # see build_parser
+    commands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"qlite: error: {message} (see '{self.prog} --help')\n")
@@ -212,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(first)
     if not parser.matched:  # not a command: the full parser says so, with the choices
         parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv, first)
     try:
         return int(args.func(args) or 0)
     except QliteError as exc:

@@ -43,14 +43,26 @@ def _templates(ctx: Context):
     return TemplateManager(ctx)
 
 
-def _each(names: list[str], fn) -> int:
-    """Apply FN to every name; report each failure; 125 if any failed."""
+def _each(qm, names: list[str], fn) -> int:
+    """Apply FN to every name; report each failure; 125 if any failed.
+    Every name is checked first: a typo among them changes nothing."""
+    names = list(dict.fromkeys(names))
+    unknown = []
+    for name in names:
+        try:
+            qm.get(name)
+        except QliteError as exc:
+            unknown.append(exc)
+    for exc in unknown:
+        sys.stderr.write(f"qlite: error: {printable(exc)}\n")
+    if unknown:
+        return 125
     failed = False
     for name in names:
         try:
             fn(name)
         except QliteError as exc:
-            sys.stderr.write(f"qlite: error: {exc}\n")
+            sys.stderr.write(f"qlite: error: {printable(exc)}\n")
             failed = True
     return 125 if failed else 0
 
@@ -80,7 +92,7 @@ def create(args: argparse.Namespace) -> int:
 
 def start(args: argparse.Namespace) -> int:
     qm = _qubes(_context())
-    return _each(args.names, lambda n: qm.start(n, skip_if_running=args.skip_if_running))
+    return _each(qm, args.names, lambda n: qm.start(n, skip_if_running=args.skip_if_running))
 
 
 def shutdown(args: argparse.Namespace) -> int:
@@ -92,26 +104,24 @@ def shutdown(args: argparse.Namespace) -> int:
         names = [q.name for q in qm.list() if q.name in running and not q.is_disposable]
     elif not names:
         raise InvalidValue("name the qubes to shut down, or use --all")
-    for name in names:
-        qm.get(name)
     # Clients before their gateways, deepest first.
-    names.sort(key=lambda n: -qm.net_depth(qm.get(n)))
-    return _each(names, lambda n: qm.shutdown(n, timeout=args.timeout, force=args.force))
+    names.sort(key=lambda n: -qm.net_depth(qm.get(n)) if qm.exists(n) else 0)
+    return _each(qm, names, lambda n: qm.shutdown(n, timeout=args.timeout, force=args.force))
 
 
 def kill(args: argparse.Namespace) -> int:
     qm = _qubes(_context())
-    return _each(args.names, qm.kill)
+    return _each(qm, args.names, qm.kill)
 
 
 def pause(args: argparse.Namespace) -> int:
     qm = _qubes(_context())
-    return _each(args.names, qm.pause)
+    return _each(qm, args.names, qm.pause)
 
 
 def unpause(args: argparse.Namespace) -> int:
     qm = _qubes(_context())
-    return _each(args.names, qm.unpause)
+    return _each(qm, args.names, qm.unpause)
 
 
 def split_run_args(rest: list[str], disposable: bool) -> tuple[str | None, list[str]]:
@@ -186,6 +196,7 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def prefs(args: argparse.Namespace) -> int:
+    from qlite.core.model import json_value  # noqa: PLC0415
     from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
 
     ctx = _context()
@@ -200,7 +211,7 @@ def prefs(args: argparse.Namespace) -> int:
     if not rest:
         values = qm.get_prefs(name)
         if args.json:
-            emit_json({k: v for k, (v, _d) in values.items()})
+            emit_json({k: json_value(k, v) for k, (v, _d) in values.items()})
         else:
             table(["PROPERTY", "", "VALUE"], [[k, "D" if d else "-", v] for k, (v, d) in values.items()])
         return 0
@@ -216,7 +227,7 @@ def prefs(args: argparse.Namespace) -> int:
 
             parse_property(prop, "")  # raises the one-line "no such property"
         value = values[prop][0]
-        emit_json({prop: value}) if args.json else print(value)
+        emit_json({prop: json_value(prop, value)}) if args.json else print(value)
     return 0
 
 
@@ -227,7 +238,7 @@ def _global_prefs(ctx, qm, gp, args) -> int:
     if not rest:
         values = gp.all()
         if args.json:
-            emit_json(values)
+            emit_json({k: v or None for k, v in values.items()})
         else:
             table(["PROPERTY", "", "VALUE"], [[k, "D" if gp.is_default(k) else "-", v] for k, v in values.items()])
         return 0
@@ -237,7 +248,7 @@ def _global_prefs(ctx, qm, gp, args) -> int:
         return 0
     if len(rest) == 1:
         value = gp.get(key)
-        emit_json({key: value}) if args.json else print(value)
+        emit_json({key: value or None}) if args.json else print(value)
         return 0
     value = rest[1]
     value = "" if value == "none" else value
@@ -360,7 +371,10 @@ def firewall(args: argparse.Namespace) -> int:
 
 
 def clone(args: argparse.Namespace) -> int:
-    _qubes(_context()).clone(args.source, args.name)
+    qm = _qubes(_context())
+    q = qm.clone(args.source, args.name)
+    if args.json:
+        emit_json(qm.info(q, {}).as_json())
     return 0
 
 
@@ -372,7 +386,7 @@ def remove(args: argparse.Namespace) -> int:
             qm.kill(name)
         qm.remove(name)
 
-    return _each(args.names, rm)
+    return _each(qm, args.names, rm)
 
 
 # -- templates -------------------------------------------------------------------
@@ -638,8 +652,13 @@ def _policy_eval(args: argparse.Namespace) -> int:
         print(result["action"] + (f" target={result['target']}" if result["target"] else ""))
         if result["choices"]:
             print(f"  choices: {', '.join(result['choices'])}")
-        print(f"  {result['reason']}" + (f" ({result['rule']})" if result["rule"] else ""))
+        print(f"  {_with_rule(result['reason'], result['rule'])}")
     return 0
+
+
+def _with_rule(reason: str, rule: str | None) -> str:
+    """REASON, naming RULE once: most reasons already say where they come from."""
+    return reason if not rule or rule in reason else f"{reason} [{rule}]"
 
 
 def _policy_lint(args: argparse.Namespace) -> int:
@@ -771,9 +790,10 @@ def log(args: argparse.Namespace) -> int:
         what = f"{r.get('service', '?')}" + (f"+{r['argument']}" if r.get("argument") else "")
         to = r.get("resolved") or r.get("target") or "?"
         extra = f" exit={r['exit']}" if "exit" in r else ""
-        rule = f" [{r['rule']}]" if r.get("rule") else ""
-        print(f"{when} {r.get('source', '?')} -> {to} {what}: {r.get('decision', '?')}{extra}{rule}"
-              + (f" ({r['reason']})" if r.get("reason") and r.get("decision") != "done" else ""))
+        reason = r.get("reason") if r.get("decision") != "done" else ""
+        why = _with_rule(reason, r.get("rule")) if reason else (f"[{r['rule']}]" if r.get("rule") else "")
+        print(printable(f"{when} {r.get('source', '?')} -> {to} {what}: {r.get('decision', '?')}{extra}"
+                        + (f" - {why}" if why else "")))
     return 0
 
 

@@ -182,6 +182,19 @@ def parse_memory_limit(qube: Qube) -> int:
     return qube.maxmem or qube.memory
 
 
+def json_value(prop: str, text: str) -> object:
+    """A property's shown TEXT as JSON gives it, with ``qlite ls --json``'s
+    types: booleans, numbers, and null for no netvm, dispvm, template or ip."""
+    kind = PROPERTIES[prop][1] if prop in PROPERTIES else "text"
+    if kind == "bool":
+        return text == "True"
+    if kind in ("mib", "mib0", "vcpus"):
+        return int(text)
+    if kind in ("netvm", "dispvm", "qube-ref") or prop == "ip":
+        return text or None
+    return text
+
+
 def format_value(value: object) -> str:
     if isinstance(value, bool):
         return "True" if value else "False"

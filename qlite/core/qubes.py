@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from qlite.safepath import UnsafePath
 from qlite.state.owners import current_owner
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
+TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ENGINE_STATES = {
     "running": State.RUNNING,
     "paused": State.PAUSED,
@@ -793,8 +795,9 @@ class QubeManager:
     def add_tags(self, name: str, tags: list[str]) -> None:
         self.get(name)
         for tag in tags:
-            if not tag or any(c.isspace() for c in tag):
-                raise InvalidValue(f"invalid tag {tag!r}")
+            if not TAG_RE.fullmatch(tag):
+                # As in Qubes' admin API: a tag is also a word of policy files (@tag:NAME).
+                raise InvalidValue(f"invalid tag {tag!r}: a tag is 1 to 64 letters, digits, '-' or '_'")
         with self.store.transaction() as conn:
             for tag in tags:
                 conn.execute("INSERT OR IGNORE INTO tags(qube, tag) VALUES(?, ?)", (name, tag))

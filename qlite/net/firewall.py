@@ -54,6 +54,12 @@ class Rule:
     def expired(self, now: float) -> bool:
         return self.expire is not None and self.expire <= now
 
+    @property
+    def matches_everything(self) -> bool:
+        """No condition, and no expiry: every packet, for good."""
+        return all(getattr(self, key) is None for key in
+                   ("dsthost", "proto", "dstports", "icmptype", "specialtarget", "expire"))
+
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"action": self.action}
         for key in KEYS[1:]:
@@ -194,3 +200,12 @@ def _parse_expire(text: str, now: float, relative: bool) -> int:
     if relative and value <= now:
         raise InvalidValue(f"expire={value} is already in the past")
     return value
+
+
+def shadowed_by(rules: tuple[Rule, ...] | list[Rule], index: int) -> int | None:
+    """The earlier rule that matches everything, so that rule INDEX can
+    never match (first match wins); None if it can."""
+    for i, rule in enumerate(rules[:index]):
+        if rule.matches_everything:
+            return i
+    return None

@@ -36,7 +36,7 @@ from qlite.core.spec import container_name, engine_labels, network_name
 from qlite.engines.base import ContainerInfo, NetworkInfo
 from qlite.errors import EngineError, InvalidValue, NotFound, QliteError, StateError
 from qlite.net import nft
-from qlite.net.firewall import DEFAULT_RULES, Rule, rule_from_json
+from qlite.net.firewall import DEFAULT_RULES, Rule, rule_from_json, shadowed_by
 from qlite.progress import file_lock
 
 GATEWAY_TABLE = "qlite-gw"
@@ -130,6 +130,10 @@ class NetworkManager:
             raise InvalidValue(f"--before {before}: there are rules 0..{len(rules) - 1}")
         rules.insert(position, rule)
         self.set_rules(name, tuple(rules))
+        first = shadowed_by(rules, position)
+        if first is not None:
+            self.ctx.warn(f"rule {position} can never match: rule {first} before it matches everything "
+                          f"({rules[first].action}); add it with --before {first} instead")
         return tuple(rules)
 
     def delete_rule(self, name: str, number: int) -> tuple[Rule, ...]:

@@ -27,7 +27,7 @@ def read(path: Path, last: int | None = None) -> list[dict]:
     """The log's records, oldest first (only the LAST ones if given)."""
     if not path.exists():
         return []
-    lines: deque[str] = deque(maxlen=last) if last else deque()
+    lines: deque[str] = deque(maxlen=last) if last is not None else deque()
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             if line.strip():

@@ -81,7 +81,8 @@ def test_it_is_gvisor_and_limits_apply(home):
         mem_kib = int(home.run("run", "small", "--", "awk", "/MemTotal/ {print $2}", "/proc/meminfo").stdout)
         assert mem_kib == 256 * 1024
         prefs = home.json("prefs", "small")
-        assert prefs["memory"] == "256" and prefs["vcpus"] == "1"
+        # The types of ls --json: numbers, not strings.
+        assert prefs["memory"] == 256 and prefs["vcpus"] == 1
     finally:
         home.run("remove", "--force", "small")
 
@@ -145,7 +146,7 @@ def test_start_twice_and_pause(home, work):
 def test_network_follows_netvm(home):
     home.run("create", "offline", "--label", "black", "--netvm", "none")
     try:
-        assert home.json("prefs", "offline")["netvm"] == ""
+        assert home.json("prefs", "offline")["netvm"] is None
         row = next(r for r in home.json("ls") if r["name"] == "offline")
         assert row["netvm"] is None and row["netpath"] == "none"
         dev = home.run("run", "offline", "--", "cat", "/proc/net/dev").stdout
@@ -179,7 +180,8 @@ def test_prefs_features_and_tags(home, work):
     assert bad.returncode == 125 and bad.stderr.count("\n") == 1 and "label" in bad.stderr
     assert home.run("prefs", work, "label").stdout == "purple\n"
     home.run("prefs", work, "autostart", "on")
-    assert home.json("prefs", work)["autostart"] == "True"
+    assert home.json("prefs", work)["autostart"] is True
+    assert home.json("prefs", work, "autostart") == {"autostart": True}
 
     home.run("features", work, "x-color", "teal")
     assert home.run("features", work, "x-color").stdout == "teal\n"
@@ -205,8 +207,9 @@ def test_prefs_features_and_tags(home, work):
 
 def test_clone_copies_private_data_and_settings(home, work):
     home.run("run", work, "--", "sh", "-c", "echo cloned-data > ~/c")
-    home.run("clone", work, "work2")
+    made = home.json("clone", work, "work2")  # --json, as create gives
     try:
+        assert made["name"] == "work2" and made["class"] == "AppVM" and LS_KEYS <= set(made)
         assert home.run("run", "work2", "--", "cat", "/home/user/c").stdout == "cloned-data\n"
         home.run("run", "work2", "--", "sh", "-c", "echo changed > ~/c")
         assert home.run("run", work, "--", "cat", "/home/user/c").stdout == "cloned-data\n"

@@ -543,6 +543,20 @@ def test_tags(ctx, qm, row):
     with pytest.raises(InvalidValue):
         qm.add_tags("work", [""])
     assert dump_store(ctx.store) == before
+
+
+@pytest.mark.parametrize(("tag", "ok"), [
+    ("work-related", True), ("a_b", True), ("x" * 64, True), ("A9", True),
+    ("bad tag!", False), ("x" * 65, False), ("@tag", False), ("a:b", False), ("é", False), ("a\nb", False),
+])
+def test_tag_characters(qm, row, tag, ok):
+    if ok:
+        qm.add_tags("work", [tag])
+        assert tag in qm.tags("work")
+    else:
+        with pytest.raises(InvalidValue, match="letters, digits, '-' or '_'") as exc:
+            qm.add_tags("work", [tag])
+        assert "\n" not in str(exc.value).replace(repr(tag), "")
     with pytest.raises(NotFound):
         qm.add_tags("ghost", ["x"])
 
