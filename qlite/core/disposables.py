@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from qlite.core.context import Context
 from qlite.core.model import MODES, Qube, parse_choice
 from qlite.core.qubes import QubeManager
-from qlite.core.spec import qube_container_spec, volume_name
+from qlite.core.spec import exec_place, qube_container_spec, volume_name
 from qlite.core.volumes import init_private
 from qlite.engines.base import Stdio
 from qlite.errors import InvalidValue, NotFound, QliteError
@@ -185,8 +185,9 @@ class DisposableManager:
                     on_created(q)
                 user = user or q.default_user
                 conn = self.ctx.daemon.take_connection(q.name)
-                return client.exec_over(conn, q.name, argv, stdio, user, "/home/user" if user != "root" else "/",
-                                        {"QLITE_QUBE": q.name, **(env or {})})
+                workdir, place = exec_place(user)
+                return client.exec_over(conn, q.name, argv, stdio, user, workdir,
+                                        {"QLITE_QUBE": q.name, **place, **(env or {})})
             finally:
                 with _signals_blocked() if main else contextlib.nullcontext():
                     if not preload.hand_back(self.ctx, name, daemon_owner):

@@ -34,9 +34,9 @@ from qlite.core.model import (
 from qlite.core.names import validate_name
 from qlite.core.prefs import Features, GlobalPrefs
 from qlite.core.spec import (
-    HOME,
     container_name,
     engine_labels,
+    exec_place,
     qube_container_spec,
     volume_name,
 )
@@ -694,8 +694,8 @@ class QubeManager:
 
     def exec_in(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str]) -> int:
         """Run ARGV in running qube Q, whatever its mode; its exit code."""
-        workdir = HOME if user != "root" else "/"
-        env = {"QLITE_QUBE": q.name, **({"PWD": HOME} if user != "root" else {}), **env}
+        workdir, place = exec_place(user)
+        env = {"QLITE_QUBE": q.name, **place, **env}
         if q.mode == "vm":
             return self.vm.exec(q, argv, stdio, user, workdir, env)
         return self.ctx.engine.exec(container_name(self.ctx.home_hash, q.name), argv, stdio, user=user,

@@ -18,6 +18,13 @@ RPC_MOUNT = "/run/qlite"  # holds rpc.sock, the qube's own socket to the broker
 REMOVABLE_MOUNT = "/mnt/removable"  # attached devices' filesystems appear below it
 
 
+def exec_place(user: str) -> tuple[str, dict[str, str]]:
+    """Where a command run as USER starts, and the environment that names
+    it: the home (PWD keeps the name /home/user, which getcwd(3) reports as
+    /rw/home/user through the template's link), or / for root."""
+    return (HOME, {"PWD": HOME}) if user != "root" else ("/", {})
+
+
 def container_name(home_hash: str, qube: str) -> str:
     return f"qlite-{home_hash}-{qube}"
 
@@ -79,7 +86,7 @@ def qube_container_spec(
     # directory to the runtime instead of resolving it on the host through
     # the template's /home link. PWD keeps the shell's name for it.
     workdir = PRIVATE_HOME if user != "root" else "/"
-    pwd = {"PWD": HOME} if user != "root" else {}
+    pwd = exec_place(user)[1]
     return ContainerSpec(
         name=container_name(home_hash, qube.name),
         image=image,
