@@ -22,16 +22,19 @@ from tui.asks import AsksSource, DaemonAsks, Question
 from tui.backend import Backend
 from tui.messages import AskAnswered, AsksPolled, AsksPollFailed, CoreWarning
 from tui.runner import CliRunner, CommandRunner
+from tui.screens.aem import AemScreen
 from tui.screens.ask import AskAnswer, AskScreen
+from tui.screens.devices import DevicesScreen
 from tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from tui.screens.logs import LogsScreen
 from tui.screens.nav import MODES as NAV_KEYS
-from tui.screens.placeholders import AemScreen, DevicesScreen
 from tui.screens.qubes import QubesScreen
 from tui.screens.templates import TemplatesScreen
 
 REFRESH_INTERVAL_S = 2.0
 ASK_INTERVAL_S = 1.0
+# Workers that change something: quitting asks first while one runs.
+BUSY_GROUPS = ("qube:", "template:", "device-action", "aem-action")
 
 
 class QliteApp(App[None]):
@@ -177,7 +180,7 @@ class QliteApp(App[None]):
     # -- leaving -----------------------------------------------------------------
 
     async def action_quit(self) -> None:
-        busy = [w.name for w in self.workers if w.is_running and w.group.startswith(("qube:", "template:"))]
+        busy = [w.name for w in self.workers if w.is_running and w.group.startswith(BUSY_GROUPS)]
         if not busy:
             self.runner.stop_all()
             self.exit()

@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from qlite.aem.manager import VerifyResult
 from qlite.core.context import Context
 from qlite.core.qubes import QubeInfo
 from qlite.core.usage import CpuSampler, Usage, qube_usage
+from qlite.devices.manager import DeviceRow
 from qlite.engines.base import ContainerInfo
 from qlite.net.firewall import Rule, parse_rule
 from qlite.rpc import audit
@@ -24,6 +26,7 @@ ContextFactory = Callable[[], Context]
 UsageSource = Callable[[Context, dict[str, ContainerInfo]], dict[str, Usage]]
 Progress = Callable[[str], None]
 DAEMON_LOG_LINES = 400
+DEVICE_LOG_LINES = 200
 
 
 @dataclass
@@ -90,6 +93,63 @@ class Pref:
     read_only: bool
 
 
+@dataclass(frozen=True)
+class Assignment:
+    """A device assigned (or paired) to a qube; PRESENT names the device
+    that matches it now, or is ''."""
+
+    qube: str
+    ident: str
+    read_only: bool
+    required: bool
+    paired: bool
+    present: str = ""
+
+
+@dataclass(frozen=True)
+class QubeChoice:
+    """A qube a device may go to, for the device forms."""
+
+    name: str
+    label: str
+    running: bool
+    mode: str = "container"
+
+
+@dataclass(frozen=True)
+class DevicesView:
+    """Everything the devices screen shows, read in one go."""
+
+    devices: tuple[DeviceRow, ...]
+    assignments: tuple[Assignment, ...]
+    events: tuple[dict, ...]  # the device log (devices.jsonl), oldest first
+    qubes: tuple[QubeChoice, ...]
+
+    def device(self, name: str) -> DeviceRow | None:
+        return next((r for r in self.devices if r.device.name == name), None)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One measurement, and the chain after extending it (as a PCR would hold)."""
+
+    name: str
+    digest: str
+    chain: str
+
+
+@dataclass(frozen=True)
+class AemStatus:
+    measurements: tuple[Measured, ...]
+    chain: str
+    tpm: str | None  # the TCTI, or None: software chain only
+    pcr: int | None
+    sealed: str | None  # 'tpm', 'passphrase', or None: nothing sealed
+    sealed_at: float | None
+    enforced: bool
+    confirmed: bool  # verified and confirmed in this boot
+
+
 class Backend:
     """What the TUI asks of qlite's core. Methods block: call them from
     worker threads only."""
@@ -120,6 +180,12 @@ class Backend:
         from qlite.core.qubes import QubeManager  # noqa: PLC0415
 
         return QubeManager(ctx)
+
+    @staticmethod
+    def _aem(ctx: Context):
+        from qlite.aem.manager import AemManager  # noqa: PLC0415
+
+        return AemManager(ctx)
 
     @staticmethod
     def _templates(ctx: Context):
@@ -174,9 +240,14 @@ class Backend:
             self._qubes(ctx).remove(name)
 
     def create(self, name: str, *, label: str, template: str | None, netvm: str | None,
-               memory: int | None) -> None:
+               memory: int | None, vcpus: int | None = None, mode: str = "container",
+               provides_network: bool = False) -> None:
+        props = {"mode": mode} if mode != "container" else {}
+        if provides_network:
+            props["provides_network"] = "True"
         with self.session() as ctx:
-            self._qubes(ctx).create(name, label=label, template=template, netvm=netvm, memory=memory)
+            self._qubes(ctx).create(name, label=label, template=template, netvm=netvm, memory=memory, vcpus=vcpus,
+                                    props=props)
 
     def clone(self, source: str, name: str) -> None:
         with self.session() as ctx:
@@ -190,6 +261,11 @@ class Backend:
         with self.session() as ctx:
             values = self._qubes(ctx).get_prefs(name)
         return [Pref(prop, value, is_default, prop in READ_ONLY) for prop, (value, is_default) in values.items()]
+
+    def features_and_tags(self, name: str) -> tuple[dict[str, str], list[str]]:
+        with self.session() as ctx:
+            qm = self._qubes(ctx)
+            return qm.features.all(name), qm.tags(name)
 
     def set_pref(self, name: str, prop: str, value: str) -> None:
         with self.session() as ctx:
@@ -269,3 +345,78 @@ class Backend:
                 return [line.rstrip("\n") for line in f.readlines()[-last:]]
         except FileNotFoundError:
             return []
+
+    # -- devices -------------------------------------------------------------
+
+    def devices(self) -> DevicesView:
+        with self.session() as ctx:
+            qm = self._qubes(ctx)
+            dm = qm.devices
+            rows = dm.list()
+            assignments = []
+            for q in qm.list():
+                for a in dm.assignments(q.name):
+                    present = next((r.device.name for r in rows if r.device.matches(a["ident"])), "")
+                    assignments.append(Assignment(q.name, a["ident"], bool(a["read_only"]), bool(a["required"]),
+                                                  bool(a["paired"]), present))
+            qubes = tuple(QubeChoice(i.name, i.label, i.state == "Running", i.mode)
+                          for i in qm.infos() if i.klass != "TemplateVM")
+            # devices.jsonl is JSON lines, as the RPC audit log is: one reader for both.
+            events = tuple(audit.read(ctx.paths.device_log, DEVICE_LOG_LINES))
+            return DevicesView(tuple(rows), tuple(assignments), events, qubes)
+
+    def attach_device(self, qube: str, device: str, read_only: bool) -> str:
+        with self.session() as ctx:
+            return self._qubes(ctx).devices.attach(qube, device, read_only=read_only).name
+
+    def detach_device(self, device: str) -> list[str]:
+        with self.session() as ctx:
+            return self._qubes(ctx).devices.detach(device)
+
+    def assign_device(self, qube: str, ident: str, *, read_only: bool, required: bool, paired: bool) -> None:
+        with self.session() as ctx:
+            self._qubes(ctx).devices.assign(qube, ident, read_only=read_only, required=required, paired=paired)
+
+    def unassign_device(self, qube: str, ident: str) -> None:
+        with self.session() as ctx:
+            self._qubes(ctx).devices.unassign(qube, ident)
+
+    def eject_device(self, device: str) -> str | None:
+        with self.session() as ctx:
+            return self._qubes(ctx).devices.eject(device)
+
+    # -- anti-evil-maid ------------------------------------------------------
+
+    def aem_status(self) -> AemStatus:
+        from qlite.aem.manager import boot_id  # noqa: PLC0415
+        from qlite.aem.measure import ZERO, Measurement, extend  # noqa: PLC0415
+
+        with self.session() as ctx:
+            am = self._aem(ctx)
+            log = am.log()
+            try:
+                confirmed = am.stamp.read_text().strip() == boot_id()
+            except OSError:
+                confirmed = False
+        pcr, rows = ZERO, []
+        for m in log["measurements"]:
+            pcr = extend(pcr, Measurement(m["name"], m["digest"]).event)
+            rows.append(Measured(m["name"], m["digest"], pcr.hex()))
+        return AemStatus(tuple(rows), log["chain"], log["tpm"], log["pcr"], log["sealed"], log["sealed_at"],
+                         log["enforced"], confirmed)
+
+    def aem_verify(self, passphrase: bytes | None) -> VerifyResult:
+        with self.session() as ctx:
+            return self._aem(ctx).verify(passphrase)
+
+    def aem_confirm(self) -> None:
+        with self.session() as ctx:
+            self._aem(ctx).confirm()
+
+    def aem_reseal(self, passphrase: bytes | None) -> str:
+        with self.session() as ctx:
+            return self._aem(ctx).reseal(passphrase)
+
+    def aem_set_enforced(self, on: bool) -> None:
+        with self.session() as ctx:
+            self._aem(ctx).set_enforced(on)

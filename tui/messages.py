@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from textual.message import Message
 
+from qlite.aem.manager import VerifyResult
 from qlite.net.firewall import Rule
 from tui.asks import Question
-from tui.backend import Pref, Snapshot, TemplateRow
+from tui.backend import AemStatus, DevicesView, Pref, Snapshot, TemplateRow
 
 
 class CoreWarning(Message):
@@ -75,10 +76,13 @@ class AskAnswered(Message):
 
 
 class PrefsLoaded(Message):
-    def __init__(self, prefs: list[Pref], error: str = "") -> None:
+    def __init__(self, prefs: list[Pref], error: str = "", features: dict[str, str] | None = None,
+                 tags: list[str] | None = None) -> None:
         super().__init__()
         self.prefs = prefs
         self.error = error
+        self.features = features or {}
+        self.tags = tags or []
 
 
 class PrefSaved(Message):
@@ -130,4 +134,45 @@ class QubeCreated(Message):
     def __init__(self, name: str, error: str = "") -> None:
         super().__init__()
         self.name = name
+        self.error = error
+
+
+class DevicesLoaded(Message):
+    def __init__(self, view: DevicesView | None, error: str = "", seq: int = 0) -> None:
+        super().__init__()
+        self.view = view
+        self.error = error
+        self.seq = seq  # which load this answers; only the latest is shown
+
+
+class DeviceActionDone(Message):
+    """A device action finished: DONE says what happened, ERROR is the
+    one-line QliteError (then nothing changed)."""
+
+    def __init__(self, action: str, done: str = "", error: str = "") -> None:
+        super().__init__()
+        self.action = action
+        self.done = done
+        self.error = error
+
+
+class AemLoaded(Message):
+    def __init__(self, status: AemStatus | None, error: str = "") -> None:
+        super().__init__()
+        self.status = status
+        self.error = error
+
+
+class AemVerified(Message):
+    def __init__(self, result: VerifyResult | None, error: str = "") -> None:
+        super().__init__()
+        self.result = result
+        self.error = error
+
+
+class AemActionDone(Message):
+    def __init__(self, action: str, done: str = "", error: str = "") -> None:
+        super().__init__()
+        self.action = action
+        self.done = done
         self.error = error

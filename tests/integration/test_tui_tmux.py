@@ -1,6 +1,8 @@
 """The TUI end to end, in tmux, against real qubes: create a qube through
-the form, start it, run a command in it through the terminal action, answer
-an RPC question in the modal, and remove the qube with a confirmation.
+the form, start it, open a terminal in it (which says which qube it is),
+run a command in a terminal (its output stays until a key), look at the
+devices and anti-evil-maid screens, answer an RPC question in the modal,
+and remove the qube with a confirmation.
 
 tmux gives the TUI a real terminal (so App.suspend really hands it to
 ``qlite run -t``); the test types into it with send-keys and reads it back
@@ -52,8 +54,11 @@ class Tmux:
         self.tmux("send-keys", "-l", text)
         time.sleep(0.15)
 
-    def screen(self) -> str:
-        return self.tmux("capture-pane", "-p", check=False).stdout
+    def screen(self, colours: bool = False) -> str:
+        return self.tmux("capture-pane", "-p", *(["-e"] if colours else []), check=False).stdout
+
+    def title(self) -> str:
+        return self.tmux("display-message", "-p", "#{pane_title}", check=False).stdout.strip()
 
     def wait(self, predicate: Callable[[str], object], what: str, timeout: float = 60) -> str:
         deadline = time.monotonic() + timeout
@@ -110,7 +115,7 @@ def test_tui_end_to_end(home):
         tmux.type(QUBE)
         tmux.keys("Tab", "Enter", "Down", "Down", "Enter")  # label: red -> orange -> yellow
         tmux.keys("Tab", "Tab", "Enter", "Down", "Enter")   # netvm: default -> none
-        tmux.keys("Tab", "Enter")                           # from the memory field: submit
+        tmux.keys("Tab", "Tab", "Enter")                    # past the mode, from the memory field: submit
         tmux.wait_text(f"created {QUBE}")
         made = ls(home)[QUBE]
         assert (made["label"], made["netvm"], made["template"], made["memory"]) == ("yellow", None, "debian-12", 400)
@@ -129,6 +134,12 @@ def test_tui_end_to_end(home):
         # Keys typed before the TUI has stepped aside would reach its bindings.
         tmux.wait(lambda text: "n New" not in text, "the TUI to suspend", timeout=60)
         tmux.wait(lambda text: "$" in text, "a shell prompt", timeout=60)
+        # It says which qube it is: in the terminal's title, and in a first line in the label's colour.
+        first = f"[{QUBE}] terminal in {QUBE} (label yellow)"
+        assert first in tmux.screen()
+        assert tmux.title() == f"[{QUBE}] terminal"
+        assert re.search(rf"\x1b\[[0-9;]*33[0-9;]*m\[{re.escape(QUBE)}\]", tmux.screen(colours=True)), \
+            tmux.screen(colours=True)
         tmux.type("echo READY-$((40+2))")
         tmux.keys("Enter")
         tmux.wait_text("READY-42", timeout=60)
@@ -136,6 +147,27 @@ def test_tui_end_to_end(home):
         tmux.keys("Enter")
         tmux.wait_text(f"terminal in {QUBE}: exited with 0", timeout=60)
         assert home.run("run", QUBE, "--", "cat", "/home/user/t").stdout == "tui-ok\n"
+
+        # A command run in a terminal: its output stays on the screen until a key is pressed.
+        tmux.keys("r")
+        tmux.wait_text(f"Run a command in {QUBE}")
+        tmux.type("sh -c 'echo HELD-$((6*7))'")
+        tmux.keys("Tab", "Space", "BTab", "Enter")  # tick "in a terminal", back to the command, run
+        held = tmux.wait_text("press any key to return to qlite", timeout=120)
+        assert "HELD-42" in held and "n New" not in held
+        time.sleep(1)
+        assert "press any key to return to qlite" in tmux.screen()  # still there: nothing was pressed
+        tmux.keys("Space")
+        tmux.wait_text("sh -c 'echo HELD-$((6*7))': exited with 0", timeout=60)
+
+        # The devices and anti-evil-maid screens are real, not placeholders.
+        tmux.keys("4")
+        tmux.wait(lambda text: "ATTACHED TO" in text and "Device log" in text and "a Attach" in text, "devices")
+        tmux.keys("5")
+        tmux.wait(lambda text: "binary:runsc" in text and "Sealed: nothing yet" in text, "anti-evil-maid",
+                  timeout=120)
+        tmux.keys("1")
+        tmux.wait(lambda text: row_state(text, QUBE) == "Running", "the qube list again")
 
         # An RPC question from the qube, answered in the modal.
         copier = home.popen("run", QUBE, "--", "qlite-copy-to-vm", OTHER, "/home/user/t",

@@ -1,15 +1,19 @@
 """Fixtures for the TUI suite: the real screens over a fake core.
 
-The core is qlite's own (QubeManager, TemplateManager, NetworkManager...)
-over a temporary QLITE_HOME, with the unit suite's recording FakeEngine,
-FakeNetApply and FakeDaemon underneath. Questions come from FakeAsks and
-commands go to FakeRunner. Nothing here touches podman, runsc or the
-kernel's network state."""
+The core is qlite's own (QubeManager, TemplateManager, NetworkManager,
+DeviceManager, AemManager...) over a temporary QLITE_HOME, with the unit
+suite's recording FakeEngine, FakeNetApply, FakeDaemon and FakeMounts
+underneath, and (for devices) a /sys/class/block and blkid of the test's
+own. Questions come from FakeAsks and commands go to FakeRunner. Nothing
+here touches podman, runsc, the host's devices or mounts, or the kernel's
+network state."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from qlite.aem.manager import AemManager
 from qlite.core.context import Context
 from qlite.core.prefs import GlobalPrefs
 from qlite.core.templates import TemplateManager, image_ref
@@ -105,12 +110,14 @@ class FakeAsks:
 @dataclass
 class FakeRunner:
     interactive_calls: list[list[str]] = field(default_factory=list)
+    interactive_options: list[dict] = field(default_factory=list)  # intro and hold, per call
     capture_calls: list[list[str]] = field(default_factory=list)
     output: tuple[str, ...] = ("hello from the qube",)
     code: int = 0
 
-    def interactive(self, app, args: list[str]) -> int:
+    def interactive(self, app, args: list[str], *, intro=None, hold: bool = False) -> int:
         self.interactive_calls.append(list(args))
+        self.interactive_options.append({"intro": intro, "hold": hold})
         return self.code
 
     def capture(self, args: list[str], on_line) -> int:
@@ -132,12 +139,13 @@ class FakeCore:
     asks: FakeAsks
     runner: FakeRunner
     store: Store  # the test's own connection, for assertions
+    mounts: FakeMounts = field(default_factory=FakeMounts)  # one for every context, as the host has one
 
     def context(self) -> Context:
         ctx = Context(self.paths, engine=LockedEngine(self.engine), store=Store(self.paths.db))
         ctx.__dict__["runtime_probe"] = FAKE_PROBE
         ctx.__dict__["net_apply"] = self.net_apply
-        ctx.__dict__["mounts"] = FakeMounts()
+        ctx.__dict__["mounts"] = self.mounts
         ctx.__dict__["daemon"] = self.daemon
         return ctx
 
@@ -173,6 +181,89 @@ def core(tmp_path: Path) -> FakeCore:
     fake.store.close()
 
 
+@dataclass
+class FakeBlock:
+    """The block-device layer under the real DeviceManager: a
+    /sys/class/block of the test's own, and what blkid would say of each
+    device. Adding or removing a device here is a drive going in or out."""
+
+    root: Path
+    probes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def add(self, name: str, *, size_mib: int = 16, fs_uuid: str = "", label: str = "", fs_type: str = "ext4",
+            serial: str = "", major_minor: str = "7:5") -> None:
+        d = self.root / name
+        d.mkdir()
+        (d / "size").write_text(f"{size_mib * 2048}\n")
+        (d / "dev").write_text(f"{major_minor}\n")
+        if serial:
+            (d / "device").mkdir()
+            (d / "device" / "serial").write_text(f"{serial}\n")
+        self.probes[f"/dev/{name}"] = {"UUID": fs_uuid, "TYPE": fs_type, "LABEL": label}
+
+    def remove(self, name: str) -> None:
+        self.probes.pop(f"/dev/{name}", None)
+        shutil.rmtree(self.root / name)
+
+
+@pytest.fixture
+def block(tmp_path: Path, monkeypatch) -> FakeBlock:
+    fake = FakeBlock(tmp_path / "sys-class-block")
+    fake.root.mkdir()
+    monkeypatch.setattr("qlite.devices.manager.SYS_BLOCK", fake.root)
+    monkeypatch.setattr("qlite.devices.identity.SYS_BLOCK", fake.root)
+    monkeypatch.setattr("qlite.devices.identity.blkid", lambda path: dict(fake.probes.get(path, {})))
+    return fake
+
+
+AEM_COMPONENTS = ("qlite", "binary:runsc", "binary:podman", "binary:qemu", "runsc-config", "policy")
+SECRET = b"the cat is called Mungo"
+PASSPHRASE = b"correct horse battery"
+
+
+@dataclass
+class AemHome:
+    """Anti-evil-maid over the test's home: no TPM (a software seal with a
+    passphrase), and every component measured from a small file of the
+    test's own instead of the host's binaries."""
+
+    core: FakeCore
+    measured: Path
+
+    def component(self, name: str) -> Path:
+        return self.measured / name.replace(":", "-")
+
+    def change(self, name: str) -> None:
+        with open(self.component(name), "a") as f:
+            f.write("changed\n")
+
+    def seal(self, secret: bytes = SECRET, passphrase: bytes = PASSPHRASE, sealed_at: float | None = None) -> None:
+        ctx = self.core.context()
+        try:
+            am = AemManager(ctx)
+            am.seal(secret, passphrase)
+            if sealed_at is not None:  # for pictures that do not move; not covered by the seal
+                state = json.loads(am.sealed_path.read_text())
+                state["sealed_at"] = sealed_at
+                am.sealed_path.write_text(json.dumps(state))
+        finally:
+            ctx.store.close()
+
+
+@pytest.fixture
+def aem(core: FakeCore, monkeypatch) -> AemHome:
+    monkeypatch.setenv("QLITE_TPM_TCTI", "none")
+    measured = core.paths.home.parent / "measured"
+    measured.mkdir()
+    home = AemHome(core, measured)
+    for name in AEM_COMPONENTS:
+        home.component(name).write_text(f"{name} 1.0\n")
+    (core.paths.home / "aem").mkdir()
+    (core.paths.home / "aem" / "components.json").write_text(
+        json.dumps({name: str(home.component(name)) for name in AEM_COMPONENTS}))
+    return home
+
+
 async def wait_for_screen(pilot, screen_type: type, what: str = "") -> None:
     """Until the app's screen is a SCREEN_TYPE with its widgets mounted: a
     pushed screen is the app's screen at once, its widgets come a moment
@@ -188,3 +279,17 @@ async def wait_for(pilot, predicate: Callable[[], object], timeout: float = 15.0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         await pilot.pause(0.02)
+
+
+async def footer_settled(pilot) -> None:
+    """Until the screen's footer shows all its rows of keys: it packs them
+    once the screen's bindings are known, a moment after the screen."""
+    from tui.widgets.key_footer import KeyFooter  # noqa: PLC0415
+
+    def settled() -> bool:
+        footers = pilot.app.screen.query(KeyFooter)
+        return bool(footers) and footers.first()._rows != [] and \
+            footers.first().size.height == len(footers.first()._rows)
+
+    await wait_for(pilot, settled, what="the footer")
+    await pilot.pause(0.05)  # and its keys are painted

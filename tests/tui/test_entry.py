@@ -1,9 +1,12 @@
 """How the TUI is reached and what it may import; the production asks
-source against a stand-in for the daemon's admin socket."""
+source against a stand-in for the daemon's admin socket; the production
+command runner with a stand-in for qlite."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
 import os
 import socket
@@ -17,6 +20,7 @@ from qlite.errors import QliteError
 from qlite.paths import Paths
 from tests.conftest import REPO
 from tui.asks import DaemonAsks, Question
+from tui.runner import CliRunner, Intro
 from tui.screens.run import RunRequest
 
 
@@ -108,3 +112,52 @@ def test_daemon_asks_lists_and_answers(paths):
         {"op": "answer", "id": 3, "allow": True, "target": "personal"},
         {"op": "answer", "id": 4, "allow": False, "target": None},
     ]
+
+
+class Suspendable:
+    """Stands in for the app: suspend() hands the terminal over (here: nothing to do)."""
+
+    def suspend(self):
+        return contextlib.nullcontext()
+
+
+def script_runner(paths: Paths, code: int, keys: list[str]) -> CliRunner:
+    """A CliRunner whose 'qlite' prints a line and exits CODE; its key
+    presses are recorded in KEYS (what was on the screen at that moment)."""
+    runner = CliRunner(paths, read_key=lambda: keys.append(sys.stdout.getvalue()))
+    runner.argv0 = [sys.executable, "-c", f"import sys; print('output', flush=True); sys.exit({code})"]
+    return runner
+
+
+def test_a_command_in_a_terminal_stays_until_a_key(paths, capfd, monkeypatch):
+    keys: list[str] = []
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    intro = Intro.for_qube("work", "blue", "ls -l")
+    code = script_runner(paths, 3, keys).interactive(Suspendable(), ["run"], intro=intro, hold=True)
+    assert code == 3
+    out = sys.stdout.getvalue()
+    # The title and the first line come before the command; the prompt after it, then one key.
+    assert out.startswith("\x1b]0;[work] ls -l\x07" + intro.line + "\n")
+    assert intro.line.startswith("\x1b[1;34m[work]\x1b[0m ls -l in work (label blue)")
+    assert out.endswith("\x1b]0;qlite\x07")  # the title is given back, after the key
+    assert keys == [out.removesuffix("\x1b]0;qlite\x07")]
+    assert keys[0].endswith("\n[exited with 3: press any key to return to qlite] ")
+    assert capfd.readouterr().out == "output\n"
+
+
+def test_a_terminal_left_on_purpose_does_not_wait(paths, monkeypatch):
+    keys: list[str] = []
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert script_runner(paths, 0, keys).interactive(Suspendable(), ["run"]) == 0
+    assert keys == [] and sys.stdout.getvalue() == ""
+    # qlite's own error (exit 125) waits even so: its one line would be hidden.
+    assert script_runner(paths, 125, keys).interactive(Suspendable(), ["run"]) == 125
+    assert len(keys) == 1
+
+
+def test_no_color_leaves_the_intro_plain(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    intro = Intro.for_qube("vault", "black", "terminal", "exit the shell to return to qlite")
+    assert intro.line == "[vault] terminal in vault (label black): exit the shell to return to qlite"
+    # Control characters in a typed command do not reach the terminal.
+    assert Intro.for_qube("work", "red", "echo \x1b]0;x\x07").title == "[work] echo ?]0;x?"

@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, Static
 
 from qlite.core.qubes import QubeManager
 from tui.screens.dialogs import ConfirmScreen
@@ -55,6 +55,28 @@ async def test_prefs_edit_changes_a_property(core):
         table = screen.query_one("#prefs", DataTable)
         await wait_for(pilot, lambda: table.get_row("memory")[1] == "640", what="the table to show it")
         assert not screen.query_one("#error").text
+
+
+async def test_prefs_show_features_and_tags(core):
+    make_qubes(core, "work", "bare")
+    ctx = core.context()
+    qm = QubeManager(ctx)
+    qm.features.set("work", "net.dns-servers", "9.9.9.9")
+    qm.features.set("work", "vm.machine", "q35")
+    qm.add_tags("work", ["audited", "project-x"])
+    ctx.store.close()
+    app = core.app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_prefs(pilot, app, "work")
+        features = screen.query_one("#features", DataTable)
+        await wait_for(pilot, lambda: features.row_count == 2, what="the features")
+        assert [list(map(str, features.get_row_at(i))) for i in range(2)] == \
+            [["net.dns-servers", "9.9.9.9"], ["vm.machine", "q35"]]
+        assert str(screen.query_one("#tags", Static).content) == "Tags: audited, project-x"
+        await pilot.press("escape")
+        screen = await open_prefs(pilot, app, "bare")
+        await wait_for(pilot, lambda: str(screen.query_one("#tags", Static).content) == "Tags: (none)")
+        assert str(screen.query_one("#features", DataTable).get_row_at(0)[0]) == "(none)"
 
 
 async def test_prefs_bad_value_shows_one_line_and_changes_nothing(core):

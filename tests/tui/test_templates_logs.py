@@ -1,14 +1,13 @@
-"""The templates screen (revisions, update with progress, revert), the logs
-screen and the placeholder panels."""
+"""The templates screen (revisions, update with progress, revert) and the
+logs screen."""
 
 from __future__ import annotations
 
-from textual.widgets import DataTable, Log, Static
+from textual.widgets import DataTable, Log
 
 from qlite.rpc import audit
 from tui.screens.dialogs import ConfirmScreen
 from tui.screens.logs import LogsScreen
-from tui.screens.placeholders import AemScreen, DevicesScreen
 from tui.screens.templates import TemplatesScreen
 
 from .conftest import IMAGE_ID, SIZE, TEMPLATE, wait_for, wait_for_screen
@@ -79,16 +78,6 @@ async def test_logs_show_rpc_audit_and_daemon_log(core):
         assert oldest[1:5] == ["work", "vault", "qubes.Filecopy", "allow"] and oldest[6] == "90-default.policy:12"
         daemon = app.screen.query_one("#daemon", Log)
         assert list(daemon.lines) == ["qlite daemon: listening for work", "qlite daemon: rescan"]
-
-
-async def test_placeholder_panels(core):
-    app = core.app()
-    async with app.run_test(size=SIZE) as pilot:
-        for key, screen_type in (("4", DevicesScreen), ("5", AemScreen)):
-            await pilot.press(key)
-            await wait_for_screen(pilot, screen_type)
-            text = str(app.screen.query_one(".placeholder", Static).content)
-            assert "arrives in a later release" in text
 
 
 async def test_a_slow_older_load_does_not_overwrite_a_newer_one(core):

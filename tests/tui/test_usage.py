@@ -55,9 +55,15 @@ def test_qube_usage_counts_memory_and_cpu_between_samples(busy_process):
     assert set(first) == {"work"}
     assert first["work"].processes == 1 and first["work"].cpu_percent == 0.0
     assert first["work"].rss_mib > 1 and 0 < first["work"].pss_mib <= first["work"].rss_mib
-    time.sleep(0.3)
-    second = qube_usage(None, sampler, containers)  # type: ignore[arg-type]
-    assert second["work"].cpu_percent > 20  # a busy loop, measured since the first sample
+    # A busy loop, measured since the previous sample. On a loaded machine it
+    # may get little CPU in one short interval: sample again, boundedly.
+    busiest = 0.0
+    for _ in range(20):
+        time.sleep(0.3)
+        busiest = max(busiest, qube_usage(None, sampler, containers)["work"].cpu_percent)  # type: ignore[arg-type]
+        if busiest > 20:
+            break
+    assert busiest > 20
     assert qube_usage(None, None, containers)["work"].cpu_percent == 0.0  # type: ignore[arg-type]
 
 

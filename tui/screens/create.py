@@ -1,8 +1,10 @@
-"""Forms that make a qube: create (name, label, template, netvm, memory)
-and clone. Each runs its core call itself, so a rejected value keeps the
+"""Forms that make a qube: create (name, label, template, netvm, mode,
+memory, vCPUs, provides_network) and clone. Each runs its core call itself, so a rejected value keeps the
 form open with the one-line reason."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual import on, work
@@ -13,14 +15,27 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
 from qlite.core.labels import LABELS, label_colour
-from qlite.core.model import DEFAULT_MEMORY_MIB, HOST_UPLINK
+from qlite.core.model import DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, HOST_UPLINK
 from qlite.errors import InvalidValue, QliteError
 from tui.backend import Snapshot
 from tui.messages import QubeCreated
 from tui.widgets.error_line import ErrorLine
+from tui.widgets.state_checkbox import StateCheckbox
 
 NETVM_DEFAULT = "default"
 NETVM_NONE = "none"
+
+
+@dataclass(frozen=True)
+class NewQube:
+    name: str
+    label: str
+    template: str | None
+    netvm: str | None
+    memory: int
+    vcpus: int
+    mode: str
+    provides_network: bool
 
 
 class _QubeForm(ModalScreen[str | None]):
@@ -68,25 +83,33 @@ class CreateQubeScreen(_QubeForm):
         netvms = [(f"default ({snap.default_netvm or 'none'})", NETVM_DEFAULT), ("none", NETVM_NONE),
                   (f"{HOST_UPLINK} (the host's uplink)", HOST_UPLINK)]
         netvms += [(name, name) for name in snap.gateways]
-        with Vertical(classes="dialog form"):
+        # Compact fields (no borders): the whole form fits an 80x24 terminal.
+        with Vertical(classes="dialog form compact-form"):
             yield Label("New qube", classes="dialog-title")
             with Horizontal(classes="field"):
                 yield Label("Name")
-                yield Input(placeholder="e.g. work", id="name")
+                yield Input(placeholder="e.g. work", id="name", compact=True)
             with Horizontal(classes="field"):
                 yield Label("Label")
                 yield Select([(Text(name, style=f"bold {label_colour(name)}"), name) for name in LABELS],
-                             value="red", allow_blank=False, id="label")
+                             value="red", allow_blank=False, id="label", compact=True)
             with Horizontal(classes="field"):
                 yield Label("Template")
                 yield Select([(t, t) for t in templates], value=default_template or Select.NULL,
-                             prompt="(choose a template)", id="template")
+                             prompt="(choose a template)", id="template", compact=True)
             with Horizontal(classes="field"):
                 yield Label("NetVM")
-                yield Select(netvms, value=NETVM_DEFAULT, allow_blank=False, id="netvm")
+                yield Select(netvms, value=NETVM_DEFAULT, allow_blank=False, id="netvm", compact=True)
+            with Horizontal(classes="field"):
+                yield Label("Mode")
+                yield Select([("container (gVisor)", "container"), ("VM (QEMU)", "vm")], value="container",
+                             allow_blank=False, id="mode", compact=True)
             with Horizontal(classes="field"):
                 yield Label("Memory (MiB)")
-                yield Input(str(DEFAULT_MEMORY_MIB), id="memory", restrict=r"[0-9]*")
+                yield Input(str(DEFAULT_MEMORY_MIB), id="memory", restrict=r"[0-9]*", compact=True)
+                yield Label("vCPUs", classes="second")
+                yield Input(str(DEFAULT_VCPUS), id="vcpus", restrict=r"[0-9]*", compact=True)
+            yield StateCheckbox("provides network (a gateway for other qubes)", id="provides_network")
             yield ErrorLine(id="error")
             with Horizontal(classes="buttons"):
                 yield Button("Create", variant="primary", id="create")
@@ -106,9 +129,9 @@ class CreateQubeScreen(_QubeForm):
             return
         errors.show("")
         self.query_one("#create", Button).disabled = True
-        self._create(*request)
+        self._create(request)
 
-    def _request(self) -> tuple[str, str, str | None, str | None, int]:
+    def _request(self) -> NewQube:
         name = self.query_one("#name", Input).value.strip()
         if not name:
             raise InvalidValue("give the qube a name")
@@ -116,13 +139,19 @@ class CreateQubeScreen(_QubeForm):
         memory_text = self.query_one("#memory", Input).value.strip()
         if not memory_text:
             raise InvalidValue("memory: give a size in MiB")
-        return (name, str(self.query_one("#label", Select).value),
-                None if template is Select.NULL else str(template),
-                str(self.query_one("#netvm", Select).value), int(memory_text))
+        vcpus_text = self.query_one("#vcpus", Input).value.strip()
+        if not vcpus_text:
+            raise InvalidValue("vcpus: give a number of virtual CPUs")
+        return NewQube(name, str(self.query_one("#label", Select).value),
+                       None if template is Select.NULL else str(template),
+                       str(self.query_one("#netvm", Select).value), int(memory_text), int(vcpus_text),
+                       str(self.query_one("#mode", Select).value),
+                       self.query_one("#provides_network", StateCheckbox).value)
 
-    def _create(self, name: str, label: str, template: str | None, netvm: str | None, memory: int) -> None:
-        self._make(name, lambda: self.app.backend.create(
-            name, label=label, template=template, netvm=netvm, memory=memory))
+    def _create(self, q: NewQube) -> None:
+        self._make(q.name, lambda: self.app.backend.create(
+            q.name, label=q.label, template=q.template, netvm=q.netvm, memory=q.memory, vcpus=q.vcpus, mode=q.mode,
+            provides_network=q.provides_network))
 
 
 class CloneScreen(_QubeForm):

@@ -9,13 +9,14 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Label
+from textual.widgets import DataTable, Header, Input, Label
 
 from qlite.errors import QliteError
 from qlite.net.firewall import Rule
 from tui.messages import RulesLoaded
 from tui.screens.dialogs import ConfirmScreen
 from tui.widgets.error_line import ErrorLine
+from tui.widgets.key_footer import KeyFooter
 
 COLUMNS = ("NO", "ACTION", "HOST", "PROTOCOL", "PORT(S)", "SPECIAL TARGET", "ICMP TYPE", "EXPIRE", "COMMENT")
 ADD_HINT = "rule: accept|drop [dsthost=…] [proto=tcp|udp|icmp] [dstports=N[-M]] [specialtarget=dns] [expire=+S] …"
@@ -49,7 +50,7 @@ class FirewallScreen(Screen):
         yield DataTable(cursor_type="row", zebra_stripes=True, id="rules")
         yield Input(placeholder=ADD_HINT, id="rule")
         yield ErrorLine(id="error")
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"firewall: {self.qube}"

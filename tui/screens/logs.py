@@ -9,11 +9,12 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Log, TabbedContent, TabPane
+from textual.widgets import DataTable, Header, Log, TabbedContent, TabPane
 
 from qlite.errors import QliteError
 from tui.messages import LogsLoaded
 from tui.screens.nav import nav_bindings
+from tui.widgets.key_footer import KeyFooter
 
 RPC_COLUMNS = ("TIME", "SOURCE", "TARGET", "SERVICE", "DECISION", "EXIT", "RULE", "REASON")
 
@@ -42,7 +43,7 @@ class LogsScreen(Screen):
                 yield DataTable(cursor_type="row", zebra_stripes=True, id="rpc")
             with TabPane("Daemon log", id="daemon-tab"):
                 yield Log(id="daemon")
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "logs"

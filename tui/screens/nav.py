@@ -8,9 +8,6 @@ MODES = (("1", "qubes", "Qubes"), ("2", "templates", "Templates"), ("3", "logs",
          ("4", "devices", "Devices"), ("5", "aem", "AEM"))
 
 
-def nav_bindings(current: str, shown: tuple[str, ...] | None = None) -> list[Binding]:
-    """Footer entries for the other screens (only SHOWN ones, if given)."""
-    return [
-        Binding(key, f"app.switch_mode('{mode}')", title, show=(shown is None or mode in shown))
-        for key, mode, title in MODES if mode != current
-    ]
+def nav_bindings(current: str) -> list[Binding]:
+    """Footer entries for the other screens."""
+    return [Binding(key, f"app.switch_mode('{mode}')", title) for key, mode, title in MODES if mode != current]

@@ -1,5 +1,6 @@
 """A qube's properties (qvm-prefs): pick one, edit its value, Enter saves.
-A rejected value shows core's one-line reason under the field."""
+A rejected value shows core's one-line reason under the field. Its
+features (qvm-features) and tags (qvm-tags) are shown below."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Label
+from textual.widgets import DataTable, Header, Input, Label, Static
 
 from qlite.errors import QliteError
 from tui.backend import Pref
 from tui.messages import PrefSaved, PrefsLoaded
 from tui.widgets.error_line import ErrorLine
+from tui.widgets.key_footer import KeyFooter
 
 RESETTABLE = ("netvm", "default_dispvm")
 
@@ -38,19 +40,27 @@ class PrefsScreen(Screen):
         yield Label("Select a property and press Enter (or e) to edit it.", id="hint")
         yield Input(id="value", disabled=True)
         yield ErrorLine(id="error")
-        yield Footer(compact=True, show_command_palette=False)
+        yield Label("Features (qlite features NAME KEY VALUE)", classes="section-title")
+        yield DataTable(cursor_type="row", id="features")
+        yield Static("Tags: ", id="tags", markup=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"prefs: {self.qube}"
         self.query_one("#prefs", DataTable).add_columns("PROPERTY", "VALUE", "")
+        self.query_one("#features", DataTable).add_columns("FEATURE", "VALUE")
         self.load()
 
     @work(thread=True, exclusive=True)
     def load(self) -> None:
+        backend = self.app.backend
         try:
-            self.post_message(PrefsLoaded(self.app.backend.prefs(self.qube)))
+            prefs = backend.prefs(self.qube)
+            features, tags = backend.features_and_tags(self.qube)
         except QliteError as exc:
             self.post_message(PrefsLoaded([], str(exc)))
+            return
+        self.post_message(PrefsLoaded(prefs, features=features, tags=tags))
 
     def on_prefs_loaded(self, message: PrefsLoaded) -> None:
         if message.error:
@@ -64,6 +74,13 @@ class PrefsScreen(Screen):
             note = "read-only" if p.read_only else "default" if p.is_default else ""
             table.add_row(p.name, p.value, note, key=p.name)
         table.move_cursor(row=min(row, len(self.prefs) - 1), animate=False)
+        features = self.query_one("#features", DataTable)
+        features.clear()
+        for key, value in sorted(message.features.items()):
+            features.add_row(key, value, key=key)
+        if not message.features:
+            features.add_row("(none)", "")
+        self.query_one("#tags", Static).update("Tags: " + (", ".join(message.tags) or "(none)"))
 
     @property
     def selected(self) -> Pref | None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Log, Static
+from textual.widgets import Header, Input, Log, Static
 
 from qlite.errors import QliteError
 from tui.backend import QubeRow, Snapshot
@@ -19,17 +20,18 @@ from tui.messages import (
     QubesRefreshed,
     RefreshFailed,
 )
-from tui.runner import SHELL
+from tui.runner import SHELL, Intro
 from tui.screens.create import CloneScreen, CreateQubeScreen
 from tui.screens.dialogs import ConfirmScreen
 from tui.screens.firewall import FirewallScreen
 from tui.screens.nav import nav_bindings
 from tui.screens.prefs import PrefsScreen
 from tui.screens.run import RunRequest, RunScreen
+from tui.widgets.key_footer import KeyFooter
 from tui.widgets.qube_table import SORTS, QubeTable
 
 ACTIVITY_LINES = 1000
-MORE_KEYS = "also: enter/p prefs, c clone, r run a command, z/Z pause/unpause, 4 devices, 5 AEM"
+SMALL_HEIGHT = 30  # below it the activity log gives its lines to the qube list
 # action -> what the state column says while it runs
 BUSY_WORDS = {"start": "Starting", "shutdown": "Stopping", "kill": "Killing", "remove": "Removing",
               "pause": "Pausing", "unpause": "Resuming", "terminal": "Starting"}
@@ -42,19 +44,19 @@ class QubesScreen(Screen):
         Binding("h", "shutdown", "Shutdown"),
         Binding("k", "kill", "Kill"),
         Binding("x,delete", "remove", "Remove"),
-        Binding("p", "prefs", "Prefs", show=False),
+        Binding("p", "prefs", "Prefs"),
         Binding("f", "firewall", "Firewall"),
         Binding("t", "terminal", "Terminal"),
-        Binding("r", "run", "Run", show=False),
+        Binding("r", "run", "Run"),
         Binding("d", "disposable", "Disposable"),
-        Binding("c", "clone", "Clone", show=False),
-        Binding("z", "pause", "Pause", show=False),
-        Binding("Z", "unpause", "Unpause", show=False),
+        Binding("c", "clone", "Clone"),
+        Binding("z", "pause", "Pause"),
+        Binding("Z", "unpause", "Unpause"),
         Binding("slash", "filter", "Filter"),
         Binding("o", "sort", "Sort"),
-        Binding("escape", "clear_filter", "Clear filter", show=False),
-        Binding("f5,ctrl+r", "refresh", "Refresh", show=False),
-        *nav_bindings("qubes", shown=("templates", "logs")),
+        Binding("escape", "clear_filter", "Clear filter", show=False),  # said in the filter's placeholder
+        Binding("f5,ctrl+r", "refresh", "Refresh", show=False),  # the list refreshes itself
+        *nav_bindings("qubes"),
     ]
 
     def __init__(self) -> None:
@@ -68,11 +70,11 @@ class QubesScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Input(placeholder="/ to filter: name, state, class, label, template, netvm…", id="filter")
+        yield Input(placeholder="/ to filter (esc clears): name, state, class, label, template, netvm…", id="filter")
         yield QubeTable(id="qubes")
         yield Static("", id="status", markup=False)
         yield Log(max_lines=ACTIVITY_LINES, id="activity")
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "qubes"
@@ -134,8 +136,10 @@ class QubesScreen(Screen):
             parts.append(f"filter: {text}")
         if error:
             parts.append(f"error: {error}")
-        parts.append(MORE_KEYS)
         self.query_one("#status", Static).update(" · ".join(parts))
+
+    def on_resize(self) -> None:
+        self.query_one("#activity", Log).set_class(self.size.height < SMALL_HEIGHT, "-small")
 
     def log_activity(self, line: str) -> None:
         self.query_one("#activity", Log).write_line(line)
@@ -208,7 +212,10 @@ class QubesScreen(Screen):
             self.app.show_error(message.error)
         elif message.action == "terminal":
             self.redraw()
-            self.interactive(f"terminal in {message.qube}", ["run", "-t", message.qube, "--", *SHELL])
+            row = self.snapshot.row(message.qube)
+            intro = Intro.for_qube(message.qube, row.label if row else "", "terminal",
+                                   "exit the shell to return to qlite")
+            self.interactive(f"terminal in {message.qube}", ["run", "-t", message.qube, "--", *SHELL], intro=intro)
         else:
             self.log_activity(f"{message.action} {message.qube}: done")
         self.refresh_qubes()
@@ -304,9 +311,9 @@ class QubesScreen(Screen):
             name = row.name
             self.run_action(name, "terminal", lambda: self.app.backend.start(name, skip_if_running=True))
 
-    def interactive(self, title: str, args: list[str]) -> None:
+    def interactive(self, title: str, args: list[str], *, intro: Intro | None = None, hold: bool = False) -> None:
         try:
-            code = self.app.runner.interactive(self.app, args)
+            code = self.app.runner.interactive(self.app, args, intro=intro, hold=hold)
         except Exception as exc:  # noqa: BLE001 - e.g. SuspendNotSupported: say so, keep the TUI
             self.app.show_error(f"cannot hand over the terminal: {exc or type(exc).__name__}")
             return
@@ -326,12 +333,23 @@ class QubesScreen(Screen):
         if request is None:
             return
         if request.terminal:
-            self.interactive(request.title, request.cli_args())
+            # A command in a terminal shows its output until a key is pressed.
+            self.interactive(request.title, request.cli_args(), intro=self._intro(request), hold=True)
             return
         self.log_activity(f"$ {request.title}")
         self.capture(request.title, request.cli_args())
         # A disposable appears in the list while it runs.
         self.set_timer(1.0, self.refresh_qubes)
+
+    def _intro(self, request: RunRequest) -> Intro:
+        what = shlex.join(request.argv)
+        if request.qube is not None:
+            row = self.snapshot.row(request.qube)
+            return Intro.for_qube(request.qube, row.label if row else "", what)
+        dvm = request.dvm or self.snapshot.default_dispvm
+        row = self.snapshot.row(dvm)
+        return Intro.for_qube(f"a new disposable of {dvm or 'default_dispvm'}", row.label if row else "", what,
+                              tag="[disposable]")
 
     def capture(self, title: str, args: list[str]) -> None:
         def job() -> None:

@@ -10,9 +10,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Select
+from textual.widgets import Button, Input, Label, Select
 
 from tui.widgets.error_line import ErrorLine
+from tui.widgets.state_checkbox import StateCheckbox
 
 DEFAULT_DVM = ""  # the global default_dispvm
 
@@ -62,7 +63,7 @@ class RunScreen(ModalScreen[RunRequest | None]):
             with Horizontal(classes="field"):
                 yield Label("Command")
                 yield Input(placeholder="e.g. curl -sI https://example.org", id="command")
-            yield Checkbox("in a terminal (the TUI steps aside until it exits)", id="terminal")
+            yield StateCheckbox("in a terminal (its output stays until you press a key)", id="terminal")
             yield ErrorLine(id="error")
             with Horizontal(classes="buttons"):
                 yield Button("Run", variant="primary", id="run")
@@ -84,7 +85,7 @@ class RunScreen(ModalScreen[RunRequest | None]):
             self.query_one("#error", ErrorLine).show("give a command to run")
             return
         dvm = str(self.query_one("#dvm", Select).value) if self.qube is None else DEFAULT_DVM
-        self.dismiss(RunRequest(argv=argv, terminal=self.query_one("#terminal", Checkbox).value,
+        self.dismiss(RunRequest(argv=argv, terminal=self.query_one("#terminal", StateCheckbox).value,
                                 qube=self.qube, dvm=dvm))
 
     @on(Button.Pressed, "#cancel")

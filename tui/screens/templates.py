@@ -9,13 +9,14 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Label, Log
+from textual.widgets import DataTable, Header, Label, Log
 
 from qlite.errors import QliteError
 from tui.backend import TemplateRow
 from tui.messages import TemplateJobDone, TemplateProgress, TemplatesLoaded
 from tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from tui.screens.nav import nav_bindings
+from tui.widgets.key_footer import KeyFooter
 
 LOG_LINES = 2000
 
@@ -41,7 +42,7 @@ class TemplatesScreen(Screen):
         yield Label("Revisions (qubes start from the current one, marked *)", classes="section-title")
         yield DataTable(cursor_type="row", id="revisions")
         yield Log(max_lines=LOG_LINES, id="progress")
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "templates"
