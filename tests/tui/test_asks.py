@@ -36,7 +36,8 @@ async def wait_for_question(pilot, app, ask_id: int | None = None) -> AskScreen:
     app's screen at once, but its widgets come a moment later."""
     await wait_for(pilot, lambda: isinstance(app.screen, AskScreen)
                    and ask_id in (None, app.screen.question.id), what=f"question {ask_id or ''}")
-    await wait_for(pilot, lambda: app.screen.query_one(".dialog").region.area, what="the dialog's layout")
+    # query(), not query_one(): on a loaded machine the dialog may not be composed yet.
+    await wait_for(pilot, lambda: any(d.region.area for d in app.screen.query(".dialog")), what="the dialog's layout")
     return app.screen
 
 
