@@ -145,9 +145,9 @@ class DevicesLoaded(Message):
         self.seq = seq  # which load this answers; only the latest is shown
 
 
-class DeviceActionDone(Message):
-    """A device action finished: DONE says what happened, ERROR is the
-    one-line QliteError (then nothing changed)."""
+class CallDone(Message):
+    """A screen's blocking call finished (tui/screens/calls.py): DONE says
+    what happened, ERROR is the one-line QliteError (then nothing changed)."""
 
     def __init__(self, action: str, done: str = "", error: str = "") -> None:
         super().__init__()
@@ -167,12 +167,4 @@ class AemVerified(Message):
     def __init__(self, result: VerifyResult | None, error: str = "") -> None:
         super().__init__()
         self.result = result
-        self.error = error
-
-
-class AemActionDone(Message):
-    def __init__(self, action: str, done: str = "", error: str = "") -> None:
-        super().__init__()
-        self.action = action
-        self.done = done
         self.error = error

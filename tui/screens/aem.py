@@ -12,13 +12,13 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Header, Label, Static
 
 from qlite.aem.manager import VerifyResult
 from qlite.errors import QliteError
 from tui.backend import AemStatus
-from tui.messages import AemActionDone, AemLoaded, AemVerified
+from tui.messages import AemLoaded, AemVerified
+from tui.screens.calls import CallingScreen
 from tui.screens.dialogs import ConfirmScreen
 from tui.screens.nav import nav_bindings
 from tui.screens.secrets import PassphraseScreen, SecretScreen
@@ -49,7 +49,7 @@ def status_lines(s: AemStatus) -> str:
     return f"{sealed}\n{enforced} · {boot}\nChain {s.chain}\nExtended in: {where}"
 
 
-class AemScreen(Screen):
+class AemScreen(CallingScreen):
     BINDINGS = [
         Binding("v", "verify", "Verify"),
         Binding("R", "reseal", "Reseal"),
@@ -110,18 +110,7 @@ class AemScreen(Screen):
             change: Text | str = Text("CHANGED", style="bold red") if m.name in self.changes else ""
             table.add_row(str(i), m.name, digest_text(m.digest), digest_text(m.chain), change, key=m.name)
 
-    def error(self, text: str) -> None:
-        self.query_one("#error", ErrorLine).show(text)
-
     # -- actions -----------------------------------------------------------------
-
-    def _begin(self, action: str) -> bool:
-        if self.busy:
-            self.notify(f"busy: {self.busy}", severity="warning")
-            return False
-        self.busy = action
-        self.query_one("#error", ErrorLine).clear()
-        return True
 
     def _with_passphrase(self, why: str, then: Callable[[bytes | None], None]) -> None:
         """THEN(passphrase), asking for it first if the seal needs one."""
@@ -137,13 +126,13 @@ class AemScreen(Screen):
 
     def action_verify(self) -> None:
         def verify(passphrase: bytes | None) -> None:
-            if self._begin("verifying"):
+            if self.begin("verifying"):
                 self.query_one("#verdict", Static).update("verifying…")
                 self._verify(passphrase)
 
         self._with_passphrase("The secret was sealed with a passphrase: give it to verify.", verify)
 
-    @work(thread=True, exclusive=True, group="aem-action")
+    @work(thread=True, exclusive=True, group="AemScreen-call")
     def _verify(self, passphrase: bytes | None) -> None:
         try:
             self.post_message(AemVerified(self.app.backend.aem_verify(passphrase)))
@@ -210,33 +199,12 @@ class AemScreen(Screen):
         self.app.push_screen(ConfirmScreen(
             "Relax anti-evil-maid? Qubes then start without a verified, confirmed boot.", "Relax"), answered)
 
-    def run_action(self, action: str, call: Callable[[], str]) -> None:
-        if self._begin(action):
-            self._act(action, call)
-
-    def _act(self, action: str, call: Callable[[], str]) -> None:
-        def job() -> None:
-            try:
-                done = call()
-            except QliteError as exc:
-                self.post_message(AemActionDone(action, error=str(exc)))
-                return
-            self.post_message(AemActionDone(action, done))
-
-        self.run_worker(job, thread=True, exclusive=True, group="aem-action", name=action)
-
-    def on_aem_action_done(self, message: AemActionDone) -> None:
-        self.busy = ""
-        if message.error:
-            self.error(message.error)
-        else:
-            if message.action == "resealing":
-                self.changes = {}
-                verdict = self.query_one("#verdict", Static)
-                verdict.set_class(False, "-failed")
-                verdict.update("")
-            self.notify(message.done, markup=False)
-        self.load()
+    def call_succeeded(self, action: str) -> None:
+        if action == "resealing":
+            self.changes = {}
+            verdict = self.query_one("#verdict", Static)
+            verdict.set_class(False, "-failed")
+            verdict.update("")
 
     def action_reload(self) -> None:
         self.load()

@@ -13,14 +13,14 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Header, Label, Static
 
 from qlite.core.labels import label_colour
 from qlite.devices.manager import DeviceRow
 from qlite.errors import QliteError
 from tui.backend import Assignment, DevicesView
-from tui.messages import DeviceActionDone, DevicesLoaded
+from tui.messages import DevicesLoaded
+from tui.screens.calls import CallingScreen
 from tui.screens.device_form import DeviceFormScreen, DeviceRequest, pair_idents
 from tui.screens.dialogs import ConfirmScreen
 from tui.screens.nav import nav_bindings
@@ -83,7 +83,7 @@ def event_cells(e: dict) -> tuple:
     return (when, event, str(e.get("device", "")), str(e.get("qube", "")), detail)
 
 
-class DevicesScreen(Screen):
+class DevicesScreen(CallingScreen):
     BINDINGS = [
         Binding("a", "attach", "Attach"),
         Binding("d", "detach", "Detach"),
@@ -216,40 +216,10 @@ class DevicesScreen(Screen):
             return None
         return mine[0]
 
-    def error(self, text: str) -> None:
-        self.query_one("#error", ErrorLine).show(text)
-
     # -- actions -----------------------------------------------------------------
 
-    def act(self, action: str, call: Callable[[], str]) -> None:
-        """Run CALL (a blocking core call that says what it did) in a
-        worker, one device action at a time."""
-        if self.busy:
-            self.notify(f"busy: {self.busy}", severity="warning")
-            return
-        self.busy = action
-        self.query_one("#error", ErrorLine).clear()
-        self.redraw()
-        self._act(action, call)
-
-    def _act(self, action: str, call: Callable[[], str]) -> None:
-        def job() -> None:
-            try:
-                done = call()
-            except QliteError as exc:
-                self.post_message(DeviceActionDone(action, error=str(exc)))
-                return
-            self.post_message(DeviceActionDone(action, done))
-
-        self.run_worker(job, thread=True, exclusive=True, group="device-action", name=action)
-
-    def on_device_action_done(self, message: DeviceActionDone) -> None:
-        self.busy = ""
-        if message.error:
-            self.error(message.error)
-        else:
-            self.notify(message.done, markup=False)
-        self.load()
+    def call_started(self) -> None:
+        self.redraw()  # the status line shows what runs
 
     def _form(self, kind: str, row: DeviceRow, then: Callable[[DeviceRequest], None]) -> None:
         qubes = [q for q in self.view.qubes if q.running or kind != "attach"]
@@ -271,7 +241,7 @@ class DevicesScreen(Screen):
         backend = self.app.backend
 
         def attach(r: DeviceRequest) -> None:
-            self.act(f"attaching {row.device.name}", lambda: (
+            self.run_action(f"attaching {row.device.name}", lambda: (
                 f"{backend.attach_device(r.qube, row.device.name, r.read_only)} attached to {r.qube}"
                 + (" read-only" if r.read_only else "")))
 
@@ -281,7 +251,7 @@ class DevicesScreen(Screen):
         row = self.selected_device()
         if row is not None:
             name = row.device.name
-            self.act(f"detaching {name}",
+            self.run_action(f"detaching {name}",
                      lambda: f"detached {', '.join(self.app.backend.detach_device(name))}")
 
     def action_assign(self) -> None:
@@ -290,7 +260,7 @@ class DevicesScreen(Screen):
             return
 
         def assign(r: DeviceRequest) -> None:
-            self.act("assigning", lambda: self._assign(r, paired=False))
+            self.run_action("assigning", lambda: self._assign(r, paired=False))
 
         self._form("assign", row, assign)
 
@@ -307,7 +277,7 @@ class DevicesScreen(Screen):
             self.app.backend.unassign_device(a.qube, a.ident)
             return f"{a.ident} unassigned from {a.qube}"
 
-        self.act("unassigning", unassign)
+        self.run_action("unassigning", unassign)
 
     def action_pair(self) -> None:
         row = self.selected_device()
@@ -321,7 +291,7 @@ class DevicesScreen(Screen):
         def confirm(r: DeviceRequest) -> None:
             def answered(yes: bool | None) -> None:
                 if yes:
-                    self.act("pairing", lambda: self._assign(r, paired=True))
+                    self.run_action("pairing", lambda: self._assign(r, paired=True))
 
             self.app.push_screen(ConfirmScreen(
                 f"Pair {r.ident} with {r.qube}? {r.qube} then runs only while this drive is in: inserting it "
@@ -348,7 +318,7 @@ class DevicesScreen(Screen):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.act(f"ejecting {name}", eject)
+                self.run_action(f"ejecting {name}", eject)
 
         self.app.push_screen(ConfirmScreen(question, "Eject"), answered)
 
