@@ -73,6 +73,13 @@ class FakeAdmin:
                 conn.sendall(json.dumps(self.replies(request)).encode() + b"\n")
 
     def close(self) -> None:
+        # shutdown() wakes the thread out of accept(); close() alone would
+        # leave it there, and a signal would restart that accept() on the
+        # same fd number after a later test's listener got it (see
+        # tests/unit/test_guest_connecttcp.py::EchoServer).
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=10)
         self.server.close()
         os.close(self.lock_fd)
 

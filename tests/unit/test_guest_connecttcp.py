@@ -3,12 +3,15 @@ connection through a fake broker running the real service."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -42,13 +45,19 @@ def test_service_refuses_bad_ports(port):
     assert proc.returncode == 1 and b"not a port number" in proc.stderr
 
 
-def echo_server() -> tuple[socket.socket, int]:
-    server = socket.create_server(("127.0.0.1", 0))
+class EchoServer:
+    """A TCP server thread answering each connection with b"echo:" and all it read."""
 
-    def serve() -> None:
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
         while True:
             try:
-                conn, _ = server.accept()
+                conn, _ = self.listener.accept()
             except OSError:
                 return
             with conn:
@@ -57,8 +66,17 @@ def echo_server() -> tuple[socket.socket, int]:
                     data += chunk
                 conn.sendall(b"echo:" + data)
 
-    threading.Thread(target=serve, daemon=True).start()
-    return server, server.getsockname()[1]
+    def close(self) -> None:
+        # close() alone leaves the thread in accept4(fd) forever. Any signal
+        # restarts that call on the same fd number (a SIGCHLD that arrives
+        # while subprocess has every signal blocked for vfork is enough), and
+        # by then the number may be a later test's listener: the thread took
+        # test_guest_gpg's broker connections and hung them. shutdown() wakes
+        # it (EINVAL); only then is the number given back.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=10)
+        self.listener.close()
 
 
 def free_port() -> int:
@@ -77,7 +95,8 @@ def connect_retry(port: int, deadline: float) -> socket.socket:
 
 
 def test_forwarded_connections_reach_the_target_port(tmp_path):
-    server, port = echo_server()
+    server = EchoServer()
+    port = server.port
     sockdir = short_tmpdir()
     broker = dispatching_broker(sockdir / "rpc.sock", tmp_path)
     local = free_port()
@@ -103,6 +122,68 @@ def test_forwarded_connections_reach_the_target_port(tmp_path):
         server.close()
         shutil.rmtree(sockdir, ignore_errors=True)
     assert not broker.errors, broker.errors
+
+
+def _socket_with_number(number: int) -> socket.socket:
+    """A new Unix listener on fd NUMBER (the lowest free number goes first)."""
+    spare: list[socket.socket] = []
+    try:
+        for _ in range(256):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if s.fileno() == number:
+                return s
+            spare.append(s)
+        raise AssertionError(f"fd {number} was not given back")
+    finally:
+        for s in spare:
+            s.close()
+
+
+def _wait_in_syscall_on(thread: threading.Thread, fd: int) -> None:
+    """Wait until THREAD is blocked in a system call on FD (accept(), here)."""
+    deadline = time.monotonic() + 10
+    while True:
+        fields = Path(f"/proc/self/task/{thread.native_id}/syscall").read_text().split()
+        if fields[0] != "running" and len(fields) > 1 and int(fields[1], 16) == fd:
+            return
+        assert time.monotonic() < deadline, f"the thread never blocked on fd {fd}"
+        time.sleep(0.01)
+
+
+def test_a_closed_echo_server_takes_no_later_connection():
+    # The test_guest_gpg flake: a server thread left in accept4() took the
+    # connections of the next listener to get its fd number.
+    server = EchoServer()
+    number = server.listener.fileno()
+    _wait_in_syscall_on(server.thread, number)
+    server.close()
+    later = _socket_with_number(number)
+    sockdir = short_tmpdir()
+    try:
+        later.bind(str(sockdir / "later.sock"))
+        later.listen()
+        if server.thread.is_alive():
+            # What a SIGCHLD during subprocess's vfork window does to a thread
+            # left in accept4(): the call is restarted on the same fd number.
+            old = signal.signal(signal.SIGUSR1, lambda *_: None)
+            signal.siginterrupt(signal.SIGUSR1, False)
+            try:
+                signal.pthread_kill(server.thread.ident, signal.SIGUSR1)
+                time.sleep(0.2)
+            finally:
+                signal.signal(signal.SIGUSR1, old)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(sockdir / "later.sock"))
+            time.sleep(0.5)  # a thread already in accept() would take it now
+            later.settimeout(5)
+            try:
+                conn, _ = later.accept()
+            except TimeoutError:
+                raise AssertionError("the closed echo server's thread took the connection") from None
+            conn.close()
+    finally:
+        later.close()
+        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 def test_service_reports_a_closed_port():
