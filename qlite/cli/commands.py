@@ -144,21 +144,25 @@ def split_run_args(rest: list[str], disposable: bool) -> tuple[str | None, list[
 
 def run(args: argparse.Namespace) -> int:
     from qlite.core.disposables import DisposableManager, Terminated, exit_code_for  # noqa: PLC0415
+    from qlite.engines.interrupts import InterruptRelay, forwarding_sigint  # noqa: PLC0415
 
     disposable = args.disposable or bool(args.dvm) or bool(args.template)
     name, cmd = split_run_args(args.args, disposable)
     ctx = _context()
-    stdio = Stdio(stdin=sys.stdin.buffer, tty=args.tty)
+    # Ctrl-C goes to the command once it runs (then SIGTERM, then SIGKILL
+    # if it does not stop); its exit status is what we return.
+    stdio = Stdio(stdin=sys.stdin.buffer, tty=args.tty, interrupts=InterruptRelay())
     if args.tty and not sys.stdin.isatty():
         raise InvalidValue("-t needs a terminal on stdin")
     try:
-        if disposable:
-            return DisposableManager(ctx).run(
-                cmd, stdio, dvm=args.dvm, template=args.template, user=args.user, mode=args.mode
-            )
-        if args.mode:
-            raise InvalidValue("--mode applies to a new disposable: add --disposable")
-        return _qubes(ctx).run(name, cmd, stdio, user=args.user, autostart=not args.no_autostart)
+        with forwarding_sigint(stdio.interrupts):
+            if disposable:
+                return DisposableManager(ctx).run(
+                    cmd, stdio, dvm=args.dvm, template=args.template, user=args.user, mode=args.mode
+                )
+            if args.mode:
+                raise InvalidValue("--mode applies to a new disposable: add --disposable")
+            return _qubes(ctx).run(name, cmd, stdio, user=args.user, autostart=not args.no_autostart)
     except (KeyboardInterrupt, Terminated) as exc:
         info("qlite: interrupted; the disposable was destroyed" if disposable else "qlite: interrupted")
         return exit_code_for(exc)

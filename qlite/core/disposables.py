@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from qlite.core.context import Context
 from qlite.core.model import MODES, Qube, parse_choice
 from qlite.core.qubes import QubeManager
+from qlite.core.runcommand import RUN_TOKEN_ENV, new_run_token, shimmed
 from qlite.core.spec import exec_place, qube_container_spec, volume_name
 from qlite.core.volumes import init_private
 from qlite.engines.base import Stdio
@@ -130,6 +131,7 @@ class DisposableManager:
         handled from the main thread (the broker runs calls in others)."""
         if not argv:
             raise InvalidValue("no command given")
+        argv = shimmed(argv)
         self.qubes.aem_check("a disposable")
         claimed = self._claim(dvm, template, mode)
         if claimed is not None:
@@ -143,14 +145,28 @@ class DisposableManager:
                     if on_created is not None:
                         on_created(q)
                     return self.qubes.exec_in(q, argv, stdio, user or q.default_user, env or {})
-                cid = self.prepare(q, argv, user or q.default_user, stdio, env)
+                token = new_run_token()
+                cid = self.prepare(q, argv, user or q.default_user, stdio, {**(env or {}), RUN_TOKEN_ENV: token})
                 if on_created is not None:
                     on_created(q)
                 self.qubes.rpc_ready(q, start_daemon=False)
-                return self.ctx.engine.attach_and_start(cid, stdio)
+                return self._attach_and_start(q, cid, token, user or q.default_user, stdio)
             finally:
                 with _signals_blocked() if main else contextlib.nullcontext():
                     self.qubes.destroy(q)
+
+    def _attach_and_start(self, q: Qube, cid: str, token: str, user: str, stdio: Stdio) -> int:
+        """Start the disposable's container; the caller's Ctrl-C goes to the
+        command and what it started (its init would pass it to the command
+        alone, and a shell waits for its child before it acts on one)."""
+        relay = stdio.interrupts
+        if relay is None:
+            return self.ctx.engine.attach_and_start(cid, stdio)
+        relay.attach(lambda sig: self.qubes.signal_run(q, token, sig, user))
+        try:
+            return self.ctx.engine.attach_and_start(cid, stdio)
+        finally:
+            relay.detach()
 
     # -- preloaded disposables (see qlite.core.preload) --------------------------------
 

@@ -33,6 +33,7 @@ from qlite.core.model import (
 )
 from qlite.core.names import validate_name
 from qlite.core.prefs import Features, GlobalPrefs
+from qlite.core.runcommand import RUN_TOKEN_ENV, new_run_token, shimmed, signal_argv
 from qlite.core.spec import (
     container_name,
     engine_labels,
@@ -690,7 +691,24 @@ class QubeManager:
             if not autostart:
                 raise StateError(f"qube {name!r} is not running")
             self.start(name, skip_if_running=True)
-        return self.exec_in(q, argv, stdio, user or q.default_user, {})
+        argv, user = shimmed(argv), user or q.default_user
+        relay = stdio.interrupts
+        if relay is None or q.mode == "vm":  # the agent's client forwards a VM's signals
+            return self.exec_in(q, argv, stdio, user, {})
+        token = new_run_token()
+        relay.attach(lambda sig: self.signal_run(q, token, sig, user))
+        try:
+            return self.exec_in(q, argv, stdio, user, {RUN_TOKEN_ENV: token})
+        finally:
+            relay.detach()
+
+    def signal_run(self, q: Qube, token: str, sig: int, user: str) -> None:
+        """Send SIG to the processes of the run TOKEN names, from inside Q,
+        as the USER they run as (root has no capabilities in a container
+        whose own user is not root)."""
+        with open(os.devnull, "wb") as null:
+            self.ctx.engine.exec(container_name(self.ctx.home_hash, q.name), signal_argv(token, sig),
+                                 Stdio(stdin=None, stdout=null, stderr=null), user=user, workdir="/")
 
     def exec_in(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str]) -> int:
         """Run ARGV in running qube Q, whatever its mode; its exit code."""

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
+from qlite.engines.interrupts import InterruptRelay
 from qlite.progress import Progress
 
 # A removal that lost the race to another one: podman 4.3 finds the object,
@@ -109,6 +110,8 @@ class Stdio:
     stdout: IO[bytes] = field(default_factory=lambda: sys.stdout.buffer)
     stderr: IO[bytes] = field(default_factory=lambda: sys.stderr.buffer)
     tty: bool = False
+    # Set by a caller that forwards its Ctrl-C to the command (see interrupts).
+    interrupts: InterruptRelay | None = None
 
 
 

@@ -576,13 +576,14 @@ class PodmanEngine:
             args += ["--cwd", workdir]
         for k, v in env.items():
             args += ["--env", f"{k}={v}"]
+        # In a process group of its own: a terminal's Ctrl-C is qlite's to
+        # forward (runsc exec would die of it and leave the command running).
         proc = subprocess.Popen([*args, target.cid, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, close_fds=True)
+                                stderr=subprocess.PIPE, close_fds=True, process_group=0)
         tail = bytearray()
         try:
             code = pump_process(proc, stdio, tail)
         except BaseException:
-            # runsc exec passes the signal on to the command in the sandbox.
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             raise

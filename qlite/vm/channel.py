@@ -30,10 +30,11 @@ EXIT = 0x15      # guest -> host: JSON {"code"}; ends an exec channel
 DATA = 0x16      # either way: a tunnelled byte stream (rpc)
 CLOSE = 0x17     # either way: the channel is gone
 ERROR = 0x18     # JSON {"message"}; ends the channel
+SIGNAL = 0x19    # host -> guest (exec): JSON {"signal": N} for the command's process group
 PING = 0x1A      # either way, channel 0; answered with PONG
 PONG = 0x1B
 
-TYPES = frozenset({HELLO, OPEN, STDIN, STDOUT, STDERR, EXIT, DATA, CLOSE, ERROR, PING, PONG})
+TYPES = frozenset({HELLO, OPEN, STDIN, STDOUT, STDERR, EXIT, DATA, CLOSE, ERROR, SIGNAL, PING, PONG})
 MAX_PAYLOAD = 64 * 1024
 MAX_CHANNEL = 0xFFFFFFFF
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -58,31 +59,55 @@ def exec_over(conn: socket.socket, qube: str, argv: list[str], stdio: Stdio, use
     """Run ARGV over CONN, a connection to an agent (through a VM's
     supervisor, or to a preloaded disposable's agent); its exit code."""
     request = {"kind": "exec", "argv": argv, "user": user, "cwd": cwd, "env": env, "tty": stdio.tty}
+    sending = threading.Lock()  # the feeder's frames and the signals' must not interleave
+    killed = threading.Event()
+
+    def send_signal(sig: int) -> None:
+        if sig == signal.SIGKILL:
+            # Hanging up makes the agent kill the command's process group,
+            # whatever version of the agent it is.
+            killed.set()
+            conn.shutdown(socket.SHUT_WR)
+            return
+        with sending:
+            conn.sendall(ch.encode_json(ch.SIGNAL, 0, {"signal": int(sig)}))
+
+    relay = stdio.interrupts
     with conn, raw_terminal(_fileno(stdio.stdin) if stdio.tty else None):
         conn.sendall(ch.encode_json(ch.OPEN, 0, request))
-        feeder = threading.Thread(target=_feed, args=(conn, stdio), daemon=True)
-        feeder.start()
-        return _receive(conn, stdio, qube)
+        if relay is not None:
+            relay.attach(send_signal)
+        try:
+            feeder = threading.Thread(target=_feed, args=(conn, stdio, sending), daemon=True)
+            feeder.start()
+            return _receive(conn, stdio, qube, killed)
+        finally:
+            if relay is not None:
+                relay.detach()
 
 
-def _feed(conn: socket.socket, stdio: Stdio) -> None:
+def _feed(conn: socket.socket, stdio: Stdio, sending: threading.Lock) -> None:
     fd = _fileno(stdio.stdin) if stdio.stdin is not None else None
     try:
         while fd is not None or stdio.stdin is not None:
             data = os.read(fd, ch.MAX_PAYLOAD) if fd is not None else stdio.stdin.read(ch.MAX_PAYLOAD)  # type: ignore[union-attr]
-            conn.sendall(ch.encode(ch.STDIN, 0, data or b""))
+            with sending:
+                conn.sendall(ch.encode(ch.STDIN, 0, data or b""))
             if not data:
                 return
-        conn.sendall(ch.encode(ch.STDIN, 0))
+        with sending:
+            conn.sendall(ch.encode(ch.STDIN, 0))
     except (OSError, ValueError):
         pass  # the command ended, or our stdin went away
 
 
-def _receive(conn: socket.socket, stdio: Stdio, qube: str) -> int:
+def _receive(conn: socket.socket, stdio: Stdio, qube: str, killed: threading.Event | None = None) -> int:
     decoder = ch.Decoder()
     while True:
         data = conn.recv(ch.MAX_PAYLOAD + ch.HEADER.size)
         if not data:
+            if killed is not None and killed.is_set():
+                return 128 + signal.SIGKILL  # as a shell reports a command killed by SIGKILL
             raise EngineError(f"VM qube {qube} went away while the command ran")
         try:
             frames = decoder.feed(data)

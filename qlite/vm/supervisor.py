@@ -185,8 +185,8 @@ class Supervisor:
                             self.next_channel += 2
                         self.clients[channel] = conn
                         self.send(ch.OPEN, channel, payload)
-                    elif kind == ch.STDIN and channel is not None:
-                        self.send(ch.STDIN, channel, payload)
+                    elif kind in (ch.STDIN, ch.SIGNAL) and channel is not None:
+                        self.send(kind, channel, payload)
                     else:
                         raise ch.ChannelError(f"unexpected frame {kind:#x} from a host client")
         except (OSError, ch.ChannelError) as exc:

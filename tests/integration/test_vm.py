@@ -8,6 +8,7 @@ import hashlib
 import os
 import platform
 import signal
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -102,6 +103,32 @@ def test_stdio_and_exit_codes_pass_through(vm):
     assert out == hashlib.sha256(big.encode()).hexdigest()
     missing = vm.run("run", "vmq", "--", "no-such-command", check=False)
     assert missing.returncode == 127
+
+
+def test_a_command_that_cannot_run_and_ctrl_c(vm):
+    """127 and 126 with podman's one line, and SIGINT to qlite stops the
+    command in the VM (the agent signals its process group)."""
+    missing = vm.run("run", "vmq", "--", "no-such-command", check=False)
+    assert (missing.returncode, missing.stderr) == (127, "qlite: no-such-command: executable file not found in $PATH\n")
+    plain = vm.run("run", "vmq", "--", "/etc/passwd", check=False)
+    assert (plain.returncode, plain.stderr) == (126, "qlite: /etc/passwd: permission denied (not an executable file)\n")
+    p = vm.popen("run", "vmq", "--", "sh", "-c", "echo started; sleep 29", stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"started\n"
+        # Until sleep runs, a Ctrl-C would reach the shell alone (as at a terminal).
+        deadline = time.monotonic() + WAIT_S
+        while vm.run("run", "vmq", "--", "pgrep", "-f", "sleep 29", check=False).returncode != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        start = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=30) == 128 + signal.SIGINT and time.monotonic() - start < 10
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert vm.run("run", "vmq", "--", "pgrep", "-f", "sleep 29", check=False).returncode == 1  # nothing left
 
 
 def test_private_data_persists_and_the_root_filesystem_is_fresh_each_boot(vm):

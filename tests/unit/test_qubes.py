@@ -10,6 +10,7 @@ from qlite.core.model import Qube
 from qlite.core.prefs import GlobalPrefs
 from qlite.core.qubes import QubeManager
 from qlite.core.reconcile import reap
+from qlite.core.runcommand import shimmed
 from qlite.core.spec import container_name, network_name, volume_name
 from qlite.engines.base import Stdio
 from qlite.errors import (
@@ -247,7 +248,8 @@ def test_run_autostarts_and_execs_as_the_default_user(ctx, qm, engine, work):
     (call,) = [c for c in engine.calls if c[0] == "exec"]
     cid, argv, user, workdir, env = call[1]
     assert cid == container_name(ctx.home_hash, "work")
-    assert (argv, user, workdir, env) == (["id", "-u"], "user", "/home/user",
+    # The command starts through the lookup shim (127/126 as podman answers).
+    assert (argv, user, workdir, env) == (shimmed(["id", "-u"]), "user", "/home/user",
                                           {"QLITE_QUBE": "work", "PWD": "/home/user"})
     qm.run("work", ["id"], Stdio(), user="root")
     assert engine.calls[-1][1][2:4] == ("root", "/")

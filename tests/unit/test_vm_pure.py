@@ -43,7 +43,7 @@ def test_frames_round_trip_split_anywhere(frames, data):
 
 
 @pytest.mark.parametrize(("kind", "channel", "size", "error"), [
-    (0x00, 0, 0, "unknown frame type"), (0x19, 0, 0, "unknown frame type"), (0xFF, 0, 0, "unknown frame type"),
+    (0x00, 0, 0, "unknown frame type"), (0x1C, 0, 0, "unknown frame type"), (0xFF, 0, 0, "unknown frame type"),
     (ch.DATA, 0, ch.MAX_PAYLOAD + 1, "limit"), (ch.CLOSE, -1, 0, "out of range"),
     (ch.CLOSE, ch.MAX_CHANNEL + 1, 0, "out of range"),
     (ch.DATA, ch.MAX_CHANNEL, ch.MAX_PAYLOAD, None), (ch.CLOSE, 0, 0, None),

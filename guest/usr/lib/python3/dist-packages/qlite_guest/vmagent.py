@@ -34,6 +34,7 @@ RPC_SOCK = "/run/qlite/rpc.sock"
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 RB_POWER_OFF = 0x4321FEDC
 EV_KEY, KEY_POWER = 1, 116
+FORWARDED_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGKILL})
 
 
 def log(msg: str) -> None:
@@ -178,6 +179,8 @@ class Agent:
             q = self.inputs.get(channel)
             if q is not None:
                 q.put(payload)
+        elif kind == ch.SIGNAL:
+            self.signal(channel, payload)
         elif kind == ch.CLOSE:
             q = self.inputs.get(channel)
             if q is not None:
@@ -186,6 +189,18 @@ class Agent:
             if pid is not None:  # the host side went away: end what it started
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
+
+    def signal(self, channel: int, payload: bytes) -> None:
+        """The host's Ctrl-C (or its escalation) for the command on CHANNEL:
+        to its whole process group, as a terminal sends it."""
+        try:
+            sig = ch.decode_json(payload).get("signal")
+        except ch.ChannelError:
+            return
+        pid = self.pids.get(channel)
+        if pid is not None and type(sig) is int and sig in FORWARDED_SIGNALS:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
 
     def open(self, channel: int, payload: bytes) -> None:
         try:
@@ -399,15 +414,21 @@ def serve_host(path: str, timeout: float = 60.0) -> None:
     REAPER.drain()
 
 
+def _ignore(_signum: int, _frame: object) -> None:
+    """The agent outlives these signals. A handler, not SIG_IGN: an ignored
+    signal stays ignored in the commands the agent starts, and then the
+    host's Ctrl-C could not stop them."""
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--connect":
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, _ignore)
         serve_host(sys.argv[2])
         return
     if os.getpid() != 1:
         sys.exit("qlite-agent runs as PID 1 in a VM qube")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, _ignore)
+    signal.signal(signal.SIGTERM, _ignore)
     setup_mounts()
     Agent(Link(find_port())).serve()
 
