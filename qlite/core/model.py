@@ -177,6 +177,30 @@ def parse_property(prop: str, text: str) -> object:
     return text
 
 
+# Properties a running qube takes up only at its next start. Nothing else
+# needs a restart: label, autostart, default_dispvm, default_user,
+# template_for_dispvms and include_in_backups act on what qlite does next,
+# and mode can change only while the qube is halted.
+RESOURCE_PROPERTIES = ("memory", "maxmem", "vcpus")
+NEXT_START_PROPERTIES = ("netvm", "provides_network", "template", *RESOURCE_PROPERTIES)
+
+
+def next_start_note(name: str, prop: str, mode: str) -> str | None:
+    """What to tell the user who sets PROP on running qube NAME, or None
+    when the change takes effect at once. Pure."""
+    if prop not in NEXT_START_PROPERTIES:
+        return None
+    note = f"{name} is running: its new {prop} takes effect at its next start"
+    if prop in RESOURCE_PROPERTIES:
+        # podman update would run the OCI runtime's "update", which runsc
+        # does not have; QEMU gets its memory and vCPUs at boot, with no
+        # balloon or hot-plug of either.
+        why = ("QEMU fixes a VM's memory and vCPUs when it boots" if mode == "vm" else
+               "podman cannot change a running gVisor sandbox's memory or CPUs: runsc has no 'update'")
+        note += f" ({why})"
+    return note
+
+
 def parse_memory_limit(qube: Qube) -> int:
     """The container memory limit in MiB: maxmem when set, else memory."""
     return qube.maxmem or qube.memory

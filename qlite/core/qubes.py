@@ -28,6 +28,7 @@ from qlite.core.model import (
     Qube,
     State,
     format_value,
+    next_start_note,
     parse_int,
     parse_property,
 )
@@ -748,8 +749,9 @@ class QubeManager:
         if isinstance(value, bool):
             value = int(value)
         self.store.execute(f"UPDATE qubes SET {column}=? WHERE name=?", (value, name))
-        if prop in ("netvm", "provides_network") and self.state_of(q) != State.HALTED:
-            self.ctx.warn(f"{name} is running: its new {prop} takes effect at its next start")
+        note = next_start_note(name, prop, q.mode)
+        if note is not None and self.state_of(q) != State.HALTED:
+            self.ctx.warn(note)
 
     def reset_pref(self, name: str, prop: str) -> None:
         q = self.get(name)

@@ -87,6 +87,35 @@ def test_it_is_gvisor_and_limits_apply(home):
         home.run("remove", "--force", "small")
 
 
+def test_a_running_qubes_new_memory_and_vcpus_take_effect_at_its_next_start(home):
+    """podman cannot change a running gVisor sandbox's limits (runsc has no
+    'update'), so qlite says the change waits for the next start, as it
+    does for netvm; a halted qube's change needs no word."""
+    home.run("create", "sized", "--label", "green", "--memory", "256", "--vcpus", "1")
+    try:
+        quiet = home.run("prefs", "sized", "memory", "300")
+        assert quiet.stderr == ""
+        home.run("start", "sized")
+
+        def mem_kib() -> int:
+            return int(home.run("run", "sized", "--", "awk", "/MemTotal/ {print $2}", "/proc/meminfo").stdout)
+
+        assert mem_kib() == 300 * 1024
+        for prop, value in (("memory", "400"), ("vcpus", "2")):
+            told = home.run("prefs", "sized", prop, value)
+            assert f"sized is running: its new {prop} takes effect at its next start" in told.stderr
+            assert "runsc has no 'update'" in told.stderr
+            assert home.json("prefs", "sized")[prop] == int(value)
+        label = home.run("prefs", "sized", "label", "orange")  # takes effect at once
+        assert label.stderr == ""
+        assert mem_kib() == 300 * 1024  # still the old limit...
+        home.run("shutdown", "--wait", "sized")
+        home.run("start", "sized")
+        assert mem_kib() == 400 * 1024  # ...until the next start
+    finally:
+        home.run("remove", "--force", "sized")
+
+
 def test_tty_exec_in_a_running_qube(home, work):
     """-t on an app qube goes through podman exec with a terminal; drive
     qlite under script(1) so that it has one."""

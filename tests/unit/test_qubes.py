@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from qlite.core.model import Qube
+from qlite.core.model import Qube, next_start_note
 from qlite.core.prefs import GlobalPrefs
 from qlite.core.qubes import QubeManager
 from qlite.core.reconcile import reap
@@ -621,3 +621,36 @@ def test_a_live_pending_qube_is_left_alone_and_cannot_start(ctx, qm, engine, wor
     with pytest.raises(StateError, match="being created or removed"):
         qm.start("work")
 
+
+
+# -- prefs of a running qube: at once, or at its next start ----------------------------------
+
+
+@pytest.mark.parametrize(("prop", "mode", "note"), [
+    ("memory", "container", "work is running: its new memory takes effect at its next start (podman cannot change "
+                            "a running gVisor sandbox's memory or CPUs: runsc has no 'update')"),
+    ("maxmem", "container", "work is running: its new maxmem takes effect at its next start (podman cannot change "
+                            "a running gVisor sandbox's memory or CPUs: runsc has no 'update')"),
+    ("vcpus", "vm", "work is running: its new vcpus takes effect at its next start "
+                    "(QEMU fixes a VM's memory and vCPUs when it boots)"),
+    ("netvm", "container", "work is running: its new netvm takes effect at its next start"),
+    ("template", "vm", "work is running: its new template takes effect at its next start"),
+    ("label", "container", None),
+    ("default_user", "container", None),
+    ("autostart", "vm", None),
+])
+def test_next_start_note(prop, mode, note):
+    assert next_start_note("work", prop, mode) == note
+
+
+def test_resource_prefs_of_a_running_qube_say_they_wait_for_its_next_start(ctx, qm, work):
+    qm.set_pref("work", "memory", "600")
+    assert ctx.warnings == []  # halted: nothing to say
+    qm.start("work")
+    for prop, value in (("memory", "700"), ("maxmem", "900"), ("vcpus", "2")):
+        qm.set_pref("work", prop, value)
+        assert ctx.warnings[-1].startswith(f"work is running: its new {prop} takes effect at its next start")
+        assert qm.get_prefs("work")[prop][0] == value  # stored all the same
+    count = len(ctx.warnings)
+    qm.set_pref("work", "label", "purple")  # takes effect at once
+    assert len(ctx.warnings) == count
