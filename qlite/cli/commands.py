@@ -417,8 +417,11 @@ def template(args: argparse.Namespace) -> int:
         rev, _new = tm.build(args.name, progress, force=args.force)
         result = {"name": args.name, "revision": rev.rev, "image_id": rev.image_id, "origin": rev.origin}
     elif args.action == "update":
+        before = tm.get(args.name).current_rev
         rev = tm.update(args.name, progress)
-        result = {"name": args.name, "revision": rev.rev, "image_id": rev.image_id, "origin": rev.origin}
+        # "updated" is false when there was nothing to upgrade: no new revision.
+        result = {"name": args.name, "revision": rev.rev, "image_id": rev.image_id, "origin": rev.origin,
+                  "updated": rev.rev != before}
     elif args.action == "revert":
         rev = tm.revert(args.name)
         info(f"{args.name} is back at revision {rev.rev}; qubes use it from their next start")

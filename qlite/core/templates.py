@@ -70,6 +70,29 @@ def tag_revision(tag: str, template: str) -> int | None:
     return None
 
 
+# What an update run changes whether or not it upgraded anything: apt's
+# package lists, caches and locks, logs and scratch space, and /etc itself
+# (the runtime mounts hosts, hostname and resolv.conf there).
+UPDATE_NOISE_DIRS = ("/var/lib/apt/lists", "/var/cache/apt", "/var/log", "/tmp", "/var/tmp", "/run")
+UPDATE_NOISE_PATHS = frozenset({"/etc", "/var/lib/dpkg/lock", "/var/lib/dpkg/lock-frontend",
+                                "/var/lib/dpkg/triggers/Lock"})
+
+
+def meaningful_changes(changes: list[tuple[str, str]]) -> list[str]:
+    """The paths an update changed that make a new revision worth having:
+    not apt's bookkeeping (see UPDATE_NOISE_*), and not a directory whose
+    only change is an entry listed on its own. Empty: nothing to upgrade. Pure."""
+    paths = [path.rstrip("/") or "/" for _kind, path in changes]
+    out = []
+    for (kind, _), path in zip(changes, paths, strict=True):
+        if path in UPDATE_NOISE_PATHS or any(path == d or path.startswith(d + "/") for d in UPDATE_NOISE_DIRS):
+            continue
+        if kind == "C" and any(other.startswith(path.rstrip("/") + "/") for other in paths):
+            continue
+        out.append(path)
+    return out
+
+
 def fingerprint(files: list[tuple[str, bytes]]) -> str:
     """Stable digest of a template definition (names and contents)."""
     h = hashlib.sha256()
@@ -311,7 +334,9 @@ class TemplateManager:
     # -- update, revert, remove -------------------------------------------------
 
     def update(self, name: str, progress: Progress) -> TemplateRevision:
-        """Upgrade the template's packages in a sandbox; commit a new revision."""
+        """Upgrade the template's packages in a sandbox and commit a new
+        revision; the current one, unchanged, when there was nothing to
+        upgrade (the update changed nothing but apt's own bookkeeping)."""
         t = self.get(name)
         current = t.current
         if current is None:
@@ -325,13 +350,17 @@ class TemplateManager:
         with _image_lock():
             rev = self._next_rev(name, engine.list_images(f"{REPO}/{name}"))
             ref = image_ref(name, rev)
-            progress(f"updating {name} (revision {current.rev} -> {rev})")
+            progress(f"updating {name} (revision {current.rev})")
             image_id = engine.update_image(
                 current.image_id, ["/bin/sh", "-c", command], ref, labels,
                 # The update container's labels would otherwise stay in the image.
                 ["LABEL qlite.origin=update", f"LABEL qlite.parent={current.image_id}",
                  "LABEL qlite.home= qlite.owner= qlite.kind= qlite.qube="], progress,
+                worth_committing=lambda changes: bool(meaningful_changes(changes)),
             )
+            if image_id is None:
+                progress(f"template {name} is up to date (revision {current.rev})")
+                return current
             revision = self._record(name, rev, image_id, "update")
         self._prune(name)
         progress(f"{name} is now at revision {rev}; qubes use it from their next start")

@@ -132,6 +132,14 @@ def export_through_container(engine: Engine, image: str, tar_path: str, labels: 
         engine.remove_container(cid, force=True)
 
 
+CHANGE_KINDS = {0: "C", 1: "A", 2: "D"}  # the Docker and libpod "changes" API's Kind
+
+
+def change_list(data: list[dict] | None) -> list[tuple[str, str]]:
+    """The Docker/libpod container "changes" answer as (kind, path)."""
+    return [(CHANGE_KINDS.get(c.get("Kind"), "C"), str(c.get("Path", ""))) for c in data or []]
+
+
 def label_selectors(labels: dict[str, str]) -> list[str]:
     """Engine label filters ("key=value") for LABELS, in a stable order."""
     return [f"{k}={v}" for k, v in sorted(labels.items())]
@@ -223,7 +231,13 @@ class Engine(Protocol):
         labels: dict[str, str],
         changes: list[str],
         progress: Progress,
-    ) -> str: ...
+        worth_committing: Callable[[list[tuple[str, str]]], bool] | None = None,
+    ) -> str | None:
+        """Run COMMAND as root on IMAGE_ID and commit the result as REF;
+        its image id. WORTH_COMMITTING, if given, sees what the command
+        changed ((kind, path) with kind "A", "C" or "D") and may say that
+        nothing is: then nothing is committed and None is returned."""
+        ...
     def export_image(self, image: str, tar_path: str, labels: dict[str, str]) -> None:
         """Write IMAGE's filesystem to TAR_PATH as a tar."""
         ...

@@ -58,6 +58,7 @@ from qlite.engines.base import (
     Progress,
     Stdio,
     VolumeInfo,
+    change_list,
     export_through_container,
     has_labels,
     label_selectors,
@@ -499,10 +500,12 @@ class DockerEngine:
         labels: dict[str, str],
         changes: list[str],
         progress: Progress,
-    ) -> str:
+        worth_committing: Callable[[list[tuple[str, str]]], bool] | None = None,
+    ) -> str | None:
         """Run COMMAND as root in a sandbox on IMAGE_ID with network, then
-        commit the result as REF. QLITE_DOCKER_BUILD_RUNTIME names a runtime
-        whose writes reach the committed layer (runsc with --overlay2=none)."""
+        commit the result as REF (unless WORTH_COMMITTING says its changes
+        are not worth it: None then). QLITE_DOCKER_BUILD_RUNTIME names a
+        runtime whose writes reach the committed layer (runsc with --overlay2=none)."""
         name = f"qlite-{labels.get('qlite.home', 'x')}-{labels.get('qlite.qube', 'x')}-update"
         spec = ContainerSpec(
             name=name, image=image_id, command=tuple(command), labels=dict(labels), user="root",
@@ -518,6 +521,10 @@ class DockerEngine:
             code = int(self._must(f"wait {cid}", lambda: self.api.wait(cid, timeout=None))["StatusCode"])
             if code != 0:
                 raise EngineError(f"template update failed (exit {code}): {_last(chr(10).join(tail))}")
+            if worth_committing is not None:
+                found = change_list(self._must(f"changes of {cid}", lambda: self.api.diff(cid)))
+                if not worth_committing(found):
+                    return None
             return self.commit(cid, ref, changes)
         finally:
             self.remove_container(name, force=True)

@@ -34,6 +34,7 @@ from qlite.engines.base import (
     Progress,
     Stdio,
     VolumeInfo,
+    change_list,
     export_through_container,
     has_labels,
     label_selectors,
@@ -751,9 +752,11 @@ class PodmanEngine:
         labels: dict[str, str],
         changes: list[str],
         progress: Progress,
-    ) -> str:
+        worth_committing: Callable[[list[tuple[str, str]]], bool] | None = None,
+    ) -> str | None:
         """Run COMMAND as root in a sandbox on IMAGE_ID with network, then
-        commit the result as REF. The build runtime turns gVisor's own
+        commit the result as REF (unless WORTH_COMMITTING says its changes
+        are not worth it: None then). The build runtime turns gVisor's own
         overlay off so that writes reach the layer podman commits. The CLI
         is used because podman 4.3's REST API ignores a per-container runtime."""
         self.service.ensure()
@@ -768,6 +771,10 @@ class PodmanEngine:
             code, last = run_streamed(["podman", *args], progress, self.service.env)
             if code != 0:
                 raise EngineError(f"template update failed (exit {code}): {last}")
+            if worth_committing is not None:
+                found = change_list(self._json("get", f"/containers/{name}/changes", f"changes of {name}"))
+                if not worth_committing(found):
+                    return None
             return self.commit(name, ref, changes)
         finally:
             self.remove_container(name, force=True)

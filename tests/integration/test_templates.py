@@ -7,6 +7,7 @@ the test sends no traffic off this machine."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -64,7 +65,7 @@ def test_template_lifecycle(home, share):
     assert home.run("run", "tq", "--", "test", "-e", "/etc/qtest-updated", check=False).returncode == 1
 
     updated = home.run("template", "update", name, "--json", env=env)
-    assert "revision" in updated.stdout
+    assert json.loads(updated.stdout)["updated"] is True  # its update writes a file: a new revision
     rev2 = home.json("template", "list")
     rev2 = next(t for t in rev2 if t["name"] == name)
     assert rev2["current_revision"] > rev1 and rev2["revisions"] == [rev1, rev2["current_revision"]]
@@ -130,4 +131,36 @@ def test_another_home_adopts_instead_of_rebuilding(home, share):
         other.teardown()
     home.run("template", "remove", name)
     assert not exists()
+    assert template_images(name) == []
+
+
+def test_an_update_with_nothing_to_upgrade_makes_no_revision(home, share):
+    """apt upgrades nothing (its package lists are empty: nothing leaves
+    this machine), so no new revision is made. (An update that changes the
+    template makes one: test_template_lifecycle.)"""
+    _, root = share
+    name = f"qt-noop-{secrets.token_hex(3)}"
+    base_image = next(t for t in home.json("template", "list") if t["name"] == "debian-12")["image_id"]
+    tdir = root / "images" / name
+    tdir.mkdir()
+    (tdir / "Containerfile").write_text(
+        f"FROM {base_image}\n"
+        'LABEL qlite.update="export DEBIAN_FRONTEND=noninteractive; apt-get -y upgrade && apt-get clean"\n'
+    )
+    env = {"QLITE_SHARE": str(root)}
+    try:
+        home.run("template", "build", name, env=env)
+        rev = next(t for t in home.json("template", "list") if t["name"] == name)
+        for _ in range(2):
+            proc = home.run("template", "update", name, "--json", env=env)
+            assert f"template {name} is up to date (revision {rev['current_revision']})" in proc.stderr
+            assert "0 upgraded" in proc.stderr  # apt really ran
+            result = json.loads(proc.stdout)
+            assert (result["revision"], result["updated"]) == (rev["current_revision"], False)
+            now = next(t for t in home.json("template", "list") if t["name"] == name)
+            assert (now["current_revision"], now["revisions"], now["image_id"]) == (
+                rev["current_revision"], rev["revisions"], rev["image_id"])
+        assert not home.leftovers()["containers"]  # the update's container went
+    finally:
+        home.run("template", "remove", name, check=False)
     assert template_images(name) == []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import itertools
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -56,6 +56,8 @@ class FakeEngine:
     calls: list[tuple[str, tuple]] = field(default_factory=list)
     fail: dict[str, BaseException] = field(default_factory=dict)
     exit_code: int = 0
+    # What update_image's command "changed" (kind, path): an upgrade by default.
+    update_changes: list[tuple[str, str]] = field(default_factory=lambda: [("C", "/var/lib/dpkg/status")])
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     # -- bookkeeping ---------------------------------------------------------
@@ -288,8 +290,11 @@ class FakeEngine:
         return self._new_image(ref, labels)
 
     def update_image(self, image_id: str, command: list[str], ref: str, labels: dict[str, str],
-                     changes: list[str], progress: Progress) -> str:
+                     changes: list[str], progress: Progress,
+                     worth_committing: Callable[[list[tuple[str, str]]], bool] | None = None) -> str | None:
         self._rec("update_image", image_id, list(command), ref, dict(labels), list(changes))
+        if worth_committing is not None and not worth_committing(list(self.update_changes)):
+            return None
         return self._new_image(ref, {"qlite.origin": "update"})
 
     def commit(self, cid: str, ref: str, changes: list[str]) -> str:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qlite.core.templates import TemplateManager, fingerprint, image_ref, tag_revision
+from qlite.core.templates import TemplateManager, fingerprint, image_ref, meaningful_changes, tag_revision
 from qlite.errors import NotFound, StateError
 
 from .conftest import IMAGE_ID, TEMPLATE
@@ -111,3 +111,50 @@ def test_revert_goes_back_one_revision(ctx, engine):
     assert "cd" * 32 not in engine.images  # the discarded revision's image is gone
     with pytest.raises(StateError):
         tm.revert(TEMPLATE)
+
+
+# -- "nothing to upgrade" -------------------------------------------------------------------
+
+# What podman diff showed after apt-get update && apt-get upgrade upgraded
+# nothing in the debian-12 template (its update removes the lists again).
+NOTHING_UPGRADED = [("C", "/etc"), ("C", "/var/cache/apt"), ("C", "/var/cache/apt/archives/lock"),
+                    ("C", "/var/lib/apt/lists"), ("C", "/var/lib/dpkg/lock"), ("C", "/var/lib/dpkg/lock-frontend")]
+
+
+@pytest.mark.parametrize(("changes", "meaningful"), [
+    (NOTHING_UPGRADED, []),
+    ([], []),
+    # the default update keeps the package lists it fetched: still nothing
+    ([("A", "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease"), ("C", "/var/lib/apt")], []),
+    ([("C", "/var/log"), ("A", "/var/log/apt/history.log"), ("A", "/tmp/x"), ("A", "/run/lock/y")], []),
+    # an upgrade: dpkg's database and the upgraded files
+    (NOTHING_UPGRADED + [("C", "/var/lib/dpkg"), ("C", "/var/lib/dpkg/status"), ("C", "/usr/bin"),
+                         ("C", "/usr/bin/gpg")], ["/var/lib/dpkg/status", "/usr/bin/gpg"]),
+    # a template's own update command that writes a file
+    ([("C", "/etc"), ("A", "/etc/qtest-updated")], ["/etc/qtest-updated"]),
+    ([("D", "/etc/motd")], ["/etc/motd"]),
+    ([("C", "/etc/passwd")], ["/etc/passwd"]),
+    # a directory that changed by itself (not through a listed entry) counts
+    ([("C", "/opt/app/")], ["/opt/app"]),
+    # a path merely starting like a noise directory is not noise
+    ([("A", "/var/logbook")], ["/var/logbook"]),
+])
+def test_meaningful_changes(changes, meaningful):
+    assert meaningful_changes(changes) == meaningful
+
+
+def test_an_update_with_nothing_to_upgrade_makes_no_revision(ctx, engine):
+    tm = TemplateManager(ctx)
+    engine.add_image(IMAGE_ID, (image_ref(TEMPLATE, 1),), {"qlite.origin": "build"})
+    engine.update_changes = list(NOTHING_UPGRADED)
+    said: list[str] = []
+    rev = tm.update(TEMPLATE, said.append)
+    assert rev.rev == 1 and rev.image_id == IMAGE_ID
+    assert [r.rev for r in tm.get(TEMPLATE).revisions] == [1]
+    assert said[-1] == f"template {TEMPLATE} is up to date (revision 1)"
+    assert not [c for c in engine.calls if c[0] in ("commit", "tag_image")]
+    # Something to upgrade: a new revision, as before.
+    engine.update_changes = NOTHING_UPGRADED + [("C", "/var/lib/dpkg/status")]
+    rev = tm.update(TEMPLATE, said.append)
+    assert rev.rev == 2 and tm.get(TEMPLATE).current_rev == 2
+    assert said[-1].startswith(f"{TEMPLATE} is now at revision 2")
