@@ -120,6 +120,20 @@ def test_answering_with_a_target_policy_does_not_offer_is_refused(rpc):
 # -- open in a disposable -----------------------------------------------------------
 
 
+def test_open_in_dvm_works_out_of_the_box(rpc):
+    """The README's example, before anyone configured a program in
+    default-dvm: the file is shown on the caller's terminal (stderr), and
+    the call succeeds with no terminal at all."""
+    home = rpc
+    assert home.run("run", "default-dvm", "--", "test", "-e", ".config/qlite/open-program",
+                    check=False).returncode == 1
+    home.run("run", "work", "--", "sh", "-c", "printf 'line one\\nline two\\n' > notes.txt")
+    proc = home.run("run", "work", "--", "qlite-open-in-dvm", "notes.txt", input="")
+    assert "notes.txt (shown as text" in proc.stderr and "line one\nline two\n" in proc.stderr
+    assert home.run("run", "work", "--", "cat", "notes.txt").stdout == "line one\nline two\n"  # unchanged
+    assert not any(r["class"] == "DispVM" for r in home.json("ls"))
+
+
 def test_open_in_dvm_writes_the_edit_back(rpc):
     home = rpc
     # (In --view-only mode the file is read-only there, so the edit fails.)

@@ -161,13 +161,38 @@ def test_program_choice(tmp_path, monkeypatch):
     (home / ".config/qlite/open-program").unlink()
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    monkeypatch.setenv("PATH", str(bindir))
-    with pytest.raises(openinvm.OpenError, match="no program to open files"):
-        openinvm.program_argv("/t/f", str(home))
-    for name in ("sensible-editor", "xdg-open"):
-        (bindir / name).write_text("#!/bin/sh\n")
-        (bindir / name).chmod(0o755)
-        assert openinvm.program_argv("/t/f", str(home)) == [str(bindir / name), "/t/f"]
+    shown = ["/bin/sh", "-c", openinvm.SHOW_AS_TEXT, "show", "/t/f"]
+    # Nothing configured: the file is shown as text (no editor can run
+    # without a terminal, and a minimal template has no xdg-open).
+    assert openinvm.program_argv("/t/f", str(home), {"PATH": str(bindir)}) == shown
+    (bindir / "xdg-open").write_text("#!/bin/sh\n")
+    (bindir / "xdg-open").chmod(0o755)
+    assert openinvm.program_argv("/t/f", str(home), {"PATH": str(bindir)}) == shown  # no display to open it on
+    for display in ({"DISPLAY": ":0"}, {"WAYLAND_DISPLAY": "wayland-0"}):
+        assert openinvm.program_argv("/t/f", str(home), {"PATH": str(bindir), **display}) == [
+            str(bindir / "xdg-open"), "/t/f"]
+
+
+def test_with_nothing_configured_the_file_is_shown_on_the_callers_stderr(tmp_path):
+    """The README's example works in a fresh disposable template: with no
+    open-program and no display, the caller sees the file and exits 0."""
+    sockdir = short_tmpdir()
+    home = tmp_path / "dvm-home"
+    home.mkdir()
+    broker = dispatching_broker(sockdir / "rpc.sock", home, target="disp1234", PATH="/usr/bin:/bin",
+                               DISPLAY="", WAYLAND_DISPLAY="")
+    try:
+        doc = tmp_path / "notes.txt"
+        doc.write_bytes(b"first line\nsecond line\n")
+        proc = GUEST.run_tool("qlite-open-in-dvm", str(doc), socket_path=broker.path, input=b"")
+        assert proc.returncode == 0, proc.stderr
+        assert b"notes.txt (shown as text" in proc.stderr and b"first line\nsecond line\n" in proc.stderr
+        assert doc.read_bytes() == b"first line\nsecond line\n"
+        assert leftovers(tmp_path) == ["dvm-home", "notes.txt"]
+    finally:
+        broker.close()
+        shutil.rmtree(sockdir, ignore_errors=True)
+    assert not broker.errors, broker.errors
 
 
 @pytest.mark.parametrize("name, safe", [("a.txt", "a.txt"), ("a\nb", "a_b"), ("..", "file"), ("", "file"),

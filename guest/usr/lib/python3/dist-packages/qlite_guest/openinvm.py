@@ -227,10 +227,21 @@ def open_main(argv: list[str]) -> int:
 # -- the service side (qubes.OpenInVM) -------------------------------------------------
 
 
-def program_argv(path: str, home: str | None = None) -> list[str]:
+# With no program configured and no display, the file is shown as text on
+# the caller's terminal: the program's output reaches the caller's stderr
+# (escape sequences filtered there). The service has no terminal, so no
+# editor could run; cat is in every template.
+SHOW_AS_TEXT = (
+    'printf "%s\\n" "--- $(basename -- "$1") (shown as text; to open files with a program, set one in '
+    '~/.config/qlite/open-program of the disposable template) ---"; exec cat -- "$1"'
+)
+
+
+def program_argv(path: str, home: str | None = None, env: dict[str, str] | os._Environ | None = None) -> list[str]:
     """The command that opens PATH: ~/.config/qlite/open-program (a shell
-    command line; PATH is appended as its last argument), else xdg-open,
-    else sensible-editor."""
+    command line; PATH is appended as its last argument), else xdg-open
+    when there is a display to open it on, else PATH shown as text."""
+    env = os.environ if env is None else env
     config = os.path.join(home or os.path.expanduser("~"), ".config", "qlite", "open-program")
     try:
         with open(config, encoding="utf-8") as f:
@@ -242,12 +253,10 @@ def program_argv(path: str, home: str | None = None) -> list[str]:
     command = next((line for line in lines if line and not line.startswith("#")), None)
     if command:
         return ["/bin/sh", "-c", f"{command} \"$@\"", "open-program", path]
-    for fallback in ("xdg-open", "sensible-editor"):
-        found = shutil.which(fallback)
-        if found:
-            return [found, path]
-    raise OpenError(f"no program to open files with: put a command line in {config} "
-                    "or install xdg-utils")
+    found = shutil.which("xdg-open", path=env.get("PATH", os.defpath))
+    if found and (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")):
+        return [found, path]
+    return ["/bin/sh", "-c", SHOW_AS_TEXT, "show", path]
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes:
