@@ -841,8 +841,9 @@ def splitgpg(args: argparse.Namespace) -> int:
         if args.json:
             emit_json([k.as_json() for k in keys])
         else:
-            table(["FINGERPRINT", "UIDS", "ALGO", "CREATED"],
-                  [[k.fingerprint, "; ".join(k.uids), k.algo, k.created] for k in keys])
+            table(["FINGERPRINT", "UIDS", "ALGORITHM", "CREATED", "EXPIRES"],
+                  [[k.fingerprint, "; ".join(k.uids), k.algorithms, (k.created_at or "")[:10],
+                    (k.expires_at or "never")[:10]] for k in keys])
     else:
         if len(args.args) != 1:
             raise InvalidValue("usage: qlite splitgpg export VAULT KEY")

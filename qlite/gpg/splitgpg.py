@@ -9,19 +9,27 @@ its feature ``autoaccept.qubes.Gpg``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from qlite.core.context import Context
+from qlite.core.model import State
 from qlite.core.qubes import QubeManager
-from qlite.errors import InvalidValue
+from qlite.engines.base import Stdio
+from qlite.errors import InvalidValue, QliteError
 
 SERVICE = "qubes.Gpg"
 POLICY_FILE = "40-splitgpg.policy"
 CLIENTS_FEATURE = "splitgpg.clients"
 AUTOACCEPT_FEATURE = f"autoaccept.{SERVICE}"
 DEFAULT_AUTOACCEPT = 300
+GPG_CONF_OPTION = "no-secmem-warning"
+QUIET_GPG_SCRIPT = (
+    'umask 077; mkdir -p "$HOME/.gnupg" && f="$HOME/.gnupg/gpg.conf" && '
+    f'{{ grep -qsx {GPG_CONF_OPTION} "$f" || echo {GPG_CONF_OPTION} >> "$f"; }}'
+)
 
 
 @dataclass
@@ -82,7 +90,32 @@ def setup(ctx: Context, vault: str, clients: list[str], autoaccept: int | None =
         if autoaccept is not None or AUTOACCEPT_FEATURE not in qm.features.all(client):
             qm.features.set(client, AUTOACCEPT_FEATURE, str(DEFAULT_AUTOACCEPT if autoaccept is None else autoaccept))
     path = write_policy(ctx, qm)
+    quiet_vault_gpg(ctx, qm, vault)
     return SplitGpgSetup(vault=vault, clients=sorted(known), created=created, policy_file=str(path))
+
+
+def quiet_vault_gpg(ctx: Context, qm: QubeManager, vault: str) -> bool:
+    """Put ``no-secmem-warning`` in the vault's ~/.gnupg/gpg.conf (a halted
+    vault is started for it, and shut down again). gVisor cannot lock
+    memory, so gpg would print "using insecure memory" on every call; the
+    key's protection is the vault's isolation, not locked pages. A failure
+    is a warning: split GPG works without it (the qubes.Gpg service passes
+    the option too)."""
+    was_running = qm.state_of(qm.get(vault)) != State.HALTED
+    code, why = 1, ""
+    with open(os.devnull, "wb") as null:
+        try:
+            code = qm.run(vault, ["/bin/sh", "-c", QUIET_GPG_SCRIPT], Stdio(stdin=None, stdout=null, stderr=null))
+            why = f"exit {code}"
+        except QliteError as exc:
+            why = str(exc)
+    if not was_running:
+        with contextlib.suppress(QliteError):
+            qm.shutdown(vault)
+    if code != 0:
+        ctx.warn(f"could not add no-secmem-warning to {vault}'s gpg.conf ({why}); "
+                 "gpg run there directly will warn about insecure memory")
+    return code == 0
 
 
 def vaults(qm: QubeManager) -> dict[str, list[str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import tarfile
 import threading
@@ -79,6 +80,33 @@ def test_the_vault_is_offline_and_holds_the_secret_key(gpg):
     policy = (home.path / "policy.d" / "40-splitgpg.policy").read_text()
     assert "qubes.Gpg  *  work  vault  ask" in policy
     assert home.json("features", "work")["autoaccept.qubes.Gpg"] == str(WINDOW)
+
+
+def test_gpg_says_nothing_about_insecure_memory(gpg):
+    """gVisor cannot lock memory; the vault's gpg.conf (written by setup)
+    and the service's own options keep gpg's warning out of every call."""
+    home = gpg["home"]
+    conf = home.run("run", "vault", "--", "cat", ".gnupg/gpg.conf").stdout
+    assert "no-secmem-warning" in conf.splitlines()
+    direct = home.run("run", "vault", "--", "gpg", "--batch", "--list-keys", input="")
+    assert "insecure memory" not in direct.stderr and "Vault Test" in direct.stdout
+    p = in_work(home, "echo quiet | qlite-gpg --clearsign")
+    out, err = finish_approving(home, p)
+    assert p.returncode == 0 and b"BEGIN PGP SIGNATURE" in out, err
+    assert b"insecure memory" not in err
+
+
+def test_the_key_listing_is_readable(gpg):
+    home, fpr = gpg["home"], gpg["fpr"]
+    (key,) = home.json("splitgpg", "list", "vault")
+    assert key["fingerprint"] == fpr and key["algorithm"] == "ed25519"
+    assert [s["algorithm"] for s in key["subkeys"]] == ["cv25519"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", key["created_at"]) and key["expires_at"] is None
+    assert (key["algo"], key["created"].isdigit()) == ("22", True)  # gpg's raw fields are still there
+    table = home.run("splitgpg", "list", "vault").stdout
+    row = next(line for line in table.splitlines() if fpr in line)
+    assert "ed25519, cv25519" in row and key["created_at"][:10] in row and "never" in row
+    assert " 22 " not in row and key["created"] not in row
 
 
 def test_commit_signed_in_the_client_verifies_on_the_host(gpg):

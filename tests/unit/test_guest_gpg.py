@@ -249,11 +249,13 @@ def test_the_vault_argv_forces_batch_and_stdout_and_renames_files():
     assert request.files == ("/home/user/in.txt",)
     renamed = request.with_files(["/tmp/qlite-gpg-x/file1"])
     assert renamed.gpg_argv("/usr/bin/gpg") == [
-        "/usr/bin/gpg", "--batch", "--no-tty", "--status-fd=2", "--detach-sign", "--sign", "--armor",
+        "/usr/bin/gpg", "--batch", "--no-tty", "--no-secmem-warning", "--status-fd=2", "--detach-sign", "--sign",
+        "--armor",
         "--local-user=KEY", "--output", "-", "--", "/tmp/qlite-gpg-x/file1"]
-    assert gpgopts.parse(["-k", "x"]).gpg_argv("gpg") == ["gpg", "--batch", "--no-tty", "--list-keys", "--", "x"]
+    assert gpgopts.parse(["-k", "x"]).gpg_argv("gpg") == ["gpg", "--batch", "--no-tty", "--no-secmem-warning",
+                                                          "--list-keys", "--", "x"]
     assert gpgopts.parse(["--verify", "s", "-"]).with_files(["file1"]).gpg_argv("gpg") == [
-        "gpg", "--batch", "--no-tty", "--verify", "--", "file1", "-"]
+        "gpg", "--batch", "--no-tty", "--no-secmem-warning", "--verify", "--", "file1", "-"]
     with pytest.raises(ValueError):
         request.with_files([])
 
@@ -298,7 +300,7 @@ def test_any_argv_is_refused_cleanly_or_accepted_without_forbidden_options(argv)
         if arg == "-":  # the value of --output
             continue
         name = arg[2:].partition("=")[0]
-        assert arg.startswith("--") and name in ALLOWED_NAMES | {"output"}, arg
+        assert arg.startswith("--") and name in ALLOWED_NAMES | {"output", "no-secmem-warning"}, arg
         assert name not in FORBIDDEN_NAMES - {"output"}
     assert vault_argv[end - 2:end] == ["--output", "-"] or "--output" not in vault_argv[:end]
     for operand in request.operands:

@@ -155,6 +155,9 @@ COMMANDS: dict[frozenset[str], str] = {
     frozenset({"version"}): "version",
 }
 
+# What the vault's gpg always gets, before the client's options.
+VAULT_OPTIONS = ("--batch", "--no-tty", "--no-secmem-warning")
+
 DATA_COMMANDS = frozenset({"sign", "detach-sign", "clearsign", "encrypt", "sign-encrypt", "decrypt"})
 KEY_COMMANDS = frozenset({"list-keys", "list-secret-keys", "list-sigs", "export"})
 
@@ -210,10 +213,12 @@ class GpgRequest:
         return [*self.options, "--", *(op.value for op in self.operands)]
 
     def gpg_argv(self, program: str) -> list[str]:
-        """What the vault runs. --batch --no-tty always; data commands write
+        """What the vault runs. --batch --no-tty always, and no "using
+        insecure memory" warning on every call (gVisor cannot lock memory;
+        the vault's isolation is what keeps the key); data commands write
         to stdout (never next to an input file, as gpg would by default)."""
         output = ["--output", "-"] if self.command in DATA_COMMANDS else []
-        return [program, "--batch", "--no-tty", *self.options, *output, "--",
+        return [program, *VAULT_OPTIONS, *self.options, *output, "--",
                 *(op.value for op in self.operands)]
 
 
