@@ -45,6 +45,7 @@ from qlite.core.spec import (
 from qlite.core.volumes import copy_private, init_private
 from qlite.engines.base import ContainerInfo, Stdio
 from qlite.errors import AlreadyExists, InvalidValue, NotFound, QliteError, StateError
+from qlite.gpg.policyfile import forget_qube
 from qlite.safepath import UnsafePath
 from qlite.state.owners import current_owner
 
@@ -443,10 +444,8 @@ class QubeManager:
     def _forget(self, q: Qube) -> None:
         """Whatever was granted to Q goes with it: the policy lines qlite
         manages, and the broker's remembered approvals (keyed by uuid)."""
-        from qlite.gpg.splitgpg import forget_qube  # noqa: PLC0415
-
         try:
-            forget_qube(self.ctx, self, q.name)
+            forget_qube(self.ctx.paths, self.store, q.name)
         except OSError as exc:
             self.ctx.warn(f"the managed policy could not be rewritten after removing {q.name}: {exc}")
         try:

@@ -12,17 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from qlite.core.context import Context
 from qlite.core.model import State
 from qlite.core.qubes import QubeManager
 from qlite.engines.base import Stdio
 from qlite.errors import InvalidValue, QliteError
+from qlite.gpg.policyfile import CLIENTS_FEATURE, SERVICE, write_policy
 
-SERVICE = "qubes.Gpg"
-POLICY_FILE = "40-splitgpg.policy"
-CLIENTS_FEATURE = "splitgpg.clients"
 AUTOACCEPT_FEATURE = f"autoaccept.{SERVICE}"
 DEFAULT_AUTOACCEPT = 300
 GPG_CONF_OPTION = "no-secmem-warning"
@@ -41,28 +38,6 @@ class SplitGpgSetup:
 
     def as_json(self) -> dict:
         return self.__dict__.copy()
-
-
-def render_policy(vaults: dict[str, list[str]]) -> str:
-    """The managed policy file for VAULTS (vault -> clients). Pure."""
-    lines = [
-        "# Managed by 'qlite splitgpg setup': rewritten on every change.",
-        "# Split GPG: each client may ask its vault to sign, decrypt, encrypt and",
-        "# list keys; the user is asked, and a 'yes' stands for the client's",
-        "# autoaccept.qubes.Gpg feature (300 s by default). To override, put",
-        "# your own qubes.Gpg lines in an earlier file such as 30-user.policy.",
-        "",
-    ]
-    defaults_given: set[str] = set()
-    for vault in sorted(vaults):
-        for client in sorted(vaults[vault]):
-            lines.append(f"{SERVICE}  *  {client}  {vault}  ask default_target={vault}")
-            if client not in defaults_given:
-                # Without QLITE_GPG_DOMAIN the client names no target: the
-                # first vault set up for it is the one asked.
-                lines.append(f"{SERVICE}  *  {client}  @default  ask target={vault} default_target={vault}")
-                defaults_given.add(client)
-    return "\n".join(lines) + "\n"
 
 
 def setup(ctx: Context, vault: str, clients: list[str], autoaccept: int | None = None) -> SplitGpgSetup:
@@ -89,7 +64,7 @@ def setup(ctx: Context, vault: str, clients: list[str], autoaccept: int | None =
     for client in clients:
         if autoaccept is not None or AUTOACCEPT_FEATURE not in qm.features.all(client):
             qm.features.set(client, AUTOACCEPT_FEATURE, str(DEFAULT_AUTOACCEPT if autoaccept is None else autoaccept))
-    path = write_policy(ctx, qm)
+    path = write_policy(ctx.paths, ctx.store)
     quiet_vault_gpg(ctx, qm, vault)
     return SplitGpgSetup(vault=vault, clients=sorted(known), created=created, policy_file=str(path))
 
@@ -116,42 +91,3 @@ def quiet_vault_gpg(ctx: Context, qm: QubeManager, vault: str) -> bool:
         ctx.warn(f"could not add no-secmem-warning to {vault}'s gpg.conf ({why}); "
                  "gpg run there directly will warn about insecure memory")
     return code == 0
-
-
-def vaults(qm: QubeManager) -> dict[str, list[str]]:
-    out = {}
-    for q in qm.list():
-        clients = qm.features.all(q.name).get(CLIENTS_FEATURE, "").split()
-        if clients:
-            out[q.name] = [c for c in clients if qm.exists(c)]
-    return out
-
-
-def forget_qube(ctx: Context, qm: QubeManager, name: str) -> bool:
-    """After qube NAME is removed: take it off every vault's client list and
-    rewrite the managed policy, so that a qube created later under that
-    name inherits nothing. True if anything named it."""
-    named = False
-    for row in ctx.store.query("SELECT qube, value FROM features WHERE key=?", (CLIENTS_FEATURE,)):
-        clients = row["value"].split()
-        if row["qube"] == name:
-            named = True
-        elif name in clients:
-            qm.features.set(row["qube"], CLIENTS_FEATURE, " ".join(c for c in clients if c != name))
-            named = True
-    policy = ctx.paths.policy_dir / POLICY_FILE
-    if named or (policy.is_file() and name in policy.read_text().split()):
-        write_policy(ctx, qm)
-        return True
-    return False
-
-
-def write_policy(ctx: Context, qm: QubeManager) -> Path:
-    directory = ctx.paths.policy_dir
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / POLICY_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(render_policy(vaults(qm)))
-    os.chmod(tmp, 0o644)
-    tmp.replace(path)
-    return path

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from qlite.gpg import splitgpg
+from qlite.gpg import policyfile, splitgpg
 from qlite.rpc.policy import parse_policy, unknown_qubes
 from qlite.state import Store
 from qlite.state.migrations import MIGRATIONS
@@ -64,12 +64,12 @@ def test_the_migration_gives_existing_qubes_distinct_uuids(tmp_path):
 
 
 def _policy(ctx) -> str:
-    return (ctx.paths.policy_dir / splitgpg.POLICY_FILE).read_text()
+    return (ctx.paths.policy_dir / policyfile.POLICY_FILE).read_text()
 
 
 def _named(ctx) -> set[str]:
     """Every qube the managed policy's rules name."""
-    rules = parse_policy(_policy(ctx), splitgpg.POLICY_FILE)
+    rules = parse_policy(_policy(ctx), policyfile.POLICY_FILE)
     return {n for r in rules for n in (r.source, r.target, r.params.get("target"), r.params.get("default_target"))
             if n and not n.startswith("@")}
 
@@ -88,7 +88,7 @@ def test_removing_a_qube_drops_its_grants(ctx, qm, removed):
     assert removed not in _named(ctx)
     assert ("forget", gone.uuid) in ctx.daemon.calls
     if removed == "client":
-        assert qm.features.all("vault")[splitgpg.CLIENTS_FEATURE] == "other"
+        assert qm.features.all("vault")[policyfile.CLIENTS_FEATURE] == "other"
         assert _named(ctx) == {"other", "vault"}
     # The same name again: nothing grants it anything.
     qm.create(removed, label="red", template=TEMPLATE)
@@ -101,7 +101,7 @@ def test_removing_an_unrelated_qube_leaves_the_policy_alone(ctx, qm):
     qm.create("client", label="blue", template=TEMPLATE)
     qm.create("bystander", label="blue", template=TEMPLATE)
     splitgpg.setup(ctx, "vault", ["client"])
-    path = ctx.paths.policy_dir / splitgpg.POLICY_FILE
+    path = ctx.paths.policy_dir / policyfile.POLICY_FILE
     before = path.stat().st_mtime_ns
     qm.remove("bystander")
     assert path.stat().st_mtime_ns == before
