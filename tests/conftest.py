@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 QLITE = [sys.executable, "-m", "qlite"]
+
+# A suite started as a background job inherits SIGINT ignored, and so would
+# every qlite it starts: the tests of Ctrl-C need it as a terminal gives it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def home_hash(home: Path) -> str:
