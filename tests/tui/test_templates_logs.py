@@ -45,7 +45,7 @@ async def test_update_streams_progress_then_revert(core):
         await pilot.press("u")
         log = screen.query_one("#progress", Log)
         await wait_for(pilot, lambda: any("done, now at revision 2" in line for line in log.lines), what="update")
-        assert f"updating {TEMPLATE} (revision 1 -> 2)" in log.lines
+        assert f"updating {TEMPLATE} (revision 1)" in log.lines  # the next number is known once it changed
         assert current_rev(core) == 2
         assert [c[0] for c in core.engine.calls if c[0] == "update_image"] == ["update_image"]
         revisions = screen.query_one("#revisions", DataTable)
