@@ -94,6 +94,13 @@ def test_gpg_says_nothing_about_insecure_memory(gpg):
     out, err = finish_approving(home, p)
     assert p.returncode == 0 and b"BEGIN PGP SIGNATURE" in out, err
     assert b"insecure memory" not in err
+    forget_approvals(home)  # the next test starts with a question, as a fresh client would
+
+
+def forget_approvals(home) -> None:
+    """A "yes" stands for the client's window: a new daemon remembers none."""
+    home.run("daemon", "stop")
+    home.run("daemon", "start", env={"QLITE_ASK_TIMEOUT": str(ASK_TIMEOUT)})
 
 
 def test_the_key_listing_is_readable(gpg):
