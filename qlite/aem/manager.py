@@ -179,12 +179,12 @@ class AemManager:
         self.stamp.write_text(boot_id())
 
     def enforced(self) -> bool:
-        from qlite.core.prefs import Features  # noqa: PLC0415
+        from qlite.state.qubes import Features  # noqa: PLC0415
 
         return Features(self.ctx.store).all("dom0").get(ENFORCE_FEATURE, "") in ("1", "true", "True", "yes")
 
     def set_enforced(self, on: bool) -> None:
-        from qlite.core.prefs import Features  # noqa: PLC0415
+        from qlite.state.qubes import Features  # noqa: PLC0415
 
         if on:
             self._load()  # only with something sealed

@@ -15,6 +15,7 @@ from qlite.engines.base import Engine
 from qlite.errors import InvalidValue
 from qlite.paths import Paths
 from qlite.state import Store
+from qlite.state.qubes import QubeStore
 
 ENGINES = ("podman", "docker")
 
@@ -40,6 +41,11 @@ class Context:
     def store(self) -> Store:
         self.paths.ensure()
         return Store(self.paths.db)
+
+    @cached_property
+    def qube_store(self) -> QubeStore:
+        """The qube tables (qubes, tags, features, firewall, assignments)."""
+        return QubeStore(self.store)
 
     @cached_property
     def engine(self) -> Engine:

@@ -78,12 +78,13 @@ class DisposableManager:
             q.default_dispvm_raw = source.name if source else None
             q.mode = mode or q.mode
             try:
-                with self.ctx.store.transaction() as conn:
-                    if conn.execute("SELECT 1 FROM templates WHERE name=?", (q.name,)).fetchone():
+                qstore = self.ctx.qube_store
+                with qstore.transaction():
+                    if qstore.is_template(q.name):
                         continue
-                    self.qubes._insert(q, conn)
+                    qstore.insert(q)
                     if source is not None:
-                        self.qubes.copy_settings(source.name, q.name, conn)
+                        qstore.copy_settings(source.name, q.name)
             except sqlite3.IntegrityError:
                 continue  # that dispid is taken; draw another
             return q

@@ -1,9 +1,10 @@
-"""Global preferences (qubes-prefs) and features (qvm-features)."""
+"""Global preferences (qubes-prefs). A qube's features are the
+QubeStore's (qlite.state.qubes.Features)."""
 
 from __future__ import annotations
 
 from qlite.core.model import HOST_UPLINK
-from qlite.errors import InvalidValue, NotFound
+from qlite.errors import InvalidValue
 from qlite.state import Store
 
 GLOBAL_PREFS: dict[str, str] = {
@@ -47,33 +48,3 @@ class GlobalPrefs:
     def _check(key: str) -> None:
         if key not in GLOBAL_PREFS:
             raise InvalidValue(f"no such global property {key!r}; known: {', '.join(GLOBAL_PREFS)}")
-
-
-class Features:
-    """String features per qube, as in Qubes. ``dom0`` may hold features too."""
-
-    def __init__(self, store: Store):
-        self.store = store
-
-    def all(self, qube: str) -> dict[str, str]:
-        rows = self.store.query("SELECT key, value FROM features WHERE qube=? ORDER BY key", (qube,))
-        return {r["key"]: r["value"] for r in rows}
-
-    def get(self, qube: str, key: str) -> str:
-        row = self.store.query_one("SELECT value FROM features WHERE qube=? AND key=?", (qube, key))
-        if row is None:
-            raise NotFound(f"qube {qube!r} has no feature {key!r}")
-        return row["value"]
-
-    def set(self, qube: str, key: str, value: str) -> None:
-        if not key or any(c.isspace() for c in key):
-            raise InvalidValue(f"invalid feature name {key!r}")
-        self.store.execute(
-            "INSERT INTO features(qube, key, value) VALUES(?, ?, ?) "
-            "ON CONFLICT(qube, key) DO UPDATE SET value=excluded.value",
-            (qube, key, value),
-        )
-
-    def delete(self, qube: str, key: str) -> None:
-        if not self.store.execute("DELETE FROM features WHERE qube=? AND key=?", (qube, key)):
-            raise NotFound(f"qube {qube!r} has no feature {key!r}")

@@ -102,16 +102,16 @@ def parse_max(text: str) -> int:
 
 def wanted(ctx: Context) -> dict[str, int]:
     """Disposable template -> how many ready members it should have."""
-    from qlite.core.prefs import Features, GlobalPrefs  # noqa: PLC0415
+    from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
 
-    features = Features(ctx.store)
+    holders = ctx.qube_store.features.holders(FEATURE)
     out: dict[str, int] = {}
     default = GlobalPrefs(ctx.store).get("default_dispvm")
-    dom0 = features.all("dom0").get(FEATURE)
+    dom0 = holders.pop("dom0", None)
     if default and dom0 is not None:
         out[default] = parse_max(dom0)
-    for row in ctx.store.query("SELECT qube, value FROM features WHERE key=? AND qube != 'dom0'", (FEATURE,)):
-        out[row["qube"]] = parse_max(row["value"])
+    for qube, value in holders.items():
+        out[qube] = parse_max(value)
     return {k: v for k, v in out.items() if v > 0}
 
 
@@ -120,36 +120,23 @@ def generation(ctx: Context, dvm: Qube) -> str:
     from qlite.core.qubes import QubeManager  # noqa: PLC0415
 
     qm = QubeManager(ctx)
-    fw = ctx.store.query_one("SELECT rules FROM firewall WHERE qube=?", (dvm.name,))
     data = {
         "image": qm.image_for(Qube(name="x", klass="AppVM", label="red", template=dvm.template)),
         "prefs": {k: v for k, v in dvm.__dict__.items() if k not in ("created_at", "tags", "owner")},
         "features": {k: v for k, v in qm.features.all(dvm.name).items() if k != FEATURE},
-        "firewall": fw["rules"] if fw else None,
+        "firewall": ctx.qube_store.firewall(dvm.name),
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=sorted).encode()).hexdigest()[:16]
 
 
 def members(ctx: Context, dvm: str, tag: str) -> list[str]:
-    rows = ctx.store.query(
-        "SELECT q.name FROM qubes q JOIN tags t ON t.qube = q.name "
-        "WHERE q.class='DispVM' AND q.default_dispvm=? AND t.tag=? ORDER BY q.created_at", (dvm, tag))
-    return [r["name"] for r in rows]
+    return ctx.qube_store.disposables_of(dvm, tag)
 
 
 def claim(ctx: Context, dvm: str) -> tuple[str, str] | None:
     """Take one ready member of DVM for this process, atomically: its name
     and the daemon's owner tag it had (to hand it back to)."""
-    owner = current_owner()
-    with ctx.store.transaction() as conn:
-        row = conn.execute(
-            "SELECT q.name, q.owner FROM qubes q JOIN tags t ON t.qube = q.name WHERE q.class='DispVM' "
-            "AND q.default_dispvm=? AND t.tag=? ORDER BY q.created_at LIMIT 1", (dvm, READY)).fetchone()
-        if row is None:
-            return None
-        conn.execute("DELETE FROM tags WHERE qube=? AND tag=?", (row["name"], READY))
-        conn.execute("UPDATE qubes SET owner=? WHERE name=?", (owner, row["name"]))
-    return row["name"], row["owner"]
+    return ctx.qube_store.take_tagged_disposable(dvm, READY, current_owner())
 
 
 def hand_back(ctx: Context, name: str, daemon_owner: str | None) -> bool:
@@ -157,9 +144,7 @@ def hand_back(ctx: Context, name: str, daemon_owner: str | None) -> bool:
     daemon owner is known (then the caller destroys it)."""
     if not daemon_owner:
         return False
-    with ctx.store.transaction() as conn:
-        conn.execute("INSERT OR IGNORE INTO tags(qube, tag) VALUES(?, ?)", (name, SPENT))
-        conn.execute("UPDATE qubes SET owner=? WHERE name=?", (daemon_owner, name))
+    ctx.qube_store.hand_to(name, SPENT, daemon_owner)
     return True
 
 
@@ -192,10 +177,10 @@ class PoolKeeper:
         ctx = Context(self.paths)
         ctx.on_warning = lambda m: self.log(f"preload: {m}")
         qm = QubeManager(ctx)
-        for row in ctx.store.query("SELECT qube FROM tags WHERE tag=?", (SPENT,)):
-            drop_connection(row["qube"])
+        for name in ctx.qube_store.tagged(SPENT):
+            drop_connection(name)
             with contextlib.suppress(QliteError):
-                qm.destroy(qm.get(row["qube"]))
+                qm.destroy(qm.get(name))
         # A member claimed by a command that was killed before it took the
         # connection is reaped by the next command; its connection goes too.
         with CONNECTIONS_LOCK:
@@ -204,8 +189,7 @@ class PoolKeeper:
             if not qm.exists(name):
                 drop_connection(name)
         want = wanted(ctx)
-        dvms = {r["default_dispvm"] for r in ctx.store.query(
-            "SELECT DISTINCT q.default_dispvm FROM qubes q JOIN tags t ON t.qube=q.name WHERE t.tag=?", (READY,))}
+        dvms = ctx.qube_store.dvms_with_tagged_disposables(READY)
         for dvm in sorted(set(want) | dvms):
             self._keep(ctx, qm, DisposableManager(ctx), dvm, want.get(dvm, 0))
 
@@ -230,5 +214,4 @@ class PoolKeeper:
     @staticmethod
     def _unclaim(ctx: Context, name: str) -> bool:
         """Take NAME out of the ready set unless a claim got it first."""
-        with ctx.store.transaction() as conn:
-            return conn.execute("DELETE FROM tags WHERE qube=? AND tag=?", (name, READY)).rowcount == 1
+        return ctx.qube_store.untag(name, READY)

@@ -33,7 +33,7 @@ from qlite.core.model import (
     parse_property,
 )
 from qlite.core.names import validate_name
-from qlite.core.prefs import Features, GlobalPrefs
+from qlite.core.prefs import GlobalPrefs
 from qlite.core.runcommand import RUN_TOKEN_ENV, new_run_token, shimmed, signal_argv
 from qlite.core.spec import (
     container_name,
@@ -95,8 +95,9 @@ class QubeManager:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.store = ctx.store
+        self.qstore = ctx.qube_store
         self.prefs = GlobalPrefs(ctx.store)
-        self.features = Features(ctx.store)
+        self.features = self.qstore.features
 
     @cached_property
     def net(self):  # -> NetworkManager
@@ -118,60 +119,19 @@ class QubeManager:
 
     # -- store -------------------------------------------------------------
 
-    def _from_row(self, row) -> Qube:
-        tags = {r["tag"] for r in self.store.query("SELECT tag FROM tags WHERE qube=?", (row["name"],))}
-        return Qube(
-            name=row["name"], klass=row["class"], label=row["label"], template=row["template"],
-            netvm_raw=row["netvm"], provides_network=bool(row["provides_network"]),
-            memory=row["memory"], maxmem=row["maxmem"], vcpus=row["vcpus"],
-            autostart=bool(row["autostart"]), default_dispvm_raw=row["default_dispvm"],
-            template_for_dispvms=bool(row["template_for_dispvms"]),
-            default_user=row["default_user"], include_in_backups=bool(row["include_in_backups"]),
-            mode=row["mode"], owner=row["owner"], pending=row["pending"], created_at=row["created_at"], tags=tags,
-            uuid=row["uuid"],
-        )
-
     def get(self, name: str) -> Qube:
-        row = self.store.query_one("SELECT * FROM qubes WHERE name=?", (name,))
-        if row is None:
-            if self._is_template(name):
+        q = self.qstore.find(name)
+        if q is None:
+            if self.qstore.is_template(name):
                 raise InvalidValue(f"{name!r} is a template; use 'qlite template' for it")
             raise NotFound(f"no such qube: {name!r}")
-        return self._from_row(row)
+        return q
 
     def exists(self, name: str) -> bool:
-        return self.store.query_one("SELECT 1 FROM qubes WHERE name=?", (name,)) is not None
+        return self.qstore.exists(name)
 
     def list(self) -> list[Qube]:
-        return [self._from_row(r) for r in self.store.query("SELECT * FROM qubes ORDER BY name")]
-
-    def _is_template(self, name: str) -> bool:
-        return self.store.query_one("SELECT 1 FROM templates WHERE name=?", (name,)) is not None
-
-    def _insert(self, q: Qube, conn) -> None:
-        conn.execute(
-            "INSERT INTO qubes(name, class, label, template, netvm, provides_network, memory, "
-            "maxmem, vcpus, autostart, default_dispvm, template_for_dispvms, default_user, "
-            "include_in_backups, mode, owner, pending, created_at, uuid) "
-            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (q.name, q.klass, q.label, q.template, q.netvm_raw, int(q.provides_network),
-             q.memory, q.maxmem, q.vcpus, int(q.autostart), q.default_dispvm_raw,
-             int(q.template_for_dispvms), q.default_user, int(q.include_in_backups), q.mode,
-             q.owner, q.pending, q.created_at, q.uuid),
-        )
-        for tag in sorted(q.tags):
-            conn.execute("INSERT INTO tags(qube, tag) VALUES(?, ?)", (q.name, tag))
-
-    def copy_settings(self, src: str, dst: str, conn) -> None:
-        """Give DST (a new row) SRC's features and firewall rules."""
-        conn.execute("INSERT INTO features(qube, key, value) SELECT ?, key, value FROM features WHERE qube=?",
-                     (dst, src))
-        conn.execute("INSERT INTO firewall(qube, rules) SELECT ?, rules FROM firewall WHERE qube=?", (dst, src))
-
-    def _delete_row(self, name: str) -> None:
-        with self.store.transaction() as conn:
-            conn.execute("DELETE FROM qubes WHERE name=?", (name,))
-            conn.execute("DELETE FROM features WHERE qube=?", (name,))
+        return self.qstore.list()
 
     # -- resolution ----------------------------------------------------------
 
@@ -314,7 +274,7 @@ class QubeManager:
     ) -> Qube:
         """Create an AppVM. Everything is validated before anything changes."""
         validate_name(name)
-        if self.exists(name) or self._is_template(name):
+        if self.exists(name) or self.qstore.is_template(name):
             raise AlreadyExists(f"a qube named {name!r} already exists")
         if klass not in CLASSES:
             raise InvalidValue(f"unknown class {klass!r}: expected one of {', '.join(CLASSES)}")
@@ -341,8 +301,7 @@ class QubeManager:
         for prop, text in (props or {}).items():
             self._apply_prop(q, prop, text)
         q.pending = current_owner()
-        with self.store.transaction() as conn:
-            self._insert(q, conn)
+        self.qstore.insert(q)
         self._finish_creating(q)
         return q
 
@@ -352,14 +311,10 @@ class QubeManager:
         try:
             self._create_private(q, copy_from)
         except BaseException:
-            self._delete_row(q.name)
+            self.qstore.delete(q.name)
             raise
-        self._set_pending(q.name, None)
+        self.qstore.set_column(q.name, "pending", None)
         q.pending = None
-
-    def _set_pending(self, name: str, owner: str | None) -> None:
-        with self.store.transaction() as conn:
-            conn.execute("UPDATE qubes SET pending=? WHERE name=?", (owner, name))
 
     def _create_private(self, q: Qube, copy_from: Qube | None = None) -> None:
         engine = self.ctx.engine
@@ -380,14 +335,14 @@ class QubeManager:
     def clone(self, src: str, dst: str) -> Qube:
         source = self.get(src)
         validate_name(dst)
-        if self.exists(dst) or self._is_template(dst):
+        if self.exists(dst) or self.qstore.is_template(dst):
             raise AlreadyExists(f"a qube named {dst!r} already exists")
         if source.is_disposable:
             raise InvalidValue("disposables cannot be cloned")
         q = source.derive(name=dst, created_at=time.time(), pending=current_owner())
-        with self.store.transaction() as conn:
-            self._insert(q, conn)
-            self.copy_settings(src, dst, conn)
+        with self.qstore.transaction():
+            self.qstore.insert(q)
+            self.qstore.copy_settings(src, dst)
         self._finish_creating(q, copy_from=source)
         return q
 
@@ -401,7 +356,7 @@ class QubeManager:
             raise StateError(f"qube {name!r} is still used by: {', '.join(users)}")
         # From here the removal is committed: if this process is killed
         # part-way, reconcile completes it.
-        self._set_pending(name, current_owner())
+        self.qstore.set_column(name, "pending", current_owner())
         self.destroy(q)
 
     def _dependants(self, name: str) -> list[str]:
@@ -431,7 +386,7 @@ class QubeManager:
         self.net.drop_network(q)
         engine.remove_volume(volume_name(hh, q.name))
         shutil.rmtree(self.ctx.paths.rpc_dir(q.name), ignore_errors=True)
-        self._delete_row(q.name)
+        self.qstore.delete(q.name)
         if not q.is_disposable:
             self._forget(q)
         if not networked:
@@ -445,7 +400,7 @@ class QubeManager:
         """Whatever was granted to Q goes with it: the policy lines qlite
         manages, and the broker's remembered approvals (keyed by uuid)."""
         try:
-            forget_qube(self.ctx.paths, self.store, q.name)
+            forget_qube(self.ctx.paths, self.qstore, q.name)
         except OSError as exc:
             self.ctx.warn(f"the managed policy could not be rewritten after removing {q.name}: {exc}")
         try:
@@ -747,7 +702,7 @@ class QubeManager:
                         "default_dispvm_raw" if prop == "default_dispvm" else prop)
         if isinstance(value, bool):
             value = int(value)
-        self.store.execute(f"UPDATE qubes SET {column}=? WHERE name=?", (value, name))
+        self.qstore.set_column(name, column, value)
         note = next_start_note(name, prop, q.mode)
         if note is not None and self.state_of(q) != State.HALTED:
             self.ctx.warn(note)
@@ -759,7 +714,7 @@ class QubeManager:
         if prop == "netvm":
             q.netvm_raw = None
             self.netvm_chain(q)  # following the default must not make a loop
-        self.store.execute(f"UPDATE qubes SET {PROPERTIES[prop][0]}=NULL WHERE name=?", (name,))
+        self.qstore.set_column(name, PROPERTIES[prop][0], None)
 
     def _apply_prop(self, q: Qube, prop: str, text: str) -> None:
         """Parse and check one property value and set it on Q (not stored)."""
@@ -817,15 +772,11 @@ class QubeManager:
             if not TAG_RE.fullmatch(tag):
                 # As in Qubes' admin API: a tag is also a word of policy files (@tag:NAME).
                 raise InvalidValue(f"invalid tag {tag!r}: a tag is 1 to 64 letters, digits, '-' or '_'")
-        with self.store.transaction() as conn:
-            for tag in tags:
-                conn.execute("INSERT OR IGNORE INTO tags(qube, tag) VALUES(?, ?)", (name, tag))
+        self.qstore.add_tags(name, tags)
 
     def del_tags(self, name: str, tags: list[str]) -> None:
         q = self.get(name)
         missing = [t for t in tags if t not in q.tags]
         if missing:
             raise NotFound(f"qube {name!r} has no tag {missing[0]!r}")
-        with self.store.transaction() as conn:
-            for tag in tags:
-                conn.execute("DELETE FROM tags WHERE qube=? AND tag=?", (name, tag))
+        self.qstore.del_tags(name, tags)

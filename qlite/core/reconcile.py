@@ -7,7 +7,6 @@ other live qlite processes are running are never touched.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,8 +37,7 @@ def orphaned_rows(ctx: Context) -> list[str]:
     whose create, clone or remove was cut short (the process marked in
     ``pending`` is gone). Needs no engine: cheap enough to run before every
     command."""
-    rows = ctx.store.query("SELECT name, owner, pending FROM qubes WHERE class='DispVM' OR pending IS NOT NULL")
-    return [r["name"] for r in rows if _orphaned(r)]
+    return [r["name"] for r in ctx.qube_store.unfinished() if _orphaned(r)]
 
 
 def _orphaned(row) -> bool:
@@ -63,12 +61,9 @@ def reap(ctx: Context, sweep: bool = False) -> ReconcileReport:
         # Take the orphan over first, atomically: of two commands reaping at
         # once only one destroys it, so the other cannot remove, by name,
         # a new disposable that has meanwhile taken the freed name.
-        with ctx.store.transaction() as conn:
-            row = conn.execute("SELECT class, owner, pending FROM qubes WHERE name=?", (name,)).fetchone()
-            if row is None or not _orphaned(row):
-                continue
-            column = "pending" if row["pending"] is not None else "owner"
-            conn.execute(f"UPDATE qubes SET {column}=? WHERE name=?", (me, name))  # noqa: S608
+        row = ctx.qube_store.take_over(name, _orphaned, me)
+        if row is None:
+            continue
         qubes.destroy(qubes.get(name))
         (report.interrupted if row["pending"] is not None else report.disposables).append(name)
     sweep_engine(ctx, report)
@@ -77,11 +72,6 @@ def reap(ctx: Context, sweep: bool = False) -> ReconcileReport:
 
         report.images = TemplateManager(ctx).collect_garbage()
     return report
-
-
-def _known(conn: sqlite3.Connection) -> set[str]:
-    """The names of every qube and template in the store."""
-    return {r[0] for r in conn.execute("SELECT name FROM qubes UNION SELECT name FROM templates")}
 
 
 def _stray(ctx: Context, labels: dict[str, str], known: set[str]) -> bool:
@@ -117,7 +107,7 @@ def sweep_engine(ctx: Context, report: ReconcileReport) -> None:
     # Rows are read after the listings: a qube's row is written before its
     # first engine object and deleted after its last, so every object
     # listed of a qube being created right now has its row already.
-    known = _known(ctx.store.conn)
+    known = ctx.qube_store.names_with_templates()
     for c in containers:
         if _stray(ctx, c.labels, known) or _dead_vm(ctx, c.labels):
             engine.remove_container(c.id, force=True)
@@ -146,11 +136,11 @@ def remove_named_stray(ctx: Context, name: str, labels: dict[str, str],
     selector = {"qlite.home": ctx.home_hash}
     if "qlite.qube" in labels:
         selector["qlite.qube"] = labels["qlite.qube"]
-    with ctx.store.transaction() as conn:
+    with ctx.qube_store.transaction():
         fresh = next((o for o in lister(selector) if o.name == name), None)
         if fresh is None:
             return False
-        if not _stray(ctx, fresh.labels, _known(conn)):
+        if not _stray(ctx, fresh.labels, ctx.qube_store.names_with_templates()):
             return False
         remover(name)
     return True

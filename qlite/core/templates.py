@@ -193,10 +193,7 @@ class TemplateManager:
         return found
 
     def users(self, name: str) -> list[str]:
-        rows = self.store.query(
-            "SELECT name FROM qubes WHERE template=? AND class != 'DispVM' ORDER BY name", (name,)
-        )
-        return [r["name"] for r in rows]
+        return sorted(q.name for q in self.ctx.qube_store.list() if q.template == name and not q.is_disposable)
 
     def info(self, t: Template) -> TemplateInfo:
         current = t.current
@@ -247,7 +244,7 @@ class TemplateManager:
         whether anything new was recorded. A template whose current revision
         already matches its definition is left alone unless FORCE."""
         defdir = self.definition_dir(name)
-        if self.store.query_one("SELECT 1 FROM qubes WHERE name=?", (name,)):
+        if self.ctx.qube_store.exists(name):
             raise AlreadyExists(f"a qube named {name!r} already exists")
         fp = self.definition_fingerprint(name)
         engine = self.ctx.engine

@@ -77,7 +77,7 @@ class DeviceManager:
 
     def list(self) -> list[DeviceRow]:
         attached = {r["device"]: r for r in self.store.query("SELECT * FROM device_attachments")}
-        assignments = self.store.query("SELECT qube, ident FROM device_assignments ORDER BY qube")
+        assignments = self.ctx.qube_store.assignments()
         mounts = host_mounts(self.mounts.mountinfo())
         ours = str(self.ctx.paths.run_dir / "devices")
         rows = []
@@ -269,20 +269,15 @@ class DeviceManager:
     def assign(self, qube: str, ident: str, read_only: bool = False, required: bool = False,
                paired: bool = False) -> None:
         self.qubes.get(qube)
-        ident = parse_ident(ident)
-        self.store.execute(
-            "INSERT INTO device_assignments(qube, ident, read_only, required, paired) VALUES(?,?,?,?,?) "
-            "ON CONFLICT(qube, ident) DO UPDATE SET read_only=excluded.read_only, required=excluded.required, "
-            "paired=excluded.paired", (qube, ident, int(read_only), int(required or paired), int(paired)))
+        self.ctx.qube_store.assign(qube, parse_ident(ident), read_only, required or paired, paired)
 
     def unassign(self, qube: str, ident: str) -> None:
         self.qubes.get(qube)
-        n = self.store.execute("DELETE FROM device_assignments WHERE qube=? AND ident=?", (qube, parse_ident(ident)))
-        if not getattr(n, "rowcount", 1):
+        if not self.ctx.qube_store.unassign(qube, parse_ident(ident)):
             raise NotFound(f"{ident} is not assigned to {qube}")
 
     def assignments(self, qube: str) -> list:
-        return self.store.query("SELECT * FROM device_assignments WHERE qube=?", (qube,))
+        return self.ctx.qube_store.assignments(qube)
 
     def present(self, ident: str) -> BlockDevice | None:
         return next((d for d in self.devices() if d.matches(ident)), None)
@@ -359,7 +354,7 @@ class DeviceManager:
         if dev is None:
             return []
         started = []
-        for a in self.store.query("SELECT * FROM device_assignments WHERE paired=1"):
+        for a in self.ctx.qube_store.assignments(paired=True):
             if not dev.matches(a["ident"]) or not self.qubes.exists(a["qube"]):
                 continue
             q = self.qubes.get(a["qube"])

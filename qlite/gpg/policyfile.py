@@ -8,9 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qlite.core.prefs import Features
 from qlite.paths import Paths
-from qlite.state import Store
+from qlite.state.qubes import QubeStore
 
 SERVICE = "qubes.Gpg"
 POLICY_FILE = "40-splitgpg.policy"
@@ -39,17 +38,17 @@ def render_policy(vaults: dict[str, list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def vaults(store: Store) -> dict[str, list[str]]:
+def vaults(store: QubeStore) -> dict[str, list[str]]:
     """Vault -> the clients of it that exist."""
-    existing = {r["name"] for r in store.query("SELECT name FROM qubes")}
+    existing = store.names()
     out = {}
-    for row in store.query("SELECT qube, value FROM features WHERE key=?", (CLIENTS_FEATURE,)):
-        if row["qube"] in existing and row["value"].split():
-            out[row["qube"]] = [c for c in row["value"].split() if c in existing]
+    for vault, clients in store.features.holders(CLIENTS_FEATURE).items():
+        if vault in existing and clients.split():
+            out[vault] = [c for c in clients.split() if c in existing]
     return out
 
 
-def write_policy(paths: Paths, store: Store) -> Path:
+def write_policy(paths: Paths, store: QubeStore) -> Path:
     directory = paths.policy_dir
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / POLICY_FILE
@@ -60,18 +59,17 @@ def write_policy(paths: Paths, store: Store) -> Path:
     return path
 
 
-def forget_qube(paths: Paths, store: Store, name: str) -> bool:
+def forget_qube(paths: Paths, store: QubeStore, name: str) -> bool:
     """After qube NAME is removed: take it off every vault's client list and
     rewrite the managed policy, so that a qube created later under that
     name inherits nothing. True if anything named it."""
     named = False
-    features = Features(store)
-    for row in store.query("SELECT qube, value FROM features WHERE key=?", (CLIENTS_FEATURE,)):
-        clients = row["value"].split()
-        if row["qube"] == name:
+    for vault, value in store.features.holders(CLIENTS_FEATURE).items():
+        clients = value.split()
+        if vault == name:
             named = True
         elif name in clients:
-            features.set(row["qube"], CLIENTS_FEATURE, " ".join(c for c in clients if c != name))
+            store.features.set(vault, CLIENTS_FEATURE, " ".join(c for c in clients if c != name))
             named = True
     policy = paths.policy_dir / POLICY_FILE
     if named or (policy.is_file() and name in policy.read_text().split()):

@@ -64,7 +64,7 @@ def setup(ctx: Context, vault: str, clients: list[str], autoaccept: int | None =
     for client in clients:
         if autoaccept is not None or AUTOACCEPT_FEATURE not in qm.features.all(client):
             qm.features.set(client, AUTOACCEPT_FEATURE, str(DEFAULT_AUTOACCEPT if autoaccept is None else autoaccept))
-    path = write_policy(ctx.paths, ctx.store)
+    path = write_policy(ctx.paths, ctx.qube_store)
     quiet_vault_gpg(ctx, qm, vault)
     return SplitGpgSetup(vault=vault, clients=sorted(known), created=created, policy_file=str(path))
 

@@ -96,10 +96,10 @@ class NetworkManager:
     # -- firewall rules in the store -----------------------------------------
 
     def rules(self, name: str) -> tuple[Rule, ...]:
-        row = self.ctx.store.query_one("SELECT rules FROM firewall WHERE qube=?", (name,))
-        if row is None:
+        stored = self.ctx.qube_store.firewall(name)
+        if stored is None:
             return DEFAULT_RULES
-        return tuple(rule_from_json(d) for d in json.loads(row["rules"]))
+        return tuple(rule_from_json(d) for d in json.loads(stored))
 
     def live_rules(self, name: str) -> tuple[Rule, ...]:
         """The rules without the ones whose expiry has passed."""
@@ -110,16 +110,13 @@ class NetworkManager:
         """Store RULES for NAME and load them. If loading fails, the previous
         rules stay, both in the store and in the kernel."""
         q = self.qubes.get(name)
-        previous = self.ctx.store.query_one("SELECT rules FROM firewall WHERE qube=?", (name,))
-        self._store_rules(name, rules)
+        previous = self.ctx.qube_store.firewall(name)
+        self.ctx.qube_store.set_firewall(name, json.dumps([r.to_json() for r in rules]))
         try:
             self.resolve(rules)
             self.reload(self.gateway_of(q))
         except BaseException:
-            if previous is None:
-                self.ctx.store.execute("DELETE FROM firewall WHERE qube=?", (name,))
-            else:
-                self._store_rules(name, tuple(rule_from_json(d) for d in json.loads(previous["rules"])))
+            self.ctx.qube_store.set_firewall(name, previous)
             raise
 
     def add_rule(self, name: str, rule: Rule, before: int | None = None) -> tuple[Rule, ...]:
@@ -148,18 +145,6 @@ class NetworkManager:
         """Back to Qubes' default: accept everything."""
         self.set_rules(name, DEFAULT_RULES)
         return DEFAULT_RULES
-
-    def _store_rules(self, name: str, rules: tuple[Rule, ...]) -> None:
-        data = json.dumps([r.to_json() for r in rules])
-        self.ctx.store.execute(
-            "INSERT INTO firewall(qube, rules) VALUES(?, ?) ON CONFLICT(qube) DO UPDATE SET rules=excluded.rules",
-            (name, data),
-        )
-
-    def copy_rules(self, src: str, dst: str, conn) -> None:
-        row = conn.execute("SELECT rules FROM firewall WHERE qube=?", (src,)).fetchone()
-        if row is not None:
-            conn.execute("INSERT INTO firewall(qube, rules) VALUES(?, ?)", (dst, row["rules"]))
 
     # -- topology ----------------------------------------------------------------
 

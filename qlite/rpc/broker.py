@@ -49,7 +49,7 @@ SOCKET_NAME = "rpc.sock"  # in each qube's RPC directory; /run/qlite/rpc.sock in
 
 
 def autoaccept_window(ctx: Context, source: str, service: str) -> float:
-    from qlite.core.prefs import Features  # noqa: PLC0415
+    from qlite.state.qubes import Features  # noqa: PLC0415
 
     text = Features(ctx.store).all(source).get(f"autoaccept.{service}")
     if text is None:

@@ -102,8 +102,7 @@ def insert_row(qm: QubeManager, name: str, **kw) -> Qube:
     """A qube row without engine objects (no root needed)."""
     q = Qube(name=name, klass=kw.pop("klass", "AppVM"), label=kw.pop("label", "green"),
              template=kw.pop("template", TEMPLATE), created_at=time.time(), **kw)
-    with qm.store.transaction() as conn:
-        qm._insert(q, conn)
+    qm.qstore.insert(q)
     return q
 
 

@@ -37,7 +37,7 @@ def test_every_qube_gets_its_own_uuid(qm):
 
 def test_a_qube_recreated_under_an_old_name_is_someone_else(qm):
     old = insert_row(qm, "vault").uuid
-    qm._delete_row("vault")
+    qm.qstore.delete("vault")
     assert insert_row(qm, "vault").uuid != old
 
 
