@@ -77,3 +77,19 @@ def test_host_mounts_by_device_number():
         "short line\n"
     )
     assert host_mounts(info) == {"8:1": ["/"], "7:3": ["/media/my stick", "/mnt/again"]}
+
+
+def test_unassigning_what_is_not_assigned_says_so(ctx):
+    from qlite.core.qubes import QubeManager
+    from qlite.devices.manager import DeviceManager
+    from qlite.errors import NotFound
+
+    from .conftest import insert_row
+
+    qm = QubeManager(ctx)
+    insert_row(qm, "work")
+    dm = DeviceManager(ctx, qm)
+    dm.assign("work", "uuid:1234")
+    dm.unassign("work", "uuid:1234")
+    with pytest.raises(NotFound, match="not assigned"):
+        dm.unassign("work", "uuid:1234")
