@@ -19,9 +19,8 @@ from collections.abc import Callable, Iterator
 from qlite.core.context import Context
 from qlite.core.model import MODES, Qube, parse_choice
 from qlite.core.qubes import QubeManager
-from qlite.core.runcommand import RUN_TOKEN_ENV, new_run_token, shimmed
-from qlite.core.spec import exec_place, qube_container_spec, volume_name
-from qlite.core.volumes import init_private
+from qlite.core.runcommand import shimmed
+from qlite.core.spec import exec_place
 from qlite.engines.base import Stdio
 from qlite.errors import InvalidValue, NotFound, QliteError
 from qlite.state.owners import current_owner
@@ -61,9 +60,8 @@ class DisposableManager:
         source, template_name = self.resolve_source(dvm, template)
         if mode is not None:
             parse_choice("--mode", mode, MODES)
-            if mode == "container" and source is not None and source.mode == "vm":
-                raise InvalidValue(f"{source.name} is a VM-mode disposable template: its private disk "
-                                   "is never mounted on the host, so its disposables run as VMs too")
+            if source is not None:
+                self.qubes.runtime_of_mode(mode).check_private(source)  # its disposables start from a copy
         owner = current_owner()
         for _ in range(NAME_ATTEMPTS):
             dispid = random.randint(1, MAX_DISPID)
@@ -90,31 +88,16 @@ class DisposableManager:
             return q
         raise QliteError("could not find a free disposable name; remove some disposables")
 
-    def prepare_vm(self, q: Qube) -> None:
-        """Boot disposable Q as a VM, its private disk a copy of its
-        disposable template's."""
+    def _private_from_source(self, q: Qube) -> None:
+        """Q's private volume: a copy of its disposable template's."""
         source = self.qubes.get(q.template) if q.template and self.qubes.exists(q.template) else None
-        self.qubes._create_private(q, copy_from=source)
-        self.qubes.vm.start(q)
+        self.qubes.create_private(q, copy_from=source)
 
     def prepare(self, q: Qube, argv: list[str], user: str, stdio: Stdio, env: dict[str, str] | None = None) -> str:
-        """Create Q's volume, network and container; return the container id."""
-        engine, hh = self.ctx.engine, self.ctx.home_hash
-        source = self.qubes.get(q.template) if q.template and self.qubes.exists(q.template) else None
-        self.qubes._create_private(q, copy_from=source)
-        vol = engine.inspect_volume(volume_name(hh, q.name))
-        assert vol is not None
-        init_private(vol.mountpoint)
-        plan = self.qubes.net.prepare(q)
-        spec = qube_container_spec(
-            q, home_hash=hh, image=self.qubes.image_for(q),
-            network=plan.network, dns=plan.dns, rpc_source=str(self.qubes.rpc_dir(q)),
-            devices_source=self.qubes.devices_source(q),
-            command=tuple(argv), user=user, env=env, stdin_open=True, tty=stdio.tty,
-        )
-        cid = engine.create_container(spec)
-        self.qubes.arrange_network(q, cid, plan)
-        return cid
+        """Create container disposable Q's volume, network and container,
+        with ARGV as its command; the container id."""
+        self._private_from_source(q)
+        return self.qubes.container.create(q, self.qubes.image_for(q), tuple(argv), user, env, stdio)
 
     def run(
         self,
@@ -141,40 +124,19 @@ class DisposableManager:
         main = threading.current_thread() is threading.main_thread()
         with _terminate_on_signals() if main else contextlib.nullcontext():
             try:
-                if q.mode == "vm":
-                    self.prepare_vm(q)
-                    if on_created is not None:
-                        on_created(q)
-                    return self.qubes.exec_in(q, argv, stdio, user or q.default_user, env or {})
-                token = new_run_token()
-                cid = self.prepare(q, argv, user or q.default_user, stdio, {**(env or {}), RUN_TOKEN_ENV: token})
-                if on_created is not None:
-                    on_created(q)
-                self.qubes.rpc_ready(q, start_daemon=False)
-                return self._attach_and_start(q, cid, token, user or q.default_user, stdio)
+                self._private_from_source(q)
+                return self.qubes.runtime(q).run_disposable(q, argv, stdio, user or q.default_user, env or {},
+                                                            on_created)
             finally:
                 with _signals_blocked() if main else contextlib.nullcontext():
                     self.qubes.destroy(q)
-
-    def _attach_and_start(self, q: Qube, cid: str, token: str, user: str, stdio: Stdio) -> int:
-        """Start the disposable's container; the caller's Ctrl-C goes to the
-        command and what it started (its init would pass it to the command
-        alone, and a shell waits for its child before it acts on one)."""
-        relay = stdio.interrupts
-        if relay is None:
-            return self.ctx.engine.attach_and_start(cid, stdio)
-        relay.attach(lambda sig: self.qubes.signal_run(q, token, sig, user))
-        try:
-            return self.ctx.engine.attach_and_start(cid, stdio)
-        finally:
-            relay.detach()
 
     # -- preloaded disposables (see qlite.core.preload) --------------------------------
 
 
 
     def _preload_dvm(self, dvm: str | None, template: str | None, mode: str | None) -> str | None:
-        if template or mode == "vm":
+        if template or (mode is not None and not self.qubes.runtime_of_mode(mode).preloadable):
             return None
         name = dvm or self.qubes.resolved_default_dispvm(None)
         return name or None

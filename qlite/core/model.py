@@ -185,19 +185,15 @@ RESOURCE_PROPERTIES = ("memory", "maxmem", "vcpus")
 NEXT_START_PROPERTIES = ("netvm", "provides_network", "template", *RESOURCE_PROPERTIES)
 
 
-def next_start_note(name: str, prop: str, mode: str) -> str | None:
+def next_start_note(name: str, prop: str, resources_fixed_because: str) -> str | None:
     """What to tell the user who sets PROP on running qube NAME, or None
-    when the change takes effect at once. Pure."""
+    when the change takes effect at once (the reason memory and vCPUs are
+    fixed while it runs is its runtime's). Pure."""
     if prop not in NEXT_START_PROPERTIES:
         return None
     note = f"{name} is running: its new {prop} takes effect at its next start"
     if prop in RESOURCE_PROPERTIES:
-        # podman update would run the OCI runtime's "update", which runsc
-        # does not have; QEMU gets its memory and vCPUs at boot, with no
-        # balloon or hot-plug of either.
-        why = ("QEMU fixes a VM's memory and vCPUs when it boots" if mode == "vm" else
-               "podman cannot change a running gVisor sandbox's memory or CPUs: runsc has no 'update'")
-        note += f" ({why})"
+        note += f" ({resources_fixed_because})"
     return note
 
 

@@ -194,7 +194,7 @@ class PoolKeeper:
             self._keep(ctx, qm, DisposableManager(ctx), dvm, want.get(dvm, 0))
 
     def _keep(self, ctx: Context, qm, dm, dvm: str, n: int) -> None:
-        if not qm.exists(dvm) or not qm.get(dvm).template_for_dispvms or qm.get(dvm).mode == "vm":
+        if not qm.exists(dvm) or not qm.get(dvm).template_for_dispvms or not qm.runtime(qm.get(dvm)).preloadable:
             n = 0  # VM disposables are not preloaded in this version
         gen = generation(ctx, qm.get(dvm)) if n else ""
         ready = members(ctx, dvm, READY)

@@ -8,7 +8,6 @@ and shutdown removes it (so /tmp, /run, /var/tmp and /var/log are gone).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -34,32 +33,21 @@ from qlite.core.model import (
 )
 from qlite.core.names import validate_name
 from qlite.core.prefs import GlobalPrefs
-from qlite.core.runcommand import RUN_TOKEN_ENV, new_run_token, shimmed, signal_argv
+from qlite.core.runcommand import shimmed
+from qlite.core.runtimes import ContainerRuntime, QubeRuntime, exec_env
 from qlite.core.spec import (
     container_name,
     engine_labels,
-    exec_place,
-    qube_container_spec,
     volume_name,
 )
 from qlite.core.volumes import copy_private, init_private
 from qlite.engines.base import ContainerInfo, Stdio
 from qlite.errors import AlreadyExists, InvalidValue, NotFound, QliteError, StateError
 from qlite.gpg.policyfile import forget_qube
-from qlite.safepath import UnsafePath
 from qlite.state.owners import current_owner
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
 TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-ENGINE_STATES = {
-    "running": State.RUNNING,
-    "paused": State.PAUSED,
-    "created": State.TRANSIENT,
-    "configured": State.TRANSIENT,
-    "initialized": State.TRANSIENT,
-    "stopping": State.TRANSIENT,
-    "removing": State.TRANSIENT,
-}
 
 
 @dataclass
@@ -112,10 +100,21 @@ class QubeManager:
         return DeviceManager(self.ctx, self)
 
     @cached_property
-    def vm(self):  # -> VmRunner
+    def vm(self):  # -> VmRunner, the runtime of VM qubes
         from qlite.vm.runner import VmRunner  # noqa: PLC0415
 
         return VmRunner(self.ctx, self)
+
+    @cached_property
+    def container(self) -> ContainerRuntime:
+        return ContainerRuntime(self)
+
+    def runtime(self, q: Qube) -> QubeRuntime:
+        return self.runtime_of_mode(q.mode)
+
+    def runtime_of_mode(self, mode: str) -> QubeRuntime:
+        """The runtime of MODE: the one place that asks which mode it is."""
+        return self.vm if mode == "vm" else self.container
 
     # -- store -------------------------------------------------------------
 
@@ -228,11 +227,7 @@ class QubeManager:
             info = self.ctx.engine.inspect_container(container_name(self.ctx.home_hash, q.name))
         else:
             info = containers.get(q.name)
-        if q.mode == "vm":
-            return self.vm.state(q, info)
-        if info is None:
-            return State.HALTED
-        return ENGINE_STATES.get(info.state, State.HALTED)
+        return self.runtime(q).state(q, info)
 
     def info(self, q: Qube, containers: dict[str, ContainerInfo]) -> QubeInfo:
         return QubeInfo(
@@ -309,14 +304,20 @@ class QubeManager:
         """Make Q's private volume, then clear the row's pending mark. If
         this process is killed before that, reconcile rolls the qube back."""
         try:
-            self._create_private(q, copy_from)
+            self.create_private(q, copy_from)
         except BaseException:
             self.qstore.delete(q.name)
             raise
         self.qstore.set_column(q.name, "pending", None)
         q.pending = None
 
-    def _create_private(self, q: Qube, copy_from: Qube | None = None) -> None:
+    def private_mountpoint(self, q: Qube) -> str:
+        """Where Q's private volume is on the host, made if it is missing."""
+        vol = self.ctx.engine.inspect_volume(volume_name(self.ctx.home_hash, q.name))
+        return vol.mountpoint if vol is not None else self.create_private(q)
+
+    def create_private(self, q: Qube, copy_from: Qube | None = None) -> str:
+        """Make Q's private volume (a copy of COPY_FROM's); its mountpoint."""
         engine = self.ctx.engine
         vol = engine.create_volume(
             volume_name(self.ctx.home_hash, q.name),
@@ -331,6 +332,7 @@ class QubeManager:
         except BaseException:
             engine.remove_volume(vol.name)
             raise
+        return vol.mountpoint
 
     def clone(self, src: str, dst: str) -> Qube:
         source = self.get(src)
@@ -379,9 +381,7 @@ class QubeManager:
         engine, hh = self.ctx.engine, self.ctx.home_hash
         networked = self.resolved_netvm(q) is not None
         gateway = self.net.gateway_of(q)
-        if q.mode == "vm":
-            self.vm.kill(q)
-        engine.remove_container(container_name(hh, q.name), force=True)
+        self.runtime(q).kill(q)
         self.devices.release_qube(q.name)
         self.net.drop_network(q)
         engine.remove_volume(volume_name(hh, q.name))
@@ -427,47 +427,13 @@ class QubeManager:
             return q
         self.aem_check(name)
         self.devices.check_required(name)
-        if q.mode == "vm":
-            self.vm.start(q, stale=info)
-        else:
-            self._start_container(q, stale=info)
+        self.runtime(q).start(q, stale=info)
         try:
             self.devices.attach_assigned(name)
         except QliteError:
             self.kill(name)  # a required device could not be attached
             raise
         return q
-
-    def _start_container(self, q: Qube, stale: ContainerInfo | None) -> None:
-        engine, hh = self.ctx.engine, self.ctx.home_hash
-        image = self.image_for(q)
-        if stale is not None:
-            engine.remove_container(stale.id, force=True)
-        vol = engine.inspect_volume(volume_name(hh, q.name))
-        if vol is None:
-            self._create_private(q)
-            vol = engine.inspect_volume(volume_name(hh, q.name))
-            assert vol is not None
-        init_private(vol.mountpoint)
-        plan = self.net.prepare(q)
-        spec = qube_container_spec(
-            q, home_hash=hh, image=image, network=plan.network, dns=plan.dns,
-            rpc_source=str(self.rpc_dir(q)), devices_source=self.devices_source(q),
-        )
-        cid = engine.create_container(spec)
-        try:
-            self.arrange_network(q, cid, plan)
-            engine.start(cid)
-        except BaseException:
-            with contextlib.suppress(QliteError):
-                engine.remove_container(cid, force=True)
-            raise
-        if q.provides_network:
-            try:
-                self.net.gateway_started(q)
-            except QliteError as exc:
-                self.ctx.warn(f"gateway {q.name} started, but its clients have no network: {exc}")
-        self.rpc_ready(q, start_daemon=True)
 
     def devices_source(self, q: Qube) -> str:
         """The host directory bound at /mnt/removable in Q's container, made
@@ -576,36 +542,14 @@ class QubeManager:
                     "shut them down first, or use --force"
                 )
         try:
-            return self._shutdown(q, timeout)
+            return self.runtime(q).shutdown(q, timeout)
         finally:
             self.devices.release_qube(q.name)
-
-    def _shutdown(self, q: Qube, timeout: float) -> bool:
-        if q.mode == "vm":
-            return self.vm.shutdown(q, timeout)
-        engine = self.ctx.engine
-        info = engine.inspect_container(container_name(self.ctx.home_hash, q.name))
-        if info is None:
-            return False
-        if info.state == "paused":
-            engine.unpause(info.id)
-        was_running = info.state in ("running", "paused")
-        if was_running:
-            engine.stop(info.id, timeout)
-        engine.remove_container(info.id, force=True)
-        return was_running
 
     def kill(self, name: str) -> bool:
         q = self.get(name)
         try:
-            if q.mode == "vm":
-                return self.vm.kill(q)
-            engine = self.ctx.engine
-            info = engine.inspect_container(container_name(self.ctx.home_hash, q.name))
-            if info is None:
-                return False
-            engine.remove_container(info.id, force=True)
-            return True
+            return self.runtime(q).kill(q)
         finally:
             self.devices.release_qube(q.name)
 
@@ -613,19 +557,13 @@ class QubeManager:
         q = self.get(name)
         if self.state_of(q) != State.RUNNING:
             raise StateError(f"qube {name!r} is not running")
-        if q.mode == "vm":
-            self.vm.pause(q)
-        else:
-            self.ctx.engine.pause(container_name(self.ctx.home_hash, name))
+        self.runtime(q).pause(q)
 
     def unpause(self, name: str) -> None:
         q = self.get(name)
         if self.state_of(q) != State.PAUSED:
             raise StateError(f"qube {name!r} is not paused")
-        if q.mode == "vm":
-            self.vm.resume(q)
-        else:
-            self.ctx.engine.unpause(container_name(self.ctx.home_hash, name))
+        self.runtime(q).resume(q)
 
     def run(
         self,
@@ -646,33 +584,12 @@ class QubeManager:
             if not autostart:
                 raise StateError(f"qube {name!r} is not running")
             self.start(name, skip_if_running=True)
-        argv, user = shimmed(argv), user or q.default_user
-        relay = stdio.interrupts
-        if relay is None or q.mode == "vm":  # the agent's client forwards a VM's signals
-            return self.exec_in(q, argv, stdio, user, {})
-        token = new_run_token()
-        relay.attach(lambda sig: self.signal_run(q, token, sig, user))
-        try:
-            return self.exec_in(q, argv, stdio, user, {RUN_TOKEN_ENV: token})
-        finally:
-            relay.detach()
-
-    def signal_run(self, q: Qube, token: str, sig: int, user: str) -> None:
-        """Send SIG to the processes of the run TOKEN names, from inside Q,
-        as the USER they run as (root has no capabilities in a container
-        whose own user is not root)."""
-        with open(os.devnull, "wb") as null:
-            self.ctx.engine.exec(container_name(self.ctx.home_hash, q.name), signal_argv(token, sig),
-                                 Stdio(stdin=None, stdout=null, stderr=null), user=user, workdir="/")
+        return self.runtime(q).run(q, shimmed(argv), stdio, user or q.default_user)
 
     def exec_in(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str]) -> int:
         """Run ARGV in running qube Q, whatever its mode; its exit code."""
-        workdir, place = exec_place(user)
-        env = {"QLITE_QUBE": q.name, **place, **env}
-        if q.mode == "vm":
-            return self.vm.exec(q, argv, stdio, user, workdir, env)
-        return self.ctx.engine.exec(container_name(self.ctx.home_hash, q.name), argv, stdio, user=user,
-                                    workdir=workdir, env=env)
+        workdir, env = exec_env(q, user, env)
+        return self.runtime(q).exec(q, argv, stdio, user, workdir, env)
 
     # -- prefs and tags --------------------------------------------------------
 
@@ -703,7 +620,7 @@ class QubeManager:
         if isinstance(value, bool):
             value = int(value)
         self.qstore.set_column(name, column, value)
-        note = next_start_note(name, prop, q.mode)
+        note = next_start_note(name, prop, self.runtime(q).resources_fixed_because)
         if note is not None and self.state_of(q) != State.HALTED:
             self.ctx.warn(note)
 
@@ -731,8 +648,10 @@ class QubeManager:
         elif prop == "mode":
             self._check_mode(q, str(value))
             q.mode = str(value)
-        elif prop == "provides_network" and value and q.mode == "vm":
-            raise InvalidValue(f"{q.name} is a VM-mode qube; VM-mode gateways are not available in this version")
+        elif prop == "provides_network" and value and not self.runtime(q).gateways:
+            title = self.runtime(q).title
+            raise InvalidValue(f"{q.name} is a {title}-mode qube; {title}-mode gateways are not available "
+                               "in this version")
         elif prop == "provides_network" and not value:
             clients = [c.name for c in self.list() if c.netvm_raw == q.name or
                        (c.netvm_raw is None and self.prefs.get("default_netvm") == q.name)]
@@ -747,21 +666,12 @@ class QubeManager:
             return
         if q.created_at and self.exists(q.name) and self.state_of(q) != State.HALTED:
             raise StateError(f"{q.name} is running: shut it down before changing its mode")
-        if mode == "vm" and q.provides_network:
-            raise InvalidValue(f"{q.name} provides network; VM-mode gateways are not available in this version")
-        if mode == "container" and self.exists(q.name):
-            from qlite.vm.disks import verify_private  # noqa: PLC0415
-
-            vol = self.ctx.engine.inspect_volume(volume_name(self.ctx.home_hash, q.name))
-            try:
-                made = vol is not None and verify_private(vol.mountpoint)
-            except UnsafePath:
-                made = False  # not a disk qlite made: the qube's own files, so there is a way back
-            if made:
-                raise InvalidValue(
-                    f"{q.name}'s private disk was written by a VM, and the host never mounts one; "
-                    "create a container qube and copy the files across with qvm-copy"
-                )
+        runtime = self.runtime_of_mode(mode)
+        if q.provides_network and not runtime.gateways:
+            raise InvalidValue(f"{q.name} provides network; {runtime.title}-mode gateways are not available "
+                               "in this version")
+        if self.exists(q.name):
+            runtime.check_private(q)
 
     def tags(self, name: str) -> list[str]:
         return sorted(self.get(name).tags)

@@ -24,10 +24,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from qlite.core.context import Context
 from qlite.core.model import Qube, State
+from qlite.core.runtimes import exec_env
 from qlite.core.spec import IDLE_COMMAND, container_name, engine_labels, volume_name
 from qlite.engines.base import ContainerInfo, ContainerSpec, Stdio
 from qlite.engines.qemu import Qmp
@@ -94,6 +96,14 @@ def _pid_alive(pidfile: Path, marker: str) -> int | None:
 
 
 class VmRunner:
+    """The runtime of VM qubes (qlite.core.runtimes.QubeRuntime), with QEMU."""
+
+    title = "VM"
+    gateways = False  # not in this version
+    preloadable = False  # not in this version
+    # No balloon or hot-plug of either.
+    resources_fixed_because = "QEMU fixes a VM's memory and vCPUs when it boots"
+
     def __init__(self, ctx: Context, qubes):
         self.ctx = ctx
         self.qubes = qubes  # QubeManager
@@ -177,13 +187,7 @@ class VmRunner:
         self.qubes.rpc_ready(q, start_daemon=not q.is_disposable)
 
     def _private_disk(self, q: Qube) -> Path:
-        engine, hh = self.ctx.engine, self.ctx.home_hash
-        vol = engine.inspect_volume(volume_name(hh, q.name))
-        if vol is None:
-            self.qubes._create_private(q)
-            vol = engine.inspect_volume(volume_name(hh, q.name))
-            assert vol is not None
-        return disks.ensure_private(vol.mountpoint)
+        return disks.ensure_private(self.qubes.private_mountpoint(q))
 
     def _start_holder(self, q: Qube, image: str) -> tuple[ContainerInfo, NetConfig | None]:
         engine, hh = self.ctx.engine, self.ctx.home_hash
@@ -325,6 +329,24 @@ class VmRunner:
 
     def exec(self, q: Qube, argv: list[str], stdio: Stdio, user: str, cwd: str, env: dict[str, str]) -> int:
         return client.exec_in(self.run_dir(q) / "agent.sock", q.name, argv, stdio, user, cwd, env)
+
+    def check_private(self, q: Qube) -> None:
+        """Any private volume becomes the VM's disk (verified at start)."""
+
+    def run(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int:
+        """The agent's client passes Ctrl-C on to the command (a SIGNAL frame)."""
+        workdir, env = exec_env(q, user, {})
+        return self.exec(q, argv, stdio, user, workdir, env)
+
+    def run_disposable(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str],
+                       on_created: Callable[[Qube], None] | None) -> int:
+        """Boot disposable Q (its private disk made from the volume its
+        disposable template's copy filled), then run its one command."""
+        self.start(q)
+        if on_created is not None:
+            on_created(q)
+        workdir, env = exec_env(q, user, env)
+        return self.exec(q, argv, stdio, user, workdir, env)
 
     def attach_block(self, q: Qube, node: str, path: str, read_only: bool) -> str:
         """Hot-plug PATH into Q (q35 only); returns the PCIe port used."""

@@ -640,7 +640,11 @@ def test_a_live_pending_qube_is_left_alone_and_cannot_start(ctx, qm, engine, wor
     ("autostart", "vm", None),
 ])
 def test_next_start_note(prop, mode, note):
-    assert next_start_note("work", prop, mode) == note
+    from qlite.core.runtimes import ContainerRuntime
+    from qlite.vm.runner import VmRunner
+
+    why = {"container": ContainerRuntime, "vm": VmRunner}[mode].resources_fixed_because
+    assert next_start_note("work", prop, why) == note
 
 
 def test_resource_prefs_of_a_running_qube_say_they_wait_for_its_next_start(ctx, qm, work):

@@ -1,0 +1,226 @@
+"""How a qube runs: one runtime per mode, chosen once from the qube's mode.
+
+``QubeRuntime`` is what the lifecycle (qlite.core.qubes) asks of either
+mode: state, start, shutdown, kill, pause, resume, exec, a user's command
+with its Ctrl-C, and a disposable's one command. ``ContainerRuntime`` runs
+a qube as a gVisor container; the VM runtime is qlite.vm.runner.VmRunner,
+which answers the same calls with QEMU. No code outside the runtimes needs
+to ask which mode a qube is in to run it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+from qlite.core.model import Qube, State
+from qlite.core.runcommand import RUN_TOKEN_ENV, new_run_token, signal_argv
+from qlite.core.spec import container_name, exec_place, qube_container_spec, volume_name
+from qlite.core.volumes import init_private
+from qlite.engines.base import ContainerInfo, Stdio
+from qlite.errors import InvalidValue, QliteError
+from qlite.safepath import UnsafePath
+from qlite.vm.disks import verify_private
+
+ENGINE_STATES = {
+    "running": State.RUNNING,
+    "paused": State.PAUSED,
+    "created": State.TRANSIENT,
+    "configured": State.TRANSIENT,
+    "initialized": State.TRANSIENT,
+    "stopping": State.TRANSIENT,
+    "removing": State.TRANSIENT,
+}
+
+
+class QubeRuntime(Protocol):
+    # What the mode can do, so that callers ask the runtime, not the mode.
+    title: str  # the mode as messages name it
+    gateways: bool  # a qube of this mode may provide network to others
+    preloadable: bool  # its disposables may be started ahead of time
+    resources_fixed_because: str  # why memory and vCPUs wait for the next start
+
+    def check_private(self, q: Qube) -> None:
+        """Raise InvalidValue if Q's private data cannot be used in this mode."""
+
+    def state(self, q: Qube, info: ContainerInfo | None) -> State:
+        """Q's state, given its engine container (None: there is none)."""
+
+    def start(self, q: Qube, stale: ContainerInfo | None = None) -> None:
+        """Start halted Q (STALE: a container of an earlier run to replace)."""
+
+    def shutdown(self, q: Qube, timeout: float) -> bool:
+        """Stop Q, by force after TIMEOUT; False if it was not running."""
+
+    def kill(self, q: Qube) -> bool:
+        """Stop Q at once and discard what its run made; False if nothing was there."""
+
+    def pause(self, q: Qube) -> None: ...
+
+    def resume(self, q: Qube) -> None: ...
+
+    def exec(self, q: Qube, argv: list[str], stdio: Stdio, user: str, workdir: str, env: dict[str, str]) -> int:
+        """Run ARGV in running Q; its exit code."""
+
+    def run(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int:
+        """A user's command in running Q, with Ctrl-C (stdio.interrupts) passed to it."""
+
+    def run_disposable(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str],
+                       on_created: Callable[[Qube], None] | None) -> int:
+        """Make new disposable Q's run and run its one command; the caller destroys Q."""
+
+
+def exec_env(q: Qube, user: str, env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """Where a command run as USER in Q starts, and its environment."""
+    workdir, place = exec_place(user)
+    return workdir, {"QLITE_QUBE": q.name, **place, **env}
+
+
+class ContainerRuntime:
+    """A qube as a gVisor (runsc) container on the template's image: a new
+    container at every start, removed at shutdown, and its private volume."""
+
+    title = "container"
+    gateways = True
+    preloadable = True
+    # podman update would run the OCI runtime's "update", which runsc lacks.
+    resources_fixed_because = "podman cannot change a running gVisor sandbox's memory or CPUs: runsc has no 'update'"
+
+    def __init__(self, qubes):  # qubes: QubeManager, for the glue every mode shares
+        self.qubes = qubes
+        self.ctx = qubes.ctx
+
+    def check_private(self, q: Qube) -> None:
+        """A VM's private disk is never mounted on the host, so a qube whose
+        data went into one cannot be a container qube again. What is not a
+        disk qlite made is the qube's own files: that way stays open."""
+        vol = self.ctx.engine.inspect_volume(volume_name(self.ctx.home_hash, q.name))
+        try:
+            made = vol is not None and verify_private(vol.mountpoint)
+        except UnsafePath:
+            made = False
+        if made:
+            raise InvalidValue(f"{q.name}'s private disk was written by a VM, and the host never mounts one; "
+                               "create a container qube and copy the files across with qvm-copy")
+
+    def _name(self, q: Qube) -> str:
+        return container_name(self.ctx.home_hash, q.name)
+
+    def state(self, q: Qube, info: ContainerInfo | None) -> State:
+        return State.HALTED if info is None else ENGINE_STATES.get(info.state, State.HALTED)
+
+    def start(self, q: Qube, stale: ContainerInfo | None = None) -> None:
+        engine = self.ctx.engine
+        image = self.qubes.image_for(q)  # first: a template that cannot start changes nothing
+        if stale is not None:
+            engine.remove_container(stale.id, force=True)
+        cid = self.create(q, image)
+        try:
+            engine.start(cid)
+        except BaseException:
+            with contextlib.suppress(QliteError):
+                engine.remove_container(cid, force=True)
+            raise
+        if q.provides_network:
+            try:
+                self.qubes.net.gateway_started(q)
+            except QliteError as exc:
+                self.ctx.warn(f"gateway {q.name} started, but its clients have no network: {exc}")
+        self.qubes.rpc_ready(q, start_daemon=True)
+
+    def create(self, q: Qube, image: str, command: tuple[str, ...] | None = None, user: str = "root",
+               env: dict[str, str] | None = None, stdio: Stdio | None = None) -> str:
+        """Q's container, created and ready to start (its volume laid out,
+        its network arranged); COMMAND instead of the idle one for a
+        disposable. Its id; nothing is left if this fails."""
+        engine, hh = self.ctx.engine, self.ctx.home_hash
+        init_private(self.qubes.private_mountpoint(q))
+        plan = self.qubes.net.prepare(q)
+        extra = {} if command is None else {
+            "command": tuple(command), "user": user, "env": env, "stdin_open": True,
+            "tty": bool(stdio and stdio.tty)}
+        spec = qube_container_spec(
+            q, home_hash=hh, image=image, network=plan.network, dns=plan.dns,
+            rpc_source=str(self.qubes.rpc_dir(q)), devices_source=self.qubes.devices_source(q), **extra,
+        )
+        cid = engine.create_container(spec)
+        try:
+            self.qubes.arrange_network(q, cid, plan)
+        except BaseException:
+            with contextlib.suppress(QliteError):
+                engine.remove_container(cid, force=True)
+            raise
+        return cid
+
+    def shutdown(self, q: Qube, timeout: float) -> bool:
+        engine = self.ctx.engine
+        info = engine.inspect_container(self._name(q))
+        if info is None:
+            return False
+        if info.state == "paused":
+            engine.unpause(info.id)
+        was_running = info.state in ("running", "paused")
+        if was_running:
+            engine.stop(info.id, timeout)
+        engine.remove_container(info.id, force=True)
+        return was_running
+
+    def kill(self, q: Qube) -> bool:
+        engine = self.ctx.engine
+        info = engine.inspect_container(self._name(q))
+        if info is None:
+            return False
+        engine.remove_container(info.id, force=True)
+        return True
+
+    def pause(self, q: Qube) -> None:
+        self.ctx.engine.pause(self._name(q))
+
+    def resume(self, q: Qube) -> None:
+        self.ctx.engine.unpause(self._name(q))
+
+    def exec(self, q: Qube, argv: list[str], stdio: Stdio, user: str, workdir: str, env: dict[str, str]) -> int:
+        return self.ctx.engine.exec(self._name(q), argv, stdio, user=user, workdir=workdir, env=env)
+
+    def run(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int:
+        """runsc exec forwards no signal: the run carries a token, and Ctrl-C
+        reaches every process that carries it (qlite.core.runcommand)."""
+        relay = stdio.interrupts
+        token = new_run_token() if relay is not None else None
+        workdir, env = exec_env(q, user, {RUN_TOKEN_ENV: token} if token else {})
+        if relay is None or token is None:
+            return self.exec(q, argv, stdio, user, workdir, env)
+        relay.attach(lambda sig: self.signal_run(q, token, sig, user))
+        try:
+            return self.exec(q, argv, stdio, user, workdir, env)
+        finally:
+            relay.detach()
+
+    def signal_run(self, q: Qube, token: str, sig: int, user: str) -> None:
+        """Send SIG to the processes of the run TOKEN names, from inside Q,
+        as the USER they run as (root has no capabilities in a container
+        whose own user is not root)."""
+        with open(os.devnull, "wb") as null:
+            self.ctx.engine.exec(self._name(q), signal_argv(token, sig),
+                                 Stdio(stdin=None, stdout=null, stderr=null), user=user, workdir="/")
+
+    def run_disposable(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str],
+                       on_created: Callable[[Qube], None] | None) -> int:
+        """The command is the container's own: attached, then started. The
+        caller's Ctrl-C goes to the command and what it started (its init
+        would pass it to the command alone)."""
+        token = new_run_token()
+        cid = self.create(q, self.qubes.image_for(q), tuple(argv), user, {**env, RUN_TOKEN_ENV: token}, stdio)
+        if on_created is not None:
+            on_created(q)
+        self.qubes.rpc_ready(q, start_daemon=False)
+        relay = stdio.interrupts
+        if relay is None:
+            return self.ctx.engine.attach_and_start(cid, stdio)
+        relay.attach(lambda sig: self.signal_run(q, token, sig, user))
+        try:
+            return self.ctx.engine.attach_and_start(cid, stdio)
+        finally:
+            relay.detach()
