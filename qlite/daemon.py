@@ -1,5 +1,6 @@
-"""``qlite daemon``: the RPC broker and its ask queue, and the device
-watcher, for one qlite home.
+"""``qlite daemon``: the RPC broker and its ask queue, the preloaded
+disposables' pool keeper, and the device watcher with the reactions to
+drives that come and go, for one qlite home.
 
 The CLI starts it on demand (qlite/rpc/daemonctl.py); a systemd unit can
 run ``qlite daemon run`` instead. It holds run/daemon.lock while it lives.
@@ -14,6 +15,7 @@ import signal
 import sys
 import time
 
+from qlite.core.context import Context
 from qlite.paths import Paths
 from qlite.rpc.broker import DEFAULT_ASK_TIMEOUT_S, Broker
 
@@ -35,7 +37,6 @@ def aem_at_start(paths: Paths) -> None:
     """With anti-evil-maid enforced and a TPM seal, check the measurements
     as the daemon starts, and say in its log what the user must do."""
     from qlite.aem.manager import AemManager  # noqa: PLC0415
-    from qlite.core.context import Context  # noqa: PLC0415
     from qlite.errors import QliteError  # noqa: PLC0415
 
     am = AemManager(Context(paths))
@@ -51,6 +52,43 @@ def aem_at_start(paths: Paths) -> None:
     else:
         names = ", ".join(n for n, _o, _c in result.changes) or result.detail
         log(f"anti-evil-maid: VERIFICATION FAILED ({names}); qubes stay held")
+
+
+def device_event(ctx: Context, action: str, name: str) -> None:
+    """A drive came or went (or events were lost: "resync"): undo what it
+    had, stop the qubes paired with a drive that was yanked, and start,
+    fresh, the halted qubes paired with one that appeared."""
+    from qlite.core.qubes import QubeManager  # noqa: PLC0415
+    from qlite.errors import QliteError  # noqa: PLC0415
+
+    qm = QubeManager(ctx)
+    devices = qm.devices
+    if action == "resync":
+        removed, added = devices.gone(), sorted(d.name for d in devices.devices())
+    elif action == "remove":
+        removed, added = [name], []
+    elif action in ("add", "change"):
+        removed, added = [], [name]
+    else:
+        return
+    for dev in removed:
+        stopped = devices.on_removed(dev)
+        for qube in stopped:
+            with contextlib.suppress(QliteError):
+                qm.kill(qube)
+        if stopped:
+            log(f"{dev} was removed without eject: stopped {', '.join(stopped)}; "
+                "writes not yet on the drive may be lost")
+    for dev in added:
+        started = []
+        for qube in devices.on_added(dev):
+            try:
+                qm.start(qube)
+                started.append(qube)
+            except QliteError as exc:
+                devices.log_start_failed(dev, qube, str(exc))
+        if started:
+            log(f"{dev} appeared: started {', '.join(started)}")
 
 
 def run(paths: Paths) -> int:
@@ -73,13 +111,21 @@ def run(paths: Paths) -> int:
     signal.signal(signal.SIGINT, stop)
     log(f"serving {paths.home} (ask timeout {broker.ask_timeout:.0f}s)")
     aem_at_start(paths)
-    from qlite.core.preload import PoolKeeper  # noqa: PLC0415
+    from qlite.core.poolkeeper import PoolKeeper  # noqa: PLC0415
 
     PoolKeeper(paths, log).start()
     try:
         from qlite.devices.watcher import DeviceWatcher  # noqa: PLC0415
 
-        DeviceWatcher(paths, log).start()
+        def on_event(action: str, name: str) -> None:
+            ctx = Context(paths)
+            ctx.on_warning = lambda m: log(f"devices: {m}")
+            try:
+                device_event(ctx, action, name)
+            finally:
+                ctx.store.close()
+
+        DeviceWatcher(on_event, log).start()
     except Exception as exc:  # noqa: BLE001 - RPC must go on without device events
         log(f"device watcher not started: {exc}")
     try:

@@ -725,10 +725,8 @@ def _size(n: int) -> str:
 
 
 def device(args: argparse.Namespace) -> int:
-    from qlite.devices.manager import DeviceManager  # noqa: PLC0415
-
     ctx = _context()
-    dm = DeviceManager(ctx)
+    dm = _qubes(ctx).devices
     rest = list(args.args)
 
     def need(n: int, usage: str) -> list[str]:

@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from qlite.agent import client
+from qlite.core import preload
 from qlite.core.context import Context
 from qlite.core.model import MODES, Qube, parse_choice
 from qlite.core.qubes import QubeManager
@@ -143,8 +145,6 @@ class DisposableManager:
 
 
     def _claim(self, dvm: str | None, template: str | None, mode: str | None) -> tuple[str, str] | None:
-        from qlite.core import preload  # noqa: PLC0415
-
         name = self._preload_dvm(dvm, template, mode)
         return preload.claim(self.ctx, name) if name else None
 
@@ -153,9 +153,6 @@ class DisposableManager:
                        env: dict[str, str] | None, on_created: Callable[[Qube], None] | None) -> int:
         """Run ARGV in the claimed member NAME through its agent; give it back
         to the daemon (which destroys it) whatever happens."""
-        from qlite.core import preload  # noqa: PLC0415
-        from qlite.vm import client  # noqa: PLC0415
-
         q = self.qubes.get(name)
         main = threading.current_thread() is threading.main_thread()
         with _terminate_on_signals() if main else contextlib.nullcontext():
@@ -175,8 +172,6 @@ class DisposableManager:
 
     def preload(self, dvm: str, generation: str) -> str:
         """Create and start one ready member of DVM (in the daemon)."""
-        from qlite.core import preload  # noqa: PLC0415
-
         q = self.create(dvm)
         srv = None
         try:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import qlite.agent.channel
 import qlite.rpc.wire
-import qlite.vm.channel
 
 GUEST_PACKAGE = Path("usr/lib/python3/dist-packages/qlite_guest")
 # module file in qlite -> its path inside the guest tree
 SHARED = {
     Path(qlite.rpc.wire.__file__): GUEST_PACKAGE / "wire.py",
-    Path(qlite.vm.channel.__file__): GUEST_PACKAGE / "channel.py",
+    Path(qlite.agent.channel.__file__): GUEST_PACKAGE / "channel.py",
 }
 
 

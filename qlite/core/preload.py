@@ -16,19 +16,15 @@ features and firewall). When that changes, ready members are recycled.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from qlite.agent import channel as ch
+from qlite.agent.listen import listen_private
 from qlite.core.context import Context
-from qlite.core.model import Qube
 from qlite.errors import QliteError
-from qlite.paths import Paths
 from qlite.state.owners import current_owner
 
 FEATURE = "preload-dispvm-max"
@@ -46,8 +42,6 @@ CONNECTIONS_LOCK = threading.Lock()
 
 
 def listen_for_agent(path: Path) -> socket.socket:
-    from qlite.vm.supervisor import listen_private  # noqa: PLC0415
-
     return listen_private(path, backlog=4)
 
 
@@ -56,7 +50,6 @@ def accept_agent(srv: socket.socket, name: str) -> None:
     connection. A connection that does not greet is dropped: gVisor can
     leave a host-side connection behind when a connect inside the sandbox
     is retried, and a command sent there would wait forever."""
-    from qlite.vm import channel as ch  # noqa: PLC0415
 
     deadline = time.monotonic() + ACCEPT_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -89,7 +82,6 @@ def drop_connection(name: str) -> None:
     if conn is not None:
         conn.close()
 MAX_PRELOAD = 16
-LOOP_S = 1.0
 
 
 def parse_max(text: str) -> int:
@@ -98,35 +90,6 @@ def parse_max(text: str) -> int:
     except ValueError:
         return 0
     return max(0, min(n, MAX_PRELOAD))
-
-
-def wanted(ctx: Context) -> dict[str, int]:
-    """Disposable template -> how many ready members it should have."""
-    from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
-
-    holders = ctx.qube_store.features.holders(FEATURE)
-    out: dict[str, int] = {}
-    default = GlobalPrefs(ctx.store).get("default_dispvm")
-    dom0 = holders.pop("dom0", None)
-    if default and dom0 is not None:
-        out[default] = parse_max(dom0)
-    for qube, value in holders.items():
-        out[qube] = parse_max(value)
-    return {k: v for k, v in out.items() if v > 0}
-
-
-def generation(ctx: Context, dvm: Qube) -> str:
-    """What a member of DVM is made from; a change recycles the pool."""
-    from qlite.core.qubes import QubeManager  # noqa: PLC0415
-
-    qm = QubeManager(ctx)
-    data = {
-        "image": qm.image_for(Qube(name="x", klass="AppVM", label="red", template=dvm.template)),
-        "prefs": {k: v for k, v in dvm.__dict__.items() if k not in ("created_at", "tags", "owner")},
-        "features": {k: v for k, v in qm.features.all(dvm.name).items() if k != FEATURE},
-        "firewall": ctx.qube_store.firewall(dvm.name),
-    }
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=sorted).encode()).hexdigest()[:16]
 
 
 def members(ctx: Context, dvm: str, tag: str) -> list[str]:
@@ -146,72 +109,3 @@ def hand_back(ctx: Context, name: str, daemon_owner: str | None) -> bool:
         return False
     ctx.qube_store.hand_to(name, SPENT, daemon_owner)
     return True
-
-
-class PoolKeeper:
-    """The daemon's loop: destroy spent members, recycle stale ones, and
-    start members until every disposable template has what it wants."""
-
-    def __init__(self, paths: Paths, log: Callable[[str], None]):
-        self.paths = paths
-        self.log = log
-        self.stop = threading.Event()
-        self.wake = threading.Event()
-
-    def start(self) -> None:
-        threading.Thread(target=self._loop, daemon=True, name="preload").start()
-
-    def _loop(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.once()
-            except Exception as exc:  # noqa: BLE001 - the pool must go on
-                self.log(f"preload: {type(exc).__name__}: {exc}")
-            self.wake.wait(LOOP_S)
-            self.wake.clear()
-
-    def once(self) -> None:
-        from qlite.core.disposables import DisposableManager  # noqa: PLC0415
-        from qlite.core.qubes import QubeManager  # noqa: PLC0415
-
-        ctx = Context(self.paths)
-        ctx.on_warning = lambda m: self.log(f"preload: {m}")
-        qm = QubeManager(ctx)
-        for name in ctx.qube_store.tagged(SPENT):
-            drop_connection(name)
-            with contextlib.suppress(QliteError):
-                qm.destroy(qm.get(name))
-        # A member claimed by a command that was killed before it took the
-        # connection is reaped by the next command; its connection goes too.
-        with CONNECTIONS_LOCK:
-            held = list(CONNECTIONS)
-        for name in held:
-            if not qm.exists(name):
-                drop_connection(name)
-        want = wanted(ctx)
-        dvms = ctx.qube_store.dvms_with_tagged_disposables(READY)
-        for dvm in sorted(set(want) | dvms):
-            self._keep(ctx, qm, DisposableManager(ctx), dvm, want.get(dvm, 0))
-
-    def _keep(self, ctx: Context, qm, dm, dvm: str, n: int) -> None:
-        if not qm.exists(dvm) or not qm.get(dvm).template_for_dispvms or not qm.runtime(qm.get(dvm)).preloadable:
-            n = 0  # VM disposables are not preloaded in this version
-        gen = generation(ctx, qm.get(dvm)) if n else ""
-        ready = members(ctx, dvm, READY)
-        for name in ready:
-            stale = qm.features.all(name).get(GENERATION) != gen
-            if stale or len(ready) > n:
-                if self._unclaim(ctx, name):
-                    ready.remove(name)
-                    drop_connection(name)
-                    qm.destroy(qm.get(name))
-                    self.log(f"preload: removed {name} ({'recycled' if stale else 'over the limit'})")
-        for _ in range(n - len(members(ctx, dvm, READY))):
-            started = time.monotonic()
-            name = dm.preload(dvm, gen)
-            self.log(f"preload: {name} ready for {dvm} in {time.monotonic() - started:.2f}s")
-
-    @staticmethod
-    def _unclaim(ctx: Context, name: str) -> bool:
-        """Take NAME out of the ready set unless a claim got it first."""
-        return ctx.qube_store.untag(name, READY)

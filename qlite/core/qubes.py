@@ -32,9 +32,10 @@ from qlite.core.model import (
     parse_property,
 )
 from qlite.core.names import validate_name
+from qlite.core.ports import QubeRuntime, exec_env
 from qlite.core.prefs import GlobalPrefs
 from qlite.core.runcommand import shimmed
-from qlite.core.runtimes import ContainerRuntime, QubeRuntime, exec_env
+from qlite.core.runtimes import ContainerRuntime
 from qlite.core.spec import (
     container_name,
     engine_labels,

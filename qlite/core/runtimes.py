@@ -1,10 +1,9 @@
 """How a qube runs: one runtime per mode, chosen once from the qube's mode.
 
-``QubeRuntime`` is what the lifecycle (qlite.core.qubes) asks of either
-mode: state, start, shutdown, kill, pause, resume, exec, a user's command
-with its Ctrl-C, and a disposable's one command. ``ContainerRuntime`` runs
-a qube as a gVisor container; the VM runtime is qlite.vm.runner.VmRunner,
-which answers the same calls with QEMU. No code outside the runtimes needs
+``QubeRuntime`` (qlite.core.ports) is what the lifecycle asks of either
+mode. ``ContainerRuntime`` runs a qube as a gVisor container; the VM
+runtime is qlite.vm.runner.VmRunner, which answers the same calls with
+QEMU. No code outside the runtimes needs
 to ask which mode a qube is in to run it.
 """
 
@@ -13,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import Protocol
 
 from qlite.core.model import Qube, State
+from qlite.core.ports import exec_env
 from qlite.core.runcommand import RUN_TOKEN_ENV, new_run_token, signal_argv
-from qlite.core.spec import container_name, exec_place, qube_container_spec, volume_name
+from qlite.core.spec import container_name, qube_container_spec, volume_name
 from qlite.core.volumes import init_private
 from qlite.engines.base import ContainerInfo, Stdio
 from qlite.errors import InvalidValue, QliteError
@@ -35,49 +34,6 @@ ENGINE_STATES = {
 }
 
 
-class QubeRuntime(Protocol):
-    # What the mode can do, so that callers ask the runtime, not the mode.
-    title: str  # the mode as messages name it
-    gateways: bool  # a qube of this mode may provide network to others
-    preloadable: bool  # its disposables may be started ahead of time
-    resources_fixed_because: str  # why memory and vCPUs wait for the next start
-
-    def check_private(self, q: Qube) -> None:
-        """Raise InvalidValue if Q's private data cannot be used in this mode."""
-
-    def state(self, q: Qube, info: ContainerInfo | None) -> State:
-        """Q's state, given its engine container (None: there is none)."""
-
-    def start(self, q: Qube, stale: ContainerInfo | None = None) -> None:
-        """Start halted Q (STALE: a container of an earlier run to replace)."""
-
-    def shutdown(self, q: Qube, timeout: float) -> bool:
-        """Stop Q, by force after TIMEOUT; False if it was not running."""
-
-    def kill(self, q: Qube) -> bool:
-        """Stop Q at once and discard what its run made; False if nothing was there."""
-
-    def pause(self, q: Qube) -> None: ...
-
-    def resume(self, q: Qube) -> None: ...
-
-    def exec(self, q: Qube, argv: list[str], stdio: Stdio, user: str, workdir: str, env: dict[str, str]) -> int:
-        """Run ARGV in running Q; its exit code."""
-
-    def run(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int:
-        """A user's command in running Q, with Ctrl-C (stdio.interrupts) passed to it."""
-
-    def run_disposable(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str],
-                       on_created: Callable[[Qube], None] | None) -> int:
-        """Make new disposable Q's run and run its one command; the caller destroys Q."""
-
-
-def exec_env(q: Qube, user: str, env: dict[str, str]) -> tuple[str, dict[str, str]]:
-    """Where a command run as USER in Q starts, and its environment."""
-    workdir, place = exec_place(user)
-    return workdir, {"QLITE_QUBE": q.name, **place, **env}
-
-
 class ContainerRuntime:
     """A qube as a gVisor (runsc) container on the template's image: a new
     container at every start, removed at shutdown, and its private volume."""
@@ -86,11 +42,18 @@ class ContainerRuntime:
     gateways = True
     preloadable = True
     # podman update would run the OCI runtime's "update", which runsc lacks.
+    takes_block_devices = False
     resources_fixed_because = "podman cannot change a running gVisor sandbox's memory or CPUs: runsc has no 'update'"
 
     def __init__(self, qubes):  # qubes: QubeManager, for the glue every mode shares
         self.qubes = qubes
         self.ctx = qubes.ctx
+
+    def attach_block(self, q: Qube, node: str, path: str, read_only: bool) -> str:
+        raise InvalidValue(f"{q.name} is a container qube: it gets a drive's filesystem, not the block device")
+
+    def detach_block(self, q: Qube, node: str) -> None:
+        raise InvalidValue(f"{q.name} is a container qube: it has no block devices")
 
     def check_private(self, q: Qube) -> None:
         """A VM's private disk is never mounted on the host, so a qube whose

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from qlite.core.context import Context
 from qlite.core.model import State
+from qlite.core.ports import QubeAccess
 from qlite.devices.identity import (
     SYS_BLOCK,
     BlockDevice,
@@ -56,11 +57,9 @@ def mount_options(read_only: bool, allow_exec: bool) -> str:
 
 
 class DeviceManager:
-    def __init__(self, ctx: Context, qubes=None):
-        from qlite.core.qubes import QubeManager  # noqa: PLC0415
-
+    def __init__(self, ctx: Context, qubes: QubeAccess):
         self.ctx = ctx
-        self.qubes = qubes or QubeManager(ctx)
+        self.qubes = qubes
         self.store = ctx.store
         self.mounts = ctx.mounts
 
@@ -118,15 +117,16 @@ class DeviceManager:
         self._check_free(dev, qube)
         if self.qubes.state_of(q) != State.RUNNING:
             raise StateError(f"qube {qube} is not running: start it, or assign the device with 'qlite device assign'")
-        if q.mode != "vm" and self.ctx.engine.name != "podman":
+        runtime = self.qubes.runtime(q)
+        if not runtime.takes_block_devices and self.ctx.engine.name != "podman":
             raise InvalidValue("container qubes get devices only with the podman engine "
                                "(the Docker API cannot mount them nodev, nosuid, noexec)")
-        if allow_exec and q.mode != "vm":
-            raise InvalidValue(f"--exec: {qube} is a container qube, where /mnt/removable is always noexec "
+        if allow_exec and not runtime.takes_block_devices:
+            raise InvalidValue(f"--exec: {qube} is a {runtime.title} qube, where /mnt/removable is always noexec "
                                "(gVisor applies that mount's flags to every device below it)")
-        if q.mode == "vm":
+        if runtime.takes_block_devices:
             node = f"dev-{dev.name}"
-            self.qubes.vm.attach_block(q, node, dev.path, read_only)
+            runtime.attach_block(q, node, dev.path, read_only)
             self._record(dev, qube, read_only, "block", node)
         else:
             target = self.ctx.paths.devices_dir(q.name) / dev.name
@@ -198,9 +198,9 @@ class DeviceManager:
             self._drop_point(row["qube"], target.name)
         else:
             q = self.qubes.get(row["qube"]) if self.qubes.exists(row["qube"]) else None
-            if q is not None and self.qubes.vm.supervisor_pid(q) is not None:
+            if q is not None:
                 with contextlib.suppress(QliteError):
-                    self.qubes.vm.detach_block(q, row["target"])
+                    self.qubes.runtime(q).detach_block(q, row["target"])
         self.store.execute("DELETE FROM device_attachments WHERE device=?", (row["device"],))
         self._log("detach", None, row["qube"], device=row["device"], gone=gone)
 
@@ -331,53 +331,40 @@ class DeviceManager:
     # -- the watcher's events ---------------------------------------------------------------
 
     def on_removed(self, name: str) -> list[str]:
-        """NAME vanished (yanked without eject): its attachment is undone
-        and the qubes paired with it are stopped. Returns those qubes."""
+        """NAME vanished (yanked without eject): its attachment is undone.
+        Returns the qubes paired with it, which the watcher stops."""
         row = self.attachment(name)
-        stopped = []
-        if row is not None:
-            qube = row["qube"]
-            paired = any(a["paired"] and (a["ident"] == row["ident"] or a["ident"] == f"dev:{name}")
-                         for a in self.assignments(qube)) if self.qubes.exists(qube) else False
-            self._release(row, gone=True)
-            self._log("removed", None, qube, device=name, unsafe=True,
-                      detail="removed without eject: writes not yet on the drive may be lost")
-            if paired:
-                with contextlib.suppress(QliteError):
-                    self.qubes.kill(qube)
-                stopped.append(qube)
-        return stopped
+        if row is None:
+            return []
+        qube = row["qube"]
+        paired = any(a["paired"] and (a["ident"] == row["ident"] or a["ident"] == f"dev:{name}")
+                     for a in self.assignments(qube)) if self.qubes.exists(qube) else False
+        self._release(row, gone=True)
+        self._log("removed", None, qube, device=name, unsafe=True,
+                  detail="removed without eject: writes not yet on the drive may be lost")
+        return [qube] if paired else []
 
     def on_added(self, name: str) -> list[str]:
-        """NAME appeared: start every halted qube paired with it (fresh)."""
+        """NAME appeared: the halted qubes paired with it, which the
+        watcher starts (fresh)."""
         dev = read_device(name)
         if dev is None:
             return []
-        started = []
+        out = []
         for a in self.ctx.qube_store.assignments(paired=True):
             if not dev.matches(a["ident"]) or not self.qubes.exists(a["qube"]):
                 continue
-            q = self.qubes.get(a["qube"])
-            if self.qubes.state_of(q) != State.HALTED:
-                continue
-            try:
-                self.qubes.start(q.name)
-                started.append(q.name)
-            except QliteError as exc:
-                self._log("start-failed", dev, q.name, error=str(exc))
-        return started
+            if self.qubes.state_of(self.qubes.get(a["qube"])) == State.HALTED:
+                out.append(a["qube"])
+        return out
 
-    def resync(self) -> list[str]:
-        """After lost events: undo attachments whose device is gone, and
-        start paired qubes whose drive is present. What was done."""
-        done = []
-        for row in self.store.query("SELECT device FROM device_attachments"):
-            if read_device(row["device"]) is None or not (SYS_BLOCK / row["device"]).exists():
-                done += [f"{q} stopped ({row['device']} is gone)" for q in self.on_removed(row["device"])]
-        present = {d.name for d in self.devices()}
-        for name in sorted(present):
-            done += [f"{q} started ({name} is present)" for q in self.on_added(name)]
-        return done
+    def gone(self) -> list[str]:
+        """The attached devices that are no longer present (events lost)."""
+        return [row["device"] for row in self.store.query("SELECT device FROM device_attachments")
+                if read_device(row["device"]) is None or not (SYS_BLOCK / row["device"]).exists()]
+
+    def log_start_failed(self, name: str, qube: str, error: str) -> None:
+        self._log("start-failed", read_device(name), qube, error=error)
 
     def eject(self, text: str) -> str | None:
         """Safely remove: sync in the qube, stop a paired qube, unmount.

@@ -2,8 +2,9 @@
 
 pyudev listens to udevd's events where udevd runs (identities from udev
 properties) and to the kernel's uevents otherwise (identities from blkid).
-A device that vanishes is detached, and a qube paired with it is stopped;
-a paired device that appears starts its qube, fresh.
+The watcher only reads events; what they mean for qubes (a vanished
+device is detached and its paired qube stopped, a paired device that
+appears starts its qube, fresh) is the daemon's (qlite.daemon).
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-
-from qlite.core.context import Context
-from qlite.paths import Paths
 
 UDEV_CONTROL = Path("/run/udev/control")
 RECEIVE_BUFFER = 8 << 20
@@ -31,8 +29,8 @@ class DeviceWatcher:
     them. If events are lost anyway (ENOBUFS under a burst of uevents),
     the watcher goes on and resynchronises from what is present now."""
 
-    def __init__(self, paths: Paths, log: Callable[[str], None]):
-        self.paths = paths
+    def __init__(self, handle: Callable[[str, str], None], log: Callable[[str], None]):
+        self.handle = handle  # (action, kernel name); action "resync" after lost events
         self.log = log
         self.monitor = None
         self.events: queue.Queue[tuple[str, str]] = queue.Queue()
@@ -67,22 +65,3 @@ class DeviceWatcher:
                 self.handle(action, name)
             except Exception:  # noqa: BLE001 - one event must not end the watcher
                 self.log(f"device event {action} {name} failed:\n{traceback.format_exc()}")
-
-    def handle(self, action: str, name: str) -> None:
-        from qlite.devices.manager import DeviceManager  # noqa: PLC0415
-
-        ctx = Context(self.paths)
-        ctx.on_warning = lambda m: self.log(f"devices: {m}")
-        devices = DeviceManager(ctx)
-        if action == "resync":
-            for name_ in devices.resync():
-                self.log(f"resynchronised: {name_}")
-        elif action == "remove":
-            stopped = devices.on_removed(name)
-            if stopped:
-                self.log(f"{name} was removed without eject: stopped {', '.join(stopped)}; "
-                         "writes not yet on the drive may be lost")
-        elif action in ("add", "change"):
-            started = devices.on_added(name)
-            if started:
-                self.log(f"{name} appeared: started {', '.join(started)}")

@@ -27,16 +27,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from qlite.agent import client
 from qlite.core.context import Context
 from qlite.core.model import Qube, State
-from qlite.core.runtimes import exec_env
+from qlite.core.ports import exec_env
 from qlite.core.spec import IDLE_COMMAND, container_name, engine_labels, volume_name
 from qlite.engines.base import ContainerInfo, ContainerSpec, Stdio
 from qlite.engines.qemu import Qmp
 from qlite.errors import EngineError, InvalidValue, QliteError, StateError
 from qlite.paths import Paths
 from qlite.runtime.kvm import cached_probe
-from qlite.vm import client, disks, kernel
+from qlite.vm import disks, kernel
 from qlite.vm.qemu_args import HOTPLUG_PORTS, MACHINES, TAP, NetConfig, VmConfig, hotplug_bus, qemu_argv
 
 MACHINE_FEATURE = "vm.machine"
@@ -96,17 +97,18 @@ def _pid_alive(pidfile: Path, marker: str) -> int | None:
 
 
 class VmRunner:
-    """The runtime of VM qubes (qlite.core.runtimes.QubeRuntime), with QEMU."""
+    """The runtime of VM qubes (qlite.core.ports.QubeRuntime), with QEMU."""
 
     title = "VM"
     gateways = False  # not in this version
     preloadable = False  # not in this version
+    takes_block_devices = True  # hot-plugged over QMP, or given at boot on microvm
     # No balloon or hot-plug of either.
     resources_fixed_because = "QEMU fixes a VM's memory and vCPUs when it boots"
 
     def __init__(self, ctx: Context, qubes):
         self.ctx = ctx
-        self.qubes = qubes  # QubeManager
+        self.qubes = qubes  # QubeManager: the glue every mode shares
         self.paths: Paths = ctx.paths
 
     # -- where things are ---------------------------------------------------------
@@ -364,6 +366,8 @@ class VmRunner:
         return hotplug_bus(free)
 
     def detach_block(self, q: Qube, node: str) -> None:
+        if self.supervisor_pid(q) is None:
+            return  # the VM is gone, and the device with it
         ports = self._ports(q)
         if node not in ports:
             raise InvalidValue(f"{q.name} has no attached device {node!r}")

@@ -25,7 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-from qlite.vm import channel as ch
+from qlite.agent import channel as ch
+from qlite.agent.listen import listen_private
 
 PR_SET_PDEATHSIG = 1
 READY_TIMEOUT_S = 300.0
@@ -276,17 +277,6 @@ class Supervisor:
                 log(f"could not remove the network holder: {exc}")
         with contextlib.suppress(OSError):
             (self.run_dir / "supervisor.pid").unlink()
-
-
-def listen_private(path: Path, backlog: int = 64) -> socket.socket:
-    """A Unix socket at PATH that only root can connect to."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.bind(str(path))
-    os.chmod(path, 0o600)
-    s.listen(backlog)
-    return s
 
 
 def main(argv: list[str]) -> int:

@@ -11,7 +11,7 @@ import pytest
 from textual.widgets import DataTable, Select, Static
 
 from qlite.core.qubes import QubeManager
-from qlite.devices.manager import DeviceManager
+from qlite.daemon import device_event
 from tui.screens.device_form import DeviceFormScreen
 from tui.screens.devices import DevicesScreen
 from tui.screens.dialogs import ConfirmScreen
@@ -261,7 +261,7 @@ async def test_pair_asks_first(core, drives):
 
 async def test_eject_asks_first_then_syncs_and_detaches(core, drives):
     ctx = core.context()
-    DeviceManager(ctx).attach("work", "sdb1")
+    QubeManager(ctx).devices.attach("work", "sdb1")
     ctx.store.close()
     core.mounts.calls.clear()
     app = core.app()
@@ -286,7 +286,7 @@ async def test_eject_asks_first_then_syncs_and_detaches(core, drives):
 
 async def test_a_drive_pulled_without_eject_shows_as_unsafe(core, drives):
     ctx = core.context()
-    DeviceManager(ctx).attach("work", "sdb1")
+    QubeManager(ctx).devices.attach("work", "sdb1")
     ctx.store.close()
     app = core.app(refresh_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
@@ -295,7 +295,7 @@ async def test_a_drive_pulled_without_eject_shows_as_unsafe(core, drives):
         # The drive is yanked; the daemon's watcher reacts as it does to the kernel's event.
         drives.remove("sdb1")
         ctx = core.context()
-        DeviceManager(ctx).on_removed("sdb1")
+        device_event(ctx, "remove", "sdb1")
         ctx.store.close()
         table = screen.query_one("#devices", DataTable)
         await wait_for(pilot, lambda: [k.value for k in table.rows] == ["sdc"], what="the drive to go")

@@ -11,7 +11,6 @@ import pytest
 from textual.widgets import Input
 
 from qlite.core.qubes import QubeManager
-from qlite.devices.manager import DeviceManager
 from tui.screens.aem import AemScreen
 from tui.screens.ask import AskScreen
 from tui.screens.create import CreateQubeScreen
@@ -96,7 +95,7 @@ def test_devices_screen(core, block, snap_compare):
     block.add("sdb1", fs_uuid="1234-ABCD", label="STICK", fs_type="vfat", serial="XYZ9")
     block.add("loop3", fs_uuid="0f3c2a7e-9b1d-4c55-8e2a-3d6f1b2c4e5f", label="backup", major_minor="7:3")
     ctx = core.context()
-    dm = DeviceManager(ctx)
+    dm = QubeManager(ctx).devices
     dm.attach("work", "sdb1", read_only=True)
     dm.assign("vault", "uuid:0f3c2a7e-9b1d-4c55-8e2a-3d6f1b2c4e5f", paired=True)
     ctx.store.close()

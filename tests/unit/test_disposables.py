@@ -324,12 +324,12 @@ def test_a_removal_that_lost_a_race_counts_as_done(status, text, expected):
 def test_the_pool_keeper_drops_connections_of_members_that_are_gone(ctx, paths):
     import socket  # noqa: PLC0415
 
-    from qlite.core import preload  # noqa: PLC0415
+    from qlite.core import poolkeeper, preload  # noqa: PLC0415
 
     held, peer = socket.socketpair()
     preload.CONNECTIONS["disp4321"] = held  # its claimant was killed, and the member reaped
     try:
-        preload.PoolKeeper(paths, log=lambda _m: None).once()
+        poolkeeper.PoolKeeper(paths, log=lambda _m: None).once()
         assert "disp4321" not in preload.CONNECTIONS
         assert held.fileno() == -1  # closed
     finally:

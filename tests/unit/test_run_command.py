@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from qlite.agent import channel as ch
+from qlite.agent.client import exec_over
 from qlite.core.runcommand import RUN_TOKEN_ENV, new_run_token, shimmed, signal_argv
 from qlite.engines.base import Stdio
 from qlite.engines.interrupts import InterruptRelay, forwarding_sigint
-from qlite.vm import channel as ch
-from qlite.vm.client import exec_over
 
 from .guest_helpers import GUEST, short_tmpdir
 

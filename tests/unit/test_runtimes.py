@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from qlite.core.ports import QubeRuntime
 from qlite.core.qubes import QubeManager
-from qlite.core.runtimes import ContainerRuntime, QubeRuntime
+from qlite.core.runtimes import ContainerRuntime
 from qlite.vm.runner import VmRunner
 
 from .conftest import insert_row
@@ -40,10 +41,6 @@ def test_the_runtime_follows_the_mode(ctx, mode, runtime):
     assert qm.runtime(q) is qm.runtime_of_mode(mode)
 
 
-# Modules that still ask a qube's mode, each with why (to go in later steps).
-STILL_ASKING = {
-    "qlite/devices/manager.py": "a VM gets the block device, a container the filesystem",
-}
 ASKS_MODE = re.compile(r"""\bmode\s*[!=]=\s*["'](?:vm|container)["']""")
 
 
@@ -56,4 +53,4 @@ def test_no_module_but_the_runtime_choice_asks_a_qubes_mode():
             asking[rel] = lines
     chooser = asking.pop("qlite/core/qubes.py", [])
     assert len(chooser) == 1  # runtime_of_mode
-    assert set(asking) == set(STILL_ASKING)
+    assert asking == {}

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qlite.agent import channel as ch
 from qlite.errors import EngineError, InvalidValue
 from qlite.paths import Paths
-from qlite.vm import channel as ch
 from qlite.vm import disks, initramfs, kernel, runner
 from qlite.vm.initramfs import AGENT_PORT, INIT_SCRIPT, Entry
 from qlite.vm.qemu_args import HOTPLUG_PORTS, TAP, NetConfig, VmConfig, hotplug_bus, kernel_cmdline, qemu_argv

@@ -1,4 +1,5 @@
-"""Running a command in a VM qube: one channel through its supervisor."""
+"""Running a command over an agent channel: a VM qube's supervisor, or a
+preloaded disposable's agent."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import socket
 import threading
 from pathlib import Path
 
+from qlite.agent import channel as ch
 from qlite.engines.base import Stdio
 from qlite.engines.stream import raw_terminal
 from qlite.errors import EngineError, StateError
-from qlite.vm import channel as ch
 
 CONNECT_TIMEOUT_S = 10.0
 

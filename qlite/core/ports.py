@@ -1,0 +1,82 @@
+"""The ports of the domain: what the rooms below the lifecycle may ask of
+it, and what every runtime answers, as protocols. Rooms such as
+qlite.devices and qlite.vm depend on these, never on the orchestrator
+(qlite.core.qubes) itself, which implements them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from qlite.core.model import Qube, State
+from qlite.core.spec import exec_place
+from qlite.engines.base import ContainerInfo, Stdio
+
+
+class QubeRuntime(Protocol):
+    # What the mode can do, so that callers ask the runtime, not the mode.
+    title: str  # the mode as messages name it
+    gateways: bool  # a qube of this mode may provide network to others
+    preloadable: bool  # its disposables may be started ahead of time
+    resources_fixed_because: str  # why memory and vCPUs wait for the next start
+    # A drive is given as a block device (True), or the host mounts its
+    # filesystem in the qube's devices directory (False).
+    takes_block_devices: bool
+
+    def check_private(self, q: Qube) -> None:
+        """Raise InvalidValue if Q's private data cannot be used in this mode."""
+
+    def state(self, q: Qube, info: ContainerInfo | None) -> State:
+        """Q's state, given its engine container (None: there is none)."""
+
+    def start(self, q: Qube, stale: ContainerInfo | None = None) -> None:
+        """Start halted Q (STALE: a container of an earlier run to replace)."""
+
+    def shutdown(self, q: Qube, timeout: float) -> bool:
+        """Stop Q, by force after TIMEOUT; False if it was not running."""
+
+    def kill(self, q: Qube) -> bool:
+        """Stop Q at once and discard what its run made; False if nothing was there."""
+
+    def pause(self, q: Qube) -> None: ...
+
+    def resume(self, q: Qube) -> None: ...
+
+    def exec(self, q: Qube, argv: list[str], stdio: Stdio, user: str, workdir: str, env: dict[str, str]) -> int:
+        """Run ARGV in running Q; its exit code."""
+
+    def run(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int:
+        """A user's command in running Q, with Ctrl-C (stdio.interrupts) passed to it."""
+
+    def attach_block(self, q: Qube, node: str, path: str, read_only: bool) -> str:
+        """Give block device PATH to running Q as NODE (takes_block_devices only)."""
+
+    def detach_block(self, q: Qube, node: str) -> None:
+        """Take NODE back from Q; nothing if Q no longer runs."""
+
+    def run_disposable(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str],
+                       on_created: Callable[[Qube], None] | None) -> int:
+        """Make new disposable Q's run and run its one command; the caller destroys Q."""
+
+
+class QubeAccess(Protocol):
+    """Qubes by name, their state and runtime, and the lifecycle calls that
+    a lower room's own operations imply (an eject stops a paired qube)."""
+
+    def get(self, name: str) -> Qube: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def state_of(self, q: Qube) -> State: ...
+
+    def runtime(self, q: Qube) -> QubeRuntime: ...
+
+    def exec_in(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str]) -> int: ...
+
+    def shutdown(self, name: str, timeout: float = ..., force: bool = False) -> bool: ...
+
+
+def exec_env(q: Qube, user: str, env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """Where a command run as USER in Q starts, and its environment."""
+    workdir, place = exec_place(user)
+    return workdir, {"QLITE_QUBE": q.name, **place, **env}
