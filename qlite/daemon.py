@@ -2,7 +2,7 @@
 disposables' pool keeper, and the device watcher with the reactions to
 drives that come and go, for one qlite home.
 
-The CLI starts it on demand (qlite/rpc/daemonctl.py); a systemd unit can
+The CLI starts it on demand (qlite/host/daemonctl.py); a systemd unit can
 run ``qlite daemon run`` instead. It holds run/daemon.lock while it lives.
 """
 
@@ -37,9 +37,11 @@ def aem_at_start(paths: Paths) -> None:
     """With anti-evil-maid enforced and a TPM seal, check the measurements
     as the daemon starts, and say in its log what the user must do."""
     from qlite.aem.manager import AemManager  # noqa: PLC0415
+    from qlite.core.templates import TemplateManager  # noqa: PLC0415
     from qlite.errors import QliteError  # noqa: PLC0415
 
-    am = AemManager(Context(paths))
+    ctx = Context(paths)
+    am = AemManager(ctx, TemplateManager(ctx))
     try:
         if not am.enforced() or not am.sealed_path.exists() or am._load().get("mode") != "tpm":
             return
@@ -100,7 +102,9 @@ def run(paths: Paths) -> int:
         log("another qlite daemon already runs for this home")
         return 1
     paths.daemon_pidfile.write_text(str(os.getpid()))
-    broker = Broker(paths, ask_timeout=ask_timeout(), log=log)
+    from qlite.core.lifecycle import Lifecycle  # noqa: PLC0415
+
+    broker = Broker(paths, Lifecycle, ask_timeout=ask_timeout(), log=log)
 
     def stop(_signum: int, _frame: object) -> None:
         broker.stopping.set()

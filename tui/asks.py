@@ -50,7 +50,7 @@ class DaemonAsks:
     that does not run has no questions; the TUI never starts one."""
 
     def __init__(self, paths: Paths):
-        from qlite.rpc.daemonctl import DaemonControl  # noqa: PLC0415
+        from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
 
         self.control = DaemonControl(paths)
 

@@ -184,8 +184,9 @@ class Backend:
     @staticmethod
     def _aem(ctx: Context):
         from qlite.aem.manager import AemManager  # noqa: PLC0415
+        from qlite.core.templates import TemplateManager  # noqa: PLC0415
 
-        return AemManager(ctx)
+        return AemManager(ctx, TemplateManager(ctx))
 
     @staticmethod
     def _templates(ctx: Context):

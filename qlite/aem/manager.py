@@ -21,6 +21,7 @@ from qlite.aem import passphrase as pp
 from qlite.aem.measure import Measurement, chain, changed, measure_files
 from qlite.aem.tpm import PCR, Tpm, tcti
 from qlite.core.context import Context
+from qlite.core.ports import TemplateImages
 from qlite.errors import AccessDenied, InvalidValue, NotFound, StateError
 
 ENFORCE_FEATURE = "aem.enforce"
@@ -48,8 +49,9 @@ def boot_id() -> str:
 
 
 class AemManager:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, templates: TemplateImages):
         self.ctx = ctx
+        self.templates = templates  # qlite.core.templates.TemplateManager
         self.dir = ctx.paths.home / "aem"
         self.sealed_path = self.dir / "sealed.json"
         self.config = self.dir / "components.json"
@@ -59,11 +61,8 @@ class AemManager:
 
     def measure(self) -> list[Measurement]:
         out = measure_files(self.ctx.paths, self.config)
-        from qlite.core.templates import TemplateManager  # noqa: PLC0415
-
-        tm = TemplateManager(self.ctx)
-        for t in sorted(tm.list(), key=lambda t: t.name):
-            out.append(Measurement(f"template:{t.name}", tm.resolved_image(t.name) or "absent"))
+        for name, image in self.templates.images():
+            out.append(Measurement(f"template:{name}", image or "absent"))
         return out
 
     def tpm(self) -> Tpm | None:

@@ -460,7 +460,7 @@ def aem(args: argparse.Namespace) -> int:
     from qlite.aem.manager import AemManager  # noqa: PLC0415
 
     ctx = _context()
-    am = AemManager(ctx)
+    am = AemManager(ctx, _templates(ctx))
     passphrase = _read_secret_file(args.passphrase_file, "passphrase")
     if args.action == "log":
         log_ = am.log()
@@ -617,7 +617,7 @@ def tui(args: argparse.Namespace) -> int:
 
 
 def daemon(args: argparse.Namespace) -> int:
-    from qlite.rpc.daemonctl import DaemonControl  # noqa: PLC0415
+    from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
 
     paths = Context.from_env().paths
     if args.action == "run":
@@ -649,8 +649,9 @@ def _policy_eval(args: argparse.Namespace) -> int:
         result = {"action": "allow", "target": target, "choices": [], "user": None, "rule": None,
                   "reason": "calls from dom0 bypass policy"}
     else:
-        _qubes(ctx).get(source)
-        res, _policy = evaluate_call(ctx.paths, ctx, Request(service, argument, source, target))
+        qubes = _qubes(ctx)
+        qubes.get(source)
+        res, _policy = evaluate_call(ctx.paths, qubes, Request(service, argument, source, target))
         result = {"action": res.action, "target": res.target, "choices": list(res.choices), "user": res.user,
                   "rule": f"{res.rule.file}:{res.rule.line}" if res.rule else None, "reason": res.reason}
     if args.json:
@@ -690,7 +691,7 @@ def _policy_lint(args: argparse.Namespace) -> int:
 
 
 def _policy_ask(args: argparse.Namespace) -> int:
-    from qlite.rpc.daemonctl import DaemonControl  # noqa: PLC0415
+    from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
 
     ctl = DaemonControl(Context.from_env().paths)
     if not args.args:
@@ -811,7 +812,7 @@ def splitgpg(args: argparse.Namespace) -> int:
 
     ctx = _context()
     if args.action == "setup":
-        result = sg.setup(ctx, args.vault, args.client, args.autoaccept)
+        result = sg.setup(ctx, _qubes(ctx), args.vault, args.client, args.autoaccept)
         if args.json:
             emit_json(result.as_json())
         else:

@@ -10,18 +10,80 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from functools import cached_property
+from typing import TYPE_CHECKING, Protocol
 
 from qlite.engines.base import Engine
 from qlite.errors import InvalidValue
 from qlite.paths import Paths
+
+if TYPE_CHECKING:  # annotations only: every command imports this module
+    import socket
+    from pathlib import Path
+
+    from qlite.runtime.probe import RuntimeProbe
 from qlite.state import Store
 from qlite.state.qubes import QubeStore
 
 ENGINES = ("podman", "docker")
 
 
+# The host's side effects, each a seam: the real one is in qlite.host; unit
+# tests give Context a fake of their own (tests/unit/fake_net.py).
+
+class NetApply(Protocol):
+    """The kernel's network state, on the host or in a qube's namespace."""
+
+    def apply_nft(self, script: str, netns: str | None = None) -> None: ...
+
+    def delete_table(self, table: str, netns: str | None = None) -> None: ...
+
+    def enable_forwarding(self, netns: str) -> None: ...
+
+    def set_default_route(self, netns: str, via: str) -> None: ...
+
+    def loopback_up(self, netns: str) -> None: ...
+
+    def interface_by_mac(self, netns: str, mac: str) -> str: ...
+
+    def tap_mirror(self, netns: str, mac: str, tap: str) -> None: ...
+
+
+class Mounts(Protocol):
+    """Mounting on the host: attached drives and the devices directories."""
+
+    def mountinfo(self) -> str: ...
+
+    def is_mountpoint(self, path: Path) -> bool: ...
+
+    def mount(self, device: str, target: Path, options: str) -> None: ...
+
+    def bind_read_only_shared(self, source: Path, view: Path) -> None: ...
+
+    def umount(self, target: Path, lazy: bool = False) -> None: ...
+
+    def busy(self, device: str) -> bool: ...
+
+    def sync(self) -> None: ...
+
+
+class Daemon(Protocol):
+    """The control socket of this home's ``qlite daemon``."""
+
+    def ensure(self) -> None: ...
+
+    def running(self) -> bool: ...
+
+    def notify(self, qube: str) -> None: ...
+
+    def forget(self, uuid: str) -> None: ...
+
+    def take_connection(self, qube: str) -> socket.socket: ...
+
+
 class Context:
-    def __init__(self, paths: Paths, engine: Engine | None = None, store: Store | None = None):
+    def __init__(self, paths: Paths, engine: Engine | None = None, store: Store | None = None, *,
+                 net_apply: NetApply | None = None, mounts: Mounts | None = None, daemon: Daemon | None = None,
+                 runtime_probe: RuntimeProbe | None = None):
         self.paths = paths
         self.warnings: list[str] = []
         # Where warnings go as they happen; the CLI prints them on stderr.
@@ -32,6 +94,10 @@ class Context:
             self.__dict__["engine"] = engine
         if store is not None:
             self.__dict__["store"] = store
+        for name, seam in (("net_apply", net_apply), ("mounts", mounts), ("daemon", daemon),
+                           ("runtime_probe", runtime_probe)):
+            if seam is not None:
+                self.__dict__[name] = seam  # instead of the real one, made on first use
 
     @classmethod
     def from_env(cls) -> Context:
@@ -76,28 +142,29 @@ class Context:
         return self.paths.home_hash
 
     @cached_property
-    def daemon(self):  # -> DaemonControl, or a test's stand-in
+    def daemon(self) -> Daemon:
         """The seam to qlite daemon (the RPC broker) of this home."""
-        from qlite.rpc.daemonctl import DaemonControl  # noqa: PLC0415
+        from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
 
         return DaemonControl(self.paths)
 
     @cached_property
-    def net_apply(self):  # -> the qlite.net.apply module, or a test's stand-in
+    def net_apply(self) -> NetApply:
         """The seam through which qlite changes the kernel's network state."""
-        from qlite.net import apply  # noqa: PLC0415
+        from qlite.host import nft  # noqa: PLC0415
 
-        return apply
+        return nft
 
     @cached_property
-    def mounts(self):  # -> the qlite.devices.mounts module, or a test's stand-in
+    def mounts(self) -> Mounts:
         """The seam through which qlite mounts on the host (devices)."""
-        from qlite.devices import mounts  # noqa: PLC0415
+        from qlite.host import mounts  # noqa: PLC0415
 
         return mounts
 
     @cached_property
-    def runtime_probe(self):  # -> RuntimeProbe | None
+    def runtime_probe(self) -> RuntimeProbe | None:
+        """What runsc can do here, probed once per runsc (None: no runsc)."""
         from qlite.runtime.probe import probe  # noqa: PLC0415
 
         return probe(self.paths.probe_file)

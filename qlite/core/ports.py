@@ -76,6 +76,41 @@ class QubeAccess(Protocol):
     def shutdown(self, name: str, timeout: float = ..., force: bool = False) -> bool: ...
 
 
+class TemplateImages(Protocol):
+    """What anti-evil-maid measures of the templates."""
+
+    def images(self) -> list[tuple[str, str | None]]:
+        """Each template's name, sorted, and the image its current revision
+        resolves to now (None: none)."""
+
+
+class QubeAdmin(QubeAccess, Protocol):
+    """What a feature set up on qubes (split GPG) asks of the lifecycle."""
+
+    def create(self, name: str, *, label: str, netvm: str | None = None) -> Qube: ...
+
+    def resolved_netvm(self, q: Qube) -> str | None: ...
+
+    def set_pref(self, name: str, prop: str, text: str) -> None: ...
+
+    def run(self, name: str, argv: list[str], stdio: Stdio) -> int: ...
+
+
+class RpcTargets(QubeAccess, Protocol):
+    """What the RPC broker asks of the lifecycle for one call: the facts
+    policy is evaluated on, and the call's command in a qube (started if
+    need be) or in a new disposable."""
+
+    def list(self) -> list[Qube]: ...
+
+    def resolved_default_dispvm(self, q: Qube | None) -> str | None: ...
+
+    def start(self, name: str, skip_if_running: bool = False) -> Qube: ...
+
+    def run_disposable(self, argv: list[str], stdio: Stdio, dvm: str | None, user: str | None,
+                       env: dict[str, str], on_created: Callable[[Qube], None] | None) -> int: ...
+
+
 def exec_env(q: Qube, user: str, env: dict[str, str]) -> tuple[str, dict[str, str]]:
     """Where a command run as USER in Q starts, and its environment."""
     workdir, place = exec_place(user)

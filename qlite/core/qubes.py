@@ -448,8 +448,9 @@ class QubeManager:
         """With anti-evil-maid enforced, nothing starts before this boot's
         measurements were verified and confirmed."""
         from qlite.aem.manager import AemManager  # noqa: PLC0415
+        from qlite.core.templates import TemplateManager  # noqa: PLC0415
 
-        AemManager(self.ctx).check_start(name)
+        AemManager(self.ctx, TemplateManager(self.ctx)).check_start(name)
 
     def rpc_dir(self, q: Qube) -> Path:
         """Q's RPC directory on the host (created if missing)."""

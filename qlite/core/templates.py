@@ -161,6 +161,9 @@ class TemplateManager:
         info = self._resolved(name)
         return info.id if info else None
 
+    def images(self) -> list[tuple[str, str | None]]:
+        return [(t.name, self.resolved_image(t.name)) for t in sorted(self.list(), key=lambda t: t.name)]
+
     def verified_image(self, name: str) -> str:
         """The current image of NAME, if it is still the one qlite recorded
         when it built, updated or adopted it, and carries the guest tools

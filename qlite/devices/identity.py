@@ -110,13 +110,3 @@ def is_removable_candidate(name: str) -> bool:
         return False
     holders = SYS_BLOCK / name / "holders"
     return not (holders.is_dir() and os.listdir(holders))
-
-
-def host_mounts(mountinfo: str) -> dict[str, list[str]]:
-    """major:minor -> mount points, from /proc/self/mountinfo text."""
-    out: dict[str, list[str]] = {}
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if len(fields) > 4:
-            out.setdefault(fields[2], []).append(fields[4].replace("\\040", " "))
-    return out

@@ -26,12 +26,12 @@ from qlite.core.ports import QubeAccess
 from qlite.devices.identity import (
     SYS_BLOCK,
     BlockDevice,
-    host_mounts,
     is_removable_candidate,
     parse_ident,
     read_device,
 )
 from qlite.errors import AlreadyExists, EngineError, InvalidValue, NotFound, QliteError, StateError
+from qlite.host.mounts import host_mounts
 from qlite.safepath import UnsafePath, make_dirs, open_trusted_dir, opened, remove_beneath
 
 DEFAULT_OPTIONS = ("nodev", "nosuid")

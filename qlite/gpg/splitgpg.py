@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from qlite.core.context import Context
 from qlite.core.model import State
-from qlite.core.qubes import QubeManager
+from qlite.core.ports import QubeAdmin
 from qlite.engines.base import Stdio
 from qlite.errors import InvalidValue, QliteError
 from qlite.gpg.policyfile import CLIENTS_FEATURE, SERVICE, write_policy
@@ -40,9 +40,10 @@ class SplitGpgSetup:
         return self.__dict__.copy()
 
 
-def setup(ctx: Context, vault: str, clients: list[str], autoaccept: int | None = None) -> SplitGpgSetup:
+def setup(ctx: Context, qm: QubeAdmin, vault: str, clients: list[str],
+          autoaccept: int | None = None) -> SplitGpgSetup:
     """Create or configure VAULT (offline), add CLIENTS, write the policy."""
-    qm = QubeManager(ctx)
+    features = ctx.qube_store.features
     if autoaccept is not None and not 0 <= autoaccept <= 86400:
         raise InvalidValue("--autoaccept takes seconds, from 0 to 86400")
     for client in clients:
@@ -58,18 +59,18 @@ def setup(ctx: Context, vault: str, clients: list[str], autoaccept: int | None =
         raise InvalidValue("a disposable cannot be a vault")
     if qm.resolved_netvm(v) is not None:
         qm.set_pref(vault, "netvm", "")
-    known = set(qm.features.all(vault).get(CLIENTS_FEATURE, "").split())
+    known = set(features.all(vault).get(CLIENTS_FEATURE, "").split())
     known |= set(clients)
-    qm.features.set(vault, CLIENTS_FEATURE, " ".join(sorted(known)))
+    features.set(vault, CLIENTS_FEATURE, " ".join(sorted(known)))
     for client in clients:
-        if autoaccept is not None or AUTOACCEPT_FEATURE not in qm.features.all(client):
-            qm.features.set(client, AUTOACCEPT_FEATURE, str(DEFAULT_AUTOACCEPT if autoaccept is None else autoaccept))
+        if autoaccept is not None or AUTOACCEPT_FEATURE not in features.all(client):
+            features.set(client, AUTOACCEPT_FEATURE, str(DEFAULT_AUTOACCEPT if autoaccept is None else autoaccept))
     path = write_policy(ctx.paths, ctx.qube_store)
     quiet_vault_gpg(ctx, qm, vault)
     return SplitGpgSetup(vault=vault, clients=sorted(known), created=created, policy_file=str(path))
 
 
-def quiet_vault_gpg(ctx: Context, qm: QubeManager, vault: str) -> bool:
+def quiet_vault_gpg(ctx: Context, qm: QubeAdmin, vault: str) -> bool:
     """Put ``no-secmem-warning`` in the vault's ~/.gnupg/gpg.conf (a halted
     vault is started for it, and shut down again). gVisor cannot lock
     memory, so gpg would print "using insecure memory" on every call; the

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qlite.core.context import Context
+from qlite.core.model import State
+from qlite.core.ports import RpcTargets
 from qlite.engines.base import Stdio
 from qlite.errors import AccessDenied, QliteError
 from qlite.paths import Paths
@@ -65,11 +67,8 @@ def policy_dirs(paths: Paths) -> list[Path]:
     return [paths.shipped_policy_dir, paths.policy_dir]
 
 
-def system_snapshot(ctx: Context) -> System:
+def system_snapshot(qm: RpcTargets) -> System:
     """What policy evaluation needs to know about every qube, frozen now."""
-    from qlite.core.qubes import QubeManager  # noqa: PLC0415
-
-    qm = QubeManager(ctx)
     facts = {}
     for q in qm.list():
         facts[q.name] = QubeFacts(
@@ -80,9 +79,9 @@ def system_snapshot(ctx: Context) -> System:
     return System(qubes=facts)
 
 
-def evaluate_call(paths: Paths, ctx: Context, request: Request) -> tuple[Resolution, Policy]:
+def evaluate_call(paths: Paths, qubes: RpcTargets, request: Request) -> tuple[Resolution, Policy]:
     policy = load_policy(policy_dirs(paths))
-    return evaluate(policy, system_snapshot(ctx), request), policy
+    return evaluate(policy, system_snapshot(qubes), request), policy
 
 
 # -- services the host itself answers (target dom0) -----------------------------
@@ -164,22 +163,23 @@ class Call:
         request = self._request()
         ctx = Context(self.broker.paths)
         ctx.on_warning = lambda m: self.broker.log(f"{self.source}: {m}")
-        resolution, _policy = evaluate_call(self.broker.paths, ctx, request)
+        qubes = self.broker.lifecycle(ctx)
+        resolution, _policy = evaluate_call(self.broker.paths, qubes, request)
         if resolution.action == "ask":
-            resolution = self._ask(request, resolution, ctx)
+            resolution = self._ask(request, resolution, ctx, qubes)
         self._audit(decision=resolution.action, resolved=resolution.target, reason=resolution.reason,
                     rule=f"{resolution.rule.file}:{resolution.rule.line}" if resolution.rule else None)
         if resolution.action != "allow" or resolution.target is None:
             self.send_json(wire.RESULT, {"result": "deny", "code": wire.EXIT_REFUSED,
                                          "message": resolution.reason})
             return
-        code = self._execute(request, resolution, ctx)
+        code = self._execute(request, resolution, qubes)
         self._audit(decision="done", resolved=resolution.target, exit=code)
         self.send_json(wire.EXIT, {"code": code})
 
-    def _ask(self, request: Request, resolution: Resolution, ctx: Context) -> Resolution:
+    def _ask(self, request: Request, resolution: Resolution, ctx: Context, qubes: RpcTargets) -> Resolution:
         approvals = self.broker.approvals
-        system = system_snapshot(ctx)
+        system = system_snapshot(qubes)
         key = (system.identity(request.source), request.service, request.target)
         remembered = approvals.lookup(*key)
         if (remembered is not None and remembered.chosen in resolution.choices
@@ -204,7 +204,7 @@ class Call:
             reason = "the user said no" if ask.answered.is_set() else "nobody answered in time"
             return Resolution(action="deny", target=None, choices=(), user=None, notify=False, autostart=False,
                               rule=resolution.rule, reason=reason)
-        system = system_snapshot(ctx)  # the answer came later: who is who now
+        system = system_snapshot(qubes)  # the answer came later: who is who now
         if system.identity(request.source) != key[0]:
             return _with_reason(_denied(resolution), f"{request.source} was replaced while the question was open")
         try:
@@ -218,7 +218,7 @@ class Call:
 
     # -- running the service -------------------------------------------------------
 
-    def _execute(self, request: Request, resolution: Resolution, ctx: Context) -> int:
+    def _execute(self, request: Request, resolution: Resolution, qubes: RpcTargets) -> int:
         target = resolution.target or ""
         full = request.service + (f"+{request.argument}" if request.argument else "")
         env = {"QREXEC_REMOTE_DOMAIN": request.source, "QREXEC_SERVICE_ARGUMENT": request.argument,
@@ -231,15 +231,11 @@ class Call:
                 return self._bridge(lambda stdio: _no_host_service(stdio, request.service))
             return self._bridge(handler)
         if target.startswith("@dispvm:"):
-            return self._in_disposable(target.split(":", 1)[1], argv, env, resolution, ctx)
-        return self._in_qube(target, argv, env, resolution, ctx)
+            return self._in_disposable(target.split(":", 1)[1], argv, env, resolution, qubes)
+        return self._in_qube(target, argv, env, resolution, qubes)
 
     def _in_qube(self, target: str, argv: list[str], env: dict[str, str], resolution: Resolution,
-                 ctx: Context) -> int:
-        from qlite.core.model import State  # noqa: PLC0415
-        from qlite.core.qubes import QubeManager  # noqa: PLC0415
-
-        qm = QubeManager(ctx)
+                 qm: RpcTargets) -> int:
         q = qm.get(target)
         if qm.state_of(q) != State.RUNNING:
             if not resolution.autostart:
@@ -250,14 +246,12 @@ class Call:
         return self._bridge(lambda stdio: qm.exec_in(q, argv, stdio, user, env))
 
     def _in_disposable(self, dvm: str, argv: list[str], env: dict[str, str], resolution: Resolution,
-                       ctx: Context) -> int:
-        from qlite.core.disposables import DisposableManager  # noqa: PLC0415
-
+                       qubes: RpcTargets) -> int:
         def created(q) -> None:
             self.record["disposable"] = q.name
             self.send_json(wire.RESULT, {"result": "allow", "target": q.name})
 
-        return self._bridge(lambda stdio: DisposableManager(ctx).run(
+        return self._bridge(lambda stdio: qubes.run_disposable(
             argv, stdio, dvm=dvm, user=resolution.user, env=env, on_created=created))
 
     def _bridge(self, runner: Callable[[Stdio], int]) -> int:
@@ -337,8 +331,10 @@ def _no_host_service(stdio: Stdio, service: str) -> int:
 class Broker:
     """Listening sockets for running qubes and the admin socket."""
 
-    def __init__(self, paths: Paths, ask_timeout: float = DEFAULT_ASK_TIMEOUT_S, log=print):
+    def __init__(self, paths: Paths, lifecycle: Callable[[Context], RpcTargets],
+                 ask_timeout: float = DEFAULT_ASK_TIMEOUT_S, log=print):
         self.paths = paths
+        self.lifecycle = lifecycle  # the qubes of one call (the daemon gives qlite.core.lifecycle.Lifecycle)
         self.ask_timeout = ask_timeout
         self.asks = AskQueue()
         self.approvals = Approvals()

@@ -66,8 +66,8 @@ def no_kernel_network_changes(monkeypatch):
     def no_daemon(*args, **kwargs):
         raise AssertionError("a TUI test tried to start qlite daemon")
 
-    monkeypatch.setattr("qlite.net.apply._run", refuse)
-    monkeypatch.setattr("qlite.rpc.daemonctl.DaemonControl.ensure", no_daemon)
+    monkeypatch.setattr("qlite.host.nft._run", refuse)
+    monkeypatch.setattr("qlite.host.daemonctl.DaemonControl.ensure", no_daemon)
 
 
 class LockedEngine:
@@ -142,12 +142,8 @@ class FakeCore:
     mounts: FakeMounts = field(default_factory=FakeMounts)  # one for every context, as the host has one
 
     def context(self) -> Context:
-        ctx = Context(self.paths, engine=LockedEngine(self.engine), store=Store(self.paths.db))
-        ctx.__dict__["runtime_probe"] = FAKE_PROBE
-        ctx.__dict__["net_apply"] = self.net_apply
-        ctx.__dict__["mounts"] = self.mounts
-        ctx.__dict__["daemon"] = self.daemon
-        return ctx
+        return Context(self.paths, engine=LockedEngine(self.engine), store=Store(self.paths.db),
+                       runtime_probe=FAKE_PROBE, net_apply=self.net_apply, mounts=self.mounts, daemon=self.daemon)
 
     def app(self, **kwargs) -> QliteApp:
         backend = Backend(self.context, usage=lambda ctx, containers: {
@@ -240,7 +236,7 @@ class AemHome:
     def seal(self, secret: bytes = SECRET, passphrase: bytes = PASSPHRASE, sealed_at: float | None = None) -> None:
         ctx = self.core.context()
         try:
-            am = AemManager(ctx)
+            am = AemManager(ctx, TemplateManager(ctx))
             am.seal(secret, passphrase)
             if sealed_at is not None:  # for pictures that do not move; not covered by the seal
                 state = json.loads(am.sealed_path.read_text())

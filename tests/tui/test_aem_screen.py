@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Input, Static
 
 from qlite.aem.manager import AemManager, boot_id
 from qlite.core.qubes import QubeManager
+from qlite.core.templates import TemplateManager
 from qlite.errors import StateError
 from tui.screens.aem import AemScreen
 from tui.screens.dialogs import ConfirmScreen
@@ -70,7 +71,7 @@ async def test_the_log_with_its_chain_and_the_seal_state(core, aem):
         assert names == [*AEM_COMPONENTS, f"template:{TEMPLATE}"]
         # Each row shows the chain after it; the last is the whole chain, in the status.
         ctx = core.context()
-        log = AemManager(ctx).log()
+        log = AemManager(ctx, TemplateManager(ctx)).log()
         ctx.store.close()
         assert str(table.get_row_at(table.row_count - 1)[3]) == log["chain"][:16] + "…"
         text = status_text(screen)
@@ -158,7 +159,7 @@ async def test_reseal_asks_first_then_verify_passes(core, aem):
         await pilot.pause(0.1)
         assert not error(screen)
     ctx = core.context()
-    result = AemManager(ctx).verify(PASSPHRASE)
+    result = AemManager(ctx, TemplateManager(ctx)).verify(PASSPHRASE)
     ctx.store.close()
     assert result.ok and result.secret == SECRET
 
@@ -201,7 +202,7 @@ async def test_enforce_then_verify_and_confirm_lets_qubes_start(core, aem):
 async def test_relax_asks_first(core, aem):
     aem.seal()
     ctx = core.context()
-    AemManager(ctx).set_enforced(True)
+    AemManager(ctx, TemplateManager(ctx)).set_enforced(True)
     ctx.store.close()
     app = core.app()
     async with app.run_test(size=SIZE) as pilot:

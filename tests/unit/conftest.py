@@ -56,12 +56,12 @@ def no_kernel_network_changes(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"a unit test tried to change kernel network state: {args}")
 
-    monkeypatch.setattr("qlite.net.apply._run", refuse)
+    monkeypatch.setattr("qlite.host.nft._run", refuse)
 
     def no_daemon(*args, **kwargs):
         raise AssertionError("a unit test tried to start qlite daemon")
 
-    monkeypatch.setattr("qlite.rpc.daemonctl.DaemonControl.ensure", no_daemon)
+    monkeypatch.setattr("qlite.host.daemonctl.DaemonControl.ensure", no_daemon)
 
 
 @pytest.fixture
@@ -81,12 +81,9 @@ def engine(tmp_path) -> FakeEngine:
 @pytest.fixture
 def ctx(paths, engine, tmp_path):
     store = Store(paths.home / "qlite.db")
-    c = Context(paths, engine=engine, store=store)
     # Never run the real runsc probe, nor touch the kernel's network state.
-    c.__dict__["runtime_probe"] = FAKE_PROBE
-    c.__dict__["net_apply"] = FakeNetApply()
-    c.__dict__["mounts"] = FakeMounts()
-    c.__dict__["daemon"] = FakeDaemon()
+    c = Context(paths, engine=engine, store=store, runtime_probe=FAKE_PROBE, net_apply=FakeNetApply(),
+                mounts=FakeMounts(), daemon=FakeDaemon())
     engine.add_image(IMAGE_ID, (image_ref(TEMPLATE, 1),), {"qlite.origin": "build"})
     TemplateManager(c)._record(TEMPLATE, 1, IMAGE_ID, "build")
     engine.calls.clear()

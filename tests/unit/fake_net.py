@@ -1,4 +1,4 @@
-"""A stand-in for qlite.net.apply: records what would have been loaded into
+"""A stand-in for qlite.host.nft: records what would have been loaded into
 the kernel, and loads nothing."""
 
 from __future__ import annotations

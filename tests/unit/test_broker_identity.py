@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from qlite.core.lifecycle import Lifecycle
 from qlite.paths import Paths
 from qlite.rpc.asks import Approvals
 from qlite.rpc.broker import Broker
@@ -64,7 +65,7 @@ def test_system_identity(token, identity):
 @pytest.fixture
 def broker():
     home = Path(tempfile.mkdtemp(prefix="qlb-", dir="/tmp"))
-    b = Broker(Paths(home), log=lambda _m: None)
+    b = Broker(Paths(home), Lifecycle, log=lambda _m: None)
     yield b
     b.close()
     os.close(b._wake_r)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from qlite.core.lifecycle import Lifecycle
 from qlite.core.qubes import QubeManager
 from qlite.errors import AccessDenied
 from qlite.paths import Paths
@@ -52,7 +53,7 @@ def logs() -> list[str]:
 
 @pytest.fixture
 def broker(paths, logs):
-    b = Broker(paths, ask_timeout=30.0, log=logs.append)
+    b = Broker(paths, Lifecycle, ask_timeout=30.0, log=logs.append)
     yield b
     b.stopping.set()
     b.close()
@@ -97,7 +98,7 @@ def resolution(action: str, target: str | None = None, choices: tuple[str, ...] 
 
 def policy_says(monkeypatch, action: str, target: str | None = None, choices: tuple[str, ...] = ()) -> None:
     monkeypatch.setattr(broker_mod, "evaluate_call",
-                        lambda paths, ctx, request: (resolution(action, target, choices), None))
+                        lambda paths, qubes, request: (resolution(action, target, choices), None))
 
 
 def connect(path: Path) -> socket.socket:

@@ -264,9 +264,9 @@ def test_a_stale_host_table_never_replaces_a_newer_one(ctx, engine, paths):
     table, without B's qube, must not be the one left in the kernel: B's
     qube would run without its firewall."""
     other = Store(paths.db)
-    ctx_b = Context(paths, engine=engine, store=other)
-    for key in ("runtime_probe", "net_apply", "mounts", "daemon"):
-        ctx_b.__dict__[key] = ctx.__dict__[key]  # one kernel: one record of what was loaded
+    # One kernel: one record of what was loaded.
+    ctx_b = Context(paths, engine=engine, store=other, runtime_probe=ctx.runtime_probe, net_apply=ctx.net_apply,
+                    mounts=ctx.mounts, daemon=ctx.daemon)
     loaded = ctx.net_apply.scripts
     first = DisposableManager(ctx).create(template=TEMPLATE)
     QubeManager(ctx).net.prepare(first)

@@ -81,7 +81,7 @@ def test_removing_a_qube_drops_its_grants(ctx, qm, removed):
     require_root()
     qm.create("client", label="blue", template=TEMPLATE)
     other = qm.create("other", label="blue", template=TEMPLATE)
-    splitgpg.setup(ctx, "vault", ["client", "other"])
+    splitgpg.setup(ctx, qm, "vault", ["client", "other"])
     assert _named(ctx) == {"client", "other", "vault"}
     gone = qm.get(removed)
     qm.remove(removed)
@@ -100,7 +100,7 @@ def test_removing_an_unrelated_qube_leaves_the_policy_alone(ctx, qm):
     require_root()
     qm.create("client", label="blue", template=TEMPLATE)
     qm.create("bystander", label="blue", template=TEMPLATE)
-    splitgpg.setup(ctx, "vault", ["client"])
+    splitgpg.setup(ctx, qm, "vault", ["client"])
     path = ctx.paths.policy_dir / policyfile.POLICY_FILE
     before = path.stat().st_mtime_ns
     qm.remove("bystander")

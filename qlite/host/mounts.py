@@ -7,10 +7,19 @@ import errno
 import os
 from pathlib import Path
 
-from qlite.devices.identity import host_mounts
 from qlite.runtime.command import run_tool
 
 TIMEOUT_S = 60
+
+
+def host_mounts(mountinfo: str) -> dict[str, list[str]]:
+    """major:minor -> mount points, from /proc/self/mountinfo text."""
+    out: dict[str, list[str]] = {}
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            out.setdefault(fields[2], []).append(fields[4].replace("\\040", " "))
+    return out
 
 
 def mountinfo() -> str:
