@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal, get_args
 from uuid import uuid4
 
 from qlite.core.labels import validate_label
 from qlite.errors import InvalidValue
 
-CLASSES = ("AppVM", "TemplateVM", "DispVM", "StandaloneVM")
-MODES = ("container", "vm")
+Klass = Literal["AppVM", "TemplateVM", "DispVM", "StandaloneVM"]
+Mode = Literal["container", "vm"]  # only the runtimes (qlite.core.runtimes) act on it
+CLASSES: tuple[Klass, ...] = get_args(Klass)
+MODES: tuple[Mode, ...] = get_args(Mode)
 STATES = ("Running", "Halted", "Paused", "Transient")
 
 DEFAULT_MEMORY_MIB = 400
@@ -40,7 +43,7 @@ class Qube:
     explicit value ('' meaning none)."""
 
     name: str
-    klass: str
+    klass: Klass
     label: str
     template: str | None
     netvm_raw: str | None = None
@@ -53,7 +56,7 @@ class Qube:
     template_for_dispvms: bool = False
     default_user: str = "user"
     include_in_backups: bool = True
-    mode: str = "container"
+    mode: Mode = "container"
     owner: str | None = None
     # The process creating, cloning or removing the qube, until it is done.
     pending: str | None = None

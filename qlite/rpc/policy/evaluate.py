@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from qlite.errors import AccessDenied
 from qlite.rpc.policy import tokens
-from qlite.rpc.policy.parser import Policy, Rule
+from qlite.rpc.policy.parser import Action, Policy, Rule
 from qlite.rpc.policy.tokens import DOM0
 
 
@@ -59,11 +59,11 @@ class Request:
     target: str                   # as the caller gave it; "@default" when none
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Resolution:
     """The policy's answer to one request."""
 
-    action: str                   # allow | deny | ask
+    action: Action
     target: str | None            # allow: "work", "dom0" or "@dispvm:NAME"; ask: default_target if any; deny: None
     choices: tuple[str, ...]      # ask: the targets the user may choose from (sorted); else ()
     user: str | None
@@ -83,7 +83,8 @@ def _show(text: str) -> str:
 
 
 def _deny(reason: str, rule: Rule | None = None) -> Resolution:
-    return Resolution("deny", None, (), None, True, False, rule, reason)
+    return Resolution(action="deny", target=None, choices=(), user=None, notify=True, autostart=False,
+                      rule=rule, reason=reason)
 
 
 class _Call:
@@ -286,7 +287,8 @@ def _yes(rule: Rule, key: str, default: bool) -> bool:
 def _apply(rule: Rule, policy: Policy, call: _Call, intended: str) -> Resolution:
     where = rule.location
     if rule.action == "deny":
-        return Resolution("deny", None, (), None, _yes(rule, "notify", True), False, rule, f"denied by policy {where}")
+        return Resolution(action="deny", target=None, choices=(), user=None, notify=_yes(rule, "notify", True),
+                          autostart=False, rule=rule, reason=f"denied by policy {where}")
     user = rule.params.get("user")
     notify = _yes(rule, "notify", False)
     autostart = _yes(rule, "autostart", True)
@@ -294,7 +296,8 @@ def _apply(rule: Rule, policy: Policy, call: _Call, intended: str) -> Resolution
         target = _not_loopback(call, call.resolve(rule.params.get("target", intended)))
         if not autostart and target.startswith(tokens.DISPVM_PREFIX):
             raise _Denied("autostart=no, but a disposable has to be started")
-        return Resolution("allow", target, (), user, notify, autostart, rule, f"allowed by policy {where}")
+        return Resolution(action="allow", target=target, choices=(), user=user, notify=notify, autostart=autostart,
+                          rule=rule, reason=f"allowed by policy {where}")
     if "target" in rule.params:
         choices = {_not_loopback(call, call.resolve(rule.params["target"]))}
     else:
@@ -306,7 +309,8 @@ def _apply(rule: Rule, policy: Policy, call: _Call, intended: str) -> Resolution
     if not choices:
         raise _Denied("ask, but there is no target to choose from")
     default = _default_target(call, rule, choices)
-    return Resolution("ask", default, tuple(sorted(choices)), user, notify, autostart, rule, f"ask by policy {where}")
+    return Resolution(action="ask", target=default, choices=tuple(sorted(choices)), user=user, notify=notify,
+                      autostart=autostart, rule=rule, reason=f"ask by policy {where}")
 
 
 def _default_target(call: _Call, rule: Rule, choices: set[str]) -> str | None:

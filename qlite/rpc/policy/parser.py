@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Literal, get_args
 
 from qlite.errors import PolicySyntaxError, QliteError
 from qlite.rpc.policy import tokens
@@ -23,7 +24,8 @@ from qlite.rpc.policy.files import c_locale_sorted, read_policy_path, valid_file
 
 IncludeLoader = Callable[[str], tuple[str, str]]
 
-ACTIONS = ("allow", "deny", "ask")
+Action = Literal["allow", "deny", "ask"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
 # Which parameters each action takes, after qrexec's Allow/Deny/Ask.
 PARAMS: Mapping[str, frozenset[str]] = MappingProxyType({
     "allow": frozenset({"target", "user", "notify", "autostart"}),
@@ -48,7 +50,7 @@ class Rule:
     argument: str | None    # None: any ("*"); "": empty ("+"); "x": "+x"
     source: str             # token as written
     target: str             # token as written
-    action: str             # allow | deny | ask
+    action: Action
     params: Mapping[str, str] = field(hash=False)  # read-only
     file: str
     line: int
@@ -216,15 +218,21 @@ def _rule(line: str, filename: str, lineno: int, scope: tuple[str, str | None] |
     problem = tokens.source_problem(source) or tokens.target_problem(target)
     if problem:
         raise _LineError(problem)
-    if action not in ACTIONS:
-        raise _LineError(f"invalid action {action!r} (expected allow, deny or ask)")
-    values = _params(action, params)
-    if action == "allow" and target == tokens.DEFAULT and "target" not in values:
+    verb = _action(action)
+    values = _params(verb, params)
+    if verb == "allow" and target == tokens.DEFAULT and "target" not in values:
         raise _LineError("allow to @default needs target= (the caller named no target)")
-    return Rule(service, argument_value, source, target, action, values, filename, lineno)
+    return Rule(service, argument_value, source, target, verb, values, filename, lineno)
 
 
-def _params(action: str, params: list[str]) -> dict[str, str]:
+def _action(word: str) -> Action:
+    for action in ACTIONS:
+        if word == action:
+            return action
+    raise _LineError(f"invalid action {word!r} (expected allow, deny or ask)")
+
+
+def _params(action: Action, params: list[str]) -> dict[str, str]:
     values: dict[str, str] = {}
     for param in params:
         key, sep, value = param.partition("=")
