@@ -103,15 +103,19 @@ make_venv() {
         rm -rf "$VENV"
         "$py" -m venv "$VENV"
     fi
-    # Reinstall only when pyproject.toml changed since the last install.
+    # Reinstall when pyproject.toml or the set of qlite's files changed since
+    # the last install: strict mode links each file, so a new one needs it.
     local stamp="$VENV/.qlite-installed" sum
-    sum=$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)
+    sum=$({ cat "$REPO/pyproject.toml"; cd "$REPO" && find -L qlite -name __pycache__ -prune -o -type f \( -name '*.py' -o -name '*.tcss' \) -print | LC_ALL=C sort; } | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
         say "Installing qlite and its Python dependencies into $VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip
-        # compat mode: a plain path entry, which imports faster than the
-        # default editable finder (it matters for disposable latency).
-        "$VENV/bin/python" -m pip install -q -e "$REPO[test,bench]" --config-settings editable_mode=compat
+        # strict mode: a plain path entry (build/__editable__.*) holding
+        # links to qlite's files, which imports as fast as an installed
+        # package (it matters for disposable latency), and maps the tui/
+        # folder to qlite.tui, so no package named "tui" is installed.
+        rm -rf "$REPO/build/__editable__".*
+        "$VENV/bin/python" -m pip install -q -e "$REPO[test,bench]" --config-settings editable_mode=strict
         echo "$sum" >"$stamp"
     else
         say "Python environment up to date"
@@ -119,7 +123,10 @@ make_venv() {
     # An editable install leaves qlite's own modules uncompiled; without
     # bytecode every command (and a preloaded disposable's whole latency)
     # pays ~25 ms of compiling, and more wherever PYTHONDONTWRITEBYTECODE is set.
-    "$VENV/bin/python" -m compileall -q "$REPO/qlite" "$REPO/tui" >/dev/null
+    # Both the installed links and the checkout (which tests import) get it.
+    local tree
+    tree=$(cd / && "$VENV/bin/python" -c 'import os, qlite; print(os.path.dirname(qlite.__file__))')
+    "$VENV/bin/python" -m compileall -q "$tree" "$REPO/qlite" "$REPO/tui" >/dev/null
     ln -sfn "$VENV/bin/qlite" /usr/local/bin/qlite
 }
 

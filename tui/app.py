@@ -18,18 +18,18 @@ from textual.screen import ModalScreen
 
 from qlite.core.context import Context
 from qlite.errors import QliteError
-from tui.asks import AsksSource, DaemonAsks, Question
-from tui.backend import Backend
-from tui.messages import AskAnswered, AsksPolled, AsksPollFailed, CoreWarning
-from tui.runner import CliRunner, CommandRunner
-from tui.screens.aem import AemScreen
-from tui.screens.ask import AskAnswer, AskScreen
-from tui.screens.devices import DevicesScreen
-from tui.screens.dialogs import ConfirmScreen, ErrorScreen
-from tui.screens.logs import LogsScreen
-from tui.screens.nav import MODES as NAV_KEYS
-from tui.screens.qubes import QubesScreen
-from tui.screens.templates import TemplatesScreen
+from qlite.tui.asks import AsksSource, DaemonAsks, Question
+from qlite.tui.backend import Backend
+from qlite.tui.messages import AskAnswered, AsksPolled, AsksPollFailed, CoreWarning
+from qlite.tui.runner import CliRunner, CommandRunner
+from qlite.tui.screens.aem import AemScreen
+from qlite.tui.screens.ask import AskAnswer, AskScreen
+from qlite.tui.screens.devices import DevicesScreen
+from qlite.tui.screens.dialogs import ConfirmScreen, ErrorScreen
+from qlite.tui.screens.logs import LogsScreen
+from qlite.tui.screens.nav import MODES as NAV_KEYS
+from qlite.tui.screens.qubes import QubesScreen
+from qlite.tui.screens.templates import TemplatesScreen
 
 REFRESH_INTERVAL_S = 2.0
 ASK_INTERVAL_S = 1.0

@@ -6,8 +6,8 @@ from textual.message import Message
 
 from qlite.aem.manager import VerifyResult
 from qlite.net.firewall import Rule
-from tui.asks import Question
-from tui.backend import AemStatus, DevicesView, Pref, Snapshot, TemplateRow
+from qlite.tui.asks import Question
+from qlite.tui.backend import AemStatus, DevicesView, Pref, Snapshot, TemplateRow
 
 
 class CoreWarning(Message):

@@ -607,7 +607,7 @@ def tui(args: argparse.Namespace) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise InvalidValue("qlite tui needs a terminal")
     # Textual is imported only here: the rest of qlite never loads it.
-    from tui.app import build_app  # noqa: PLC0415
+    from qlite.tui.app import build_app  # noqa: PLC0415
 
     build_app(Context.from_env).run()
     return 0

@@ -31,11 +31,11 @@ from qlite.errors import NotFound
 from qlite.paths import Paths
 from qlite.runtime.probe import RuntimeProbe
 from qlite.state import Store
+from qlite.tui.app import QliteApp
+from qlite.tui.asks import Question
+from qlite.tui.backend import Backend
 from tests.unit.fake_engine import FakeEngine
 from tests.unit.fake_net import FakeDaemon, FakeMounts, FakeNetApply
-from tui.app import QliteApp
-from tui.asks import Question
-from tui.backend import Backend
 
 TEMPLATE = "debian-12"
 IMAGE_ID = "ab" * 32
@@ -280,7 +280,7 @@ async def wait_for(pilot, predicate: Callable[[], object], timeout: float = 15.0
 async def footer_settled(pilot) -> None:
     """Until the screen's footer shows all its rows of keys: it packs them
     once the screen's bindings are known, a moment after the screen."""
-    from tui.widgets.key_footer import KeyFooter  # noqa: PLC0415
+    from qlite.tui.widgets.key_footer import KeyFooter  # noqa: PLC0415
 
     def settled() -> bool:
         footers = pilot.app.screen.query(KeyFooter)

@@ -14,9 +14,9 @@ from qlite.aem.manager import AemManager, boot_id
 from qlite.core.qubes import QubeManager
 from qlite.core.templates import TemplateManager
 from qlite.errors import StateError
-from tui.screens.aem import AemScreen
-from tui.screens.dialogs import ConfirmScreen
-from tui.screens.secrets import PassphraseScreen, SecretScreen
+from qlite.tui.screens.aem import AemScreen
+from qlite.tui.screens.dialogs import ConfirmScreen
+from qlite.tui.screens.secrets import PassphraseScreen, SecretScreen
 
 from .conftest import AEM_COMPONENTS, PASSPHRASE, SECRET, SIZE, TEMPLATE, wait_for, wait_for_screen
 

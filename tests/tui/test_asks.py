@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from textual.widgets import Button, RadioButton, Static
 
-from tui.asks import Question
-from tui.screens.ask import AskScreen
-from tui.screens.templates import TemplatesScreen
+from qlite.tui.asks import Question
+from qlite.tui.screens.ask import AskScreen
+from qlite.tui.screens.templates import TemplatesScreen
 
 from .conftest import SIZE, wait_for, wait_for_screen
 

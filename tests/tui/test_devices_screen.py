@@ -12,10 +12,10 @@ from textual.widgets import DataTable, Select, Static
 
 from qlite.core.qubes import QubeManager
 from qlite.daemon import device_event
-from tui.screens.device_form import DeviceFormScreen
-from tui.screens.devices import DevicesScreen
-from tui.screens.dialogs import ConfirmScreen
-from tui.widgets.state_checkbox import StateCheckbox
+from qlite.tui.screens.device_form import DeviceFormScreen
+from qlite.tui.screens.devices import DevicesScreen
+from qlite.tui.screens.dialogs import ConfirmScreen
+from qlite.tui.widgets.state_checkbox import StateCheckbox
 
 from .conftest import SIZE, wait_for, wait_for_screen
 

@@ -18,17 +18,27 @@ import pytest
 
 from qlite.errors import QliteError
 from qlite.paths import Paths
+from qlite.tui.asks import DaemonAsks, Question
+from qlite.tui.runner import CliRunner, Intro
+from qlite.tui.screens.run import RunRequest
 from tests.conftest import REPO
-from tui.asks import DaemonAsks, Question
-from tui.runner import CliRunner, Intro
-from tui.screens.run import RunRequest
 
 
 def test_qlite_itself_never_imports_textual():
     code = ("import sys, qlite.cli, qlite.core.qubes, qlite.core.usage\n"
-            "print([m for m in sys.modules if m.split('.')[0] in ('textual', 'tui')])")
+            "print([m for m in sys.modules if m.split('.')[0] == 'textual' or m.startswith('qlite.tui')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_tui_installs_as_qlite_tui_and_not_as_tui(tmp_path):
+    """The folder tui/ is qlite.tui; a package named tui would clash with
+    any other of that name."""
+    code = ("import importlib.util, qlite.tui.app\n"
+            "print(importlib.util.find_spec('tui'), qlite.tui.app.QliteApp.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.stdout.split() == ["None", "qlite.tui.app"]
 
 
 def test_qlite_tui_needs_a_terminal(tmp_path):

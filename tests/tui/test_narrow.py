@@ -10,12 +10,12 @@ import os
 import pytest
 from textual.widgets._footer import FooterKey
 
-from tui.screens.aem import AemScreen
-from tui.screens.devices import DevicesScreen
-from tui.screens.logs import LogsScreen
-from tui.screens.qubes import QubesScreen
-from tui.screens.templates import TemplatesScreen
-from tui.widgets.qube_table import ESSENTIAL, QubeTable
+from qlite.tui.screens.aem import AemScreen
+from qlite.tui.screens.devices import DevicesScreen
+from qlite.tui.screens.logs import LogsScreen
+from qlite.tui.screens.qubes import QubesScreen
+from qlite.tui.screens.templates import TemplatesScreen
+from qlite.tui.widgets.qube_table import ESSENTIAL, QubeTable
 
 from .conftest import footer_settled, wait_for, wait_for_screen
 from .test_snapshots import populate

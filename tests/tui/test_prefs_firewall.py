@@ -9,9 +9,9 @@ import pytest
 from textual.widgets import DataTable, Input, Static
 
 from qlite.core.qubes import QubeManager
-from tui.screens.dialogs import ConfirmScreen
-from tui.screens.firewall import FirewallScreen
-from tui.screens.prefs import PrefsScreen
+from qlite.tui.screens.dialogs import ConfirmScreen
+from qlite.tui.screens.firewall import FirewallScreen
+from qlite.tui.screens.prefs import PrefsScreen
 
 from .conftest import SIZE, wait_for, wait_for_screen
 from .test_qubes_screen import make_qubes, select

@@ -10,11 +10,11 @@ from textual.widgets import Input, Log, Select
 from qlite.core.qubes import QubeManager
 from qlite.core.spec import container_name
 from qlite.errors import EngineError
-from tui.screens.create import CloneScreen, CreateQubeScreen
-from tui.screens.dialogs import ConfirmScreen, ErrorScreen
-from tui.screens.run import RunScreen
-from tui.widgets.qube_table import QubeTable
-from tui.widgets.state_checkbox import StateCheckbox
+from qlite.tui.screens.create import CloneScreen, CreateQubeScreen
+from qlite.tui.screens.dialogs import ConfirmScreen, ErrorScreen
+from qlite.tui.screens.run import RunScreen
+from qlite.tui.widgets.qube_table import QubeTable
+from qlite.tui.widgets.state_checkbox import StateCheckbox
 
 from .conftest import SIZE, TEMPLATE, wait_for, wait_for_screen
 

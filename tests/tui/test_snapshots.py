@@ -11,11 +11,11 @@ import pytest
 from textual.widgets import Input
 
 from qlite.core.qubes import QubeManager
-from tui.screens.aem import AemScreen
-from tui.screens.ask import AskScreen
-from tui.screens.create import CreateQubeScreen
-from tui.screens.devices import DevicesScreen
-from tui.widgets.qube_table import QubeTable
+from qlite.tui.screens.aem import AemScreen
+from qlite.tui.screens.ask import AskScreen
+from qlite.tui.screens.create import CreateQubeScreen
+from qlite.tui.screens.devices import DevicesScreen
+from qlite.tui.widgets.qube_table import QubeTable
 
 from .conftest import PASSPHRASE, SIZE, footer_settled, wait_for, wait_for_screen
 from .test_asks import Clock, question

@@ -6,9 +6,9 @@ from __future__ import annotations
 from textual.widgets import DataTable, Log
 
 from qlite.rpc import audit
-from tui.screens.dialogs import ConfirmScreen
-from tui.screens.logs import LogsScreen
-from tui.screens.templates import TemplatesScreen
+from qlite.tui.screens.dialogs import ConfirmScreen
+from qlite.tui.screens.logs import LogsScreen
+from qlite.tui.screens.templates import TemplatesScreen
 
 from .conftest import IMAGE_ID, SIZE, TEMPLATE, wait_for, wait_for_screen
 

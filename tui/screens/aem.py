@@ -16,14 +16,14 @@ from textual.widgets import DataTable, Header, Label, Static
 
 from qlite.aem.manager import VerifyResult
 from qlite.errors import QliteError
-from tui.backend import AemStatus
-from tui.messages import AemLoaded, AemVerified
-from tui.screens.calls import CallingScreen
-from tui.screens.dialogs import ConfirmScreen
-from tui.screens.nav import nav_bindings
-from tui.screens.secrets import PassphraseScreen, SecretScreen
-from tui.widgets.error_line import ErrorLine
-from tui.widgets.key_footer import KeyFooter
+from qlite.tui.backend import AemStatus
+from qlite.tui.messages import AemLoaded, AemVerified
+from qlite.tui.screens.calls import CallingScreen
+from qlite.tui.screens.dialogs import ConfirmScreen
+from qlite.tui.screens.nav import nav_bindings
+from qlite.tui.screens.secrets import PassphraseScreen, SecretScreen
+from qlite.tui.widgets.error_line import ErrorLine
+from qlite.tui.widgets.key_footer import KeyFooter
 
 COLUMNS = ("#", "COMPONENT", "SHA256", "CHAIN AFTER", "SINCE SEALING")
 DIGEST = 16  # hex digits shown of a digest; the whole chain is in the status

@@ -18,7 +18,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, RadioButton, RadioSet, Static
 
-from tui.asks import Question
+from qlite.tui.asks import Question
 
 GPG_SERVICE = "qubes.Gpg"
 

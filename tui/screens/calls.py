@@ -8,8 +8,8 @@ from collections.abc import Callable
 from textual.screen import Screen
 
 from qlite.errors import QliteError
-from tui.messages import CallDone
-from tui.widgets.error_line import ErrorLine
+from qlite.tui.messages import CallDone
+from qlite.tui.widgets.error_line import ErrorLine
 
 
 class CallingScreen(Screen):

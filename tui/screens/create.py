@@ -17,10 +17,10 @@ from textual.widgets import Button, Input, Label, Select
 from qlite.core.labels import LABELS, label_colour
 from qlite.core.model import DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, HOST_UPLINK
 from qlite.errors import InvalidValue, QliteError
-from tui.backend import Snapshot
-from tui.messages import QubeCreated
-from tui.widgets.error_line import ErrorLine
-from tui.widgets.state_checkbox import StateCheckbox
+from qlite.tui.backend import Snapshot
+from qlite.tui.messages import QubeCreated
+from qlite.tui.widgets.error_line import ErrorLine
+from qlite.tui.widgets.state_checkbox import StateCheckbox
 
 NETVM_DEFAULT = "default"
 NETVM_NONE = "none"

@@ -16,9 +16,9 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from qlite.core.labels import label_colour
 from qlite.devices.manager import DeviceRow
-from tui.backend import QubeChoice
-from tui.widgets.error_line import ErrorLine
-from tui.widgets.state_checkbox import StateCheckbox
+from qlite.tui.backend import QubeChoice
+from qlite.tui.widgets.error_line import ErrorLine
+from qlite.tui.widgets.state_checkbox import StateCheckbox
 
 KINDS = ("attach", "assign", "pair")
 

@@ -18,14 +18,14 @@ from textual.widgets import DataTable, Header, Label, Static
 from qlite.core.labels import label_colour
 from qlite.devices.manager import DeviceRow
 from qlite.errors import QliteError
-from tui.backend import Assignment, DevicesView
-from tui.messages import DevicesLoaded
-from tui.screens.calls import CallingScreen
-from tui.screens.device_form import DeviceFormScreen, DeviceRequest, pair_idents
-from tui.screens.dialogs import ConfirmScreen
-from tui.screens.nav import nav_bindings
-from tui.widgets.error_line import ErrorLine
-from tui.widgets.key_footer import KeyFooter
+from qlite.tui.backend import Assignment, DevicesView
+from qlite.tui.messages import DevicesLoaded
+from qlite.tui.screens.calls import CallingScreen
+from qlite.tui.screens.device_form import DeviceFormScreen, DeviceRequest, pair_idents
+from qlite.tui.screens.dialogs import ConfirmScreen
+from qlite.tui.screens.nav import nav_bindings
+from qlite.tui.widgets.error_line import ErrorLine
+from qlite.tui.widgets.key_footer import KeyFooter
 
 DEVICE_COLUMNS = (("device", "DEVICE"), ("size", "SIZE"), ("ident", "IDENT"), ("label", "LABEL"),
                   ("attached", "ATTACHED TO"), ("assigned", "ASSIGNED TO"))

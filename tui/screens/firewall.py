@@ -13,10 +13,10 @@ from textual.widgets import DataTable, Header, Input, Label
 
 from qlite.errors import QliteError
 from qlite.net.firewall import Rule
-from tui.messages import RulesLoaded
-from tui.screens.dialogs import ConfirmScreen
-from tui.widgets.error_line import ErrorLine
-from tui.widgets.key_footer import KeyFooter
+from qlite.tui.messages import RulesLoaded
+from qlite.tui.screens.dialogs import ConfirmScreen
+from qlite.tui.widgets.error_line import ErrorLine
+from qlite.tui.widgets.key_footer import KeyFooter
 
 COLUMNS = ("NO", "ACTION", "HOST", "PROTOCOL", "PORT(S)", "SPECIAL TARGET", "ICMP TYPE", "EXPIRE", "COMMENT")
 ADD_HINT = "rule: accept|drop [dsthost=…] [proto=tcp|udp|icmp] [dstports=N[-M]] [specialtarget=dns] [expire=+S] …"

@@ -12,9 +12,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Header, Log, TabbedContent, TabPane
 
 from qlite.errors import QliteError
-from tui.messages import LogsLoaded
-from tui.screens.nav import nav_bindings
-from tui.widgets.key_footer import KeyFooter
+from qlite.tui.messages import LogsLoaded
+from qlite.tui.screens.nav import nav_bindings
+from qlite.tui.widgets.key_footer import KeyFooter
 
 RPC_COLUMNS = ("TIME", "SOURCE", "TARGET", "SERVICE", "DECISION", "EXIT", "RULE", "REASON")
 

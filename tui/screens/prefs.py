@@ -11,10 +11,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Label, Static
 
 from qlite.errors import QliteError
-from tui.backend import Pref
-from tui.messages import PrefSaved, PrefsLoaded
-from tui.widgets.error_line import ErrorLine
-from tui.widgets.key_footer import KeyFooter
+from qlite.tui.backend import Pref
+from qlite.tui.messages import PrefSaved, PrefsLoaded
+from qlite.tui.widgets.error_line import ErrorLine
+from qlite.tui.widgets.key_footer import KeyFooter
 
 RESETTABLE = ("netvm", "default_dispvm")
 

@@ -12,23 +12,23 @@ from textual.screen import Screen
 from textual.widgets import Header, Input, Log, Static
 
 from qlite.errors import QliteError
-from tui.backend import QubeRow, Snapshot
-from tui.messages import (
+from qlite.tui.backend import QubeRow, Snapshot
+from qlite.tui.messages import (
     ActionDone,
     CommandExited,
     CommandOutput,
     QubesRefreshed,
     RefreshFailed,
 )
-from tui.runner import SHELL, Intro
-from tui.screens.create import CloneScreen, CreateQubeScreen
-from tui.screens.dialogs import ConfirmScreen
-from tui.screens.firewall import FirewallScreen
-from tui.screens.nav import nav_bindings
-from tui.screens.prefs import PrefsScreen
-from tui.screens.run import RunRequest, RunScreen
-from tui.widgets.key_footer import KeyFooter
-from tui.widgets.qube_table import SORTS, QubeTable
+from qlite.tui.runner import SHELL, Intro
+from qlite.tui.screens.create import CloneScreen, CreateQubeScreen
+from qlite.tui.screens.dialogs import ConfirmScreen
+from qlite.tui.screens.firewall import FirewallScreen
+from qlite.tui.screens.nav import nav_bindings
+from qlite.tui.screens.prefs import PrefsScreen
+from qlite.tui.screens.run import RunRequest, RunScreen
+from qlite.tui.widgets.key_footer import KeyFooter
+from qlite.tui.widgets.qube_table import SORTS, QubeTable
 
 ACTIVITY_LINES = 1000
 SMALL_HEIGHT = 30  # below it the activity log gives its lines to the qube list

@@ -12,8 +12,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
-from tui.widgets.error_line import ErrorLine
-from tui.widgets.state_checkbox import StateCheckbox
+from qlite.tui.widgets.error_line import ErrorLine
+from qlite.tui.widgets.state_checkbox import StateCheckbox
 
 DEFAULT_DVM = ""  # the global default_dispvm
 

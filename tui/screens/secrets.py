@@ -10,7 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from tui.widgets.error_line import ErrorLine
+from qlite.tui.widgets.error_line import ErrorLine
 
 
 def shown_secret(secret: bytes) -> str:

@@ -12,11 +12,11 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Header, Label, Log
 
 from qlite.errors import QliteError
-from tui.backend import TemplateRow
-from tui.messages import TemplateJobDone, TemplateProgress, TemplatesLoaded
-from tui.screens.dialogs import ConfirmScreen, ErrorScreen
-from tui.screens.nav import nav_bindings
-from tui.widgets.key_footer import KeyFooter
+from qlite.tui.backend import TemplateRow
+from qlite.tui.messages import TemplateJobDone, TemplateProgress, TemplatesLoaded
+from qlite.tui.screens.dialogs import ConfirmScreen, ErrorScreen
+from qlite.tui.screens.nav import nav_bindings
+from qlite.tui.widgets.key_footer import KeyFooter
 
 LOG_LINES = 2000
 

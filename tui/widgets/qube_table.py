@@ -15,7 +15,7 @@ from textual.widgets import DataTable
 
 from qlite.core.labels import label_colour
 from qlite.core.preload import READY as PRELOADED
-from tui.backend import QubeRow
+from qlite.tui.backend import QubeRow
 
 # (key, header), in the order shown.
 COLUMNS = (("name", "NAME"), ("state", "STATE"), ("label", "LABEL"), ("class", "CLASS"), ("mode", "MODE"),
