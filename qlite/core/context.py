@@ -66,6 +66,14 @@ class Mounts(Protocol):
     def sync(self) -> None: ...
 
 
+class PrivateData(Protocol):
+    """Laying out and copying private volumes on the host (qlite.core.volumes)."""
+
+    def init(self, mountpoint: str) -> None: ...
+
+    def copy(self, src_mountpoint: str, dst_mountpoint: str) -> None: ...
+
+
 class Daemon(Protocol):
     """The control socket of this home's ``qlite daemon``."""
 
@@ -83,7 +91,7 @@ class Daemon(Protocol):
 class Context:
     def __init__(self, paths: Paths, engine: Engine | None = None, store: Store | None = None, *,
                  net_apply: NetApply | None = None, mounts: Mounts | None = None, daemon: Daemon | None = None,
-                 runtime_probe: RuntimeProbe | None = None):
+                 runtime_probe: RuntimeProbe | None = None, private_volumes: PrivateData | None = None):
         self.paths = paths
         self.warnings: list[str] = []
         # Where warnings go as they happen; the CLI prints them on stderr.
@@ -95,7 +103,7 @@ class Context:
         if store is not None:
             self.__dict__["store"] = store
         for name, seam in (("net_apply", net_apply), ("mounts", mounts), ("daemon", daemon),
-                           ("runtime_probe", runtime_probe)):
+                           ("runtime_probe", runtime_probe), ("private_volumes", private_volumes)):
             if seam is not None:
                 self.__dict__[name] = seam  # instead of the real one, made on first use
 
@@ -154,6 +162,13 @@ class Context:
         from qlite.host import nft  # noqa: PLC0415
 
         return nft
+
+    @cached_property
+    def private_volumes(self) -> PrivateData:
+        """The host's work on the qubes' private volumes."""
+        from qlite.core.volumes import PrivateVolumes  # noqa: PLC0415
+
+        return PrivateVolumes()
 
     @cached_property
     def mounts(self) -> Mounts:

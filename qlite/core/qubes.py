@@ -41,7 +41,6 @@ from qlite.core.spec import (
     engine_labels,
     volume_name,
 )
-from qlite.core.volumes import copy_private, init_private
 from qlite.engines.base import ContainerInfo, Stdio
 from qlite.errors import AlreadyExists, InvalidValue, NotFound, QliteError, StateError
 from qlite.gpg.policyfile import forget_qube
@@ -328,8 +327,8 @@ class QubeManager:
             if copy_from is not None:
                 src = engine.inspect_volume(volume_name(self.ctx.home_hash, copy_from.name))
                 if src is not None:
-                    copy_private(src.mountpoint, vol.mountpoint)
-            init_private(vol.mountpoint)
+                    self.ctx.private_volumes.copy(src.mountpoint, vol.mountpoint)
+            self.ctx.private_volumes.init(vol.mountpoint)
         except BaseException:
             engine.remove_volume(vol.name)
             raise

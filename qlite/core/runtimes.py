@@ -17,7 +17,6 @@ from qlite.core.model import Qube, State
 from qlite.core.ports import exec_env
 from qlite.core.runcommand import RUN_TOKEN_ENV, new_run_token, signal_argv
 from qlite.core.spec import container_name, qube_container_spec, volume_name
-from qlite.core.volumes import init_private
 from qlite.engines.base import ContainerInfo, Stdio
 from qlite.errors import InvalidValue, QliteError
 from qlite.safepath import UnsafePath
@@ -99,7 +98,7 @@ class ContainerRuntime:
         its network arranged); COMMAND instead of the idle one for a
         disposable. Its id; nothing is left if this fails."""
         engine, hh = self.ctx.engine, self.ctx.home_hash
-        init_private(self.qubes.private_mountpoint(q))
+        self.ctx.private_volumes.init(self.qubes.private_mountpoint(q))
         plan = self.qubes.net.prepare(q)
         extra = {} if command is None else {
             "command": tuple(command), "user": user, "env": env, "stdin_open": True,

@@ -15,14 +15,30 @@ from qlite.errors import EngineError
 from qlite.safepath import UnsafePath, copy_tree, make_dirs, open_trusted_dir, opened
 
 
-def init_private(mountpoint: str) -> None:
+class PrivateVolumes:
+    """The host's work on private volumes, as Context hands it out
+    (ctx.private_volumes). HOME_UID owns /rw/home/user (the template's
+    user) and ROOT_UID /rw/home; tests that run without root, where chown
+    to another uid is refused, give their own uid for both."""
+
+    def __init__(self, home_uid: int = USER_UID, root_uid: int = 0):
+        self.home_uid, self.root_uid = home_uid, root_uid
+
+    def init(self, mountpoint: str) -> None:
+        init_private(mountpoint, self.home_uid, self.root_uid)
+
+    def copy(self, src_mountpoint: str, dst_mountpoint: str) -> None:
+        copy_private(src_mountpoint, dst_mountpoint)
+
+
+def init_private(mountpoint: str, home_uid: int = USER_UID, root_uid: int = 0) -> None:
     """Make sure /rw/home/user exists; what is made gets its owner (home
-    root 0755, user uid 1000 0700). Whatever the qube put there already is
+    root 0755, user HOME_UID 0700). Whatever the qube put there already is
     left as it is, even a link: it is resolved only inside the sandbox."""
     with opened(open_trusted_dir(mountpoint)) as root:
         try:
             os.close(make_dirs(root, "home/user", modes={0: 0o755, 1: 0o700},
-                               owners={1: (USER_UID, USER_UID)}))
+                               owners={0: (root_uid, root_uid), 1: (home_uid, home_uid)}))
         except UnsafePath:
             pass  # the qube made home or home/user something else: its own business
 

@@ -17,7 +17,9 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from qlite.core.context import Context
 from qlite.core.model import Qube
 from qlite.core.qubes import QubeManager
+from qlite.core.spec import USER_UID
 from qlite.core.templates import TemplateManager, image_ref
+from qlite.core.volumes import PrivateVolumes
 from qlite.paths import Paths
 from qlite.runtime.probe import RuntimeProbe
 from qlite.state import Store
@@ -35,14 +37,11 @@ settings.load_profile("qlite-unit")
 TEMPLATE = "debian-12"
 IMAGE_ID = "ab" * 32
 
-ROOT_REASON = "init_private chowns /rw/home/user to uid 1000, which needs root"
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_REASON)
-
-
-def require_root() -> None:
-    """For fixtures that lay out a private volume."""
-    if os.geteuid() != 0:
-        pytest.skip(ROOT_REASON)
+# Who owns /rw/home/user in the volumes these tests lay out: the template's
+# user, as in a real qube, or without root (where chown to another uid is
+# refused) the test's own uid, so that the lifecycle runs as any user.
+HOME_UID = USER_UID if os.geteuid() == 0 else os.geteuid()
+ROOT_UID = os.geteuid()
 
 FAKE_PROBE = RuntimeProbe(
     runsc="/usr/bin/runsc", version="fake", platform="systrap", netstack=True,
@@ -83,7 +82,7 @@ def ctx(paths, engine, tmp_path):
     store = Store(paths.home / "qlite.db")
     # Never run the real runsc probe, nor touch the kernel's network state.
     c = Context(paths, engine=engine, store=store, runtime_probe=FAKE_PROBE, net_apply=FakeNetApply(),
-                mounts=FakeMounts(), daemon=FakeDaemon())
+                mounts=FakeMounts(), daemon=FakeDaemon(), private_volumes=PrivateVolumes(HOME_UID, ROOT_UID))
     engine.add_image(IMAGE_ID, (image_ref(TEMPLATE, 1),), {"qlite.origin": "build"})
     TemplateManager(c)._record(TEMPLATE, 1, IMAGE_ID, "build")
     engine.calls.clear()

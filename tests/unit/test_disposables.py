@@ -22,7 +22,7 @@ from qlite.net import nft
 from qlite.state.owners import current_owner, owner_alive
 from qlite.state.store import Store
 
-from .conftest import IMAGE_ID, TEMPLATE, dead_owner, dump_store, insert_row, require_root
+from .conftest import IMAGE_ID, TEMPLATE, dead_owner, dump_store, insert_row
 
 
 @pytest.fixture
@@ -32,7 +32,6 @@ def qm(ctx) -> QubeManager:
 
 @pytest.fixture
 def dvm(ctx, qm):
-    require_root()
     q = qm.create("default-dvm", label="orange", template=TEMPLATE, props={"template_for_dispvms": "True"})
     GlobalPrefs(ctx.store).set("default_dispvm", "default-dvm")
     return q

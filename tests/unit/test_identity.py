@@ -13,7 +13,7 @@ from qlite.rpc.policy import parse_policy, unknown_qubes
 from qlite.state import Store
 from qlite.state.migrations import MIGRATIONS
 
-from .conftest import TEMPLATE, insert_row, require_root
+from .conftest import TEMPLATE, insert_row
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
@@ -42,7 +42,6 @@ def test_a_qube_recreated_under_an_old_name_is_someone_else(qm):
 
 
 def test_clone_gets_a_new_identity(qm):
-    require_root()
     qm.create("src", label="blue", template=TEMPLATE)
     qm.clone("src", "dst")
     assert qm.get("dst").uuid != qm.get("src").uuid
@@ -78,7 +77,6 @@ def _named(ctx) -> set[str]:
 def test_removing_a_qube_drops_its_grants(ctx, qm, removed):
     """The managed policy is rewritten and the broker told to forget the
     qube's approvals; a new qube with the old name is named by nothing."""
-    require_root()
     qm.create("client", label="blue", template=TEMPLATE)
     other = qm.create("other", label="blue", template=TEMPLATE)
     splitgpg.setup(ctx, qm, "vault", ["client", "other"])
@@ -97,7 +95,6 @@ def test_removing_a_qube_drops_its_grants(ctx, qm, removed):
 
 
 def test_removing_an_unrelated_qube_leaves_the_policy_alone(ctx, qm):
-    require_root()
     qm.create("client", label="blue", template=TEMPLATE)
     qm.create("bystander", label="blue", template=TEMPLATE)
     splitgpg.setup(ctx, qm, "vault", ["client"])

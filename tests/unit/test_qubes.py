@@ -24,7 +24,7 @@ from qlite.errors import (
 )
 from qlite.state.owners import current_owner
 
-from .conftest import IMAGE_ID, TEMPLATE, dead_owner, dump_store, insert_row, needs_root, require_root
+from .conftest import HOME_UID, IMAGE_ID, TEMPLATE, dead_owner, dump_store, insert_row
 
 
 @pytest.fixture
@@ -76,7 +76,6 @@ def test_create_without_any_template(ctx, qm, engine):
     assert not qm.exists("work") and engine.mutating_calls() == []
 
 
-@needs_root
 def test_create_duplicate_changes_nothing(ctx, qm, engine):
     qm.create("work", label="red", template=TEMPLATE)
     before_db, before_engine = dump_store(ctx.store), engine.snapshot()
@@ -88,7 +87,6 @@ def test_create_duplicate_changes_nothing(ctx, qm, engine):
     assert engine.mutating_calls() == []
 
 
-@needs_root
 def test_create_makes_a_labelled_private_volume(ctx, qm, engine):
     q = qm.create("work", label="blue", template=TEMPLATE, memory=512, vcpus=3)
     assert (q.name, q.klass, q.label, q.template, q.memory, q.vcpus) == ("work", "AppVM", "blue", TEMPLATE, 512, 3)
@@ -97,14 +95,13 @@ def test_create_makes_a_labelled_private_volume(ctx, qm, engine):
     assert vol.labels == {"qlite.qube": "work", "qlite.kind": "private", "qlite.home": ctx.home_hash}
     home = os.path.join(vol.mountpoint, "home", "user")
     st = os.stat(home)
-    assert (st.st_uid, st.st_gid) == (1000, 1000)
+    assert (st.st_uid, st.st_gid) == (HOME_UID, HOME_UID)
     assert st.st_mode & 0o777 == 0o700
     # Nothing runs yet: no container, no network.
     assert engine.containers == {} and engine.networks == {}
     assert engine.images == {IMAGE_ID: engine.images[IMAGE_ID]}
 
 
-@needs_root
 def test_create_with_props_and_netvm(qm):
     q = qm.create("work", label="red", template=TEMPLATE, netvm="none",
                   props={"autostart": "on", "maxmem": "1024", "default_user": "root", "mode": "container"})
@@ -114,7 +111,6 @@ def test_create_with_props_and_netvm(qm):
     assert qm.resolved_netvm(got) is None
 
 
-@needs_root
 def test_create_rolls_back_the_row_when_the_volume_fails(ctx, qm, engine):
     before_db = dump_store(ctx.store)
     engine.fail["create_volume"] = EngineError("fake: disk full")
@@ -129,7 +125,6 @@ def test_create_rolls_back_the_row_when_the_volume_fails(ctx, qm, engine):
 
 @pytest.fixture
 def work(qm):
-    require_root()
     return qm.create("work", label="blue", template=TEMPLATE)
 
 
@@ -146,7 +141,7 @@ def test_start_creates_a_read_only_labelled_container(ctx, qm, engine, work):
     assert mounts["/rw"].source == vol.name
     assert "/home/user" not in mounts  # /home is the template's link into /rw
     home = os.path.join(vol.mountpoint, "home", "user")
-    assert os.stat(home).st_uid == 1000 and os.stat(home).st_mode & 0o777 == 0o700
+    assert os.stat(home).st_uid == HOME_UID and os.stat(home).st_mode & 0o777 == 0o700
     # The default netvm is the host uplink, so the qube has its own network.
     net = network_name(ctx.home_hash, "work")
     assert spec.network == net
@@ -330,7 +325,7 @@ def test_clone_copies_private_data_features_and_tags(ctx, qm, engine, work):
     secret = os.path.join(src_vol.mountpoint, "home", "user", "notes.txt")
     with open(secret, "w") as f:
         f.write("private notes")
-    os.chown(secret, 1000, 1000)
+    os.chown(secret, HOME_UID, HOME_UID)
     qm.set_pref("work", "memory", "800")
     qm.set_pref("work", "netvm", "none")
     qm.add_tags("work", ["alpha", "beta"])
@@ -349,7 +344,7 @@ def test_clone_copies_private_data_features_and_tags(ctx, qm, engine, work):
     copied = os.path.join(dst_vol.mountpoint, "home", "user", "notes.txt")
     with open(copied) as f:
         assert f.read() == "private notes"
-    assert os.stat(copied).st_uid == 1000
+    assert os.stat(copied).st_uid == HOME_UID
     # A copy, not a link: changing the clone leaves the source alone.
     with open(copied, "w") as f:
         f.write("changed")
@@ -378,14 +373,12 @@ def test_clone_errors_change_nothing(ctx, qm, engine, work, src, dst, error):
 
 
 def test_failed_clone_copy_rolls_back(ctx, qm, engine, work, monkeypatch):
-    from qlite.core import qubes as qubes_mod  # noqa: PLC0415
-
     def broken_copy(src, dst):
         raise EngineError("copying private data failed: fake")
 
     before_db = dump_store(ctx.store)
     vols = set(engine.volumes)
-    monkeypatch.setattr(qubes_mod, "copy_private", broken_copy)
+    monkeypatch.setattr(ctx.private_volumes, "copy", broken_copy)
     with pytest.raises(EngineError):
         qm.clone("work", "work2")
     assert dump_store(ctx.store) == before_db
@@ -500,7 +493,6 @@ def test_global_prefs(ctx):
         gp.set("bogus", "x")
 
 
-@needs_root
 def test_create_uses_default_template(ctx, qm):
     GlobalPrefs(ctx.store).set("default_template", TEMPLATE)
     assert qm.create("work", label="red").template == TEMPLATE
@@ -588,7 +580,6 @@ def test_create_and_clone_leave_no_pending_mark(ctx, qm, work):
     assert [(r["name"], r["pending"]) for r in rows] == [("copy", None), ("work", None)]
 
 
-@needs_root
 @pytest.mark.parametrize("cut", ["create-before-volume", "create-after-volume", "remove-after-container",
                                  "remove-after-volume"])
 def test_reap_finishes_what_a_dead_process_left_pending(ctx, qm, engine, cut):
