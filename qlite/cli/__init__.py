@@ -12,6 +12,7 @@ import sys
 from qlite import __version__
 from qlite.cli import commands
 from qlite.cli.render import printable
+from qlite.core.context import Context
 from qlite.errors import QliteError
 
 
@@ -41,6 +42,26 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if json_out:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         return sp
+
+    def actions(sp: argparse.ArgumentParser, json_out: bool = False, **defaults: object):
+        """SP's actions, each a parser of its own with only its own options;
+        DEFAULTS are what an action without an option reads."""
+        if isinstance(sp, _Unused):
+            return lambda *a, **k: _Unused()
+        sp.set_defaults(json=False, args=[], **defaults)
+        acts = sp.add_subparsers(dest="action", metavar="ACTION")
+        acts.required = True
+        sp.actions = {}
+
+        def action(name: str, help_: str, args: str | None = None) -> argparse.ArgumentParser:
+            ap = acts.add_parser(name, help=help_, description=help_)
+            sp.actions[name] = ap
+            if json_out:
+                ap.add_argument("--json", action="store_true", help="machine-readable output")
+            if args:
+                ap.add_argument("args", nargs="*", metavar=args)
+            return ap
+        return action
 
     sp = cmd("create", commands.create, "create a new app qube", json_out=True)
     sp.add_argument("name")
@@ -118,11 +139,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("names", nargs="+", metavar="NAME")
     sp.add_argument("-f", "--force", action="store_true", help="shut them down first")
 
-    sp = cmd("template", commands.template, "build, list, update, revert or remove templates", json_out=True)
-    sp.add_argument("action", choices=("build", "list", "update", "revert", "remove", "approve"))
-    sp.add_argument("name", nargs="?")
-    sp.add_argument("--force", action="store_true", help="build: rebuild even if up to date")
-    sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sp = cmd("template", commands.template, "build, list, update, revert or remove templates")
+    action = actions(sp, json_out=True, name=None, force=False, quiet=False)
+    action("list", "the templates and their revisions")
+    for name, help_ in (("build", "build NAME from images/NAME (nothing if it is up to date)"),
+                        ("update", "upgrade NAME's packages into a new revision"),
+                        ("revert", "make NAME's previous revision the current one"),
+                        ("remove", "remove NAME and its revisions"),
+                        ("approve", "accept an image of NAME that was replaced outside qlite")):
+        ap = action(name, help_)
+        ap.add_argument("name", nargs="?")
+        if name == "build":
+            ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
+        if name in ("build", "update"):
+            ap.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
     sp = cmd("doctor", commands.doctor, "check what this host can do", json_out=True)
     sp.add_argument("--no-kvm", action="store_true", help="skip the KVM guest probe")
@@ -135,41 +165,72 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     cmd("reconcile", commands.reconcile, "remove what crashed qlite processes left behind", json_out=True)
 
     sp = cmd("daemon", commands.daemon, "the RPC broker (started on demand)")
-    sp.add_argument("action", choices=("run", "start", "stop", "status"))
+    action = actions(sp)
+    for name, help_ in (("run", "serve in the foreground"), ("start", "start it in the background"),
+                        ("stop", "stop it"), ("status", "whether it runs")):
+        action(name, help_)
 
-    sp = cmd("policy", commands.policy, "evaluate, check and answer RPC policy", json_out=True)
-    sp.add_argument("action", choices=("eval", "lint", "ask"))
-    sp.add_argument("args", nargs="*", metavar="ARG",
-                    help="eval: SERVICE[+ARG] SOURCE TARGET; ask: [ID allow [TARGET] | ID deny]")
+    sp = cmd("policy", commands.policy, "evaluate, check and answer RPC policy")
+    action = actions(sp, json_out=True)
+    action("eval", "what the policy answers to a call", args="SERVICE[+ARG] SOURCE TARGET")
+    action("lint", "check the policy files")
+    action("ask", "list the open questions, or answer one", args="[ID allow [TARGET] | ID deny]")
 
-    sp = cmd("splitgpg", commands.splitgpg, "keys in an offline vault qube, used by other qubes", json_out=True)
-    sp.add_argument("action", choices=("setup", "gen-key", "import", "list", "export"))
-    sp.add_argument("vault")
-    sp.add_argument("args", nargs="*", metavar="ARG", help="import: FILE or -; export: KEY")
-    sp.add_argument("--client", action="append", default=[], metavar="QUBE", help="setup: a qube that may use it")
-    sp.add_argument("--autoaccept", type=_int("--autoaccept"), metavar="SECONDS",
-                    help="setup: how long a yes stands (default 300)")
-    sp.add_argument("--name", help="gen-key: the key's name")
-    sp.add_argument("--email", help="gen-key: the key's email address")
-    sp.add_argument("--secret", action="store_true", help="list: secret keys")
+    sp = cmd("splitgpg", commands.splitgpg, "keys in an offline vault qube, used by other qubes")
+    action = actions(sp, json_out=True, client=[], autoaccept=None, name=None, email=None, secret=False)
+    ap = action("setup", "make VAULT (offline) and let clients use it")
+    ap.add_argument("vault")
+    ap.add_argument("--client", action="append", default=[], metavar="QUBE", help="a qube that may use it")
+    ap.add_argument("--autoaccept", type=_int("--autoaccept"), metavar="SECONDS",
+                    help="how long a yes stands (default 300)")
+    ap = action("gen-key", "generate a key in VAULT")
+    ap.add_argument("vault")
+    ap.add_argument("--name", help="the key's name")
+    ap.add_argument("--email", help="the key's email address")
+    ap = action("import", "import keys into VAULT", args="FILE|-")
+    ap.add_argument("vault")
+    ap = action("list", "the keys in VAULT")
+    ap.add_argument("vault")
+    ap.add_argument("--secret", action="store_true", help="secret keys")
+    ap = action("export", "a public key of VAULT's", args="KEY")
+    ap.add_argument("vault")
 
-    sp = cmd("device", commands.device, "block devices: list, attach, detach, assign, pair, eject", json_out=True)
-    sp.add_argument("action", choices=("list", "attach", "detach", "assign", "unassign", "pair", "eject"))
-    sp.add_argument("args", nargs="*", metavar="ARG",
-                    help="attach: QUBE DEVICE; detach: [QUBE] DEVICE; assign/unassign: QUBE IDENT "
-                         "(uuid:U, serial:S or dev:NAME); pair: QUBE; eject: DEVICE")
-    sp.add_argument("--ro", action="store_true", help="attach/assign/pair: read-only")
-    sp.add_argument("--exec", action="store_true", help="attach: allow running programs from it (no noexec)")
-    sp.add_argument("--required", action="store_true", help="assign: the qube does not start without it")
-    sp.add_argument("--fs-uuid", metavar="U", help="pair: the drive's filesystem UUID")
-    sp.add_argument("--serial", metavar="S", help="pair: the drive's serial")
+    sp = cmd("device", commands.device, "block devices: list, attach, detach, assign, pair, eject")
+    action = actions(sp, json_out=True, ro=False, exec=False, required=False, fs_uuid=None, serial=None)
+    action("list", "the block devices, what has them and what they are assigned to")
+    ap = action("attach", "give a drive to a running qube", args="QUBE DEVICE")
+    ap.add_argument("--ro", action="store_true", help="read-only")
+    ap.add_argument("--exec", action="store_true", help="allow running programs from it (no noexec)")
+    action("detach", "take a drive back", args="[QUBE] DEVICE")
+    ap = action("assign", "attach a drive whenever the qube starts", args="QUBE IDENT")
+    ap.add_argument("--ro", action="store_true", help="read-only")
+    ap.add_argument("--required", action="store_true", help="the qube does not start without it")
+    action("unassign", "stop assigning a drive", args="QUBE IDENT")
+    ap = action("pair", "start the qube when its drive is inserted, stop it when removed", args="QUBE")
+    ap.add_argument("--ro", action="store_true", help="read-only")
+    ap.add_argument("--fs-uuid", metavar="U", help="the drive's filesystem UUID")
+    ap.add_argument("--serial", metavar="S", help="the drive's serial")
+    action("eject", "sync, stop a paired qube, detach", args="DEVICE")
 
-    sp = cmd("aem", commands.aem, "anti-evil-maid: measure, seal a secret, verify", json_out=True)
-    sp.add_argument("action", choices=("log", "seal", "verify", "reseal", "enforce", "relax"))
-    sp.add_argument("--secret-file", metavar="F", help="seal: the secret to show when nothing changed (- for stdin)")
-    sp.add_argument("--passphrase-file", metavar="P", help="without a TPM: the passphrase (- for stdin)")
-    sp.add_argument("--boot-pcrs", metavar="N,N", help="seal: also bind to these TPM PCRs of the host's boot")
-    sp.add_argument("-y", "--yes", action="store_true", help="verify: confirm; reseal: do not ask")
+    sp = cmd("aem", commands.aem, "anti-evil-maid: measure, seal a secret, verify")
+    action = actions(sp, json_out=True, secret_file=None, passphrase_file=None, boot_pcrs=None, yes=False)
+
+    def passphrase(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--passphrase-file", metavar="P", help="without a TPM: the passphrase (- for stdin)")
+
+    action("log", "the measurements and their chain")
+    ap = action("seal", "seal a secret to the measurements")
+    ap.add_argument("--secret-file", metavar="F", help="the secret to show when nothing changed (- for stdin)")
+    ap.add_argument("--boot-pcrs", metavar="N,N", help="also bind to these TPM PCRs of the host's boot")
+    passphrase(ap)
+    ap = action("verify", "show the secret if nothing changed, or what did")
+    passphrase(ap)
+    ap.add_argument("-y", "--yes", action="store_true", help="confirm")
+    ap = action("reseal", "seal the secret again to what is installed now")
+    passphrase(ap)
+    ap.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    action("enforce", "hold qubes until this boot is verified")
+    action("relax", "stop holding qubes")
 
     sp = cmd("log", commands.log, "show a log", json_out=True)
     sp.add_argument("which", choices=("rpc",))
@@ -177,7 +238,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                     help="how many records (default 50)")
 
     sp = cmd("service", commands.service, "qlite's podman service (started on demand)")
-    sp.add_argument("action", choices=("start", "stop", "status"))
+    action = actions(sp)
+    for name, help_ in (("start", "start it"), ("stop", "stop it"), ("status", "whether it runs")):
+        action(name, help_)
 
     cmd("tui", commands.tui, "the terminal user interface: qubes, templates, logs and RPC questions")
 
@@ -192,11 +255,15 @@ REST_OF_LINE = ("run", "firewall")
 def parse(parser: argparse.ArgumentParser, argv: list[str], command: str | None) -> argparse.Namespace:
     """Parse ARGV. A command's options may come anywhere after it, between
     its positional arguments too ('qlite prefs work --json memory'), and a
-    word it does not take is reported with that command's --help."""
+    word it does not take is reported with that command's --help. A
+    command with actions ('qlite device attach') hands the rest to the
+    action's own parser, which takes only that action's options."""
     sub = parser.commands.get(command) if command else None
     if sub is None:
         return parser.parse_args(argv)
     rest = argv[1:]
+    if getattr(sub, "actions", None):
+        return _parse_action(sub, rest, command)
     if command in REST_OF_LINE:
         args, extra = sub.parse_known_args(rest)
     else:
@@ -204,6 +271,28 @@ def parse(parser: argparse.ArgumentParser, argv: list[str], command: str | None)
     if extra:
         sub.error(f"unrecognized arguments: {' '.join(extra)}")
     args.command = command
+    return args
+
+
+def _parse_action(sub: argparse.ArgumentParser, rest: list[str], command: str) -> argparse.Namespace:
+    takes_value = {opt for ap in sub.actions.values() for a in ap._actions if a.nargs is None and a.option_strings
+                   for opt in a.option_strings}
+    i = 0
+    while i < len(rest) and rest[i].startswith("-") and rest[i] not in ("-h", "--help"):
+        i += 1 + (rest[i] in takes_value)
+    if i >= len(rest) or rest[i] not in sub.actions:
+        return sub.parse_args(rest)  # the help, or the error naming the actions
+    word = rest[i]
+    args = argparse.Namespace(**{a.dest: a.default for a in sub._actions if a.dest != argparse.SUPPRESS})
+    for key, value in sub._defaults.items():  # the command's defaults, then the action's
+        setattr(args, key, value)
+    ap = sub.actions[word]
+    more, extra = ap.parse_known_intermixed_args(rest[:i] + rest[i + 1:])
+    if extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    for key, value in vars(more).items():
+        setattr(args, key, value)
+    args.command, args.action = command, word
     return args
 
 
@@ -249,13 +338,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(125)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:
+    """Run one qlite command: ARGV (default: this process's), over CTX
+    (default: the home the environment names)."""
     argv = sys.argv[1:] if argv is None else argv
     first = argv[0] if argv and not argv[0].startswith("-") else None
     parser = build_parser(first)
     if not parser.matched:  # not a command: the full parser says so, with the choices
         parser = build_parser()
     args = parse(parser, argv, first)
+    args.ctx = ctx
     try:
         return int(args.func(args) or 0)
     except QliteError as exc:

@@ -15,15 +15,24 @@ DVM_NAME = "default-dvm"
 DEFAULT_TEMPLATE = "debian-12"
 
 
-def _context() -> Context:
+def _given(args: argparse.Namespace) -> Context:
+    """The context main() was given (tests: a temporary home over fakes),
+    or this process's, from the environment."""
+    ctx = getattr(args, "ctx", None) or Context.from_env()
+    if ctx.on_warning is None:
+        ctx.on_warning = lambda message: info(f"qlite: warning: {printable(message)}")
+    if ctx.on_progress is None:
+        ctx.on_progress = lambda message: info(f"qlite: {message}")
+    return ctx
+
+
+def _context(args: argparse.Namespace) -> Context:
     """The context, after reaping disposables that crashed qlite processes
     left behind (cheap: it reads the store and touches the engine only if
     there is something to reap)."""
     from qlite.core.reconcile import reap  # noqa: PLC0415
 
-    ctx = Context.from_env()
-    ctx.on_warning = lambda message: info(f"qlite: warning: {printable(message)}")
-    ctx.on_progress = lambda message: info(f"qlite: {message}")
+    ctx = _given(args)
     report = reap(ctx)
     if not report.empty:
         names = ", ".join(report.disposables + report.interrupted) or "engine objects"
@@ -71,7 +80,7 @@ def _each(qm, names: list[str], fn) -> int:
 
 
 def create(args: argparse.Namespace) -> int:
-    ctx = _context()
+    ctx = _context(args)
     props = {}
     for item in args.prop:
         key, sep, value = item.partition("=")
@@ -91,12 +100,12 @@ def create(args: argparse.Namespace) -> int:
 
 
 def start(args: argparse.Namespace) -> int:
-    qm = _qubes(_context())
+    qm = _qubes(_context(args))
     return _each(qm, args.names, lambda n: qm.start(n, skip_if_running=args.skip_if_running))
 
 
 def shutdown(args: argparse.Namespace) -> int:
-    ctx = _context()
+    ctx = _context(args)
     qm = _qubes(ctx)
     names = list(args.names)
     if args.all:
@@ -110,17 +119,17 @@ def shutdown(args: argparse.Namespace) -> int:
 
 
 def kill(args: argparse.Namespace) -> int:
-    qm = _qubes(_context())
+    qm = _qubes(_context(args))
     return _each(qm, args.names, qm.kill)
 
 
 def pause(args: argparse.Namespace) -> int:
-    qm = _qubes(_context())
+    qm = _qubes(_context(args))
     return _each(qm, args.names, qm.pause)
 
 
 def unpause(args: argparse.Namespace) -> int:
-    qm = _qubes(_context())
+    qm = _qubes(_context(args))
     return _each(qm, args.names, qm.unpause)
 
 
@@ -148,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
     disposable = args.disposable or bool(args.dvm) or bool(args.template)
     name, cmd = split_run_args(args.args, disposable)
-    ctx = _context()
+    ctx = _context(args)
     # Ctrl-C goes to the command once it runs (then SIGTERM, then SIGKILL
     # if it does not stop); its exit status is what we return.
     stdio = Stdio(stdin=sys.stdin.buffer, tty=args.tty, interrupts=InterruptRelay())
@@ -171,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
 def ls(args: argparse.Namespace) -> int:
     from qlite.core.preload import READY  # noqa: PLC0415
 
-    ctx = _context()
+    ctx = _context(args)
     qm = _qubes(ctx)
     containers = qm.containers()
     rows = [i.as_json() for i in qm.infos(containers)]
@@ -203,7 +212,7 @@ def prefs(args: argparse.Namespace) -> int:
     from qlite.core.model import json_value  # noqa: PLC0415
     from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
 
-    ctx = _context()
+    ctx = _context(args)
     qm = _qubes(ctx)
     if args.global_:
         return _global_prefs(ctx, qm, GlobalPrefs(ctx.store), args)
@@ -267,7 +276,7 @@ def _global_prefs(ctx, qm, gp, args) -> int:
 
 
 def features(args: argparse.Namespace) -> int:
-    ctx = _context()
+    ctx = _context(args)
     qm = _qubes(ctx)
     if args.name != "dom0":
         qm.get(args.name)
@@ -291,7 +300,7 @@ def features(args: argparse.Namespace) -> int:
 
 
 def tags(args: argparse.Namespace) -> int:
-    qm = _qubes(_context())
+    qm = _qubes(_context(args))
     if args.action == "list":
         current = qm.tags(args.name)
         if args.tags:  # like qvm-tags VM list TAG: exit 0 if present, 1 if not
@@ -344,7 +353,7 @@ def firewall(args: argparse.Namespace) -> int:
     args.rule, before, as_json = split_firewall_flags(args.rule)
     args.before = before if before is not None else args.before
     args.json = args.json or as_json
-    qm = _qubes(_context())
+    qm = _qubes(_context(args))
     q = qm.get(args.name)
     net = qm.net
     rules = list(net.live_rules(q.name))
@@ -375,7 +384,7 @@ def firewall(args: argparse.Namespace) -> int:
 
 
 def clone(args: argparse.Namespace) -> int:
-    qm = _qubes(_context())
+    qm = _qubes(_context(args))
     q = qm.clone(args.source, args.name)
     if args.json:
         emit_json(qm.info(q, {}).as_json())
@@ -383,7 +392,7 @@ def clone(args: argparse.Namespace) -> int:
 
 
 def remove(args: argparse.Namespace) -> int:
-    qm = _qubes(_context())
+    qm = _qubes(_context(args))
 
     def rm(name: str) -> None:
         if args.force:
@@ -397,7 +406,7 @@ def remove(args: argparse.Namespace) -> int:
 
 
 def template(args: argparse.Namespace) -> int:
-    ctx = _context()
+    ctx = _context(args)
     tm = _templates(ctx)
     progress = progress_printer(args.quiet)
     if args.action == "list":
@@ -459,7 +468,7 @@ def _confirm(question: str, yes: bool) -> bool:
 def aem(args: argparse.Namespace) -> int:
     from qlite.aem.manager import AemManager  # noqa: PLC0415
 
-    ctx = _context()
+    ctx = _context(args)
     am = AemManager(ctx, _templates(ctx))
     passphrase = _read_secret_file(args.passphrase_file, "passphrase")
     if args.action == "log":
@@ -519,7 +528,7 @@ def aem(args: argparse.Namespace) -> int:
 def doctor(args: argparse.Namespace) -> int:
     from qlite.doctor import FAIL, WARN, run_checks  # noqa: PLC0415
 
-    ctx = Context.from_env()
+    ctx = _given(args)
     checks = run_checks(ctx, kvm=not args.no_kvm)
     if args.json:
         emit_json([c.as_json() for c in checks])
@@ -540,7 +549,7 @@ def setup(args: argparse.Namespace) -> int:
     from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
     from qlite.runtime.hostpodman import install_dropin  # noqa: PLC0415
 
-    ctx = _context()
+    ctx = _context(args)
     progress = progress_printer(args.quiet)
     dropin = install_dropin(ctx.paths, force=args.force)
     if dropin.held_back:
@@ -569,7 +578,7 @@ def setup(args: argparse.Namespace) -> int:
 def reconcile(args: argparse.Namespace) -> int:
     from qlite.core.reconcile import reap  # noqa: PLC0415
 
-    report = reap(Context.from_env(), sweep=True)
+    report = reap(_given(args), sweep=True)
     if args.json:
         emit_json(report.as_json())
     elif report.empty:
@@ -584,7 +593,7 @@ def reconcile(args: argparse.Namespace) -> int:
 def service(args: argparse.Namespace) -> int:
     from qlite.engines.podman import PodmanService  # noqa: PLC0415
 
-    svc = PodmanService(Context.from_env().paths)
+    svc = PodmanService(_given(args).paths)
     return _start_stop_status(args.action, "podman service", svc.ensure, svc.stop, svc.alive, svc.pid)
 
 
@@ -619,7 +628,7 @@ def tui(args: argparse.Namespace) -> int:
 def daemon(args: argparse.Namespace) -> int:
     from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
 
-    paths = Context.from_env().paths
+    paths = _given(args).paths
     if args.action == "run":
         from qlite.daemon import run  # noqa: PLC0415
 
@@ -644,7 +653,7 @@ def _policy_eval(args: argparse.Namespace) -> int:
         raise InvalidValue("usage: qlite policy eval SERVICE[+ARG] SOURCE TARGET")
     service_arg, source, target = args.args
     service, _, argument = service_arg.partition("+")
-    ctx = _context()
+    ctx = _context(args)
     if source in ("dom0", "@adminvm"):
         result = {"action": "allow", "target": target, "choices": [], "user": None, "rule": None,
                   "reason": "calls from dom0 bypass policy"}
@@ -673,7 +682,7 @@ def _policy_lint(args: argparse.Namespace) -> int:
     from qlite.rpc.broker import policy_dirs  # noqa: PLC0415
     from qlite.rpc.policy import lint, load_policy, unknown_qubes  # noqa: PLC0415
 
-    ctx = Context.from_env()
+    ctx = _given(args)
     dirs = policy_dirs(ctx.paths)
     errors = lint(dirs)
     known = {q.name for q in _qubes(ctx).list()} | {t.name for t in _templates(ctx).list()}
@@ -693,7 +702,7 @@ def _policy_lint(args: argparse.Namespace) -> int:
 def _policy_ask(args: argparse.Namespace) -> int:
     from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
 
-    ctl = DaemonControl(Context.from_env().paths)
+    ctl = DaemonControl(_given(args).paths)
     if not args.args:
         asks = ctl.asks()
         if args.json:
@@ -726,7 +735,7 @@ def _size(n: int) -> str:
 
 
 def device(args: argparse.Namespace) -> int:
-    ctx = _context()
+    ctx = _context(args)
     dm = _qubes(ctx).devices
     rest = list(args.args)
 
@@ -785,7 +794,7 @@ def device(args: argparse.Namespace) -> int:
 def log(args: argparse.Namespace) -> int:
     from qlite.rpc import audit  # noqa: PLC0415
 
-    records = audit.read(Context.from_env().paths.rpc_log, args.lines)
+    records = audit.read(_given(args).paths.rpc_log, args.lines)
     if args.json:
         emit_json(records)
         return 0
@@ -810,7 +819,7 @@ def splitgpg(args: argparse.Namespace) -> int:
     from qlite.gpg import splitgpg as sg  # noqa: PLC0415
     from qlite.gpg.vault import VaultGPG  # noqa: PLC0415
 
-    ctx = _context()
+    ctx = _context(args)
     if args.action == "setup":
         result = sg.setup(ctx, _qubes(ctx), args.vault, args.client, args.autoaccept)
         if args.json:

@@ -61,6 +61,15 @@ def test_split_run_args_errors(rest, disposable, fragment):
     ["run", "--no-such-flag", "work", "ls"],
     ["ls", "extra"],
     ["--no-such-global-flag"],
+    # Each action takes only its own options.
+    ["device", "attach", "--fs-uuid", "1234", "work", "sdb1"],
+    ["device", "list", "--ro"],
+    ["device", "pair", "work", "--exec"],
+    ["aem", "verify", "--boot-pcrs", "7"],
+    ["template", "list", "--force"],
+    ["splitgpg", "list", "vault", "--client", "work"],
+    ["device"],
+    ["device", "frob"],
 ])
 def test_usage_errors_exit_125(argv, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -19,6 +19,7 @@ LIFECYCLE = [
     "tests/unit/test_netvm_loops.py",
     "tests/unit/test_identity.py",
     "tests/unit/test_qube_store.py",
+    "tests/unit/test_cli_inprocess.py",
 ]
 
 
