@@ -155,7 +155,7 @@ class Backend:
     worker threads only."""
 
     def __init__(self, new_context: ContextFactory, usage: UsageSource | None = None,
-                 on_warning: Callable[[str], None] | None = None):
+                 on_warning: Callable[[str], object] | None = None):
         self._new_context = new_context
         self._sampler = CpuSampler()
         self._usage = usage or (lambda ctx, containers: qube_usage(ctx, self._sampler, containers))

@@ -84,7 +84,7 @@ class CommandRunner(Protocol):
         code. INTRO first says where it runs; with HOLD the output stays
         on the screen until a key is pressed."""
 
-    def capture(self, args: list[str], on_line: Callable[[str], None]) -> int:
+    def capture(self, args: list[str], on_line: Callable[[str], object]) -> int:
         """Run ``qlite ARGS`` with no terminal; each output line to ON_LINE."""
 
     def stop_all(self) -> None:
@@ -121,7 +121,7 @@ class CliRunner:
                     out.flush()
         return code
 
-    def capture(self, args: list[str], on_line: Callable[[str], None]) -> int:
+    def capture(self, args: list[str], on_line: Callable[[str], object]) -> int:
         proc = subprocess.Popen(
             [*self.argv0, *args], env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,

@@ -16,7 +16,7 @@ from qlite.core.context import Context
 from qlite.errors import QliteError
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> _Parser:
     """The whole parser; with ONLY, just that command's (building every
     command's parser costs more than some commands take to run). Its
     ``matched`` says whether ONLY was a command."""
@@ -32,7 +32,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     p.commands = {}
 
-    def cmd(name: str, fn, help_: str, json_out: bool = False) -> argparse.ArgumentParser:
+    def cmd(name: str, fn, help_: str, json_out: bool = False) -> _Parser | _Unused:
         if only is not None and name != only:
             return _Unused()
         p.matched = True
@@ -43,7 +43,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         return sp
 
-    def actions(sp: argparse.ArgumentParser, json_out: bool = False, **defaults: object):
+    def actions(sp: _Parser | _Unused, json_out: bool = False, **defaults: object):
         """SP's actions, each a parser of its own with only its own options;
         DEFAULTS are what an action without an option reads."""
         if isinstance(sp, _Unused):
@@ -53,7 +53,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         acts.required = True
         sp.actions = {}
 
-        def action(name: str, help_: str, args: str | None = None) -> argparse.ArgumentParser:
+        def action(name: str, help_: str, args: str | None = None) -> _Parser:
             ap = acts.add_parser(name, help=help_, description=help_)
             sp.actions[name] = ap
             if json_out:
@@ -252,17 +252,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 REST_OF_LINE = ("run", "firewall")
 
 
-def parse(parser: argparse.ArgumentParser, argv: list[str], command: str | None) -> argparse.Namespace:
+def parse(parser: _Parser, argv: list[str], command: str | None) -> argparse.Namespace:
     """Parse ARGV. A command's options may come anywhere after it, between
     its positional arguments too ('qlite prefs work --json memory'), and a
     word it does not take is reported with that command's --help. A
     command with actions ('qlite device attach') hands the rest to the
     action's own parser, which takes only that action's options."""
     sub = parser.commands.get(command) if command else None
-    if sub is None:
+    if sub is None or command is None:
         return parser.parse_args(argv)
     rest = argv[1:]
-    if getattr(sub, "actions", None):
+    if sub.actions:
         return _parse_action(sub, rest, command)
     if command in REST_OF_LINE:
         args, extra = sub.parse_known_args(rest)
@@ -274,7 +274,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str], command: str | None)
     return args
 
 
-def _parse_action(sub: argparse.ArgumentParser, rest: list[str], command: str) -> argparse.Namespace:
+def _parse_action(sub: _Parser, rest: list[str], command: str) -> argparse.Namespace:
     takes_value = {opt for ap in sub.actions.values() for a in ap._actions if a.nargs is None and a.option_strings
                    for opt in a.option_strings}
     i = 0
@@ -331,7 +331,8 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors are qlite errors too: one line, exit 125."""
 
     matched = True  # see build_parser
-    commands: dict[str, argparse.ArgumentParser] = {}
+    commands: dict[str, _Parser] = {}  # build_parser's: by name
+    actions: dict[str, _Parser] = {}  # a command's, by action word (see parse)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"qlite: error: {message} (see '{self.prog} --help')\n")

@@ -56,14 +56,14 @@ def _each(qm, names: list[str], fn) -> int:
     """Apply FN to every name; report each failure; 125 if any failed.
     Every name is checked first: a typo among them changes nothing."""
     names = list(dict.fromkeys(names))
-    unknown = []
+    unknown: list[QliteError] = []
     for name in names:
         try:
             qm.get(name)
         except QliteError as exc:
             unknown.append(exc)
-    for exc in unknown:
-        sys.stderr.write(f"qlite: error: {printable(exc)}\n")
+    for problem in unknown:
+        sys.stderr.write(f"qlite: error: {printable(problem)}\n")
     if unknown:
         return 125
     failed = False
@@ -160,11 +160,12 @@ def run(args: argparse.Namespace) -> int:
     ctx = _context(args)
     # Ctrl-C goes to the command once it runs (then SIGTERM, then SIGKILL
     # if it does not stop); its exit status is what we return.
-    stdio = Stdio(stdin=sys.stdin.buffer, tty=args.tty, interrupts=InterruptRelay())
+    relay = InterruptRelay()
+    stdio = Stdio(stdin=sys.stdin.buffer, tty=args.tty, interrupts=relay)
     if args.tty and not sys.stdin.isatty():
         raise InvalidValue("-t needs a terminal on stdin")
     try:
-        with forwarding_sigint(stdio.interrupts):
+        with forwarding_sigint(relay):
             if disposable:
                 return DisposableManager(ctx).run(
                     cmd, stdio, dvm=args.dvm, template=args.template, user=args.user, mode=args.mode
@@ -726,7 +727,7 @@ def _policy_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -771,7 +772,7 @@ def device(args: argparse.Namespace) -> int:
         return 0
     if args.action in ("assign", "pair"):
         qube, ident = need(2, "QUBE IDENT") if args.action == "assign" else (
-            *need(1, "QUBE --fs-uuid U | --serial S"), None)
+            *need(1, "QUBE --fs-uuid U | --serial S"), "")
         if args.action == "pair":
             if bool(args.fs_uuid) == bool(args.serial):
                 raise InvalidValue("usage: qlite device pair QUBE --fs-uuid U | --serial S")
@@ -842,8 +843,8 @@ def splitgpg(args: argparse.Namespace) -> int:
             data = sys.stdin.buffer.read() if args.args[0] == "-" else open(args.args[0], "rb").read()
         except OSError as exc:
             raise InvalidValue(f"cannot read {args.args[0]}: {exc.strerror}") from None
-        result = vault.import_keys(data)
-        emit_json(result) if args.json else print(f"imported {result['count']} key(s) into {args.vault}")
+        imported = vault.import_keys(data)
+        emit_json(imported) if args.json else print(f"imported {imported['count']} key(s) into {args.vault}")
     elif args.action == "list":
         keys = vault.list_keys(secret=args.secret)
         if args.json:

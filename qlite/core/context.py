@@ -95,7 +95,7 @@ class Context:
         self.paths = paths
         self.warnings: list[str] = []
         # Where warnings go as they happen; the CLI prints them on stderr.
-        self.on_warning: Callable[[str], None] | None = None
+        self.on_warning: Callable[[str], object] | None = None
         # Where progress of long work goes (the CLI: stderr); silent by default.
         self.on_progress: Callable[[str], None] | None = None
         if engine is not None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from qlite.agent import client
 from qlite.core import preload
 from qlite.core.context import Context
-from qlite.core.model import MODES, Qube, parse_choice
+from qlite.core.model import MODES, Qube, parse_choice, parse_mode
 from qlite.core.qubes import QubeManager
 from qlite.core.runcommand import shimmed
 from qlite.core.spec import exec_place
@@ -76,7 +76,7 @@ class DisposableManager:
                 q = Qube(name="", klass="DispVM", label="red", template=template_name)
             q.name, q.klass, q.owner, q.created_at = f"disp{dispid}", "DispVM", owner, time.time()
             q.default_dispvm_raw = source.name if source else None
-            q.mode = mode or q.mode
+            q.mode = parse_mode(mode) if mode else q.mode
             try:
                 qstore = self.ctx.qube_store
                 with qstore.transaction():

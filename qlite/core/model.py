@@ -131,6 +131,13 @@ def parse_choice(prop: str, text: str, choices: tuple[str, ...]) -> str:
     return text
 
 
+def parse_mode(text: str) -> Mode:
+    for mode in MODES:
+        if text == mode:
+            return mode
+    raise InvalidValue(f"mode: expected one of {', '.join(MODES)}, got {text!r}")
+
+
 # Qube properties: name -> (db column, kind). Kind drives parsing and display.
 PROPERTIES: dict[str, tuple[str, str]] = {
     "label": ("label", "label"),

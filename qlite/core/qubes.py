@@ -29,6 +29,7 @@ from qlite.core.model import (
     format_value,
     next_start_note,
     parse_int,
+    parse_mode,
     parse_property,
 )
 from qlite.core.names import validate_name
@@ -128,9 +129,6 @@ class QubeManager:
 
     def exists(self, name: str) -> bool:
         return self.qstore.exists(name)
-
-    def list(self) -> list[Qube]:
-        return self.qstore.list()
 
     # -- resolution ----------------------------------------------------------
 
@@ -648,7 +646,7 @@ class QubeManager:
             q.default_dispvm_raw = self.check_dispvm(str(value))
         elif prop == "mode":
             self._check_mode(q, str(value))
-            q.mode = str(value)
+            q.mode = parse_mode(str(value))
         elif prop == "provides_network" and value and not self.runtime(q).gateways:
             title = self.runtime(q).title
             raise InvalidValue(f"{q.name} is a {title}-mode qube; {title}-mode gateways are not available "
@@ -691,3 +689,8 @@ class QubeManager:
         if missing:
             raise NotFound(f"qube {name!r} has no tag {missing[0]!r}")
         self.qstore.del_tags(name, tags)
+
+    # Last in the class: a method named "list" would shadow the builtin in
+    # the annotations of every method after it.
+    def list(self) -> list[Qube]:
+        return self.qstore.list()

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from qlite.core.model import Qube, State
 from qlite.core.ports import exec_env
 from qlite.core.runcommand import RUN_TOKEN_ENV, new_run_token, signal_argv
-from qlite.core.spec import container_name, qube_container_spec, volume_name
+from qlite.core.spec import IDLE_COMMAND, container_name, qube_container_spec, volume_name
 from qlite.engines.base import ContainerInfo, Stdio
 from qlite.errors import InvalidValue, QliteError
 from qlite.safepath import UnsafePath
@@ -100,12 +100,13 @@ class ContainerRuntime:
         engine, hh = self.ctx.engine, self.ctx.home_hash
         self.ctx.private_volumes.init(self.qubes.private_mountpoint(q))
         plan = self.qubes.net.prepare(q)
-        extra = {} if command is None else {
-            "command": tuple(command), "user": user, "env": env, "stdin_open": True,
-            "tty": bool(stdio and stdio.tty)}
         spec = qube_container_spec(
             q, home_hash=hh, image=image, network=plan.network, dns=plan.dns,
-            rpc_source=str(self.qubes.rpc_dir(q)), devices_source=self.qubes.devices_source(q), **extra,
+            rpc_source=str(self.qubes.rpc_dir(q)), devices_source=self.qubes.devices_source(q),
+            command=IDLE_COMMAND if command is None else tuple(command),
+            user="root" if command is None else user, env=None if command is None else env,
+            stdin_open=command is not None,
+            tty=command is not None and bool(stdio and stdio.tty),
         )
         cid = engine.create_container(spec)
         try:

@@ -141,9 +141,6 @@ class TemplateManager:
         ]
         return Template(name=name, current_rev=row["current_rev"], revisions=revs)
 
-    def list(self) -> list[Template]:
-        return [self.get(r["name"]) for r in self.store.query("SELECT name FROM templates ORDER BY name")]
-
     def current_image(self, name: str) -> str:
         current = self.get(name).current
         if current is None:
@@ -430,6 +427,11 @@ class TemplateManager:
         prune_root_disks(self.ctx.paths, {r.image_id for t in self.list() for r in t.revisions})
         return self.ctx.engine.prune_images("qlite.template", name)
 
+    # Last in the class: a method named "list" would shadow the builtin in
+    # the annotations of every method after it.
+    def list(self) -> list[Template]:
+        return [self.get(r["name"]) for r in self.store.query("SELECT name FROM templates ORDER BY name")]
+
 
 def _tree_files(root: Path, prefix: str) -> list[tuple[str, bytes]]:
     if not root.is_dir():
@@ -453,4 +455,3 @@ def _image_lock():
     """Serialises revision numbering across every home sharing the store."""
     path = IMAGE_LOCK if os.access(IMAGE_LOCK.parent, os.W_OK) else Path(tempfile.gettempdir()) / IMAGE_LOCK.name
     return file_lock(path)
-

@@ -74,22 +74,6 @@ class DeviceManager:
                     out.append(dev)
         return out
 
-    def list(self) -> list[DeviceRow]:
-        attached = {r["device"]: r for r in self.store.query("SELECT * FROM device_attachments")}
-        assignments = self.ctx.qube_store.assignments()
-        mounts = host_mounts(self.mounts.mountinfo())
-        ours = str(self.ctx.paths.run_dir / "devices")
-        rows = []
-        for dev in self.devices():
-            row = attached.get(dev.name)
-            rows.append(DeviceRow(
-                device=dev, attached_to=row["qube"] if row else None,
-                read_only=bool(row["read_only"]) if row else False,
-                assigned_to=[a["qube"] for a in assignments if dev.matches(a["ident"])],
-                host_mounts=[m for m in mounts.get(dev.major_minor, []) if not m.startswith(ours)],
-            ))
-        return rows
-
     def find(self, text: str) -> BlockDevice:
         """A device by kernel name, /dev path or identity (uuid:, serial:, dev:)."""
         name = text.removeprefix("/dev/")
@@ -101,10 +85,10 @@ class DeviceManager:
             raise NotFound(f"no device {text} is present")
         if "/" in name or not (SYS_BLOCK / name).exists():
             raise NotFound(f"no such block device: {text!r} (see 'qlite device list')")
-        dev = read_device(name)
-        if dev is None:
+        found = read_device(name)
+        if found is None:
             raise NotFound(f"block device {name} has no medium")
-        return dev
+        return found
 
     def attachment(self, name: str):
         return self.store.query_one("SELECT * FROM device_attachments WHERE device=?", (name,))
@@ -393,6 +377,24 @@ class DeviceManager:
         self.ctx.paths.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.ctx.paths.device_log, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    # Last in the class: a method named "list" would shadow the builtin in
+    # the annotations of every method after it.
+    def list(self) -> list[DeviceRow]:
+        attached = {r["device"]: r for r in self.store.query("SELECT * FROM device_attachments")}
+        assignments = self.ctx.qube_store.assignments()
+        mounts = host_mounts(self.mounts.mountinfo())
+        ours = str(self.ctx.paths.run_dir / "devices")
+        rows = []
+        for dev in self.devices():
+            row = attached.get(dev.name)
+            rows.append(DeviceRow(
+                device=dev, attached_to=row["qube"] if row else None,
+                read_only=bool(row["read_only"]) if row else False,
+                assigned_to=[a["qube"] for a in assignments if dev.matches(a["ident"])],
+                host_mounts=[m for m in mounts.get(dev.major_minor, []) if not m.startswith(ours)],
+            ))
+        return rows
 
 
 def _null_stdio():

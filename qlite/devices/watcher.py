@@ -38,10 +38,11 @@ class DeviceWatcher:
     def start(self) -> None:
         import pyudev  # noqa: PLC0415
 
-        self.monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=source())
-        self.monitor.filter_by("block")
-        self.monitor.set_receive_buffer_size(RECEIVE_BUFFER)
-        self.monitor.start()
+        monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=source())
+        monitor.filter_by("block")
+        monitor.set_receive_buffer_size(RECEIVE_BUFFER)
+        monitor.start()
+        self.monitor = monitor
         threading.Thread(target=self._read, daemon=True, name="device-events").start()
         threading.Thread(target=self._act, daemon=True, name="device-watcher").start()
         self.log(f"watching block devices (source: {source()})")

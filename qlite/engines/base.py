@@ -137,7 +137,8 @@ CHANGE_KINDS = {0: "C", 1: "A", 2: "D"}  # the Docker and libpod "changes" API's
 
 def change_list(data: list[dict] | None) -> list[tuple[str, str]]:
     """The Docker/libpod container "changes" answer as (kind, path)."""
-    return [(CHANGE_KINDS.get(c.get("Kind"), "C"), str(c.get("Path", ""))) for c in data or []]
+    return [(CHANGE_KINDS.get(c["Kind"], "C") if isinstance(c.get("Kind"), int) else "C", str(c.get("Path", "")))
+            for c in data or []]
 
 
 def label_selectors(labels: dict[str, str]) -> list[str]:

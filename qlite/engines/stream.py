@@ -200,6 +200,8 @@ class _Loop:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.pending else 0)
         self.sel.modify(self.sock, events)
         want_stdin = not self.stdin_done and not self.pending
+        if self.in_fd is None:  # then stdin_done from the start
+            return
         if want_stdin and not self.reading_stdin:
             self.sel.register(self.in_fd, selectors.EVENT_READ)
         elif not want_stdin and self.reading_stdin:

@@ -294,7 +294,7 @@ class NetworkManager:
                 infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
             except OSError as exc:
                 raise InvalidValue(f"cannot resolve dsthost={name}: {exc.strerror or exc}") from None
-            out[name] = tuple(sorted({i[4][0] for i in infos}))
+            out[name] = tuple(sorted({str(i[4][0]) for i in infos}))
         return out
 
     def host_nets(self) -> list[nft.QubeNet]:

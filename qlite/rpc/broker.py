@@ -271,7 +271,8 @@ class Call:
         finally:
             for f in (stdio.stdin, stdio.stdout, stdio.stderr):
                 with contextlib.suppress(OSError):
-                    f.close()
+                    if f is not None:
+                        f.close()
             for t in readers:
                 t.join(timeout=30)
 
@@ -465,8 +466,10 @@ class Broker:
                     for done in waiting:
                         done.set()
                     continue
+                listener = key.fileobj
+                assert isinstance(listener, socket.socket)  # only the wake pipe is not one
                 try:
-                    conn, _ = key.fileobj.accept()
+                    conn, _ = listener.accept()
                 except OSError:
                     continue
                 if kind == "admin":

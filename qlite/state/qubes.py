@@ -54,9 +54,6 @@ class QubeStore:
     def exists(self, name: str) -> bool:
         return self.store.query_one("SELECT 1 FROM qubes WHERE name=?", (name,)) is not None
 
-    def list(self) -> list[Qube]:
-        return [self._qube(r) for r in self.store.query("SELECT * FROM qubes ORDER BY name")]
-
     def names(self) -> set[str]:
         return {r["name"] for r in self.store.query("SELECT name FROM qubes")}
 
@@ -187,7 +184,7 @@ class QubeStore:
     # -- device assignments --------------------------------------------------------------
 
     def assignments(self, qube: str | None = None, paired: bool | None = None) -> list[sqlite3.Row]:
-        sql, args = "SELECT * FROM device_assignments", []
+        sql, args = "SELECT * FROM device_assignments", list[object]()
         where = []
         if qube is not None:
             where.append("qube=?")
@@ -207,6 +204,11 @@ class QubeStore:
 
     def unassign(self, qube: str, ident: str) -> bool:
         return bool(self.store.execute("DELETE FROM device_assignments WHERE qube=? AND ident=?", (qube, ident)))
+
+    # Last in the class: a method named "list" would shadow the builtin in
+    # the annotations of every method after it.
+    def list(self) -> list[Qube]:
+        return [self._qube(r) for r in self.store.query("SELECT * FROM qubes ORDER BY name")]
 
 
 class Features:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from qlite.paths import Paths
@@ -38,7 +39,7 @@ def tree_size_mib(root: Path) -> int:
     return int(out.split()[0])
 
 
-def ensure_root_disk(paths: Paths, image_id: str, export: callable, progress: Progress) -> Path:
+def ensure_root_disk(paths: Paths, image_id: str, export: Callable[[str], None], progress: Progress) -> Path:
     """The root disk of IMAGE_ID, exported if missing. EXPORT(tar_path)
     writes the image's filesystem as a tar (the engine does that)."""
     dst = root_disk_path(paths, image_id)

@@ -133,20 +133,20 @@ class Supervisor:
             self.tunnels[channel] = s
             threading.Thread(target=self.broker_to_guest, args=(channel, s), daemon=True).start()
             return
-        s = self.tunnels.get(channel)
-        if s is None:
+        tunnel = self.tunnels.get(channel)
+        if tunnel is None:
             return
         if kind == ch.DATA and payload:
             try:
-                s.sendall(payload)
+                tunnel.sendall(payload)
             except OSError:
                 self.send(ch.CLOSE, channel)
         elif kind == ch.DATA:
             with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_WR)
+                tunnel.shutdown(socket.SHUT_WR)
         elif kind == ch.CLOSE:
             self.tunnels.pop(channel, None)
-            s.close()
+            tunnel.close()
 
     def broker_to_guest(self, channel: int, s: socket.socket) -> None:
         try:
@@ -249,6 +249,7 @@ class Supervisor:
             self.stop_qemu()
             self.cleanup()
             return 1
+        assert self.qemu is not None  # started above
         code = self.qemu.wait()
         log(f"qemu exited with {code}")
         self.cleanup()
@@ -286,7 +287,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sup = Supervisor(config)
     # SIGTERM ends QEMU at once; run() then cleans up as for any exit.
-    signal.signal(signal.SIGTERM, lambda *_: sup.qemu.kill() if sup.qemu_alive() else None)
+    signal.signal(signal.SIGTERM, lambda *_: sup.qemu.kill() if sup.qemu is not None and sup.qemu_alive() else None)
     return sup.run(ready_fd)
 
 

@@ -18,6 +18,7 @@ from qlite.aem.manager import VerifyResult
 from qlite.errors import QliteError
 from qlite.tui.backend import AemStatus
 from qlite.tui.messages import AemLoaded, AemVerified
+from qlite.tui.screens.base import qlite_app
 from qlite.tui.screens.calls import CallingScreen
 from qlite.tui.screens.dialogs import ConfirmScreen
 from qlite.tui.screens.nav import nav_bindings
@@ -89,7 +90,7 @@ class AemScreen(CallingScreen):
     @work(thread=True, exclusive=True, group="aem-load")
     def load(self) -> None:
         try:
-            self.post_message(AemLoaded(self.app.backend.aem_status()))
+            self.post_message(AemLoaded(qlite_app(self).backend.aem_status()))
         except QliteError as exc:
             self.post_message(AemLoaded(None, str(exc)))
 
@@ -135,7 +136,7 @@ class AemScreen(CallingScreen):
     @work(thread=True, exclusive=True, group="AemScreen-call")
     def _verify(self, passphrase: bytes | None) -> None:
         try:
-            self.post_message(AemVerified(self.app.backend.aem_verify(passphrase)))
+            self.post_message(AemVerified(qlite_app(self).backend.aem_verify(passphrase)))
         except QliteError as exc:
             self.post_message(AemVerified(None, str(exc)))
 
@@ -158,7 +159,7 @@ class AemScreen(CallingScreen):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.run_action("confirming", self._confirm)
+                self.start_call("confirming", self._confirm)
             elif enforced:
                 verdict.set_class(True, "-failed")
                 verdict.update("You said that is not your secret: treat this machine as tampered with. "
@@ -167,18 +168,18 @@ class AemScreen(CallingScreen):
         self.app.push_screen(SecretScreen(result.secret, enforced), answered)
 
     def _confirm(self) -> str:
-        self.app.backend.aem_confirm()
+        qlite_app(self).backend.aem_confirm()
         return "confirmed: qubes may start in this boot"
 
     def _set_enforced(self, on: bool) -> str:
-        self.app.backend.aem_set_enforced(on)
+        qlite_app(self).backend.aem_set_enforced(on)
         return ("enforced: qubes start only after a confirmed verify in each boot" if on
                 else "relaxed: qubes start without anti-evil-maid verification")
 
     def action_reseal(self) -> None:
         def reseal(passphrase: bytes | None) -> None:
-            self.run_action("resealing", lambda: "resealed to the current measurements "
-                            f"({self.app.backend.aem_reseal(passphrase)})")
+            self.start_call("resealing", lambda: "resealed to the current measurements "
+                            f"({qlite_app(self).backend.aem_reseal(passphrase)})")
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -189,12 +190,12 @@ class AemScreen(CallingScreen):
             "whatever changed becomes what the next verify expects.", "Reseal"), answered)
 
     def action_enforce(self) -> None:
-        self.run_action("enforcing", lambda: self._set_enforced(True))
+        self.start_call("enforcing", lambda: self._set_enforced(True))
 
     def action_relax(self) -> None:
         def answered(yes: bool | None) -> None:
             if yes:
-                self.run_action("relaxing", lambda: self._set_enforced(False))
+                self.start_call("relaxing", lambda: self._set_enforced(False))
 
         self.app.push_screen(ConfirmScreen(
             "Relax anti-evil-maid? Qubes then start without a verified, confirmed boot.", "Relax"), answered)

@@ -29,7 +29,7 @@ class CallingScreen(Screen):
         self.query_one("#error", ErrorLine).clear()
         return True
 
-    def run_action(self, action: str, call: Callable[[], str]) -> None:
+    def start_call(self, action: str, call: Callable[[], str]) -> None:
         if self.begin(action):
             self.call_started()
             self.run_call(action, call)
@@ -64,5 +64,6 @@ class CallingScreen(Screen):
     def call_succeeded(self, action: str) -> None:
         """ACTION's call went through, before the screen is read again."""
 
-    def load(self) -> None:
+    def load(self) -> object:
+        """Read the screen's data again (subclasses: often a worker)."""
         raise NotImplementedError

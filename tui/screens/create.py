@@ -19,6 +19,7 @@ from qlite.core.model import DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, HOST_UPLINK
 from qlite.errors import InvalidValue, QliteError
 from qlite.tui.backend import Snapshot
 from qlite.tui.messages import QubeCreated
+from qlite.tui.screens.base import qlite_app
 from qlite.tui.widgets.error_line import ErrorLine
 from qlite.tui.widgets.state_checkbox import StateCheckbox
 
@@ -149,7 +150,7 @@ class CreateQubeScreen(_QubeForm):
                        self.query_one("#provides_network", StateCheckbox).value)
 
     def _create(self, q: NewQube) -> None:
-        self._make(q.name, lambda: self.app.backend.create(
+        self._make(q.name, lambda: qlite_app(self).backend.create(
             q.name, label=q.label, template=q.template, netvm=q.netvm, memory=q.memory, vcpus=q.vcpus, mode=q.mode,
             provides_network=q.provides_network))
 
@@ -183,4 +184,4 @@ class CloneScreen(_QubeForm):
         self._clone(name)
 
     def _clone(self, name: str) -> None:
-        self._make(name, lambda: self.app.backend.clone(self.source, name))
+        self._make(name, lambda: qlite_app(self).backend.clone(self.source, name))

@@ -13,6 +13,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.timer import Timer
 from textual.widgets import DataTable, Header, Label, Static
 
 from qlite.core.labels import label_colour
@@ -20,6 +21,7 @@ from qlite.devices.manager import DeviceRow
 from qlite.errors import QliteError
 from qlite.tui.backend import Assignment, DevicesView
 from qlite.tui.messages import DevicesLoaded
+from qlite.tui.screens.base import qlite_app
 from qlite.tui.screens.calls import CallingScreen
 from qlite.tui.screens.device_form import DeviceFormScreen, DeviceRequest, pair_idents
 from qlite.tui.screens.dialogs import ConfirmScreen
@@ -101,7 +103,7 @@ class DevicesScreen(CallingScreen):
         self.busy = ""
         self._loading = False
         self._load_again = False
-        self._timer = None
+        self._timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -124,8 +126,8 @@ class DevicesScreen(CallingScreen):
         self.query_one("#events", DataTable).add_columns(*EVENT_COLUMNS)
         devices.focus()
         self.load()
-        if self.app.refresh_interval:
-            self._timer = self.set_interval(self.app.refresh_interval, self.load)
+        if qlite_app(self).refresh_interval:
+            self._timer = self.set_interval(qlite_app(self).refresh_interval, self.load)
 
     # The list is read only while it shows (each read probes every device).
     def on_screen_suspend(self) -> None:
@@ -152,7 +154,7 @@ class DevicesScreen(CallingScreen):
     @work(thread=True, exclusive=True, group="devices-load")
     def _read(self) -> None:
         try:
-            self.post_message(DevicesLoaded(self.app.backend.devices()))
+            self.post_message(DevicesLoaded(qlite_app(self).backend.devices()))
         except QliteError as exc:
             self.post_message(DevicesLoaded(None, str(exc)))
 
@@ -191,7 +193,8 @@ class DevicesScreen(CallingScreen):
         table = self.query_one("#devices", DataTable)
         row = None
         if table.row_count:
-            row = self.view.device(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+            row = self.view.device(key) if key is not None else None
         if row is None:
             self.error("no device selected (none is present?)")
         return row
@@ -238,10 +241,10 @@ class DevicesScreen(CallingScreen):
         row = self.selected_device()
         if row is None:
             return
-        backend = self.app.backend
+        backend = qlite_app(self).backend
 
         def attach(r: DeviceRequest) -> None:
-            self.run_action(f"attaching {row.device.name}", lambda: (
+            self.start_call(f"attaching {row.device.name}", lambda: (
                 f"{backend.attach_device(r.qube, row.device.name, r.read_only)} attached to {r.qube}"
                 + (" read-only" if r.read_only else "")))
 
@@ -251,8 +254,8 @@ class DevicesScreen(CallingScreen):
         row = self.selected_device()
         if row is not None:
             name = row.device.name
-            self.run_action(f"detaching {name}",
-                     lambda: f"detached {', '.join(self.app.backend.detach_device(name))}")
+            self.start_call(f"detaching {name}",
+                     lambda: f"detached {', '.join(qlite_app(self).backend.detach_device(name))}")
 
     def action_assign(self) -> None:
         row = self.selected_device()
@@ -260,12 +263,13 @@ class DevicesScreen(CallingScreen):
             return
 
         def assign(r: DeviceRequest) -> None:
-            self.run_action("assigning", lambda: self._assign(r, paired=False))
+            self.start_call("assigning", lambda: self._assign(r, paired=False))
 
         self._form("assign", row, assign)
 
     def _assign(self, r: DeviceRequest, paired: bool) -> str:
-        self.app.backend.assign_device(r.qube, r.ident, read_only=r.read_only, required=r.required, paired=paired)
+        qlite_app(self).backend.assign_device(r.qube, r.ident, read_only=r.read_only, required=r.required,
+                                              paired=paired)
         return f"{r.ident} {'paired with' if paired else 'assigned to'} {r.qube}"
 
     def action_unassign(self) -> None:
@@ -274,10 +278,10 @@ class DevicesScreen(CallingScreen):
             return
 
         def unassign() -> str:
-            self.app.backend.unassign_device(a.qube, a.ident)
+            qlite_app(self).backend.unassign_device(a.qube, a.ident)
             return f"{a.ident} unassigned from {a.qube}"
 
-        self.run_action("unassigning", unassign)
+        self.start_call("unassigning", unassign)
 
     def action_pair(self) -> None:
         row = self.selected_device()
@@ -291,7 +295,7 @@ class DevicesScreen(CallingScreen):
         def confirm(r: DeviceRequest) -> None:
             def answered(yes: bool | None) -> None:
                 if yes:
-                    self.run_action("pairing", lambda: self._assign(r, paired=True))
+                    self.start_call("pairing", lambda: self._assign(r, paired=True))
 
             self.app.push_screen(ConfirmScreen(
                 f"Pair {r.ident} with {r.qube}? {r.qube} then runs only while this drive is in: inserting it "
@@ -313,12 +317,12 @@ class DevicesScreen(CallingScreen):
         question = f"Eject {name}? qlite {', '.join(steps)}; then it is safe to pull out."
 
         def eject() -> str:
-            was = self.app.backend.eject_device(name)
+            was = qlite_app(self).backend.eject_device(name)
             return f"{name}: synced and detached{f' from {was}' if was else ''}; it is safe to remove"
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.run_action(f"ejecting {name}", eject)
+                self.start_call(f"ejecting {name}", eject)
 
         self.app.push_screen(ConfirmScreen(question, "Eject"), answered)
 

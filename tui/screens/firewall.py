@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Header, Input, Label
 from qlite.errors import QliteError
 from qlite.net.firewall import Rule
 from qlite.tui.messages import RulesLoaded
+from qlite.tui.screens.base import qlite_app
 from qlite.tui.screens.dialogs import ConfirmScreen
 from qlite.tui.widgets.error_line import ErrorLine
 from qlite.tui.widgets.key_footer import KeyFooter
@@ -61,19 +62,21 @@ class FirewallScreen(Screen):
     @work(thread=True, exclusive=True)
     def load(self) -> None:
         try:
-            self.post_message(RulesLoaded(self.app.backend.rules(self.qube)))
+            self.post_message(RulesLoaded(qlite_app(self).backend.rules(self.qube)))
         except QliteError as exc:
             self.post_message(RulesLoaded((), str(exc)))
 
     @work(thread=True, exclusive=True)
     def change(self, verb: str, arg: object = None) -> None:
-        backend = self.app.backend
+        backend = qlite_app(self).backend
         try:
             if verb == "add":
-                text, before = arg  # type: ignore[misc]
+                assert isinstance(arg, tuple)
+                text, before = arg
                 rules = backend.add_rule(self.qube, text, before)
             elif verb == "delete":
-                rules = backend.delete_rule(self.qube, int(arg))  # type: ignore[arg-type]
+                assert isinstance(arg, int)
+                rules = backend.delete_rule(self.qube, arg)
             else:
                 rules = backend.reset_rules(self.qube)
         except QliteError as exc:

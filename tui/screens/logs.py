@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Header, Log, TabbedContent, TabPane
 
 from qlite.errors import QliteError
 from qlite.tui.messages import LogsLoaded
+from qlite.tui.screens.base import qlite_app
 from qlite.tui.screens.nav import nav_bindings
 from qlite.tui.widgets.key_footer import KeyFooter
 
@@ -56,7 +57,7 @@ class LogsScreen(Screen):
 
     @work(thread=True, exclusive=True)
     def load(self) -> None:
-        backend = self.app.backend
+        backend = qlite_app(self).backend
         try:
             self.post_message(LogsLoaded(backend.rpc_log(), backend.daemon_log()))
         except QliteError as exc:

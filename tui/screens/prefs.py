@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Header, Input, Label, Static
 from qlite.errors import QliteError
 from qlite.tui.backend import Pref
 from qlite.tui.messages import PrefSaved, PrefsLoaded
+from qlite.tui.screens.base import qlite_app
 from qlite.tui.widgets.error_line import ErrorLine
 from qlite.tui.widgets.key_footer import KeyFooter
 
@@ -53,7 +54,7 @@ class PrefsScreen(Screen):
 
     @work(thread=True, exclusive=True)
     def load(self) -> None:
-        backend = self.app.backend
+        backend = qlite_app(self).backend
         try:
             prefs = backend.prefs(self.qube)
             features, tags = backend.features_and_tags(self.qube)
@@ -115,7 +116,7 @@ class PrefsScreen(Screen):
     @work(thread=True, exclusive=True)
     def store(self, prop: str, value: str) -> None:
         try:
-            self.app.backend.set_pref(self.qube, prop, value)
+            qlite_app(self).backend.set_pref(self.qube, prop, value)
         except QliteError as exc:
             self.post_message(PrefSaved(prop, str(exc)))
             return
@@ -133,7 +134,7 @@ class PrefsScreen(Screen):
     @work(thread=True, exclusive=True)
     def reset(self, prop: str) -> None:
         try:
-            self.app.backend.reset_pref(self.qube, prop)
+            qlite_app(self).backend.reset_pref(self.qube, prop)
         except QliteError as exc:
             self.post_message(PrefSaved(prop, str(exc)))
             return

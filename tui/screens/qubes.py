@@ -21,6 +21,7 @@ from qlite.tui.messages import (
     RefreshFailed,
 )
 from qlite.tui.runner import SHELL, Intro
+from qlite.tui.screens.base import qlite_app
 from qlite.tui.screens.create import CloneScreen, CreateQubeScreen
 from qlite.tui.screens.dialogs import ConfirmScreen
 from qlite.tui.screens.firewall import FirewallScreen
@@ -81,7 +82,7 @@ class QubesScreen(Screen):
         self.query_one("#activity", Log).border_title = "activity"
         self.query_one(QubeTable).focus()
         self.refresh_qubes()
-        interval = self.app.refresh_interval
+        interval = qlite_app(self).refresh_interval
         if interval:
             self.set_interval(interval, self.refresh_qubes)
 
@@ -99,7 +100,7 @@ class QubesScreen(Screen):
     @work(thread=True, exclusive=True, group="refresh")
     def _read_snapshot(self) -> None:
         try:
-            self.post_message(QubesRefreshed(self.app.backend.snapshot()))
+            self.post_message(QubesRefreshed(qlite_app(self).backend.snapshot()))
         except QliteError as exc:
             self.post_message(RefreshFailed(str(exc)))
 
@@ -184,7 +185,7 @@ class QubesScreen(Screen):
 
     # -- lifecycle actions -----------------------------------------------------
 
-    def run_action(self, name: str, action: str, call: Callable[[], object]) -> None:
+    def start_call(self, name: str, action: str, call: Callable[[], object]) -> None:
         """Run CALL (a blocking core call) for qube NAME in a worker. One
         action per qube at a time: the row shows it until it ends."""
         if name in self.busy:
@@ -209,7 +210,7 @@ class QubesScreen(Screen):
         self.busy.pop(message.qube, None)
         if message.error:
             self.log_activity(f"{message.action} {message.qube} failed: {message.error}")
-            self.app.show_error(message.error)
+            qlite_app(self).show_error(message.error)
         elif message.action == "terminal":
             self.redraw()
             row = self.snapshot.row(message.qube)
@@ -224,22 +225,22 @@ class QubesScreen(Screen):
     def action_start(self) -> None:
         row = self.selected()
         if row is not None:
-            self.run_action(row.name, "start", lambda: self.app.backend.start(row.name))
+            self.start_call(row.name, "start", lambda: qlite_app(self).backend.start(row.name))
 
     def action_shutdown(self) -> None:
         row = self.selected()
         if row is not None:
-            self.run_action(row.name, "shutdown", lambda: self.app.backend.shutdown(row.name))
+            self.start_call(row.name, "shutdown", lambda: qlite_app(self).backend.shutdown(row.name))
 
     def action_pause(self) -> None:
         row = self.selected()
         if row is not None:
-            self.run_action(row.name, "pause", lambda: self.app.backend.pause(row.name))
+            self.start_call(row.name, "pause", lambda: qlite_app(self).backend.pause(row.name))
 
     def action_unpause(self) -> None:
         row = self.selected()
         if row is not None:
-            self.run_action(row.name, "unpause", lambda: self.app.backend.unpause(row.name))
+            self.start_call(row.name, "unpause", lambda: qlite_app(self).backend.unpause(row.name))
 
     def _confirmed(self, question: str, label: str, then: Callable[[], None]) -> None:
         def answered(yes: bool | None) -> None:
@@ -254,7 +255,7 @@ class QubesScreen(Screen):
             return
         name = row.name
         self._confirmed(f"Kill {name} now? Its processes stop at once and unsaved work is lost.", "Kill",
-                        lambda: self.run_action(name, "kill", lambda: self.app.backend.kill(name)))
+                        lambda: self.start_call(name, "kill", lambda: qlite_app(self).backend.kill(name)))
 
     def action_remove(self) -> None:
         row = self.selected()
@@ -262,7 +263,7 @@ class QubesScreen(Screen):
             return
         name = row.name
         self._confirmed(f"Remove {name} and its private data (/home/user, /rw)? This cannot be undone.",
-                        "Remove", lambda: self.run_action(name, "remove", lambda: self.app.backend.remove(name)))
+                        "Remove", lambda: self.start_call(name, "remove", lambda: qlite_app(self).backend.remove(name)))
 
     # -- forms -----------------------------------------------------------------
 
@@ -309,13 +310,13 @@ class QubesScreen(Screen):
         row = self.selected()
         if row is not None:
             name = row.name
-            self.run_action(name, "terminal", lambda: self.app.backend.start(name, skip_if_running=True))
+            self.start_call(name, "terminal", lambda: qlite_app(self).backend.start(name, skip_if_running=True))
 
     def interactive(self, title: str, args: list[str], *, intro: Intro | None = None, hold: bool = False) -> None:
         try:
-            code = self.app.runner.interactive(self.app, args, intro=intro, hold=hold)
+            code = qlite_app(self).runner.interactive(self.app, args, intro=intro, hold=hold)
         except Exception as exc:  # noqa: BLE001 - e.g. SuspendNotSupported: say so, keep the TUI
-            self.app.show_error(f"cannot hand over the terminal: {exc or type(exc).__name__}")
+            qlite_app(self).show_error(f"cannot hand over the terminal: {exc or type(exc).__name__}")
             return
         self.log_activity(f"{title}: exited with {code}")
         self.refresh_qubes()
@@ -353,7 +354,7 @@ class QubesScreen(Screen):
 
     def capture(self, title: str, args: list[str]) -> None:
         def job() -> None:
-            code = self.app.runner.capture(args, lambda line: self.post_message(CommandOutput(title, line)))
+            code = qlite_app(self).runner.capture(args, lambda line: self.post_message(CommandOutput(title, line)))
             self.post_message(CommandExited(title, code))
 
         # Commands run side by side, each in a group of its own.

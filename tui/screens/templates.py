@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Header, Label, Log
 from qlite.errors import QliteError
 from qlite.tui.backend import TemplateRow
 from qlite.tui.messages import TemplateJobDone, TemplateProgress, TemplatesLoaded
+from qlite.tui.screens.base import qlite_app
 from qlite.tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from qlite.tui.screens.nav import nav_bindings
 from qlite.tui.widgets.key_footer import KeyFooter
@@ -65,7 +66,7 @@ class TemplatesScreen(Screen):
     @work(thread=True, group="load")
     def _load(self, seq: int) -> None:
         try:
-            self.post_message(TemplatesLoaded(self.app.backend.templates(), seq=seq))
+            self.post_message(TemplatesLoaded(qlite_app(self).backend.templates(), seq=seq))
         except QliteError as exc:
             self.post_message(TemplatesLoaded([], str(exc), seq=seq))
 
@@ -150,7 +151,7 @@ class TemplatesScreen(Screen):
         self.run_worker(lambda: self._job(name, action), thread=True, exclusive=True, group=f"template:{name}")
 
     def _job(self, name: str, action: str) -> None:
-        backend = self.app.backend
+        backend = qlite_app(self).backend
 
         def progress(line: str) -> None:
             self.post_message(TemplateProgress(line))
@@ -175,7 +176,7 @@ class TemplatesScreen(Screen):
         log = self.query_one("#progress", Log)
         if message.error:
             log.write_line(f"error: {message.error}")
-            self.app.show_error(message.error)
+            qlite_app(self).show_error(message.error)
         else:
             log.write_line(f"== {message.template}: {message.action} done, now at revision {message.revision}")
         self.load()

@@ -168,7 +168,7 @@ def pump(call: Call, source: Source, on_stdout: Sink, on_stderr: Sink,
     sock.setblocking(False)
     out = bytearray()
     fd = source if isinstance(source, int) else None
-    chunks = source if source is not None and fd is None else None
+    chunks = None if source is None or isinstance(source, int) else source
     lead = iter(prefix) if fd is not None else None
     feeding = source is not None
     send_broken = False
@@ -186,7 +186,7 @@ def pump(call: Call, source: Source, on_stdout: Sink, on_stderr: Sink,
     def stop_feeding() -> None:
         nonlocal feeding, fd_registered
         feeding = False
-        if fd_registered:
+        if fd_registered and fd is not None:
             sel.unregister(fd)
             fd_registered = False
 
@@ -275,6 +275,7 @@ def pump(call: Call, source: Source, on_stdout: Sink, on_stderr: Sink,
                             if code is not None:
                                 return code
                 else:
+                    assert fd is not None  # only its events come here
                     try:
                         data = os.read(fd, wire.MAX_PAYLOAD)
                     except (BlockingIOError, InterruptedError):
@@ -360,7 +361,7 @@ exit: the service's code; 126 refused; 127 no such service; 125 the call failed.
 
 def main(argv: list[str], prog: str = "qrexec-client-vm") -> int:
     """qrexec-client-vm TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS...]]"""
-    filters = {"stdout": None, "stderr": None}
+    filters: dict[str, bool | None] = {"stdout": None, "stderr": None}
     args = list(argv)
     while args and args[0].startswith("-"):
         opt = args.pop(0)
@@ -417,11 +418,12 @@ def _run_with_program(call: Call, program: list[str], prog: str, err_filter: boo
         print(f"{prog}: cannot run {program[0]}: {exc.strerror or exc}", file=sys.stderr)
         return 127 if isinstance(exc, FileNotFoundError) else 126  # as a shell reports it
     assert proc.stdin is not None and proc.stdout is not None
-    to_program = proc.stdin.fileno()
+    program_stdin = proc.stdin
+    to_program = program_stdin.fileno()
 
     def close_program_stdin() -> None:
         with contextlib.suppress(OSError):
-            proc.stdin.close()
+            program_stdin.close()
 
     try:
         code = pump(call, proc.stdout.fileno(), fd_sink(to_program),

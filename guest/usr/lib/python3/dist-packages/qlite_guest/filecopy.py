@@ -316,8 +316,8 @@ class Unpacker:
     def _entry(self, header: dict, kind: str) -> tuple[str, list[str], int, int | None]:
         name = header.get("name")
         problem = relpath_problem(name)
-        if problem:
-            raise Refusal(problem)
+        if problem or not isinstance(name, str):
+            raise Refusal(problem or "no name")
         mode = received_mode(kind, _int_field(header, "mode", 0o755 if kind == "dir" else 0o644, 0o7777))
         mtime = _int_field(header, "mtime", 0, 2 ** 40) if "mtime" in header else None
         parts = name.split("/")

@@ -293,7 +293,7 @@ def service_main(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) 
         header = parse_header(_read_exact(stdin, length))
         name = header.get("name")
         problem = component_problem(name) if isinstance(name, str) else "no file name"
-        if problem:
+        if problem or not isinstance(name, str):
             raise OpenError(problem)
         size = _size_field(header, max_bytes())
         view_only = header.get("view_only") is True

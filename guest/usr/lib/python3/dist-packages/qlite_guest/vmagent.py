@@ -245,6 +245,7 @@ class Agent:
             self.link.send(ch.STDERR, channel)
             return 127
         self.pids[channel] = proc.pid
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         readers = [threading.Thread(target=self.pump_out, args=(channel, f.fileno(), kind), daemon=True)
                    for f, kind in ((proc.stdout, ch.STDOUT), (proc.stderr, ch.STDERR))]
         for t in readers:
