@@ -69,7 +69,7 @@ from pathlib import Path
 # sys.path; this keeps `python -P` (safe path) working too.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import (  # noqa: E402
+from benchlib import (
     CMD_TIMEOUT_S,
     DEFAULT_DVM,
     QLITE,
@@ -88,7 +88,7 @@ from benchlib import (  # noqa: E402
     warn_if_few_runs,
 )
 
-from qlite.core.usage import (  # noqa: E402 - the one attribution of processes to qubes, shared with the TUI
+from qlite.core.usage import (
     MIB_PER_KIB,
     container_processes,
     process_table,

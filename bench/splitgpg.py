@@ -50,7 +50,7 @@ from pathlib import Path
 # sys.path; this keeps `python -P` (safe path) working too.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import (  # noqa: E402
+from benchlib import (
     CMD_TIMEOUT_S,
     QLITE,
     REPO,

@@ -67,9 +67,9 @@ from pathlib import Path
 # this keeps `python -P` (safe path) working too.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import disposable  # noqa: E402
-import splitgpg  # noqa: E402
-from benchlib import (  # noqa: E402
+import disposable
+import splitgpg
+from benchlib import (
     BULK_WORKERS,
     QLITE,
     REPO,

@@ -86,7 +86,7 @@ from pathlib import Path
 # this keeps `python -P` (safe path) working too.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import (  # noqa: E402
+from benchlib import (
     QLITE,
     REPO,
     BenchError,
@@ -101,14 +101,14 @@ from benchlib import (  # noqa: E402
     setup_home,
 )
 
-from qlite.core.usage import (  # noqa: E402 - the one attribution of processes to qubes, shared with the TUI
+from qlite.core.usage import (
     container_processes,
     process_table,
     pss_mib,
     uss_mib,
 )
-from qlite.runtime.kvm import cached_probe  # noqa: E402
-from qlite.vm.runner import KVM_CACHE  # noqa: E402
+from qlite.runtime.kvm import cached_probe
+from qlite.vm.runner import KVM_CACHE
 
 DEFAULT_JSON = REPO / "bench" / "results" / "vm.json"
 OFFLINE_DVM = "bench-dvm-off"

@@ -452,7 +452,7 @@ def _read_secret_file(path: str | None, what: str) -> bytes | None:
     if path is None:
         return None
     try:
-        data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()  # noqa: SIM115
+        data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
     except OSError as exc:
         raise InvalidValue(f"cannot read the {what} file {path}: {exc.strerror}") from None
     return data.rstrip(b"\n") if what == "passphrase" else data

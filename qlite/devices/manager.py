@@ -151,7 +151,7 @@ class DeviceManager:
             self.store.execute(
                 "INSERT INTO device_attachments(device, qube, ident, read_only, how, target, attached_at) "
                 "VALUES(?,?,?,?,?,?,?)", (dev.name, qube, dev.ident, int(read_only), how, target, time.time()))
-        except Exception as exc:  # noqa: BLE001 - a concurrent attach won the row
+        except Exception as exc:  # a concurrent attach won the row
             raise AlreadyExists(f"{dev.name} was attached by someone else just now") from exc
 
     def detach(self, text: str, qube: str | None = None) -> list[str]:

@@ -88,7 +88,7 @@ class QubeStore:
             raise ValueError(f"not a settable qube column: {column}")
         if isinstance(value, bool):
             value = int(value)
-        self.store.execute(f"UPDATE qubes SET {column}=? WHERE name=?", (value, name))  # noqa: S608
+        self.store.execute(f"UPDATE qubes SET {column}=? WHERE name=?", (value, name))
 
     def unfinished(self) -> list[sqlite3.Row]:
         """(name, class, owner, pending) of every disposable and of every qube
@@ -105,7 +105,7 @@ class QubeStore:
             if row is None or not still_orphaned(row):
                 return None
             column = "pending" if row["pending"] is not None else "owner"
-            conn.execute(f"UPDATE qubes SET {column}=? WHERE name=?", (me, name))  # noqa: S608
+            conn.execute(f"UPDATE qubes SET {column}=? WHERE name=?", (me, name))
             return row
 
     def names_with_templates(self) -> set[str]:

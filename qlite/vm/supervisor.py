@@ -208,7 +208,7 @@ class Supervisor:
         argv = list(self.cfg["argv"])
         if self.cfg.get("netns"):
             argv = ["nsenter", f"--net={self.cfg['netns']}", "--", *argv]
-        console = open(self.run_dir / "qemu.log", "ab")  # noqa: SIM115 - QEMU's own stderr
+        console = open(self.run_dir / "qemu.log", "ab")  # QEMU's own stderr, for its lifetime
         self.qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=console,
                                      preexec_fn=_die_with_parent, close_fds=True)
         console.close()

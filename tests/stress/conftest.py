@@ -37,7 +37,7 @@ def store_problems(home) -> list[str]:
         if stray:
             problems.append(f"features of no qube: {sorted(stray)}")
         for table in ("tags", "firewall", "device_assignments"):
-            orphans = {r[0] for r in conn.execute(f"SELECT qube FROM {table}")} - names  # noqa: S608
+            orphans = {r[0] for r in conn.execute(f"SELECT qube FROM {table}")} - names
             if orphans:
                 problems.append(f"{table} of no qube: {sorted(orphans)}")
         return problems

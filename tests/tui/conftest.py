@@ -280,7 +280,7 @@ async def wait_for(pilot, predicate: Callable[[], object], timeout: float = 15.0
 async def footer_settled(pilot) -> None:
     """Until the screen's footer shows all its rows of keys: it packs them
     once the screen's bindings are known, a moment after the screen."""
-    from qlite.tui.widgets.key_footer import KeyFooter  # noqa: PLC0415
+    from qlite.tui.widgets.key_footer import KeyFooter
 
     def settled() -> bool:
         footers = pilot.app.screen.query(KeyFooter)

@@ -83,7 +83,7 @@ async def test_logs_show_rpc_audit_and_daemon_log(core):
 async def test_a_slow_older_load_does_not_overwrite_a_newer_one(core):
     """Loads run in threads that cannot be stopped: one from before a change
     may answer after the one from after it, and must then be ignored."""
-    import threading  # noqa: PLC0415
+    import threading
 
     app = core.app()
     async with app.run_test(size=SIZE) as pilot:

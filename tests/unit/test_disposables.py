@@ -165,7 +165,7 @@ def test_exit_code_for(exc, code):
 
 def test_a_disposable_cannot_be_started_or_cloned(qm, dm, dvm):
     q = dm.create()
-    from qlite.errors import StateError  # noqa: PLC0415
+    from qlite.errors import StateError
 
     with pytest.raises(StateError):
         qm.start(q.name)
@@ -321,9 +321,9 @@ def test_a_removal_that_lost_a_race_counts_as_done(status, text, expected):
 
 
 def test_the_pool_keeper_drops_connections_of_members_that_are_gone(ctx, paths):
-    import socket  # noqa: PLC0415
+    import socket
 
-    from qlite.core import poolkeeper, preload  # noqa: PLC0415
+    from qlite.core import poolkeeper, preload
 
     held, peer = socket.socketpair()
     preload.CONNECTIONS["disp4321"] = held  # its claimant was killed, and the member reaped

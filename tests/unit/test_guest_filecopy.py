@@ -443,7 +443,7 @@ def test_a_file_that_changes_while_sent_aborts_the_stream(tmp_path):
 
 
 def run_service(home: Path, data: bytes, source: str = "work", **env: str):
-    import subprocess  # noqa: PLC0415
+    import subprocess
 
     return subprocess.run([str(GUEST.rpc_dir / "qubes.Filecopy")], input=data, capture_output=True, timeout=30,
                           env=GUEST.env(HOME=str(home), QREXEC_REMOTE_DOMAIN=source, **env))
@@ -603,9 +603,9 @@ def test_qlite_copy_refuses_special_files_before_calling(tmp_path, rpc):
 
 
 def test_qlite_copy_refused_by_policy_exits_126(tmp_path):
-    from qlite.rpc import wire  # noqa: PLC0415
+    from qlite.rpc import wire
 
-    from .guest_helpers import FakeBroker  # noqa: PLC0415
+    from .guest_helpers import FakeBroker
 
     sockdir = short_tmpdir()
 

@@ -186,7 +186,7 @@ def test_start_reuses_the_network(ctx, qm, engine, work):
 
 
 def test_start_follows_the_current_template_revision(ctx, qm, engine, work):
-    from qlite.core.templates import TemplateManager, image_ref  # noqa: PLC0415
+    from qlite.core.templates import TemplateManager, image_ref
 
     engine.add_image("ef" * 32, (image_ref(TEMPLATE, 2),))
     TemplateManager(ctx)._record(TEMPLATE, 2, "ef" * 32, "update")
@@ -197,7 +197,7 @@ def test_start_follows_the_current_template_revision(ctx, qm, engine, work):
 def test_a_template_with_older_guest_tools_is_refused(ctx, qm, engine, work):
     """Guest tools before 2 have /home/user as a directory that qlite bound
     from the qube's own volume: such a template is rebuilt, never started."""
-    from qlite.core.templates import TemplateManager, image_ref  # noqa: PLC0415
+    from qlite.core.templates import TemplateManager, image_ref
 
     engine.add_image("ab" * 32, (image_ref(TEMPLATE, 2),), {"qlite.guest-tools": "1"})
     TemplateManager(ctx)._record(TEMPLATE, 2, "ab" * 32, "update")

@@ -251,7 +251,7 @@ def test_mmdebstrap_command(cfg, expected):
 
 
 def test_the_shipped_rootfs_conf_parses():
-    from qlite.paths import SHARE_DIR  # noqa: PLC0415
+    from qlite.paths import SHARE_DIR
 
     conf = SHARE_DIR / "images" / "debian-12" / "rootfs.conf"
     assert conf.is_file(), "the default template must be built from an mmdebstrap rootfs"

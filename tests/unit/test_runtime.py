@@ -181,9 +181,9 @@ def test_exit_ok_is_what_isa_debug_exit_returns_for_0x2a():
 
 
 def test_runsc_root_is_read_from_the_sandbox_command_line(tmp_path, monkeypatch):
-    import builtins  # noqa: PLC0415
+    import builtins
 
-    from qlite.engines import podman  # noqa: PLC0415
+    from qlite.engines import podman
 
     cases = {
         1: b"runsc-sandbox\0--root=/var/run/runsc\0--platform=systrap\0boot\0",
@@ -208,7 +208,7 @@ def test_runsc_root_is_read_from_the_sandbox_command_line(tmp_path, monkeypatch)
 
 
 def test_users_runsc_exec_can_take():
-    from qlite.engines.podman import KNOWN_USERS, USER_RE  # noqa: PLC0415
+    from qlite.engines.podman import KNOWN_USERS, USER_RE
 
     assert KNOWN_USERS == {"root": "0:0", "user": "1000:1000"}
     assert [bool(USER_RE.fullmatch(u)) for u in ("0", "1000:1000", "alice", "1:x", "", "1" * 10)] == \
@@ -225,9 +225,9 @@ def test_users_runsc_exec_can_take():
 ])
 def test_a_listing_is_asked_again_when_an_object_vanishes_under_it(tmp_path, monkeypatch, failures, message,
                                                                    outcome):
-    from qlite.engines.podman import PodmanEngine  # noqa: PLC0415
-    from qlite.errors import EngineError  # noqa: PLC0415
-    from qlite.paths import Paths  # noqa: PLC0415
+    from qlite.engines.podman import PodmanEngine
+    from qlite.errors import EngineError
+    from qlite.paths import Paths
 
     engine = PodmanEngine(Paths(tmp_path))
     calls = []

@@ -330,9 +330,9 @@ def test_pump_does_not_deadlock_when_output_outgrows_input():
 
 
 def _run_piped(argv: list[str], data: bytes) -> tuple[int, bytes, bytes, bytes]:
-    import subprocess  # noqa: PLC0415
+    import subprocess
 
-    from qlite.engines.stream import pump_process  # noqa: PLC0415
+    from qlite.engines.stream import pump_process
 
     with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr:
         fin.write(data)
