@@ -111,3 +111,22 @@ def test_every_command_has_a_parser_of_its_own():
     for name in names:
         assert qlite.cli.build_parser(name).matched, name
     assert not qlite.cli.build_parser("nosuch").matched
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["splitgpg", "export", "vault", "ABCD"], {"action": "export", "vault": "vault", "args": ["ABCD"]}),
+    (["splitgpg", "import", "--json", "vault", "-"],
+     {"action": "import", "vault": "vault", "args": ["-"], "json": True}),
+    (["splitgpg", "setup", "vault", "--client", "a", "--client", "b"], {"vault": "vault", "client": ["a", "b"]}),
+    (["splitgpg", "list", "vault", "--secret"], {"vault": "vault", "secret": True, "client": []}),
+    (["device", "--json", "attach", "work", "sdb1", "--ro"],
+     {"action": "attach", "args": ["work", "sdb1"], "ro": True, "json": True, "fs_uuid": None}),
+    (["device", "pair", "--fs-uuid", "1234", "work"], {"action": "pair", "args": ["work"], "fs_uuid": "1234"}),
+    (["template", "build", "debian-12", "--force", "-q"], {"name": "debian-12", "force": True, "quiet": True}),
+    (["template", "revert", "debian-12"], {"name": "debian-12", "force": False, "quiet": False}),
+    (["aem", "seal", "--secret-file", "s", "--boot-pcrs", "0,7"], {"secret_file": "s", "boot_pcrs": "0,7"}),
+    (["policy", "eval", "qubes.Gpg", "work", "vault"], {"action": "eval", "args": ["qubes.Gpg", "work", "vault"]}),
+])
+def test_each_action_reads_its_own_arguments(argv, expected):
+    args = qlite.cli.parse(qlite.cli.build_parser(argv[0]), argv, argv[0])
+    assert {k: getattr(args, k) for k in expected} == expected
