@@ -367,7 +367,10 @@ def test_random_refused_streams_leave_the_destination_as_it_was(tree, fault, mod
     elif fault == "trailing":
         data = stream_of(*(h for h, _ in entries), content={i: c for i, (_, c) in enumerate(entries)}) + b"\0"
     else:
-        at = modes.draw(st.integers(0, len(entries)))
+        # A file cut short goes last: anywhere else, the headers after it
+        # could happen to be exactly its missing bytes and leave a valid
+        # stream (hypothesis found one: "short" plus one directory header).
+        at = len(entries) if fault[0].get("name") == "cut" else modes.draw(st.integers(0, len(entries)))
         entries = entries[:at] + [fault] + entries[at:]
         data = stream_of(*(h for h, _ in entries), content={i: c for i, (_, c) in enumerate(entries)})
     with tempfile.TemporaryDirectory() as tmp:
