@@ -5,15 +5,16 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 
 from qlite.core.context import Context
 from qlite.errors import QliteError
 from qlite.paths import Paths
+from qlite.runtime.command import run_tool
 from qlite.runtime.hostpodman import HostPodman, dropin_state, read_host
 
 OK, WARN, FAIL = "ok", "warn", "fail"
+VERSION_TIMEOUT_S = 30
 
 
 @dataclass
@@ -44,7 +45,10 @@ def check_podman() -> Check:
     podman = shutil.which("podman")
     if not podman:
         return Check("podman", FAIL, "podman is not installed", "run setup.sh (or apt install podman)")
-    out = subprocess.run([podman, "--version"], capture_output=True, text=True).stdout.strip()
+    try:
+        out = run_tool([podman, "--version"], "podman --version", VERSION_TIMEOUT_S, check=False).stdout.strip()
+    except QliteError as exc:  # a podman that cannot say its version cannot run qubes either
+        return Check("podman", FAIL, str(exc), "run setup.sh (or apt install podman)")
     version = out.rsplit(" ", 1)[-1] if out else "unknown"
     return Check("podman", OK, f"podman {version}")
 

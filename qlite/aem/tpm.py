@@ -9,11 +9,11 @@ policy on PCR 23 (and, optionally, on the host's boot PCRs).
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
-from qlite.errors import AccessDenied, EngineError, EngineUnavailable
+from qlite.errors import AccessDenied, EngineError
+from qlite.runtime.command import run_tool
 
 PCR = 23
 TIMEOUT_S = 60
@@ -45,16 +45,8 @@ class Tpm:
 
     def _run(self, args: list[str], what: str, stdin: bytes | None = None, cwd: str | None = None) -> bytes:
         env = {**os.environ, "TPM2TOOLS_TCTI": self.tcti}
-        try:
-            proc = subprocess.run(args, input=stdin, capture_output=True, timeout=TIMEOUT_S, env=env, cwd=cwd)
-        except FileNotFoundError:
-            raise EngineUnavailable(f"{args[0]} is missing: install tpm2-tools (setup.sh does)") from None
-        except subprocess.TimeoutExpired:
-            raise EngineError(f"TPM: {what} took over {TIMEOUT_S}s") from None
-        if proc.returncode != 0:
-            lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
-            raise EngineError(f"TPM: {what}: {lines[-1] if lines else f'exit {proc.returncode}'}")
-        return proc.stdout
+        return run_tool(args, f"TPM: {what}", TIMEOUT_S, cwd, stdin=stdin, env=env, text=False,
+                        install="install tpm2-tools; setup.sh does")
 
     def replay(self, events: list[bytes]) -> None:
         """Reset qlite's PCR and extend EVENTS (sha256 digests) into it."""

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
+from typing import Final
 
 from qlite.errors import EngineError
+from qlite.runtime.command import run_tool
 
 TIMEOUT_S = 30
+# The line of a failure to report: nft names the error on its first line,
+# then quotes the rule under it.
+COMPLAINT: Final = "first"
 
 
 def _nft() -> str:
@@ -21,19 +25,10 @@ def _in_netns(netns: str | None, cmd: list[str]) -> list[str]:
     return ["nsenter", f"--net={netns}", "--", *cmd] if netns else cmd
 
 
-def _run(cmd: list[str], what: str, stdin: str | None = None) -> None:
-    try:
-        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EngineError(f"{what}: {exc}") from exc
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise EngineError(f"{what}: {lines[0] if lines else f'exit {proc.returncode}'}")
-
-
 def apply_nft(script: str, netns: str | None = None) -> None:
     """Load an nft script (atomically: all of it or nothing)."""
-    _run(_in_netns(netns, [_nft(), "-f", "-"]), "applying nftables rules", stdin=script)
+    run_tool(_in_netns(netns, [_nft(), "-f", "-"]), "applying nftables rules", TIMEOUT_S, stdin=script,
+             complaint=COMPLAINT)
 
 
 def delete_table(table: str, netns: str | None = None) -> None:
@@ -42,24 +37,25 @@ def delete_table(table: str, netns: str | None = None) -> None:
 
 
 def enable_forwarding(netns: str) -> None:
-    _run(_in_netns(netns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]), "enabling forwarding")
+    run_tool(_in_netns(netns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]), "enabling forwarding", TIMEOUT_S,
+             complaint=COMPLAINT)
 
 
 def set_default_route(netns: str, via: str) -> None:
-    _run(_in_netns(netns, ["ip", "route", "replace", "default", "via", via]), "setting the default route")
+    run_tool(_in_netns(netns, ["ip", "route", "replace", "default", "via", via]), "setting the default route",
+             TIMEOUT_S, complaint=COMPLAINT)
 
 
 def loopback_up(netns: str) -> None:
-    _run(_in_netns(netns, ["ip", "link", "set", "lo", "up"]), "bringing up loopback")
+    run_tool(_in_netns(netns, ["ip", "link", "set", "lo", "up"]), "bringing up loopback", TIMEOUT_S,
+             complaint=COMPLAINT)
 
 
 def interface_by_mac(netns: str, mac: str) -> str:
     """The name of the interface with MAC inside NETNS."""
     cmd = _in_netns(netns, ["ip", "-o", "link", "show"])
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S).stdout
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EngineError(f"listing interfaces: {exc}") from exc
+    # A failed listing finds no interface, which is the error reported.
+    out = run_tool(cmd, "listing interfaces", TIMEOUT_S, check=False).stdout
     for line in out.splitlines():
         # "3: eth1@if12: <...> ... link/ether 02:..:.. brd ..."
         parts = line.split()
@@ -85,4 +81,4 @@ def tap_mirror(netns: str, mac: str, tap: str) -> None:
              "0", "action", "mirred", "egress", "redirect", "dev", dst],
         ]
     for cmd in steps:
-        _run(_in_netns(netns, cmd), f"joining the VM's tap to {eth}")
+        run_tool(_in_netns(netns, cmd), f"joining the VM's tap to {eth}", TIMEOUT_S, complaint=COMPLAINT)

@@ -15,10 +15,12 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from qlite.errors import QliteError
+from qlite.runtime.command import ToolTimedOut, run_tool
 
 # The assembled kvmprobe.S (as --64; ld -Ttext=0 --oformat binary): the
 # code at offset 0 and the reset vector's far jump at 0xFFF0.
@@ -58,11 +60,11 @@ def qemu_command(qemu: str, bios: str, accel: str) -> list[str]:
 
 def _boot(qemu: str, bios: str, accel: str) -> tuple[bool, str]:
     try:
-        proc = subprocess.run(
-            qemu_command(qemu, bios, accel), capture_output=True, text=True, timeout=TIMEOUT_S
-        )
-    except subprocess.TimeoutExpired:
+        proc = run_tool(qemu_command(qemu, bios, accel), f"booting the probe under {accel}", TIMEOUT_S, check=False)
+    except ToolTimedOut:
         return False, f"the guest hung (no exit within {TIMEOUT_S:.0f}s)"
+    except QliteError as exc:
+        return False, str(exc)
     if proc.returncode == EXIT_OK:
         return True, "reached 64-bit long mode"
     err = (proc.stderr or "").strip().splitlines()

@@ -13,10 +13,12 @@ import json
 import os
 import platform as pyplatform
 import shutil
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from qlite.errors import QliteError
+from qlite.runtime.command import ToolTimedOut, run_tool
 
 PLATFORMS = ("systrap", "ptrace")  # preferred first; kvm is opt-in
 PROBE_TIMEOUT_S = 30
@@ -85,18 +87,18 @@ def run_sandbox(runsc: str, flags: list[str], args: list[str]) -> tuple[int, str
             "run", "--bundle", str(bundle), f"qlite-probe-{os.getpid()}",
         ]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
+            proc = run_tool(cmd, "probing runsc", PROBE_TIMEOUT_S, check=False)
+        except ToolTimedOut:
             return 124, f"timed out after {PROBE_TIMEOUT_S}s"
-        except OSError as exc:
+        except QliteError as exc:  # cannot run at all: as a shell reports it
             return 127, str(exc)
         return proc.returncode, (proc.stderr or proc.stdout).strip()
 
 
 def runsc_version(runsc: str) -> str:
     try:
-        out = subprocess.run([runsc, "--version"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        out = run_tool([runsc, "--version"], "asking runsc its version", 10, check=False).stdout
+    except QliteError:
         return "unknown"
     first = out.splitlines()[0] if out else ""
     return first.removeprefix("runsc version ").strip() or "unknown"

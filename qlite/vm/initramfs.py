@@ -15,12 +15,12 @@ import gzip
 import io
 import os
 import stat
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from qlite.errors import EngineError
+from qlite.runtime.command import run_tool
 
 # Modules to load, with their dependencies resolved by module_order().
 # evdev and button: the agent powers off on the ACPI power button.
@@ -130,11 +130,7 @@ def module_files(modules_dir: Path) -> dict[str, Path]:
 
 
 def module_depends(path: Path) -> tuple[str, ...]:
-    try:
-        out = subprocess.run(["modinfo", "-F", "depends", str(path)], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise EngineError(f"cannot read the dependencies of {path.name}: {exc}") from exc
+    out = run_tool(["modinfo", "-F", "depends", str(path)], f"cannot read the dependencies of {path.name}", 30)
     return tuple(d.replace("-", "_") for d in out.strip().split(",") if d)
 
 

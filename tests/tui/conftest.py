@@ -66,7 +66,7 @@ def no_kernel_network_changes(monkeypatch):
     def no_daemon(*args, **kwargs):
         raise AssertionError("a TUI test tried to start qlite daemon")
 
-    monkeypatch.setattr("qlite.host.nft._run", refuse)
+    monkeypatch.setattr("qlite.host.nft.run_tool", refuse)
     monkeypatch.setattr("qlite.host.daemonctl.DaemonControl.ensure", no_daemon)
 
 

@@ -55,7 +55,7 @@ def no_kernel_network_changes(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"a unit test tried to change kernel network state: {args}")
 
-    monkeypatch.setattr("qlite.host.nft._run", refuse)
+    monkeypatch.setattr("qlite.host.nft.run_tool", refuse)
 
     def no_daemon(*args, **kwargs):
         raise AssertionError("a unit test tried to start qlite daemon")
