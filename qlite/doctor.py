@@ -107,7 +107,7 @@ def check_service(ctx: Context) -> Check:
     except QliteError as exc:
         return Check("engine", FAIL, str(exc), "see the podman log in $QLITE_HOME/log/podman.log")
     return Check("engine", OK, f"{ctx.engine.name} service answers (API {version}) at {ctx.paths.podman_sock}"
-                 if ctx.engine.name == "podman" else f"{ctx.engine.name} answers (version {version})")
+                 if ctx.engine.managed_by_qlite else f"{ctx.engine.name} answers (version {version})")
 
 
 def check_tool(name: str, why: str, fix: str) -> Check:

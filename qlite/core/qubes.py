@@ -437,7 +437,7 @@ class QubeManager:
         """The host directory bound at /mnt/removable in Q's container, made
         ready for mounts to propagate into it. The Docker API cannot give a
         bind mount nodev/nosuid/noexec, so under it qubes get no devices."""
-        if self.ctx.engine.name != "podman":
+        if not self.ctx.engine.gives_devices_to_containers:
             return ""
         return str(self.devices.prepare_dir(q.name))
 
@@ -473,9 +473,7 @@ class QubeManager:
         route through its gateway, or, offline under runsc's host-netns
         path, a loopback that is up (nobody else brings it up there)."""
         probe = self.ctx.runtime_probe
-        # Only qlite's own podman service runs runsc with the probed flags;
-        # a Docker daemon's runsc is configured by its owner.
-        offline = (plan.network == "none" and self.ctx.engine.name == "podman"
+        offline = (plan.network == "none" and self.ctx.engine.runs_probed_runsc
                    and not (probe is not None and probe.netstack))
         if not plan.route_via and not offline:
             return

@@ -102,7 +102,7 @@ class DeviceManager:
         if self.qubes.state_of(q) != State.RUNNING:
             raise StateError(f"qube {qube} is not running: start it, or assign the device with 'qlite device assign'")
         runtime = self.qubes.runtime(q)
-        if not runtime.takes_block_devices and self.ctx.engine.name != "podman":
+        if not runtime.takes_block_devices and not self.ctx.engine.gives_devices_to_containers:
             raise InvalidValue("container qubes get devices only with the podman engine "
                                "(the Docker API cannot mount them nodev, nosuid, noexec)")
         if allow_exec and not runtime.takes_block_devices:

@@ -158,7 +158,17 @@ class Engine(Protocol):
     """What core needs from a container engine. Every failure of the
     underlying SDK is raised as EngineError (or EngineUnavailable)."""
 
-    name: str
+    name: str  # for people to read; what qlite does depends on the capabilities below
+    # A host directory can be bound into a container nodev, nosuid, noexec,
+    # with what the host mounts below it later propagating in: the only safe
+    # way to hand a container qube the filesystem of an attached drive.
+    gives_devices_to_containers: bool
+    # Containers run under runsc with the flags qlite's probe chose for this
+    # host (netstack, or the host-netns path, where nobody else brings a
+    # network-less qube's loopback up). Another engine's runsc is its owner's.
+    runs_probed_runsc: bool
+    # The engine is qlite's own service, on its socket under QLITE_HOME.
+    managed_by_qlite: bool
 
     def version(self) -> str: ...
 

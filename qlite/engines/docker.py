@@ -181,6 +181,9 @@ class DockerEngine:
     """Engine over a Docker API socket, through the docker SDK."""
 
     name = "docker"
+    gives_devices_to_containers = False  # the Docker API takes no mount flags for a bind
+    runs_probed_runsc = False  # the daemon's runsc is configured by its owner
+    managed_by_qlite = False  # someone else's daemon, at DOCKER_HOST
 
     def __init__(self, paths: Paths, base_url: str | None):
         self.paths = paths

@@ -329,6 +329,9 @@ class PodmanEngine:
     """Engine over qlite's podman service (see PodmanService)."""
 
     name = "podman"
+    gives_devices_to_containers = True  # its bind mounts take nodev,nosuid,noexec and rslave
+    runs_probed_runsc = True  # the runtimes of containers.conf, written from the probe
+    managed_by_qlite = True
 
     def __init__(self, paths: Paths, service: PodmanService | None = None):
         self.paths = paths

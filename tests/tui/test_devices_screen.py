@@ -28,7 +28,7 @@ UUID = "1234-ABCD"
 def drives(core, block):
     """Two qubes, work running (podman is the engine that gets devices),
     and two drives: sdb1 with a filesystem UUID, sdc with neither UUID nor serial."""
-    core.engine.name = "podman"
+    core.engine.gives_devices_to_containers = True
     ctx = core.context()
     qm = QubeManager(ctx)
     qm.create("work", label="blue")

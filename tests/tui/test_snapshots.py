@@ -90,7 +90,7 @@ def test_ask_modal(core, snap_compare):
 
 
 def test_devices_screen(core, block, snap_compare):
-    core.engine.name = "podman"  # the engine that gives container qubes devices
+    core.engine.gives_devices_to_containers = True  # as podman does
     populate(core)
     block.add("sdb1", fs_uuid="1234-ABCD", label="STICK", fs_type="vfat", serial="XYZ9")
     block.add("loop3", fs_uuid="0f3c2a7e-9b1d-4c55-8e2a-3d6f1b2c4e5f", label="backup", major_minor="7:3")

@@ -49,6 +49,10 @@ class FakeContainer:
 class FakeEngine:
     volume_root: Path
     name: str = "fake"
+    # Like Docker's by default: tests of what only qlite's podman does turn them on.
+    gives_devices_to_containers: bool = False
+    runs_probed_runsc: bool = False
+    managed_by_qlite: bool = False
     containers: dict[str, FakeContainer] = field(default_factory=dict)  # by id
     volumes: dict[str, VolumeInfo] = field(default_factory=dict)  # by name
     networks: dict[str, NetworkInfo] = field(default_factory=dict)  # by name
