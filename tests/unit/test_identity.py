@@ -69,7 +69,8 @@ def _policy(ctx) -> str:
 def _named(ctx) -> set[str]:
     """Every qube the managed policy's rules name."""
     rules = parse_policy(_policy(ctx), policyfile.POLICY_FILE)
-    return {n for r in rules for n in (r.source, r.target, r.params.get("target"), r.params.get("default_target"))
+    return {n for r in rules
+            for n in (str(r.source), str(r.target), r.params.get("target"), r.params.get("default_target"))
             if n and not n.startswith("@")}
 
 

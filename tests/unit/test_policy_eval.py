@@ -521,7 +521,7 @@ def test_multifile_user_policy_overrides_the_shipped_one(tmp_path):
     check("qubes.Filecopy", "", "work", "work-web", "allow", "work-web", f"{user}:3")
     shipped_rules = load_policy([SHIPPED]).rules
     filecopy = next(r for r in shipped_rules if r.service == "qubes.Filecopy")
-    open_in_dispvm = next(r for r in shipped_rules if r.service == "qubes.OpenInVM" and r.target == "@dispvm")
+    open_in_dispvm = next(r for r in shipped_rules if r.service == "qubes.OpenInVM" and str(r.target) == "@dispvm")
     res = check("qubes.Filecopy", "", "work", "@default", "ask", None, filecopy.location)
     assert "vault" not in res.choices and "work-web" in res.choices
     check("qubes.OpenInVM", "", "vault", "@dispvm", "allow", "@dispvm:offline-dvm", f"{user}:4")

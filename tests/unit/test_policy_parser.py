@@ -14,6 +14,7 @@ from qlite.errors import AccessDenied, PolicySyntaxError
 from qlite.rpc.policy import Policy, Rule, lint, load_policy, parse_policy
 from qlite.rpc.policy.files import c_locale_sorted, read_policy_path, valid_file_name
 from qlite.rpc.policy.parser import MAX_INCLUDE_DEPTH
+from qlite.rpc.policy.tokens import QubeName
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "policies"
@@ -90,7 +91,7 @@ def write(path: Path, text: str) -> Path:
 ])
 def test_valid_lines(line, service, argument, source, target, action, params):
     rule = one(line)
-    assert (rule.service, rule.argument, rule.source, rule.target, rule.action) == (
+    assert (rule.service, rule.argument, str(rule.source), str(rule.target), rule.action) == (
         service, argument, source, target, action)
     assert dict(rule.params) == params
     assert (rule.file, rule.line) == ("x.policy", 1)
@@ -102,7 +103,7 @@ def test_rule_params_are_read_only_and_rules_compare_by_value():
         rule.params["target"] = "vault"  # type: ignore[index]
     assert rule == one("svc * work vault allow target=personal")
     assert hash(rule) == hash(one("svc * work vault allow target=personal"))
-    built = Rule("svc", None, "work", "vault", "allow", {"user": "root"}, "f", 1)
+    built = Rule("svc", None, QubeName("work"), QubeName("vault"), "allow", {"user": "root"}, "f", 1)
     with pytest.raises(TypeError):
         built.params["user"] = "x"  # type: ignore[index]
 
@@ -261,7 +262,7 @@ def test_include_service_reads_the_old_format(tmp_path):
     write(tmp_path / "more", "@anyvm @anyvm deny notify=no\n")
     rules = parse_policy("!include-service qubes.Filecopy + qubes.Filecopy\n!include-service * * more\n",
                          str(tmp_path / "main.policy"), read_policy_path)
-    assert [(r.service, r.argument, r.source, r.target, r.action, dict(r.params), Path(r.file).name, r.line)
+    assert [(r.service, r.argument, str(r.source), str(r.target), r.action, dict(r.params), Path(r.file).name, r.line)
             for r in rules] == [
         ("qubes.Filecopy", "", "@tag:work", "@default", "ask", {}, "qubes.Filecopy", 2),
         ("qubes.Filecopy", "", "@tag:work", "@tag:work", "allow", {}, "qubes.Filecopy", 3),

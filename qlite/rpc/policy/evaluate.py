@@ -14,7 +14,7 @@ from types import MappingProxyType
 from qlite.errors import AccessDenied
 from qlite.rpc.policy import tokens
 from qlite.rpc.policy.parser import Action, Policy, Rule
-from qlite.rpc.policy.tokens import DOM0
+from qlite.rpc.policy.tokens import DOM0, CallTarget, Concrete
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,23 @@ class System:
     def identity(self, token: str) -> str:
         """Who TOKEN (a name, dom0, @dispvm:NAME) is now: a qube's uuid, or
         the token itself for what has no uuid (dom0, @dispvm)."""
-        name = token.removeprefix("@dispvm:")
+        name = _disposable_base(token) or token
         facts = self.qubes.get(name)
         return facts.uuid if facts is not None and facts.uuid else token
+
+
+def _disposable_base(word: str) -> str | None:
+    """The NAME of WORD when it spells @dispvm:NAME, else None."""
+    try:
+        token = tokens.parse_word(word)
+    except tokens.InvalidToken:
+        return None
+    return token.base if isinstance(token, tokens.DispVMName) else None
+
+
+def _is_dispvm_template(system: System, name: str) -> bool:
+    facts = system.qubes.get(name)
+    return facts is not None and facts.template_for_dispvms
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,7 @@ class _Call:
 
     # -- matching ---------------------------------------------------------
 
-    def matches(self, rule: Rule, intended: str) -> bool:
+    def matches(self, rule: Rule, intended: CallTarget) -> bool:
         return self.matches_but_target(rule) and self.target_matches(rule.target, intended)
 
     def matches_but_target(self, rule: Rule) -> bool:
@@ -111,126 +125,127 @@ class _Call:
             and self.source_matches(rule.source)
         )
 
-    def source_matches(self, token: str) -> bool:
+    def source_matches(self, token: tokens.SourceToken) -> bool:
         facts = self.source_facts
         if facts is None:  # dom0: matched by '*' and by the tokens naming it
-            return token == tokens.WILDCARD or tokens.is_dom0(token)
-        if tokens.is_dom0(token):
-            return False
-        if token in (tokens.WILDCARD, tokens.ANYVM):
-            return True
-        if token.startswith(tokens.DISPVM_PREFIX):
-            return False  # as in Qubes, only a target is ever spelled @dispvm:...
-        if token.startswith(tokens.TAG_PREFIX):
-            return token[len(tokens.TAG_PREFIX):] in facts.tags
-        if token.startswith(tokens.TYPE_PREFIX):
-            return token[len(tokens.TYPE_PREFIX):] == facts.klass
-        return token == facts.name
+            return isinstance(token, (tokens.Wildcard, tokens.Dom0))
+        match token:
+            case tokens.QubeName() | tokens.AnyVM() | tokens.Wildcard() | tokens.Tag() | tokens.QubeType():
+                return token.matches(facts)
+            case tokens.Dom0() | tokens.DispVMName() | tokens.DispVMTag():
+                # a qube is not the host; as in Qubes, only a target is ever spelled @dispvm:...
+                return False
 
-    def target_matches(self, token: str, intended: str) -> bool:
+    def target_matches(self, token: tokens.TargetToken, intended: CallTarget) -> bool:
         """Whether rule target TOKEN matches INTENDED (a normalized request target)."""
-        if tokens.is_dom0(token):
-            return intended == DOM0
-        if intended == DOM0:
+        if isinstance(token, tokens.Dom0):
+            return isinstance(intended, tokens.Dom0)
+        if isinstance(intended, tokens.Dom0):
             return False  # the host is matched only by the tokens naming it
-        if token in (tokens.WILDCARD, tokens.ANYVM):
-            return True
-        if token in (tokens.DEFAULT, tokens.DISPVM):
-            return intended == token
-        if token.startswith(tokens.DISPVM_TAG_PREFIX):
-            facts = self.system.qubes.get(self.dispvm_base(intended) or "")
-            tag = token[len(tokens.DISPVM_TAG_PREFIX):]
-            return facts is not None and facts.template_for_dispvms and tag in facts.tags
-        if token.startswith(tokens.DISPVM_PREFIX):
-            # @dispvm:NAME also matches a plain @dispvm whose base is NAME.
-            return token == intended or (
-                intended == tokens.DISPVM and self.default_dispvm == token[len(tokens.DISPVM_PREFIX):])
-        if token.startswith(tokens.TAG_PREFIX):
-            facts = self.system.qubes.get(intended)
-            return facts is not None and token[len(tokens.TAG_PREFIX):] in facts.tags
-        if token.startswith(tokens.TYPE_PREFIX):
-            facts = self.system.qubes.get(intended)
-            return facts is not None and token[len(tokens.TYPE_PREFIX):] == facts.klass
-        return token == intended
+        match token:
+            case tokens.AnyVM() | tokens.Wildcard():
+                return True
+            case tokens.Default() | tokens.DispVM() | tokens.QubeName():
+                return token == intended
+            case tokens.DispVMTag():
+                facts = self.system.qubes.get(self.dispvm_base(intended) or "")
+                return facts is not None and token.matches_template(facts)
+            case tokens.DispVMName():
+                # @dispvm:NAME also matches a plain @dispvm whose base is NAME.
+                return token == intended or (
+                    isinstance(intended, tokens.DispVM) and self.default_dispvm == token.base)
+            case tokens.Tag() | tokens.QubeType():
+                facts = self.system.qubes.get(intended.name) if isinstance(intended, tokens.QubeName) else None
+                return facts is not None and token.matches(facts)
 
-    def dispvm_base(self, intended: str) -> str | None:
+    def dispvm_base(self, intended: CallTarget) -> str | None:
         """The disposable template INTENDED asks for, if it asks for a disposable."""
-        if intended == tokens.DISPVM:
+        if isinstance(intended, tokens.DispVM):
             return self.default_dispvm
-        if intended.startswith(tokens.DISPVM_PREFIX):
-            return intended[len(tokens.DISPVM_PREFIX):]
+        if isinstance(intended, tokens.DispVMName):
+            return intended.base
         return None
 
     # -- resolving ----------------------------------------------------------
 
-    def resolve(self, target: str) -> str:
-        """The concrete target ("name", "dom0" or "@dispvm:NAME") for TARGET, or raise _Denied."""
-        if target == tokens.DEFAULT:
-            raise _Denied("the caller named no target and the rule gives no target=")
-        if tokens.is_dom0(target):
-            return DOM0
-        if target == tokens.DISPVM:
-            if self.default_dispvm is None:
-                raise _Denied(f"{self.source} has no default_dispvm to make a @dispvm from")
-            target = tokens.DISPVM_PREFIX + self.default_dispvm
-        if target.startswith(tokens.DISPVM_PREFIX):
-            base = target[len(tokens.DISPVM_PREFIX):]
-            facts = self.system.qubes.get(base)
-            if facts is None or not facts.template_for_dispvms:
-                raise _Denied(f"{_show(base)} is not a disposable template (template_for_dispvms)")
-            return target
-        if target not in self.system.qubes:
-            raise _Denied(f"no such qube {_show(target)}")
+    def resolve(self, target: CallTarget | tokens.Redirect) -> Concrete:
+        """The concrete target (a qube, dom0 or @dispvm:NAME) for TARGET, or raise _Denied."""
+        match target:
+            case tokens.Default():
+                raise _Denied("the caller named no target and the rule gives no target=")
+            case tokens.Dom0():
+                return tokens.Dom0()
+            case tokens.DispVM():
+                if self.default_dispvm is None:
+                    raise _Denied(f"{self.source} has no default_dispvm to make a @dispvm from")
+                return self.disposable(tokens.DispVMName(self.default_dispvm))
+            case tokens.DispVMName():
+                return self.disposable(target)
+            case tokens.QubeName():
+                if target.name not in self.system.qubes:
+                    raise _Denied(f"no such qube {_show(target.name)}")
+                return target
+
+    def disposable(self, target: tokens.DispVMName) -> tokens.DispVMName:
+        if not _is_dispvm_template(self.system, target.base):
+            raise _Denied(f"{_show(target.base)} is not a disposable template (template_for_dispvms)")
         return target
 
-    def first_match(self, policy: Policy, intended: str) -> Rule | None:
+    def first_match(self, policy: Policy, intended: CallTarget) -> Rule | None:
         return next((rule for rule in policy.rules if self.matches(rule, intended)), None)
 
-    def choices(self, policy: Policy) -> set[str]:
+    def choices(self, policy: Policy) -> set[Concrete]:
         """Every target the policy would allow or ask for this service, argument and source.
 
         Each candidate is evaluated as if the caller had named it; redirects
         count as their destination. The caller itself is never offered.
         """
         qubes = self.system.qubes
-        candidates = [name for name in qubes if name != self.source]
-        candidates += [DOM0, tokens.DISPVM]
-        candidates += [tokens.DISPVM_PREFIX + name for name, facts in qubes.items() if facts.template_for_dispvms]
+        candidates: list[CallTarget] = [tokens.QubeName(name) for name in qubes if name != self.source]
+        candidates += [tokens.Dom0(), tokens.DispVM()]
+        candidates += [tokens.DispVMName(name) for name, facts in qubes.items() if facts.template_for_dispvms]
         offered = set()
         for candidate in candidates:
             rule = self.first_match(policy, candidate)
             if rule is None or rule.action == "deny":
                 continue
             try:
-                resolved = self.resolve(rule.params.get("target", candidate))
+                resolved = self.resolve(candidate if rule.redirect is None else rule.redirect)
             except _Denied:
                 continue
-            if resolved != self.source:
+            if str(resolved) != self.source:
                 offered.add(resolved)
         return offered
 
 
-def _intended(system: System, target: str) -> str:
+def _intended(system: System, target: str) -> CallTarget:
     """The caller's target, normalized, or raise _Denied."""
-    if target in ("", tokens.DEFAULT):
-        return tokens.DEFAULT
-    if tokens.is_dom0(target):
-        return DOM0
-    if target == tokens.DISPVM:
-        return target
-    if target.startswith(tokens.DISPVM_PREFIX):
-        facts = system.qubes.get(target[len(tokens.DISPVM_PREFIX):])
-        if facts is None or not facts.template_for_dispvms:
+    if not target:
+        return tokens.Default()
+    try:
+        token = tokens.parse_word(target)
+    except tokens.InvalidToken as err:
+        if err.kind in (tokens.DispVMName, tokens.DispVMTag):
+            raise _Denied(f"target {_show(target)} is not a disposable template") from None
+        raise _Denied(f"invalid target {_show(target)}") from None
+    match token:
+        case tokens.Default() | tokens.DispVM():
+            return token
+        case tokens.Dom0():
+            return tokens.Dom0()
+        case tokens.DispVMName() if _is_dispvm_template(system, token.base):
+            return token
+        case tokens.DispVMName() | tokens.DispVMTag():
             raise _Denied(f"target {_show(target)} is not a disposable template")
-        return target
-    if target in system.qubes:
-        return target
-    if tokens.token_kind(target) == "name":
-        raise _Denied(f"no such qube {_show(target)}")
+        case tokens.QubeName() if token.name in system.qubes:
+            return token
+        case tokens.QubeName():
+            raise _Denied(f"no such qube {_show(target)}")
+    # @anyvm, '*', @tag: and @type: pick rule targets; a caller must name one.
     raise _Denied(f"invalid target {_show(target)}")
 
 
-def _check_request(system: System, request: Request) -> str:
+def _check_request(system: System, request: Request) -> CallTarget:
     """Validate REQUEST; return its normalized target, or raise _Denied."""
     if not tokens.SERVICE_RE.fullmatch(request.service):
         raise _Denied(f"invalid service name {_show(request.service)}")
@@ -272,9 +287,9 @@ def evaluate(policy: Policy, system: System, request: Request) -> Resolution:
         return _deny(f"denied by policy {rule.location}: {err}", rule)
 
 
-def _not_loopback(call: _Call, target: str) -> str:
+def _not_loopback(call: _Call, target: Concrete) -> Concrete:
     # As in Qubes: a qube cannot call a service in itself.
-    if target == call.source:
+    if str(target) == call.source:
         raise _Denied(f"{call.source} cannot call itself")
     return target
 
@@ -284,7 +299,7 @@ def _yes(rule: Rule, key: str, default: bool) -> bool:
     return default if value is None else value == "yes"
 
 
-def _apply(rule: Rule, policy: Policy, call: _Call, intended: str) -> Resolution:
+def _apply(rule: Rule, policy: Policy, call: _Call, intended: CallTarget) -> Resolution:
     where = rule.location
     if rule.action == "deny":
         return Resolution(action="deny", target=None, choices=(), user=None, notify=_yes(rule, "notify", True),
@@ -293,36 +308,35 @@ def _apply(rule: Rule, policy: Policy, call: _Call, intended: str) -> Resolution
     notify = _yes(rule, "notify", False)
     autostart = _yes(rule, "autostart", True)
     if rule.action == "allow":
-        target = _not_loopback(call, call.resolve(rule.params.get("target", intended)))
-        if not autostart and target.startswith(tokens.DISPVM_PREFIX):
+        target = _not_loopback(call, call.resolve(intended if rule.redirect is None else rule.redirect))
+        if not autostart and isinstance(target, tokens.DispVMName):
             raise _Denied("autostart=no, but a disposable has to be started")
-        return Resolution(action="allow", target=target, choices=(), user=user, notify=notify, autostart=autostart,
-                          rule=rule, reason=f"allowed by policy {where}")
-    if "target" in rule.params:
-        choices = {_not_loopback(call, call.resolve(rule.params["target"]))}
+        return Resolution(action="allow", target=str(target), choices=(), user=user, notify=notify,
+                          autostart=autostart, rule=rule, reason=f"allowed by policy {where}")
+    if rule.redirect is not None:
+        choices = {_not_loopback(call, call.resolve(rule.redirect))}
     else:
         choices = call.choices(policy)
     if not autostart:
         # A disposable always has to be started; whether a named target is
         # running is for the broker to check.
-        choices = {c for c in choices if not c.startswith(tokens.DISPVM_PREFIX)}
+        choices = {c for c in choices if not isinstance(c, tokens.DispVMName)}
     if not choices:
         raise _Denied("ask, but there is no target to choose from")
     default = _default_target(call, rule, choices)
-    return Resolution(action="ask", target=default, choices=tuple(sorted(choices)), user=user, notify=notify,
-                      autostart=autostart, rule=rule, reason=f"ask by policy {where}")
+    return Resolution(action="ask", target=default, choices=tuple(sorted(map(str, choices))), user=user,
+                      notify=notify, autostart=autostart, rule=rule, reason=f"ask by policy {where}")
 
 
-def _default_target(call: _Call, rule: Rule, choices: set[str]) -> str | None:
-    value = rule.params.get("default_target")
-    if value is None:
+def _default_target(call: _Call, rule: Rule, choices: set[Concrete]) -> str | None:
+    if rule.default_redirect is None:
         return None
     try:
-        resolved = call.resolve(value)
+        resolved = call.resolve(rule.default_redirect)
     except _Denied:
         return None
     # A default the user could not pick is dropped rather than preselected.
-    return resolved if resolved in choices else None
+    return str(resolved) if resolved in choices else None
 
 
 def answer_ask(resolution: Resolution, chosen: str, system: System) -> Resolution:
@@ -335,10 +349,9 @@ def answer_ask(resolution: Resolution, chosen: str, system: System) -> Resolutio
         raise AccessDenied(f"there is no question to answer: the call was already {resolution.action}")
     if chosen not in resolution.choices:
         raise AccessDenied(f"{_show(chosen)} is not one of the offered targets: {', '.join(resolution.choices)}")
-    base = chosen[len(tokens.DISPVM_PREFIX):] if chosen.startswith(tokens.DISPVM_PREFIX) else None
+    base = _disposable_base(chosen)
     if base is not None:
-        facts = system.qubes.get(base)
-        if facts is None or not facts.template_for_dispvms:
+        if not _is_dispvm_template(system, base):
             raise AccessDenied(f"{base} is no longer a disposable template")
     elif chosen != DOM0 and chosen not in system.qubes:
         raise AccessDenied(f"qube {chosen} no longer exists")

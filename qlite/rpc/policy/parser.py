@@ -48,20 +48,31 @@ class Rule:
 
     service: str            # "*" or a service name
     argument: str | None    # None: any ("*"); "": empty ("+"); "x": "+x"
-    source: str             # token as written
-    target: str             # token as written
+    source: tokens.SourceToken  # str() gives it back as written
+    target: tokens.TargetToken
     action: Action
-    params: Mapping[str, str] = field(hash=False)  # read-only
+    params: Mapping[str, str] = field(hash=False)  # as written, read-only
     file: str
     line: int
+    # target= and default_target= as tokens; they follow from params.
+    redirect: tokens.Redirect | None = field(init=False, compare=False, repr=False)
+    default_redirect: tokens.Redirect | None = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        params = MappingProxyType(dict(self.params))
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "redirect", _redirect(params, "target"))
+        object.__setattr__(self, "default_redirect", _redirect(params, "default_target"))
 
     @property
     def location(self) -> str:
         """The rule's "file:line", fit for a one-line message."""
         return _one_line(f"{self.file}:{self.line}")
+
+
+def _redirect(params: Mapping[str, str], key: str) -> tokens.Redirect | None:
+    value = params.get(key)
+    return None if value is None else tokens.parse_redirect(key, value)
 
 
 @dataclass(frozen=True)
@@ -215,14 +226,16 @@ def _rule(line: str, filename: str, lineno: int, scope: tuple[str, str | None] |
             raise _LineError(f"expected SOURCE TARGET ACTION [PARAM=VALUE ...], got {len(words)} words")
         source, target, action, *params = words
         service, argument_value = scope
-    problem = tokens.source_problem(source) or tokens.target_problem(target)
-    if problem:
-        raise _LineError(problem)
+    try:
+        source_token = tokens.parse_source(source)
+        target_token = tokens.parse_target(target)
+    except PolicySyntaxError as err:
+        raise _LineError(str(err)) from None
     verb = _action(action)
     values = _params(verb, params)
-    if verb == "allow" and target == tokens.DEFAULT and "target" not in values:
+    if verb == "allow" and isinstance(target_token, tokens.Default) and "target" not in values:
         raise _LineError("allow to @default needs target= (the caller named no target)")
-    return Rule(service, argument_value, source, target, verb, values, filename, lineno)
+    return Rule(service, argument_value, source_token, target_token, verb, values, filename, lineno)
 
 
 def _action(word: str) -> Action:
@@ -256,7 +269,10 @@ def _param_problem(key: str, value: str) -> str | None:
     if key in ("notify", "autostart"):
         return None if value in YES_NO else f"{key}= must be yes or no, not {value!r}"
     if key in ("target", "default_target"):
-        return tokens.redirect_problem(key, value)
+        try:
+            tokens.parse_redirect(key, value)
+        except PolicySyntaxError as err:
+            return str(err)
     if key == "user" and not tokens.USER_RE.fullmatch(value):
         return f"invalid user= {value!r}"
     return None
@@ -326,7 +342,7 @@ def unknown_qubes(rules: Sequence[Rule], known: set[str]) -> list[str]:
     under that name would get what the rule grants."""
     warnings = []
     for rule in rules:
-        words = [rule.source, rule.target, *(rule.params.get(k, "") for k in ("target", "default_target"))]
+        words = (rule.source, rule.target, rule.redirect, rule.default_redirect)
         for name in dict.fromkeys(n for n in map(tokens.named_qube, words) if n):
             if name not in known:
                 warnings.append(f"{rule.location}: names qube {_one_line(name)!r}, which does not exist; "
