@@ -1,4 +1,6 @@
-"""The ``qlite`` command line. Commands are thin: parse, call core, render.
+"""The ``qlite`` command line. Commands are thin: parse, call core, and
+return a result (qlite.cli.results) that main() renders once, as a table
+for people or as ``--json``.
 
 qlite's own errors print one line on stderr and exit 125 (as podman and
 docker do for ``run``); a command run in a qube passes its exit code through.
@@ -11,7 +13,7 @@ import sys
 
 from qlite import __version__
 from qlite.cli import commands
-from qlite.cli.render import printable
+from qlite.cli.render import error, show
 from qlite.core.context import Context
 from qlite.errors import QliteError
 
@@ -352,11 +354,11 @@ def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:
     args = parse(parser, argv, first)
     args.ctx = ctx
     try:
-        return int(args.func(args) or 0)
+        result = args.func(args)
+        # After the command: firewall takes a --json from its rule's words.
+        return show(result, bool(getattr(args, "json", False)))
     except QliteError as exc:
-        # One line, whatever a qube put into it (a VM's console, a name
-        # from a stream): a terminal must not act on escape sequences.
-        sys.stderr.write(f"qlite: error: {printable(exc)}\n")
+        error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("qlite: interrupted\n")

@@ -1,11 +1,29 @@
-"""The CLI's commands. Each parses its arguments, calls core and renders."""
+"""The CLI's commands. Each reads its arguments, calls core and returns
+what it has to show (qlite.cli.results); main() prints it, once. Only
+what streams (run, the daemon, the TUI) or asks (aem) writes as it goes."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 
-from qlite.cli.render import emit_json, info, printable, progress_printer, table
+from qlite.cli.render import error, info, printable, progress_printer, show
+from qlite.cli.results import (
+    Lines,
+    Markup,
+    Message,
+    PolicyAnswer,
+    Raw,
+    Record,
+    Result,
+    Table,
+    TemplateApproved,
+    TemplateRemoved,
+    TemplateReverted,
+    TemplateRevision,
+    TemplateUpdate,
+)
 from qlite.core.context import Context
 from qlite.core.labels import label_colour
 from qlite.engines.base import Stdio
@@ -52,9 +70,10 @@ def _templates(ctx: Context):
     return TemplateManager(ctx)
 
 
-def _each(qm, names: list[str], fn) -> int:
-    """Apply FN to every name; report each failure; 125 if any failed.
-    Every name is checked first: a typo among them changes nothing."""
+def _each(qm, names: list[str], fn) -> Result | None:
+    """Apply FN to every name; report each failure as it happens (the rest
+    go on); exit 125 if any failed. Every name is checked first: a typo
+    among them changes nothing."""
     names = list(dict.fromkeys(names))
     unknown: list[QliteError] = []
     for name in names:
@@ -63,23 +82,23 @@ def _each(qm, names: list[str], fn) -> int:
         except QliteError as exc:
             unknown.append(exc)
     for problem in unknown:
-        sys.stderr.write(f"qlite: error: {printable(problem)}\n")
+        error(problem)
     if unknown:
-        return 125
+        return Result(exit_code=125)
     failed = False
     for name in names:
         try:
             fn(name)
         except QliteError as exc:
-            sys.stderr.write(f"qlite: error: {printable(exc)}\n")
+            error(exc)
             failed = True
-    return 125 if failed else 0
+    return Result(exit_code=125) if failed else None
 
 
 # -- qubes ---------------------------------------------------------------------
 
 
-def create(args: argparse.Namespace) -> int:
+def create(args: argparse.Namespace) -> Result:
     ctx = _context(args)
     props = {}
     for item in args.prop:
@@ -94,17 +113,15 @@ def create(args: argparse.Namespace) -> int:
         args.name, label=args.label, template=args.template, klass=args.klass,
         netvm=args.netvm, memory=args.memory, vcpus=args.vcpus, props=props,
     )
-    if args.json:
-        emit_json(qm.info(q, {}).as_json())
-    return 0
+    return Result(data=qm.info(q, {}).as_json())
 
 
-def start(args: argparse.Namespace) -> int:
+def start(args: argparse.Namespace) -> Result | None:
     qm = _qubes(_context(args))
     return _each(qm, args.names, lambda n: qm.start(n, skip_if_running=args.skip_if_running))
 
 
-def shutdown(args: argparse.Namespace) -> int:
+def shutdown(args: argparse.Namespace) -> Result | None:
     ctx = _context(args)
     qm = _qubes(ctx)
     names = list(args.names)
@@ -118,17 +135,17 @@ def shutdown(args: argparse.Namespace) -> int:
     return _each(qm, names, lambda n: qm.shutdown(n, timeout=args.timeout, force=args.force))
 
 
-def kill(args: argparse.Namespace) -> int:
+def kill(args: argparse.Namespace) -> Result | None:
     qm = _qubes(_context(args))
     return _each(qm, args.names, qm.kill)
 
 
-def pause(args: argparse.Namespace) -> int:
+def pause(args: argparse.Namespace) -> Result | None:
     qm = _qubes(_context(args))
     return _each(qm, args.names, qm.pause)
 
 
-def unpause(args: argparse.Namespace) -> int:
+def unpause(args: argparse.Namespace) -> Result | None:
     qm = _qubes(_context(args))
     return _each(qm, args.names, qm.unpause)
 
@@ -151,7 +168,7 @@ def split_run_args(rest: list[str], disposable: bool) -> tuple[str | None, list[
     return name, tokens
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Result:
     from qlite.core.disposables import DisposableManager, Terminated, exit_code_for  # noqa: PLC0415
     from qlite.engines.interrupts import InterruptRelay, forwarding_sigint  # noqa: PLC0415
 
@@ -164,21 +181,25 @@ def run(args: argparse.Namespace) -> int:
     stdio = Stdio(stdin=sys.stdin.buffer, tty=args.tty, interrupts=relay)
     if args.tty and not sys.stdin.isatty():
         raise InvalidValue("-t needs a terminal on stdin")
+    # The command's output is its own, streamed as it comes; what is left
+    # to show is its exit status.
     try:
         with forwarding_sigint(relay):
             if disposable:
-                return DisposableManager(ctx).run(
+                code = DisposableManager(ctx).run(
                     cmd, stdio, dvm=args.dvm, template=args.template, user=args.user, mode=args.mode
                 )
-            if args.mode:
-                raise InvalidValue("--mode applies to a new disposable: add --disposable")
-            return _qubes(ctx).run(name, cmd, stdio, user=args.user, autostart=not args.no_autostart)
+            else:
+                if args.mode:
+                    raise InvalidValue("--mode applies to a new disposable: add --disposable")
+                code = _qubes(ctx).run(name, cmd, stdio, user=args.user, autostart=not args.no_autostart)
     except (KeyboardInterrupt, Terminated) as exc:
         info("qlite: interrupted; the disposable was destroyed" if disposable else "qlite: interrupted")
-        return exit_code_for(exc)
+        code = exit_code_for(exc)
+    return Result(exit_code=code)
 
 
-def ls(args: argparse.Namespace) -> int:
+def ls(args: argparse.Namespace) -> Table:
     from qlite.core.preload import READY  # noqa: PLC0415
 
     ctx = _context(args)
@@ -192,24 +213,23 @@ def ls(args: argparse.Namespace) -> int:
     if args.json:
         from qlite.core.usage import qube_usage  # noqa: PLC0415
 
-        # What each running qube costs the host (preloaded members too).
+        # What each running qube costs the host (preloaded members too);
+        # measured only for --json, the table does not show it.
         usage = qube_usage(ctx, containers=containers)
         for r in rows:
             u = usage.get(r["name"])
             r["usage"] = None if u is None else {"rss_mib": round(u.rss_mib, 1), "pss_mib": round(u.pss_mib, 1),
                                                   "processes": u.processes}
-        emit_json(rows)
-        return 0
-    table(
+    return Table(
         ["NAME", "STATE", "CLASS", "LABEL", "TEMPLATE", "NETVM", "MODE", "NETPATH"],
         [[r["name"], "Preloaded" if r["preloaded"] and r["state"] == "Running" else r["state"], r["class"],
           r["label"], r["template"], r["netvm"], r["mode"], r["netpath"]] for r in rows],
         [label_colour(r["label"]) for r in rows],
+        data=rows,
     )
-    return 0
 
 
-def prefs(args: argparse.Namespace) -> int:
+def prefs(args: argparse.Namespace) -> Result | None:
     from qlite.core.model import json_value  # noqa: PLC0415
     from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
 
@@ -224,11 +244,8 @@ def prefs(args: argparse.Namespace) -> int:
         raise InvalidValue("usage: qlite prefs NAME [PROP [VALUE]]")
     if not rest:
         values = qm.get_prefs(name)
-        if args.json:
-            emit_json({k: json_value(k, v) for k, (v, _d) in values.items()})
-        else:
-            table(["PROPERTY", "", "VALUE"], [[k, "D" if d else "-", v] for k, (v, d) in values.items()])
-        return 0
+        return Table(["PROPERTY", "", "VALUE"], [[k, "D" if d else "-", v] for k, (v, d) in values.items()],
+                     data={k: json_value(k, v) for k, (v, _d) in values.items()})
     prop = rest[0]
     if args.default:
         qm.reset_pref(name, prop)
@@ -241,29 +258,25 @@ def prefs(args: argparse.Namespace) -> int:
 
             parse_property(prop, "")  # raises the one-line "no such property"
         value = values[prop][0]
-        emit_json({prop: json_value(prop, value)}) if args.json else print(value)
-    return 0
+        return Message(str(value), data={prop: json_value(prop, value)})
+    return None
 
 
-def _global_prefs(ctx, qm, gp, args) -> int:
+def _global_prefs(ctx, qm, gp, args) -> Result | None:
     rest = args.args
     if len(rest) > 2:
         raise InvalidValue("usage: qlite prefs --global [PROP [VALUE]]")
     if not rest:
         values = gp.all()
-        if args.json:
-            emit_json({k: v or None for k, v in values.items()})
-        else:
-            table(["PROPERTY", "", "VALUE"], [[k, "D" if gp.is_default(k) else "-", v] for k, v in values.items()])
-        return 0
+        return Table(["PROPERTY", "", "VALUE"], [[k, "D" if gp.is_default(k) else "-", v] for k, v in values.items()],
+                     data={k: v or None for k, v in values.items()})
     key = rest[0]
     if args.default:
         gp.reset(key)
-        return 0
+        return None
     if len(rest) == 1:
         value = gp.get(key)
-        emit_json({key: value or None}) if args.json else print(value)
-        return 0
+        return Message(str(value), data={key: value or None})
     value = rest[1]
     value = "" if value == "none" else value
     if key == "default_template" and value:
@@ -273,10 +286,10 @@ def _global_prefs(ctx, qm, gp, args) -> int:
     elif key == "default_netvm":
         qm.check_default_netvm(value)
     gp.set(key, value)
-    return 0
+    return None
 
 
-def features(args: argparse.Namespace) -> int:
+def features(args: argparse.Namespace) -> Result | None:
     ctx = _context(args)
     qm = _qubes(ctx)
     if args.name != "dom0":
@@ -284,40 +297,32 @@ def features(args: argparse.Namespace) -> int:
     f = qm.features
     if args.key is None:
         values = f.all(args.name)
-        if args.json:
-            emit_json(values)
-        else:
-            for k, v in values.items():
-                print(f"{k:<30} {v}")
-        return 0
+        return Record(values, data=values)
     if args.unset:
         f.delete(args.name, args.key)
     elif args.value is not None:
         f.set(args.name, args.key, args.value)
     else:
         value = f.get(args.name, args.key)
-        emit_json({args.key: value}) if args.json else print(value)
-    return 0
+        return Message(str(value), data={args.key: value})
+    return None
 
 
-def tags(args: argparse.Namespace) -> int:
+def tags(args: argparse.Namespace) -> Result | None:
     qm = _qubes(_context(args))
     if args.action == "list":
         current = qm.tags(args.name)
-        if args.tags:  # like qvm-tags VM list TAG: exit 0 if present, 1 if not
+        if args.tags:  # like qvm-tags VM list TAG: exit 0 if present, 1 if not (the exit code is the answer)
             present = args.tags[0] in current
-            if not args.json:
-                print(args.tags[0] if present else "", end="\n" if present else "")
-            return 0 if present else 1
-        emit_json(current) if args.json else print("\n".join(current)) if current else None
-        return 0
+            return Lines(args.tags[:1] if present else [], exit_code=0 if present else 1)
+        return Lines(current, data=current)
     if not args.tags:
         raise InvalidValue(f"name the tags to {args.action}")
     if args.action == "add":
         qm.add_tags(args.name, args.tags)
     else:
         qm.del_tags(args.name, args.tags)
-    return 0
+    return None
 
 
 def split_firewall_flags(words: list[str]) -> tuple[list[str], int | None, bool]:
@@ -346,7 +351,7 @@ def split_firewall_flags(words: list[str]) -> tuple[list[str], int | None, bool]
     return out, before, as_json
 
 
-def firewall(args: argparse.Namespace) -> int:
+def firewall(args: argparse.Namespace) -> Result:
     import time  # noqa: PLC0415
 
     from qlite.net.firewall import parse_rule  # noqa: PLC0415
@@ -361,14 +366,13 @@ def firewall(args: argparse.Namespace) -> int:
     if args.action == "list":
         if args.rule:
             raise InvalidValue("list takes no rule")
-        if args.json:
-            emit_json([r.to_json() for r in rules])
-        else:
-            table(["NO", "ACTION", "HOST", "PROTOCOL", "PORT(S)", "SPECIAL TARGET", "ICMP TYPE", "EXPIRE", "COMMENT"],
-                  [[i, r.action, r.dsthost, r.proto, r.to_json().get("dstports"), r.specialtarget, r.icmptype,
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.expire)) if r.expire else None,
-                    r.comment] for i, r in enumerate(rules)])
-        return 0
+        return Table(
+            ["NO", "ACTION", "HOST", "PROTOCOL", "PORT(S)", "SPECIAL TARGET", "ICMP TYPE", "EXPIRE", "COMMENT"],
+            [[i, r.action, r.dsthost, r.proto, r.to_json().get("dstports"), r.specialtarget, r.icmptype,
+              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.expire)) if r.expire else None,
+              r.comment] for i, r in enumerate(rules)],
+            data=[r.to_json() for r in rules],
+        )
     if args.action == "add":
         rules = net.add_rule(q.name, parse_rule(args.rule, time.time()), args.before)
     elif args.action == "del":
@@ -379,20 +383,16 @@ def firewall(args: argparse.Namespace) -> int:
         if args.rule:
             raise InvalidValue("reset takes no rule")
         rules = net.reset_rules(q.name)
-    if args.json:
-        emit_json([r.to_json() for r in rules])
-    return 0
+    return Result(data=[r.to_json() for r in rules])
 
 
-def clone(args: argparse.Namespace) -> int:
+def clone(args: argparse.Namespace) -> Result:
     qm = _qubes(_context(args))
     q = qm.clone(args.source, args.name)
-    if args.json:
-        emit_json(qm.info(q, {}).as_json())
-    return 0
+    return Result(data=qm.info(q, {}).as_json())
 
 
-def remove(args: argparse.Namespace) -> int:
+def remove(args: argparse.Namespace) -> Result | None:
     qm = _qubes(_context(args))
 
     def rm(name: str) -> None:
@@ -406,46 +406,38 @@ def remove(args: argparse.Namespace) -> int:
 # -- templates -------------------------------------------------------------------
 
 
-def template(args: argparse.Namespace) -> int:
+def template(args: argparse.Namespace) -> Result:
     ctx = _context(args)
     tm = _templates(ctx)
     progress = progress_printer(args.quiet)
     if args.action == "list":
         infos = [tm.info(t) for t in tm.list()]
-        if args.json:
-            emit_json([i.as_json() for i in infos])
-        else:
-            built = {i.name for i in infos}
-            rows = [[i.name, i.current_rev, i.image_id[:12], ",".join(map(str, i.revisions)),
-                     ", ".join(i.users)] for i in infos]
-            rows += [[n, None, "(not built)", None, None] for n in tm.available() if n not in built]
-            table(["TEMPLATE", "REVISION", "IMAGE", "REVISIONS", "USED BY"], rows)
-        return 0
+        built = {i.name for i in infos}
+        rows = [[i.name, i.current_rev, i.image_id[:12], ",".join(map(str, i.revisions)),
+                 ", ".join(i.users)] for i in infos]
+        # The table also lists what could be built; --json lists what is.
+        rows += [[n, None, "(not built)", None, None] for n in tm.available() if n not in built]
+        return Table(["TEMPLATE", "REVISION", "IMAGE", "REVISIONS", "USED BY"], rows,
+                     data=[i.as_json() for i in infos])
     if not args.name:
         raise InvalidValue(f"usage: qlite template {args.action} NAME")
     if args.action == "build":
         rev, _new = tm.build(args.name, progress, force=args.force)
-        result = {"name": args.name, "revision": rev.rev, "image_id": rev.image_id, "origin": rev.origin}
-    elif args.action == "update":
+        return Result(data=TemplateRevision(args.name, rev.rev, rev.image_id, rev.origin))
+    if args.action == "update":
         before = tm.get(args.name).current_rev
         rev = tm.update(args.name, progress)
-        # "updated" is false when there was nothing to upgrade: no new revision.
-        result = {"name": args.name, "revision": rev.rev, "image_id": rev.image_id, "origin": rev.origin,
-                  "updated": rev.rev != before}
-    elif args.action == "revert":
+        return Result(data=TemplateUpdate(args.name, rev.rev, rev.image_id, rev.origin, updated=rev.rev != before))
+    if args.action == "revert":
         rev = tm.revert(args.name)
-        info(f"{args.name} is back at revision {rev.rev}; qubes use it from their next start")
-        result = {"name": args.name, "revision": rev.rev, "image_id": rev.image_id}
-    elif args.action == "approve":
+        return Result(data=TemplateReverted(args.name, rev.rev, rev.image_id),
+                      note=f"{args.name} is back at revision {rev.rev}; qubes use it from their next start")
+    if args.action == "approve":
         image = tm.approve(args.name)
-        info(f"{args.name}: approved image {image[:12]}; qubes start from it again")
-        result = {"name": args.name, "image_id": image}
-    else:
-        tm.remove(args.name)
-        result = {"name": args.name, "removed": True}
-    if args.json:
-        emit_json(result)
-    return 0
+        return Result(data=TemplateApproved(args.name, image),
+                      note=f"{args.name}: approved image {image[:12]}; qubes start from it again")
+    tm.remove(args.name)
+    return Result(data=TemplateRemoved(args.name))
 
 
 def _read_secret_file(path: str | None, what: str) -> bytes | None:
@@ -466,7 +458,7 @@ def _confirm(question: str, yes: bool) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
-def aem(args: argparse.Namespace) -> int:
+def aem(args: argparse.Namespace) -> Result | None:
     from qlite.aem.manager import AemManager  # noqa: PLC0415
 
     ctx = _context(args)
@@ -474,79 +466,74 @@ def aem(args: argparse.Namespace) -> int:
     passphrase = _read_secret_file(args.passphrase_file, "passphrase")
     if args.action == "log":
         log_ = am.log()
-        if args.json:
-            emit_json(log_)
-            return 0
-        table(["#", "COMPONENT", "SHA256"], [[i, m["name"], m["digest"]] for i, m in enumerate(log_["measurements"])])
         where = f"TPM PCR {log_['pcr']} ({log_['tpm']})" if log_["tpm"] else "no TPM: software chain only"
-        info(f"chain {log_['chain']}; {where}; sealed: {log_['sealed'] or 'no'}; "
-             f"enforced: {'yes' if log_['enforced'] else 'no'}")
-        return 0
+        return Table(["#", "COMPONENT", "SHA256"],
+                     [[i, m["name"], m["digest"]] for i, m in enumerate(log_["measurements"])], data=log_,
+                     footnote=f"chain {log_['chain']}; {where}; sealed: {log_['sealed'] or 'no'}; "
+                              f"enforced: {'yes' if log_['enforced'] else 'no'}")
     if args.action == "seal":
         secret = _read_secret_file(args.secret_file, "secret")
         if secret is None:
             raise InvalidValue("usage: qlite aem seal --secret-file F [--passphrase-file P] [--boot-pcrs 0,2,4,7]")
         boot = [int(p) for p in args.boot_pcrs.split(",")] if args.boot_pcrs else []
         mode = am.seal(secret, passphrase, boot)
-        if mode == "passphrase":
-            info("qlite: warning: no TPM: sealed with a key from your passphrase, bound to the measurements. "
-                 "This is weaker than a TPM: anyone with the passphrase and the sealed file can read the secret.")
-        info(f"sealed to the current measurements ({mode})")
-        return 0
+        weaker = ("qlite: warning: no TPM: sealed with a key from your passphrase, bound to the measurements. "
+                  "This is weaker than a TPM: anyone with the passphrase and the sealed file can read the secret.\n"
+                  if mode == "passphrase" else "")
+        return Result(note=f"{weaker}sealed to the current measurements ({mode})")
     if args.action == "verify":
-        result = am.verify(passphrase)
-        if args.json:
-            emit_json({**result.as_json(), "secret": result.secret.decode(errors="replace") if result.ok else None})
-        elif result.ok:
-            sys.stdout.write(result.secret.decode(errors="replace").rstrip("\n") + "\n")
-        else:
-            for name, old, new in result.changes:
-                info(f"CHANGED {name}: sealed {(old or 'absent')[:16]}, now {(new or 'absent')[:16]}")
-            info(f"qlite: error: anti-evil-maid verification FAILED: {result.detail}")
-        if not result.ok:
-            return 1
-        if am.enforced() and _confirm("Is this your secret?", args.yes):
-            am.confirm()
-            info("confirmed: qubes may start")
-        return 0
+        return _aem_verify(am, passphrase, args)
     if args.action == "reseal":
         if not _confirm("Reseal the secret to what is installed now (only after an update you made)?", args.yes):
-            info("nothing changed")
-            return 1
-        info(f"resealed to the current measurements ({am.reseal(passphrase)})")
-        return 0
+            return Result(note="nothing changed", exit_code=1)
+        return Result(note=f"resealed to the current measurements ({am.reseal(passphrase)})")
     if args.action in ("enforce", "relax"):
         am.set_enforced(args.action == "enforce")
-        info("qubes start only after 'qlite aem verify' in each boot" if args.action == "enforce"
-             else "qubes start without anti-evil-maid verification")
-        return 0
+        return Result(note="qubes start only after 'qlite aem verify' in each boot" if args.action == "enforce"
+                      else "qubes start without anti-evil-maid verification")
     raise InvalidValue(f"unknown aem action {args.action!r}")
+
+
+def _aem_verify(am, passphrase: bytes | None, args: argparse.Namespace) -> Result | None:
+    result = am.verify(passphrase)
+    data = {**result.as_json(), "secret": result.secret.decode(errors="replace") if result.ok else None}
+    if not result.ok:
+        changed = [f"CHANGED {name}: sealed {(old or 'absent')[:16]}, now {(new or 'absent')[:16]}"
+                   for name, old, new in result.changes]
+        return Result(data=data, exit_code=1, footnote="\n".join(
+            [*changed, f"qlite: error: anti-evil-maid verification FAILED: {result.detail}"]))
+    shown = Message(result.secret.decode(errors="replace").rstrip("\n"), data=data)
+    if not am.enforced():
+        return shown
+    # The question is about the secret, so the secret is shown before it is asked.
+    show(shown, args.json)
+    if not _confirm("Is this your secret?", args.yes):
+        return None
+    am.confirm()
+    return Result(note="confirmed: qubes may start")
 
 
 # -- host -------------------------------------------------------------------------
 
 
-def doctor(args: argparse.Namespace) -> int:
+def doctor(args: argparse.Namespace) -> Markup:
+    from rich.markup import escape  # noqa: PLC0415 - rich is slow to import
+
     from qlite.doctor import FAIL, WARN, run_checks  # noqa: PLC0415
 
     ctx = _given(args)
     checks = run_checks(ctx, kvm=not args.no_kvm)
-    if args.json:
-        emit_json([c.as_json() for c in checks])
-    else:
-        marks = {"ok": "[green]  ok[/]", "warn": "[yellow]WARN[/]", "fail": "[red]FAIL[/]"}
-        from rich.console import Console  # noqa: PLC0415
-        from rich.markup import escape  # noqa: PLC0415
-
-        console = Console(soft_wrap=True, highlight=False)
-        for c in checks:
-            console.print(f"{marks[c.status]}  [bold]{c.name}[/]: {escape(c.detail)}")
-            if c.fix and c.status in (WARN, FAIL):
-                console.print(f"{'':>6}fix: {escape(c.fix)}")
-    return 1 if any(c.status == FAIL for c in checks) else 0
+    marks = {"ok": "[green]  ok[/]", "warn": "[yellow]WARN[/]", "fail": "[red]FAIL[/]"}
+    lines = []
+    for c in checks:
+        lines.append(f"{marks[c.status]}  [bold]{c.name}[/]: {escape(c.detail)}")
+        if c.fix and c.status in (WARN, FAIL):
+            lines.append(f"{'':>6}fix: {escape(c.fix)}")
+    return Markup(lines, data=[c.as_json() for c in checks],
+                  exit_code=1 if any(c.status == FAIL for c in checks) else 0)
 
 
-def setup(args: argparse.Namespace) -> int:
+def setup(args: argparse.Namespace) -> Result:
     from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
     from qlite.runtime.hostpodman import install_dropin  # noqa: PLC0415
 
@@ -572,73 +559,64 @@ def setup(args: argparse.Namespace) -> int:
     # VM-mode qubes boot this package's kernel; each home unpacks it when
     # its first VM starts.
     fetch_package(progress)
-    info(f"ready: template {DEFAULT_TEMPLATE}{' (added now)' if new else ''}, disposable template {DVM_NAME}")
-    return 0
+    return Result(note=f"ready: template {DEFAULT_TEMPLATE}{' (added now)' if new else ''}, "
+                       f"disposable template {DVM_NAME}")
 
 
-def reconcile(args: argparse.Namespace) -> int:
+def reconcile(args: argparse.Namespace) -> Lines:
     from qlite.core.reconcile import reap  # noqa: PLC0415
 
     report = reap(_given(args), sweep=True)
-    if args.json:
-        emit_json(report.as_json())
-    elif report.empty:
-        print("nothing to reconcile")
-    else:
-        for kind, items in report.as_json().items():
-            if items:
-                print(f"removed {kind}: {', '.join(items)}")
-    return 0
+    lines = ["nothing to reconcile"] if report.empty else [
+        f"removed {kind}: {', '.join(items)}" for kind, items in asdict(report).items() if items]
+    return Lines(lines, data=report)
 
 
-def service(args: argparse.Namespace) -> int:
+def service(args: argparse.Namespace) -> Message:
     from qlite.engines.podman import PodmanService  # noqa: PLC0415
 
     svc = PodmanService(_given(args).paths)
     return _start_stop_status(args.action, "podman service", svc.ensure, svc.stop, svc.alive, svc.pid)
 
 
-def _start_stop_status(action: str, what: str, ensure, stop, running, pid) -> int:
+def _start_stop_status(action: str, what: str, ensure, stop, running, pid) -> Message:
     """start / stop / status of one of qlite's background processes;
     status exits 1 when it is not running."""
     if action == "start":
         ensure()
-        print(f"{what} running (pid {pid()})")
-    elif action == "stop":
-        print("stopped" if stop() else "not running")
-    else:
-        alive = running()
-        print(f"{what} {'running' if alive else 'stopped'}" + (f" (pid {pid()})" if alive else ""))
-        return 0 if alive else 1
-    return 0
+        return Message(f"{what} running (pid {pid()})")
+    if action == "stop":
+        return Message("stopped" if stop() else "not running")
+    alive = running()
+    return Message(f"{what} {'running' if alive else 'stopped'}" + (f" (pid {pid()})" if alive else ""),
+                   exit_code=0 if alive else 1)
 
 
-def tui(args: argparse.Namespace) -> int:
+def tui(args: argparse.Namespace) -> None:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise InvalidValue("qlite tui needs a terminal")
     # Textual is imported only here: the rest of qlite never loads it.
     from qlite.tui.app import build_app  # noqa: PLC0415
 
     build_app(Context.from_env).run()
-    return 0
 
 
 # -- RPC ----------------------------------------------------------------------------
 
 
-def daemon(args: argparse.Namespace) -> int:
+def daemon(args: argparse.Namespace) -> Result:
     from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
 
     paths = _given(args).paths
     if args.action == "run":
         from qlite.daemon import run  # noqa: PLC0415
 
-        return run(paths)
+        return Result(exit_code=run(paths))  # it serves in the foreground, logging as it goes
     ctl = DaemonControl(paths)
     return _start_stop_status(args.action, "qlite daemon", ctl.ensure, ctl.stop, ctl.running, ctl.pid)
 
 
-def policy(args: argparse.Namespace) -> int:
+def policy(args: argparse.Namespace) -> Result:
     if args.action == "eval":
         return _policy_eval(args)
     if args.action == "lint":
@@ -646,7 +624,7 @@ def policy(args: argparse.Namespace) -> int:
     return _policy_ask(args)
 
 
-def _policy_eval(args: argparse.Namespace) -> int:
+def _policy_eval(args: argparse.Namespace) -> Lines:
     from qlite.rpc.broker import evaluate_call  # noqa: PLC0415
     from qlite.rpc.policy import Request  # noqa: PLC0415
 
@@ -656,22 +634,18 @@ def _policy_eval(args: argparse.Namespace) -> int:
     service, _, argument = service_arg.partition("+")
     ctx = _context(args)
     if source in ("dom0", "@adminvm"):
-        result = {"action": "allow", "target": target, "choices": [], "user": None, "rule": None,
-                  "reason": "calls from dom0 bypass policy"}
+        answer = PolicyAnswer("allow", target, [], None, None, "calls from dom0 bypass policy")
     else:
         qubes = _qubes(ctx)
         qubes.get(source)
         res, _policy = evaluate_call(ctx.paths, qubes, Request(service, argument, source, target))
-        result = {"action": res.action, "target": res.target, "choices": list(res.choices), "user": res.user,
-                  "rule": f"{res.rule.file}:{res.rule.line}" if res.rule else None, "reason": res.reason}
-    if args.json:
-        emit_json(result)
-    else:
-        print(result["action"] + (f" target={result['target']}" if result["target"] else ""))
-        if result["choices"]:
-            print(f"  choices: {', '.join(result['choices'])}")
-        print(f"  {_with_rule(result['reason'], result['rule'])}")
-    return 0
+        answer = PolicyAnswer(res.action, res.target, list(res.choices), res.user,
+                              f"{res.rule.file}:{res.rule.line}" if res.rule else None, res.reason)
+    lines = [answer.action + (f" target={answer.target}" if answer.target else "")]
+    if answer.choices:
+        lines.append(f"  choices: {', '.join(answer.choices)}")
+    lines.append(f"  {_with_rule(answer.reason, answer.rule)}")
+    return Lines(lines, data=answer)
 
 
 def _with_rule(reason: str, rule: str | None) -> str:
@@ -679,7 +653,7 @@ def _with_rule(reason: str, rule: str | None) -> str:
     return reason if not rule or rule in reason else f"{reason} [{rule}]"
 
 
-def _policy_lint(args: argparse.Namespace) -> int:
+def _policy_lint(args: argparse.Namespace) -> Lines:
     from qlite.rpc.broker import policy_dirs  # noqa: PLC0415
     from qlite.rpc.policy import lint, load_policy, unknown_qubes  # noqa: PLC0415
 
@@ -688,43 +662,31 @@ def _policy_lint(args: argparse.Namespace) -> int:
     errors = lint(dirs)
     known = {q.name for q in _qubes(ctx).list()} | {t.name for t in _templates(ctx).list()}
     warnings = [] if errors else unknown_qubes(load_policy(dirs).rules, known)
-    if args.json:
-        emit_json({"errors": errors, "warnings": warnings})
-    else:
-        for e in errors:
-            print(e)
-        for w in warnings:
-            print(f"warning: {w}")
-        if not errors:
-            print("policy OK" + (f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""))
-    return 1 if errors else 0
+    lines = [*errors, *(f"warning: {w}" for w in warnings)]
+    if not errors:
+        counted = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
+        lines.append(f"policy OK{counted}")
+    return Lines(lines, data={"errors": errors, "warnings": warnings}, exit_code=1 if errors else 0)
 
 
-def _policy_ask(args: argparse.Namespace) -> int:
+def _policy_ask(args: argparse.Namespace) -> Result:
     from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
 
     ctl = DaemonControl(_given(args).paths)
     if not args.args:
         asks = ctl.asks()
-        if args.json:
-            emit_json(asks)
-        elif not asks:
-            print("no pending questions")
-        else:
-            table(["ID", "SOURCE", "SERVICE", "ARGUMENT", "TARGET", "CHOICES", "DEFAULT", "SECONDS"],
-                  [[a["id"], a["source"], a["service"], a["argument"], a["target"], ", ".join(a["choices"]),
-                    a["default_target"], a["seconds_left"]] for a in asks])
-        return 0
+        if not asks:
+            return Message("no pending questions", data=asks)
+        return Table(["ID", "SOURCE", "SERVICE", "ARGUMENT", "TARGET", "CHOICES", "DEFAULT", "SECONDS"],
+                     [[a["id"], a["source"], a["service"], a["argument"], a["target"], ", ".join(a["choices"]),
+                       a["default_target"], a["seconds_left"]] for a in asks], data=asks)
     words = args.args
     if len(words) not in (2, 3) or not words[0].isdecimal() or words[1] not in ("allow", "deny") \
             or (words[1] == "deny" and len(words) == 3):
         raise InvalidValue("usage: qlite policy ask [ID allow [TARGET] | ID deny]")
     reply = ctl.answer(int(words[0]), words[1] == "allow", words[2] if len(words) == 3 else None)
-    if args.json:
-        emit_json(reply)
-    else:
-        print(f"question {reply['id']}: " + (f"allowed to {reply['target']}" if reply["allow"] else "denied"))
-    return 0
+    return Message(f"question {reply['id']}: " + (f"allowed to {reply['target']}" if reply["allow"] else "denied"),
+                   data=reply)
 
 
 def _size(n: float) -> str:
@@ -735,7 +697,7 @@ def _size(n: float) -> str:
     return str(n)
 
 
-def device(args: argparse.Namespace) -> int:
+def device(args: argparse.Namespace) -> Result | None:
     ctx = _context(args)
     dm = _qubes(ctx).devices
     rest = list(args.args)
@@ -748,28 +710,22 @@ def device(args: argparse.Namespace) -> int:
     if args.action == "list":
         need(0, "[--json]")
         rows = dm.list()
-        if args.json:
-            emit_json([r.as_json() for r in rows])
-            return 0
-        table(["DEVICE", "SIZE", "IDENT", "LABEL", "ATTACHED TO", "ASSIGNED TO"], [
+        return Table(["DEVICE", "SIZE", "IDENT", "LABEL", "ATTACHED TO", "ASSIGNED TO"], [
             [r.device.name, _size(r.device.size), r.device.ident, r.device.label or "-",
              (r.attached_to + (" (ro)" if r.read_only else "")) if r.attached_to else
              (f"host: {r.host_mounts[0]}" if r.host_mounts else "-"),
-             ", ".join(r.assigned_to) or "-"] for r in rows])
-        return 0
+             ", ".join(r.assigned_to) or "-"] for r in rows], data=[r.as_json() for r in rows])
     if args.action == "attach":
         qube, dev = need(2, "QUBE DEVICE [--ro] [--exec]")
         d = dm.attach(qube, dev, read_only=args.ro, allow_exec=args.exec)
-        info(f"{d.name} attached to {qube}" + (" read-only" if args.ro else ""))
-        return 0
+        return Result(note=f"{d.name} attached to {qube}" + (" read-only" if args.ro else ""))
     if args.action == "detach":
         if len(rest) == 1:
             names = dm.detach(rest[0])
         else:
             qube, dev = need(2, "[QUBE] DEVICE")
             names = dm.detach(dev, qube=qube)
-        info(f"detached {', '.join(names)}")
-        return 0
+        return Result(note=f"detached {', '.join(names)}")
     if args.action in ("assign", "pair"):
         qube, ident = need(2, "QUBE IDENT") if args.action == "assign" else (
             *need(1, "QUBE --fs-uuid U | --serial S"), "")
@@ -778,29 +734,25 @@ def device(args: argparse.Namespace) -> int:
                 raise InvalidValue("usage: qlite device pair QUBE --fs-uuid U | --serial S")
             ident = f"uuid:{args.fs_uuid}" if args.fs_uuid else f"serial:{args.serial}"
         dm.assign(qube, ident, read_only=args.ro, required=args.required, paired=args.action == "pair")
-        info(f"{ident} {'paired with' if args.action == 'pair' else 'assigned to'} {qube}")
-        return 0
+        return Result(note=f"{ident} {'paired with' if args.action == 'pair' else 'assigned to'} {qube}")
     if args.action == "unassign":
         qube, ident = need(2, "QUBE IDENT")
         dm.unassign(qube, ident)
-        return 0
+        return None
     if args.action == "eject":
         (dev,) = need(1, "DEVICE")
         qube = dm.eject(dev)
-        info(f"{dev}: synced and detached{f' from {qube}' if qube else ''}; it is safe to remove")
-        return 0
+        return Result(note=f"{dev}: synced and detached{f' from {qube}' if qube else ''}; it is safe to remove")
     raise InvalidValue(f"unknown device action {args.action!r}")
 
 
-def log(args: argparse.Namespace) -> int:
+def log(args: argparse.Namespace) -> Lines:
+    import time  # noqa: PLC0415
+
     from qlite.rpc import audit  # noqa: PLC0415
 
     records = audit.read(_given(args).paths.rpc_log, args.lines)
-    if args.json:
-        emit_json(records)
-        return 0
-    import time  # noqa: PLC0415
-
+    lines = []
     for r in records:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("time", 0)))
         what = f"{r.get('service', '?')}" + (f"+{r['argument']}" if r.get("argument") else "")
@@ -808,35 +760,32 @@ def log(args: argparse.Namespace) -> int:
         extra = f" exit={r['exit']}" if "exit" in r else ""
         reason = r.get("reason") if r.get("decision") != "done" else ""
         why = _with_rule(reason, r.get("rule")) if reason else (f"[{r['rule']}]" if r.get("rule") else "")
-        print(printable(f"{when} {r.get('source', '?')} -> {to} {what}: {r.get('decision', '?')}{extra}"
-                        + (f" - {why}" if why else "")))
-    return 0
+        lines.append(printable(f"{when} {r.get('source', '?')} -> {to} {what}: {r.get('decision', '?')}{extra}"
+                               + (f" - {why}" if why else "")))
+    return Lines(lines, data=records)
 
 
 # -- split GPG ------------------------------------------------------------------------
 
 
-def splitgpg(args: argparse.Namespace) -> int:
+def splitgpg(args: argparse.Namespace) -> Result:
     from qlite.gpg import splitgpg as sg  # noqa: PLC0415
     from qlite.gpg.vault import VaultGPG  # noqa: PLC0415
 
     ctx = _context(args)
     if args.action == "setup":
         result = sg.setup(ctx, _qubes(ctx), args.vault, args.client, args.autoaccept)
-        if args.json:
-            emit_json(result.as_json())
-        else:
-            info(f"{'created' if result.created else 'configured'} vault {result.vault} (offline); "
-                 f"clients: {', '.join(result.clients) or 'none yet'}; policy in {result.policy_file}")
-        return 0
+        return Result(data=result,
+                      footnote=f"{'created' if result.created else 'configured'} vault {result.vault} (offline); "
+                               f"clients: {', '.join(result.clients) or 'none yet'}; policy in {result.policy_file}")
     _qubes(ctx).get(args.vault)
     vault = VaultGPG(ctx, args.vault)
     if args.action == "gen-key":
         if not args.name or not args.email:
             raise InvalidValue("usage: qlite splitgpg gen-key VAULT --name NAME --email EMAIL")
         fingerprint = vault.generate(args.name, args.email)
-        emit_json({"fingerprint": fingerprint}) if args.json else print(fingerprint)
-    elif args.action == "import":
+        return Message(fingerprint, data={"fingerprint": fingerprint})
+    if args.action == "import":
         if len(args.args) != 1:
             raise InvalidValue("usage: qlite splitgpg import VAULT FILE (or - for stdin)")
         try:
@@ -844,17 +793,13 @@ def splitgpg(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise InvalidValue(f"cannot read {args.args[0]}: {exc.strerror}") from None
         imported = vault.import_keys(data)
-        emit_json(imported) if args.json else print(f"imported {imported['count']} key(s) into {args.vault}")
-    elif args.action == "list":
+        return Message(f"imported {imported['count']} key(s) into {args.vault}", data=imported)
+    if args.action == "list":
         keys = vault.list_keys(secret=args.secret)
-        if args.json:
-            emit_json([k.as_json() for k in keys])
-        else:
-            table(["FINGERPRINT", "UIDS", "ALGORITHM", "CREATED", "EXPIRES"],
-                  [[k.fingerprint, "; ".join(k.uids), k.algorithms, (k.created_at or "")[:10],
-                    (k.expires_at or "never")[:10]] for k in keys])
-    else:
-        if len(args.args) != 1:
-            raise InvalidValue("usage: qlite splitgpg export VAULT KEY")
-        sys.stdout.write(vault.export_public(args.args[0]))
-    return 0
+        return Table(["FINGERPRINT", "UIDS", "ALGORITHM", "CREATED", "EXPIRES"],
+                     [[k.fingerprint, "; ".join(k.uids), k.algorithms, (k.created_at or "")[:10],
+                       (k.expires_at or "never")[:10]] for k in keys], data=keys)
+    if len(args.args) != 1:
+        raise InvalidValue("usage: qlite splitgpg export VAULT KEY")
+    # The armoured key is the output, with --json too: a script pipes it on.
+    return Raw(vault.export_public(args.args[0]))

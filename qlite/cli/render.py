@@ -7,7 +7,10 @@ import os
 import sys
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
 from typing import Any
+
+from qlite.cli.results import Lines, Markup, Message, Raw, Record, Result, Table
 
 
 def emit_json(data: Any) -> None:
@@ -75,14 +78,64 @@ def format_table(
     return "\n".join(out) + "\n"
 
 
-def table(
-    columns: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    colours: Sequence[str | None] | None = None,
-) -> None:
-    """Print ROWS under COLUMNS; COLOURS[i] colours row i's first cell."""
-    sys.stdout.write(format_table(columns, rows, colours, colour_wanted(sys.stdout)))
+def show(result: Result | None, as_json: bool) -> int:
+    """Print RESULT once: for people, or as JSON when AS_JSON. Returns its
+    exit code (None is a command that printed what it had as it went, or
+    had nothing to say: 0)."""
+    if result is None:
+        return 0
+    note(result.note)
+    if isinstance(result, Raw):
+        sys.stdout.write(result.text)
+    elif as_json:
+        if result.data is not None:
+            emit_json(json_ready(result.data))
+    else:
+        _human(result)
+        note(result.footnote)
     sys.stdout.flush()
+    return result.exit_code
+
+
+def _human(result: Result) -> None:
+    out = sys.stdout
+    if isinstance(result, Table):
+        out.write(format_table(result.columns, result.rows, result.colours, colour_wanted(out)))
+    elif isinstance(result, Record):
+        out.writelines(f"{k:<30} {v}\n" for k, v in result.values.items())
+    elif isinstance(result, Message):
+        out.write(result.text + "\n")
+    elif isinstance(result, Lines):
+        out.writelines(line + "\n" for line in result.lines)
+    elif isinstance(result, Markup):
+        from rich.console import Console  # noqa: PLC0415 - rich is slow to import; only doctor needs it
+
+        console = Console(soft_wrap=True, highlight=False)
+        for line in result.lines:
+            console.print(line)
+
+
+def json_ready(data: Any) -> Any:
+    """DATA with every dataclass in it as the dict of its fields."""
+    if is_dataclass(data) and not isinstance(data, type):
+        return asdict(data)
+    if isinstance(data, list | tuple):
+        return [json_ready(v) for v in data]
+    if isinstance(data, dict):
+        return {k: json_ready(v) for k, v in data.items()}
+    return data
+
+
+def error(exc: BaseException) -> None:
+    """EXC as qlite's one error line: whatever a qube put into it (a VM's
+    console, a name from a stream), a terminal must not act on it."""
+    sys.stderr.write(f"qlite: error: {printable(exc)}\n")
+
+
+def note(text: str) -> None:
+    """Lines for people on stderr (nothing for an empty TEXT)."""
+    if text:
+        info(text)
 
 
 def progress_printer(quiet: bool = False):
