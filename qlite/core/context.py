@@ -74,6 +74,21 @@ class PrivateData(Protocol):
     def copy(self, src_mountpoint: str, dst_mountpoint: str) -> None: ...
 
 
+class BlockDevices(Protocol):
+    """The host's block devices as the kernel (sysfs) and blkid see them.
+    Reads only; every answer may be stale, as a drive can go at any time."""
+
+    def names(self) -> list[str]: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def attribute(self, name: str, attr: str) -> str: ...
+
+    def holders(self, name: str) -> list[str]: ...
+
+    def probe(self, path: str) -> dict[str, str]: ...
+
+
 class Daemon(Protocol):
     """The control socket of this home's ``qlite daemon``."""
 
@@ -91,7 +106,8 @@ class Daemon(Protocol):
 class Context:
     def __init__(self, paths: Paths, engine: Engine | None = None, store: Store | None = None, *,
                  net_apply: NetApply | None = None, mounts: Mounts | None = None, daemon: Daemon | None = None,
-                 runtime_probe: RuntimeProbe | None = None, private_volumes: PrivateData | None = None):
+                 runtime_probe: RuntimeProbe | None = None, private_volumes: PrivateData | None = None,
+                 block_devices: BlockDevices | None = None):
         self.paths = paths
         self.warnings: list[str] = []
         # Where warnings go as they happen; the CLI prints them on stderr.
@@ -103,7 +119,8 @@ class Context:
         if store is not None:
             self.__dict__["store"] = store
         for name, seam in (("net_apply", net_apply), ("mounts", mounts), ("daemon", daemon),
-                           ("runtime_probe", runtime_probe), ("private_volumes", private_volumes)):
+                           ("runtime_probe", runtime_probe), ("private_volumes", private_volumes),
+                           ("block_devices", block_devices)):
             if seam is not None:
                 self.__dict__[name] = seam  # instead of the real one, made on first use
 
@@ -169,6 +186,13 @@ class Context:
         from qlite.core.volumes import PrivateVolumes  # noqa: PLC0415
 
         return PrivateVolumes()
+
+    @cached_property
+    def block_devices(self) -> BlockDevices:
+        """The seam through which qlite looks at the host's block devices."""
+        from qlite.host.blockdev import HostBlockDevices  # noqa: PLC0415
+
+        return HostBlockDevices()
 
     @cached_property
     def mounts(self) -> Mounts:

@@ -1,15 +1,15 @@
 """What a block device is: its name, size and the identities that survive
-re-insertion (filesystem UUID, serial). Pure parsing, plus the sysfs and
-blkid reads in ``read_device``."""
+re-insertion (filesystem UUID, serial). Pure, over what the block-device
+seam (Context.block_devices) reads from sysfs and blkid."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-SYS_BLOCK = Path("/sys/class/block")
+if TYPE_CHECKING:
+    from qlite.core.context import BlockDevices
+
 SECTOR = 512
 
 
@@ -46,16 +46,6 @@ class BlockDevice:
                 "ident": self.ident}
 
 
-def parse_blkid_export(text: str) -> dict[str, str]:
-    """``blkid -o export`` output (KEY=value lines) as a dict."""
-    out = {}
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and key.isupper():
-            out[key] = value
-    return out
-
-
 def parse_ident(text: str) -> str:
     """A device identity given by the user: uuid:U, serial:S or dev:NAME."""
     from qlite.errors import InvalidValue  # noqa: PLC0415
@@ -66,47 +56,30 @@ def parse_ident(text: str) -> str:
     return text
 
 
-def blkid(path: str) -> dict[str, str]:
-    try:
-        proc = subprocess.run(["blkid", "-p", "-o", "export", path], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    return parse_blkid_export(proc.stdout)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
-
-
-def read_device(name: str, props: dict[str, str] | None = None) -> BlockDevice | None:
+def read_device(blocks: BlockDevices, name: str, props: dict[str, str] | None = None) -> BlockDevice | None:
     """The device NAME as it is now (None if it is gone or empty). PROPS are
     udev's properties when udevd runs; blkid fills in what they lack."""
-    sys_dir = SYS_BLOCK / name
-    size = _read(sys_dir / "size")
+    size = blocks.attribute(name, "size")
     if not size.isdigit() or int(size) == 0:
         return None
     props = dict(props or {})
     if "ID_FS_UUID" not in props:
-        found = blkid(f"/dev/{name}")
+        found = blocks.probe(f"/dev/{name}")
         props.setdefault("ID_FS_UUID", found.get("UUID", ""))
         props.setdefault("ID_FS_TYPE", found.get("TYPE", ""))
         props.setdefault("ID_FS_LABEL", found.get("LABEL", ""))
-    serial = props.get("ID_SERIAL_SHORT") or props.get("ID_SERIAL") or _read(sys_dir / "device" / "serial") \
-        or _read(sys_dir / "loop" / "backing_file")
+    serial = props.get("ID_SERIAL_SHORT") or props.get("ID_SERIAL") or blocks.attribute(name, "device/serial") \
+        or blocks.attribute(name, "loop/backing_file")
     return BlockDevice(
         name=name, size=int(size) * SECTOR, fs_uuid=props.get("ID_FS_UUID", ""),
         fs_type=props.get("ID_FS_TYPE", ""), label=props.get("ID_FS_LABEL", ""), serial=serial,
-        major_minor=_read(sys_dir / "dev"),
+        major_minor=blocks.attribute(name, "dev"),
     )
 
 
-def is_removable_candidate(name: str) -> bool:
+def is_removable_candidate(blocks: BlockDevices, name: str) -> bool:
     """Block devices qlite offers: not ram/zram/device-mapper, and not a
     whole disk whose partitions are listed instead."""
     if name.startswith(("ram", "zram", "dm-", "sr", "fd", "nbd")):
         return False
-    holders = SYS_BLOCK / name / "holders"
-    return not (holders.is_dir() and os.listdir(holders))
+    return not blocks.holders(name)

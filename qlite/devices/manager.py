@@ -23,13 +23,7 @@ from pathlib import Path
 from qlite.core.context import Context
 from qlite.core.model import State
 from qlite.core.ports import QubeAccess
-from qlite.devices.identity import (
-    SYS_BLOCK,
-    BlockDevice,
-    is_removable_candidate,
-    parse_ident,
-    read_device,
-)
+from qlite.devices.identity import BlockDevice, is_removable_candidate, parse_ident, read_device
 from qlite.errors import AlreadyExists, EngineError, InvalidValue, NotFound, QliteError, StateError
 from qlite.host.mounts import host_mounts
 from qlite.safepath import UnsafePath, make_dirs, open_trusted_dir, opened, remove_beneath
@@ -62,14 +56,15 @@ class DeviceManager:
         self.qubes = qubes
         self.store = ctx.store
         self.mounts = ctx.mounts
+        self.blocks = ctx.block_devices
 
     # -- what is there ---------------------------------------------------------
 
     def devices(self) -> list[BlockDevice]:
         out = []
-        for entry in sorted(SYS_BLOCK.iterdir()) if SYS_BLOCK.is_dir() else []:
-            if is_removable_candidate(entry.name):
-                dev = read_device(entry.name)
+        for name in self.blocks.names():
+            if is_removable_candidate(self.blocks, name):
+                dev = read_device(self.blocks, name)
                 if dev is not None:
                     out.append(dev)
         return out
@@ -83,9 +78,9 @@ class DeviceManager:
                 if dev.matches(ident):
                     return dev
             raise NotFound(f"no device {text} is present")
-        if "/" in name or not (SYS_BLOCK / name).exists():
+        if "/" in name or not self.blocks.exists(name):
             raise NotFound(f"no such block device: {text!r} (see 'qlite device list')")
-        found = read_device(name)
+        found = read_device(self.blocks, name)
         if found is None:
             raise NotFound(f"block device {name} has no medium")
         return found
@@ -139,9 +134,9 @@ class DeviceManager:
         if self.mounts.busy(dev.path):
             raise StateError(f"{dev.name} is still in use (a sandbox that had it keeps it until it stops, "
                              "or a host program holds it): stop that qube, or close what holds it")
-        holders = SYS_BLOCK / dev.name / "holders"
-        if holders.is_dir() and any(holders.iterdir()):
-            raise StateError(f"{dev.name} is in use on the host (by {', '.join(p.name for p in holders.iterdir())})")
+        holders = self.blocks.holders(dev.name)
+        if holders:
+            raise StateError(f"{dev.name} is in use on the host (by {', '.join(holders)})")
 
     def _running(self, qube: str) -> bool:
         return self.qubes.exists(qube) and self.qubes.state_of(self.qubes.get(qube)) != State.HALTED
@@ -331,7 +326,7 @@ class DeviceManager:
     def on_added(self, name: str) -> list[str]:
         """NAME appeared: the halted qubes paired with it, which the
         watcher starts (fresh)."""
-        dev = read_device(name)
+        dev = read_device(self.blocks, name)
         if dev is None:
             return []
         out = []
@@ -345,10 +340,10 @@ class DeviceManager:
     def gone(self) -> list[str]:
         """The attached devices that are no longer present (events lost)."""
         return [row["device"] for row in self.store.query("SELECT device FROM device_attachments")
-                if read_device(row["device"]) is None or not (SYS_BLOCK / row["device"]).exists()]
+                if read_device(self.blocks, row["device"]) is None or not self.blocks.exists(row["device"])]
 
     def log_start_failed(self, name: str, qube: str, error: str) -> None:
-        self._log("start-failed", read_device(name), qube, error=error)
+        self._log("start-failed", read_device(self.blocks, name), qube, error=error)
 
     def eject(self, text: str) -> str | None:
         """Safely remove: sync in the qube, stop a paired qube, unmount.

@@ -3,17 +3,15 @@
 The core is qlite's own (QubeManager, TemplateManager, NetworkManager,
 DeviceManager, AemManager...) over a temporary QLITE_HOME, with the unit
 suite's recording FakeEngine, FakeNetApply, FakeDaemon and FakeMounts
-underneath, and (for devices) a /sys/class/block and blkid of the test's
-own. Questions come from FakeAsks and commands go to FakeRunner. Nothing
-here touches podman, runsc, the host's devices or mounts, or the kernel's
-network state."""
+underneath, and (for devices) its table of block devices. Questions come
+from FakeAsks and commands go to FakeRunner. Nothing here touches podman,
+runsc, the host's devices or mounts, or the kernel's network state."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import json
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +32,7 @@ from qlite.state import Store
 from qlite.tui.app import QliteApp
 from qlite.tui.asks import Question
 from qlite.tui.backend import Backend
+from tests.unit.fake_blockdev import FakeBlockDevices
 from tests.unit.fake_engine import FakeEngine
 from tests.unit.fake_net import FakeDaemon, FakeMounts, FakeNetApply
 
@@ -140,10 +139,12 @@ class FakeCore:
     runner: FakeRunner
     store: Store  # the test's own connection, for assertions
     mounts: FakeMounts = field(default_factory=FakeMounts)  # one for every context, as the host has one
+    blocks: FakeBlockDevices = field(default_factory=FakeBlockDevices)  # likewise
 
     def context(self) -> Context:
         return Context(self.paths, engine=LockedEngine(self.engine), store=Store(self.paths.db),
-                       runtime_probe=FAKE_PROBE, net_apply=self.net_apply, mounts=self.mounts, daemon=self.daemon)
+                       runtime_probe=FAKE_PROBE, net_apply=self.net_apply, mounts=self.mounts, daemon=self.daemon,
+                       block_devices=self.blocks)
 
     def app(self, **kwargs) -> QliteApp:
         backend = Backend(self.context, usage=lambda ctx, containers: {
@@ -177,39 +178,10 @@ def core(tmp_path: Path) -> FakeCore:
     fake.store.close()
 
 
-@dataclass
-class FakeBlock:
-    """The block-device layer under the real DeviceManager: a
-    /sys/class/block of the test's own, and what blkid would say of each
-    device. Adding or removing a device here is a drive going in or out."""
-
-    root: Path
-    probes: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def add(self, name: str, *, size_mib: int = 16, fs_uuid: str = "", label: str = "", fs_type: str = "ext4",
-            serial: str = "", major_minor: str = "7:5") -> None:
-        d = self.root / name
-        d.mkdir()
-        (d / "size").write_text(f"{size_mib * 2048}\n")
-        (d / "dev").write_text(f"{major_minor}\n")
-        if serial:
-            (d / "device").mkdir()
-            (d / "device" / "serial").write_text(f"{serial}\n")
-        self.probes[f"/dev/{name}"] = {"UUID": fs_uuid, "TYPE": fs_type, "LABEL": label}
-
-    def remove(self, name: str) -> None:
-        self.probes.pop(f"/dev/{name}", None)
-        shutil.rmtree(self.root / name)
-
-
 @pytest.fixture
-def block(tmp_path: Path, monkeypatch) -> FakeBlock:
-    fake = FakeBlock(tmp_path / "sys-class-block")
-    fake.root.mkdir()
-    monkeypatch.setattr("qlite.devices.manager.SYS_BLOCK", fake.root)
-    monkeypatch.setattr("qlite.devices.identity.SYS_BLOCK", fake.root)
-    monkeypatch.setattr("qlite.devices.identity.blkid", lambda path: dict(fake.probes.get(path, {})))
-    return fake
+def block(core: FakeCore) -> FakeBlockDevices:
+    """The block devices every context of CORE sees."""
+    return core.blocks
 
 
 AEM_COMPONENTS = ("qlite", "binary:runsc", "binary:podman", "binary:qemu", "runsc-config", "policy")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from qlite.devices.identity import BlockDevice, parse_blkid_export, parse_ident
+from qlite.devices.identity import BlockDevice, parse_ident
 from qlite.devices.manager import mount_options
 from qlite.errors import InvalidValue
+from qlite.host.blockdev import parse_blkid_export
 from qlite.host.mounts import host_mounts
 
 DEV = BlockDevice(name="sdb1", size=1 << 30, fs_uuid="1234-ABCD", fs_type="vfat", label="STICK", serial="XYZ9")
