@@ -6,7 +6,8 @@ the VM makes (tunnelled to its socket at the broker). Host clients of a VM
 speak the same frames to its supervisor, on one channel each.
 
 This one module is used on both sides: template builds copy it into the
-guest tools as ``qlite_guest.channel``. It uses the standard library only.
+guest tools as ``qlite_guest.channel``, next to the frame codec it shares
+with the RPC wire format (``frames``). It uses the standard library only.
 
 A frame is a 1-byte type, a 4-byte channel id, a 4-byte payload length and
 the payload. The host opens even channel ids, the guest odd ones. An empty
@@ -15,10 +16,9 @@ STDIN, STDOUT, STDERR or DATA payload means end of that stream.
 
 from __future__ import annotations
 
-import json
-import struct
+# Relative: the codec is this module's sibling on the host and in the guest.
+from . import frames
 
-HEADER = struct.Struct(">BII")
 VERSION = 1
 
 HELLO = 0x10     # guest -> host, channel 0: JSON {"version"}; the agent is ready
@@ -36,35 +36,28 @@ PONG = 0x1B
 
 TYPES = frozenset({HELLO, OPEN, STDIN, STDOUT, STDERR, EXIT, DATA, CLOSE, ERROR, SIGNAL, PING, PONG})
 MAX_PAYLOAD = 64 * 1024
-MAX_CHANNEL = 0xFFFFFFFF
+MAX_CHANNEL = frames.MAX_FIELD
 
 
-class ChannelError(Exception):
+class ChannelError(frames.FrameError):
     """A malformed frame: the link cannot go on."""
 
 
+FORMAT: frames.Format[tuple[int, int, bytes]] = frames.Format(
+    TYPES, MAX_PAYLOAD, fields=("channel",), error=ChannelError)
+HEADER = FORMAT.header
+
+
 def encode(kind: int, channel: int, payload: bytes = b"") -> bytes:
-    if kind not in TYPES:
-        raise ChannelError(f"unknown frame type {kind:#x}")
-    if not 0 <= channel <= MAX_CHANNEL:
-        raise ChannelError(f"channel {channel} out of range")
-    if len(payload) > MAX_PAYLOAD:
-        raise ChannelError(f"frame of {len(payload)} bytes is over the {MAX_PAYLOAD}-byte limit")
-    return HEADER.pack(kind, channel, len(payload)) + payload
+    return FORMAT.encode(kind, (channel,), payload)
 
 
 def encode_json(kind: int, channel: int, obj: dict) -> bytes:
-    return encode(kind, channel, json.dumps(obj, separators=(",", ":")).encode())
+    return encode(kind, channel, frames.encode_json(obj))
 
 
 def decode_json(payload: bytes) -> dict:
-    try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ChannelError(f"malformed message: {type(exc).__name__}") from None
-    if not isinstance(obj, dict):
-        raise ChannelError("malformed message: not a JSON object")
-    return obj
+    return frames.decode_json(payload, ChannelError)
 
 
 def chunks(data: bytes) -> list[bytes]:
@@ -72,31 +65,11 @@ def chunks(data: bytes) -> list[bytes]:
     return [data[i:i + MAX_PAYLOAD] for i in range(0, len(data), MAX_PAYLOAD)] or [b""]
 
 
-class Decoder:
-    """Incremental frame decoder; raises ChannelError on a bad frame."""
+class Decoder(frames.Decoder[tuple[int, int, bytes]]):
+    """Incremental frame decoder of (type, channel, payload); raises ChannelError on a bad frame."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        self._buf += data
-        frames = []
-        while len(self._buf) >= HEADER.size:
-            kind, channel, length = HEADER.unpack_from(self._buf)
-            if kind not in TYPES:
-                raise ChannelError(f"unknown frame type {kind:#x}")
-            if length > MAX_PAYLOAD:
-                raise ChannelError(f"frame of {length} bytes is over the {MAX_PAYLOAD}-byte limit")
-            end = HEADER.size + length
-            if len(self._buf) < end:
-                break
-            frames.append((kind, channel, bytes(self._buf[HEADER.size:end])))
-            del self._buf[:end]
-        return frames
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
+        super().__init__(FORMAT)
 
 
 def validate_exec(req: dict) -> dict:

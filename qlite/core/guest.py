@@ -1,6 +1,7 @@
 """The guest-tools tree that the top-level Containerfile copies into every
 template: the repository's guest/ folder, plus the modules qlite shares
-with it (the RPC wire format), so that one file serves both sides."""
+with it (the RPC wire format, the agent channel and the frame codec under
+both), so that one file serves both sides."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import qlite.agent.channel
+import qlite.agent.frames
 import qlite.rpc.wire
 
 GUEST_PACKAGE = Path("usr/lib/python3/dist-packages/qlite_guest")
@@ -15,6 +17,7 @@ GUEST_PACKAGE = Path("usr/lib/python3/dist-packages/qlite_guest")
 SHARED = {
     Path(qlite.rpc.wire.__file__): GUEST_PACKAGE / "wire.py",
     Path(qlite.agent.channel.__file__): GUEST_PACKAGE / "channel.py",
+    Path(qlite.agent.frames.__file__): GUEST_PACKAGE / "frames.py",
 }
 
 

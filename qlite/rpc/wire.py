@@ -2,7 +2,8 @@
 
 This one module is used on both sides: the host's broker imports it from
 qlite, and template builds copy it into the guest tools as
-``qlite_guest.wire``. It uses the standard library only.
+``qlite_guest.wire``, next to the frame codec it shares with the agent
+channel (``frames``). It uses the standard library only.
 
 A frame is a 1-byte type, a 4-byte big-endian payload length and the
 payload. An empty STDIN, STDOUT or STDERR payload means end of that stream.
@@ -10,13 +11,16 @@ payload. An empty STDIN, STDOUT or STDERR payload means end of that stream.
 
 from __future__ import annotations
 
-import json
 import socket
-import struct
-import time
+
+# The codec's module sits next to this one in the guest, in qlite.agent on the
+# host. Each type-checker run sees one side only, hence the ignore.
+if __package__ == "qlite_guest":
+    from qlite_guest import frames
+else:
+    from qlite.agent import frames  # type: ignore[no-redef, unused-ignore]
 
 VERSION = 1
-HEADER = struct.Struct(">BI")
 
 REQUEST = 0x01  # client -> broker, first frame: JSON {"version", "target", "service", "argument"}
 STDIN = 0x02    # client -> broker
@@ -34,59 +38,36 @@ EXIT_REFUSED = 126
 EXIT_NO_SERVICE = 127
 
 
-class WireError(Exception):
+class WireError(frames.FrameError):
     """A malformed or oversized frame: the connection cannot go on."""
 
 
+# The broker reads a REQUEST before it knows who is asking for what, so a
+# request has a tighter limit, refused from its header alone.
+FORMAT: frames.Format[tuple[int, bytes]] = frames.Format(
+    TYPES, MAX_PAYLOAD, limits={REQUEST: MAX_REQUEST}, error=WireError)
+HEADER = FORMAT.header
+
+
 def encode(kind: int, payload: bytes = b"") -> bytes:
-    if kind not in TYPES:
-        raise WireError(f"unknown frame type {kind:#x}")
-    if len(payload) > MAX_PAYLOAD:
-        raise WireError(f"frame of {len(payload)} bytes is over the {MAX_PAYLOAD}-byte limit")
-    return HEADER.pack(kind, len(payload)) + payload
+    return FORMAT.encode(kind, (), payload)
 
 
 def encode_json(kind: int, obj: dict) -> bytes:
-    return encode(kind, json.dumps(obj, separators=(",", ":")).encode())
+    return encode(kind, frames.encode_json(obj))
 
 
 def decode_json(payload: bytes, limit: int = MAX_PAYLOAD) -> dict:
     if len(payload) > limit:
         raise WireError(f"message of {len(payload)} bytes is over the {limit}-byte limit")
-    try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise WireError(f"malformed message: {exc}") from None
-    if not isinstance(obj, dict):
-        raise WireError("malformed message: not a JSON object")
-    return obj
+    return frames.decode_json(payload, WireError)
 
 
-class Decoder:
-    """Incremental frame decoder; raises WireError on a bad frame."""
+class Decoder(frames.Decoder[tuple[int, bytes]]):
+    """Incremental frame decoder of (type, payload); raises WireError on a bad frame."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        self._buf += data
-        frames = []
-        while len(self._buf) >= HEADER.size:
-            kind, length = HEADER.unpack_from(self._buf)
-            if kind not in TYPES:
-                raise WireError(f"unknown frame type {kind:#x}")
-            if length > MAX_PAYLOAD:
-                raise WireError(f"frame of {length} bytes is over the {MAX_PAYLOAD}-byte limit")
-            end = HEADER.size + length
-            if len(self._buf) < end:
-                break
-            frames.append((kind, bytes(self._buf[HEADER.size:end])))
-            del self._buf[:end]
-        return frames
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
+        super().__init__(FORMAT)
 
 
 def recv_frame(sock: socket.socket, decoder: Decoder, backlog: list[tuple[int, bytes]],
@@ -95,16 +76,4 @@ def recv_frame(sock: socket.socket, decoder: Decoder, backlog: list[tuple[int, b
 
     With DEADLINE (a time.monotonic() value), the whole frame must arrive
     by then, however slowly its bytes trickle in; else TimeoutError."""
-    while not backlog:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the frame did not arrive in time")
-            sock.settimeout(left)
-        data = sock.recv(MAX_PAYLOAD + HEADER.size)
-        if not data:
-            if decoder.pending:
-                raise WireError("connection closed in the middle of a frame")
-            return None
-        backlog.extend(decoder.feed(data))
-    return backlog.pop(0)
+    return frames.recv_frame(sock, decoder, backlog, deadline)

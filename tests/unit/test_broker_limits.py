@@ -169,6 +169,18 @@ def test_a_request_trickled_byte_by_byte_is_cut_off_at_the_deadline(broker, monk
     assert [r["decision"] for r in records if r.get("source") == "slow"] == ["error"]
 
 
+def test_an_oversized_request_is_refused_from_its_header(broker, monkeypatch):
+    """The broker does not wait for, or buffer, a request over its limit."""
+    monkeypatch.setattr(broker_mod, "REQUEST_TIMEOUT_S", 4 * WAIT_S)  # only the header can end it in time
+    client, handler = start_call(broker, "greedy")
+    with client:
+        client.sendall(wire.HEADER.pack(wire.REQUEST, wire.MAX_PAYLOAD) + b"{")
+        frames = read_all(client)
+    handler.join(timeout=WAIT_S)
+    assert [k for k, _ in frames] == [wire.ERROR]
+    assert "over the 4096-byte limit" in messages(frames, wire.ERROR)[0]["message"]
+
+
 # -- connections per qube ---------------------------------------------------------------------
 
 
