@@ -13,7 +13,7 @@ from pathlib import Path
 from qlite.agent import channel as ch
 from qlite.engines.base import Stdio
 from qlite.engines.stream import raw_terminal
-from qlite.errors import EngineError, StateError
+from qlite.errors import EngineError, NotRunning
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -25,7 +25,7 @@ def _connect(path: Path, qube: str) -> socket.socket:
         s.connect(str(path))
     except OSError:
         s.close()
-        raise StateError(f"VM qube {qube} is not running (its agent cannot be reached)") from None
+        raise NotRunning(f"VM qube {qube} is not running (its agent cannot be reached)") from None
     s.settimeout(None)
     return s
 

@@ -24,7 +24,7 @@ from qlite.core.qubes import QubeManager
 from qlite.core.runcommand import shimmed
 from qlite.core.spec import exec_place
 from qlite.engines.base import Stdio
-from qlite.errors import InvalidValue, NotFound, QliteError
+from qlite.errors import InvalidValue, NotFound, QliteError, QubeNotFound
 from qlite.state.owners import current_owner
 
 MAX_DISPID = 9999
@@ -51,7 +51,7 @@ class DisposableManager:
         try:
             source = self.qubes.get(name)
         except NotFound:
-            raise NotFound(f"no such disposable template: {name!r}") from None
+            raise QubeNotFound(f"no such disposable template: {name!r}") from None
         if not source.template_for_dispvms:
             raise InvalidValue(f"{name!r} is not a disposable template (template_for_dispvms is False)")
         return source, source.template or ""

@@ -43,7 +43,19 @@ from qlite.core.spec import (
     volume_name,
 )
 from qlite.engines.base import ContainerInfo, Stdio
-from qlite.errors import AlreadyExists, InvalidValue, NotFound, QliteError, StateError
+from qlite.errors import (
+    AlreadyExists,
+    Busy,
+    InUse,
+    InvalidValue,
+    NotFound,
+    NotHalted,
+    NotPaused,
+    NotRunning,
+    QliteError,
+    QubeNotFound,
+    StateError,
+)
 from qlite.gpg.policyfile import forget_qube
 from qlite.state.owners import current_owner
 
@@ -124,7 +136,7 @@ class QubeManager:
         if q is None:
             if self.qstore.is_template(name):
                 raise InvalidValue(f"{name!r} is a template; use 'qlite template' for it")
-            raise NotFound(f"no such qube: {name!r}")
+            raise QubeNotFound(f"no such qube: {name!r}")
         return q
 
     def exists(self, name: str) -> bool:
@@ -156,7 +168,7 @@ class QubeManager:
         if value == for_qube:
             raise InvalidValue("a qube cannot be its own netvm")
         if not self.exists(value):
-            raise NotFound(f"no such qube for netvm: {value!r}")
+            raise QubeNotFound(f"no such qube for netvm: {value!r}")
         gateway = self.get(value)
         if not gateway.provides_network:
             raise InvalidValue(f"netvm {value!r} does not provide network: set its provides_network to True")
@@ -350,10 +362,10 @@ class QubeManager:
         q = self.get(name)
         state = self.state_of(q)
         if state != State.HALTED:
-            raise StateError(f"qube {name!r} is {state.value.lower()}: shut it down first")
+            raise NotHalted(f"qube {name!r} is {state.value.lower()}: shut it down first")
         users = self._dependants(name)
         if users:
-            raise StateError(f"qube {name!r} is still used by: {', '.join(users)}")
+            raise InUse(f"qube {name!r} is still used by: {', '.join(users)}")
         # From here the removal is committed: if this process is killed
         # part-way, reconcile completes it.
         self.qstore.set_column(name, "pending", current_owner())
@@ -413,13 +425,13 @@ class QubeManager:
         if q.is_disposable:
             raise StateError(f"{name!r} is a disposable; it runs only for its one command")
         if q.pending:
-            raise StateError(f"qube {name!r} is being created or removed by another qlite command")
+            raise Busy(f"qube {name!r} is being created or removed by another qlite command")
         info = self.ctx.engine.inspect_container(container_name(self.ctx.home_hash, name))
         state = self.state_of(q, {name: info} if info is not None else {})
         if state == State.RUNNING:
             if skip_if_running:
                 return q
-            raise StateError(f"qube {name!r} is already running")
+            raise NotHalted(f"qube {name!r} is already running")
         if state == State.PAUSED:
             self.unpause(name)
             return q
@@ -553,13 +565,13 @@ class QubeManager:
     def pause(self, name: str) -> None:
         q = self.get(name)
         if self.state_of(q) != State.RUNNING:
-            raise StateError(f"qube {name!r} is not running")
+            raise NotRunning(f"qube {name!r} is not running")
         self.runtime(q).pause(q)
 
     def unpause(self, name: str) -> None:
         q = self.get(name)
         if self.state_of(q) != State.PAUSED:
-            raise StateError(f"qube {name!r} is not paused")
+            raise NotPaused(f"qube {name!r} is not paused")
         self.runtime(q).resume(q)
 
     def run(
@@ -576,10 +588,10 @@ class QubeManager:
         q = self.get(name)
         state = self.state_of(q)
         if state == State.PAUSED:
-            raise StateError(f"qube {name!r} is paused: unpause it first")
+            raise NotRunning(f"qube {name!r} is paused: unpause it first")
         if state != State.RUNNING:
             if not autostart:
-                raise StateError(f"qube {name!r} is not running")
+                raise NotRunning(f"qube {name!r} is not running")
             self.start(name, skip_if_running=True)
         return self.runtime(q).run(q, shimmed(argv), stdio, user or q.default_user)
 
@@ -662,7 +674,7 @@ class QubeManager:
         if mode == q.mode:
             return
         if q.created_at and self.exists(q.name) and self.state_of(q) != State.HALTED:
-            raise StateError(f"{q.name} is running: shut it down before changing its mode")
+            raise NotHalted(f"{q.name} is running: shut it down before changing its mode")
         runtime = self.runtime_of_mode(mode)
         if q.provides_network and not runtime.gateways:
             raise InvalidValue(f"{q.name} provides network; {runtime.title}-mode gateways are not available "

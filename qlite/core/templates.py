@@ -27,7 +27,7 @@ from qlite.core.names import validate_name
 from qlite.core.rootfs import build_rootfs, parse_rootfs_conf
 from qlite.core.spec import engine_labels
 from qlite.engines.base import ImageInfo, Progress
-from qlite.errors import AlreadyExists, EngineError, NotFound, StateError
+from qlite.errors import AlreadyExists, EngineError, InUse, NotFound, StateError, TemplateNotFound
 from qlite.paths import IMAGE_LOCK
 from qlite.progress import file_lock
 from qlite.state.owners import current_owner
@@ -132,7 +132,7 @@ class TemplateManager:
     def get(self, name: str) -> Template:
         row = self.store.query_one("SELECT * FROM templates WHERE name=?", (name,))
         if row is None:
-            raise NotFound(f"no such template: {name!r} (see 'qlite template list')")
+            raise TemplateNotFound(f"no such template: {name!r} (see 'qlite template list')")
         revs = [
             TemplateRevision(rev=r["rev"], image_id=r["image_id"], origin=r["origin"], created_at=r["created_at"])
             for r in self.store.query(
@@ -224,7 +224,7 @@ class TemplateManager:
         validate_name(name)
         d = self.ctx.paths.images_dir / name
         if not (d / "Containerfile").is_file():
-            raise NotFound(f"no template definition {d}/Containerfile")
+            raise TemplateNotFound(f"no template definition {d}/Containerfile")
         return d
 
     def available(self) -> list[str]:
@@ -390,7 +390,7 @@ class TemplateManager:
         if GlobalPrefs(self.store).get("default_template") == name:
             users.append("global default_template")
         if users:
-            raise StateError(f"template {name!r} is still used by: {', '.join(users)}")
+            raise InUse(f"template {name!r} is still used by: {', '.join(users)}")
         with self.store.transaction() as conn:
             conn.execute("DELETE FROM templates WHERE name=?", (name,))
         for r in t.revisions:

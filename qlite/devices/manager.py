@@ -24,7 +24,7 @@ from qlite.core.context import Context
 from qlite.core.model import State
 from qlite.core.ports import QubeAccess
 from qlite.devices.identity import BlockDevice, is_removable_candidate, parse_ident, read_device
-from qlite.errors import AlreadyExists, EngineError, InvalidValue, NotFound, QliteError, StateError
+from qlite.errors import AlreadyExists, Busy, EngineError, InvalidValue, NotFound, NotRunning, QliteError, StateError
 from qlite.host.mounts import host_mounts
 from qlite.safepath import UnsafePath, make_dirs, open_trusted_dir, opened, remove_beneath
 
@@ -95,7 +95,7 @@ class DeviceManager:
         dev = self.find(text)
         self._check_free(dev, qube)
         if self.qubes.state_of(q) != State.RUNNING:
-            raise StateError(f"qube {qube} is not running: start it, or assign the device with 'qlite device assign'")
+            raise NotRunning(f"qube {qube} is not running: start it, or assign the device with 'qlite device assign'")
         runtime = self.qubes.runtime(q)
         if not runtime.takes_block_devices and not self.ctx.engine.gives_devices_to_containers:
             raise InvalidValue("container qubes get devices only with the podman engine "
@@ -130,13 +130,13 @@ class DeviceManager:
             raise AlreadyExists(f"{dev.name} is already attached to {other}: detach it first")
         mounts = host_mounts(self.mounts.mountinfo()).get(dev.major_minor, [])
         if mounts:
-            raise StateError(f"{dev.name} is mounted on the host at {mounts[0]}: unmount it first")
+            raise Busy(f"{dev.name} is mounted on the host at {mounts[0]}: unmount it first")
         if self.mounts.busy(dev.path):
-            raise StateError(f"{dev.name} is still in use (a sandbox that had it keeps it until it stops, "
-                             "or a host program holds it): stop that qube, or close what holds it")
+            raise Busy(f"{dev.name} is still in use (a sandbox that had it keeps it until it stops, "
+                       "or a host program holds it): stop that qube, or close what holds it")
         holders = self.blocks.holders(dev.name)
         if holders:
-            raise StateError(f"{dev.name} is in use on the host (by {', '.join(holders)})")
+            raise Busy(f"{dev.name} is in use on the host (by {', '.join(holders)})")
 
     def _running(self, qube: str) -> bool:
         return self.qubes.exists(qube) and self.qubes.state_of(self.qubes.get(qube)) != State.HALTED
@@ -173,7 +173,7 @@ class DeviceManager:
             if self.mounts.is_mountpoint(target):
                 self._unmount(target, row, gone)
             if self.mounts.is_mountpoint(target):
-                raise StateError(f"{row['device']} is still mounted at {target}; see 'qlite device list'")
+                raise Busy(f"{row['device']} is still mounted at {target}; see 'qlite device list'")
             self._drop_point(row["qube"], target.name)
         else:
             q = self.qubes.get(row["qube"]) if self.qubes.exists(row["qube"]) else None

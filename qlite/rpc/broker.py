@@ -26,7 +26,7 @@ from qlite.core.context import Context
 from qlite.core.model import State
 from qlite.core.ports import RpcTargets
 from qlite.engines.base import Stdio
-from qlite.errors import AccessDenied, QliteError
+from qlite.errors import AccessDenied, NotRunning, QliteError
 from qlite.paths import Paths
 from qlite.rpc import audit, wire
 from qlite.rpc.asks import Approvals, AskQueue, TooManyAsks
@@ -239,7 +239,7 @@ class Call:
         q = qm.get(target)
         if qm.state_of(q) != State.RUNNING:
             if not resolution.autostart:
-                raise QliteError(f"{target} is not running and the policy says autostart=no")
+                raise NotRunning(f"{target} is not running and the policy says autostart=no")
             qm.start(target, skip_if_running=True)
         self.send_json(wire.RESULT, {"result": "allow", "target": target})
         user = resolution.user or q.default_user
