@@ -13,16 +13,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlite.aem import passphrase as pp
 from qlite.aem.measure import Measurement, chain, changed, measure_files
-from qlite.aem.tpm import PCR, Tpm, tcti
-from qlite.core.context import Context
+from qlite.core.context import Context, Tpm
 from qlite.core.ports import TemplateImages
 from qlite.errors import AccessDenied, InvalidValue, NotFound, StateError
+from qlite.host.tpm import PCR
 
 ENFORCE_FEATURE = "aem.enforce"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -66,15 +65,15 @@ class AemManager:
         return out
 
     def tpm(self) -> Tpm | None:
-        conf = tcti()
-        return Tpm(conf) if conf else None
+        return self.ctx.tpm
 
     def log(self) -> dict:
         ms = self.measure()
         sealed = self._load() if self.sealed_path.exists() else None
+        tpm = self.tpm()
         return {
             "measurements": [m.as_json() for m in ms], "chain": chain(ms).hex(),
-            "tpm": tcti(), "pcr": PCR if tcti() else None, "sealed": sealed["mode"] if sealed else None,
+            "tpm": tpm.tcti if tpm else None, "pcr": PCR if tpm else None, "sealed": sealed["mode"] if sealed else None,
             "sealed_at": sealed.get("sealed_at") if sealed else None,
             "enforced": self.enforced(),
         }
@@ -87,7 +86,7 @@ class AemManager:
             raise InvalidValue("the secret is empty")
         ms = self.measure()
         state: dict = {"version": 1, "log": [m.as_json() for m in ms], "chain": chain(ms).hex(),
-                       "sealed_at": time.time()}
+                       "sealed_at": self.ctx.clock.time()}
         tpm = self.tpm()
         if tpm is not None:
             pcrs = sorted({PCR, *(boot_pcrs or [])})

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from qlite.engines.base import Engine
 from qlite.errors import InvalidValue
+from qlite.host.clock import SYSTEM_CLOCK
 from qlite.paths import Paths
 
 if TYPE_CHECKING:  # annotations only: every command imports this module
@@ -103,10 +104,71 @@ class Daemon(Protocol):
     def take_connection(self, qube: str) -> socket.socket: ...
 
 
+class VmControl(Protocol):
+    """A running VM qube's QEMU (QMP)."""
+
+    def status(self) -> str: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def powerdown(self) -> None: ...
+
+    def quit(self) -> None: ...
+
+    def attach_block(self, node: str, path: str, read_only: bool, bus: str) -> None: ...
+
+    def detach_block(self, node: str) -> None: ...
+
+
+class VmBoot(Protocol):
+    """A VM qube's supervisor, started and not yet answered."""
+
+    pid: int
+
+    def answer(self) -> str:
+        """"ok", or "error WHY"; blocks until the supervisor says which."""
+
+
+class Hypervisor(Protocol):
+    """Starting VM qubes' supervisors (which start QEMU) and reaching QEMU."""
+
+    def control(self, qmp_socket: Path, qube: str) -> VmControl: ...
+
+    def start_supervisor(self, module: str, config: Path, log: Path) -> VmBoot: ...
+
+
+class Tpm(Protocol):
+    """A TPM 2.0 (anti-evil-maid): qlite's PCR, and secrets sealed to PCRs."""
+
+    tcti: str  # where it is reached, as tpm2-tools name it
+
+    def replay(self, events: list[bytes]) -> None:
+        """Reset qlite's PCR and extend EVENTS (sha256 digests) into it."""
+
+    def read(self, pcrs: list[int]) -> dict[int, str]: ...
+
+    def seal(self, secret: bytes, pcrs: list[int]) -> tuple[bytes, bytes]:
+        """SECRET sealed to the PCRs' values now: the (public, private) blobs."""
+
+    def unseal(self, public: bytes, private: bytes, pcrs: list[int]) -> bytes:
+        """The secret, if the PCRs hold what they held at sealing (else AccessDenied)."""
+
+
+class Clock(Protocol):
+    """Time, so that windows and expiries can be tested without sleeping them out."""
+
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+
 class Context:
     def __init__(self, paths: Paths, engine: Engine | None = None, store: Store | None = None, *,
                  net_apply: NetApply | None = None, mounts: Mounts | None = None, daemon: Daemon | None = None,
                  runtime_probe: RuntimeProbe | None = None, private_volumes: PrivateData | None = None,
+                 clock: Clock | None = None, hypervisor: Hypervisor | None = None, tpm: Tpm | None = None,
                  block_devices: BlockDevices | None = None):
         self.paths = paths
         self.warnings: list[str] = []
@@ -120,6 +182,7 @@ class Context:
             self.__dict__["store"] = store
         for name, seam in (("net_apply", net_apply), ("mounts", mounts), ("daemon", daemon),
                            ("runtime_probe", runtime_probe), ("private_volumes", private_volumes),
+                           ("clock", clock), ("hypervisor", hypervisor), ("tpm", tpm),
                            ("block_devices", block_devices)):
             if seam is not None:
                 self.__dict__[name] = seam  # instead of the real one, made on first use
@@ -186,6 +249,25 @@ class Context:
         from qlite.core.volumes import PrivateVolumes  # noqa: PLC0415
 
         return PrivateVolumes()
+
+    @cached_property
+    def hypervisor(self) -> Hypervisor:
+        """The seam to VM qubes' processes and their QEMU."""
+        from qlite.host.hypervisor import QemuHost  # noqa: PLC0415 - only VM qubes need it (ctypes)
+
+        return QemuHost()
+
+    @cached_property
+    def tpm(self) -> Tpm | None:
+        """The TPM anti-evil-maid seals to (None: there is none)."""
+        from qlite.host.tpm import host_tpm  # noqa: PLC0415 - only anti-evil-maid needs it
+
+        return host_tpm()
+
+    @cached_property
+    def clock(self) -> Clock:
+        """Wall and monotonic time."""
+        return SYSTEM_CLOCK
 
     @cached_property
     def block_devices(self) -> BlockDevices:

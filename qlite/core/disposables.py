@@ -13,7 +13,6 @@ import random
 import signal
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 from qlite.agent import client
@@ -74,7 +73,7 @@ class DisposableManager:
                 q.autostart = False
             else:
                 q = Qube(name="", klass="DispVM", label="red", template=template_name)
-            q.name, q.klass, q.owner, q.created_at = f"disp{dispid}", "DispVM", owner, time.time()
+            q.name, q.klass, q.owner, q.created_at = f"disp{dispid}", "DispVM", owner, self.ctx.clock.time()
             q.default_dispvm_raw = source.name if source else None
             q.mode = parse_mode(mode) if mode else q.mode
             try:

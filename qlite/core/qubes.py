@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -297,7 +296,7 @@ class QubeManager:
         q = Qube(
             name=name, klass=klass, label=validate_label(label), template=template,
             memory=memory if memory is not None else DEFAULT_MEMORY_MIB,
-            vcpus=vcpus if vcpus is not None else DEFAULT_VCPUS, created_at=time.time(),
+            vcpus=vcpus if vcpus is not None else DEFAULT_VCPUS, created_at=self.ctx.clock.time(),
         )
         parse_int("memory", str(q.memory), 32, 1 << 22)
         parse_int("vcpus", str(q.vcpus), 1, 256)
@@ -351,7 +350,7 @@ class QubeManager:
             raise AlreadyExists(f"a qube named {dst!r} already exists")
         if source.is_disposable:
             raise InvalidValue("disposables cannot be cloned")
-        q = source.derive(name=dst, created_at=time.time(), pending=current_owner())
+        q = source.derive(name=dst, created_at=self.ctx.clock.time(), pending=current_owner())
         with self.qstore.transaction():
             self.qstore.insert(q)
             self.qstore.copy_settings(src, dst)

@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,7 +204,7 @@ class TemplateManager:
 
     def _record(self, name: str, rev: int, image_id: str, origin: str) -> TemplateRevision:
         self.ctx.engine.tag_image(image_id, home_ref(self.ctx.home_hash, name, rev))
-        now = time.time()
+        now = self.ctx.clock.time()
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO templates(name, current_rev, created_at) VALUES(?, NULL, ?) "

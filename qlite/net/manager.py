@@ -26,7 +26,6 @@ import hashlib
 import ipaddress
 import json
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -103,7 +102,7 @@ class NetworkManager:
 
     def live_rules(self, name: str) -> tuple[Rule, ...]:
         """The rules without the ones whose expiry has passed."""
-        now = time.time()
+        now = self.ctx.clock.time()
         return tuple(r for r in self.rules(name) if not r.expired(now))
 
     def set_rules(self, name: str, rules: tuple[Rule, ...]) -> None:
@@ -333,7 +332,7 @@ class NetworkManager:
             resolved: dict[str, tuple[str, ...]] = {}
             for n in nets:
                 resolved.update(self.resolve(n.rules))
-            script = nft.host_table(host_table_name(self.hh), nets, resolved, time.time())
+            script = nft.host_table(host_table_name(self.hh), nets, resolved, self.ctx.clock.time())
             self.apply.apply_nft(script)
 
     def apply_gateway(self, gateway: Qube) -> None:
@@ -363,7 +362,7 @@ class NetworkManager:
                 rules=client_rules,
             ))
         script = nft.gateway_table(GATEWAY_TABLE, upstream, resolver, links, self.resolve(tuple(rules)),
-                                   time.time())
+                                   self.ctx.clock.time())
         self.apply.enable_forwarding(info.netns)
         self.apply.apply_nft(script, info.netns)
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from qlite.errors import AccessDenied, InvalidValue, NotFound
+from qlite.host.clock import SYSTEM_CLOCK
+
+if TYPE_CHECKING:
+    from qlite.core.context import Clock
 
 # A qube may keep at most this many questions waiting for the user; one
 # more is denied at once, so that a qube cannot flood the user with them.
@@ -29,11 +33,11 @@ class Ask:
     allow: bool = False
     chosen: str | None = None
 
-    def as_json(self) -> dict:
+    def as_json(self, now: float) -> dict:
         return {
             "id": self.id, "source": self.source, "service": self.service, "argument": self.argument,
             "target": self.target, "choices": list(self.choices), "default_target": self.default_target,
-            "seconds_left": max(0, round(self.deadline - time.time())),
+            "seconds_left": max(0, round(self.deadline - now)),
         }
 
 
@@ -51,7 +55,8 @@ class Approvals:
     identities: it is kept by uuid, and holds only while the chosen target
     is still the qube it was given for."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self._lock = threading.Lock()
         self._until: dict[tuple[str, str, str], Approval] = {}
 
@@ -60,14 +65,14 @@ class Approvals:
         if seconds <= 0 or not source_id:
             return
         with self._lock:
-            self._until[(source_id, service, target)] = Approval(chosen, chosen_id, time.time() + seconds)
+            self._until[(source_id, service, target)] = Approval(chosen, chosen_id, self.clock.time() + seconds)
 
     def lookup(self, source_id: str, service: str, target: str) -> Approval | None:
         with self._lock:
             found = self._until.get((source_id, service, target))
             if found is None:
                 return None
-            if found.until <= time.time():
+            if found.until <= self.clock.time():
                 del self._until[(source_id, service, target)]
                 return None
             return found
@@ -86,7 +91,8 @@ class TooManyAsks(AccessDenied):
 
 
 class AskQueue:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self._lock = threading.Lock()
         self._pending: dict[int, Ask] = {}
         self._ids = itertools.count(1)
@@ -98,7 +104,7 @@ class AskQueue:
             if sum(a.source == source for a in self._pending.values()) >= MAX_PENDING_ASKS_PER_SOURCE:
                 raise TooManyAsks(f"too many questions pending from {source}")
             ask = Ask(next(self._ids), source, service, argument, target, choices, default_target,
-                      time.time() + timeout)
+                      self.clock.time() + timeout)
             self._pending[ask.id] = ask
             return ask
 
@@ -108,7 +114,7 @@ class AskQueue:
 
     def wait(self, ask: Ask) -> tuple[bool, str | None]:
         """Block until ASK is answered or its deadline passes (then deny)."""
-        ask.answered.wait(max(0.0, ask.deadline - time.time()))
+        ask.answered.wait(max(0.0, ask.deadline - self.clock.time()))
         with self._lock:
             self._pending.pop(ask.id, None)
         return (ask.allow, ask.chosen) if ask.answered.is_set() else (False, None)

@@ -22,11 +22,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from qlite.core.context import Context
+from qlite.core.context import Clock, Context
 from qlite.core.model import State
 from qlite.core.ports import RpcTargets
 from qlite.engines.base import Stdio
 from qlite.errors import AccessDenied, NotRunning, QliteError
+from qlite.host.clock import SYSTEM_CLOCK
 from qlite.paths import Paths
 from qlite.rpc import audit, wire
 from qlite.rpc.asks import Approvals, AskQueue, TooManyAsks
@@ -333,12 +334,13 @@ class Broker:
     """Listening sockets for running qubes and the admin socket."""
 
     def __init__(self, paths: Paths, lifecycle: Callable[[Context], RpcTargets],
-                 ask_timeout: float = DEFAULT_ASK_TIMEOUT_S, log=print):
+                 ask_timeout: float = DEFAULT_ASK_TIMEOUT_S, log=print, clock: Clock = SYSTEM_CLOCK):
         self.paths = paths
         self.lifecycle = lifecycle  # the qubes of one call (the daemon gives qlite.core.lifecycle.Lifecycle)
         self.ask_timeout = ask_timeout
-        self.asks = AskQueue()
-        self.approvals = Approvals()
+        self.clock = clock
+        self.asks = AskQueue(clock)
+        self.approvals = Approvals(clock)
         self.log = log
         self.sel = selectors.DefaultSelector()
         self.listeners: dict[str, socket.socket] = {}
@@ -583,7 +585,7 @@ class Broker:
             self.request_rescan()
             return {"ok": True, "listening": sorted(self.listeners)}
         if op == "asks":
-            return {"ok": True, "asks": [a.as_json() for a in self.asks.pending()]}
+            return {"ok": True, "asks": [a.as_json(self.clock.time()) for a in self.asks.pending()]}
         if op == "forget":
             uuid = msg.get("uuid")
             if not isinstance(uuid, str) or not uuid:

@@ -21,19 +21,16 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from qlite.agent import client
-from qlite.core.context import Context
+from qlite.core.context import Context, VmControl
 from qlite.core.model import Qube, State
 from qlite.core.ports import exec_env
 from qlite.core.spec import IDLE_COMMAND, container_name, engine_labels, volume_name
 from qlite.engines.base import ContainerInfo, ContainerSpec, Stdio
-from qlite.engines.qemu import Qmp
 from qlite.errors import EngineError, InvalidValue, QliteError, StateError
 from qlite.paths import Paths
 from qlite.runtime.kvm import cached_probe
@@ -123,8 +120,8 @@ class VmRunner:
     def qemu_pid(self, q: Qube) -> int | None:
         return _pid_alive(self.run_dir(q) / "qemu.pid", f"qlite-{q.name},")
 
-    def qmp(self, q: Qube) -> Qmp:
-        return Qmp(self.run_dir(q) / "qmp.sock", q.name)
+    def qmp(self, q: Qube) -> VmControl:
+        return self.ctx.hypervisor.control(self.run_dir(q) / "qmp.sock", q.name)
 
     def state(self, q: Qube, holder: ContainerInfo | None) -> State:
         if holder is None or holder.state not in ("running", "paused"):
@@ -231,20 +228,13 @@ class VmRunner:
         }
         (d / "vm.json").write_text(json.dumps(config, indent=1))
         self.paths.log_dir.mkdir(parents=True, exist_ok=True)
-        ready_r, ready_w = os.pipe()
-        with open(self.paths.log_dir / f"vm-{q.name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", SUPERVISOR_MODULE, str(d / "vm.json"), str(ready_w)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_w,), start_new_session=True,
-                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-            )
-        os.close(ready_w)
-        (d / "supervisor.pid").write_text(f"{proc.pid}\n")
-        with os.fdopen(ready_r) as ready:
-            answer = ready.readline().strip()  # the supervisor bounds the wait (boot_timeout)
+        boot = self.ctx.hypervisor.start_supervisor(SUPERVISOR_MODULE, d / "vm.json",
+                                                    self.paths.log_dir / f"vm-{q.name}.log")
+        # Written before the wait: while it boots the qube counts as running,
+        # so that no reconciliation takes its holder away.
+        (d / "supervisor.pid").write_text(f"{boot.pid}\n")
+        answer = boot.answer()
         if answer != "ok":
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
             raise StateError(f"VM qube {q.name} did not boot: {answer.removeprefix('error ') or 'no answer'}"
                              f"{self._console_tail(q)}")
 

@@ -14,7 +14,6 @@ VM is Halted, and nothing of it is left running.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -27,14 +26,9 @@ from pathlib import Path
 
 from qlite.agent import channel as ch
 from qlite.agent.listen import listen_private
+from qlite.host import hypervisor
 
-PR_SET_PDEATHSIG = 1
 READY_TIMEOUT_S = 300.0
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def log(msg: str) -> None:
@@ -208,10 +202,7 @@ class Supervisor:
         argv = list(self.cfg["argv"])
         if self.cfg.get("netns"):
             argv = ["nsenter", f"--net={self.cfg['netns']}", "--", *argv]
-        console = open(self.run_dir / "qemu.log", "ab")  # QEMU's own stderr, for its lifetime
-        self.qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=console,
-                                     preexec_fn=_die_with_parent, close_fds=True)
-        console.close()
+        self.qemu = hypervisor.start_qemu(argv, self.run_dir / "qemu.log")  # QEMU's own stderr
         (self.run_dir / "qemu.pid").write_text(f"{self.qemu.pid}\n")
         log(f"qemu started, pid {self.qemu.pid}")
 

@@ -26,6 +26,7 @@ from qlite.state import Store
 from qlite.state.owners import owner_alive, process_start_ticks
 
 from .fake_blockdev import FakeBlockDevices
+from .fake_clock import FakeClock
 from .fake_engine import FakeEngine
 from .fake_net import FakeDaemon, FakeMounts, FakeNetApply
 
@@ -79,6 +80,11 @@ def engine(tmp_path) -> FakeEngine:
 
 
 @pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
 def blocks() -> FakeBlockDevices:
     """The host's block devices as the unit tests' contexts see them: none
     until a test adds some."""
@@ -86,12 +92,12 @@ def blocks() -> FakeBlockDevices:
 
 
 @pytest.fixture
-def ctx(paths, engine, tmp_path, blocks):
+def ctx(paths, engine, tmp_path, clock, blocks):
     store = Store(paths.home / "qlite.db")
     # Never run the real runsc probe, nor touch the kernel's network state.
     c = Context(paths, engine=engine, store=store, runtime_probe=FAKE_PROBE, net_apply=FakeNetApply(),
                 mounts=FakeMounts(), daemon=FakeDaemon(), private_volumes=PrivateVolumes(HOME_UID, ROOT_UID),
-                block_devices=blocks)
+                clock=clock, block_devices=blocks)
     engine.add_image(IMAGE_ID, (image_ref(TEMPLATE, 1),), {"qlite.origin": "build"})
     TemplateManager(c)._record(TEMPLATE, 1, IMAGE_ID, "build")
     engine.calls.clear()

@@ -7,16 +7,16 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from qlite.core.lifecycle import Lifecycle
 from qlite.paths import Paths
-from qlite.rpc.asks import Approvals
+from qlite.rpc.asks import Approvals, AskQueue
 from qlite.rpc.broker import Broker
 from qlite.rpc.policy import QubeFacts, System
+from tests.unit.fake_clock import FakeClock
 
 A, B, C = "aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002", "cccc"
 
@@ -47,11 +47,24 @@ def test_forget_drops_approvals_given_to_and_for_a_qube():
     assert a.lookup(C, "s", "x") is not None
 
 
-def test_an_approval_expires():
-    a = Approvals()
-    a.remember(A, "s", "t", "vault", B, seconds=0.05)
-    time.sleep(0.1)
-    assert a.lookup(A, "s", "t") is None
+@pytest.mark.parametrize(("later", "kept"), [(0, True), (59.9, True), (60, False), (3600, False)])
+def test_an_approval_holds_for_its_window_and_then_lapses(later, kept):
+    clock = FakeClock()
+    a = Approvals(clock)
+    a.remember(A, "s", "t", "vault", B, seconds=60)
+    clock.advance(later)
+    assert (a.lookup(A, "s", "t") is not None) is kept
+
+
+def test_a_question_left_unanswered_past_its_deadline_is_denied():
+    clock = FakeClock()
+    q = AskQueue(clock)
+    ask = q.add("work", "qubes.Gpg", "", "@default", ("vault",), "vault", 30.0)
+    assert ask.as_json(clock.time())["seconds_left"] == 30
+    clock.advance(31)
+    assert ask.as_json(clock.time())["seconds_left"] == 0
+    assert q.wait(ask) == (False, None)  # returns at once: the deadline has passed
+    assert q.pending() == []
 
 
 @pytest.mark.parametrize(("token", "identity"), [

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
 from qlite.cli.commands import split_firewall_flags
+from qlite.core.qubes import QubeManager
 from qlite.engines.base import NetworkInfo
 from qlite.errors import InvalidValue
-from qlite.net.manager import bridge_name, gateway_address, gateway_mac, host_table_name, parse_dns_servers
+from qlite.net.firewall import Rule
+from qlite.net.manager import (
+    NetworkManager,
+    bridge_name,
+    gateway_address,
+    gateway_mac,
+    host_table_name,
+    parse_dns_servers,
+)
+from tests.unit.conftest import insert_row
 
 
 def test_bridge_names_are_short_stable_and_distinct():
@@ -70,3 +81,17 @@ def test_split_firewall_flags(words, expected):
 def test_split_firewall_flags_rejects(words):
     with pytest.raises(InvalidValue):
         split_firewall_flags(words)
+
+
+@pytest.mark.parametrize(("later", "left"), [
+    (0, ("accept", "accept", "drop")),
+    (59, ("accept", "accept", "drop")),
+    (60, ("accept", "drop")),  # the rule expires at its second
+    (10_000, ("accept", "drop")),
+])
+def test_a_rule_leaves_the_live_rules_when_the_clock_passes_its_expiry(ctx, clock, later, left):
+    insert_row(QubeManager(ctx), "work")
+    rules = (Rule("accept", dsthost="10.9.0.1"), Rule("accept", expire=int(clock.time()) + 60), Rule("drop"))
+    ctx.qube_store.set_firewall("work", json.dumps([r.to_json() for r in rules]))
+    clock.advance(later)
+    assert tuple(r.action for r in NetworkManager(ctx, QubeManager(ctx)).live_rules("work")) == left

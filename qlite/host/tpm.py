@@ -1,4 +1,5 @@
-"""The TPM seam: tpm2-tools, run against the TCTI qlite is given.
+"""The TPM seam (qlite.core.context.Tpm): tpm2-tools, run against the TCTI
+qlite is given.
 
 qlite owns PCR 23: the TCG assigns it to applications and it may be reset
 from locality 0, so qlite resets it, then extends its own measurements
@@ -29,7 +30,13 @@ def tcti() -> str | None:
     return f"device:{DEVICE}" if DEVICE.exists() else None
 
 
-class Tpm:
+def host_tpm() -> Tpm2Tools | None:
+    """The TPM at tcti(), or None when there is none."""
+    conf = tcti()
+    return Tpm2Tools(conf) if conf else None
+
+
+class Tpm2Tools:
     def __init__(self, tcti_conf: str):
         self.tcti = tcti_conf
 
