@@ -25,6 +25,7 @@ from qlite.core.context import Context
 from qlite.core.prefs import GlobalPrefs
 from qlite.core.templates import TemplateManager, image_ref
 from qlite.core.usage import Usage
+from qlite.core.volumes import PrivateVolumes
 from qlite.errors import NotFound
 from qlite.paths import Paths
 from qlite.runtime.probe import RuntimeProbe
@@ -32,6 +33,7 @@ from qlite.state import Store
 from qlite.tui.app import QliteApp
 from qlite.tui.asks import Question
 from qlite.tui.backend import Backend
+from tests.unit.conftest import HOME_UID, ROOT_UID
 from tests.unit.fake_blockdev import FakeBlockDevices
 from tests.unit.fake_engine import FakeEngine
 from tests.unit.fake_net import FakeDaemon, FakeMounts, FakeNetApply
@@ -144,7 +146,7 @@ class FakeCore:
     def context(self) -> Context:
         return Context(self.paths, engine=LockedEngine(self.engine), store=Store(self.paths.db),
                        runtime_probe=FAKE_PROBE, net_apply=self.net_apply, mounts=self.mounts, daemon=self.daemon,
-                       block_devices=self.blocks)
+                       block_devices=self.blocks, private_volumes=PrivateVolumes(HOME_UID, ROOT_UID))
 
     def app(self, **kwargs) -> QliteApp:
         backend = Backend(self.context, usage=lambda ctx, containers: {

@@ -5,8 +5,6 @@ tests/integration/test_aem.py with swtpm."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from textual.widgets import DataTable, Input, Static
 
@@ -19,8 +17,6 @@ from qlite.tui.screens.dialogs import ConfirmScreen
 from qlite.tui.screens.secrets import PassphraseScreen, SecretScreen
 
 from .conftest import AEM_COMPONENTS, PASSPHRASE, SECRET, SIZE, TEMPLATE, wait_for, wait_for_screen
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="laying out a private volume needs root")
 
 
 async def open_aem(pilot, app) -> AemScreen:

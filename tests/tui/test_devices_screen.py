@@ -19,7 +19,9 @@ from qlite.tui.widgets.state_checkbox import StateCheckbox
 
 from .conftest import SIZE, wait_for, wait_for_screen
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="laying out a private volume needs root")
+# Attaching gives the qube's devices directory to the qube's user and root,
+# which only root may do.
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="giving a devices directory to its owners needs root")
 
 UUID = "1234-ABCD"
 

@@ -5,9 +5,6 @@ dropping the others."""
 
 from __future__ import annotations
 
-import os
-
-import pytest
 from textual.widgets._footer import FooterKey
 
 from qlite.tui.screens.aem import AemScreen
@@ -19,8 +16,6 @@ from qlite.tui.widgets.qube_table import ESSENTIAL, QubeTable
 
 from .conftest import footer_settled, wait_for, wait_for_screen
 from .test_snapshots import populate
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="laying out a private volume needs root")
 
 NARROW = (80, 24)
 SCREENS = (("1", QubesScreen), ("2", TemplatesScreen), ("3", LogsScreen), ("4", DevicesScreen), ("5", AemScreen))

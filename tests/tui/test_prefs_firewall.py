@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 
-import pytest
 from textual.widgets import DataTable, Input, Static
 
 from qlite.core.qubes import QubeManager
@@ -15,8 +13,6 @@ from qlite.tui.screens.prefs import PrefsScreen
 
 from .conftest import SIZE, wait_for, wait_for_screen
 from .test_qubes_screen import make_qubes, select
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="laying out a private volume needs root")
 
 
 def stored_rules(core, name: str) -> list[dict] | None:

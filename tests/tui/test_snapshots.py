@@ -20,8 +20,6 @@ from qlite.tui.widgets.qube_table import QubeTable
 from .conftest import PASSPHRASE, SIZE, footer_settled, wait_for, wait_for_screen
 from .test_asks import Clock, question
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="laying out a private volume needs root")
-
 
 @pytest.fixture(autouse=True)
 def utc(monkeypatch):
@@ -89,6 +87,7 @@ def test_ask_modal(core, snap_compare):
     assert snap_compare(core.app(clock=Clock()), terminal_size=SIZE, run_before=ready)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a devices directory to its owners needs root")
 def test_devices_screen(core, block, snap_compare):
     core.engine.gives_devices_to_containers = True  # as podman does
     populate(core)
