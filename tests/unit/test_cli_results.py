@@ -86,14 +86,18 @@ TEMPLATE_INFO = ["name", "class", "current_revision", "image", "image_id", "revi
 FIREWALL = [["action"], ["action", "proto", "dstports", "comment"]]
 
 
-def second_revision(ctx):
+def second_revision(ctx, tmp):
     ctx.engine.add_image("cd" * 32, (image_ref(TEMPLATE, 2),))
     TemplateManager(ctx)._record(TEMPLATE, 2, "cd" * 32, "update")
 
 
-def unused(ctx):
+def unused(ctx, tmp):
     assert main(["remove", "work"], ctx) == 0
     assert main(["prefs", "--global", "-D", "default_template"], ctx) == 0
+
+
+def a_drive(ctx, tmp):
+    ctx.block_devices.add("sdb1", fs_uuid="1234-ABCD", label="STICK", serial="S9")
 
 
 def sealed(ctx, tmp):
@@ -130,15 +134,15 @@ def sealed(ctx, tmp):
     (["doctor", "--json"], [["check", "status", "detail", "fix"]], None),
     (["splitgpg", "setup", "vault", "--client", "work", "--json"], ["vault", "clients", "created", "policy_file"],
      None),
+    (["device", "list", "--json"], [["name", "path", "size", "fs_uuid", "fs_type", "label", "serial", "ident",
+                                     "attached_to", "read_only", "assigned_to", "host_mounts"]], a_drive),
     (["aem", "log", "--json"], ["measurements", "chain", "tpm", "pcr", "sealed", "sealed_at", "enforced"], None),
     (["aem", "verify", "--json", "--passphrase-file", "{tmp}/pass"],
      ["ok", "mode", "detail", "changed", "secret"], sealed),
 ])
 def test_json_keys(home, capsys, tmp_path, argv, expected, before):
-    if before is sealed:
-        sealed(home, tmp_path)
-    elif before is not None:
-        before(home)
+    if before is not None:
+        before(home, tmp_path)
     capsys.readouterr()
     code, out, err = run(home, capsys, *(a.format(tmp=tmp_path) for a in argv))
     assert code == 0, err
