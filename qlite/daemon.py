@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from qlite.core.context import Context
+from qlite.domain.context import Context
 from qlite.paths import Paths
 from qlite.rpc.broker import DEFAULT_ASK_TIMEOUT_S, Broker
 

@@ -7,7 +7,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from qlite.core.context import Context
+from qlite.domain.context import Context
 from qlite.errors import QliteError
 from qlite.paths import Paths
 from qlite.runtime.command import run_tool
@@ -155,9 +155,9 @@ def check_tpm() -> Check:
 
 
 def check_setup(ctx: Context) -> list[Check]:
-    from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
     from qlite.core.qubes import QubeManager  # noqa: PLC0415
     from qlite.core.templates import TemplateManager  # noqa: PLC0415
+    from qlite.domain.prefs import GlobalPrefs  # noqa: PLC0415
 
     checks = []
     try:

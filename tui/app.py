@@ -16,7 +16,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import ModalScreen
 
-from qlite.core.context import Context
+from qlite.domain.context import Context
 from qlite.errors import QliteError
 from qlite.tui.asks import AsksSource, DaemonAsks, Question
 from qlite.tui.backend import Backend

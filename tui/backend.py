@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from qlite.aem.manager import VerifyResult
-from qlite.core.context import Context
 from qlite.core.qubes import QubeInfo
 from qlite.core.usage import CpuSampler, Usage, qube_usage
 from qlite.devices.manager import DeviceRow
+from qlite.domain.context import Context
 from qlite.engines.base import ContainerInfo
 from qlite.net.firewall import Rule, parse_rule
 from qlite.rpc import audit
@@ -257,7 +257,7 @@ class Backend:
     # -- prefs ---------------------------------------------------------------
 
     def prefs(self, name: str) -> list[Pref]:
-        from qlite.core.model import READ_ONLY  # noqa: PLC0415
+        from qlite.domain.model import READ_ONLY  # noqa: PLC0415
 
         with self.session() as ctx:
             values = self._qubes(ctx).get_prefs(name)

@@ -23,7 +23,7 @@ from rich.color import ColorSystem
 from rich.style import Style
 from textual.app import App
 
-from qlite.core.labels import label_colour
+from qlite.domain.labels import label_colour
 from qlite.paths import Paths
 
 QLITE_EXIT = 125  # qlite's own errors

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from qlite.aem import passphrase as pp
 from qlite.aem.measure import Measurement, chain, changed, measure_files
-from qlite.core.context import Context, Tpm
-from qlite.core.ports import TemplateImages
+from qlite.domain.context import Context, Tpm
+from qlite.domain.ports import TemplateImages
 from qlite.errors import AccessDenied, InvalidValue, NotFound, StateError
 from qlite.host.tpm import PCR
 

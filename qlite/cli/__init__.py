@@ -14,7 +14,7 @@ import sys
 from qlite import __version__
 from qlite.cli import commands
 from qlite.cli.render import error, show
-from qlite.core.context import Context
+from qlite.domain.context import Context
 from qlite.errors import QliteError
 
 

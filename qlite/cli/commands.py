@@ -24,8 +24,8 @@ from qlite.cli.results import (
     TemplateRevision,
     TemplateUpdate,
 )
-from qlite.core.context import Context
-from qlite.core.labels import label_colour
+from qlite.domain.context import Context
+from qlite.domain.labels import label_colour
 from qlite.engines.base import Stdio
 from qlite.errors import InvalidValue, QliteError
 
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> Result:
 
 
 def ls(args: argparse.Namespace) -> Table:
-    from qlite.core.preload import READY  # noqa: PLC0415
+    from qlite.domain.preload import READY  # noqa: PLC0415
 
     ctx = _context(args)
     qm = _qubes(ctx)
@@ -230,8 +230,8 @@ def ls(args: argparse.Namespace) -> Table:
 
 
 def prefs(args: argparse.Namespace) -> Result | None:
-    from qlite.core.model import json_value  # noqa: PLC0415
-    from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
+    from qlite.domain.model import json_value  # noqa: PLC0415
+    from qlite.domain.prefs import GlobalPrefs  # noqa: PLC0415
 
     ctx = _context(args)
     qm = _qubes(ctx)
@@ -254,7 +254,7 @@ def prefs(args: argparse.Namespace) -> Result | None:
     else:
         values = qm.get_prefs(name)
         if prop not in values:
-            from qlite.core.model import parse_property  # noqa: PLC0415
+            from qlite.domain.model import parse_property  # noqa: PLC0415
 
             parse_property(prop, "")  # raises the one-line "no such property"
         value = values[prop][0]
@@ -534,7 +534,7 @@ def doctor(args: argparse.Namespace) -> Markup:
 
 
 def setup(args: argparse.Namespace) -> Result:
-    from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
+    from qlite.domain.prefs import GlobalPrefs  # noqa: PLC0415
     from qlite.runtime.hostpodman import install_dropin  # noqa: PLC0415
 
     ctx = _context(args)

@@ -18,7 +18,7 @@ def emit_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-# The labels' colours (qlite.core.labels) as SGR parameters.
+# The labels' colours (qlite.domain.labels) as SGR parameters.
 SGR = {
     "red": "31", "dark_orange": "38;5;208", "yellow": "33", "green": "32",
     "grey62": "38;5;247", "blue": "34", "magenta": "35", "bright_black": "90",

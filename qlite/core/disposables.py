@@ -16,12 +16,12 @@ import threading
 from collections.abc import Callable, Iterator
 
 from qlite.agent import client
-from qlite.core import preload
-from qlite.core.context import Context
-from qlite.core.model import MODES, Qube, parse_choice, parse_mode
 from qlite.core.qubes import QubeManager
-from qlite.core.runcommand import shimmed
-from qlite.core.spec import exec_place
+from qlite.domain import preload
+from qlite.domain.context import Context
+from qlite.domain.model import MODES, Qube, parse_choice, parse_mode
+from qlite.domain.runcommand import shimmed
+from qlite.domain.spec import exec_place
 from qlite.engines.base import Stdio
 from qlite.errors import InvalidValue, NotFound, QliteError, QubeNotFound
 from qlite.state.owners import current_owner
@@ -132,7 +132,7 @@ class DisposableManager:
                 with _signals_blocked() if main else contextlib.nullcontext():
                     self.qubes.destroy(q)
 
-    # -- preloaded disposables (see qlite.core.preload) --------------------------------
+    # -- preloaded disposables (see qlite.domain.preload) --------------------------------
 
 
 

@@ -1,5 +1,5 @@
 """The lifecycle as the daemon's rooms reach it: every call of QubeManager,
-and a disposable's one command, behind the protocols of qlite.core.ports.
+and a disposable's one command, behind the protocols of qlite.domain.ports.
 The daemon hands it to the broker, so that qlite.rpc never imports the
 lifecycle itself."""
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from qlite.core.disposables import DisposableManager
-from qlite.core.model import Qube
 from qlite.core.qubes import QubeManager
+from qlite.domain.model import Qube
 from qlite.engines.base import Stdio
 
 

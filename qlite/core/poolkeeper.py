@@ -1,5 +1,5 @@
 """The daemon's pool keeper: it keeps every disposable template's
-preloaded members ready (see qlite.core.preload for the members' life)."""
+preloaded members ready (see qlite.domain.preload for the members' life)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from qlite.core.context import Context
 from qlite.core.disposables import DisposableManager
-from qlite.core.model import Qube
-from qlite.core.prefs import GlobalPrefs
-from qlite.core.preload import (
+from qlite.core.qubes import QubeManager
+from qlite.domain.context import Context
+from qlite.domain.model import Qube
+from qlite.domain.prefs import GlobalPrefs
+from qlite.domain.preload import (
     CONNECTIONS,
     CONNECTIONS_LOCK,
     FEATURE,
@@ -25,7 +26,6 @@ from qlite.core.preload import (
     members,
     parse_max,
 )
-from qlite.core.qubes import QubeManager
 from qlite.errors import QliteError
 from qlite.paths import Paths
 

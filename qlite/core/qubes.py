@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from qlite.core.context import Context
-from qlite.core.labels import validate_label
-from qlite.core.model import (
+from qlite.core.runtimes import ContainerRuntime
+from qlite.domain.context import Context
+from qlite.domain.labels import validate_label
+from qlite.domain.model import (
     CLASSES,
     DEFAULT_MEMORY_MIB,
     DEFAULT_VCPUS,
@@ -31,12 +32,11 @@ from qlite.core.model import (
     parse_mode,
     parse_property,
 )
-from qlite.core.names import validate_name
-from qlite.core.ports import QubeRuntime, exec_env
-from qlite.core.prefs import GlobalPrefs
-from qlite.core.runcommand import shimmed
-from qlite.core.runtimes import ContainerRuntime
-from qlite.core.spec import (
+from qlite.domain.names import validate_name
+from qlite.domain.ports import QubeRuntime, exec_env
+from qlite.domain.prefs import GlobalPrefs
+from qlite.domain.runcommand import shimmed
+from qlite.domain.spec import (
     container_name,
     engine_labels,
     volume_name,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qlite.core.context import Context
+from qlite.domain.context import Context
 from qlite.state.owners import current_owner, owner_alive
 
 

@@ -1,6 +1,6 @@
 """How a qube runs: one runtime per mode, chosen once from the qube's mode.
 
-``QubeRuntime`` (qlite.core.ports) is what the lifecycle asks of either
+``QubeRuntime`` (qlite.domain.ports) is what the lifecycle asks of either
 mode. ``ContainerRuntime`` runs a qube as a gVisor container; the VM
 runtime is qlite.vm.runner.VmRunner, which answers the same calls with
 QEMU. No code outside the runtimes needs
@@ -13,10 +13,10 @@ import contextlib
 import os
 from collections.abc import Callable
 
-from qlite.core.model import Qube, State
-from qlite.core.ports import exec_env
-from qlite.core.runcommand import RUN_TOKEN_ENV, new_run_token, signal_argv
-from qlite.core.spec import IDLE_COMMAND, container_name, qube_container_spec, volume_name
+from qlite.domain.model import Qube, State
+from qlite.domain.ports import exec_env
+from qlite.domain.runcommand import RUN_TOKEN_ENV, new_run_token, signal_argv
+from qlite.domain.spec import IDLE_COMMAND, container_name, qube_container_spec, volume_name
 from qlite.engines.base import ContainerInfo, Stdio
 from qlite.errors import InvalidValue, QliteError
 from qlite.safepath import UnsafePath
@@ -149,7 +149,7 @@ class ContainerRuntime:
 
     def run(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int:
         """runsc exec forwards no signal: the run carries a token, and Ctrl-C
-        reaches every process that carries it (qlite.core.runcommand)."""
+        reaches every process that carries it (qlite.domain.runcommand)."""
         relay = stdio.interrupts
         token = new_run_token() if relay is not None else None
         workdir, env = exec_env(q, user, {RUN_TOKEN_ENV: token} if token else {})

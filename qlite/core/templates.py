@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlite.core import guest
-from qlite.core.context import Context
-from qlite.core.model import Template, TemplateRevision
-from qlite.core.names import validate_name
 from qlite.core.rootfs import build_rootfs, parse_rootfs_conf
-from qlite.core.spec import engine_labels
+from qlite.domain.context import Context
+from qlite.domain.model import Template, TemplateRevision
+from qlite.domain.names import validate_name
+from qlite.domain.spec import engine_labels
 from qlite.engines.base import ImageInfo, Progress
 from qlite.errors import AlreadyExists, EngineError, InUse, NotFound, StateError, TemplateNotFound
 from qlite.paths import IMAGE_LOCK
@@ -384,7 +384,7 @@ class TemplateManager:
     def remove(self, name: str) -> None:
         t = self.get(name)
         users = self.users(name)
-        from qlite.core.prefs import GlobalPrefs  # noqa: PLC0415
+        from qlite.domain.prefs import GlobalPrefs  # noqa: PLC0415
 
         if GlobalPrefs(self.store).get("default_template") == name:
             users.append("global default_template")

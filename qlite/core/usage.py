@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from qlite.core.context import Context
+from qlite.domain.context import Context
 
 MIB_PER_KIB = 1 / 1024
 KINDS = ("sandbox", "gofer", "stubs", "other", "conmon")

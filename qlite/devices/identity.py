@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from qlite.core.context import BlockDevices
+    from qlite.domain.context import BlockDevices
 
 SECTOR = 512
 

@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qlite.core.context import Context
-from qlite.core.model import State
-from qlite.core.ports import QubeAccess
 from qlite.devices.identity import BlockDevice, is_removable_candidate, parse_ident, read_device
+from qlite.domain.context import Context
+from qlite.domain.model import State
+from qlite.domain.ports import QubeAccess
 from qlite.errors import AlreadyExists, Busy, EngineError, InvalidValue, NotFound, NotRunning, QliteError, StateError
 from qlite.host.mounts import host_mounts
 from qlite.safepath import UnsafePath, make_dirs, open_trusted_dir, opened, remove_beneath

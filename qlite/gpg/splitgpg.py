@@ -13,9 +13,9 @@ import contextlib
 import os
 from dataclasses import dataclass
 
-from qlite.core.context import Context
-from qlite.core.model import State
-from qlite.core.ports import QubeAdmin
+from qlite.domain.context import Context
+from qlite.domain.model import State
+from qlite.domain.ports import QubeAdmin
 from qlite.engines.base import Stdio
 from qlite.errors import InvalidValue, QliteError
 from qlite.gpg.policyfile import CLIENTS_FEATURE, SERVICE, write_policy

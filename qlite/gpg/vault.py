@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 
-from qlite.core.context import Context
+from qlite.domain.context import Context
 from qlite.errors import InvalidValue, QliteError
 
 # OpenPGP public-key algorithm numbers (RFC 4880 9.1, RFC 6637, RFC 9580),

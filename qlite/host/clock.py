@@ -1,4 +1,4 @@
-"""The host's clocks, as the Clock seam (qlite.core.context.Clock) gives them."""
+"""The host's clocks, as the Clock seam (qlite.domain.context.Clock) gives them."""
 
 from __future__ import annotations
 

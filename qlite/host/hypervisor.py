@@ -1,5 +1,5 @@
 """The processes of a VM qube and the control of its QEMU: the Hypervisor
-seam (qlite.core.context.Hypervisor).
+seam (qlite.domain.context.Hypervisor).
 
 A VM qube runs as a supervisor process (qlite.vm.supervisor) that owns
 QEMU. qlite starts the supervisor and waits for its one-line answer on a

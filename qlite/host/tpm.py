@@ -1,4 +1,4 @@
-"""The TPM seam (qlite.core.context.Tpm): tpm2-tools, run against the TCTI
+"""The TPM seam (qlite.domain.context.Tpm): tpm2-tools, run against the TCTI
 qlite is given.
 
 qlite owns PCR 23: the TCG assigns it to applications and it may be reset

@@ -29,9 +29,9 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from qlite.core.context import Context
-from qlite.core.model import HOST_UPLINK, Qube
-from qlite.core.spec import container_name, engine_labels, network_name
+from qlite.domain.context import Context
+from qlite.domain.model import HOST_UPLINK, Qube
+from qlite.domain.spec import container_name, engine_labels, network_name
 from qlite.engines.base import ContainerInfo, NetworkInfo
 from qlite.errors import EngineError, InvalidValue, NotFound, QliteError, StateError
 from qlite.net import nft

@@ -12,7 +12,7 @@ from qlite.errors import AccessDenied, InvalidValue, NotFound
 from qlite.host.clock import SYSTEM_CLOCK
 
 if TYPE_CHECKING:
-    from qlite.core.context import Clock
+    from qlite.domain.context import Clock
 
 # A qube may keep at most this many questions waiting for the user; one
 # more is denied at once, so that a qube cannot flood the user with them.

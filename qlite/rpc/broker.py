@@ -22,9 +22,9 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from qlite.core.context import Clock, Context
-from qlite.core.model import State
-from qlite.core.ports import RpcTargets
+from qlite.domain.context import Clock, Context
+from qlite.domain.model import State
+from qlite.domain.ports import RpcTargets
 from qlite.engines.base import Stdio
 from qlite.errors import AccessDenied, NotRunning, QliteError
 from qlite.host.clock import SYSTEM_CLOCK
@@ -568,7 +568,7 @@ class Broker:
 
     def _take(self, conn: socket.socket, msg: dict) -> None:
         """Pass a preloaded disposable's agent connection to the claimant."""
-        from qlite.core import preload  # noqa: PLC0415
+        from qlite.domain import preload  # noqa: PLC0415
 
         agent = preload.take_connection(str(msg.get("qube", "")))
         if agent is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from qlite.core.model import Qube
+from qlite.domain.model import Qube
 from qlite.errors import InvalidValue, NotFound
 from qlite.state.store import Store
 

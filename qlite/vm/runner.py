@@ -26,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qlite.agent import client
-from qlite.core.context import Context, VmControl
-from qlite.core.model import Qube, State
-from qlite.core.ports import exec_env
-from qlite.core.spec import IDLE_COMMAND, container_name, engine_labels, volume_name
+from qlite.domain.context import Context, VmControl
+from qlite.domain.model import Qube, State
+from qlite.domain.ports import exec_env
+from qlite.domain.spec import IDLE_COMMAND, container_name, engine_labels, volume_name
 from qlite.engines.base import ContainerInfo, ContainerSpec, Stdio
 from qlite.errors import EngineError, InvalidValue, QliteError, StateError
 from qlite.paths import Paths
@@ -94,7 +94,7 @@ def _pid_alive(pidfile: Path, marker: str) -> int | None:
 
 
 class VmRunner:
-    """The runtime of VM qubes (qlite.core.ports.QubeRuntime), with QEMU."""
+    """The runtime of VM qubes (qlite.domain.ports.QubeRuntime), with QEMU."""
 
     title = "VM"
     gateways = False  # not in this version

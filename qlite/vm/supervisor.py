@@ -261,7 +261,7 @@ class Supervisor:
         holder = self.cfg.get("holder")
         if holder:
             try:
-                from qlite.core.context import Context  # noqa: PLC0415
+                from qlite.domain.context import Context  # noqa: PLC0415
                 from qlite.paths import Paths  # noqa: PLC0415
 
                 Context(Paths(Path(self.cfg["home"]))).engine.remove_container(holder, force=True)

@@ -232,8 +232,8 @@ def test_the_firewall_and_isolation_apply_to_a_vm_qube(vm, hosts):
 
 
 def test_block_devices_hot_plug_into_a_q35_vm_over_qmp(vm, tmp_path):
-    from qlite.core.context import Context
     from qlite.core.qubes import QubeManager
+    from qlite.domain.context import Context
     from qlite.errors import InvalidValue
     from qlite.paths import Paths
 

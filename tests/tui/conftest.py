@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 
 from qlite.aem.manager import AemManager
-from qlite.core.context import Context
-from qlite.core.prefs import GlobalPrefs
 from qlite.core.templates import TemplateManager, image_ref
 from qlite.core.usage import Usage
-from qlite.core.volumes import PrivateVolumes
+from qlite.domain.context import Context
+from qlite.domain.prefs import GlobalPrefs
 from qlite.errors import NotFound
+from qlite.host.volumes import PrivateVolumes
 from qlite.paths import Paths
 from qlite.runtime.probe import RuntimeProbe
 from qlite.state import Store

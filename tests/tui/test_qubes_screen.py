@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.widgets import Input, Log, Select
 
 from qlite.core.qubes import QubeManager
-from qlite.core.spec import container_name
+from qlite.domain.spec import container_name
 from qlite.errors import EngineError
 from qlite.tui.screens.create import CloneScreen, CreateQubeScreen
 from qlite.tui.screens.dialogs import ConfirmScreen, ErrorScreen

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from qlite.core.context import Context
-from qlite.core.model import Qube
 from qlite.core.qubes import QubeManager
-from qlite.core.spec import USER_UID
 from qlite.core.templates import TemplateManager, image_ref
-from qlite.core.volumes import PrivateVolumes
+from qlite.domain.context import Context
+from qlite.domain.model import Qube
+from qlite.domain.spec import USER_UID
+from qlite.host.volumes import PrivateVolumes
 from qlite.paths import Paths
 from qlite.runtime.probe import RuntimeProbe
 from qlite.state import Store

@@ -11,7 +11,7 @@ import pytest
 
 from qlite.aem.manager import AemManager
 from qlite.aem.measure import default_components
-from qlite.core.context import Context
+from qlite.domain.context import Context
 from qlite.errors import AccessDenied, InvalidValue
 from qlite.host.tpm import PCR
 

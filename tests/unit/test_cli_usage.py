@@ -11,8 +11,8 @@ import pytest
 
 import qlite.cli
 from qlite.cli import build_parser, parse
-from qlite.core.context import Context
 from qlite.core.qubes import QubeManager
+from qlite.domain.context import Context
 from qlite.net.firewall import Rule, shadowed_by
 from qlite.paths import Paths
 from qlite.rpc import audit

@@ -8,13 +8,13 @@ import threading
 
 import pytest
 
-from qlite.core.context import Context
 from qlite.core.disposables import DisposableManager, Terminated, exit_code_for
-from qlite.core.names import validate_name
-from qlite.core.prefs import GlobalPrefs
 from qlite.core.qubes import QubeManager
 from qlite.core.reconcile import orphaned_rows, reap
-from qlite.core.spec import container_name, network_name, volume_name
+from qlite.domain.context import Context
+from qlite.domain.names import validate_name
+from qlite.domain.prefs import GlobalPrefs
+from qlite.domain.spec import container_name, network_name, volume_name
 from qlite.engines.base import Stdio
 from qlite.engines.podman import gone
 from qlite.errors import EngineError, InvalidValue, NotFound
@@ -323,7 +323,8 @@ def test_a_removal_that_lost_a_race_counts_as_done(status, text, expected):
 def test_the_pool_keeper_drops_connections_of_members_that_are_gone(ctx, paths):
     import socket
 
-    from qlite.core import poolkeeper, preload
+    from qlite.core import poolkeeper
+    from qlite.domain import preload
 
     held, peer = socket.socketpair()
     preload.CONNECTIONS["disp4321"] = held  # its claimant was killed, and the member reaped

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qlite.core.labels import LABELS
-from qlite.core.model import (
+from qlite.domain.labels import LABELS
+from qlite.domain.model import (
     ALL_PROPERTIES,
     DEFAULT_MEMORY_MIB,
     PROPERTIES,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qlite.core.names import name_problem, validate_name
+from qlite.domain.names import name_problem, validate_name
 from qlite.errors import InvalidName, QliteError
 
 VALID = [

@@ -86,7 +86,7 @@ def test_a_loop_already_in_the_store_is_reported_at_start_not_recursed_into(ctx,
 def test_the_cli_refuses_a_global_default_that_loops(tmp_path, monkeypatch, capsys):
     """The command that left every qube unable to start."""
     import qlite.cli
-    from qlite.core.context import Context
+    from qlite.domain.context import Context
     from qlite.paths import Paths
 
     home = tmp_path / "home"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qlite.core.model import Qube
+from qlite.domain.model import Qube
 from qlite.errors import NotFound
 from qlite.state import Store
 from qlite.state.qubes import QubeStore

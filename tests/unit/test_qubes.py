@@ -6,12 +6,12 @@ import os
 
 import pytest
 
-from qlite.core.model import Qube, next_start_note
-from qlite.core.prefs import GlobalPrefs
 from qlite.core.qubes import QubeManager
 from qlite.core.reconcile import reap
-from qlite.core.runcommand import shimmed
-from qlite.core.spec import container_name, network_name, volume_name
+from qlite.domain.model import Qube, next_start_note
+from qlite.domain.prefs import GlobalPrefs
+from qlite.domain.runcommand import shimmed
+from qlite.domain.spec import container_name, network_name, volume_name
 from qlite.engines.base import Stdio
 from qlite.errors import (
     AlreadyExists,

@@ -19,7 +19,7 @@ import pytest
 
 from qlite.agent import channel as ch
 from qlite.agent.client import exec_over
-from qlite.core.runcommand import RUN_TOKEN_ENV, new_run_token, shimmed, signal_argv
+from qlite.domain.runcommand import RUN_TOKEN_ENV, new_run_token, shimmed, signal_argv
 from qlite.engines.base import Stdio
 from qlite.engines.interrupts import InterruptRelay, forwarding_sigint
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from qlite.core.ports import QubeRuntime
 from qlite.core.qubes import QubeManager
 from qlite.core.runtimes import ContainerRuntime
+from qlite.domain.ports import QubeRuntime
 from qlite.vm.runner import VmRunner
 
 from .conftest import insert_row

@@ -1,12 +1,12 @@
-"""A Qube becomes a ContainerSpec (core/spec.py) and then podman's specgen
+"""A Qube becomes a ContainerSpec (domain/spec.py) and then podman's specgen
 body (engines/podman.py:specgen). Both steps are pure."""
 
 from __future__ import annotations
 
 import pytest
 
-from qlite.core.model import DEFAULT_PIDS_LIMIT, Qube
-from qlite.core.spec import (
+from qlite.domain.model import DEFAULT_PIDS_LIMIT, Qube
+from qlite.domain.spec import (
     IDLE_COMMAND,
     container_name,
     engine_labels,

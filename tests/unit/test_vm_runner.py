@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qlite.core.context import Context
 from qlite.core.qubes import QubeManager
+from qlite.domain.context import Context
 from qlite.engines.base import ContainerInfo
 from qlite.errors import InvalidValue, StateError
 from qlite.vm.qemu_args import HOTPLUG_PORTS, VmConfig, hotplug_bus

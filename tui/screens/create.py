@@ -14,8 +14,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
-from qlite.core.labels import LABELS, label_colour
-from qlite.core.model import DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, HOST_UPLINK
+from qlite.domain.labels import LABELS, label_colour
+from qlite.domain.model import DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, HOST_UPLINK
 from qlite.errors import InvalidValue, QliteError
 from qlite.tui.backend import Snapshot
 from qlite.tui.messages import QubeCreated

@@ -14,8 +14,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from qlite.core.labels import label_colour
 from qlite.devices.manager import DeviceRow
+from qlite.domain.labels import label_colour
 from qlite.tui.backend import QubeChoice
 from qlite.tui.widgets.error_line import ErrorLine
 from qlite.tui.widgets.state_checkbox import StateCheckbox

@@ -16,8 +16,8 @@ from textual.binding import Binding
 from textual.timer import Timer
 from textual.widgets import DataTable, Header, Label, Static
 
-from qlite.core.labels import label_colour
 from qlite.devices.manager import DeviceRow
+from qlite.domain.labels import label_colour
 from qlite.errors import QliteError
 from qlite.tui.backend import Assignment, DevicesView
 from qlite.tui.messages import DevicesLoaded

@@ -13,8 +13,8 @@ from rich.text import Text
 from textual import events
 from textual.widgets import DataTable
 
-from qlite.core.labels import label_colour
-from qlite.core.preload import READY as PRELOADED
+from qlite.domain.labels import label_colour
+from qlite.domain.preload import READY as PRELOADED
 from qlite.tui.backend import QubeRow
 
 # (key, header), in the order shown.

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, TypeAlias
 
-from qlite.core.names import NAME_RE
+from qlite.domain.names import NAME_RE
 from qlite.errors import PolicySyntaxError
 
 DOM0 = "dom0"

@@ -11,7 +11,7 @@ import unicodedata
 # The broker's own limits (qlite/rpc/broker.py) are the same, after Qubes.
 SERVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ARGUMENT_RE = re.compile(r"[A-Za-z0-9._+-]{0,256}")
-# Qube names: the qlite rule (qlite/core/names.py), which disposables and dom0 also satisfy.
+# Qube names: the qlite rule (qlite/domain/names.py), which disposables and dom0 also satisfy.
 QUBE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,30}")
 
 NAME_MAX = 255     # bytes in one path component

@@ -3,7 +3,7 @@ QubeStore's (qlite.state.qubes.Features)."""
 
 from __future__ import annotations
 
-from qlite.core.model import HOST_UPLINK
+from qlite.domain.model import HOST_UPLINK
 from qlite.errors import InvalidValue
 from qlite.state import Store
 

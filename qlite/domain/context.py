@@ -12,6 +12,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
+from qlite.domain.spec import USER_UID
 from qlite.engines.base import Engine
 from qlite.errors import InvalidValue
 from qlite.host.clock import SYSTEM_CLOCK
@@ -68,7 +69,7 @@ class Mounts(Protocol):
 
 
 class PrivateData(Protocol):
-    """Laying out and copying private volumes on the host (qlite.core.volumes)."""
+    """Laying out and copying private volumes on the host (qlite.host.volumes)."""
 
     def init(self, mountpoint: str) -> None: ...
 
@@ -246,9 +247,9 @@ class Context:
     @cached_property
     def private_volumes(self) -> PrivateData:
         """The host's work on the qubes' private volumes."""
-        from qlite.core.volumes import PrivateVolumes  # noqa: PLC0415
+        from qlite.host.volumes import PrivateVolumes  # noqa: PLC0415
 
-        return PrivateVolumes()
+        return PrivateVolumes(USER_UID)
 
     @cached_property
     def hypervisor(self) -> Hypervisor:

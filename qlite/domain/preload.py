@@ -23,7 +23,7 @@ from pathlib import Path
 
 from qlite.agent import channel as ch
 from qlite.agent.listen import listen_private
-from qlite.core.context import Context
+from qlite.domain.context import Context
 from qlite.errors import QliteError
 from qlite.state.owners import current_owner
 

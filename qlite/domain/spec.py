@@ -4,7 +4,7 @@ labels so that reconciliation finds everything qlite owns and nothing else."""
 
 from __future__ import annotations
 
-from qlite.core.model import DEFAULT_PIDS_LIMIT, Qube, parse_memory_limit
+from qlite.domain.model import DEFAULT_PIDS_LIMIT, Qube, parse_memory_limit
 from qlite.engines.base import ContainerSpec, Mount
 
 PRIVATE_MOUNT = "/rw"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-from qlite.core.spec import USER_UID
 from qlite.errors import EngineError
 from qlite.safepath import UnsafePath, copy_tree, make_dirs, open_trusted_dir, opened
 
@@ -21,7 +20,7 @@ class PrivateVolumes:
     user) and ROOT_UID /rw/home; tests that run without root, where chown
     to another uid is refused, give their own uid for both."""
 
-    def __init__(self, home_uid: int = USER_UID, root_uid: int = 0):
+    def __init__(self, home_uid: int, root_uid: int = 0):
         self.home_uid, self.root_uid = home_uid, root_uid
 
     def init(self, mountpoint: str) -> None:
@@ -31,7 +30,7 @@ class PrivateVolumes:
         copy_private(src_mountpoint, dst_mountpoint)
 
 
-def init_private(mountpoint: str, home_uid: int = USER_UID, root_uid: int = 0) -> None:
+def init_private(mountpoint: str, home_uid: int, root_uid: int = 0) -> None:
     """Make sure /rw/home/user exists; what is made gets its owner (home
     root 0755, user HOME_UID 0700). Whatever the qube put there already is
     left as it is, even a link: it is resolved only inside the sandbox."""

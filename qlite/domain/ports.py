@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from qlite.core.model import Qube, State
-from qlite.core.spec import exec_place
+from qlite.domain.model import Qube, State
+from qlite.domain.spec import exec_place
 from qlite.engines.base import ContainerInfo, Stdio
 
 

@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Literal, get_args
 from uuid import uuid4
 
-from qlite.core.labels import validate_label
+from qlite.domain.labels import validate_label
 from qlite.errors import InvalidValue
 
 Klass = Literal["AppVM", "TemplateVM", "DispVM", "StandaloneVM"]
