@@ -49,7 +49,7 @@ class DaemonAsks:
     """The asks of this home's qlite daemon, over its admin socket. A daemon
     that does not run has no questions; the TUI never starts one."""
 
-    def __init__(self, paths: Paths):
+    def __init__(self, paths: Paths) -> None:
         from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
 
         self.control = DaemonControl(paths)

@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from qlite.aem.manager import VerifyResult
 from qlite.core.qubes import QubeInfo
@@ -21,6 +22,11 @@ from qlite.domain.context import Context
 from qlite.engines.base import ContainerInfo
 from qlite.net.firewall import Rule, parse_rule
 from qlite.rpc import audit
+
+if TYPE_CHECKING:
+    from qlite.aem.manager import AemManager
+    from qlite.core.qubes import QubeManager
+    from qlite.core.templates import TemplateManager
 
 ContextFactory = Callable[[], Context]
 UsageSource = Callable[[Context, dict[str, ContainerInfo]], dict[str, Usage]]
@@ -155,7 +161,7 @@ class Backend:
     worker threads only."""
 
     def __init__(self, new_context: ContextFactory, usage: UsageSource | None = None,
-                 on_warning: Callable[[str], object] | None = None):
+                 on_warning: Callable[[str], object] | None = None) -> None:
         self._new_context = new_context
         self._sampler = CpuSampler()
         self._usage = usage or (lambda ctx, containers: qube_usage(ctx, self._sampler, containers))
@@ -176,20 +182,20 @@ class Backend:
                 store.close()
 
     @staticmethod
-    def _qubes(ctx: Context):
+    def _qubes(ctx: Context) -> QubeManager:
         from qlite.core.qubes import QubeManager  # noqa: PLC0415
 
         return QubeManager(ctx)
 
     @staticmethod
-    def _aem(ctx: Context):
+    def _aem(ctx: Context) -> AemManager:
         from qlite.aem.manager import AemManager  # noqa: PLC0415
         from qlite.core.templates import TemplateManager  # noqa: PLC0415
 
         return AemManager(ctx, TemplateManager(ctx))
 
     @staticmethod
-    def _templates(ctx: Context):
+    def _templates(ctx: Context) -> TemplateManager:
         from qlite.core.templates import TemplateManager  # noqa: PLC0415
 
         return TemplateManager(ctx)

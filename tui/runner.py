@@ -92,7 +92,7 @@ class CommandRunner(Protocol):
 
 
 class CliRunner:
-    def __init__(self, paths: Paths, read_key: Callable[[], None] = read_key):
+    def __init__(self, paths: Paths, read_key: Callable[[], None] = read_key) -> None:
         self.argv0 = [sys.executable, "-m", "qlite"]
         self.env = {**os.environ, "QLITE_HOME": str(paths.home)}
         self.read_key = read_key

@@ -48,7 +48,7 @@ def boot_id() -> str:
 
 
 class AemManager:
-    def __init__(self, ctx: Context, templates: TemplateImages):
+    def __init__(self, ctx: Context, templates: TemplateImages) -> None:
         self.ctx = ctx
         self.templates = templates  # qlite.core.templates.TemplateManager
         self.dir = ctx.paths.home / "aem"

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from qlite import __version__
 from qlite.cli import commands
 from qlite.cli.render import error, show
 from qlite.domain.context import Context
 from qlite.errors import QliteError
+
+if TYPE_CHECKING:
+    from qlite.cli.results import Result
+
+# What a command runs: its parsed arguments in, what main() shows out.
+Command = Callable[[argparse.Namespace], "Result | None"]
 
 
 def build_parser(only: str | None = None) -> _Parser:
@@ -34,7 +42,7 @@ def build_parser(only: str | None = None) -> _Parser:
 
     p.commands = {}
 
-    def cmd(name: str, fn, help_: str, json_out: bool = False) -> _Parser | _Unused:
+    def cmd(name: str, fn: Command, help_: str, json_out: bool = False) -> _Parser | _Unused:
         if only is not None and name != only:
             return _Unused()
         p.matched = True
@@ -45,7 +53,7 @@ def build_parser(only: str | None = None) -> _Parser:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         return sp
 
-    def actions(sp: _Parser | _Unused, json_out: bool = False, **defaults: object):
+    def actions(sp: _Parser | _Unused, json_out: bool = False, **defaults: object) -> _AddAction:
         """SP's actions, each a parser of its own with only its own options;
         DEFAULTS are what an action without an option reads."""
         if isinstance(sp, _Unused):
@@ -219,7 +227,7 @@ def build_parser(only: str | None = None) -> _Parser:
     sp = cmd("aem", commands.aem, "anti-evil-maid: measure, seal a secret, verify")
     action = actions(sp, json_out=True, secret_file=None, passphrase_file=None, boot_pcrs=None, yes=False)
 
-    def passphrase(ap: argparse.ArgumentParser) -> None:
+    def passphrase(ap: _Parser | _Unused) -> None:
         ap.add_argument("--passphrase-file", metavar="P", help="without a TPM: the passphrase (- for stdin)")
 
     action("log", "the measurements and their chain")
@@ -300,7 +308,7 @@ def _parse_action(sub: _Parser, rest: list[str], command: str) -> argparse.Names
     return args
 
 
-def _int(name: str, minimum: int | None = None):
+def _int(name: str, minimum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -312,7 +320,7 @@ def _int(name: str, minimum: int | None = None):
     return parse
 
 
-def _seconds(name: str):
+def _seconds(name: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -327,8 +335,14 @@ def _seconds(name: str):
 class _Unused:
     """Where the arguments of a command that was not asked for go."""
 
-    def add_argument(self, *args, **kwargs) -> None:
+    def add_argument(self, *args: object, **kwargs: object) -> None:
         pass
+
+
+class _AddAction(Protocol):
+    """build_parser's actions(): adds one action to a command's parser."""
+
+    def __call__(self, name: str, help_: str, args: str | None = None) -> _Parser | _Unused: ...
 
 
 class _Parser(argparse.ArgumentParser):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from qlite.cli.render import error, info, printable, progress_printer, show
 from qlite.cli.results import (
@@ -28,6 +30,13 @@ from qlite.domain.context import Context
 from qlite.domain.labels import label_colour
 from qlite.engines.base import Stdio
 from qlite.errors import InvalidValue, QliteError
+
+if TYPE_CHECKING:  # annotations only: the managers load when a command needs them
+    from qlite.aem.manager import AemManager
+    from qlite.core.qubes import QubeManager
+    from qlite.core.templates import TemplateManager
+    from qlite.domain.prefs import GlobalPrefs
+    from qlite.net.firewall import Rule
 
 DVM_NAME = "default-dvm"
 DEFAULT_TEMPLATE = "debian-12"
@@ -58,19 +67,19 @@ def _context(args: argparse.Namespace) -> Context:
     return ctx
 
 
-def _qubes(ctx: Context):
+def _qubes(ctx: Context) -> QubeManager:
     from qlite.core.qubes import QubeManager  # noqa: PLC0415
 
     return QubeManager(ctx)
 
 
-def _templates(ctx: Context):
+def _templates(ctx: Context) -> TemplateManager:
     from qlite.core.templates import TemplateManager  # noqa: PLC0415
 
     return TemplateManager(ctx)
 
 
-def _each(qm, names: list[str], fn) -> Result | None:
+def _each(qm: QubeManager, names: list[str], fn: Callable[[str], object]) -> Result | None:
     """Apply FN to every name; report each failure as it happens (the rest
     go on); exit 125 if any failed. Every name is checked first: a typo
     among them changes nothing."""
@@ -192,6 +201,7 @@ def run(args: argparse.Namespace) -> Result:
             else:
                 if args.mode:
                     raise InvalidValue("--mode applies to a new disposable: add --disposable")
+                assert name is not None  # split_run_args names the qube unless the run is disposable
                 code = _qubes(ctx).run(name, cmd, stdio, user=args.user, autostart=not args.no_autostart)
     except (KeyboardInterrupt, Terminated) as exc:
         info("qlite: interrupted; the disposable was destroyed" if disposable else "qlite: interrupted")
@@ -262,7 +272,7 @@ def prefs(args: argparse.Namespace) -> Result | None:
     return None
 
 
-def _global_prefs(ctx, qm, gp, args) -> Result | None:
+def _global_prefs(ctx: Context, qm: QubeManager, gp: GlobalPrefs, args: argparse.Namespace) -> Result | None:
     rest = args.args
     if len(rest) > 2:
         raise InvalidValue("usage: qlite prefs --global [PROP [VALUE]]")
@@ -362,7 +372,7 @@ def firewall(args: argparse.Namespace) -> Result:
     qm = _qubes(_context(args))
     q = qm.get(args.name)
     net = qm.net
-    rules = list(net.live_rules(q.name))
+    rules: Sequence[Rule] = list(net.live_rules(q.name))
     if args.action == "list":
         if args.rule:
             raise InvalidValue("list takes no rule")
@@ -494,7 +504,7 @@ def aem(args: argparse.Namespace) -> Result | None:
     raise InvalidValue(f"unknown aem action {args.action!r}")
 
 
-def _aem_verify(am, passphrase: bytes | None, args: argparse.Namespace) -> Result | None:
+def _aem_verify(am: AemManager, passphrase: bytes | None, args: argparse.Namespace) -> Result | None:
     result = am.verify(passphrase)
     data = {**result.as_json(), "secret": result.secret.decode(errors="replace") if result.ok else None}
     if not result.ok:
@@ -579,7 +589,8 @@ def service(args: argparse.Namespace) -> Message:
     return _start_stop_status(args.action, "podman service", svc.ensure, svc.stop, svc.alive, svc.pid)
 
 
-def _start_stop_status(action: str, what: str, ensure, stop, running, pid) -> Message:
+def _start_stop_status(action: str, what: str, ensure: Callable[[], None], stop: Callable[[], bool],
+                       running: Callable[[], bool], pid: Callable[[], int | None]) -> Message:
     """start / stop / status of one of qlite's background processes;
     status exits 1 when it is not running."""
     if action == "start":
@@ -741,8 +752,8 @@ def device(args: argparse.Namespace) -> Result | None:
         return None
     if args.action == "eject":
         (dev,) = need(1, "DEVICE")
-        qube = dm.eject(dev)
-        return Result(note=f"{dev}: synced and detached{f' from {qube}' if qube else ''}; it is safe to remove")
+        holder = dm.eject(dev)
+        return Result(note=f"{dev}: synced and detached{f' from {holder}' if holder else ''}; it is safe to remove")
     raise InvalidValue(f"unknown device action {args.action!r}")
 
 

@@ -6,14 +6,14 @@ import json
 import os
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from qlite.cli.results import Lines, Markup, Message, Raw, Record, Result, Table
 
 
-def emit_json(data: Any) -> None:
+def emit_json(data: object) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
 
@@ -26,7 +26,7 @@ SGR = {
 GAP = "  "
 
 
-def colour_wanted(stream: Any) -> bool:
+def colour_wanted(stream: object) -> bool:
     """Colour only for a terminal, as NO_COLOR and FORCE_COLOR say."""
     if os.environ.get("NO_COLOR"):
         return False
@@ -35,7 +35,7 @@ def colour_wanted(stream: Any) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)()) and os.environ.get("TERM") != "dumb"
 
 
-def printable(value: Any) -> str:
+def printable(value: object) -> str:
     """VALUE as one line of text that is safe to print: a drive's label or a
     rule's comment may hold escape sequences or line breaks, and a terminal
     must not act on them."""
@@ -115,7 +115,7 @@ def _human(result: Result) -> None:
             console.print(line)
 
 
-def json_ready(data: Any) -> Any:
+def json_ready(data: object) -> object:
     """DATA with every dataclass in it as the dict of its fields."""
     if is_dataclass(data) and not isinstance(data, type):
         return asdict(data)
@@ -138,7 +138,7 @@ def note(text: str) -> None:
         info(text)
 
 
-def progress_printer(quiet: bool = False):
+def progress_printer(quiet: bool = False) -> Callable[[str], None]:
     """A progress callback that writes long-running work's steps to stderr."""
 
     def progress(line: str) -> None:

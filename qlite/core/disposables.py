@@ -33,7 +33,7 @@ NAME_ATTEMPTS = 50
 
 
 class DisposableManager:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.qubes = QubeManager(ctx)
 
@@ -195,7 +195,7 @@ class DisposableManager:
 class Terminated(BaseException):
     """Raised in the main thread when qlite gets SIGTERM or SIGHUP."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 

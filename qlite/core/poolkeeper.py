@@ -62,7 +62,7 @@ class PoolKeeper:
     """The daemon's loop: destroy spent members, recycle stale ones, and
     start members until every disposable template has what it wants."""
 
-    def __init__(self, paths: Paths, log: Callable[[str], None]):
+    def __init__(self, paths: Paths, log: Callable[[str], None]) -> None:
         self.paths = paths
         self.log = log
         self.stop = threading.Event()

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qlite.core.runtimes import ContainerRuntime
 from qlite.domain.context import Context
@@ -58,6 +59,11 @@ from qlite.errors import (
 from qlite.gpg.policyfile import forget_qube
 from qlite.state.owners import current_owner
 
+if TYPE_CHECKING:  # the rooms load when a qube first needs them (they import this module)
+    from qlite.devices.manager import DeviceManager
+    from qlite.net.manager import NetPlan, NetworkManager
+    from qlite.vm.runner import VmRunner
+
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
 TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -92,7 +98,7 @@ class QubeInfo:
 
 
 class QubeManager:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.store = ctx.store
         self.qstore = ctx.qube_store
@@ -100,19 +106,19 @@ class QubeManager:
         self.features = self.qstore.features
 
     @cached_property
-    def net(self):  # -> NetworkManager
+    def net(self) -> NetworkManager:
         from qlite.net.manager import NetworkManager  # noqa: PLC0415
 
         return NetworkManager(self.ctx, self)
 
     @cached_property
-    def devices(self):  # -> DeviceManager
+    def devices(self) -> DeviceManager:
         from qlite.devices.manager import DeviceManager  # noqa: PLC0415
 
         return DeviceManager(self.ctx, self)
 
     @cached_property
-    def vm(self):  # -> VmRunner, the runtime of VM qubes
+    def vm(self) -> VmRunner:  # the runtime of VM qubes
         from qlite.vm.runner import VmRunner  # noqa: PLC0415
 
         return VmRunner(self.ctx, self)
@@ -479,7 +485,7 @@ class QubeManager:
         except QliteError as exc:
             self.ctx.warn(f"{q.name} runs, but the RPC broker is not available: {exc}")
 
-    def arrange_network(self, q: Qube, cid: str, plan) -> None:
+    def arrange_network(self, q: Qube, cid: str, plan: NetPlan) -> None:
         """Set up what must hold before the qube's first process runs: a
         route through its gateway, or, offline under runsc's host-netns
         path, a loopback that is up (nobody else brings it up there)."""

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from qlite.domain.context import Context
 from qlite.state.owners import current_owner, owner_alive
+
+if TYPE_CHECKING:
+    import sqlite3
 
 
 @dataclass
@@ -40,7 +44,7 @@ def orphaned_rows(ctx: Context) -> list[str]:
     return [r["name"] for r in ctx.qube_store.unfinished() if _orphaned(r)]
 
 
-def _orphaned(row) -> bool:
+def _orphaned(row: sqlite3.Row) -> bool:
     if row["pending"] is not None:
         return not owner_alive(row["pending"])
     return not owner_alive(row["owner"])

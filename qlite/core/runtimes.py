@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from qlite.domain.model import Qube, State
 from qlite.domain.ports import exec_env
@@ -21,6 +22,9 @@ from qlite.engines.base import ContainerInfo, Stdio
 from qlite.errors import InvalidValue, QliteError
 from qlite.safepath import UnsafePath
 from qlite.vm.disks import verify_private
+
+if TYPE_CHECKING:  # the manager imports this module
+    from qlite.core.qubes import QubeManager
 
 ENGINE_STATES = {
     "running": State.RUNNING,
@@ -44,7 +48,7 @@ class ContainerRuntime:
     takes_block_devices = False
     resources_fixed_because = "podman cannot change a running gVisor sandbox's memory or CPUs: runsc has no 'update'"
 
-    def __init__(self, qubes):  # qubes: QubeManager, for the glue every mode shares
+    def __init__(self, qubes: QubeManager) -> None:  # for the glue every mode shares
         self.qubes = qubes
         self.ctx = qubes.ctx
 

@@ -119,7 +119,7 @@ class TemplateInfo:
 
 
 class TemplateManager:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.store = ctx.store
 
@@ -450,7 +450,7 @@ def _tmp_dir() -> str:
     return tempfile.gettempdir()
 
 
-def _image_lock():
+def _image_lock() -> contextlib.AbstractContextManager[None]:
     """Serialises revision numbering across every home sharing the store."""
     path = IMAGE_LOCK if os.access(IMAGE_LOCK.parent, os.W_OK) else Path(tempfile.gettempdir()) / IMAGE_LOCK.name
     return file_lock(path)

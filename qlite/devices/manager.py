@@ -19,6 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qlite.devices.identity import BlockDevice, is_removable_candidate, parse_ident, read_device
 from qlite.domain.context import Context
@@ -27,6 +28,11 @@ from qlite.domain.ports import QubeAccess
 from qlite.errors import AlreadyExists, Busy, EngineError, InvalidValue, NotFound, NotRunning, QliteError, StateError
 from qlite.host.mounts import host_mounts
 from qlite.safepath import UnsafePath, make_dirs, open_trusted_dir, opened, remove_beneath
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from qlite.engines.base import Stdio
 
 DEFAULT_OPTIONS = ("nodev", "nosuid")
 
@@ -51,7 +57,7 @@ def mount_options(read_only: bool, allow_exec: bool) -> str:
 
 
 class DeviceManager:
-    def __init__(self, ctx: Context, qubes: QubeAccess):
+    def __init__(self, ctx: Context, qubes: QubeAccess) -> None:
         self.ctx = ctx
         self.qubes = qubes
         self.store = ctx.store
@@ -85,7 +91,7 @@ class DeviceManager:
             raise NotFound(f"block device {name} has no medium")
         return found
 
-    def attachment(self, name: str):
+    def attachment(self, name: str) -> sqlite3.Row | None:
         return self.store.query_one("SELECT * FROM device_attachments WHERE device=?", (name,))
 
     # -- attach and detach --------------------------------------------------------
@@ -166,7 +172,7 @@ class DeviceManager:
             self._release(row)
         return [r["device"] for r in rows]
 
-    def _release(self, row, gone: bool = False) -> None:
+    def _release(self, row: sqlite3.Row, gone: bool = False) -> None:
         """Undo one attachment. GONE: the device vanished, so unmount lazily."""
         if row["how"] == "mount":
             target = Path(row["target"])
@@ -183,7 +189,7 @@ class DeviceManager:
         self.store.execute("DELETE FROM device_attachments WHERE device=?", (row["device"],))
         self._log("detach", None, row["qube"], device=row["device"], gone=gone)
 
-    def _unmount(self, target: Path, row, gone: bool) -> None:
+    def _unmount(self, target: Path, row: sqlite3.Row, gone: bool) -> None:
         if gone:
             self.mounts.umount(target, lazy=True)
             return
@@ -392,7 +398,7 @@ class DeviceManager:
         return rows
 
 
-def _null_stdio():
+def _null_stdio() -> Stdio:
     import io  # noqa: PLC0415
 
     from qlite.engines.base import Stdio  # noqa: PLC0415

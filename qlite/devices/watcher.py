@@ -29,7 +29,7 @@ class DeviceWatcher:
     them. If events are lost anyway (ENOBUFS under a burst of uevents),
     the watcher goes on and resynchronises from what is present now."""
 
-    def __init__(self, handle: Callable[[str, str], None], log: Callable[[str], None]):
+    def __init__(self, handle: Callable[[str, str], None], log: Callable[[str], None]) -> None:
         self.handle = handle  # (action, kernel name); action "resync" after lost events
         self.log = log
         self.monitor = None

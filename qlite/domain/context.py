@@ -170,7 +170,7 @@ class Context:
                  net_apply: NetApply | None = None, mounts: Mounts | None = None, daemon: Daemon | None = None,
                  runtime_probe: RuntimeProbe | None = None, private_volumes: PrivateData | None = None,
                  clock: Clock | None = None, hypervisor: Hypervisor | None = None, tpm: Tpm | None = None,
-                 block_devices: BlockDevices | None = None):
+                 block_devices: BlockDevices | None = None) -> None:
         self.paths = paths
         self.warnings: list[str] = []
         # Where warnings go as they happen; the CLI prints them on stderr.

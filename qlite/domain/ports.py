@@ -96,21 +96,26 @@ class QubeAdmin(QubeAccess, Protocol):
     def run(self, name: str, argv: list[str], stdio: Stdio) -> int: ...
 
 
-class RpcTargets(QubeAccess, Protocol):
+class PolicyFacts(Protocol):
+    """The facts RPC policy is evaluated on: every qube, and the disposable
+    template each one's calls default to (all that 'qlite policy eval' needs)."""
+
+    def resolved_default_dispvm(self, q: Qube | None) -> str | None: ...
+
+    # Last in the class: a method named "list" would shadow the builtin in
+    # the annotations of every method after it.
+    def list(self) -> list[Qube]: ...
+
+
+class RpcTargets(QubeAccess, PolicyFacts, Protocol):
     """What the RPC broker asks of the lifecycle for one call: the facts
     policy is evaluated on, and the call's command in a qube (started if
     need be) or in a new disposable."""
-
-    def resolved_default_dispvm(self, q: Qube | None) -> str | None: ...
 
     def start(self, name: str, skip_if_running: bool = False) -> Qube: ...
 
     def run_disposable(self, argv: list[str], stdio: Stdio, dvm: str | None, user: str | None,
                        env: dict[str, str], on_created: Callable[[Qube], None] | None) -> int: ...
-
-    # Last in the class: a method named "list" would shadow the builtin in
-    # the annotations of every method after it.
-    def list(self) -> list[Qube]: ...
 
 
 def exec_env(q: Qube, user: str, env: dict[str, str]) -> tuple[str, dict[str, str]]:

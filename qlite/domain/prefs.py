@@ -16,7 +16,7 @@ GLOBAL_PREFS: dict[str, str] = {
 
 
 class GlobalPrefs:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def get(self, key: str) -> str:

@@ -46,7 +46,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from qlite.engines.base import (
     GONE_RE,
@@ -66,6 +66,9 @@ from qlite.engines.base import (
 from qlite.engines.stream import pump
 from qlite.errors import EngineError, EngineUnavailable
 from qlite.paths import Paths
+
+if TYPE_CHECKING:  # the SDK loads on the first call (it has no type information: to mypy, Any)
+    import docker
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 DEFAULT_RUNTIME = "runsc"
@@ -185,7 +188,7 @@ class DockerEngine:
     runs_probed_runsc = False  # the daemon's runsc is configured by its owner
     managed_by_qlite = False  # someone else's daemon, at DOCKER_HOST
 
-    def __init__(self, paths: Paths, base_url: str | None):
+    def __init__(self, paths: Paths, base_url: str | None) -> None:
         self.paths = paths
         self.base_url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         self.runtime = default_runtime()
@@ -228,9 +231,9 @@ class DockerEngine:
         return self._call(what, fn)  # type: ignore[return-value]
 
     @property
-    def api(self) -> Any:
+    def api(self) -> docker.APIClient:
         if self._client is None:
-            def connect() -> Any:
+            def connect() -> docker.APIClient:
                 import docker  # noqa: PLC0415
 
                 # "auto" asks the server for its API version: Docker 29
@@ -562,7 +565,7 @@ def _build_context(containerfile: str, context: str) -> tuple[IO[bytes], str]:
 
 
 @contextlib.contextmanager
-def _hijacked(sockio: Any) -> Iterator[tuple[socket.socket, bytes]]:
+def _hijacked(sockio: Any) -> Iterator[tuple[socket.socket, bytes]]:  # noqa: ANN401 - as in _buffered
     """The raw socket under the SDK's SocketIO, and the bytes the HTTP parser
     already read past the response headers (pump must deliver them first)."""
     sock: socket.socket = sockio._sock
@@ -576,7 +579,7 @@ def _hijacked(sockio: Any) -> Iterator[tuple[socket.socket, bytes]]:
         sock.close()
 
 
-def _buffered(sockio: Any, sock: socket.socket) -> bytes:
+def _buffered(sockio: Any, sock: socket.socket) -> bytes:  # noqa: ANN401 - the SDK's socket, of a class per transport
     reader = getattr(getattr(getattr(getattr(sockio, "_response", None), "raw", None), "_fp", None), "fp", None)
     if reader is None:
         return b""

@@ -34,7 +34,7 @@ class InterruptRelay:
     to it, however its runtime does that), ``detach()`` once it ended.
     ``interrupt()`` is called for each SIGINT the caller gets."""
 
-    def __init__(self, steps: tuple[tuple[int, float], ...] = ESCALATION):
+    def __init__(self, steps: tuple[tuple[int, float], ...] = ESCALATION) -> None:
         self.steps = steps
         self.sent: list[int] = []  # what was delivered, in order
         self._send: Callable[[int], None] | None = None

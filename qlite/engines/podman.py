@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from qlite.engines.base import (
     GONE_RE,
@@ -47,6 +47,9 @@ from qlite.progress import file_lock, run_streamed
 from qlite.runtime.config import write_runtime_config
 from qlite.runtime.probe import RuntimeProbe, probe
 
+if TYPE_CHECKING:  # podman-py loads on the first call to the service
+    from podman.api.client import APIClient, APIResponse
+
 IDLE_TIMEOUT_S = 300
 START_TIMEOUT_S = 20
 # How long a container's conmon may take to record its exit after the sandbox stopped.
@@ -65,7 +68,7 @@ LIST_ATTEMPTS = 5
 T = TypeVar("T")
 
 
-def gone(resp: Any) -> bool:
+def gone(resp: APIResponse) -> bool:
     """True if a failed removal says that its object no longer exists."""
     return resp.status_code >= 500 and GONE_RE.search(resp.text or "") is not None
 
@@ -146,7 +149,7 @@ def label_filters(labels: dict[str, str]) -> str:
 class PodmanService:
     """Start, find and stop qlite's own ``podman system service``."""
 
-    def __init__(self, paths: Paths, probe_result: RuntimeProbe | None = None):
+    def __init__(self, paths: Paths, probe_result: RuntimeProbe | None = None) -> None:
         self.paths = paths
         self._probe = probe_result
 
@@ -257,7 +260,8 @@ class PodmanService:
             self.paths.podman_pidfile.unlink()
         return True
 
-    def cli(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    def cli(self, args: list[str],
+            **kwargs: Any) -> subprocess.CompletedProcess:  # noqa: ANN401 - options for subprocess.run, as they are
         """Run the podman CLI with qlite's configuration (builds, imports)."""
         return subprocess.run(["podman", *args], env=self.env, **kwargs)
 
@@ -333,7 +337,7 @@ class PodmanEngine:
     runs_probed_runsc = True  # the runtimes of containers.conf, written from the probe
     managed_by_qlite = True
 
-    def __init__(self, paths: Paths, service: PodmanService | None = None):
+    def __init__(self, paths: Paths, service: PodmanService | None = None) -> None:
         self.paths = paths
         self.service = service or PodmanService(paths)
         self._client: Any = None
@@ -356,7 +360,7 @@ class PodmanEngine:
             raise EngineError(f"podman: {what}: {exc}") from exc
 
     @property
-    def api(self) -> Any:
+    def api(self) -> APIClient:
         if self._client is None:
             self.service.ensure()
             from podman import PodmanClient  # noqa: PLC0415
@@ -364,8 +368,9 @@ class PodmanEngine:
             self._client = PodmanClient(base_url=f"unix://{self.paths.podman_sock}")
         return self._client.api
 
-    def _json(self, method: str, path: str, what: str, ok404: bool = False, **kw: Any) -> Any:
-        def go() -> Any:
+    def _json(self, method: str, path: str, what: str, ok404: bool = False,
+              **kw: object) -> Any:  # noqa: ANN401 - the endpoint's decoded JSON, whatever its shape
+        def go() -> Any:  # noqa: ANN401 - as _json
             resp = getattr(self.api, method)(path, **kw)
             if ok404 and (resp.status_code == 404 or (method == "delete" and gone(resp))):
                 return None

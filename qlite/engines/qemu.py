@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qlite.errors import EngineError
+
+if TYPE_CHECKING:  # qemu.qmp loads on the first QMP call
+    from qemu.qmp.legacy import QEMUMonitorProtocol
 
 T = TypeVar("T")
 TIMEOUT_S = 10.0
@@ -20,11 +23,11 @@ TIMEOUT_S = 10.0
 class Qmp:
     """One QMP session with the QEMU listening on SOCKET."""
 
-    def __init__(self, socket_path: Path, what: str):
+    def __init__(self, socket_path: Path, what: str) -> None:
         self.path = socket_path
         self.what = what  # the qube, for messages
 
-    def _call(self, action: str, fn: Callable[[Any], T]) -> T:
+    def _call(self, action: str, fn: Callable[[QEMUMonitorProtocol], T]) -> T:
         from qemu.qmp import QMPError  # noqa: PLC0415
         from qemu.qmp.legacy import QEMUMonitorProtocol  # noqa: PLC0415
 
@@ -39,7 +42,7 @@ class Qmp:
             with contextlib.suppress(Exception):
                 mon.close()
 
-    def _cmd(self, name: str, **args: Any) -> Any:
+    def _cmd(self, name: str, **args: object) -> Any:  # noqa: ANN401 - the command's JSON answer, of its own shape
         return self._call(name, lambda mon: mon.cmd(name, **args))
 
     def status(self) -> str:
@@ -64,7 +67,7 @@ class Qmp:
     def attach_block(self, node: str, path: str, read_only: bool, bus: str) -> None:
         """Hot-plug the file or block device PATH as a virtio disk on BUS
         (a PCIe root port of a q35 VM)."""
-        def go(mon: Any) -> None:
+        def go(mon: QEMUMonitorProtocol) -> None:
             mon.cmd("blockdev-add", **{
                 "node-name": node, "driver": "raw", "read-only": read_only,
                 "file": {"driver": "host_device" if path.startswith("/dev/") else "file",
@@ -80,7 +83,7 @@ class Qmp:
         self._call("block attach", go)
 
     def detach_block(self, node: str) -> None:
-        def go(mon: Any) -> None:
+        def go(mon: QEMUMonitorProtocol) -> None:
             mon.cmd("device_del", id=node)
             for _ in range(100):  # bounded: the guest acknowledges the unplug
                 event = mon.pull_event(wait=0.2)

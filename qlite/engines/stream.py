@@ -20,8 +20,12 @@ import termios
 import threading
 import tty as ttymod
 from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING
 
 from qlite.engines.base import Stdio
+
+if TYPE_CHECKING:
+    import subprocess
 
 HEADER = struct.Struct(">BxxxI")
 CHUNK = 65536
@@ -131,7 +135,7 @@ class _Loop:
     against our own unsent stdin. While stdin data waits for the socket,
     stdin is not read (backpressure)."""
 
-    def __init__(self, sock: socket.socket, in_fd: int | None, deliver: Callable[[bytes], None]):
+    def __init__(self, sock: socket.socket, in_fd: int | None, deliver: Callable[[bytes], None]) -> None:
         self.sock = sock
         self.in_fd = in_fd
         self.deliver = deliver
@@ -244,7 +248,7 @@ def _close_write(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_WR)
 
 
-def pump_process(proc, stdio: Stdio, err_tail: bytearray | None = None) -> int:
+def pump_process(proc: subprocess.Popen[bytes], stdio: Stdio, err_tail: bytearray | None = None) -> int:
     """Pass STDIO through the pipes of PROC (a subprocess.Popen with stdin,
     stdout and stderr pipes) until its output ends; its exit code. Each
     stream has its own thread, so a command that writes more than it reads
@@ -255,13 +259,14 @@ def pump_process(proc, stdio: Stdio, err_tail: bytearray | None = None) -> int:
     _flush(stdio.stderr)
 
     def feed() -> None:
+        assert proc.stdin is not None  # PROC has a stdin pipe, as the docstring says
         with contextlib.suppress(OSError, ValueError):
             while in_fd is not None and (data := _read(in_fd)):
                 _write_all(proc.stdin.fileno(), data)
         with contextlib.suppress(OSError):
             proc.stdin.close()
 
-    def drain(src, target: int | None, tail: bytearray | None) -> None:
+    def drain(src: IO[bytes], target: int | None, tail: bytearray | None) -> None:
         while data := _read(src.fileno()):
             if tail is not None:
                 tail += data

@@ -12,9 +12,13 @@ import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from qlite.domain.context import Context
 from qlite.errors import InvalidValue, QliteError
+
+if TYPE_CHECKING:  # python-gnupg loads when a vault is first used
+    import gnupg
 
 # OpenPGP public-key algorithm numbers (RFC 4880 9.1, RFC 6637, RFC 9580),
 # named as gpg --list-keys names them; ECC keys are named by their curve.
@@ -112,7 +116,7 @@ def key_info(k: dict, secret: bool) -> KeyInfo:
 
 
 class VaultGPG:
-    def __init__(self, ctx: Context, vault: str):
+    def __init__(self, ctx: Context, vault: str) -> None:
         self.ctx = ctx
         self.vault = vault
 
@@ -133,7 +137,7 @@ class VaultGPG:
         return str(path)
 
     @cached_property
-    def gpg(self):  # -> gnupg.GPG
+    def gpg(self) -> gnupg.GPG:
         import gnupg  # noqa: PLC0415
 
         try:

@@ -27,7 +27,7 @@ def parse_blkid_export(text: str) -> dict[str, str]:
 class HostBlockDevices:
     """The block devices the kernel lists under ROOT."""
 
-    def __init__(self, root: Path = SYS_BLOCK):
+    def __init__(self, root: Path = SYS_BLOCK) -> None:
         self.root = root
 
     def names(self) -> list[str]:

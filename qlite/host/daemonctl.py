@@ -26,7 +26,7 @@ ADMIN_TIMEOUT_S = 120.0  # an ask answered through it may wait for the user
 
 
 class DaemonControl:
-    def __init__(self, paths: Paths):
+    def __init__(self, paths: Paths) -> None:
         self.paths = paths
 
     def running(self) -> bool:

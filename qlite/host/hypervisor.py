@@ -26,7 +26,7 @@ PR_SET_PDEATHSIG = 1
 class SupervisorBoot:
     """A supervisor that has been started and has not answered yet."""
 
-    def __init__(self, proc: subprocess.Popen, ready_r: int):
+    def __init__(self, proc: subprocess.Popen, ready_r: int) -> None:
         self.proc = proc
         self.pid = proc.pid
         self._ready_r = ready_r

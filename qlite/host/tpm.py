@@ -37,7 +37,7 @@ def host_tpm() -> Tpm2Tools | None:
 
 
 class Tpm2Tools:
-    def __init__(self, tcti_conf: str):
+    def __init__(self, tcti_conf: str) -> None:
         self.tcti = tcti_conf
 
     def _step(self, args: list[str], what: str, cwd: str, stdin: bytes | None = None) -> bytes:

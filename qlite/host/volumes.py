@@ -20,7 +20,7 @@ class PrivateVolumes:
     user) and ROOT_UID /rw/home; tests that run without root, where chown
     to another uid is refused, give their own uid for both."""
 
-    def __init__(self, home_uid: int, root_uid: int = 0):
+    def __init__(self, home_uid: int, root_uid: int = 0) -> None:
         self.home_uid, self.root_uid = home_uid, root_uid
 
     def init(self, mountpoint: str) -> None:

@@ -28,6 +28,7 @@ import json
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from qlite.domain.context import Context
 from qlite.domain.model import HOST_UPLINK, Qube
@@ -37,6 +38,9 @@ from qlite.errors import EngineError, InvalidValue, NotFound, QliteError, StateE
 from qlite.net import nft
 from qlite.net.firewall import DEFAULT_RULES, Rule, rule_from_json, shadowed_by
 from qlite.progress import file_lock
+
+if TYPE_CHECKING:  # annotation only: the manager that owns this one (it imports us)
+    from qlite.core.qubes import QubeManager
 
 GATEWAY_TABLE = "qlite-gw"
 DNS_FEATURE = "net.dns-servers"
@@ -85,9 +89,9 @@ class NetPlan:
 
 
 class NetworkManager:
-    def __init__(self, ctx: Context, qubes, warn: Callable[[str], None] | None = None):
+    def __init__(self, ctx: Context, qubes: QubeManager, warn: Callable[[str], None] | None = None) -> None:
         self.ctx = ctx
-        self.qubes = qubes  # QubeManager (imported lazily there: it imports us)
+        self.qubes = qubes
         self.hh = ctx.home_hash
         self.warn = warn or ctx.warn
         self.apply = ctx.net_apply

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qlite.domain.context import Clock, Context
-from qlite.domain.model import State
-from qlite.domain.ports import RpcTargets
+from qlite.domain.model import Qube, State
+from qlite.domain.ports import PolicyFacts, RpcTargets
 from qlite.engines.base import Stdio
 from qlite.errors import AccessDenied, NotRunning, QliteError
 from qlite.host.clock import SYSTEM_CLOCK
@@ -68,7 +68,7 @@ def policy_dirs(paths: Paths) -> list[Path]:
     return [paths.shipped_policy_dir, paths.policy_dir]
 
 
-def system_snapshot(qm: RpcTargets) -> System:
+def system_snapshot(qm: PolicyFacts) -> System:
     """What policy evaluation needs to know about every qube, frozen now."""
     facts = {}
     for q in qm.list():
@@ -80,7 +80,7 @@ def system_snapshot(qm: RpcTargets) -> System:
     return System(qubes=facts)
 
 
-def evaluate_call(paths: Paths, qubes: RpcTargets, request: Request) -> tuple[Resolution, Policy]:
+def evaluate_call(paths: Paths, qubes: PolicyFacts, request: Request) -> tuple[Resolution, Policy]:
     policy = load_policy(policy_dirs(paths))
     return evaluate(policy, system_snapshot(qubes), request), policy
 
@@ -99,7 +99,7 @@ HOST_SERVICES: dict[str, Callable[[Stdio], int]] = {"qubes.GetDate": _get_date}
 class Call:
     """One connection from a qube, handled in its own thread."""
 
-    def __init__(self, broker: Broker, conn: socket.socket, source: str):
+    def __init__(self, broker: Broker, conn: socket.socket, source: str) -> None:
         self.broker = broker
         self.conn = conn
         self.source = source
@@ -248,7 +248,7 @@ class Call:
 
     def _in_disposable(self, dvm: str, argv: list[str], env: dict[str, str], resolution: Resolution,
                        qubes: RpcTargets) -> int:
-        def created(q) -> None:
+        def created(q: Qube) -> None:
             self.record["disposable"] = q.name
             self.send_json(wire.RESULT, {"result": "allow", "target": q.name})
 
@@ -334,7 +334,8 @@ class Broker:
     """Listening sockets for running qubes and the admin socket."""
 
     def __init__(self, paths: Paths, lifecycle: Callable[[Context], RpcTargets],
-                 ask_timeout: float = DEFAULT_ASK_TIMEOUT_S, log=print, clock: Clock = SYSTEM_CLOCK):
+                 ask_timeout: float = DEFAULT_ASK_TIMEOUT_S, log: Callable[[str], None] = print,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.paths = paths
         self.lifecycle = lifecycle  # the qubes of one call (the daemon gives qlite.core.lifecycle.Lifecycle)
         self.ask_timeout = ask_timeout

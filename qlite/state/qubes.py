@@ -6,7 +6,8 @@ is the engine's and the runtimes' business."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 
 from qlite.domain.model import Qube
 from qlite.errors import InvalidValue, NotFound
@@ -24,11 +25,11 @@ COLUMNS = ("name", "class", "label", "template", "netvm", "provides_network", "m
 
 
 class QubeStore:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.features = Features(store)
 
-    def transaction(self):
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One atomic write; QubeStore's calls inside it join it."""
         return self.store.transaction()
 
@@ -96,7 +97,7 @@ class QubeStore:
         return self.store.query("SELECT name, class, owner, pending FROM qubes "
                                 "WHERE class='DispVM' OR pending IS NOT NULL")
 
-    def take_over(self, name: str, still_orphaned, me: str) -> sqlite3.Row | None:
+    def take_over(self, name: str, still_orphaned: Callable[[sqlite3.Row], bool], me: str) -> sqlite3.Row | None:
         """Atomically: if STILL_ORPHANED(row) holds for NAME's row, mark it as
         ME's (its pending mark, or a disposable's owner) and return the row
         as it was; else None. Of two reapers, only one gets it."""
@@ -214,7 +215,7 @@ class QubeStore:
 class Features:
     """String features per qube, as in Qubes. ``dom0`` may hold features too."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def all(self, qube: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ BUSY_TIMEOUT_S = 30.0
 
 
 class Store:
-    def __init__(self, path: Path | str, migrations: list[str] | None = None):
+    def __init__(self, path: Path | str, migrations: list[str] | None = None) -> None:
         self.path = str(path)
         self._migrations = MIGRATIONS if migrations is None else migrations
         try:

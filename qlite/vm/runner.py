@@ -24,6 +24,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qlite.agent import client
 from qlite.domain.context import Context, VmControl
@@ -36,6 +37,9 @@ from qlite.paths import Paths
 from qlite.runtime.kvm import cached_probe
 from qlite.vm import disks, kernel
 from qlite.vm.qemu_args import HOTPLUG_PORTS, MACHINES, TAP, NetConfig, VmConfig, hotplug_bus, qemu_argv
+
+if TYPE_CHECKING:  # annotation only: the manager that owns this runner (it imports us)
+    from qlite.core.qubes import QubeManager
 
 MACHINE_FEATURE = "vm.machine"
 KVM_CACHE = Path("/run/qlite-kvm-probe.json")
@@ -103,9 +107,9 @@ class VmRunner:
     # No balloon or hot-plug of either.
     resources_fixed_because = "QEMU fixes a VM's memory and vCPUs when it boots"
 
-    def __init__(self, ctx: Context, qubes):
+    def __init__(self, ctx: Context, qubes: QubeManager) -> None:
         self.ctx = ctx
-        self.qubes = qubes  # QubeManager: the glue every mode shares
+        self.qubes = qubes  # the glue every mode shares
         self.paths: Paths = ctx.paths
 
     # -- where things are ---------------------------------------------------------

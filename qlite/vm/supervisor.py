@@ -36,7 +36,7 @@ def log(msg: str) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: dict):
+    def __init__(self, config: dict) -> None:
         self.cfg = config
         self.run_dir = Path(config["run_dir"])
         self.link: socket.socket | None = None

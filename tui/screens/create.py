@@ -4,6 +4,7 @@ form open with the one-line reason."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -47,7 +48,7 @@ class _QubeForm(ModalScreen[str | None]):
     SUBMIT = ""
 
     @work(thread=True, exclusive=True)
-    def _make(self, name: str, call) -> None:
+    def _make(self, name: str, call: Callable[[], object]) -> None:
         try:
             call()
         except QliteError as exc:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Unpack
+
 from textual.widgets import Static
+
+if TYPE_CHECKING:
+    from qlite.tui.widgets.options import WidgetOptions
 
 
 class ErrorLine(Static):
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Unpack[WidgetOptions]) -> None:
         super().__init__("", markup=False, **kwargs)
         self._text = ""
 

@@ -6,12 +6,17 @@ offers stays visible, however narrow the terminal."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Unpack
+
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import HorizontalGroup
 from textual.widget import Widget
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
+
+if TYPE_CHECKING:
+    from qlite.tui.widgets.options import WidgetOptions
 
 
 def key_width(key: Widget) -> int:
@@ -44,7 +49,7 @@ class KeyFooter(Footer):
     }
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Unpack[WidgetOptions]) -> None:
         super().__init__(compact=True, show_command_palette=False, **kwargs)
         # Footer's own DEFAULT_CSS (one horizontal line) outranks a subclass's.
         self.styles.layout = "vertical"

@@ -8,6 +8,7 @@ LABEL, NETVM, MEM and CPU always fit without scrolling sideways."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Unpack
 
 from rich.text import Text
 from textual import events
@@ -16,6 +17,9 @@ from textual.widgets import DataTable
 from qlite.domain.labels import label_colour
 from qlite.domain.preload import READY as PRELOADED
 from qlite.tui.backend import QubeRow
+
+if TYPE_CHECKING:
+    from qlite.tui.widgets.options import WidgetOptions
 
 # (key, header), in the order shown.
 COLUMNS = (("name", "NAME"), ("state", "STATE"), ("label", "LABEL"), ("class", "CLASS"), ("mode", "MODE"),
@@ -97,7 +101,7 @@ def fitting_columns(widths: dict[str, int], room: int) -> tuple[str, ...]:
 class QubeTable(DataTable):
     """Rows keyed by qube name; the cursor stays on its qube across refreshes."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Unpack[WidgetOptions]) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.shown_columns: tuple[str, ...] = ()
         self._rows: list[QubeRow] = []
