@@ -15,7 +15,14 @@ import signal
 import sys
 import time
 
+from qlite.aem.manager import AemManager
+from qlite.core.lifecycle import Lifecycle
+from qlite.core.poolkeeper import PoolKeeper
+from qlite.core.qubes import QubeManager
+from qlite.core.templates import TemplateManager
+from qlite.devices.watcher import DeviceWatcher
 from qlite.domain.context import Context
+from qlite.errors import QliteError
 from qlite.paths import Paths
 from qlite.rpc.broker import DEFAULT_ASK_TIMEOUT_S, Broker
 
@@ -36,10 +43,6 @@ def ask_timeout() -> float:
 def aem_at_start(paths: Paths) -> None:
     """With anti-evil-maid enforced and a TPM seal, check the measurements
     as the daemon starts, and say in its log what the user must do."""
-    from qlite.aem.manager import AemManager  # noqa: PLC0415
-    from qlite.core.templates import TemplateManager  # noqa: PLC0415
-    from qlite.errors import QliteError  # noqa: PLC0415
-
     ctx = Context(paths)
     am = AemManager(ctx, TemplateManager(ctx))
     try:
@@ -60,9 +63,6 @@ def device_event(ctx: Context, action: str, name: str) -> None:
     """A drive came or went (or events were lost: "resync"): undo what it
     had, stop the qubes paired with a drive that was yanked, and start,
     fresh, the halted qubes paired with one that appeared."""
-    from qlite.core.qubes import QubeManager  # noqa: PLC0415
-    from qlite.errors import QliteError  # noqa: PLC0415
-
     qm = QubeManager(ctx)
     devices = qm.devices
     if action == "resync":
@@ -102,8 +102,6 @@ def run(paths: Paths) -> int:
         log("another qlite daemon already runs for this home")
         return 1
     paths.daemon_pidfile.write_text(str(os.getpid()))
-    from qlite.core.lifecycle import Lifecycle  # noqa: PLC0415
-
     broker = Broker(paths, Lifecycle, ask_timeout=ask_timeout(), log=log)
 
     def stop(_signum: int, _frame: object) -> None:
@@ -115,12 +113,8 @@ def run(paths: Paths) -> int:
     signal.signal(signal.SIGINT, stop)
     log(f"serving {paths.home} (ask timeout {broker.ask_timeout:.0f}s)")
     aem_at_start(paths)
-    from qlite.core.poolkeeper import PoolKeeper  # noqa: PLC0415
-
     PoolKeeper(paths, log).start()
     try:
-        from qlite.devices.watcher import DeviceWatcher  # noqa: PLC0415
-
         def on_event(action: str, name: str) -> None:
             ctx = Context(paths)
             ctx.on_warning = lambda m: log(f"devices: {m}")

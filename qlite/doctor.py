@@ -7,11 +7,16 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from qlite.core.qubes import QubeManager
+from qlite.core.templates import TemplateManager
 from qlite.domain.context import Context
+from qlite.domain.prefs import GlobalPrefs
 from qlite.errors import QliteError
 from qlite.paths import Paths
 from qlite.runtime.command import run_tool
 from qlite.runtime.hostpodman import HostPodman, dropin_state, read_host
+from qlite.runtime.kvm import probe_kvm
+from qlite.vm.kernel import BUSYBOX, PACKAGE_CACHE
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 VERSION_TIMEOUT_S = 30
@@ -119,8 +124,6 @@ def check_tool(name: str, why: str, fix: str) -> Check:
 def check_vm_tools() -> Check:
     """What VM-mode qubes need besides KVM: QEMU, the disk tools, busybox
     for the initramfs, and the kernel package (setup fetches it)."""
-    from qlite.vm.kernel import BUSYBOX, PACKAGE_CACHE  # noqa: PLC0415
-
     missing = [t for t in ("qemu-system-x86_64", "qemu-img", "mkfs.ext4", "modinfo", "tc") if not shutil.which(t)]
     if not BUSYBOX.is_file():
         missing.append(str(BUSYBOX))
@@ -134,8 +137,6 @@ def check_vm_tools() -> Check:
 
 
 def check_kvm() -> Check:
-    from qlite.runtime.kvm import probe_kvm  # noqa: PLC0415
-
     result = probe_kvm()
     if result.usable:
         return Check("kvm", OK, result.detail)
@@ -155,10 +156,6 @@ def check_tpm() -> Check:
 
 
 def check_setup(ctx: Context) -> list[Check]:
-    from qlite.core.qubes import QubeManager  # noqa: PLC0415
-    from qlite.core.templates import TemplateManager  # noqa: PLC0415
-    from qlite.domain.prefs import GlobalPrefs  # noqa: PLC0415
-
     checks = []
     try:
         prefs = GlobalPrefs(ctx.store)

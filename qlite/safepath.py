@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -210,8 +211,6 @@ def remove_beneath(dirfd: int, rel: str | Path) -> bool:
             return False
         if stat.S_ISDIR(st.st_mode):
             # rmtree works on descriptors (and refuses symlinks) on Linux.
-            import shutil  # noqa: PLC0415
-
             with opened(os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent)) as real:
                 shutil.rmtree(parts[-1], dir_fd=real)
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from qlite.host.daemonctl import DaemonControl
 from qlite.paths import Paths
 
 POLL_TIMEOUT_S = 3.0
@@ -50,8 +51,6 @@ class DaemonAsks:
     that does not run has no questions; the TUI never starts one."""
 
     def __init__(self, paths: Paths) -> None:
-        from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
-
         self.control = DaemonControl(paths)
 
     def pending(self) -> list[Question]:

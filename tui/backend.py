@@ -12,21 +12,19 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from qlite.aem.manager import VerifyResult
-from qlite.core.qubes import QubeInfo
+from qlite.aem.manager import AemManager, VerifyResult, boot_id
+from qlite.aem.measure import ZERO, Measurement, extend
+from qlite.core.qubes import QubeInfo, QubeManager
+from qlite.core.reconcile import reap
+from qlite.core.templates import TemplateManager
 from qlite.core.usage import CpuSampler, Usage, qube_usage
 from qlite.devices.manager import DeviceRow
 from qlite.domain.context import Context
+from qlite.domain.model import READ_ONLY
 from qlite.engines.base import ContainerInfo
 from qlite.net.firewall import Rule, parse_rule
 from qlite.rpc import audit
-
-if TYPE_CHECKING:
-    from qlite.aem.manager import AemManager
-    from qlite.core.qubes import QubeManager
-    from qlite.core.templates import TemplateManager
 
 ContextFactory = Callable[[], Context]
 UsageSource = Callable[[Context, dict[str, ContainerInfo]], dict[str, Usage]]
@@ -183,21 +181,14 @@ class Backend:
 
     @staticmethod
     def _qubes(ctx: Context) -> QubeManager:
-        from qlite.core.qubes import QubeManager  # noqa: PLC0415
-
         return QubeManager(ctx)
 
     @staticmethod
     def _aem(ctx: Context) -> AemManager:
-        from qlite.aem.manager import AemManager  # noqa: PLC0415
-        from qlite.core.templates import TemplateManager  # noqa: PLC0415
-
         return AemManager(ctx, TemplateManager(ctx))
 
     @staticmethod
     def _templates(ctx: Context) -> TemplateManager:
-        from qlite.core.templates import TemplateManager  # noqa: PLC0415
-
         return TemplateManager(ctx)
 
     # -- the list ------------------------------------------------------------
@@ -206,8 +197,6 @@ class Backend:
         with self.session() as ctx:
             if not self._reaped:
                 # As every CLI command does: disposables of dead qlite processes go.
-                from qlite.core.reconcile import reap  # noqa: PLC0415
-
                 reap(ctx)
                 self._reaped = True
             qm = self._qubes(ctx)
@@ -263,8 +252,6 @@ class Backend:
     # -- prefs ---------------------------------------------------------------
 
     def prefs(self, name: str) -> list[Pref]:
-        from qlite.domain.model import READ_ONLY  # noqa: PLC0415
-
         with self.session() as ctx:
             values = self._qubes(ctx).get_prefs(name)
         return [Pref(prop, value, is_default, prop in READ_ONLY) for prop, (value, is_default) in values.items()]
@@ -395,9 +382,6 @@ class Backend:
     # -- anti-evil-maid ------------------------------------------------------
 
     def aem_status(self) -> AemStatus:
-        from qlite.aem.manager import boot_id  # noqa: PLC0415
-        from qlite.aem.measure import ZERO, Measurement, extend  # noqa: PLC0415
-
         with self.session() as ctx:
             am = self._aem(ctx)
             log = am.log()

@@ -22,6 +22,7 @@ from qlite.domain.context import Context, Tpm
 from qlite.domain.ports import TemplateImages
 from qlite.errors import AccessDenied, InvalidValue, NotFound, StateError
 from qlite.host.tpm import PCR
+from qlite.state.qubes import Features
 
 ENFORCE_FEATURE = "aem.enforce"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -177,13 +178,9 @@ class AemManager:
         self.stamp.write_text(boot_id())
 
     def enforced(self) -> bool:
-        from qlite.state.qubes import Features  # noqa: PLC0415
-
         return Features(self.ctx.store).all("dom0").get(ENFORCE_FEATURE, "") in ("1", "true", "True", "yes")
 
     def set_enforced(self, on: bool) -> None:
-        from qlite.state.qubes import Features  # noqa: PLC0415
-
         if on:
             self._load()  # only with something sealed
         features = Features(self.ctx.store)

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from qlite.errors import InvalidValue
 from qlite.paths import SHARE_DIR, Paths
 
 ZERO = bytes(32)
@@ -112,8 +113,6 @@ def components(paths: Paths, config: Path) -> dict[str, list[str]]:
     except FileNotFoundError:
         return out
     except ValueError as exc:
-        from qlite.errors import InvalidValue  # noqa: PLC0415
-
         raise InvalidValue(f"{config}: not valid JSON: {exc}") from None
     for name, value in overrides.items():
         if name in out:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING
@@ -28,14 +29,17 @@ from qlite.cli.results import (
 )
 from qlite.domain.context import Context
 from qlite.domain.labels import label_colour
+from qlite.domain.model import json_value, parse_property
+from qlite.domain.prefs import GlobalPrefs
 from qlite.engines.base import Stdio
+from qlite.engines.interrupts import InterruptRelay, forwarding_sigint
 from qlite.errors import InvalidValue, QliteError
+from qlite.rpc import audit
 
 if TYPE_CHECKING:  # annotations only: the managers load when a command needs them
     from qlite.aem.manager import AemManager
     from qlite.core.qubes import QubeManager
     from qlite.core.templates import TemplateManager
-    from qlite.domain.prefs import GlobalPrefs
     from qlite.net.firewall import Rule
 
 DVM_NAME = "default-dvm"
@@ -57,7 +61,7 @@ def _context(args: argparse.Namespace) -> Context:
     """The context, after reaping disposables that crashed qlite processes
     left behind (cheap: it reads the store and touches the engine only if
     there is something to reap)."""
-    from qlite.core.reconcile import reap  # noqa: PLC0415
+    from qlite.core.reconcile import reap  # noqa: PLC0415 - pulls in the lifecycle (~20 ms)
 
     ctx = _given(args)
     report = reap(ctx)
@@ -68,13 +72,13 @@ def _context(args: argparse.Namespace) -> Context:
 
 
 def _qubes(ctx: Context) -> QubeManager:
-    from qlite.core.qubes import QubeManager  # noqa: PLC0415
+    from qlite.core.qubes import QubeManager  # noqa: PLC0415 - the lifecycle costs ~20 ms; not every command needs it
 
     return QubeManager(ctx)
 
 
 def _templates(ctx: Context) -> TemplateManager:
-    from qlite.core.templates import TemplateManager  # noqa: PLC0415
+    from qlite.core.templates import TemplateManager  # noqa: PLC0415 - ~20 ms; only some commands need templates
 
     return TemplateManager(ctx)
 
@@ -178,8 +182,7 @@ def split_run_args(rest: list[str], disposable: bool) -> tuple[str | None, list[
 
 
 def run(args: argparse.Namespace) -> Result:
-    from qlite.core.disposables import DisposableManager, Terminated, exit_code_for  # noqa: PLC0415
-    from qlite.engines.interrupts import InterruptRelay, forwarding_sigint  # noqa: PLC0415
+    from qlite.core.disposables import DisposableManager, Terminated, exit_code_for  # noqa: PLC0415 - only run needs it
 
     disposable = args.disposable or bool(args.dvm) or bool(args.template)
     name, cmd = split_run_args(args.args, disposable)
@@ -210,7 +213,7 @@ def run(args: argparse.Namespace) -> Result:
 
 
 def ls(args: argparse.Namespace) -> Table:
-    from qlite.domain.preload import READY  # noqa: PLC0415
+    from qlite.domain.preload import READY  # noqa: PLC0415 - preload brings the agent's sockets (~7 ms)
 
     ctx = _context(args)
     qm = _qubes(ctx)
@@ -221,7 +224,7 @@ def ls(args: argparse.Namespace) -> Table:
     for r in rows:
         r["preloaded"] = READY in r["tags"]
     if args.json:
-        from qlite.core.usage import qube_usage  # noqa: PLC0415
+        from qlite.core.usage import qube_usage  # noqa: PLC0415 - psutil costs ~18 ms; only ls --json shows usage
 
         # What each running qube costs the host (preloaded members too);
         # measured only for --json, the table does not show it.
@@ -240,9 +243,6 @@ def ls(args: argparse.Namespace) -> Table:
 
 
 def prefs(args: argparse.Namespace) -> Result | None:
-    from qlite.domain.model import json_value  # noqa: PLC0415
-    from qlite.domain.prefs import GlobalPrefs  # noqa: PLC0415
-
     ctx = _context(args)
     qm = _qubes(ctx)
     if args.global_:
@@ -264,8 +264,6 @@ def prefs(args: argparse.Namespace) -> Result | None:
     else:
         values = qm.get_prefs(name)
         if prop not in values:
-            from qlite.domain.model import parse_property  # noqa: PLC0415
-
             parse_property(prop, "")  # raises the one-line "no such property"
         value = values[prop][0]
         return Message(str(value), data={prop: json_value(prop, value)})
@@ -362,9 +360,7 @@ def split_firewall_flags(words: list[str]) -> tuple[list[str], int | None, bool]
 
 
 def firewall(args: argparse.Namespace) -> Result:
-    import time  # noqa: PLC0415
-
-    from qlite.net.firewall import parse_rule  # noqa: PLC0415
+    from qlite.net.firewall import parse_rule  # noqa: PLC0415 - only firewall parses rules
 
     args.rule, before, as_json = split_firewall_flags(args.rule)
     args.before = before if before is not None else args.before
@@ -469,7 +465,7 @@ def _confirm(question: str, yes: bool) -> bool:
 
 
 def aem(args: argparse.Namespace) -> Result | None:
-    from qlite.aem.manager import AemManager  # noqa: PLC0415
+    from qlite.aem.manager import AemManager  # noqa: PLC0415 - only aem needs it (~11 ms)
 
     ctx = _context(args)
     am = AemManager(ctx, _templates(ctx))
@@ -529,7 +525,7 @@ def _aem_verify(am: AemManager, passphrase: bytes | None, args: argparse.Namespa
 def doctor(args: argparse.Namespace) -> Markup:
     from rich.markup import escape  # noqa: PLC0415 - rich is slow to import
 
-    from qlite.doctor import FAIL, WARN, run_checks  # noqa: PLC0415
+    from qlite.doctor import FAIL, WARN, run_checks  # noqa: PLC0415 - only doctor needs it (~9 ms)
 
     ctx = _given(args)
     checks = run_checks(ctx, kvm=not args.no_kvm)
@@ -544,8 +540,7 @@ def doctor(args: argparse.Namespace) -> Markup:
 
 
 def setup(args: argparse.Namespace) -> Result:
-    from qlite.domain.prefs import GlobalPrefs  # noqa: PLC0415
-    from qlite.runtime.hostpodman import install_dropin  # noqa: PLC0415
+    from qlite.runtime.hostpodman import install_dropin  # noqa: PLC0415 - only setup needs it (~7 ms)
 
     ctx = _context(args)
     progress = progress_printer(args.quiet)
@@ -564,7 +559,7 @@ def setup(args: argparse.Namespace) -> Result:
         qm.create(DVM_NAME, label="red", template=DEFAULT_TEMPLATE, props={"template_for_dispvms": "True"})
     if gp.is_default("default_dispvm"):
         gp.set("default_dispvm", DVM_NAME)
-    from qlite.vm.kernel import fetch_package  # noqa: PLC0415
+    from qlite.vm.kernel import fetch_package  # noqa: PLC0415 - only setup needs it (~8 ms)
 
     # VM-mode qubes boot this package's kernel; each home unpacks it when
     # its first VM starts.
@@ -574,7 +569,7 @@ def setup(args: argparse.Namespace) -> Result:
 
 
 def reconcile(args: argparse.Namespace) -> Lines:
-    from qlite.core.reconcile import reap  # noqa: PLC0415
+    from qlite.core.reconcile import reap  # noqa: PLC0415 - pulls in the lifecycle (~20 ms)
 
     report = reap(_given(args), sweep=True)
     lines = ["nothing to reconcile"] if report.empty else [
@@ -583,7 +578,7 @@ def reconcile(args: argparse.Namespace) -> Lines:
 
 
 def service(args: argparse.Namespace) -> Message:
-    from qlite.engines.podman import PodmanService  # noqa: PLC0415
+    from qlite.engines.podman import PodmanService  # noqa: PLC0415 - only service needs it (~15 ms)
 
     svc = PodmanService(_given(args).paths)
     return _start_stop_status(args.action, "podman service", svc.ensure, svc.stop, svc.alive, svc.pid)
@@ -607,7 +602,7 @@ def tui(args: argparse.Namespace) -> None:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise InvalidValue("qlite tui needs a terminal")
     # Textual is imported only here: the rest of qlite never loads it.
-    from qlite.tui.app import build_app  # noqa: PLC0415
+    from qlite.tui.app import build_app  # noqa: PLC0415 - textual is loaded only for the TUI
 
     build_app(Context.from_env).run()
 
@@ -616,11 +611,11 @@ def tui(args: argparse.Namespace) -> None:
 
 
 def daemon(args: argparse.Namespace) -> Result:
-    from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
+    from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415 - only daemon and policy ask need it
 
     paths = _given(args).paths
     if args.action == "run":
-        from qlite.daemon import run  # noqa: PLC0415
+        from qlite.daemon import run  # noqa: PLC0415 - the daemon's modules cost ~30 ms
 
         return Result(exit_code=run(paths))  # it serves in the foreground, logging as it goes
     ctl = DaemonControl(paths)
@@ -636,8 +631,8 @@ def policy(args: argparse.Namespace) -> Result:
 
 
 def _policy_eval(args: argparse.Namespace) -> Lines:
-    from qlite.rpc.broker import evaluate_call  # noqa: PLC0415
-    from qlite.rpc.policy import Request  # noqa: PLC0415
+    from qlite.rpc.broker import evaluate_call  # noqa: PLC0415 - the broker costs ~30 ms; only policy needs it
+    from qlite.rpc.policy import Request  # noqa: PLC0415 - only policy needs it (~13 ms)
 
     if len(args.args) != 3:
         raise InvalidValue("usage: qlite policy eval SERVICE[+ARG] SOURCE TARGET")
@@ -665,8 +660,8 @@ def _with_rule(reason: str, rule: str | None) -> str:
 
 
 def _policy_lint(args: argparse.Namespace) -> Lines:
-    from qlite.rpc.broker import policy_dirs  # noqa: PLC0415
-    from qlite.rpc.policy import lint, load_policy, unknown_qubes  # noqa: PLC0415
+    from qlite.rpc.broker import policy_dirs  # noqa: PLC0415 - the broker costs ~30 ms; only policy needs it
+    from qlite.rpc.policy import lint, load_policy, unknown_qubes  # noqa: PLC0415 - only policy needs it (~13 ms)
 
     ctx = _given(args)
     dirs = policy_dirs(ctx.paths)
@@ -681,7 +676,7 @@ def _policy_lint(args: argparse.Namespace) -> Lines:
 
 
 def _policy_ask(args: argparse.Namespace) -> Result:
-    from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
+    from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415 - only daemon and policy ask need it
 
     ctl = DaemonControl(_given(args).paths)
     if not args.args:
@@ -758,10 +753,6 @@ def device(args: argparse.Namespace) -> Result | None:
 
 
 def log(args: argparse.Namespace) -> Lines:
-    import time  # noqa: PLC0415
-
-    from qlite.rpc import audit  # noqa: PLC0415
-
     records = audit.read(_given(args).paths.rpc_log, args.lines)
     lines = []
     for r in records:
@@ -780,8 +771,8 @@ def log(args: argparse.Namespace) -> Lines:
 
 
 def splitgpg(args: argparse.Namespace) -> Result:
-    from qlite.gpg import splitgpg as sg  # noqa: PLC0415
-    from qlite.gpg.vault import VaultGPG  # noqa: PLC0415
+    from qlite.gpg import splitgpg as sg  # noqa: PLC0415 - only splitgpg needs it
+    from qlite.gpg.vault import VaultGPG  # noqa: PLC0415 - only splitgpg needs it
 
     ctx = _context(args)
     if args.action == "setup":

@@ -24,12 +24,14 @@ from qlite.core.rootfs import build_rootfs, parse_rootfs_conf
 from qlite.domain.context import Context
 from qlite.domain.model import Template, TemplateRevision
 from qlite.domain.names import validate_name
+from qlite.domain.prefs import GlobalPrefs
 from qlite.domain.spec import engine_labels
 from qlite.engines.base import ImageInfo, Progress
 from qlite.errors import AlreadyExists, EngineError, InUse, NotFound, StateError, TemplateNotFound
 from qlite.paths import IMAGE_LOCK
 from qlite.progress import file_lock
 from qlite.state.owners import current_owner
+from qlite.vm.disks import prune_root_disks
 
 REPO = "localhost/qlite"
 CACHE_REPO = "localhost/qlite-cache"
@@ -384,8 +386,6 @@ class TemplateManager:
     def remove(self, name: str) -> None:
         t = self.get(name)
         users = self.users(name)
-        from qlite.domain.prefs import GlobalPrefs  # noqa: PLC0415
-
         if GlobalPrefs(self.store).get("default_template") == name:
             users.append("global default_template")
         if users:
@@ -421,8 +421,6 @@ class TemplateManager:
     def collect_garbage(self, name: str | None = None) -> list[str]:
         """Remove template images that no home tags and no container uses,
         and the VM root disks of images no revision here uses."""
-        from qlite.vm.disks import prune_root_disks  # noqa: PLC0415
-
         prune_root_disks(self.ctx.paths, {r.image_id for t in self.list() for r in t.revisions})
         return self.ctx.engine.prune_images("qlite.template", name)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from qlite.core.qubes import QubeManager
 from qlite.domain.context import Context
 
 MIB_PER_KIB = 1 / 1024
@@ -184,8 +185,6 @@ def qube_usage(ctx: Context, sampler: CpuSampler | None = None, containers: dict
     needs a SAMPLER kept between calls; without one it is 0.0. CONTAINERS
     (QubeManager.containers()) may be passed when the caller has them."""
     if containers is None:
-        from qlite.core.qubes import QubeManager  # noqa: PLC0415
-
         containers = QubeManager(ctx).containers()
     running = {name: c for name, c in containers.items() if c.state in ("running", "paused") and c.id}
     if not running:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from qlite.errors import InvalidValue
+
 if TYPE_CHECKING:
     from qlite.domain.context import BlockDevices
 
@@ -48,8 +50,6 @@ class BlockDevice:
 
 def parse_ident(text: str) -> str:
     """A device identity given by the user: uuid:U, serial:S or dev:NAME."""
-    from qlite.errors import InvalidValue  # noqa: PLC0415
-
     kind, sep, value = text.partition(":")
     if not sep or kind not in ("uuid", "serial", "dev") or not value or any(c.isspace() for c in value):
         raise InvalidValue(f"device identity {text!r}: expected uuid:UUID, serial:SERIAL or dev:NAME")

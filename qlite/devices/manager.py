@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import time
@@ -25,14 +26,13 @@ from qlite.devices.identity import BlockDevice, is_removable_candidate, parse_id
 from qlite.domain.context import Context
 from qlite.domain.model import State
 from qlite.domain.ports import QubeAccess
+from qlite.engines.base import Stdio
 from qlite.errors import AlreadyExists, Busy, EngineError, InvalidValue, NotFound, NotRunning, QliteError, StateError
 from qlite.host.mounts import host_mounts
 from qlite.safepath import UnsafePath, make_dirs, open_trusted_dir, opened, remove_beneath
 
 if TYPE_CHECKING:
     import sqlite3
-
-    from qlite.engines.base import Stdio
 
 DEFAULT_OPTIONS = ("nodev", "nosuid")
 
@@ -399,8 +399,4 @@ class DeviceManager:
 
 
 def _null_stdio() -> Stdio:
-    import io  # noqa: PLC0415
-
-    from qlite.engines.base import Stdio  # noqa: PLC0415
-
     return Stdio(stdin=None, stdout=io.BytesIO(), stderr=io.BytesIO())

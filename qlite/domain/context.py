@@ -206,11 +206,11 @@ class Context:
     def engine(self) -> Engine:
         choice = os.environ.get("QLITE_ENGINE", "podman")
         if choice == "podman":
-            from qlite.engines.podman import PodmanEngine  # noqa: PLC0415
+            from qlite.engines.podman import PodmanEngine  # noqa: PLC0415 - ~15 ms; only engine users pay it
 
             return PodmanEngine(self.paths)
         if choice == "docker":
-            from qlite.engines.docker import DockerEngine  # noqa: PLC0415
+            from qlite.engines.docker import DockerEngine  # noqa: PLC0415 - only QLITE_ENGINE=docker needs it
 
             return DockerEngine(self.paths, os.environ.get("QLITE_DOCKER_HOST"))
         raise InvalidValue(f"QLITE_ENGINE={choice!r}: expected one of {', '.join(ENGINES)}")
@@ -233,21 +233,21 @@ class Context:
     @cached_property
     def daemon(self) -> Daemon:
         """The seam to qlite daemon (the RPC broker) of this home."""
-        from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415
+        from qlite.host.daemonctl import DaemonControl  # noqa: PLC0415 - ~3 ms; only commands that talk to the daemon
 
         return DaemonControl(self.paths)
 
     @cached_property
     def net_apply(self) -> NetApply:
         """The seam through which qlite changes the kernel's network state."""
-        from qlite.host import nft  # noqa: PLC0415
+        from qlite.host import nft  # noqa: PLC0415 - ~4 ms; only network changes need it
 
         return nft
 
     @cached_property
     def private_volumes(self) -> PrivateData:
         """The host's work on the qubes' private volumes."""
-        from qlite.host.volumes import PrivateVolumes  # noqa: PLC0415
+        from qlite.host.volumes import PrivateVolumes  # noqa: PLC0415 - ~3 ms; only commands that touch volumes
 
         return PrivateVolumes(USER_UID)
 
@@ -273,20 +273,20 @@ class Context:
     @cached_property
     def block_devices(self) -> BlockDevices:
         """The seam through which qlite looks at the host's block devices."""
-        from qlite.host.blockdev import HostBlockDevices  # noqa: PLC0415
+        from qlite.host.blockdev import HostBlockDevices  # noqa: PLC0415 - only device commands need it
 
         return HostBlockDevices()
 
     @cached_property
     def mounts(self) -> Mounts:
         """The seam through which qlite mounts on the host (devices)."""
-        from qlite.host import mounts  # noqa: PLC0415
+        from qlite.host import mounts  # noqa: PLC0415 - only device commands need it
 
         return mounts
 
     @cached_property
     def runtime_probe(self) -> RuntimeProbe | None:
         """What runsc can do here, probed once per runsc (None: no runsc)."""
-        from qlite.runtime.probe import probe  # noqa: PLC0415
+        from qlite.runtime.probe import probe  # noqa: PLC0415 - ~5 ms; not every command needs the probe
 
         return probe(self.paths.probe_file)

@@ -197,7 +197,7 @@ class DockerEngine:
     # The one place where docker SDK, requests and OS errors become qlite errors.
     def _call(self, what: str, fn: Callable[[], T], ok404: bool = False) -> T | None:
         from docker import errors as derr  # noqa: PLC0415 - the SDK is slow to import
-        from requests import exceptions as rexc  # noqa: PLC0415
+        from requests import exceptions as rexc  # noqa: PLC0415 - requests is slow to import too
 
         unreachable = (rexc.ConnectionError, ConnectionError)
         try:
@@ -234,7 +234,7 @@ class DockerEngine:
     def api(self) -> docker.APIClient:
         if self._client is None:
             def connect() -> docker.APIClient:
-                import docker  # noqa: PLC0415
+                import docker  # noqa: PLC0415 - the docker SDK costs ~135 ms; loaded on first use
 
                 # "auto" asks the server for its API version: Docker 29
                 # refuses old ones, podman 4.3 answers 1.41.
@@ -548,7 +548,7 @@ def _build_context(containerfile: str, context: str) -> tuple[IO[bytes], str]:
     The SDK can add an outside Containerfile by itself, but then sends its
     name and its text as two "dockerfile" parameters, and podman 4.3 takes
     the text for a path. So the context is packed here, with the SDK's tar."""
-    from docker import utils as dutils  # noqa: PLC0415
+    from docker import utils as dutils  # noqa: PLC0415 - the SDK is slow to import; only builds need it
 
     root = os.path.abspath(context)
     rel = os.path.relpath(os.path.abspath(containerfile), root)

@@ -345,7 +345,7 @@ class PodmanEngine:
     # The one place where podman-py and OS errors become qlite errors.
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         from podman import errors as perr  # noqa: PLC0415 - podman-py is slow to import
-        from requests import exceptions as rexc  # noqa: PLC0415
+        from requests import exceptions as rexc  # noqa: PLC0415 - requests is slow to import too
 
         try:
             return fn()
@@ -363,7 +363,7 @@ class PodmanEngine:
     def api(self) -> APIClient:
         if self._client is None:
             self.service.ensure()
-            from podman import PodmanClient  # noqa: PLC0415
+            from podman import PodmanClient  # noqa: PLC0415 - podman-py costs ~130 ms; only API calls need it
 
             self._client = PodmanClient(base_url=f"unix://{self.paths.podman_sock}")
         return self._client.api

@@ -28,8 +28,8 @@ class Qmp:
         self.what = what  # the qube, for messages
 
     def _call(self, action: str, fn: Callable[[QEMUMonitorProtocol], T]) -> T:
-        from qemu.qmp import QMPError  # noqa: PLC0415
-        from qemu.qmp.legacy import QEMUMonitorProtocol  # noqa: PLC0415
+        from qemu.qmp import QMPError  # noqa: PLC0415 - qemu.qmp costs ~55 ms; only QMP calls need it
+        from qemu.qmp.legacy import QEMUMonitorProtocol  # noqa: PLC0415 - as above
 
         mon = QEMUMonitorProtocol(str(self.path))
         try:

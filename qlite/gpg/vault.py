@@ -138,7 +138,7 @@ class VaultGPG:
 
     @cached_property
     def gpg(self) -> gnupg.GPG:
-        import gnupg  # noqa: PLC0415
+        import gnupg  # noqa: PLC0415 - python-gnupg costs ~30 ms; only key operations need it
 
         try:
             return gnupg.GPG(gpgbinary=self.wrapper)

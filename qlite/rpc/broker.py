@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from qlite.domain import preload
 from qlite.domain.context import Clock, Context
 from qlite.domain.model import Qube, State
 from qlite.domain.ports import PolicyFacts, RpcTargets
@@ -32,6 +33,7 @@ from qlite.paths import Paths
 from qlite.rpc import audit, wire
 from qlite.rpc.asks import Approvals, AskQueue, TooManyAsks
 from qlite.rpc.policy import Policy, QubeFacts, Request, Resolution, System, answer_ask, evaluate, load_policy
+from qlite.state.qubes import Features
 
 DISPATCH = "/usr/lib/qlite/qubes-rpc-dispatch"
 SERVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -52,8 +54,6 @@ SOCKET_NAME = "rpc.sock"  # in each qube's RPC directory; /run/qlite/rpc.sock in
 
 
 def autoaccept_window(ctx: Context, source: str, service: str) -> float:
-    from qlite.state.qubes import Features  # noqa: PLC0415
-
     text = Features(ctx.store).all(source).get(f"autoaccept.{service}")
     if text is None:
         return AUTOACCEPT_DEFAULTS.get(service, 0.0)
@@ -569,8 +569,6 @@ class Broker:
 
     def _take(self, conn: socket.socket, msg: dict) -> None:
         """Pass a preloaded disposable's agent connection to the claimant."""
-        from qlite.domain import preload  # noqa: PLC0415
-
         agent = preload.take_connection(str(msg.get("qube", "")))
         if agent is None:
             conn.sendall(json.dumps({"ok": False, "error": f"no preloaded {msg.get('qube')!r} here"}).encode())

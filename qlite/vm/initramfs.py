@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import lzma
 import os
 import stat
 from collections.abc import Iterable
@@ -160,7 +161,5 @@ def _module_bytes(path: Path) -> bytes:
     """A module's contents, uncompressed (busybox insmod reads plain .ko)."""
     data = path.read_bytes()
     if path.name.endswith(".xz"):
-        import lzma  # noqa: PLC0415
-
         return lzma.decompress(data)
     return data
