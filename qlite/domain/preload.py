@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from qlite.agent import channel as ch
+from qlite.agent import frames
 from qlite.agent.listen import listen_private
 from qlite.domain.context import Context
 from qlite.errors import QliteError
@@ -58,12 +59,11 @@ def accept_agent(srv: socket.socket, name: str) -> None:
             conn, _ = srv.accept()
         except TimeoutError:
             break
-        conn.settimeout(GREETING_TIMEOUT_S)
-        try:
-            frames = ch.Decoder().feed(conn.recv(ch.HEADER.size + 256))
+        try:  # the greeting may come in pieces; all of it within its time
+            first = frames.recv_frame(conn, ch.Decoder(), [], time.monotonic() + GREETING_TIMEOUT_S)
         except (OSError, ch.ChannelError):
-            frames = []
-        if frames and frames[0][0] == ch.HELLO:
+            first = None
+        if first is not None and first[0] == ch.HELLO:
             conn.settimeout(None)
             with CONNECTIONS_LOCK:
                 CONNECTIONS[name] = conn

@@ -32,7 +32,7 @@ from qlite.host.clock import SYSTEM_CLOCK
 from qlite.paths import Paths
 from qlite.rpc import audit, wire
 from qlite.rpc.asks import Approvals, AskQueue, TooManyAsks
-from qlite.rpc.policy import Policy, QubeFacts, Request, Resolution, System, answer_ask, evaluate, load_policy
+from qlite.rpc.policy import Policy, QubeFacts, Request, Resolution, System, answer_ask, evaluate, load_policy, tokens
 from qlite.state.qubes import Features
 
 DISPATCH = "/usr/lib/qlite/qubes-rpc-dispatch"
@@ -225,15 +225,19 @@ class Call:
         env = {"QREXEC_REMOTE_DOMAIN": request.source, "QREXEC_SERVICE_ARGUMENT": request.argument,
                "QREXEC_SERVICE_FULL_NAME": full}
         argv = [DISPATCH, request.service, *([request.argument] if request.argument else [])]
-        if target in ("dom0", "@adminvm"):
-            handler = HOST_SERVICES.get(request.service)
-            self.send_json(wire.RESULT, {"result": "allow", "target": "dom0"})
-            if handler is None:
-                return self._bridge(lambda stdio: _no_host_service(stdio, request.service))
-            return self._bridge(handler)
-        if target.startswith("@dispvm:"):
-            return self._in_disposable(target.split(":", 1)[1], argv, env, resolution, qubes)
-        return self._in_qube(target, argv, env, resolution, qubes)
+        match tokens.parse_word(target):  # evaluate resolves to dom0, @dispvm:NAME or a qube
+            case tokens.Dom0():
+                handler = HOST_SERVICES.get(request.service)
+                self.send_json(wire.RESULT, {"result": "allow", "target": "dom0"})
+                if handler is None:
+                    return self._bridge(lambda stdio: _no_host_service(stdio, request.service))
+                return self._bridge(handler)
+            case tokens.DispVMName(base=base):
+                return self._in_disposable(base, argv, env, resolution, qubes)
+            case tokens.QubeName(name=name):
+                return self._in_qube(name, argv, env, resolution, qubes)
+            case other:
+                raise AccessDenied(f"policy resolved to {other}, which is not a qube")
 
     def _in_qube(self, target: str, argv: list[str], env: dict[str, str], resolution: Resolution,
                  qm: RpcTargets) -> int:
