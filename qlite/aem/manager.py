@@ -186,7 +186,7 @@ class AemManager:
         features = Features(self.ctx.store)
         if on:
             features.set("dom0", ENFORCE_FEATURE, "1")
-        else:
+        elif self.enforced():  # relaxing what was never enforced changes nothing
             features.delete("dom0", ENFORCE_FEATURE)
 
     def check_start(self, qube: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 from qlite.aem.manager import AemManager
 from qlite.aem.measure import default_components
 from qlite.domain.context import Context
-from qlite.errors import AccessDenied, InvalidValue
+from qlite.errors import AccessDenied, InvalidValue, NotFound
 from qlite.host.tpm import PCR
 
 
@@ -112,3 +112,17 @@ def test_pcr_numbers_are_checked_before_anything_is_sealed(aem):
     with pytest.raises(InvalidValue, match="PCR numbers run from 0 to 23"):
         mgr.seal(b"s", boot_pcrs=[24])
     assert not mgr.sealed_path.exists()
+
+
+def test_enforcement_is_switched_on_only_with_a_seal_and_relaxing_twice_is_harmless(aem):
+    mgr, _, _, _ = aem
+    mgr.set_enforced(False)  # never enforced: nothing to do, no error
+    assert not mgr.enforced()
+    with pytest.raises(NotFound, match="nothing is sealed"):
+        mgr.set_enforced(True)
+    mgr.seal(b"my phrase")
+    mgr.set_enforced(True)
+    assert mgr.enforced()
+    mgr.set_enforced(False)
+    mgr.set_enforced(False)
+    assert not mgr.enforced()
