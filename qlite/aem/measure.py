@@ -21,7 +21,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qlite.errors import InvalidValue
@@ -41,7 +41,7 @@ class Measurement:
         return hashlib.sha256(f"{self.name}\0{self.digest}".encode()).digest()
 
     def as_json(self) -> dict:
-        return {"name": self.name, "digest": self.digest}
+        return asdict(self)
 
 
 def extend(pcr: bytes, event: bytes) -> bytes:

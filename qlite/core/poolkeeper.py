@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 
 from qlite.core.disposables import DisposableManager
 from qlite.core.qubes import QubeManager
@@ -50,7 +51,7 @@ def generation(ctx: Context, dvm: Qube) -> str:
     qm = QubeManager(ctx)
     data = {
         "image": qm.image_for(Qube(name="x", klass="AppVM", label="red", template=dvm.template)),
-        "prefs": {k: v for k, v in dvm.__dict__.items() if k not in ("created_at", "tags", "owner")},
+        "prefs": {k: v for k, v in asdict(dvm).items() if k not in ("created_at", "tags", "owner")},
         "features": {k: v for k, v in qm.features.all(dvm.name).items() if k != FEATURE},
         "firewall": ctx.qube_store.firewall(dvm.name),
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,13 +88,8 @@ class QubeInfo:
     revision: int | None = None  # templates: the current revision
 
     def as_json(self) -> dict:
-        return {
-            "name": self.name, "class": self.klass, "state": self.state, "label": self.label,
-            "template": self.template, "netvm": self.netvm, "mode": self.mode,
-            "netpath": self.netpath, "memory": self.memory, "vcpus": self.vcpus,
-            "template_for_dispvms": self.template_for_dispvms,
-            "provides_network": self.provides_network, "tags": self.tags, "revision": self.revision,
-        }
+        # Qubes calls the property "class", a word Python keeps for itself.
+        return {("class" if k == "klass" else k): v for k, v in asdict(self).items()}
 
 
 class QubeManager:

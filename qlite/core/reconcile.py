@@ -8,7 +8,7 @@ other live qlite processes are running are never touched.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from qlite.core.qubes import QubeManager
@@ -34,7 +34,7 @@ class ReconcileReport:
         return not any(self.as_json().values())
 
     def as_json(self) -> dict:
-        return self.__dict__.copy()
+        return asdict(self)
 
 
 def orphaned_rows(ctx: Context) -> list[str]:

@@ -7,7 +7,7 @@ on what a valid value is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Literal, get_args
 from uuid import uuid4
@@ -72,9 +72,8 @@ class Qube:
     def derive(self, **changes: object) -> Qube:
         """A new qube made from this one (a clone, a disposable): its
         settings with CHANGES, and an identity of its own."""
-        fields = {**self.__dict__, "tags": set(self.tags), **changes}
-        fields["uuid"] = str(uuid4())
-        return Qube(**fields)
+        # CHANGES are fields of any type, by name: mypy cannot match them to their fields.
+        return replace(self, **{"tags": set(self.tags), **changes, "uuid": str(uuid4())})  # type: ignore[arg-type]
 
 
 @dataclass

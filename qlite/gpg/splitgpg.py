@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from qlite.domain.context import Context
 from qlite.domain.model import State
@@ -37,7 +37,7 @@ class SplitGpgSetup:
     policy_file: str
 
     def as_json(self) -> dict:
-        return self.__dict__.copy()
+        return asdict(self)
 
 
 def setup(ctx: Context, qm: QubeAdmin, vault: str, clients: list[str],

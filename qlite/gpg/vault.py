@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -82,9 +82,7 @@ class KeyInfo:
     subkeys: list[SubkeyInfo] = field(default_factory=list)
 
     def as_json(self) -> dict:
-        out = self.__dict__.copy()
-        out["subkeys"] = [s.__dict__.copy() for s in self.subkeys]
-        return out
+        return asdict(self)  # the subkeys too
 
     @property
     def algorithms(self) -> str:
