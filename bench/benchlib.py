@@ -60,10 +60,17 @@ class BenchError(Exception):
 # Running commands
 
 
-def run(argv: list[str], env: dict[str, str], cwd: Path, *, check: bool = True,
-        timeout: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess:
+def run(
+    argv: list[str], env: dict[str, str], cwd: Path, *, check: bool = True, timeout: float = CMD_TIMEOUT_S
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise BenchError(f"{' '.join(argv)} exited {proc.returncode}: {last_line(proc.stderr or proc.stdout)}")
@@ -161,16 +168,26 @@ def create_bulk(home: BenchHome, names: list[str], *create_args: str, what: str 
 
 def remove_bulk(home: BenchHome, names: list[str], *, check: bool = True) -> None:
     """Remove NAMES (leaf qubes, running or not) in parallel batches."""
-    batches = [names[i:i + REMOVE_BATCH] for i in range(0, len(names), REMOVE_BATCH)]
-    in_parallel(home, [("remove", "--force", *batch) for batch in batches], check=check,
-                timeout=CMD_TIMEOUT_S + 10 * REMOVE_BATCH)
+    batches = [names[i : i + REMOVE_BATCH] for i in range(0, len(names), REMOVE_BATCH)]
+    in_parallel(
+        home,
+        [("remove", "--force", *batch) for batch in batches],
+        check=check,
+        timeout=CMD_TIMEOUT_S + 10 * REMOVE_BATCH,
+    )
     if check:
         gone = set(names)
         home.bulk_qubes = [n for n in home.bulk_qubes if n not in gone]
 
 
-def in_parallel(home: BenchHome, commands: list[tuple[str, ...]], *, check: bool = True,
-                timeout: float = CMD_TIMEOUT_S, progress: Callable[[int], object] | None = None) -> None:
+def in_parallel(
+    home: BenchHome,
+    commands: list[tuple[str, ...]],
+    *,
+    check: bool = True,
+    timeout: float = CMD_TIMEOUT_S,
+    progress: Callable[[int], object] | None = None,
+) -> None:
     """Run qlite COMMANDS, at most home.bulk_workers at once. A failure (with
     CHECK) or an interrupt cancels the commands not yet started."""
     pool = ThreadPoolExecutor(home.bulk_workers)
@@ -223,13 +240,15 @@ print(json.dumps(out))
 """
 
 
-def time_in_qube(home: BenchHome, case: QubeCase, n: int, stdin: str, expect: str,
-                 exact: bool = False) -> tuple[list[float], list[str]]:
+def time_in_qube(
+    home: BenchHome, case: QubeCase, n: int, stdin: str, expect: str, exact: bool = False
+) -> tuple[list[float], list[str]]:
     """N runs of CASE, each timed inside its qube (so ``qlite run``'s own
     start-up is not counted) and checked: exit 0 and the EXPECTed output."""
     spec = {"argv": list(case.argv), "n": n, "input": stdin, "expect": expect, "exact": exact}
-    proc = home.qlite("run", case.qube, "--", "python3", "-c", IN_QUBE_TIMER, json.dumps(spec),
-                      timeout=CMD_TIMEOUT_S + 10 * n)
+    proc = home.qlite(
+        "run", case.qube, "--", "python3", "-c", IN_QUBE_TIMER, json.dumps(spec), timeout=CMD_TIMEOUT_S + 10 * n
+    )
     out = json.loads(last_line(proc.stdout))
     if "error" in out:
         raise BenchError(f"case {case.key} ({case.label}) failed: {out['error']}")
@@ -242,8 +261,17 @@ def batch_sizes(runs: int, batches: int) -> list[int]:
     return [q + (i < r) for i in range(count)]
 
 
-def measure_in_qubes(home: BenchHome, cases: list[QubeCase], runs: int, *, stdin: str, expect: str,
-                     exact: bool = False, warmup: int, batches: int) -> tuple[dict, dict, list[dict]]:
+def measure_in_qubes(
+    home: BenchHome,
+    cases: list[QubeCase],
+    runs: int,
+    *,
+    stdin: str,
+    expect: str,
+    exact: bool = False,
+    warmup: int,
+    batches: int,
+) -> tuple[dict, dict, list[dict]]:
     """RUNS timed runs per case inside their qubes, after WARMUP untimed ones,
     in interleaved batches (a, b, a, b, ...) so that drift of the machine
     hits every case alike. Returns samples and outputs by case key, and the
@@ -380,8 +408,10 @@ def verify_clean(home: BenchHome) -> None:
         print(f"cleanup: nothing labelled qlite.home={home.hash} is left", file=sys.stderr)
     running = wait_processes_gone(home, PROCESS_GRACE_S)
     if running:
-        print(f"WARNING: processes of bench home {home.path} still run after {PROCESS_GRACE_S} s: {running}",
-              file=sys.stderr)
+        print(
+            f"WARNING: processes of bench home {home.path} still run after {PROCESS_GRACE_S} s: {running}",
+            file=sys.stderr,
+        )
 
 
 def home_processes(home: BenchHome) -> list[int]:
@@ -392,7 +422,8 @@ def home_processes(home: BenchHome) -> list[int]:
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             if marker in " ".join(proc.info["cmdline"] or ()) or env_marker in (
-                    f"{k}={v}" for k, v in proc.environ().items()):
+                f"{k}={v}" for k, v in proc.environ().items()
+            ):
                 pids.append(proc.info["pid"])
         except psutil.Error:
             continue  # gone, or a zombie
@@ -415,8 +446,13 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def bench_main(script: str, args, run_bench: Callable[[BenchHome, object], dict],
-               render: Callable[[dict], None], default_json: Path) -> int:
+def bench_main(
+    script: str,
+    args,
+    run_bench: Callable[[BenchHome, object], dict],
+    render: Callable[[dict], None],
+    default_json: Path,
+) -> int:
     """The whole of a benchmark's main(): measure in a fresh home, print the
     table, write the JSON (to --json, else DEFAULT_JSON), clean up."""
 

@@ -132,8 +132,7 @@ def prepare(home: BenchHome) -> Setup:
     # A second offline disposable template whose disposables the daemon
     # preloads (case f); b stays cold, so b and f differ only in that.
     create_qube(home, PRELOAD_DVM, "--netvm", "none", "--prop", "template_for_dispvms=True", "--label", "gray")
-    home.before_removal.append(lambda: home.qlite("features", "-D", PRELOAD_DVM, "preload-dispvm-max",
-                                                  check=False))
+    home.before_removal.append(lambda: home.qlite("features", "-D", PRELOAD_DVM, "preload-dispvm-max", check=False))
     home.before_removal.append(lambda: home.qlite("daemon", "stop", check=False))
     home.before_removal.append(lambda: home.qlite("reconcile", check=False))
     home.qlite("features", PRELOAD_DVM, "preload-dispvm-max", "2")
@@ -156,8 +155,7 @@ def template_image_id(home: BenchHome) -> str:
 
 
 def check_runtime(home: BenchHome, image_id: str) -> None:
-    cid = home.podman("create", *home.label_args(), "--network=none", "--pull=never",
-                      image_id, "true").stdout.strip()
+    cid = home.podman("create", *home.label_args(), "--network=none", "--pull=never", image_id, "true").stdout.strip()
     try:
         runtime = home.podman("inspect", "--format", "{{.OCIRuntime}}", cid).stdout.strip()
     finally:
@@ -185,8 +183,7 @@ def wait_preloaded(home: BenchHome, timeout: float = CMD_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = home.qlite_json("ls")
-        if any("preloaded" in r["tags"] and r["state"] == "Running" and r["template"] == PRELOAD_DVM
-               for r in rows):
+        if any("preloaded" in r["tags"] and r["state"] == "Running" and r["template"] == PRELOAD_DVM for r in rows):
             return
         time.sleep(0.05)
     raise BenchError(f"no preloaded disposable of {PRELOAD_DVM} became ready in {timeout:.0f} s")
@@ -211,21 +208,47 @@ def latency_cases(home: BenchHome, setup: Setup) -> list[Case]:
     # the command in the current directory, so it runs from the bench home.
     # As root it needs no --rootless flag. Its state goes into the bench
     # home, so a run that is cut short leaves nothing in /var/run/runsc.
-    runsc_do = (setup.probe["runsc"], f"--root={home.path / 'runsc-state'}", "--network=none",
-                f"--platform={setup.probe['platform']}", "do", "true")
+    runsc_do = (
+        setup.probe["runsc"],
+        f"--root={home.path / 'runsc-state'}",
+        "--network=none",
+        f"--platform={setup.probe['platform']}",
+        "do",
+        "true",
+    )
     return [
-        Case("a", "qlite run --disposable (default-dvm, network)",
-             (*QLITE, "run", "--disposable", "--", "true"), home.env),
-        Case("b", f"qlite run --dvm {OFFLINE_DVM} (offline)",
-             (*QLITE, "run", "--dvm", OFFLINE_DVM, "--", "true"), home.env),
-        Case("c", "podman run --rm --network=none, qlite-runsc",
-             (*podman_run, "--network=none", setup.image_id, "true"), home.podman_env),
-        Case("d", "runsc --network=none do true",
-             runsc_do, home.env),
-        Case("e", "podman run --rm, bridge network, qlite-runsc",
-             (*podman_run, f"--network={home.network}", setup.image_id, "true"), home.podman_env),
-        Case("f", f"qlite run --dvm {PRELOAD_DVM} (offline, preloaded)",
-             (*QLITE, "run", "--dvm", PRELOAD_DVM, "--", "true"), home.env, lambda: wait_preloaded(home)),
+        Case(
+            "a",
+            "qlite run --disposable (default-dvm, network)",
+            (*QLITE, "run", "--disposable", "--", "true"),
+            home.env,
+        ),
+        Case(
+            "b",
+            f"qlite run --dvm {OFFLINE_DVM} (offline)",
+            (*QLITE, "run", "--dvm", OFFLINE_DVM, "--", "true"),
+            home.env,
+        ),
+        Case(
+            "c",
+            "podman run --rm --network=none, qlite-runsc",
+            (*podman_run, "--network=none", setup.image_id, "true"),
+            home.podman_env,
+        ),
+        Case("d", "runsc --network=none do true", runsc_do, home.env),
+        Case(
+            "e",
+            "podman run --rm, bridge network, qlite-runsc",
+            (*podman_run, f"--network={home.network}", setup.image_id, "true"),
+            home.podman_env,
+        ),
+        Case(
+            "f",
+            f"qlite run --dvm {PRELOAD_DVM} (offline, preloaded)",
+            (*QLITE, "run", "--dvm", PRELOAD_DVM, "--", "true"),
+            home.env,
+            lambda: wait_preloaded(home),
+        ),
     ]
 
 
@@ -233,12 +256,20 @@ def time_once(case: Case, cwd: Path) -> float:
     if case.before is not None:
         case.before()
     start = time.perf_counter()
-    proc = subprocess.run(case.argv, env=case.env, cwd=cwd, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=CMD_TIMEOUT_S)
+    proc = subprocess.run(
+        case.argv,
+        env=case.env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=CMD_TIMEOUT_S,
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        raise BenchError(f"case {case.key} ({case.label}) exited {proc.returncode}: "
-                         f"{last_line(proc.stderr or proc.stdout)}")
+        raise BenchError(
+            f"case {case.key} ({case.label}) exited {proc.returncode}: {last_line(proc.stderr or proc.stdout)}"
+        )
     return elapsed
 
 
@@ -289,8 +320,9 @@ def wait_running(home: BenchHome, names: list[str], timeout: float = CMD_TIMEOUT
 
 def idle_container_ids(home: BenchHome) -> dict[str, str]:
     """Full container id of each idle qube, by qube name."""
-    out = home.podman("ps", "--no-trunc", "--filter", f"label=qlite.home={home.hash}",
-                      "--format", "{{.ID}} {{.Names}}").stdout
+    out = home.podman(
+        "ps", "--no-trunc", "--filter", f"label=qlite.home={home.hash}", "--format", "{{.ID}} {{.Names}}"
+    ).stdout
     prefix = f"qlite-{home.hash}-{IDLE_PREFIX}"
     ids = {}
     for line in out.splitlines():
@@ -343,20 +375,27 @@ def mean_of(per_qube: dict[str, dict], key: str) -> float:
     return statistics.fmean(q[key] for q in per_qube.values())
 
 
-def build_result(args: argparse.Namespace, facts: dict, cases: list[Case],
-                 samples: dict[str, list[float]], memory: dict) -> dict:
+def build_result(
+    args: argparse.Namespace, facts: dict, cases: list[Case], samples: dict[str, list[float]], memory: dict
+) -> dict:
     base = p50(samples[BASELINE])
     per_qube = memory["per_qube"]
     return {
-        "qlite_p50_s": p50(samples["a"]), "qlite_p95_s": p95(samples["a"]),
-        "qlite_offline_p50_s": p50(samples["b"]), "qlite_offline_p95_s": p95(samples["b"]),
-        "podman_runsc_p50_s": base, "podman_runsc_p95_s": p95(samples["c"]),
-        "runsc_do_p50_s": p50(samples["d"]), "runsc_do_p95_s": p95(samples["d"]),
-        "podman_runsc_net_p50_s": p50(samples["e"]), "podman_runsc_net_p95_s": p95(samples["e"]),
+        "qlite_p50_s": p50(samples["a"]),
+        "qlite_p95_s": p95(samples["a"]),
+        "qlite_offline_p50_s": p50(samples["b"]),
+        "qlite_offline_p95_s": p95(samples["b"]),
+        "podman_runsc_p50_s": base,
+        "podman_runsc_p95_s": p95(samples["c"]),
+        "runsc_do_p50_s": p50(samples["d"]),
+        "runsc_do_p95_s": p95(samples["d"]),
+        "podman_runsc_net_p50_s": p50(samples["e"]),
+        "podman_runsc_net_p95_s": p95(samples["e"]),
         "ratio_qlite_to_podman_p50": p50(samples["a"]) / base,
         "ratio_qlite_offline_to_podman_p50": p50(samples["b"]) / base,
         "ratio_qlite_to_podman_net_p50": p50(samples["a"]) / p50(samples["e"]),
-        "preloaded_p50_s": p50(samples["f"]), "preloaded_p95_s": p95(samples["f"]),
+        "preloaded_p50_s": p50(samples["f"]),
+        "preloaded_p95_s": p95(samples["f"]),
         "ratio_preloaded_to_runsc_do_p50": p50(samples["f"]) / p50(samples["d"]),
         "ratio_preloaded_to_podman_p50": p50(samples["f"]) / base,
         "idle_qube_pss_mib": mean_of(per_qube, "gvisor_pss_mib"),
@@ -366,7 +405,8 @@ def build_result(args: argparse.Namespace, facts: dict, cases: list[Case],
         "idle_qube_memavailable_drop_mib": memory["memavailable_drop_mib"],
         "conmon_pss_mib": mean_of(per_qube, "conmon_pss_mib"),
         "idle_start_all_s": memory["start_all_s"],
-        "runs": args.runs, "density": args.density,
+        "runs": args.runs,
+        "density": args.density,
         **facts,
         "cases": {c.key: {"label": c.label, "argv": list(c.argv)} for c in cases},
         "samples_s": samples,
@@ -378,27 +418,37 @@ def build_result(args: argparse.Namespace, facts: dict, cases: list[Case],
 def render(result: dict) -> None:
     r = result
     print(f"\nqlite disposable bench: {r['runs']} interleaved runs per case after one warm-up each")
-    print(f"host: kernel {r['kernel']}, {r['cpu_count']} CPUs, {r['mem_total_mib']} MiB, runsc {r['runsc_version']} "
-          f"({r['platform']}), podman {r['podman_version']}, netpath {r['netpath']}\n")
+    print(
+        f"host: kernel {r['kernel']}, {r['cpu_count']} CPUs, {r['mem_total_mib']} MiB, runsc {r['runsc_version']} "
+        f"({r['platform']}), podman {r['podman_version']}, netpath {r['netpath']}\n"
+    )
     print(f"{'case':<52} {'p50 s':>7} {'p95 s':>7} {'/ c p50':>8}")
     base = r["podman_runsc_p50_s"]
     for key, case in r["cases"].items():
         xs = r["samples_s"][key]
         print(f"{key}  {case['label']:<49} {p50(xs):>7.3f} {p95(xs):>7.3f} {p50(xs) / base:>7.2f}x")
     print(f"\n   a / e (networked qlite vs networked podman): {r['ratio_qlite_to_podman_net_p50']:.2f}x")
-    print(f"   f / d (preloaded vs runsc do): {r['ratio_preloaded_to_runsc_do_p50']:.2f}x;"
-          f" f / c (preloaded vs podman run): {r['ratio_preloaded_to_podman_p50']:.2f}x")
-    print(f"\nmemory: {r['density']} idle app qubes (--netvm none), started by one 'qlite start' "
-          f"in {r['idle_start_all_s']:.1f} s")
+    print(
+        f"   f / d (preloaded vs runsc do): {r['ratio_preloaded_to_runsc_do_p50']:.2f}x;"
+        f" f / c (preloaded vs podman run): {r['ratio_preloaded_to_podman_p50']:.2f}x"
+    )
+    print(
+        f"\nmemory: {r['density']} idle app qubes (--netvm none), started by one 'qlite start' "
+        f"in {r['idle_start_all_s']:.1f} s"
+    )
     print(f"  MemAvailable drop per qube             {r['idle_qube_memavailable_drop_mib']:7.1f} MiB")
-    print(f"  gVisor PSS per qube (mean)             {r['idle_qube_pss_mib']:7.1f} MiB"
-          f"   (sentry+stubs {r['idle_qube_sentry_pss_mib']:.1f}, gofer {r['idle_qube_gofer_pss_mib']:.1f};"
-          f" USS {r['idle_qube_uss_mib']:.1f})")
+    print(
+        f"  gVisor PSS per qube (mean)             {r['idle_qube_pss_mib']:7.1f} MiB"
+        f"   (sentry+stubs {r['idle_qube_sentry_pss_mib']:.1f}, gofer {r['idle_qube_gofer_pss_mib']:.1f};"
+        f" USS {r['idle_qube_uss_mib']:.1f})"
+    )
     print(f"  conmon PSS per qube                    {r['conmon_pss_mib']:7.1f} MiB")
     p = r["published_not_measured_here"]
     print(f"\nQubes OS, PUBLISHED figures, NOT measured here ({p['source']}):")
-    print(f"  disposable: {p['qubes_disposable_cold_s']} s cold, {p['qubes_disposable_preloaded_s']} s preloaded;"
-          f" an AppVM's default memory: {p['qubes_appvm_default_memory_mb']} MB")
+    print(
+        f"  disposable: {p['qubes_disposable_cold_s']} s cold, {p['qubes_disposable_preloaded_s']} s preloaded;"
+        f" an AppVM's default memory: {p['qubes_appvm_default_memory_mb']} MB"
+    )
 
 
 # --------------------------------------------------------------------------

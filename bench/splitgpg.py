@@ -115,19 +115,29 @@ print(json.dumps(results))
 
 def signing_cases(fpr: str) -> list[QubeCase]:
     return [
-        QubeCase("a", f"qlite-gpg -bsa -u FPR in {CLIENT} (split, via {VAULT})", CLIENT,
-                 ("qlite-gpg", "-bsa", "-u", fpr)),
-        QubeCase("b", f"gpg --batch -bsa -u FPR in {VAULT} (local, baseline)", VAULT,
-                 ("gpg", "--batch", "-bsa", "-u", fpr)),
+        QubeCase(
+            "a", f"qlite-gpg -bsa -u FPR in {CLIENT} (split, via {VAULT})", CLIENT, ("qlite-gpg", "-bsa", "-u", fpr)
+        ),
+        QubeCase(
+            "b", f"gpg --batch -bsa -u FPR in {VAULT} (local, baseline)", VAULT, ("gpg", "--batch", "-bsa", "-u", fpr)
+        ),
     ]
 
 
 def e2e_cases(fpr: str) -> list[QubeCase]:
     return [
-        QubeCase("c", f"qlite run {CLIENT} -- sh -c 'echo x | qlite-gpg -bsa -u FPR'", CLIENT,
-                 ("sh", "-c", f"echo x | qlite-gpg -bsa -u {fpr}")),
-        QubeCase("d", f"qlite run {VAULT} -- sh -c 'echo x | gpg --batch -bsa -u FPR'", VAULT,
-                 ("sh", "-c", f"echo x | gpg --batch -bsa -u {fpr}")),
+        QubeCase(
+            "c",
+            f"qlite run {CLIENT} -- sh -c 'echo x | qlite-gpg -bsa -u FPR'",
+            CLIENT,
+            ("sh", "-c", f"echo x | qlite-gpg -bsa -u {fpr}"),
+        ),
+        QubeCase(
+            "d",
+            f"qlite run {VAULT} -- sh -c 'echo x | gpg --batch -bsa -u FPR'",
+            VAULT,
+            ("sh", "-c", f"echo x | gpg --batch -bsa -u {fpr}"),
+        ),
     ]
 
 
@@ -154,8 +164,7 @@ def prepare_vault(home: BenchHome) -> str:
     # gen-key starts a gpg-agent in the vault, which lives on there.
     home.before_removal.append(lambda: home.qlite("run", VAULT, "--", "gpgconf", "--kill", "gpg-agent", check=False))
     home.qlite("splitgpg", "setup", VAULT, "--client", CLIENT, "--autoaccept", str(AUTOACCEPT_S))
-    fpr = home.qlite("splitgpg", "gen-key", VAULT, "--name", KEY_NAME, "--email", KEY_EMAIL,
-                     timeout=300).stdout.strip()
+    fpr = home.qlite("splitgpg", "gen-key", VAULT, "--name", KEY_NAME, "--email", KEY_EMAIL, timeout=300).stdout.strip()
     if len(fpr) != 40:
         raise BenchError(f"splitgpg gen-key printed {fpr!r}, not a fingerprint")
     return fpr
@@ -164,8 +173,15 @@ def prepare_vault(home: BenchHome) -> str:
 def approve_first_use(home: BenchHome, case: QubeCase) -> None:
     """Make the first split GPG call and answer its question with yes, as a
     user would; the approval then stands for the autoaccept window."""
-    proc = subprocess.Popen([*QLITE, "run", case.qube, "--", *case.argv], env=home.env, cwd=home.path,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*QLITE, "run", case.qube, "--", *case.argv],
+        env=home.env,
+        cwd=home.path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         ask = wait_for_ask(home, proc)
         home.qlite("policy", "ask", str(ask["id"]), "allow")
@@ -206,7 +222,7 @@ def time_from_host(home: BenchHome, case: QubeCase) -> tuple[float, str]:
     elapsed = time.perf_counter() - start
     if SIG_HEAD not in proc.stdout:
         raise BenchError(f"case {case.key} ({case.label}) printed no signature")
-    return elapsed, proc.stdout[proc.stdout.index(SIG_HEAD):]
+    return elapsed, proc.stdout[proc.stdout.index(SIG_HEAD) :]
 
 
 def measure_e2e(home: BenchHome, cases: list[QubeCase], runs: int) -> tuple[dict, dict]:
@@ -229,8 +245,9 @@ def measure_e2e(home: BenchHome, cases: list[QubeCase], runs: int) -> tuple[dict
 def verify_in_vault(home: BenchHome, fpr: str, message: str, signatures: list[str], what: str) -> int:
     """Verify every signature with the vault's gpg; return how many."""
     spec = {"message": message, "signatures": signatures}
-    proc = home.qlite("run", VAULT, "--", "python3", "-c", VERIFIER, json.dumps(spec),
-                      timeout=CMD_TIMEOUT_S + 2 * len(signatures))
+    proc = home.qlite(
+        "run", VAULT, "--", "python3", "-c", VERIFIER, json.dumps(spec), timeout=CMD_TIMEOUT_S + 2 * len(signatures)
+    )
     results = json.loads(last_line(proc.stdout))
     if len(results) != len(signatures):
         raise BenchError(f"{what}: {len(results)} of {len(signatures)} signatures were checked")
@@ -244,9 +261,13 @@ def verify_in_vault(home: BenchHome, fpr: str, message: str, signatures: list[st
 def auto_accepted_calls(home: BenchHome) -> int:
     """How many qubes.Gpg calls of the client the broker auto-accepted."""
     records = home.qlite_json("log", "rpc", "-n", "100000")
-    return sum(1 for r in records
-               if r.get("service") == SERVICE and r.get("source") == CLIENT
-               and str(r.get("reason", "")).startswith("auto-accepted"))
+    return sum(
+        1
+        for r in records
+        if r.get("service") == SERVICE
+        and r.get("source") == CLIENT
+        and str(r.get("reason", "")).startswith("auto-accepted")
+    )
 
 
 def check_calls(home: BenchHome, expected: int) -> int:
@@ -270,25 +291,43 @@ def key_facts(home: BenchHome, fpr: str) -> dict:
     return {"key_fingerprint": fpr, "key_algo": algo, "gpg_version_in_vault": gpg_version}
 
 
-def build_result(args: argparse.Namespace, facts: dict, cases: dict[str, QubeCase], samples: dict[str, list[float]],
-                 batches: list[dict], checks: dict) -> dict:
+def build_result(
+    args: argparse.Namespace,
+    facts: dict,
+    cases: dict[str, QubeCase],
+    samples: dict[str, list[float]],
+    batches: list[dict],
+    checks: dict,
+) -> dict:
     a, b, c, d = (samples[k] for k in "abcd")
     return {
-        "split_sign_p50_s": p50(a), "split_sign_p95_s": p95(a),
-        "local_sign_p50_s": p50(b), "local_sign_p95_s": p95(b),
+        "split_sign_p50_s": p50(a),
+        "split_sign_p95_s": p95(a),
+        "local_sign_p50_s": p50(b),
+        "local_sign_p95_s": p95(b),
         "ratio_split_to_local_p50": p50(a) / p50(b),
         "ratio_split_to_local_p95": p95(a) / p95(b),
         "split_minus_local_p50_s": p50(a) - p50(b),
-        "e2e_split_with_qlite_run_p50_s": p50(c), "e2e_split_with_qlite_run_max_s": max(c),
-        "e2e_local_with_qlite_run_p50_s": p50(d), "e2e_local_with_qlite_run_max_s": max(d),
+        "e2e_split_with_qlite_run_p50_s": p50(c),
+        "e2e_split_with_qlite_run_max_s": max(c),
+        "e2e_local_with_qlite_run_p50_s": p50(d),
+        "e2e_local_with_qlite_run_max_s": max(d),
         "ratio_e2e_split_to_local_p50": p50(c) / p50(d),
-        "runs": args.runs, "batches": len(batch_sizes(args.runs, BATCHES)), "warmup_per_case": WARMUP,
-        "e2e_runs": E2E_RUNS, "message_bytes": len(MESSAGE.encode()), "autoaccept_s": AUTOACCEPT_S,
+        "runs": args.runs,
+        "batches": len(batch_sizes(args.runs, BATCHES)),
+        "warmup_per_case": WARMUP,
+        "e2e_runs": E2E_RUNS,
+        "message_bytes": len(MESSAGE.encode()),
+        "autoaccept_s": AUTOACCEPT_S,
         **facts,
         **checks,
         "cases": {k: {"label": case.label, "qube": case.qube, "argv": list(case.argv)} for k, case in cases.items()},
-        "timed": {"a": "inside the qube", "b": "inside the qube",
-                  "c": "from the host, including qlite run", "d": "from the host, including qlite run"},
+        "timed": {
+            "a": "inside the qube",
+            "b": "inside the qube",
+            "c": "from the host, including qlite run",
+            "d": "from the host, including qlite run",
+        },
         "samples_s": samples,
         "batches_s": batches,
     }
@@ -296,28 +335,38 @@ def build_result(args: argparse.Namespace, facts: dict, cases: dict[str, QubeCas
 
 def render(result: dict) -> None:
     r = result
-    print(f"\nqlite split GPG bench: {r['runs']} signatures per case in {r['batches']} interleaved batches "
-          f"after a warm-up of {r['warmup_per_case']} each")
-    print(f"host: kernel {r['kernel']}, {r['cpu_count']} CPUs, {r['mem_total_mib']} MiB, runsc {r['runsc_version']} "
-          f"({r['platform']}), podman {r['podman_version']}")
-    print(f"key: {r['key_algo']} {r['key_fingerprint']}; {r['gpg_version_in_vault']}; "
-          f"message {r['message_bytes']} bytes, detached armored signature\n")
+    print(
+        f"\nqlite split GPG bench: {r['runs']} signatures per case in {r['batches']} interleaved batches "
+        f"after a warm-up of {r['warmup_per_case']} each"
+    )
+    print(
+        f"host: kernel {r['kernel']}, {r['cpu_count']} CPUs, {r['mem_total_mib']} MiB, runsc {r['runsc_version']} "
+        f"({r['platform']}), podman {r['podman_version']}"
+    )
+    print(
+        f"key: {r['key_algo']} {r['key_fingerprint']}; {r['gpg_version_in_vault']}; "
+        f"message {r['message_bytes']} bytes, detached armored signature\n"
+    )
     print("timed inside the qube (qlite run's start-up not counted):")
     print(f"{'case':<63} {'p50 s':>7} {'p95 s':>7} {'/ b p50':>8}")
     base = r["local_sign_p50_s"]
     for key in "ab":
         xs = r["samples_s"][key]
         print(f"{key}  {r['cases'][key]['label']:<60} {p50(xs):>7.3f} {p95(xs):>7.3f} {p50(xs) / base:>7.2f}x")
-    print(f"\n   split GPG adds {r['split_minus_local_p50_s'] * 1000:.0f} ms per signature at p50 "
-          f"(a/b p50 {r['ratio_split_to_local_p50']:.2f}x, p95 {r['ratio_split_to_local_p95']:.2f}x)")
+    print(
+        f"\n   split GPG adds {r['split_minus_local_p50_s'] * 1000:.0f} ms per signature at p50 "
+        f"(a/b p50 {r['ratio_split_to_local_p50']:.2f}x, p95 {r['ratio_split_to_local_p95']:.2f}x)"
+    )
     print(f"\nend to end from the host, INCLUDING qlite run ({r['e2e_runs']} runs each after one warm-up):")
     print(f"{'case':<63} {'p50 s':>7} {'max s':>7} {'/ d p50':>8}")
     base = r["e2e_local_with_qlite_run_p50_s"]
     for key in "cd":
         xs = r["samples_s"][key]
         print(f"{key}  {r['cases'][key]['label']:<60} {p50(xs):>7.3f} {max(xs):>7.3f} {p50(xs) / base:>7.2f}x")
-    print(f"\nchecks: {r['signatures_verified']} signatures verified by gpg in the vault; "
-          f"{r['rpc_auto_accepted_calls']} {SERVICE} calls auto-accepted (none asked)")
+    print(
+        f"\nchecks: {r['signatures_verified']} signatures verified by gpg in the vault; "
+        f"{r['rpc_auto_accepted_calls']} {SERVICE} calls auto-accepted (none asked)"
+    )
 
 
 # --------------------------------------------------------------------------

@@ -118,10 +118,15 @@ PUBLISHED = {
 
 def rpc_cases() -> list[QubeCase]:
     return [
-        QubeCase("rpc", f"qrexec-client-vm {RPC_TARGET} {RPC_SERVICE} in {RPC_CALLER}", RPC_CALLER,
-                 ("qrexec-client-vm", RPC_TARGET, RPC_SERVICE)),
-        QubeCase("rpc_local", f"{RPC_SERVICE_PATH} run locally in {RPC_TARGET} (baseline)", RPC_TARGET,
-                 (RPC_SERVICE_PATH,)),
+        QubeCase(
+            "rpc",
+            f"qrexec-client-vm {RPC_TARGET} {RPC_SERVICE} in {RPC_CALLER}",
+            RPC_CALLER,
+            ("qrexec-client-vm", RPC_TARGET, RPC_SERVICE),
+        ),
+        QubeCase(
+            "rpc_local", f"{RPC_SERVICE_PATH} run locally in {RPC_TARGET} (baseline)", RPC_TARGET, (RPC_SERVICE_PATH,)
+        ),
     ]
 
 
@@ -142,15 +147,28 @@ def prepare_rpc(home: BenchHome) -> str:
         raise BenchError(f"the policy does not allow the bench's call by its own rule: {verdict}")
     home.qlite("start", RPC_CALLER, RPC_TARGET)
     # /run is the target's tmpfs: the service goes with the qube.
-    home.qlite("run", "-u", "root", RPC_TARGET, "--", "sh", "-c",
-               'mkdir -p "${1%/*}" && printf %s "$2" > "$1" && chmod 755 "$1"', "sh",
-               RPC_SERVICE_PATH, RPC_SERVICE_SCRIPT)
+    home.qlite(
+        "run",
+        "-u",
+        "root",
+        RPC_TARGET,
+        "--",
+        "sh",
+        "-c",
+        'mkdir -p "${1%/*}" && printf %s "$2" > "$1" && chmod 755 "$1"',
+        "sh",
+        RPC_SERVICE_PATH,
+        RPC_SERVICE_SCRIPT,
+    )
     return verdict["rule"]
 
 
 def rpc_records(home: BenchHome) -> list[dict]:
-    return [r for r in home.qlite_json("log", "rpc", "-n", "100000")
-            if r.get("service") == RPC_SERVICE and r.get("source") == RPC_CALLER]
+    return [
+        r
+        for r in home.qlite_json("log", "rpc", "-n", "100000")
+        if r.get("service") == RPC_SERVICE and r.get("source") == RPC_CALLER
+    ]
 
 
 def check_rpc_log(home: BenchHome, rule: str, expected: int) -> dict:
@@ -165,16 +183,19 @@ def check_rpc_log(home: BenchHome, rule: str, expected: int) -> dict:
     if any(r.get("rule") != rule or r.get("resolved") != RPC_TARGET for r in allowed):
         raise BenchError(f"a bench call was allowed by another rule than {rule} or went elsewhere")
     if len(allowed) != expected or len(done) != expected or any(r.get("exit") != 0 for r in done):
-        raise BenchError(f"the RPC log shows {len(allowed)} calls allowed and {len(done)} done, "
-                         f"expected {expected} each, all with exit 0")
+        raise BenchError(
+            f"the RPC log shows {len(allowed)} calls allowed and {len(done)} done, "
+            f"expected {expected} each, all with exit 0"
+        )
     return {"rpc_calls_logged_allowed": len(allowed), "rpc_calls_logged_done": len(done), "rpc_rule": rule}
 
 
 def measure_rpc(home: BenchHome, runs: int) -> dict:
     rule = prepare_rpc(home)
     cases = rpc_cases()
-    samples, outputs, _ = measure_in_qubes(home, cases, runs, stdin=RPC_MESSAGE, expect=RPC_MESSAGE, exact=True,
-                                           warmup=RPC_WARMUP, batches=RPC_BATCHES)
+    samples, outputs, _ = measure_in_qubes(
+        home, cases, runs, stdin=RPC_MESSAGE, expect=RPC_MESSAGE, exact=True, warmup=RPC_WARMUP, batches=RPC_BATCHES
+    )
     if any(out != RPC_MESSAGE for outs in outputs.values() for out in outs):
         raise BenchError("a timed RPC run did not echo its input")
     checks = check_rpc_log(home, rule, RPC_WARMUP + runs)
@@ -194,12 +215,17 @@ def measure_gpg(home: BenchHome, runs: int) -> dict:
     splitgpg.approve_first_use(home, splitgpg.e2e_cases(fpr)[0])
     samples, signatures, _ = splitgpg.measure_signing(home, cases, runs)
     print("  verifying the signatures in the vault", file=sys.stderr, flush=True)
-    verified = sum(splitgpg.verify_in_vault(home, fpr, splitgpg.MESSAGE, signatures[c.key], f"case {c.key}")
-                   for c in cases)
+    verified = sum(
+        splitgpg.verify_in_vault(home, fpr, splitgpg.MESSAGE, signatures[c.key], f"case {c.key}") for c in cases
+    )
     # Every split call after the approved first one: warm-up and timed.
     auto_accepted = splitgpg.check_calls(home, splitgpg.WARMUP + runs)
-    return {"cases": cases, "samples": samples, "fpr": fpr,
-            "checks": {"gpg_signatures_verified": verified, "gpg_rpc_auto_accepted_calls": auto_accepted}}
+    return {
+        "cases": cases,
+        "samples": samples,
+        "fpr": fpr,
+        "checks": {"gpg_signatures_verified": verified, "gpg_rpc_auto_accepted_calls": auto_accepted},
+    }
 
 
 # --------------------------------------------------------------------------
@@ -247,18 +273,34 @@ def pair(samples: list[float], prefix: str) -> dict[str, float]:
     return {f"{prefix}_p50_s": p50(samples), f"{prefix}_p95_s": p95(samples)}
 
 
-def build_result(args: argparse.Namespace, facts: dict, lat: dict[str, list[float]], lat_cases: list,
-                 memory: dict, rpc: dict, gpg: dict, ls: dict) -> dict:
+def build_result(
+    args: argparse.Namespace,
+    facts: dict,
+    lat: dict[str, list[float]],
+    lat_cases: list,
+    memory: dict,
+    rpc: dict,
+    gpg: dict,
+    ls: dict,
+) -> dict:
     per_qube = memory["per_qube"]
     pss = [q["gvisor_pss_mib"] for q in per_qube.values()]
     rs, gs, ls_s = rpc["samples"], gpg["samples"], ls["samples"]
     r = {
-        **pair(lat["a"], "cold"), **pair(lat["b"], "cold_offline"), **pair(lat["f"], "preloaded"),
-        **pair(lat["c"], "podman_run"), **pair(lat["e"], "podman_run_net"), **pair(lat["d"], "runsc_do"),
-        **pair(rs["rpc"], "rpc_call"), **pair(rs["rpc_local"], "rpc_local"),
-        **pair(gs["a"], "gpg_split_sign"), **pair(gs["b"], "gpg_local_sign"),
-        **pair(ls_s["ls_base"], "ls_base"), **pair(ls_s["ls_json_base"], "ls_json_base"),
-        **pair(ls_s["ls_many"], "ls"), **pair(ls_s["ls_json_many"], "ls_json"),
+        **pair(lat["a"], "cold"),
+        **pair(lat["b"], "cold_offline"),
+        **pair(lat["f"], "preloaded"),
+        **pair(lat["c"], "podman_run"),
+        **pair(lat["e"], "podman_run_net"),
+        **pair(lat["d"], "runsc_do"),
+        **pair(rs["rpc"], "rpc_call"),
+        **pair(rs["rpc_local"], "rpc_local"),
+        **pair(gs["a"], "gpg_split_sign"),
+        **pair(gs["b"], "gpg_local_sign"),
+        **pair(ls_s["ls_base"], "ls_base"),
+        **pair(ls_s["ls_json_base"], "ls_json_base"),
+        **pair(ls_s["ls_many"], "ls"),
+        **pair(ls_s["ls_json_many"], "ls_json"),
     }
     r |= {
         "ratio_cold_to_podman_run_net_p50": r["cold_p50_s"] / r["podman_run_net_p50_s"],
@@ -280,23 +322,37 @@ def build_result(args: argparse.Namespace, facts: dict, lat: dict[str, list[floa
         "idle_uss_per_qube_mean_mib": disposable.mean_of(per_qube, "gvisor_uss_mib"),
         "idle_conmon_pss_per_qube_mib": disposable.mean_of(per_qube, "conmon_pss_mib"),
         "idle_start_all_s": memory["start_all_s"],
-        "ls_qubes_before": ls["qubes_before"], "ls_qubes_defined": ls["qubes_after"],
-        "runs": args.runs, "rpc_runs": args.rpc_runs, "gpg_runs": args.gpg_runs, "ls_runs": args.ls_runs,
+        "ls_qubes_before": ls["qubes_before"],
+        "ls_qubes_defined": ls["qubes_after"],
+        "runs": args.runs,
+        "rpc_runs": args.rpc_runs,
+        "gpg_runs": args.gpg_runs,
+        "ls_runs": args.ls_runs,
         "workers": args.workers,
-        **rpc["checks"], **gpg["checks"], "gpg_key_fingerprint": gpg["fpr"],
+        **rpc["checks"],
+        **gpg["checks"],
+        "gpg_key_fingerprint": gpg["fpr"],
         "host": facts,
         "published_not_measured_here": PUBLISHED,
         "cases": {
-            **{f"disposable_{c.key}": {"label": c.label, "argv": list(c.argv), "timed": "from the host"}
-               for c in lat_cases},
-            **{c.key: {"label": c.label, "qube": c.qube, "argv": list(c.argv), "timed": "inside the qube"}
-               for c in rpc["cases"]},
-            **{f"gpg_{c.key}": {"label": c.label, "qube": c.qube, "argv": list(c.argv), "timed": "inside the qube"}
-               for c in gpg["cases"]},
+            **{
+                f"disposable_{c.key}": {"label": c.label, "argv": list(c.argv), "timed": "from the host"}
+                for c in lat_cases
+            },
+            **{
+                c.key: {"label": c.label, "qube": c.qube, "argv": list(c.argv), "timed": "inside the qube"}
+                for c in rpc["cases"]
+            },
+            **{
+                f"gpg_{c.key}": {"label": c.label, "qube": c.qube, "argv": list(c.argv), "timed": "inside the qube"}
+                for c in gpg["cases"]
+            },
         },
         "samples_s": {
             **{f"disposable_{k}": v for k, v in lat.items()},
-            **rs, **{f"gpg_{k}": v for k, v in gs.items()}, **ls_s,
+            **rs,
+            **{f"gpg_{k}": v for k, v in gs.items()},
+            **ls_s,
         },
         "idle_per_qube": per_qube,
     }
@@ -308,17 +364,32 @@ def table_rows(r: dict) -> list[tuple[str, str, str | None, str | None, str | No
     p = r["published_not_measured_here"]
     n, b = r["ls_qubes_defined"], r["ls_qubes_before"]
     return [
-        ("disposable cold: qlite run --disposable (net)", "cold", "podman run, bridge", "podman_run_net",
-         f"{p['qubes_disposable_cold_s']} s"),
+        (
+            "disposable cold: qlite run --disposable (net)",
+            "cold",
+            "podman run, bridge",
+            "podman_run_net",
+            f"{p['qubes_disposable_cold_s']} s",
+        ),
         ("disposable cold, offline dvm", "cold_offline", "podman run, no net", "podman_run", None),
-        ("disposable preloaded, offline dvm", "preloaded", "runsc do true", "runsc_do",
-         f"{p['qubes_disposable_preloaded_s']} s"),
+        (
+            "disposable preloaded, offline dvm",
+            "preloaded",
+            "runsc do true",
+            "runsc_do",
+            f"{p['qubes_disposable_preloaded_s']} s",
+        ),
         ("  the same", "preloaded", "podman run, no net", "podman_run", None),
         ("podman run --rm --network=none, qlite-runsc", "podman_run", "runsc do true", "runsc_do", None),
         ("podman run --rm, bridge, qlite-runsc", "podman_run_net", None, None, None),
         ("runsc --network=none do true", "runsc_do", None, None, None),
-        (f"RPC call {RPC_CALLER} -> {RPC_TARGET} (in qube)", "rpc_call", "same command, local", "rpc_local",
-         f"{p['qubes_rpc_call_ms']} ms"),
+        (
+            f"RPC call {RPC_CALLER} -> {RPC_TARGET} (in qube)",
+            "rpc_call",
+            "same command, local",
+            "rpc_local",
+            f"{p['qubes_rpc_call_ms']} ms",
+        ),
         ("split GPG sign, qlite-gpg (in qube)", "gpg_split_sign", "gpg in the vault", "gpg_local_sign", None),
         (f"qlite ls, {n} qubes", "ls", f"qlite ls, {b} qubes", "ls_base", None),
         (f"qlite ls --json, {n} qubes", "ls_json", f"qlite ls --json, {b} qubes", "ls_json_base", None),
@@ -331,10 +402,14 @@ def ms(seconds: float) -> str:
 
 def render(result: dict) -> None:
     r, h = result, result["host"]
-    print(f"\nqlite bench suite: disposables {r['runs']} runs per case, RPC {r['rpc_runs']}, split GPG "
-          f"{r['gpg_runs']}, qlite ls {r['ls_runs']}; density {r['density']} idle qubes")
-    print(f"host: kernel {h['kernel']}, {h['cpu_count']} CPUs, {h['mem_total_mib']} MiB, runsc {h['runsc_version']} "
-          f"({h['platform']}), podman {h['podman_version']}, netpath {h['netpath']}\n")
+    print(
+        f"\nqlite bench suite: disposables {r['runs']} runs per case, RPC {r['rpc_runs']}, split GPG "
+        f"{r['gpg_runs']}, qlite ls {r['ls_runs']}; density {r['density']} idle qubes"
+    )
+    print(
+        f"host: kernel {h['kernel']}, {h['cpu_count']} CPUs, {h['mem_total_mib']} MiB, runsc {h['runsc_version']} "
+        f"({h['platform']}), podman {h['podman_version']}, netpath {h['netpath']}\n"
+    )
     head = f"{'measured here':<46} {'p50':>8} {'p95':>8}   {'baseline (measured here)':<26} {'p50':>8} {'ratio':>7}"
     print(f"{head}   Qubes OS (PUBLISHED)*")
     for label, key, base_label, base_key, published in table_rows(r):
@@ -345,19 +420,29 @@ def render(result: dict) -> None:
         else:
             line += f"{'':<26} {'':>8} {'':>7}"
         print(line + (f"   {published}" if published else ""))
-    print(f"\nidle density: {r['density']} app qubes (--netvm none), started by one qlite start "
-          f"in {r['idle_start_all_s']:.1f} s")
-    print(f"{'  MemAvailable drop per qube':<46} {r['idle_memavailable_drop_per_qube_mib']:>5.1f} MiB"
-          f"{'':<40}   {r['published_not_measured_here']['qubes_appvm_default_memory_mb']} MB (default memory)")
-    print(f"{'  gVisor PSS per qube (over the qubes)':<46} {r['idle_pss_per_qube_p50_mib']:>5.1f} MiB p50, "
-          f"{r['idle_pss_per_qube_p95_mib']:.1f} p95; USS mean {r['idle_uss_per_qube_mean_mib']:.1f}, "
-          f"conmon PSS {r['idle_conmon_pss_per_qube_mib']:.1f}")
-    print(f"\nchecks: {r['rpc_calls_logged_done']} RPC calls logged as done with exit 0 under {r['rpc_rule']}; "
-          f"{r['gpg_signatures_verified']} signatures verified; "
-          f"{r['gpg_rpc_auto_accepted_calls']} qubes.Gpg calls auto-accepted")
+    print(
+        f"\nidle density: {r['density']} app qubes (--netvm none), started by one qlite start "
+        f"in {r['idle_start_all_s']:.1f} s"
+    )
+    print(
+        f"{'  MemAvailable drop per qube':<46} {r['idle_memavailable_drop_per_qube_mib']:>5.1f} MiB"
+        f"{'':<40}   {r['published_not_measured_here']['qubes_appvm_default_memory_mb']} MB (default memory)"
+    )
+    print(
+        f"{'  gVisor PSS per qube (over the qubes)':<46} {r['idle_pss_per_qube_p50_mib']:>5.1f} MiB p50, "
+        f"{r['idle_pss_per_qube_p95_mib']:.1f} p95; USS mean {r['idle_uss_per_qube_mean_mib']:.1f}, "
+        f"conmon PSS {r['idle_conmon_pss_per_qube_mib']:.1f}"
+    )
+    print(
+        f"\nchecks: {r['rpc_calls_logged_done']} RPC calls logged as done with exit 0 under {r['rpc_rule']}; "
+        f"{r['gpg_signatures_verified']} signatures verified; "
+        f"{r['gpg_rpc_auto_accepted_calls']} qubes.Gpg calls auto-accepted"
+    )
     p = r["published_not_measured_here"]
-    print("\n* PUBLISHED by Qubes OS, NOT measured here (other hardware, Xen VMs): "
-          f"{p['sources']['disposables and memory']}; RPC: {p['sources']['rpc']}.")
+    print(
+        "\n* PUBLISHED by Qubes OS, NOT measured here (other hardware, Xen VMs): "
+        f"{p['sources']['disposables and memory']}; RPC: {p['sources']['rpc']}."
+    )
 
 
 def plot_rows(r: dict) -> list[tuple[str, str, bool]]:
@@ -396,42 +481,61 @@ def plot(result: dict, out: Path) -> None:
     mid = [r[f"{key}_p50_s"] * 1000 for _, key, _ in rows]
     hi = [r[f"{key}_p95_s"] * 1000 - m for (_, key, _), m in zip(rows, mid, strict=True)]
     colors = ["tab:gray" if baseline else "tab:blue" for *_, baseline in rows]
-    published = [("Qubes: disposable, cold", p["qubes_disposable_cold_s"] * 1000),
-                 ("Qubes: disposable, preloaded", p["qubes_disposable_preloaded_s"] * 1000),
-                 ("Qubes: RPC call", p["qubes_rpc_call_ms"])]
+    published = [
+        ("Qubes: disposable, cold", p["qubes_disposable_cold_s"] * 1000),
+        ("Qubes: disposable, preloaded", p["qubes_disposable_preloaded_s"] * 1000),
+        ("Qubes: RPC call", p["qubes_rpc_call_ms"]),
+    ]
 
     fig, (lat, mem) = plt.subplots(1, 2, figsize=(14, 7), gridspec_kw={"width_ratios": [3, 1.3]})
     y = list(range(len(rows)))
     lat.barh(y, mid, xerr=[[0] * len(rows), hi], color=colors, capsize=3)
     py = list(range(len(rows), len(rows) + len(published)))
     lat.barh(py, [v for _, v in published], color="white", edgecolor="tab:gray", hatch="//")
-    lat.legend(handles=[Patch(color="tab:blue", label="qlite, measured"),
-                        Patch(color="tab:gray", label="baseline, measured"),
-                        Patch(facecolor="white", edgecolor="tab:gray", hatch="//",
-                              label="Qubes OS, published (not measured)")], loc="upper right", fontsize=8)
+    lat.legend(
+        handles=[
+            Patch(color="tab:blue", label="qlite, measured"),
+            Patch(color="tab:gray", label="baseline, measured"),
+            Patch(facecolor="white", edgecolor="tab:gray", hatch="//", label="Qubes OS, published (not measured)"),
+        ],
+        loc="upper right",
+        fontsize=8,
+    )
     lat.set_yticks(y + py, labels + [name + " (published)" for name, _ in published], fontsize=8)
     lat.invert_yaxis()
     lat.set_xscale("log")
     lat.set_xlabel("time, ms (bar p50, whisker p95; log scale)")
     lat.set_title("latency")
 
-    mem_rows = [("MemAvailable drop / qube", r["idle_memavailable_drop_per_qube_mib"], 0.0),
-                ("gVisor PSS / qube", r["idle_pss_per_qube_p50_mib"],
-                 r["idle_pss_per_qube_p95_mib"] - r["idle_pss_per_qube_p50_mib"])]
+    mem_rows = [
+        ("MemAvailable drop / qube", r["idle_memavailable_drop_per_qube_mib"], 0.0),
+        (
+            "gVisor PSS / qube",
+            r["idle_pss_per_qube_p50_mib"],
+            r["idle_pss_per_qube_p95_mib"] - r["idle_pss_per_qube_p50_mib"],
+        ),
+    ]
     my = list(range(len(mem_rows)))
-    mem.barh(my, [v for _, v, _ in mem_rows], xerr=[[0] * len(mem_rows), [e for *_, e in mem_rows]],
-             color="tab:green", capsize=3)
-    mem.barh([len(mem_rows)], [p["qubes_appvm_default_memory_mb"]], color="white", edgecolor="tab:gray",
-             hatch="//")
-    mem.set_yticks(my + [len(mem_rows)], [name for name, *_ in mem_rows] + ["Qubes: AppVM default (published)"],
-                   fontsize=8)
+    mem.barh(
+        my,
+        [v for _, v, _ in mem_rows],
+        xerr=[[0] * len(mem_rows), [e for *_, e in mem_rows]],
+        color="tab:green",
+        capsize=3,
+    )
+    mem.barh([len(mem_rows)], [p["qubes_appvm_default_memory_mb"]], color="white", edgecolor="tab:gray", hatch="//")
+    mem.set_yticks(
+        my + [len(mem_rows)], [name for name, *_ in mem_rows] + ["Qubes: AppVM default (published)"], fontsize=8
+    )
     mem.invert_yaxis()
     mem.set_xlabel("MiB (Qubes: MB) per idle qube")
     mem.set_title(f"idle density, {r['density']} qubes")
 
     h = r["host"]
-    fig.suptitle(f"qlite bench suite: {h['cpu_count']} CPUs, kernel {h['kernel']}, runsc {h['runsc_version']} "
-                 f"({h['platform']})", fontsize=10)
+    fig.suptitle(
+        f"qlite bench suite: {h['cpu_count']} CPUs, kernel {h['kernel']}, runsc {h['runsc_version']} ({h['platform']})",
+        fontsize=10,
+    )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
@@ -450,10 +554,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpg-runs", type=int, default=30, help="timed signatures per case (default 30)")
     parser.add_argument("--ls-qubes", type=int, default=200, help="halted qubes to define for qlite ls (default 200)")
     parser.add_argument("--ls-runs", type=int, default=10, help="timed runs of each qlite ls (default 10)")
-    parser.add_argument("--workers", type=int, default=BULK_WORKERS,
-                        help=f"qlite create/remove processes at once for the many qubes (default {BULK_WORKERS})")
-    parser.add_argument("--json", type=Path, default=None,
-                        help=f"write results here, and the plot next to it as .png (default {DEFAULT_JSON})")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=BULK_WORKERS,
+        help=f"qlite create/remove processes at once for the many qubes (default {BULK_WORKERS})",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help=f"write results here, and the plot next to it as .png (default {DEFAULT_JSON})",
+    )
     args = parser.parse_args(argv)
     if min(args.runs, args.rpc_runs, args.gpg_runs, args.ls_runs) < 2:
         parser.error("--runs, --rpc-runs, --gpg-runs and --ls-runs must be at least 2")

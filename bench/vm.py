@@ -170,22 +170,34 @@ def latency_cases() -> list[Case]:
     return [
         Case("a", f"qlite start {VM_QUBE}; qlite run {VM_QUBE} -- true (VM)", True, VM_QUBE, ()),
         Case("b", f"qlite start {CT_QUBE}; qlite run {CT_QUBE} -- true (container)", False, CT_QUBE, ()),
-        Case("c", f"qlite run --disposable --mode vm --dvm {OFFLINE_DVM} -- true", True, None,
-             ("run", "--disposable", "--mode", "vm", "--dvm", OFFLINE_DVM, "--")),
-        Case("d", f"qlite run --dvm {OFFLINE_DVM} -- true", False, None,
-             ("run", "--dvm", OFFLINE_DVM, "--")),
+        Case(
+            "c",
+            f"qlite run --disposable --mode vm --dvm {OFFLINE_DVM} -- true",
+            True,
+            None,
+            ("run", "--disposable", "--mode", "vm", "--dvm", OFFLINE_DVM, "--"),
+        ),
+        Case("d", f"qlite run --dvm {OFFLINE_DVM} -- true", False, None, ("run", "--dvm", OFFLINE_DVM, "--")),
     ]
 
 
 def timed(home: BenchHome, what: str, *args: str, timeout: float = BOOT_TIMEOUT_S) -> tuple[float, str]:
     """Seconds that `qlite ARGS` took, and its stdout."""
     start = time.perf_counter()
-    proc = subprocess.run([*QLITE, *args], env=home.env, cwd=home.path, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [*QLITE, *args],
+        env=home.env,
+        cwd=home.path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        raise BenchError(f"{what}: qlite {' '.join(args)} exited {proc.returncode}: "
-                         f"{last_line(proc.stderr or proc.stdout)}")
+        raise BenchError(
+            f"{what}: qlite {' '.join(args)} exited {proc.returncode}: {last_line(proc.stderr or proc.stdout)}"
+        )
     return elapsed, proc.stdout
 
 
@@ -227,8 +239,9 @@ def warm_up(home: BenchHome, cases: list[Case]) -> tuple[dict[str, float], str]:
     vm_kernel = vm_kernel_version(home)
     for case in cases:
         if (kernels[case.key] == vm_kernel) != case.vm:
-            raise BenchError(f"case {case.key} ({case.label}) runs on kernel {kernels[case.key]!r}; "
-                             f"the VM kernel is {vm_kernel!r}")
+            raise BenchError(
+                f"case {case.key} ({case.label}) runs on kernel {kernels[case.key]!r}; the VM kernel is {vm_kernel!r}"
+            )
     return times, vm_kernel
 
 
@@ -245,8 +258,9 @@ def measure_latency(home: BenchHome, cases: list[Case], runs: int) -> dict[str, 
             samples[case.key].append(total_s)
             if start_s is not None:
                 samples[f"{case.key}_start"].append(start_s)
-        print(f"  latency round {i + 1}/{runs} done ({time.monotonic() - round_start:.0f} s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"  latency round {i + 1}/{runs} done ({time.monotonic() - round_start:.0f} s)", file=sys.stderr, flush=True
+        )
     return samples
 
 
@@ -256,8 +270,9 @@ def measure_latency(home: BenchHome, cases: list[Case], runs: int) -> dict[str, 
 
 def container_ids(home: BenchHome) -> dict[str, str]:
     """Full container id of each running container of the home, by qube name."""
-    out = home.podman("ps", "--no-trunc", "--filter", f"label=qlite.home={home.hash}",
-                      "--format", "{{.ID}} {{.Names}}").stdout
+    out = home.podman(
+        "ps", "--no-trunc", "--filter", f"label=qlite.home={home.hash}", "--format", "{{.ID}} {{.Names}}"
+    ).stdout
     prefix = f"qlite-{home.hash}-"
     ids = {}
     for line in out.splitlines():
@@ -341,8 +356,11 @@ def measure_memory(home: BenchHome, guest_mib: int) -> dict:
     table = process_table()
     holder = gvisor_usage(ids[VM_QUBE], table, f"the network holder of {VM_QUBE}")
     vm = {
-        "qemu_pss_mib": pss_mib({qemu}), "qemu_uss_mib": uss_mib({qemu}), **qemu_parts_mib(qemu, guest_mib),
-        "supervisor_pss_mib": pss_mib({supervisor}), "supervisor_uss_mib": uss_mib({supervisor}),
+        "qemu_pss_mib": pss_mib({qemu}),
+        "qemu_uss_mib": uss_mib({qemu}),
+        **qemu_parts_mib(qemu, guest_mib),
+        "supervisor_pss_mib": pss_mib({supervisor}),
+        "supervisor_uss_mib": uss_mib({supervisor}),
         **{f"holder_{k}": v for k, v in holder.items()},
     }
     vm["total_pss_mib"] = vm["qemu_pss_mib"] + vm["supervisor_pss_mib"] + vm["holder_gvisor_pss_mib"]
@@ -364,20 +382,32 @@ def accel_facts() -> dict:
     return {"kvm_present": probe.present, "kvm_usable": probe.usable, "kvm_probe_detail": probe.detail}
 
 
-def build_result(args: argparse.Namespace, facts: dict, cases: list[Case], samples: dict[str, list[float]],
-                 warmup: dict[str, float], memory: dict) -> dict:
+def build_result(
+    args: argparse.Namespace,
+    facts: dict,
+    cases: list[Case],
+    samples: dict[str, list[float]],
+    warmup: dict[str, float],
+    memory: dict,
+) -> dict:
     def ratio(a: str, b: str, stat: Callable[[list[float]], float]) -> float:
         return stat(samples[a]) / stat(samples[b])
 
     vm, ct = memory["vm"], memory["container"]
     return {
         "accel": memory["accel"],
-        "vm_start_p50_s": p50(samples["a_start"]), "vm_start_p95_s": p95(samples["a_start"]),
-        "ct_start_p50_s": p50(samples["b_start"]), "ct_start_p95_s": p95(samples["b_start"]),
-        "vm_boot_to_cmd_p50_s": p50(samples["a"]), "vm_boot_to_cmd_p95_s": p95(samples["a"]),
-        "ct_boot_to_cmd_p50_s": p50(samples["b"]), "ct_boot_to_cmd_p95_s": p95(samples["b"]),
-        "vm_disposable_p50_s": p50(samples["c"]), "vm_disposable_p95_s": p95(samples["c"]),
-        "ct_disposable_p50_s": p50(samples["d"]), "ct_disposable_p95_s": p95(samples["d"]),
+        "vm_start_p50_s": p50(samples["a_start"]),
+        "vm_start_p95_s": p95(samples["a_start"]),
+        "ct_start_p50_s": p50(samples["b_start"]),
+        "ct_start_p95_s": p95(samples["b_start"]),
+        "vm_boot_to_cmd_p50_s": p50(samples["a"]),
+        "vm_boot_to_cmd_p95_s": p95(samples["a"]),
+        "ct_boot_to_cmd_p50_s": p50(samples["b"]),
+        "ct_boot_to_cmd_p95_s": p95(samples["b"]),
+        "vm_disposable_p50_s": p50(samples["c"]),
+        "vm_disposable_p95_s": p95(samples["c"]),
+        "ct_disposable_p50_s": p50(samples["d"]),
+        "ct_disposable_p95_s": p95(samples["d"]),
         "ratio_vm_to_ct_start_p50": ratio("a_start", "b_start", p50),
         "ratio_vm_to_ct_start_p95": ratio("a_start", "b_start", p95),
         "ratio_vm_to_ct_boot_to_cmd_p50": ratio("a", "b", p50),
@@ -389,8 +419,10 @@ def build_result(args: argparse.Namespace, facts: dict, cases: list[Case], sampl
         "ratio_vm_to_ct_idle_pss": vm["total_pss_mib"] / ct["gvisor_pss_mib"],
         "runs": args.runs,
         **facts,
-        "cases": {c.key: {"label": c.label, "vm": c.vm, "qube": c.qube,
-                          "argv": [*QLITE, *c.argv] if c.qube is None else None} for c in cases},
+        "cases": {
+            c.key: {"label": c.label, "vm": c.vm, "qube": c.qube, "argv": [*QLITE, *c.argv] if c.qube is None else None}
+            for c in cases
+        },
         "samples_s": samples,
         "warmup_s": warmup,
         "idle_memory": memory,
@@ -399,14 +431,20 @@ def build_result(args: argparse.Namespace, facts: dict, cases: list[Case], sampl
 
 def render(result: dict) -> None:
     r = result
-    print(f"\nqlite VM bench: VM qubes under {r['accel'].upper()}; {r['runs']} interleaved runs per case "
-          f"after one untimed warm-up each")
+    print(
+        f"\nqlite VM bench: VM qubes under {r['accel'].upper()}; {r['runs']} interleaved runs per case "
+        f"after one untimed warm-up each"
+    )
     print(f"KVM probe: {r['kvm_probe_detail']}")
-    print(f"host: kernel {r['kernel']}, {r['cpu_count']} CPUs, {r['mem_total_mib']} MiB, runsc {r['runsc_version']} "
-          f"({r['platform']}), podman {r['podman_version']}, {r['qemu_version']}; "
-          f"1-min load {r['loadavg_1min_before']:.1f} before, {r['loadavg_1min_after']:.1f} after")
-    print(f"qubes: template {r['template']}, memory {r['qube_memory_mib']} MiB, {r['qube_vcpus']} vcpus, "
-          f"--netvm none; VM kernel {r['vm_kernel']}\n")
+    print(
+        f"host: kernel {r['kernel']}, {r['cpu_count']} CPUs, {r['mem_total_mib']} MiB, runsc {r['runsc_version']} "
+        f"({r['platform']}), podman {r['podman_version']}, {r['qemu_version']}; "
+        f"1-min load {r['loadavg_1min_before']:.1f} before, {r['loadavg_1min_after']:.1f} after"
+    )
+    print(
+        f"qubes: template {r['template']}, memory {r['qube_memory_mib']} MiB, {r['qube_vcpus']} vcpus, "
+        f"--netvm none; VM kernel {r['vm_kernel']}\n"
+    )
     print(f"{'case':<64} {'p50 s':>7} {'p95 s':>7} {'VM/ct p50':>10} {'p95':>7}")
     rows = [
         ("a_start", f"a  qlite start {VM_QUBE} (VM)", "ratio_vm_to_ct_start"),
@@ -421,22 +459,32 @@ def render(result: dict) -> None:
         tail = f" {r[ratio + '_p50']:>9.2f}x {r[ratio + '_p95']:>6.2f}x" if ratio else ""
         print(f"{label:<64} {p50(xs):>7.3f} {p95(xs):>7.3f}{tail}")
     w = r["warmup_s"]
-    print(f"\n   warm-ups (untimed above; 'uname -r' checked): a {w['a']:.1f} s (incl. kernel unpack and root "
-          f"disk export), b {w['b']:.1f} s, c {w['c']:.1f} s, d {w['d']:.1f} s")
+    print(
+        f"\n   warm-ups (untimed above; 'uname -r' checked): a {w['a']:.1f} s (incl. kernel unpack and root "
+        f"disk export), b {w['b']:.1f} s, c {w['c']:.1f} s, d {w['d']:.1f} s"
+    )
     m = r["idle_memory"]
     vm, ct = m["vm"], m["container"]
     print(f"\nmemory: {VM_QUBE} and {CT_QUBE} idle and running together, PSS after {m['settle_s']:.0f} s")
-    print(f"  {'VM ' + VM_QUBE + ': QEMU + supervisor + holder gVisor':<46} {vm['total_pss_mib']:7.1f} MiB"
-          f"   (QEMU {vm['qemu_pss_mib']:.1f}: guest RAM {vm['qemu_guest_ram_pss_mib']:.1f}, "
-          f"TCG code {vm['qemu_tcg_code_pss_mib']:.1f}, rest {vm['qemu_rest_pss_mib']:.1f};")
-    print(f"  {'':<62}supervisor {vm['supervisor_pss_mib']:.1f}, holder {vm['holder_gvisor_pss_mib']:.1f}; "
-          f"USS {vm['total_uss_mib']:.1f})")
-    print(f"  {'container ' + CT_QUBE + ': gVisor':<46} {ct['gvisor_pss_mib']:7.1f} MiB"
-          f"   (sentry+stubs {ct['sentry_pss_mib']:.1f}, gofer {ct['gofer_pss_mib']:.1f}; "
-          f"USS {ct['gvisor_uss_mib']:.1f})")
+    print(
+        f"  {'VM ' + VM_QUBE + ': QEMU + supervisor + holder gVisor':<46} {vm['total_pss_mib']:7.1f} MiB"
+        f"   (QEMU {vm['qemu_pss_mib']:.1f}: guest RAM {vm['qemu_guest_ram_pss_mib']:.1f}, "
+        f"TCG code {vm['qemu_tcg_code_pss_mib']:.1f}, rest {vm['qemu_rest_pss_mib']:.1f};"
+    )
+    print(
+        f"  {'':<62}supervisor {vm['supervisor_pss_mib']:.1f}, holder {vm['holder_gvisor_pss_mib']:.1f}; "
+        f"USS {vm['total_uss_mib']:.1f})"
+    )
+    print(
+        f"  {'container ' + CT_QUBE + ': gVisor':<46} {ct['gvisor_pss_mib']:7.1f} MiB"
+        f"   (sentry+stubs {ct['sentry_pss_mib']:.1f}, gofer {ct['gofer_pss_mib']:.1f}; "
+        f"USS {ct['gvisor_uss_mib']:.1f})"
+    )
     print(f"  {'VM / container':<46} {r['ratio_vm_to_ct_idle_pss']:7.2f}x")
-    print(f"  conmon, apart: {vm['holder_conmon_pss_mib']:.1f} MiB (VM's holder), "
-          f"{ct['conmon_pss_mib']:.1f} MiB ({CT_QUBE})")
+    print(
+        f"  conmon, apart: {vm['holder_conmon_pss_mib']:.1f} MiB (VM's holder), "
+        f"{ct['conmon_pss_mib']:.1f} MiB ({CT_QUBE})"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -457,12 +505,17 @@ def run_bench(home: BenchHome, args: argparse.Namespace) -> dict:
     facts = accel_facts()
     expected = "kvm" if facts["kvm_usable"] else "tcg"
     if memory["accel"] != expected and not home.env.get("QLITE_VM_ACCEL"):
-        print(f"warning: QEMU ran with accel={memory['accel']}, but the KVM probe says {expected}",
-              file=sys.stderr)
-    facts |= {"qemu_version": qemu_version(), "vm_kernel": vm_kernel, "template": row["template"],
-              "qube_memory_mib": row["memory"], "qube_vcpus": row["vcpus"],
-              "qlite_vm_accel_env": home.env.get("QLITE_VM_ACCEL", ""),
-              "loadavg_1min_before": load_before, "loadavg_1min_after": os.getloadavg()[0]}
+        print(f"warning: QEMU ran with accel={memory['accel']}, but the KVM probe says {expected}", file=sys.stderr)
+    facts |= {
+        "qemu_version": qemu_version(),
+        "vm_kernel": vm_kernel,
+        "template": row["template"],
+        "qube_memory_mib": row["memory"],
+        "qube_vcpus": row["vcpus"],
+        "qlite_vm_accel_env": home.env.get("QLITE_VM_ACCEL", ""),
+        "loadavg_1min_before": load_before,
+        "loadavg_1min_after": os.getloadavg()[0],
+    }
     return build_result(args, host_facts(home, home.probe(), **facts), cases, samples, warmup, memory)
 
 

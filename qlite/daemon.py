@@ -79,8 +79,10 @@ def device_event(ctx: Context, action: str, name: str) -> None:
             with contextlib.suppress(QliteError):
                 qm.kill(qube)
         if stopped:
-            log(f"{dev} was removed without eject: stopped {', '.join(stopped)}; "
-                "writes not yet on the drive may be lost")
+            log(
+                f"{dev} was removed without eject: stopped {', '.join(stopped)}; "
+                "writes not yet on the drive may be lost"
+            )
     for dev in added:
         started = []
         for qube in devices.on_added(dev):
@@ -115,6 +117,7 @@ def run(paths: Paths) -> int:
     aem_at_start(paths)
     PoolKeeper(paths, log).start()
     try:
+
         def on_event(action: str, name: str) -> None:
             ctx = Context(paths)
             ctx.on_warning = lambda m: log(f"devices: {m}")

@@ -19,7 +19,12 @@ def run_streamed(cmd: list[str], progress: Progress, env: dict[str, str] | None 
     one-line error a failure becomes. Raises FileNotFoundError if CMD's
     program is missing."""
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
         stdin=subprocess.DEVNULL,
     )
     tail: list[str] = []

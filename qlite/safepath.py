@@ -152,8 +152,9 @@ def lstat_beneath(dirfd: int, rel: str | Path) -> os.stat_result | None:
             return None
 
 
-def make_dirs(dirfd: int, rel: str | Path, modes: dict[int, int] | None = None,
-              owners: dict[int, tuple[int, int]] | None = None) -> int:
+def make_dirs(
+    dirfd: int, rel: str | Path, modes: dict[int, int] | None = None, owners: dict[int, tuple[int, int]] | None = None
+) -> int:
     """Create REL's directories beneath DIRFD as needed; a descriptor of the
     last. Only directories created here get a mode and owner (MODES and
     OWNERS, by component index, default 0o755 and root): what already
@@ -321,7 +322,7 @@ def _copy_by_read(src: int, dst: int) -> int:
     data = os.read(src, 1 << 20)
     view = memoryview(data)
     while view:
-        view = view[os.write(dst, view):]
+        view = view[os.write(dst, view) :]
     return len(data)
 
 

@@ -74,12 +74,23 @@ class Home:
         env.pop("QLITE_ENGINE", None)
         return env
 
-    def run(self, *args: str, input: bytes | str | None = None, check: bool = True,
-            timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        *args: str,
+        input: bytes | str | None = None,
+        check: bool = True,
+        timeout: float = 300,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
         text = not isinstance(input, bytes)
         proc = subprocess.run(
-            [*QLITE, *args], input=input, capture_output=True, text=text,
-            env={**self.env, **(env or {})}, timeout=timeout, cwd=REPO,
+            [*QLITE, *args],
+            input=input,
+            capture_output=True,
+            text=text,
+            env={**self.env, **(env or {})},
+            timeout=timeout,
+            cwd=REPO,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
@@ -98,8 +109,9 @@ class Home:
 
     def image_tags(self) -> list[str]:
         """The tags by which this home holds template images."""
-        proc = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, timeout=60
+        )
         return [t for t in proc.stdout.split() if t.startswith(f"localhost/qlite-home-{self.hash}/")]
 
     def disposable_leftovers(self) -> dict[str, list[str]]:
@@ -136,8 +148,11 @@ class Home:
             if kind == "image tags":
                 continue
             for name in names:
-                cmd = {"containers": ["rm", "-f"], "volumes": ["volume", "rm", "-f"],
-                       "networks": ["network", "rm", "-f"]}[kind]
+                cmd = {
+                    "containers": ["rm", "-f"],
+                    "volumes": ["volume", "rm", "-f"],
+                    "networks": ["network", "rm", "-f"],
+                }[kind]
                 subprocess.run(["podman", *cmd, name], capture_output=True, timeout=60, env=env)
         shutil.rmtree(self.path, ignore_errors=True)
         return left

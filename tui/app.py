@@ -149,8 +149,9 @@ class QliteApp(App[None]):
             self.ask_screen = None
             self._handled.add(question.id)
             if answer is None:
-                self.notify(f"question {question.id} from {question.source} closed without an answer (denied)",
-                            markup=False)
+                self.notify(
+                    f"question {question.id} from {question.source} closed without an answer (denied)", markup=False
+                )
             else:
                 self._answer(question, answer)
             for error in self._deferred_errors:
@@ -191,8 +192,13 @@ class QliteApp(App[None]):
                 self.runner.stop_all()
                 self.exit()
 
-        self.push_screen(ConfirmScreen(f"Still running: {', '.join(busy)}. Quit anyway? qlite waits for them "
-                                       "to finish before it exits.", "Quit"), answered)
+        self.push_screen(
+            ConfirmScreen(
+                f"Still running: {', '.join(busy)}. Quit anyway? qlite waits for them to finish before it exits.",
+                "Quit",
+            ),
+            answered,
+        )
 
 
 def build_app(ctx_factory: Callable[[], Context] | None = None) -> QliteApp:

@@ -30,8 +30,11 @@ class Question:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Question:
         return cls(
-            id=int(data["id"]), source=str(data["source"]), service=str(data["service"]),
-            argument=str(data.get("argument") or ""), target=str(data.get("target") or ""),
+            id=int(data["id"]),
+            source=str(data["source"]),
+            service=str(data["service"]),
+            argument=str(data.get("argument") or ""),
+            target=str(data.get("target") or ""),
             choices=tuple(str(c) for c in data.get("choices") or ()),
             default_target=data.get("default_target") or None,
             seconds_left=int(data.get("seconds_left") or 0),

@@ -158,8 +158,12 @@ class Backend:
     """What the TUI asks of qlite's core. Methods block: call them from
     worker threads only."""
 
-    def __init__(self, new_context: ContextFactory, usage: UsageSource | None = None,
-                 on_warning: Callable[[str], object] | None = None) -> None:
+    def __init__(
+        self,
+        new_context: ContextFactory,
+        usage: UsageSource | None = None,
+        on_warning: Callable[[str], object] | None = None,
+    ) -> None:
         self._new_context = new_context
         self._sampler = CpuSampler()
         self._usage = usage or (lambda ctx, containers: qube_usage(ctx, self._sampler, containers))
@@ -205,8 +209,10 @@ class Backend:
             rows = [QubeRow(**vars(i), usage=usage.get(i.name)) for i in qm.infos(containers)]
             prefs = qm.prefs.all()
             return Snapshot(
-                rows=tuple(rows), default_template=prefs["default_template"],
-                default_dispvm=prefs["default_dispvm"], default_netvm=prefs["default_netvm"],
+                rows=tuple(rows),
+                default_template=prefs["default_template"],
+                default_dispvm=prefs["default_dispvm"],
+                default_netvm=prefs["default_netvm"],
             )
 
     # -- lifecycle -----------------------------------------------------------
@@ -235,15 +241,25 @@ class Backend:
         with self.session() as ctx:
             self._qubes(ctx).remove(name)
 
-    def create(self, name: str, *, label: str, template: str | None, netvm: str | None,
-               memory: int | None, vcpus: int | None = None, mode: str = "container",
-               provides_network: bool = False) -> None:
+    def create(
+        self,
+        name: str,
+        *,
+        label: str,
+        template: str | None,
+        netvm: str | None,
+        memory: int | None,
+        vcpus: int | None = None,
+        mode: str = "container",
+        provides_network: bool = False,
+    ) -> None:
         props = {"mode": mode} if mode != "container" else {}
         if provides_network:
             props["provides_network"] = "True"
         with self.session() as ctx:
-            self._qubes(ctx).create(name, label=label, template=template, netvm=netvm, memory=memory, vcpus=vcpus,
-                                    props=props)
+            self._qubes(ctx).create(
+                name, label=label, template=template, netvm=netvm, memory=memory, vcpus=vcpus, props=props
+            )
 
     def clone(self, source: str, name: str) -> None:
         with self.session() as ctx:
@@ -303,11 +319,9 @@ class Backend:
             for t in tm.list():
                 info = tm.info(t)
                 revisions = tuple(
-                    Revision(r.rev, r.origin, r.image_id, r.created_at, r.rev == t.current_rev)
-                    for r in t.revisions
+                    Revision(r.rev, r.origin, r.image_id, r.created_at, r.rev == t.current_rev) for r in t.revisions
                 )
-                out.append(TemplateRow(t.name, t.current_rev, info.image_id, info.origin, tuple(info.users),
-                                       revisions))
+                out.append(TemplateRow(t.name, t.current_rev, info.image_id, info.origin, tuple(info.users), revisions))
             built = {r.name for r in out}
             out += [TemplateRow(n, None, "", "", (), (), built=False) for n in tm.available() if n not in built]
             return out
@@ -351,10 +365,14 @@ class Backend:
             for q in qm.list():
                 for a in dm.assignments(q.name):
                     present = next((r.device.name for r in rows if r.device.matches(a["ident"])), "")
-                    assignments.append(Assignment(q.name, a["ident"], bool(a["read_only"]), bool(a["required"]),
-                                                  bool(a["paired"]), present))
-            qubes = tuple(QubeChoice(i.name, i.label, i.state == "Running", i.mode)
-                          for i in qm.infos() if i.klass != "TemplateVM")
+                    assignments.append(
+                        Assignment(
+                            q.name, a["ident"], bool(a["read_only"]), bool(a["required"]), bool(a["paired"]), present
+                        )
+                    )
+            qubes = tuple(
+                QubeChoice(i.name, i.label, i.state == "Running", i.mode) for i in qm.infos() if i.klass != "TemplateVM"
+            )
             # devices.jsonl is JSON lines, as the RPC audit log is: one reader for both.
             events = tuple(audit.read(ctx.paths.device_log, DEVICE_LOG_LINES))
             return DevicesView(tuple(rows), tuple(assignments), events, qubes)
@@ -393,8 +411,16 @@ class Backend:
         for m in log["measurements"]:
             pcr = extend(pcr, Measurement(m["name"], m["digest"]).event)
             rows.append(Measured(m["name"], m["digest"], pcr.hex()))
-        return AemStatus(tuple(rows), log["chain"], log["tpm"], log["pcr"], log["sealed"], log["sealed_at"],
-                         log["enforced"], confirmed)
+        return AemStatus(
+            tuple(rows),
+            log["chain"],
+            log["tpm"],
+            log["pcr"],
+            log["sealed"],
+            log["sealed_at"],
+            log["enforced"],
+            confirmed,
+        )
 
     def aem_verify(self, passphrase: bytes | None) -> VerifyResult:
         with self.session() as ctx:

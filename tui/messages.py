@@ -76,8 +76,9 @@ class AskAnswered(Message):
 
 
 class PrefsLoaded(Message):
-    def __init__(self, prefs: list[Pref], error: str = "", features: dict[str, str] | None = None,
-                 tags: list[str] | None = None) -> None:
+    def __init__(
+        self, prefs: list[Pref], error: str = "", features: dict[str, str] | None = None, tags: list[str] | None = None
+    ) -> None:
         super().__init__()
         self.prefs = prefs
         self.error = error

@@ -47,8 +47,9 @@ class Intro:
         NO_COLOR)."""
         tag = tag or f"[{qube}]"
         plain = os.environ.get("NO_COLOR") or not label
-        coloured = tag if plain else Style.parse(f"bold {label_colour(label)}").render(
-            tag, color_system=ColorSystem.EIGHT_BIT)
+        coloured = (
+            tag if plain else Style.parse(f"bold {label_colour(label)}").render(tag, color_system=ColorSystem.EIGHT_BIT)
+        )
         line = f"{coloured} {_printable(what)} in {qube} (label {label or 'none'})" + (f": {hint}" if hint else "")
         return cls(title=_printable(f"{tag} {what}"), line=line)
 
@@ -123,8 +124,14 @@ class CliRunner:
 
     def capture(self, args: list[str], on_line: Callable[[str], object]) -> int:
         proc = subprocess.Popen(
-            [*self.argv0, *args], env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+            [*self.argv0, *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
         )
         with self._lock:
             self._running.add(proc)

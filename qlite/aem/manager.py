@@ -37,8 +37,12 @@ class VerifyResult:
     detail: str = ""
 
     def as_json(self) -> dict:
-        return {"ok": self.ok, "mode": self.mode, "detail": self.detail,
-                "changed": [{"component": n, "sealed": o, "now": c} for n, o, c in self.changes]}
+        return {
+            "ok": self.ok,
+            "mode": self.mode,
+            "detail": self.detail,
+            "changed": [{"component": n, "sealed": o, "now": c} for n, o, c in self.changes],
+        }
 
 
 def boot_id() -> str:
@@ -73,8 +77,11 @@ class AemManager:
         sealed = self._load() if self.sealed_path.exists() else None
         tpm = self.tpm()
         return {
-            "measurements": [m.as_json() for m in ms], "chain": chain(ms).hex(),
-            "tpm": tpm.tcti if tpm else None, "pcr": PCR if tpm else None, "sealed": sealed["mode"] if sealed else None,
+            "measurements": [m.as_json() for m in ms],
+            "chain": chain(ms).hex(),
+            "tpm": tpm.tcti if tpm else None,
+            "pcr": PCR if tpm else None,
+            "sealed": sealed["mode"] if sealed else None,
             "sealed_at": sealed.get("sealed_at") if sealed else None,
             "enforced": self.enforced(),
         }
@@ -86,8 +93,12 @@ class AemManager:
         if not secret:
             raise InvalidValue("the secret is empty")
         ms = self.measure()
-        state: dict = {"version": 1, "log": [m.as_json() for m in ms], "chain": chain(ms).hex(),
-                       "sealed_at": self.ctx.clock.time()}
+        state: dict = {
+            "version": 1,
+            "log": [m.as_json() for m in ms],
+            "chain": chain(ms).hex(),
+            "sealed_at": self.ctx.clock.time(),
+        }
         tpm = self.tpm()
         if tpm is not None:
             pcrs = sorted({PCR, *(boot_pcrs or [])})
@@ -95,8 +106,12 @@ class AemManager:
                 raise InvalidValue("PCR numbers run from 0 to 23")
             tpm.replay([m.event for m in ms])
             public, private = tpm.seal(secret, pcrs)
-            state.update(mode="tpm", pcrs=pcrs, public=base64.b64encode(public).decode(),
-                         private=base64.b64encode(private).decode())
+            state.update(
+                mode="tpm",
+                pcrs=pcrs,
+                public=base64.b64encode(public).decode(),
+                private=base64.b64encode(private).decode(),
+            )
         else:
             if not passphrase:
                 raise InvalidValue("no TPM here: give a passphrase (--passphrase-file) to seal with")
@@ -131,8 +146,9 @@ class AemManager:
                 raise StateError("the secret was sealed with a TPM, and no TPM is reachable now")
             tpm.replay([m.event for m in now])
             try:
-                secret = tpm.unseal(base64.b64decode(state["public"]), base64.b64decode(state["private"]),
-                                    state["pcrs"])
+                secret = tpm.unseal(
+                    base64.b64decode(state["public"]), base64.b64decode(state["private"]), state["pcrs"]
+                )
             except AccessDenied as exc:
                 detail = str(exc) if changes else "the host's boot PCRs differ from sealing time"
                 return VerifyResult(False, "tpm", changes=changes, detail=detail)
@@ -157,8 +173,7 @@ class AemManager:
             if tpm is None:
                 raise StateError("the secret was sealed with a TPM, and no TPM is reachable now")
             tpm.replay([m.event for m in sealed_log])
-            secret = tpm.unseal(base64.b64decode(state["public"]), base64.b64decode(state["private"]),
-                                state["pcrs"])
+            secret = tpm.unseal(base64.b64decode(state["public"]), base64.b64decode(state["private"]), state["pcrs"])
             return self.seal(secret, boot_pcrs=[p for p in state["pcrs"] if p != PCR])
         if not passphrase:
             raise InvalidValue("the secret was sealed with a passphrase: give it (--passphrase-file)")
@@ -197,5 +212,7 @@ class AemManager:
         except OSError:
             confirmed = False
         if not confirmed:
-            raise StateError(f"anti-evil-maid: {qube} may not start before this boot's measurements are "
-                             "verified and confirmed: run 'qlite aem verify'")
+            raise StateError(
+                f"anti-evil-maid: {qube} may not start before this boot's measurements are "
+                "verified and confirmed: run 'qlite aem verify'"
+            )

@@ -79,8 +79,9 @@ def tree_digest(roots: list[Path]) -> str:
         if root.is_file():
             files = [(root.name, root)]
         elif root.is_dir():
-            files = sorted((str(p.relative_to(root)), p) for p in root.rglob("*")
-                           if p.is_file() and "__pycache__" not in p.parts)
+            files = sorted(
+                (str(p.relative_to(root)), p) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+            )
         else:
             h.update(f"absent {root.name}\n".encode())
             continue
@@ -92,12 +93,17 @@ def tree_digest(roots: list[Path]) -> str:
 
 def default_components(paths: Paths) -> dict[str, list[str]]:
     """Component name -> the paths it covers, before the admin's overrides."""
+
     def which(name: str) -> str:
         return shutil.which(name) or f"/usr/bin/{name}"
 
     return {
-        "qlite": [str(SHARE_DIR / "qlite"), str(paths.guest_dir), str(paths.guest_containerfile),
-                  str(paths.images_dir)],
+        "qlite": [
+            str(SHARE_DIR / "qlite"),
+            str(paths.guest_dir),
+            str(paths.guest_containerfile),
+            str(paths.images_dir),
+        ],
         "binary:runsc": [which("runsc")],
         "binary:podman": [which("podman")],
         "binary:qemu": [which("qemu-system-x86_64")],

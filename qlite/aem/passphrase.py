@@ -36,15 +36,18 @@ def _xor(data: bytes, key: bytes, nonce: bytes) -> bytes:
     return bytes(a ^ b for a, b in zip(data, stream, strict=True))
 
 
-def seal(secret: bytes, passphrase: bytes, pcr: bytes, salt: bytes | None = None,
-         nonce: bytes | None = None) -> dict[str, str]:
+def seal(
+    secret: bytes, passphrase: bytes, pcr: bytes, salt: bytes | None = None, nonce: bytes | None = None
+) -> dict[str, str]:
     salt = salt or os.urandom(16)
     nonce = nonce or os.urandom(16)
     key = _key(passphrase, salt)
     enc, mac = _subkeys(key, pcr)
     ct = _xor(secret, enc, nonce)
     return {
-        "salt": salt.hex(), "nonce": nonce.hex(), "ciphertext": ct.hex(),
+        "salt": salt.hex(),
+        "nonce": nonce.hex(),
+        "ciphertext": ct.hex(),
         "mac": hmac.new(mac, nonce + ct, hashlib.sha256).hexdigest(),
         "check": hmac.new(key, b"passphrase-check", hashlib.sha256).hexdigest(),
     }

@@ -21,17 +21,17 @@ from . import frames
 
 VERSION = 1
 
-HELLO = 0x10     # guest -> host, channel 0: JSON {"version"}; the agent is ready
-OPEN = 0x11      # JSON {"kind": "exec", argv, user, cwd, env, tty} | {"kind": "rpc"}
-STDIN = 0x12     # host -> guest (exec)
-STDOUT = 0x13    # guest -> host (exec)
-STDERR = 0x14    # guest -> host (exec)
-EXIT = 0x15      # guest -> host: JSON {"code"}; ends an exec channel
-DATA = 0x16      # either way: a tunnelled byte stream (rpc)
-CLOSE = 0x17     # either way: the channel is gone
-ERROR = 0x18     # JSON {"message"}; ends the channel
-SIGNAL = 0x19    # host -> guest (exec): JSON {"signal": N} for the command's process group
-PING = 0x1A      # either way, channel 0; answered with PONG
+HELLO = 0x10  # guest -> host, channel 0: JSON {"version"}; the agent is ready
+OPEN = 0x11  # JSON {"kind": "exec", argv, user, cwd, env, tty} | {"kind": "rpc"}
+STDIN = 0x12  # host -> guest (exec)
+STDOUT = 0x13  # guest -> host (exec)
+STDERR = 0x14  # guest -> host (exec)
+EXIT = 0x15  # guest -> host: JSON {"code"}; ends an exec channel
+DATA = 0x16  # either way: a tunnelled byte stream (rpc)
+CLOSE = 0x17  # either way: the channel is gone
+ERROR = 0x18  # JSON {"message"}; ends the channel
+SIGNAL = 0x19  # host -> guest (exec): JSON {"signal": N} for the command's process group
+PING = 0x1A  # either way, channel 0; answered with PONG
 PONG = 0x1B
 
 TYPES = frozenset({HELLO, OPEN, STDIN, STDOUT, STDERR, EXIT, DATA, CLOSE, ERROR, SIGNAL, PING, PONG})
@@ -44,7 +44,8 @@ class ChannelError(frames.FrameError):
 
 
 FORMAT: frames.Format[tuple[int, int, bytes]] = frames.Format(
-    TYPES, MAX_PAYLOAD, fields=("channel",), error=ChannelError)
+    TYPES, MAX_PAYLOAD, fields=("channel",), error=ChannelError
+)
 HEADER = FORMAT.header
 
 
@@ -62,7 +63,7 @@ def decode_json(payload: bytes) -> dict:
 
 def chunks(data: bytes) -> list[bytes]:
     """DATA split into payloads no larger than a frame allows."""
-    return [data[i:i + MAX_PAYLOAD] for i in range(0, len(data), MAX_PAYLOAD)] or [b""]
+    return [data[i : i + MAX_PAYLOAD] for i in range(0, len(data), MAX_PAYLOAD)] or [b""]
 
 
 class Decoder(frames.Decoder[tuple[int, int, bytes]]):

@@ -42,21 +42,21 @@ def _write(stream: object, data: bytes) -> None:
     if fd is not None:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     else:
         stream.write(data)  # type: ignore[attr-defined]
         with contextlib.suppress(AttributeError, OSError):
             stream.flush()  # type: ignore[attr-defined]
 
 
-def exec_in(path: Path, qube: str, argv: list[str], stdio: Stdio, user: str, cwd: str,
-            env: dict[str, str]) -> int:
+def exec_in(path: Path, qube: str, argv: list[str], stdio: Stdio, user: str, cwd: str, env: dict[str, str]) -> int:
     """Run ARGV in the VM qube whose supervisor listens on PATH; its exit code."""
     return exec_over(_connect(path, qube), qube, argv, stdio, user, cwd, env)
 
 
-def exec_over(conn: socket.socket, qube: str, argv: list[str], stdio: Stdio, user: str, cwd: str,
-              env: dict[str, str]) -> int:
+def exec_over(
+    conn: socket.socket, qube: str, argv: list[str], stdio: Stdio, user: str, cwd: str, env: dict[str, str]
+) -> int:
     """Run ARGV over CONN, a connection to an agent (through a VM's
     supervisor, or to a preloaded disposable's agent); its exit code."""
     request = {"kind": "exec", "argv": argv, "user": user, "cwd": cwd, "env": env, "tty": stdio.tty}

@@ -39,8 +39,15 @@ class Format(Generic[Frame]):
     fixed fields between the type and the length; ERROR is raised for every
     bad frame, so each format's callers catch their own class."""
 
-    def __init__(self, kinds: Iterable[int], max_payload: int, *, fields: Sequence[str] = (),
-                 limits: Mapping[int, int] | None = None, error: type[FrameError] = FrameError) -> None:
+    def __init__(
+        self,
+        kinds: Iterable[int],
+        max_payload: int,
+        *,
+        fields: Sequence[str] = (),
+        limits: Mapping[int, int] | None = None,
+        error: type[FrameError] = FrameError,
+    ) -> None:
         self.kinds = frozenset(kinds)
         self.max_payload = max_payload
         self.fields = tuple(fields)
@@ -102,7 +109,7 @@ class Decoder(Generic[Frame]):
             while True:
                 if self._current is None:
                     take = min(header_size - len(self._head), size - pos)
-                    self._head += view[pos:pos + take]
+                    self._head += view[pos : pos + take]
                     pos += take
                     if len(self._head) < header_size:
                         return out
@@ -112,9 +119,9 @@ class Decoder(Generic[Frame]):
                 kind, values, length = self._current
                 take = min(length - len(self._body), size - pos)
                 if not self._body and take == length:
-                    payload = bytes(view[pos:pos + take])  # whole in this read: one copy
+                    payload = bytes(view[pos : pos + take])  # whole in this read: one copy
                 else:
-                    self._body += view[pos:pos + take]
+                    self._body += view[pos : pos + take]
                     if len(self._body) < length:
                         return out
                     payload = bytes(self._body)
@@ -132,8 +139,9 @@ class Decoder(Generic[Frame]):
         return len(self._head) + len(self._body)
 
 
-def recv_frame(sock: socket.socket, decoder: Decoder[Frame], backlog: list[Frame],
-               deadline: float | None = None) -> Frame | None:
+def recv_frame(
+    sock: socket.socket, decoder: Decoder[Frame], backlog: list[Frame], deadline: float | None = None
+) -> Frame | None:
     """The next frame from SOCK (None at a clean end of stream). BACKLOG
     keeps the frames that arrived in the same read, for the next calls.
 

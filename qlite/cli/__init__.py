@@ -71,6 +71,7 @@ def build_parser(only: str | None = None) -> _Parser:
             if args:
                 ap.add_argument("args", nargs="*", metavar=args)
             return ap
+
         return action
 
     sp = cmd("create", commands.create, "create a new app qube", json_out=True)
@@ -110,8 +111,11 @@ def build_parser(only: str | None = None) -> _Parser:
     sp.add_argument("-u", "--user", help="user to run as (default: the qube's default_user)")
     sp.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     sp.add_argument("--no-autostart", action="store_true", help="fail if the qube is not running")
-    sp.add_argument("--mode", choices=("container", "vm"),
-                    help="the disposable's isolation mode (default: its disposable template's)")
+    sp.add_argument(
+        "--mode",
+        choices=("container", "vm"),
+        help="the disposable's isolation mode (default: its disposable template's)",
+    )
     sp.add_argument("args", nargs=argparse.REMAINDER, metavar="[NAME] -- CMD")
 
     sp = cmd("ls", commands.ls, "list qubes and templates", json_out=True)
@@ -136,9 +140,13 @@ def build_parser(only: str | None = None) -> _Parser:
     sp = cmd("firewall", commands.firewall, "list, add, delete or reset a qube's firewall rules", json_out=True)
     sp.add_argument("name")
     sp.add_argument("action", nargs="?", default="list", choices=("list", "add", "del", "reset"))
-    sp.add_argument("rule", nargs=argparse.REMAINDER, metavar="RULE | N",
-                    help="add: action=accept|drop [dsthost=] [proto=] [dstports=] [icmptype=] "
-                         "[specialtarget=dns] [expire=+S|EPOCH] [comment=...]; del: the rule number")
+    sp.add_argument(
+        "rule",
+        nargs=argparse.REMAINDER,
+        metavar="RULE | N",
+        help="add: action=accept|drop [dsthost=] [proto=] [dstports=] [icmptype=] "
+        "[specialtarget=dns] [expire=+S|EPOCH] [comment=...]; del: the rule number",
+    )
     sp.add_argument("--before", type=_int("--before"), metavar="N", help="add: insert before rule N")
 
     sp = cmd("clone", commands.clone, "clone a qube, with a copy of its private data", json_out=True)
@@ -152,11 +160,13 @@ def build_parser(only: str | None = None) -> _Parser:
     sp = cmd("template", commands.template, "build, list, update, revert or remove templates")
     action = actions(sp, json_out=True, name=None, force=False, quiet=False)
     action("list", "the templates and their revisions")
-    for name, help_ in (("build", "build NAME from images/NAME (nothing if it is up to date)"),
-                        ("update", "upgrade NAME's packages into a new revision"),
-                        ("revert", "make NAME's previous revision the current one"),
-                        ("remove", "remove NAME and its revisions"),
-                        ("approve", "accept an image of NAME that was replaced outside qlite")):
+    for name, help_ in (
+        ("build", "build NAME from images/NAME (nothing if it is up to date)"),
+        ("update", "upgrade NAME's packages into a new revision"),
+        ("revert", "make NAME's previous revision the current one"),
+        ("remove", "remove NAME and its revisions"),
+        ("approve", "accept an image of NAME that was replaced outside qlite"),
+    ):
         ap = action(name, help_)
         ap.add_argument("name", nargs="?")
         if name == "build":
@@ -169,15 +179,20 @@ def build_parser(only: str | None = None) -> _Parser:
 
     sp = cmd("setup", commands.setup, "set up the host's podman, build the default template and default-dvm")
     sp.add_argument("-q", "--quiet", action="store_true")
-    sp.add_argument("--force", action="store_true",
-                    help="switch the host's podman to netavark even where it uses CNI networks")
+    sp.add_argument(
+        "--force", action="store_true", help="switch the host's podman to netavark even where it uses CNI networks"
+    )
 
     cmd("reconcile", commands.reconcile, "remove what crashed qlite processes left behind", json_out=True)
 
     sp = cmd("daemon", commands.daemon, "the RPC broker (started on demand)")
     action = actions(sp)
-    for name, help_ in (("run", "serve in the foreground"), ("start", "start it in the background"),
-                        ("stop", "stop it"), ("status", "whether it runs")):
+    for name, help_ in (
+        ("run", "serve in the foreground"),
+        ("start", "start it in the background"),
+        ("stop", "stop it"),
+        ("status", "whether it runs"),
+    ):
         action(name, help_)
 
     sp = cmd("policy", commands.policy, "evaluate, check and answer RPC policy")
@@ -191,8 +206,9 @@ def build_parser(only: str | None = None) -> _Parser:
     ap = action("setup", "make VAULT (offline) and let clients use it")
     ap.add_argument("vault")
     ap.add_argument("--client", action="append", default=[], metavar="QUBE", help="a qube that may use it")
-    ap.add_argument("--autoaccept", type=_int("--autoaccept"), metavar="SECONDS",
-                    help="how long a yes stands (default 300)")
+    ap.add_argument(
+        "--autoaccept", type=_int("--autoaccept"), metavar="SECONDS", help="how long a yes stands (default 300)"
+    )
     ap = action("gen-key", "generate a key in VAULT")
     ap.add_argument("vault")
     ap.add_argument("--name", help="the key's name")
@@ -246,8 +262,7 @@ def build_parser(only: str | None = None) -> _Parser:
 
     sp = cmd("log", commands.log, "show a log", json_out=True)
     sp.add_argument("which", choices=("rpc",))
-    sp.add_argument("-n", "--lines", type=_int("--lines", minimum=0), default=50,
-                    help="how many records (default 50)")
+    sp.add_argument("-n", "--lines", type=_int("--lines", minimum=0), default=50, help="how many records (default 50)")
 
     sp = cmd("service", commands.service, "qlite's podman service (started on demand)")
     action = actions(sp)
@@ -287,8 +302,13 @@ def parse(parser: _Parser, argv: list[str], command: str | None) -> argparse.Nam
 
 
 def _parse_action(sub: _Parser, rest: list[str], command: str) -> argparse.Namespace:
-    takes_value = {opt for ap in sub.actions.values() for a in ap._actions if a.nargs is None and a.option_strings
-                   for opt in a.option_strings}
+    takes_value = {
+        opt
+        for ap in sub.actions.values()
+        for a in ap._actions
+        if a.nargs is None and a.option_strings
+        for opt in a.option_strings
+    }
     i = 0
     while i < len(rest) and rest[i].startswith("-") and rest[i] not in ("-h", "--help"):
         i += 1 + (rest[i] in takes_value)
@@ -299,7 +319,7 @@ def _parse_action(sub: _Parser, rest: list[str], command: str) -> argparse.Names
     for key, value in sub._defaults.items():  # the command's defaults, then the action's
         setattr(args, key, value)
     ap = sub.actions[word]
-    more, extra = ap.parse_known_intermixed_args(rest[:i] + rest[i + 1:])
+    more, extra = ap.parse_known_intermixed_args(rest[:i] + rest[i + 1 :])
     if extra:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     for key, value in vars(more).items():
@@ -317,6 +337,7 @@ def _int(name: str, minimum: int | None = None) -> Callable[[str], int]:
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"{name} must be {minimum} or more, not {text!r}")
         return value
+
     return parse
 
 
@@ -329,6 +350,7 @@ def _seconds(name: str) -> Callable[[str], float]:
         if not value >= 0 or value == float("inf"):
             raise argparse.ArgumentTypeError(f"{name} takes seconds, 0 or more, not {text!r}")
         return value
+
     return parse
 
 

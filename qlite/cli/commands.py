@@ -123,8 +123,14 @@ def create(args: argparse.Namespace) -> Result:
         props["mode"] = args.mode
     qm = _qubes(ctx)
     q = qm.create(
-        args.name, label=args.label, template=args.template, klass=args.klass,
-        netvm=args.netvm, memory=args.memory, vcpus=args.vcpus, props=props,
+        args.name,
+        label=args.label,
+        template=args.template,
+        klass=args.klass,
+        netvm=args.netvm,
+        memory=args.memory,
+        vcpus=args.vcpus,
+        props=props,
     )
     return Result(data=qm.info(q, {}).as_json())
 
@@ -231,12 +237,26 @@ def ls(args: argparse.Namespace) -> Table:
         usage = qube_usage(ctx, containers=containers)
         for r in rows:
             u = usage.get(r["name"])
-            r["usage"] = None if u is None else {"rss_mib": round(u.rss_mib, 1), "pss_mib": round(u.pss_mib, 1),
-                                                  "processes": u.processes}
+            r["usage"] = (
+                None
+                if u is None
+                else {"rss_mib": round(u.rss_mib, 1), "pss_mib": round(u.pss_mib, 1), "processes": u.processes}
+            )
     return Table(
         ["NAME", "STATE", "CLASS", "LABEL", "TEMPLATE", "NETVM", "MODE", "NETPATH"],
-        [[r["name"], "Preloaded" if r["preloaded"] and r["state"] == "Running" else r["state"], r["class"],
-          r["label"], r["template"], r["netvm"], r["mode"], r["netpath"]] for r in rows],
+        [
+            [
+                r["name"],
+                "Preloaded" if r["preloaded"] and r["state"] == "Running" else r["state"],
+                r["class"],
+                r["label"],
+                r["template"],
+                r["netvm"],
+                r["mode"],
+                r["netpath"],
+            ]
+            for r in rows
+        ],
         [label_colour(r["label"]) for r in rows],
         data=rows,
     )
@@ -254,8 +274,11 @@ def prefs(args: argparse.Namespace) -> Result | None:
         raise InvalidValue("usage: qlite prefs NAME [PROP [VALUE]]")
     if not rest:
         values = qm.get_prefs(name)
-        return Table(["PROPERTY", "", "VALUE"], [[k, "D" if d else "-", v] for k, (v, d) in values.items()],
-                     data={k: json_value(k, v) for k, (v, _d) in values.items()})
+        return Table(
+            ["PROPERTY", "", "VALUE"],
+            [[k, "D" if d else "-", v] for k, (v, d) in values.items()],
+            data={k: json_value(k, v) for k, (v, _d) in values.items()},
+        )
     prop = rest[0]
     if args.default:
         qm.reset_pref(name, prop)
@@ -276,8 +299,11 @@ def _global_prefs(ctx: Context, qm: QubeManager, gp: GlobalPrefs, args: argparse
         raise InvalidValue("usage: qlite prefs --global [PROP [VALUE]]")
     if not rest:
         values = gp.all()
-        return Table(["PROPERTY", "", "VALUE"], [[k, "D" if gp.is_default(k) else "-", v] for k, v in values.items()],
-                     data={k: v or None for k, v in values.items()})
+        return Table(
+            ["PROPERTY", "", "VALUE"],
+            [[k, "D" if gp.is_default(k) else "-", v] for k, v in values.items()],
+            data={k: v or None for k, v in values.items()},
+        )
     key = rest[0]
     if args.default:
         gp.reset(key)
@@ -374,9 +400,20 @@ def firewall(args: argparse.Namespace) -> Result:
             raise InvalidValue("list takes no rule")
         return Table(
             ["NO", "ACTION", "HOST", "PROTOCOL", "PORT(S)", "SPECIAL TARGET", "ICMP TYPE", "EXPIRE", "COMMENT"],
-            [[i, r.action, r.dsthost, r.proto, r.to_json().get("dstports"), r.specialtarget, r.icmptype,
-              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.expire)) if r.expire else None,
-              r.comment] for i, r in enumerate(rules)],
+            [
+                [
+                    i,
+                    r.action,
+                    r.dsthost,
+                    r.proto,
+                    r.to_json().get("dstports"),
+                    r.specialtarget,
+                    r.icmptype,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.expire)) if r.expire else None,
+                    r.comment,
+                ]
+                for i, r in enumerate(rules)
+            ],
             data=[r.to_json() for r in rules],
         )
     if args.action == "add":
@@ -419,12 +456,12 @@ def template(args: argparse.Namespace) -> Result:
     if args.action == "list":
         infos = [tm.info(t) for t in tm.list()]
         built = {i.name for i in infos}
-        rows = [[i.name, i.current_rev, i.image_id[:12], ",".join(map(str, i.revisions)),
-                 ", ".join(i.users)] for i in infos]
+        rows = [
+            [i.name, i.current_rev, i.image_id[:12], ",".join(map(str, i.revisions)), ", ".join(i.users)] for i in infos
+        ]
         # The table also lists what could be built; --json lists what is.
         rows += [[n, None, "(not built)", None, None] for n in tm.available() if n not in built]
-        return Table(["TEMPLATE", "REVISION", "IMAGE", "REVISIONS", "USED BY"], rows,
-                     data=[i.as_json() for i in infos])
+        return Table(["TEMPLATE", "REVISION", "IMAGE", "REVISIONS", "USED BY"], rows, data=[i.as_json() for i in infos])
     if not args.name:
         raise InvalidValue(f"usage: qlite template {args.action} NAME")
     if args.action == "build":
@@ -436,12 +473,16 @@ def template(args: argparse.Namespace) -> Result:
         return Result(data=TemplateUpdate(args.name, rev.rev, rev.image_id, rev.origin, updated=rev.rev != before))
     if args.action == "revert":
         rev = tm.revert(args.name)
-        return Result(data=TemplateReverted(args.name, rev.rev, rev.image_id),
-                      note=f"{args.name} is back at revision {rev.rev}; qubes use it from their next start")
+        return Result(
+            data=TemplateReverted(args.name, rev.rev, rev.image_id),
+            note=f"{args.name} is back at revision {rev.rev}; qubes use it from their next start",
+        )
     if args.action == "approve":
         image = tm.approve(args.name)
-        return Result(data=TemplateApproved(args.name, image),
-                      note=f"{args.name}: approved image {image[:12]}; qubes start from it again")
+        return Result(
+            data=TemplateApproved(args.name, image),
+            note=f"{args.name}: approved image {image[:12]}; qubes start from it again",
+        )
     tm.remove(args.name)
     return Result(data=TemplateRemoved(args.name))
 
@@ -473,19 +514,25 @@ def aem(args: argparse.Namespace) -> Result | None:
     if args.action == "log":
         log_ = am.log()
         where = f"TPM PCR {log_['pcr']} ({log_['tpm']})" if log_["tpm"] else "no TPM: software chain only"
-        return Table(["#", "COMPONENT", "SHA256"],
-                     [[i, m["name"], m["digest"]] for i, m in enumerate(log_["measurements"])], data=log_,
-                     footnote=f"chain {log_['chain']}; {where}; sealed: {log_['sealed'] or 'no'}; "
-                              f"enforced: {'yes' if log_['enforced'] else 'no'}")
+        return Table(
+            ["#", "COMPONENT", "SHA256"],
+            [[i, m["name"], m["digest"]] for i, m in enumerate(log_["measurements"])],
+            data=log_,
+            footnote=f"chain {log_['chain']}; {where}; sealed: {log_['sealed'] or 'no'}; "
+            f"enforced: {'yes' if log_['enforced'] else 'no'}",
+        )
     if args.action == "seal":
         secret = _read_secret_file(args.secret_file, "secret")
         if secret is None:
             raise InvalidValue("usage: qlite aem seal --secret-file F [--passphrase-file P] [--boot-pcrs 0,2,4,7]")
         boot = [int(p) for p in args.boot_pcrs.split(",")] if args.boot_pcrs else []
         mode = am.seal(secret, passphrase, boot)
-        weaker = ("qlite: warning: no TPM: sealed with a key from your passphrase, bound to the measurements. "
-                  "This is weaker than a TPM: anyone with the passphrase and the sealed file can read the secret.\n"
-                  if mode == "passphrase" else "")
+        weaker = (
+            "qlite: warning: no TPM: sealed with a key from your passphrase, bound to the measurements. "
+            "This is weaker than a TPM: anyone with the passphrase and the sealed file can read the secret.\n"
+            if mode == "passphrase"
+            else ""
+        )
         return Result(note=f"{weaker}sealed to the current measurements ({mode})")
     if args.action == "verify":
         return _aem_verify(am, passphrase, args)
@@ -495,8 +542,11 @@ def aem(args: argparse.Namespace) -> Result | None:
         return Result(note=f"resealed to the current measurements ({am.reseal(passphrase)})")
     if args.action in ("enforce", "relax"):
         am.set_enforced(args.action == "enforce")
-        return Result(note="qubes start only after 'qlite aem verify' in each boot" if args.action == "enforce"
-                      else "qubes start without anti-evil-maid verification")
+        return Result(
+            note="qubes start only after 'qlite aem verify' in each boot"
+            if args.action == "enforce"
+            else "qubes start without anti-evil-maid verification"
+        )
     raise InvalidValue(f"unknown aem action {args.action!r}")
 
 
@@ -504,10 +554,15 @@ def _aem_verify(am: AemManager, passphrase: bytes | None, args: argparse.Namespa
     result = am.verify(passphrase)
     data = {**result.as_json(), "secret": result.secret.decode(errors="replace") if result.ok else None}
     if not result.ok:
-        changed = [f"CHANGED {name}: sealed {(old or 'absent')[:16]}, now {(new or 'absent')[:16]}"
-                   for name, old, new in result.changes]
-        return Result(data=data, exit_code=1, footnote="\n".join(
-            [*changed, f"qlite: error: anti-evil-maid verification FAILED: {result.detail}"]))
+        changed = [
+            f"CHANGED {name}: sealed {(old or 'absent')[:16]}, now {(new or 'absent')[:16]}"
+            for name, old, new in result.changes
+        ]
+        return Result(
+            data=data,
+            exit_code=1,
+            footnote="\n".join([*changed, f"qlite: error: anti-evil-maid verification FAILED: {result.detail}"]),
+        )
     shown = Message(result.secret.decode(errors="replace").rstrip("\n"), data=data)
     if not am.enforced():
         return shown
@@ -535,8 +590,9 @@ def doctor(args: argparse.Namespace) -> Markup:
         lines.append(f"{marks[c.status]}  [bold]{c.name}[/]: {escape(c.detail)}")
         if c.fix and c.status in (WARN, FAIL):
             lines.append(f"{'':>6}fix: {escape(c.fix)}")
-    return Markup(lines, data=[c.as_json() for c in checks],
-                  exit_code=1 if any(c.status == FAIL for c in checks) else 0)
+    return Markup(
+        lines, data=[c.as_json() for c in checks], exit_code=1 if any(c.status == FAIL for c in checks) else 0
+    )
 
 
 def setup(args: argparse.Namespace) -> Result:
@@ -546,8 +602,10 @@ def setup(args: argparse.Namespace) -> Result:
     progress = progress_printer(args.quiet)
     dropin = install_dropin(ctx.paths, force=args.force)
     if dropin.held_back:
-        ctx.warn(f"{dropin.held_back}: the host's podman keeps CNI, so 'podman network ls' will not list "
-                 "qlite's networks; 'qlite setup --force' switches it to netavark")
+        ctx.warn(
+            f"{dropin.held_back}: the host's podman keeps CNI, so 'podman network ls' will not list "
+            "qlite's networks; 'qlite setup --force' switches it to netavark"
+        )
     elif dropin.changed:
         info(f"the host's podman now uses netavark and knows qlite's runtimes ({dropin.path})")
     tm, qm, gp = _templates(ctx), _qubes(ctx), GlobalPrefs(ctx.store)
@@ -564,16 +622,20 @@ def setup(args: argparse.Namespace) -> Result:
     # VM-mode qubes boot this package's kernel; each home unpacks it when
     # its first VM starts.
     fetch_package(progress)
-    return Result(note=f"ready: template {DEFAULT_TEMPLATE}{' (added now)' if new else ''}, "
-                       f"disposable template {DVM_NAME}")
+    return Result(
+        note=f"ready: template {DEFAULT_TEMPLATE}{' (added now)' if new else ''}, disposable template {DVM_NAME}"
+    )
 
 
 def reconcile(args: argparse.Namespace) -> Lines:
     from qlite.core.reconcile import reap  # noqa: PLC0415 - pulls in the lifecycle (~20 ms)
 
     report = reap(_given(args), sweep=True)
-    lines = ["nothing to reconcile"] if report.empty else [
-        f"removed {kind}: {', '.join(items)}" for kind, items in asdict(report).items() if items]
+    lines = (
+        ["nothing to reconcile"]
+        if report.empty
+        else [f"removed {kind}: {', '.join(items)}" for kind, items in asdict(report).items() if items]
+    )
     return Lines(lines, data=report)
 
 
@@ -584,8 +646,14 @@ def service(args: argparse.Namespace) -> Message:
     return _start_stop_status(args.action, "podman service", svc.ensure, svc.stop, svc.alive, svc.pid)
 
 
-def _start_stop_status(action: str, what: str, ensure: Callable[[], None], stop: Callable[[], bool],
-                       running: Callable[[], bool], pid: Callable[[], int | None]) -> Message:
+def _start_stop_status(
+    action: str,
+    what: str,
+    ensure: Callable[[], None],
+    stop: Callable[[], bool],
+    running: Callable[[], bool],
+    pid: Callable[[], int | None],
+) -> Message:
     """start / stop / status of one of qlite's background processes;
     status exits 1 when it is not running."""
     if action == "start":
@@ -594,8 +662,10 @@ def _start_stop_status(action: str, what: str, ensure: Callable[[], None], stop:
     if action == "stop":
         return Message("stopped" if stop() else "not running")
     alive = running()
-    return Message(f"{what} {'running' if alive else 'stopped'}" + (f" (pid {pid()})" if alive else ""),
-                   exit_code=0 if alive else 1)
+    return Message(
+        f"{what} {'running' if alive else 'stopped'}" + (f" (pid {pid()})" if alive else ""),
+        exit_code=0 if alive else 1,
+    )
 
 
 def tui(args: argparse.Namespace) -> None:
@@ -645,8 +715,14 @@ def _policy_eval(args: argparse.Namespace) -> Lines:
         qubes = _qubes(ctx)
         qubes.get(source)
         res, _policy = evaluate_call(ctx.paths, qubes, Request(service, argument, source, target))
-        answer = PolicyAnswer(res.action, res.target, list(res.choices), res.user,
-                              f"{res.rule.file}:{res.rule.line}" if res.rule else None, res.reason)
+        answer = PolicyAnswer(
+            res.action,
+            res.target,
+            list(res.choices),
+            res.user,
+            f"{res.rule.file}:{res.rule.line}" if res.rule else None,
+            res.reason,
+        )
     lines = [answer.action + (f" target={answer.target}" if answer.target else "")]
     if answer.choices:
         lines.append(f"  choices: {', '.join(answer.choices)}")
@@ -683,16 +759,35 @@ def _policy_ask(args: argparse.Namespace) -> Result:
         asks = ctl.asks()
         if not asks:
             return Message("no pending questions", data=asks)
-        return Table(["ID", "SOURCE", "SERVICE", "ARGUMENT", "TARGET", "CHOICES", "DEFAULT", "SECONDS"],
-                     [[a["id"], a["source"], a["service"], a["argument"], a["target"], ", ".join(a["choices"]),
-                       a["default_target"], a["seconds_left"]] for a in asks], data=asks)
+        return Table(
+            ["ID", "SOURCE", "SERVICE", "ARGUMENT", "TARGET", "CHOICES", "DEFAULT", "SECONDS"],
+            [
+                [
+                    a["id"],
+                    a["source"],
+                    a["service"],
+                    a["argument"],
+                    a["target"],
+                    ", ".join(a["choices"]),
+                    a["default_target"],
+                    a["seconds_left"],
+                ]
+                for a in asks
+            ],
+            data=asks,
+        )
     words = args.args
-    if len(words) not in (2, 3) or not words[0].isdecimal() or words[1] not in ("allow", "deny") \
-            or (words[1] == "deny" and len(words) == 3):
+    if (
+        len(words) not in (2, 3)
+        or not words[0].isdecimal()
+        or words[1] not in ("allow", "deny")
+        or (words[1] == "deny" and len(words) == 3)
+    ):
         raise InvalidValue("usage: qlite policy ask [ID allow [TARGET] | ID deny]")
     reply = ctl.answer(int(words[0]), words[1] == "allow", words[2] if len(words) == 3 else None)
-    return Message(f"question {reply['id']}: " + (f"allowed to {reply['target']}" if reply["allow"] else "denied"),
-                   data=reply)
+    return Message(
+        f"question {reply['id']}: " + (f"allowed to {reply['target']}" if reply["allow"] else "denied"), data=reply
+    )
 
 
 def _size(n: float) -> str:
@@ -716,11 +811,23 @@ def device(args: argparse.Namespace) -> Result | None:
     if args.action == "list":
         need(0, "[--json]")
         rows = dm.list()
-        return Table(["DEVICE", "SIZE", "IDENT", "LABEL", "ATTACHED TO", "ASSIGNED TO"], [
-            [r.device.name, _size(r.device.size), r.device.ident, r.device.label or "-",
-             (r.attached_to + (" (ro)" if r.read_only else "")) if r.attached_to else
-             (f"host: {r.host_mounts[0]}" if r.host_mounts else "-"),
-             ", ".join(r.assigned_to) or "-"] for r in rows], data=[r.as_json() for r in rows])
+        return Table(
+            ["DEVICE", "SIZE", "IDENT", "LABEL", "ATTACHED TO", "ASSIGNED TO"],
+            [
+                [
+                    r.device.name,
+                    _size(r.device.size),
+                    r.device.ident,
+                    r.device.label or "-",
+                    (r.attached_to + (" (ro)" if r.read_only else ""))
+                    if r.attached_to
+                    else (f"host: {r.host_mounts[0]}" if r.host_mounts else "-"),
+                    ", ".join(r.assigned_to) or "-",
+                ]
+                for r in rows
+            ],
+            data=[r.as_json() for r in rows],
+        )
     if args.action == "attach":
         qube, dev = need(2, "QUBE DEVICE [--ro] [--exec]")
         d = dm.attach(qube, dev, read_only=args.ro, allow_exec=args.exec)
@@ -733,8 +840,9 @@ def device(args: argparse.Namespace) -> Result | None:
             names = dm.detach(dev, qube=qube)
         return Result(note=f"detached {', '.join(names)}")
     if args.action in ("assign", "pair"):
-        qube, ident = need(2, "QUBE IDENT") if args.action == "assign" else (
-            *need(1, "QUBE --fs-uuid U | --serial S"), "")
+        qube, ident = (
+            need(2, "QUBE IDENT") if args.action == "assign" else (*need(1, "QUBE --fs-uuid U | --serial S"), "")
+        )
         if args.action == "pair":
             if bool(args.fs_uuid) == bool(args.serial):
                 raise InvalidValue("usage: qlite device pair QUBE --fs-uuid U | --serial S")
@@ -762,8 +870,12 @@ def log(args: argparse.Namespace) -> Lines:
         extra = f" exit={r['exit']}" if "exit" in r else ""
         reason = r.get("reason") if r.get("decision") != "done" else ""
         why = _with_rule(reason, r.get("rule")) if reason else (f"[{r['rule']}]" if r.get("rule") else "")
-        lines.append(printable(f"{when} {r.get('source', '?')} -> {to} {what}: {r.get('decision', '?')}{extra}"
-                               + (f" - {why}" if why else "")))
+        lines.append(
+            printable(
+                f"{when} {r.get('source', '?')} -> {to} {what}: {r.get('decision', '?')}{extra}"
+                + (f" - {why}" if why else "")
+            )
+        )
     return Lines(lines, data=records)
 
 
@@ -777,9 +889,11 @@ def splitgpg(args: argparse.Namespace) -> Result:
     ctx = _context(args)
     if args.action == "setup":
         result = sg.setup(ctx, _qubes(ctx), args.vault, args.client, args.autoaccept)
-        return Result(data=result,
-                      footnote=f"{'created' if result.created else 'configured'} vault {result.vault} (offline); "
-                               f"clients: {', '.join(result.clients) or 'none yet'}; policy in {result.policy_file}")
+        return Result(
+            data=result,
+            footnote=f"{'created' if result.created else 'configured'} vault {result.vault} (offline); "
+            f"clients: {', '.join(result.clients) or 'none yet'}; policy in {result.policy_file}",
+        )
     _qubes(ctx).get(args.vault)
     vault = VaultGPG(ctx, args.vault)
     if args.action == "gen-key":
@@ -798,9 +912,20 @@ def splitgpg(args: argparse.Namespace) -> Result:
         return Message(f"imported {imported['count']} key(s) into {args.vault}", data=imported)
     if args.action == "list":
         keys = vault.list_keys(secret=args.secret)
-        return Table(["FINGERPRINT", "UIDS", "ALGORITHM", "CREATED", "EXPIRES"],
-                     [[k.fingerprint, "; ".join(k.uids), k.algorithms, (k.created_at or "")[:10],
-                       (k.expires_at or "never")[:10]] for k in keys], data=keys)
+        return Table(
+            ["FINGERPRINT", "UIDS", "ALGORITHM", "CREATED", "EXPIRES"],
+            [
+                [
+                    k.fingerprint,
+                    "; ".join(k.uids),
+                    k.algorithms,
+                    (k.created_at or "")[:10],
+                    (k.expires_at or "never")[:10],
+                ]
+                for k in keys
+            ],
+            data=keys,
+        )
     if len(args.args) != 1:
         raise InvalidValue("usage: qlite splitgpg export VAULT KEY")
     # The armoured key is the output, with --json too: a script pipes it on.

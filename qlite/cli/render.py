@@ -20,8 +20,14 @@ def emit_json(data: object) -> None:
 
 # The labels' colours (qlite.domain.labels) as SGR parameters.
 SGR = {
-    "red": "31", "dark_orange": "38;5;208", "yellow": "33", "green": "32",
-    "grey62": "38;5;247", "blue": "34", "magenta": "35", "bright_black": "90",
+    "red": "31",
+    "dark_orange": "38;5;208",
+    "yellow": "33",
+    "green": "32",
+    "grey62": "38;5;247",
+    "blue": "34",
+    "magenta": "35",
+    "bright_black": "90",
 }
 GAP = "  "
 
@@ -47,8 +53,7 @@ def width(text: str) -> int:
     """Columns TEXT takes on a terminal (wide East Asian characters take two)."""
     if text.isascii():
         return len(text)
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1
-               for ch in text)
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1 for ch in text)
 
 
 def format_table(

@@ -126,15 +126,14 @@ class DisposableManager:
         with _terminate_on_signals() if main else contextlib.nullcontext():
             try:
                 self._private_from_source(q)
-                return self.qubes.runtime(q).run_disposable(q, argv, stdio, user or q.default_user, env or {},
-                                                            on_created)
+                return self.qubes.runtime(q).run_disposable(
+                    q, argv, stdio, user or q.default_user, env or {}, on_created
+                )
             finally:
                 with _signals_blocked() if main else contextlib.nullcontext():
                     self.qubes.destroy(q)
 
     # -- preloaded disposables (see qlite.domain.preload) --------------------------------
-
-
 
     def _preload_dvm(self, dvm: str | None, template: str | None, mode: str | None) -> str | None:
         if template or (mode is not None and not self.qubes.runtime_of_mode(mode).preloadable):
@@ -142,14 +141,20 @@ class DisposableManager:
         name = dvm or self.qubes.resolved_default_dispvm(None)
         return name or None
 
-
     def _claim(self, dvm: str | None, template: str | None, mode: str | None) -> tuple[str, str] | None:
         name = self._preload_dvm(dvm, template, mode)
         return preload.claim(self.ctx, name) if name else None
 
-
-    def _run_preloaded(self, name: str, daemon_owner: str, argv: list[str], stdio: Stdio, user: str | None,
-                       env: dict[str, str] | None, on_created: Callable[[Qube], None] | None) -> int:
+    def _run_preloaded(
+        self,
+        name: str,
+        daemon_owner: str,
+        argv: list[str],
+        stdio: Stdio,
+        user: str | None,
+        env: dict[str, str] | None,
+        on_created: Callable[[Qube], None] | None,
+    ) -> int:
         """Run ARGV in the claimed member NAME through its agent; give it back
         to the daemon (which destroys it) whatever happens."""
         q = self.qubes.get(name)
@@ -161,13 +166,13 @@ class DisposableManager:
                 user = user or q.default_user
                 conn = self.ctx.daemon.take_connection(q.name)
                 workdir, place = exec_place(user)
-                return client.exec_over(conn, q.name, argv, stdio, user, workdir,
-                                        {"QLITE_QUBE": q.name, **place, **(env or {})})
+                return client.exec_over(
+                    conn, q.name, argv, stdio, user, workdir, {"QLITE_QUBE": q.name, **place, **(env or {})}
+                )
             finally:
                 with _signals_blocked() if main else contextlib.nullcontext():
                     if not preload.hand_back(self.ctx, name, daemon_owner):
                         self.qubes.destroy(q)
-
 
     def preload(self, dvm: str, generation: str) -> str:
         """Create and start one ready member of DVM (in the daemon)."""

@@ -14,6 +14,13 @@ from qlite.engines.base import Stdio
 
 
 class Lifecycle(QubeManager):
-    def run_disposable(self, argv: list[str], stdio: Stdio, dvm: str | None, user: str | None,
-                       env: dict[str, str], on_created: Callable[[Qube], None] | None) -> int:
+    def run_disposable(
+        self,
+        argv: list[str],
+        stdio: Stdio,
+        dvm: str | None,
+        user: str | None,
+        env: dict[str, str],
+        on_created: Callable[[Qube], None] | None,
+    ) -> int:
         return DisposableManager(self.ctx).run(argv, stdio, dvm=dvm, user=user, env=env, on_created=on_created)

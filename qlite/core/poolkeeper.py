@@ -58,7 +58,6 @@ def generation(ctx: Context, dvm: Qube) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=sorted).encode()).hexdigest()[:16]
 
 
-
 class PoolKeeper:
     """The daemon's loop: destroy spent members, recycle stale ones, and
     start members until every disposable template has what it wants."""

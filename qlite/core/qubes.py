@@ -198,11 +198,16 @@ class QubeManager:
             if raw in ("", HOST_UPLINK) or not self.exists(raw):
                 return path[1:]
             if raw in path:
-                via = [n for n in dict.fromkeys(path) if n == q.name and q.netvm_raw is None
-                       or n != q.name and self._follows_default(n)]
+                via = [
+                    n
+                    for n in dict.fromkeys(path)
+                    if n == q.name and q.netvm_raw is None or n != q.name and self._follows_default(n)
+                ]
                 how = f" ({', '.join(via)}: following the global default_netvm)" if via else ""
-                raise InvalidValue(f"network loop: {' -> '.join((*path, raw))}{how}; give one of them a netvm "
-                                   f"of its own, e.g. 'qlite prefs {raw} netvm dom0'")
+                raise InvalidValue(
+                    f"network loop: {' -> '.join((*path, raw))}{how}; give one of them a netvm "
+                    f"of its own, e.g. 'qlite prefs {raw} netvm dom0'"
+                )
             path.append(raw)
             hop = self.get(raw)
 
@@ -220,9 +225,7 @@ class QubeManager:
             return name
         q = self.get(name)
         if not q.template_for_dispvms:
-            raise InvalidValue(
-                f"{name!r} is not a disposable template: set its template_for_dispvms to True"
-            )
+            raise InvalidValue(f"{name!r} is not a disposable template: set its template_for_dispvms to True")
         return name
 
     # -- state ---------------------------------------------------------------
@@ -241,10 +244,19 @@ class QubeManager:
 
     def info(self, q: Qube, containers: dict[str, ContainerInfo]) -> QubeInfo:
         return QubeInfo(
-            name=q.name, klass=q.klass, state=self.state_of(q, containers).value, label=q.label,
-            template=q.template, netvm=self.resolved_netvm(q), mode=q.mode, netpath=self.netpath(q),
-            memory=q.memory, vcpus=q.vcpus, template_for_dispvms=q.template_for_dispvms,
-            provides_network=q.provides_network, tags=sorted(q.tags),
+            name=q.name,
+            klass=q.klass,
+            state=self.state_of(q, containers).value,
+            label=q.label,
+            template=q.template,
+            netvm=self.resolved_netvm(q),
+            mode=q.mode,
+            netpath=self.netpath(q),
+            memory=q.memory,
+            vcpus=q.vcpus,
+            template_for_dispvms=q.template_for_dispvms,
+            provides_network=q.provides_network,
+            tags=sorted(q.tags),
         )
 
     def infos(self, containers: dict[str, ContainerInfo] | None = None) -> list[QubeInfo]:
@@ -255,9 +267,22 @@ class QubeManager:
         containers = self.containers() if containers is None else containers
         rows = [self.info(q, containers) for q in self.list()]
         rows += [
-            QubeInfo(name=t.name, klass="TemplateVM", state=State.HALTED.value, label="black", template=None,
-                     netvm=None, mode="container", netpath="none", memory=None, vcpus=None,
-                     template_for_dispvms=False, provides_network=False, tags=[], revision=t.current_rev)
+            QubeInfo(
+                name=t.name,
+                klass="TemplateVM",
+                state=State.HALTED.value,
+                label="black",
+                template=None,
+                netvm=None,
+                mode="container",
+                netpath="none",
+                memory=None,
+                vcpus=None,
+                template_for_dispvms=False,
+                provides_network=False,
+                tags=[],
+                revision=t.current_rev,
+            )
             for t in TemplateManager(self.ctx).list()
         ]
         rows.sort(key=lambda r: (r.klass != "TemplateVM", r.name))
@@ -295,9 +320,13 @@ class QubeManager:
             raise InvalidValue("no template given and no default_template set: use --template")
         self.check_template(template)
         q = Qube(
-            name=name, klass=klass, label=validate_label(label), template=template,
+            name=name,
+            klass=klass,
+            label=validate_label(label),
+            template=template,
             memory=memory if memory is not None else DEFAULT_MEMORY_MIB,
-            vcpus=vcpus if vcpus is not None else DEFAULT_VCPUS, created_at=self.ctx.clock.time(),
+            vcpus=vcpus if vcpus is not None else DEFAULT_VCPUS,
+            created_at=self.ctx.clock.time(),
         )
         parse_int("memory", str(q.memory), 32, 1 << 22)
         parse_int("vcpus", str(q.vcpus), 1, 256)
@@ -485,8 +514,9 @@ class QubeManager:
         route through its gateway, or, offline under runsc's host-netns
         path, a loopback that is up (nobody else brings it up there)."""
         probe = self.ctx.runtime_probe
-        offline = (plan.network == "none" and self.ctx.engine.runs_probed_runsc
-                   and not (probe is not None and probe.netstack))
+        offline = (
+            plan.network == "none" and self.ctx.engine.runs_probed_runsc and not (probe is not None and probe.netstack)
+        )
         if not plan.route_via and not offline:
             return
         self.ctx.engine.init(cid)
@@ -534,7 +564,8 @@ class QubeManager:
         """Running qubes whose netvm is NAME."""
         containers = self.containers() if containers is None else containers
         return sorted(
-            q.name for q in self.list()
+            q.name
+            for q in self.list()
             if q.name != name and self.resolved_netvm(q) == name and self.state_of(q, containers) != State.HALTED
         )
 
@@ -547,8 +578,7 @@ class QubeManager:
             clients = self.running_clients(name)
             if clients:
                 raise StateError(
-                    f"{name} is the netvm of running qubes: {', '.join(clients)}; "
-                    "shut them down first, or use --force"
+                    f"{name} is the netvm of running qubes: {', '.join(clients)}; shut them down first, or use --force"
                 )
         try:
             return self.runtime(q).shutdown(q, timeout)
@@ -624,8 +654,9 @@ class QubeManager:
         q = self.get(name)
         self._apply_prop(q, prop, text)
         column = PROPERTIES[prop][0]
-        value = getattr(q, "netvm_raw" if prop == "netvm" else
-                        "default_dispvm_raw" if prop == "default_dispvm" else prop)
+        value = getattr(
+            q, "netvm_raw" if prop == "netvm" else "default_dispvm_raw" if prop == "default_dispvm" else prop
+        )
         if isinstance(value, bool):
             value = int(value)
         self.qstore.set_column(name, column, value)
@@ -659,11 +690,15 @@ class QubeManager:
             q.mode = parse_mode(str(value))
         elif prop == "provides_network" and value and not self.runtime(q).gateways:
             title = self.runtime(q).title
-            raise InvalidValue(f"{q.name} is a {title}-mode qube; {title}-mode gateways are not available "
-                               "in this version")
+            raise InvalidValue(
+                f"{q.name} is a {title}-mode qube; {title}-mode gateways are not available in this version"
+            )
         elif prop == "provides_network" and not value:
-            clients = [c.name for c in self.list() if c.netvm_raw == q.name or
-                       (c.netvm_raw is None and self.prefs.get("default_netvm") == q.name)]
+            clients = [
+                c.name
+                for c in self.list()
+                if c.netvm_raw == q.name or (c.netvm_raw is None and self.prefs.get("default_netvm") == q.name)
+            ]
             if clients:
                 raise InvalidValue(f"{q.name} is the netvm of {', '.join(sorted(clients))}; change theirs first")
             q.provides_network = False
@@ -677,8 +712,9 @@ class QubeManager:
             raise NotHalted(f"{q.name} is running: shut it down before changing its mode")
         runtime = self.runtime_of_mode(mode)
         if q.provides_network and not runtime.gateways:
-            raise InvalidValue(f"{q.name} provides network; {runtime.title}-mode gateways are not available "
-                               "in this version")
+            raise InvalidValue(
+                f"{q.name} provides network; {runtime.title}-mode gateways are not available in this version"
+            )
         if self.exists(q.name):
             runtime.check_private(q)
 

@@ -114,17 +114,24 @@ def sweep_engine(ctx: Context, report: ReconcileReport) -> None:
             engine.remove_container(c.id, force=True)
             report.containers.append(c.name)
     for n in networks:
-        if _stray(ctx, n.labels, known) and remove_named_stray(ctx, n.name, n.labels, engine.list_networks,
-                                                               engine.remove_network):
+        if _stray(ctx, n.labels, known) and remove_named_stray(
+            ctx, n.name, n.labels, engine.list_networks, engine.remove_network
+        ):
             report.networks.append(n.name)
     for v in volumes:
-        if _stray(ctx, v.labels, known) and remove_named_stray(ctx, v.name, v.labels, engine.list_volumes,
-                                                               engine.remove_volume):
+        if _stray(ctx, v.labels, known) and remove_named_stray(
+            ctx, v.name, v.labels, engine.list_volumes, engine.remove_volume
+        ):
             report.volumes.append(v.name)
 
 
-def remove_named_stray(ctx: Context, name: str, labels: dict[str, str],
-                       lister: Callable[[dict[str, str]], list], remover: Callable[[str], None]) -> bool:
+def remove_named_stray(
+    ctx: Context,
+    name: str,
+    labels: dict[str, str],
+    lister: Callable[[dict[str, str]], list],
+    remover: Callable[[str], None],
+) -> bool:
     """Remove the stray volume or network NAME, listed with LABELS, if it is
     still stray; True if it was removed.
 

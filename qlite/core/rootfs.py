@@ -53,8 +53,9 @@ def parse_rootfs_conf(text: str) -> RootfsConfig:
     )
 
 
-def host_debian_uris(sources_dir: Path = Path("/etc/apt/sources.list.d"),
-                     sources_list: Path = Path("/etc/apt/sources.list")) -> dict[str, str]:
+def host_debian_uris(
+    sources_dir: Path = Path("/etc/apt/sources.list.d"), sources_list: Path = Path("/etc/apt/sources.list")
+) -> dict[str, str]:
     """Map suite -> URI from the host's apt entries (deb822 and one-line)."""
     found: dict[str, str] = {}
     for path in sorted(sources_dir.glob("*.sources")) if sources_dir.is_dir() else []:

@@ -68,8 +68,10 @@ class ContainerRuntime:
         except UnsafePath:
             made = False
         if made:
-            raise InvalidValue(f"{q.name}'s private disk was written by a VM, and the host never mounts one; "
-                               "create a container qube and copy the files across with qvm-copy")
+            raise InvalidValue(
+                f"{q.name}'s private disk was written by a VM, and the host never mounts one; "
+                "create a container qube and copy the files across with qvm-copy"
+            )
 
     def _name(self, q: Qube) -> str:
         return container_name(self.ctx.home_hash, q.name)
@@ -96,8 +98,15 @@ class ContainerRuntime:
                 self.ctx.warn(f"gateway {q.name} started, but its clients have no network: {exc}")
         self.qubes.rpc_ready(q, start_daemon=True)
 
-    def create(self, q: Qube, image: str, command: tuple[str, ...] | None = None, user: str = "root",
-               env: dict[str, str] | None = None, stdio: Stdio | None = None) -> str:
+    def create(
+        self,
+        q: Qube,
+        image: str,
+        command: tuple[str, ...] | None = None,
+        user: str = "root",
+        env: dict[str, str] | None = None,
+        stdio: Stdio | None = None,
+    ) -> str:
         """Q's container, created and ready to start (its volume laid out,
         its network arranged); COMMAND instead of the idle one for a
         disposable. Its id; nothing is left if this fails."""
@@ -105,10 +114,16 @@ class ContainerRuntime:
         self.ctx.private_volumes.init(self.qubes.private_mountpoint(q))
         plan = self.qubes.net.prepare(q)
         spec = qube_container_spec(
-            q, home_hash=hh, image=image, network=plan.network, dns=plan.dns,
-            rpc_source=str(self.qubes.rpc_dir(q)), devices_source=self.qubes.devices_source(q),
+            q,
+            home_hash=hh,
+            image=image,
+            network=plan.network,
+            dns=plan.dns,
+            rpc_source=str(self.qubes.rpc_dir(q)),
+            devices_source=self.qubes.devices_source(q),
             command=IDLE_COMMAND if command is None else tuple(command),
-            user="root" if command is None else user, env=None if command is None else env,
+            user="root" if command is None else user,
+            env=None if command is None else env,
             stdin_open=command is not None,
             tty=command is not None and bool(stdio and stdio.tty),
         )
@@ -170,11 +185,23 @@ class ContainerRuntime:
         as the USER they run as (root has no capabilities in a container
         whose own user is not root)."""
         with open(os.devnull, "wb") as null:
-            self.ctx.engine.exec(self._name(q), signal_argv(token, sig),
-                                 Stdio(stdin=None, stdout=null, stderr=null), user=user, workdir="/")
+            self.ctx.engine.exec(
+                self._name(q),
+                signal_argv(token, sig),
+                Stdio(stdin=None, stdout=null, stderr=null),
+                user=user,
+                workdir="/",
+            )
 
-    def run_disposable(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str],
-                       on_created: Callable[[Qube], None] | None) -> int:
+    def run_disposable(
+        self,
+        q: Qube,
+        argv: list[str],
+        stdio: Stdio,
+        user: str,
+        env: dict[str, str],
+        on_created: Callable[[Qube], None] | None,
+    ) -> int:
         """The command is the container's own: attached, then started. The
         caller's Ctrl-C goes to the command and what it started (its init
         would pass it to the command alone)."""

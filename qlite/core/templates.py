@@ -40,9 +40,7 @@ CACHE_REPO = "localhost/qlite-cache"
 # the store only when no home holds it any more.
 HOME_REPO_PREFIX = "localhost/qlite-home-"
 REVISIONS_TO_KEEP = 2  # the current one and the one before it
-DEFAULT_UPDATE = (
-    "export DEBIAN_FRONTEND=noninteractive; apt-get update && apt-get -y upgrade && apt-get clean"
-)
+DEFAULT_UPDATE = "export DEBIAN_FRONTEND=noninteractive; apt-get update && apt-get -y upgrade && apt-get clean"
 
 
 # The guest-tools layer's version (LABEL qlite.guest-tools in the top-level
@@ -66,8 +64,8 @@ def home_ref(home_hash: str, template: str, rev: int) -> str:
 def tag_revision(tag: str, template: str) -> int | None:
     """N from a tag ``localhost/qlite/<template>:<N>``, else None."""
     prefix = f"{REPO}/{template}:"
-    if tag.startswith(prefix) and tag[len(prefix):].isdigit():
-        return int(tag[len(prefix):])
+    if tag.startswith(prefix) and tag[len(prefix) :].isdigit():
+        return int(tag[len(prefix) :])
     return None
 
 
@@ -75,8 +73,9 @@ def tag_revision(tag: str, template: str) -> int | None:
 # package lists, caches and locks, logs and scratch space, and /etc itself
 # (the runtime mounts hosts, hostname and resolv.conf there).
 UPDATE_NOISE_DIRS = ("/var/lib/apt/lists", "/var/cache/apt", "/var/log", "/tmp", "/var/tmp", "/run")
-UPDATE_NOISE_PATHS = frozenset({"/etc", "/var/lib/dpkg/lock", "/var/lib/dpkg/lock-frontend",
-                                "/var/lib/dpkg/triggers/Lock"})
+UPDATE_NOISE_PATHS = frozenset(
+    {"/etc", "/var/lib/dpkg/lock", "/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/triggers/Lock"}
+)
 
 
 def meaningful_changes(changes: list[tuple[str, str]]) -> list[str]:
@@ -113,9 +112,13 @@ class TemplateInfo:
 
     def as_json(self) -> dict:
         return {
-            "name": self.name, "class": "TemplateVM", "current_revision": self.current_rev,
+            "name": self.name,
+            "class": "TemplateVM",
+            "current_revision": self.current_rev,
             "image": image_ref(self.name, self.current_rev) if self.current_rev else None,
-            "image_id": self.image_id, "revisions": self.revisions, "users": self.users,
+            "image_id": self.image_id,
+            "revisions": self.revisions,
+            "users": self.users,
             "origin": self.origin,
         }
 
@@ -136,9 +139,7 @@ class TemplateManager:
             raise TemplateNotFound(f"no such template: {name!r} (see 'qlite template list')")
         revs = [
             TemplateRevision(rev=r["rev"], image_id=r["image_id"], origin=r["origin"], created_at=r["created_at"])
-            for r in self.store.query(
-                "SELECT * FROM template_revisions WHERE template=? ORDER BY rev", (name,)
-            )
+            for r in self.store.query("SELECT * FROM template_revisions WHERE template=? ORDER BY rev", (name,))
         ]
         return Template(name=name, current_rev=row["current_rev"], revisions=revs)
 
@@ -179,8 +180,9 @@ class TemplateManager:
         if guest_tools_version(info) < GUEST_TOOLS:
             # Older guest tools have /home/user as a directory, which qlite
             # used to bind from the host: a path the qube could redirect.
-            raise StateError(f"template {name} was built with older guest tools: rebuild it with "
-                             f"'qlite template build {name}'")
+            raise StateError(
+                f"template {name} was built with older guest tools: rebuild it with 'qlite template build {name}'"
+            )
         return recorded
 
     def approve(self, name: str) -> str:
@@ -189,8 +191,9 @@ class TemplateManager:
         found = self.resolved_image(name)
         if t.current is None or found is None:
             raise NotFound(f"template {name} has no image to approve: rebuild it with 'qlite template build'")
-        self.store.execute("UPDATE template_revisions SET image_id=? WHERE template=? AND rev=?",
-                           (found, name, t.current_rev))
+        self.store.execute(
+            "UPDATE template_revisions SET image_id=? WHERE template=? AND rev=?", (found, name, t.current_rev)
+        )
         return found
 
     def users(self, name: str) -> list[str]:
@@ -199,8 +202,11 @@ class TemplateManager:
     def info(self, t: Template) -> TemplateInfo:
         current = t.current
         return TemplateInfo(
-            name=t.name, current_rev=t.current_rev, image_id=current.image_id if current else "",
-            revisions=[r.rev for r in t.revisions], users=self.users(t.name),
+            name=t.name,
+            current_rev=t.current_rev,
+            image_id=current.image_id if current else "",
+            revisions=[r.rev for r in t.revisions],
+            users=self.users(t.name),
             origin=current.origin if current else "",
         )
 
@@ -209,12 +215,12 @@ class TemplateManager:
         now = self.ctx.clock.time()
         with self.store.transaction() as conn:
             conn.execute(
-                "INSERT INTO templates(name, current_rev, created_at) VALUES(?, NULL, ?) "
-                "ON CONFLICT(name) DO NOTHING", (name, now),
+                "INSERT INTO templates(name, current_rev, created_at) VALUES(?, NULL, ?) ON CONFLICT(name) DO NOTHING",
+                (name, now),
             )
             conn.execute(
-                "INSERT INTO template_revisions(template, rev, image_id, origin, created_at) "
-                "VALUES(?,?,?,?,?)", (name, rev, image_id, origin, now),
+                "INSERT INTO template_revisions(template, rev, image_id, origin, created_at) VALUES(?,?,?,?,?)",
+                (name, rev, image_id, origin, now),
             )
             conn.execute("UPDATE templates SET current_rev=? WHERE name=?", (rev, name))
         return TemplateRevision(rev=rev, image_id=image_id, origin=origin, created_at=now)
@@ -323,7 +329,12 @@ class TemplateManager:
         with tempfile.TemporaryDirectory(prefix="qlite-guest-") as context:
             guest.assemble(self.ctx.paths.guest_dir, Path(context))
             image_id = engine.build_image(
-                str(self.ctx.paths.guest_containerfile), context, ref, {"BASE": stage_ref}, labels, progress,
+                str(self.ctx.paths.guest_containerfile),
+                context,
+                ref,
+                {"BASE": stage_ref},
+                labels,
+                progress,
             )
         engine.untag_image(stage_ref)
         progress(f"built {ref} ({image_id[:12]})")
@@ -350,10 +361,17 @@ class TemplateManager:
             ref = image_ref(name, rev)
             progress(f"updating {name} (revision {current.rev})")
             image_id = engine.update_image(
-                current.image_id, ["/bin/sh", "-c", command], ref, labels,
+                current.image_id,
+                ["/bin/sh", "-c", command],
+                ref,
+                labels,
                 # The update container's labels would otherwise stay in the image.
-                ["LABEL qlite.origin=update", f"LABEL qlite.parent={current.image_id}",
-                 "LABEL qlite.home= qlite.owner= qlite.kind= qlite.qube="], progress,
+                [
+                    "LABEL qlite.origin=update",
+                    f"LABEL qlite.parent={current.image_id}",
+                    "LABEL qlite.home= qlite.owner= qlite.kind= qlite.qube=",
+                ],
+                progress,
                 worth_committing=lambda changes: bool(meaningful_changes(changes)),
             )
             if image_id is None:

@@ -43,9 +43,16 @@ class BlockDevice:
         return bool(value) and value == {"uuid": self.fs_uuid, "serial": self.serial, "dev": self.name}.get(kind)
 
     def as_json(self) -> dict:
-        return {"name": self.name, "path": self.path, "size": self.size, "fs_uuid": self.fs_uuid or None,
-                "fs_type": self.fs_type or None, "label": self.label or None, "serial": self.serial or None,
-                "ident": self.ident}
+        return {
+            "name": self.name,
+            "path": self.path,
+            "size": self.size,
+            "fs_uuid": self.fs_uuid or None,
+            "fs_type": self.fs_type or None,
+            "label": self.label or None,
+            "serial": self.serial or None,
+            "ident": self.ident,
+        }
 
 
 def parse_ident(text: str) -> str:
@@ -68,11 +75,19 @@ def read_device(blocks: BlockDevices, name: str, props: dict[str, str] | None = 
         props.setdefault("ID_FS_UUID", found.get("UUID", ""))
         props.setdefault("ID_FS_TYPE", found.get("TYPE", ""))
         props.setdefault("ID_FS_LABEL", found.get("LABEL", ""))
-    serial = props.get("ID_SERIAL_SHORT") or props.get("ID_SERIAL") or blocks.attribute(name, "device/serial") \
+    serial = (
+        props.get("ID_SERIAL_SHORT")
+        or props.get("ID_SERIAL")
+        or blocks.attribute(name, "device/serial")
         or blocks.attribute(name, "loop/backing_file")
+    )
     return BlockDevice(
-        name=name, size=int(size) * SECTOR, fs_uuid=props.get("ID_FS_UUID", ""),
-        fs_type=props.get("ID_FS_TYPE", ""), label=props.get("ID_FS_LABEL", ""), serial=serial,
+        name=name,
+        size=int(size) * SECTOR,
+        fs_uuid=props.get("ID_FS_UUID", ""),
+        fs_type=props.get("ID_FS_TYPE", ""),
+        label=props.get("ID_FS_LABEL", ""),
+        serial=serial,
         major_minor=blocks.attribute(name, "dev"),
     )
 

@@ -48,8 +48,13 @@ class DeviceRow:
     host_mounts: list[str]
 
     def as_json(self) -> dict:
-        return {**self.device.as_json(), "attached_to": self.attached_to, "read_only": self.read_only,
-                "assigned_to": self.assigned_to, "host_mounts": self.host_mounts}
+        return {
+            **self.device.as_json(),
+            "attached_to": self.attached_to,
+            "read_only": self.read_only,
+            "assigned_to": self.assigned_to,
+            "host_mounts": self.host_mounts,
+        }
 
 
 def mount_options(read_only: bool, allow_exec: bool) -> str:
@@ -104,11 +109,15 @@ class DeviceManager:
             raise NotRunning(f"qube {qube} is not running: start it, or assign the device with 'qlite device assign'")
         runtime = self.qubes.runtime(q)
         if not runtime.takes_block_devices and not self.ctx.engine.gives_devices_to_containers:
-            raise InvalidValue("container qubes get devices only with the podman engine "
-                               "(the Docker API cannot mount them nodev, nosuid, noexec)")
+            raise InvalidValue(
+                "container qubes get devices only with the podman engine "
+                "(the Docker API cannot mount them nodev, nosuid, noexec)"
+            )
         if allow_exec and not runtime.takes_block_devices:
-            raise InvalidValue(f"--exec: {qube} is a {runtime.title} qube, where /mnt/removable is always noexec "
-                               "(gVisor applies that mount's flags to every device below it)")
+            raise InvalidValue(
+                f"--exec: {qube} is a {runtime.title} qube, where /mnt/removable is always noexec "
+                "(gVisor applies that mount's flags to every device below it)"
+            )
         if runtime.takes_block_devices:
             node = f"dev-{dev.name}"
             runtime.attach_block(q, node, dev.path, read_only)
@@ -138,8 +147,10 @@ class DeviceManager:
         if mounts:
             raise Busy(f"{dev.name} is mounted on the host at {mounts[0]}: unmount it first")
         if self.mounts.busy(dev.path):
-            raise Busy(f"{dev.name} is still in use (a sandbox that had it keeps it until it stops, "
-                       "or a host program holds it): stop that qube, or close what holds it")
+            raise Busy(
+                f"{dev.name} is still in use (a sandbox that had it keeps it until it stops, "
+                "or a host program holds it): stop that qube, or close what holds it"
+            )
         holders = self.blocks.holders(dev.name)
         if holders:
             raise Busy(f"{dev.name} is in use on the host (by {', '.join(holders)})")
@@ -151,7 +162,9 @@ class DeviceManager:
         try:
             self.store.execute(
                 "INSERT INTO device_attachments(device, qube, ident, read_only, how, target, attached_at) "
-                "VALUES(?,?,?,?,?,?,?)", (dev.name, qube, dev.ident, int(read_only), how, target, time.time()))
+                "VALUES(?,?,?,?,?,?,?)",
+                (dev.name, qube, dev.ident, int(read_only), how, target, time.time()),
+            )
         except Exception as exc:  # a concurrent attach won the row
             raise AlreadyExists(f"{dev.name} was attached by someone else just now") from exc
 
@@ -200,8 +213,10 @@ class DeviceManager:
             # flush everything, then take it out of every view at once.
             self.mounts.sync()
             self.mounts.umount(target, lazy=True)
-            self.ctx.warn(f"{row['device']} is detached and synced, but {row['qube']} still holds files "
-                          "on it open; its filesystem is released completely when that qube stops")
+            self.ctx.warn(
+                f"{row['device']} is detached and synced, but {row['qube']} still holds files "
+                "on it open; its filesystem is released completely when that qube stops"
+            )
 
     # -- qubes' devices directories -------------------------------------------------
 
@@ -251,8 +266,9 @@ class DeviceManager:
 
     # -- assignments and pairing ------------------------------------------------------
 
-    def assign(self, qube: str, ident: str, read_only: bool = False, required: bool = False,
-               paired: bool = False) -> None:
+    def assign(
+        self, qube: str, ident: str, read_only: bool = False, required: bool = False, paired: bool = False
+    ) -> None:
         self.qubes.get(qube)
         self.ctx.qube_store.assign(qube, parse_ident(ident), read_only, required or paired, paired)
 
@@ -322,11 +338,23 @@ class DeviceManager:
         if row is None:
             return []
         qube = row["qube"]
-        paired = any(a["paired"] and (a["ident"] == row["ident"] or a["ident"] == f"dev:{name}")
-                     for a in self.assignments(qube)) if self.qubes.exists(qube) else False
+        paired = (
+            any(
+                a["paired"] and (a["ident"] == row["ident"] or a["ident"] == f"dev:{name}")
+                for a in self.assignments(qube)
+            )
+            if self.qubes.exists(qube)
+            else False
+        )
         self._release(row, gone=True)
-        self._log("removed", None, qube, device=name, unsafe=True,
-                  detail="removed without eject: writes not yet on the drive may be lost")
+        self._log(
+            "removed",
+            None,
+            qube,
+            device=name,
+            unsafe=True,
+            detail="removed without eject: writes not yet on the drive may be lost",
+        )
         return [qube] if paired else []
 
     def on_added(self, name: str) -> list[str]:
@@ -345,8 +373,11 @@ class DeviceManager:
 
     def gone(self) -> list[str]:
         """The attached devices that are no longer present (events lost)."""
-        return [row["device"] for row in self.store.query("SELECT device FROM device_attachments")
-                if read_device(self.blocks, row["device"]) is None or not self.blocks.exists(row["device"])]
+        return [
+            row["device"]
+            for row in self.store.query("SELECT device FROM device_attachments")
+            if read_device(self.blocks, row["device"]) is None or not self.blocks.exists(row["device"])
+        ]
 
     def log_start_failed(self, name: str, qube: str, error: str) -> None:
         self._log("start-failed", read_device(self.blocks, name), qube, error=error)
@@ -389,12 +420,15 @@ class DeviceManager:
         rows = []
         for dev in self.devices():
             row = attached.get(dev.name)
-            rows.append(DeviceRow(
-                device=dev, attached_to=row["qube"] if row else None,
-                read_only=bool(row["read_only"]) if row else False,
-                assigned_to=[a["qube"] for a in assignments if dev.matches(a["ident"])],
-                host_mounts=[m for m in mounts.get(dev.major_minor, []) if not m.startswith(ours)],
-            ))
+            rows.append(
+                DeviceRow(
+                    device=dev,
+                    attached_to=row["qube"] if row else None,
+                    read_only=bool(row["read_only"]) if row else False,
+                    assigned_to=[a["qube"] for a in assignments if dev.matches(a["ident"])],
+                    host_mounts=[m for m in mounts.get(dev.major_minor, []) if not m.startswith(ours)],
+                )
+            )
         return rows
 
 

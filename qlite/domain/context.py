@@ -32,6 +32,7 @@ ENGINES = ("podman", "docker")
 # The host's side effects, each a seam: the real one is in qlite.host; unit
 # tests give Context a fake of their own (tests/unit/fake_net.py).
 
+
 class NetApply(Protocol):
     """The kernel's network state, on the host or in a qube's namespace."""
 
@@ -129,7 +130,7 @@ class VmBoot(Protocol):
     pid: int
 
     def answer(self) -> str:
-        """"ok", or "error WHY"; blocks until the supervisor says which."""
+        """ "ok", or "error WHY"; blocks until the supervisor says which."""
 
 
 class Hypervisor(Protocol):
@@ -166,11 +167,22 @@ class Clock(Protocol):
 
 
 class Context:
-    def __init__(self, paths: Paths, engine: Engine | None = None, store: Store | None = None, *,
-                 net_apply: NetApply | None = None, mounts: Mounts | None = None, daemon: Daemon | None = None,
-                 runtime_probe: RuntimeProbe | None = None, private_volumes: PrivateData | None = None,
-                 clock: Clock | None = None, hypervisor: Hypervisor | None = None, tpm: Tpm | None = None,
-                 block_devices: BlockDevices | None = None) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        engine: Engine | None = None,
+        store: Store | None = None,
+        *,
+        net_apply: NetApply | None = None,
+        mounts: Mounts | None = None,
+        daemon: Daemon | None = None,
+        runtime_probe: RuntimeProbe | None = None,
+        private_volumes: PrivateData | None = None,
+        clock: Clock | None = None,
+        hypervisor: Hypervisor | None = None,
+        tpm: Tpm | None = None,
+        block_devices: BlockDevices | None = None,
+    ) -> None:
         self.paths = paths
         self.warnings: list[str] = []
         # Where warnings go as they happen; the CLI prints them on stderr.
@@ -181,10 +193,17 @@ class Context:
             self.__dict__["engine"] = engine
         if store is not None:
             self.__dict__["store"] = store
-        for name, seam in (("net_apply", net_apply), ("mounts", mounts), ("daemon", daemon),
-                           ("runtime_probe", runtime_probe), ("private_volumes", private_volumes),
-                           ("clock", clock), ("hypervisor", hypervisor), ("tpm", tpm),
-                           ("block_devices", block_devices)):
+        for name, seam in (
+            ("net_apply", net_apply),
+            ("mounts", mounts),
+            ("daemon", daemon),
+            ("runtime_probe", runtime_probe),
+            ("private_volumes", private_volumes),
+            ("clock", clock),
+            ("hypervisor", hypervisor),
+            ("tpm", tpm),
+            ("block_devices", block_devices),
+        ):
             if seam is not None:
                 self.__dict__[name] = seam  # instead of the real one, made on first use
 

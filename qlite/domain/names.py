@@ -14,9 +14,7 @@ RESERVED = frozenset({"none", "default", "dom0"})
 def name_problem(name: str) -> str | None:
     """Why NAME is not a valid user-chosen qube name, or None if it is."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        return (
-            "must start with a letter and hold at most 31 letters, digits, '_', '.' or '-'"
-        )
+        return "must start with a letter and hold at most 31 letters, digits, '_', '.' or '-'"
     if name in RESERVED:
         return "is reserved"
     if DISP_RE.fullmatch(name):

@@ -54,8 +54,15 @@ class QubeRuntime(Protocol):
     def detach_block(self, q: Qube, node: str) -> None:
         """Take NODE back from Q; nothing if Q no longer runs."""
 
-    def run_disposable(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str],
-                       on_created: Callable[[Qube], None] | None) -> int:
+    def run_disposable(
+        self,
+        q: Qube,
+        argv: list[str],
+        stdio: Stdio,
+        user: str,
+        env: dict[str, str],
+        on_created: Callable[[Qube], None] | None,
+    ) -> int:
         """Make new disposable Q's run and run its one command; the caller destroys Q."""
 
 
@@ -114,8 +121,15 @@ class RpcTargets(QubeAccess, PolicyFacts, Protocol):
 
     def start(self, name: str, skip_if_running: bool = False) -> Qube: ...
 
-    def run_disposable(self, argv: list[str], stdio: Stdio, dvm: str | None, user: str | None,
-                       env: dict[str, str], on_created: Callable[[Qube], None] | None) -> int: ...
+    def run_disposable(
+        self,
+        argv: list[str],
+        stdio: Stdio,
+        dvm: str | None,
+        user: str | None,
+        env: dict[str, str],
+        on_created: Callable[[Qube], None] | None,
+    ) -> int: ...
 
 
 def exec_env(q: Qube, user: str, env: dict[str, str]) -> tuple[str, dict[str, str]]:

@@ -35,8 +35,7 @@ class GlobalPrefs:
         """Store VALUE (already validated by the caller against the system)."""
         self._check(key)
         self.store.execute(
-            "INSERT INTO global_prefs(key, value) VALUES(?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            "INSERT INTO global_prefs(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
             (key, value),
         )
 

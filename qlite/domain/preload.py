@@ -81,6 +81,8 @@ def drop_connection(name: str) -> None:
     conn = take_connection(name)
     if conn is not None:
         conn.close()
+
+
 MAX_PRELOAD = 16
 
 

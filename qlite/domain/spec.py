@@ -80,8 +80,14 @@ def qube_container_spec(
         # rslave: filesystems the host mounts there later appear in the qube.
         # gVisor applies its own mount's flags, not those of the host mounts
         # below, so nodev, nosuid and noexec are set here, for every device.
-        mounts.append(Mount(type="bind", source=devices_source, target=REMOVABLE_MOUNT,
-                            options=("rslave", "nodev", "nosuid", "noexec")))
+        mounts.append(
+            Mount(
+                type="bind",
+                source=devices_source,
+                target=REMOVABLE_MOUNT,
+                options=("rslave", "nodev", "nosuid", "noexec"),
+            )
+        )
     # The private volume's own path: podman then leaves the working
     # directory to the runtime instead of resolving it on the host through
     # the template's /home link. PWD keeps the shell's name for it.

@@ -114,10 +114,9 @@ class Stdio:
     interrupts: InterruptRelay | None = None
 
 
-
-
-def export_through_container(engine: Engine, image: str, tar_path: str, labels: dict[str, str],
-                             chunks: Callable[[str], Iterable[bytes]]) -> None:
+def export_through_container(
+    engine: Engine, image: str, tar_path: str, labels: dict[str, str], chunks: Callable[[str], Iterable[bytes]]
+) -> None:
     """Write IMAGE's filesystem to TAR_PATH through a container that is
     created, never started, and removed; CHUNKS(cid) streams its export."""
     name = f"qlite-{labels.get('qlite.home', 'x')}-export-{os.getpid()}"
@@ -137,8 +136,10 @@ CHANGE_KINDS = {0: "C", 1: "A", 2: "D"}  # the Docker and libpod "changes" API's
 
 def change_list(data: list[dict] | None) -> list[tuple[str, str]]:
     """The Docker/libpod container "changes" answer as (kind, path)."""
-    return [(CHANGE_KINDS.get(c["Kind"], "C") if isinstance(c.get("Kind"), int) else "C", str(c.get("Path", "")))
-            for c in data or []]
+    return [
+        (CHANGE_KINDS.get(c["Kind"], "C") if isinstance(c.get("Kind"), int) else "C", str(c.get("Path", "")))
+        for c in data or []
+    ]
 
 
 def label_selectors(labels: dict[str, str]) -> list[str]:
@@ -178,6 +179,7 @@ class Engine(Protocol):
         """Set a created container up (namespaces, sandbox) without starting
         its process, so that its network can be arranged first."""
         ...
+
     def start(self, cid: str) -> None: ...
     def stop(self, cid: str, timeout: float) -> None: ...
     def kill(self, cid: str, signal: str = "KILL") -> None: ...
@@ -210,6 +212,7 @@ class Engine(Protocol):
     def remove_network(self, name: str) -> None:
         """Remove a network no container uses (never removes containers)."""
         ...
+
     def connect_network(self, cid: str, network: str, static_ip: str = "", static_mac: str = "") -> None: ...
     def disconnect_network(self, cid: str, network: str) -> None: ...
     def list_networks(self, labels: dict[str, str]) -> list[NetworkInfo]: ...
@@ -224,6 +227,7 @@ class Engine(Protocol):
         """Remove untagged images carrying LABEL (=VALUE) that no container
         uses; return their ids."""
         ...
+
     def import_rootfs(self, tar_path: str, ref: str, progress: Progress) -> str: ...
     def build_image(
         self,
@@ -249,8 +253,10 @@ class Engine(Protocol):
         changed ((kind, path) with kind "A", "C" or "D") and may say that
         nothing is: then nothing is committed and None is returned."""
         ...
+
     def export_image(self, image: str, tar_path: str, labels: dict[str, str]) -> None:
         """Write IMAGE's filesystem to TAR_PATH as a tar."""
         ...
+
     def commit(self, cid: str, ref: str, changes: list[str]) -> str: ...
     def logs(self, cid: str) -> Iterator[bytes]: ...

@@ -233,6 +233,7 @@ class DockerEngine:
     @property
     def api(self) -> docker.APIClient:
         if self._client is None:
+
             def connect() -> docker.APIClient:
                 import docker  # noqa: PLC0415 - the docker SDK costs ~135 ms; loaded on first use
 
@@ -259,8 +260,10 @@ class DockerEngine:
 
     def init(self, cid: str) -> None:
         # The Docker API has no "init": namespaces appear only at start.
-        raise EngineError("the docker engine cannot set up a container before it starts; "
-                          "qubes behind a gateway qube need the podman engine")
+        raise EngineError(
+            "the docker engine cannot set up a container before it starts; "
+            "qubes behind a gateway qube need the podman engine"
+        )
 
     def start(self, cid: str) -> None:
         self._call(f"start {cid}", lambda: self.api.start(cid))
@@ -291,21 +294,26 @@ class DockerEngine:
             for name, a in (net.get("Networks") or {}).items()
         }
         return ContainerInfo(
-            id=data["Id"], name=data["Name"].lstrip("/"), state=state.get("Status", ""),
+            id=data["Id"],
+            name=data["Name"].lstrip("/"),
+            state=state.get("Status", ""),
             labels=(data.get("Config") or {}).get("Labels") or {},
-            image_id=data.get("Image", "").removeprefix("sha256:"), pid=state.get("Pid") or 0,
+            image_id=data.get("Image", "").removeprefix("sha256:"),
+            pid=state.get("Pid") or 0,
             runtime=(data.get("HostConfig") or {}).get("Runtime", ""),
-            netns=net.get("SandboxKey", ""), networks=attachments,
+            netns=net.get("SandboxKey", ""),
+            networks=attachments,
         )
 
     def list_containers(self, labels: dict[str, str]) -> list[ContainerInfo]:
-        data = self._must(
-            "list containers", lambda: self.api.containers(all=True, filters=label_filters(labels))
-        ) or []
+        data = self._must("list containers", lambda: self.api.containers(all=True, filters=label_filters(labels))) or []
         return [
             ContainerInfo(
-                id=c["Id"], name=(c.get("Names") or [""])[0].lstrip("/"), state=c.get("State", ""),
-                labels=c.get("Labels") or {}, image_id=c.get("ImageID", "").removeprefix("sha256:"),
+                id=c["Id"],
+                name=(c.get("Names") or [""])[0].lstrip("/"),
+                state=c.get("State", ""),
+                labels=c.get("Labels") or {},
+                image_id=c.get("ImageID", "").removeprefix("sha256:"),
             )
             for c in data
             if has_labels(c.get("Labels"), labels)
@@ -334,8 +342,15 @@ class DockerEngine:
     ) -> int:
         def create() -> str:
             return self.api.exec_create(
-                cid, argv, stdout=True, stderr=True, stdin=stdio.stdin is not None, tty=stdio.tty,
-                user=user, workdir=workdir or None, environment=env or None,
+                cid,
+                argv,
+                stdout=True,
+                stderr=True,
+                stdin=stdio.stdin is not None,
+                tty=stdio.tty,
+                user=user,
+                workdir=workdir or None,
+                environment=env or None,
             )["Id"]
 
         eid = self._must(f"exec in {cid}", create)
@@ -353,6 +368,7 @@ class DockerEngine:
     def _resizer(self, what: str, fn: Callable[[int, int], None]) -> Callable[[int, int], None]:
         def resize(rows: int, cols: int) -> None:
             self._call(what, lambda: fn(rows, cols))
+
         return resize
 
     def logs(self, cid: str) -> Iterator[bytes]:
@@ -402,12 +418,17 @@ class DockerEngine:
     def connect_network(self, cid: str, network: str, static_ip: str = "", static_mac: str = "") -> None:
         # The SDK has no way to pass a MAC address here; clients may then
         # need a moment to learn a restarted gateway's new one.
-        self._call(f"connect {cid} to {network}", lambda: self.api.connect_container_to_network(
-            cid, network, ipv4_address=static_ip or None))
+        self._call(
+            f"connect {cid} to {network}",
+            lambda: self.api.connect_container_to_network(cid, network, ipv4_address=static_ip or None),
+        )
 
     def disconnect_network(self, cid: str, network: str) -> None:
-        self._call(f"disconnect {cid} from {network}", lambda: self.api.disconnect_container_from_network(
-            cid, network, force=True), ok404=True)
+        self._call(
+            f"disconnect {cid} from {network}",
+            lambda: self.api.disconnect_container_from_network(cid, network, force=True),
+            ok404=True,
+        )
 
     def list_networks(self, labels: dict[str, str]) -> list[NetworkInfo]:
         data = self._must("list networks", lambda: self.api.networks(filters=label_filters(labels)))
@@ -420,9 +441,7 @@ class DockerEngine:
         return None if data is None else _image_info(data, (data.get("Config") or {}).get("Labels"))
 
     def list_images(self, reference: str) -> list[ImageInfo]:
-        data = self._must(
-            "list images", lambda: self.api.images(filters={"reference": [reference]})
-        ) or []
+        data = self._must("list images", lambda: self.api.images(filters={"reference": [reference]})) or []
         return [_image_info(img, img.get("Labels")) for img in data]
 
     def tag_image(self, image_id: str, ref: str) -> None:
@@ -440,8 +459,7 @@ class DockerEngine:
 
     def prune_images(self, label: str, value: str | None = None) -> list[str]:
         selector = label if value is None else f"{label}={value}"
-        out = self._must("prune images", lambda: self.api.prune_images(
-            filters={"dangling": True, "label": [selector]}))
+        out = self._must("prune images", lambda: self.api.prune_images(filters={"dangling": True, "label": [selector]}))
         return [d.get("Deleted", "") for d in (out or {}).get("ImagesDeleted") or () if d.get("Deleted")]
 
     def import_rootfs(self, tar_path: str, ref: str, progress: Progress) -> str:
@@ -470,13 +488,22 @@ class DockerEngine:
     ) -> str:
         """Build with the daemon's builder, streaming its log to PROGRESS.
         CONTAINERFILE may lie outside CONTEXT (the guest-tools one does)."""
+
         def go() -> str:
             image_id = ""
             tar, name = _build_context(containerfile, context)
             with tar:
                 for msg in self.api.build(
-                    fileobj=tar, custom_context=True, dockerfile=name, tag=ref, buildargs=build_args,
-                    labels=labels, rm=True, forcerm=True, pull=False, decode=True,
+                    fileobj=tar,
+                    custom_context=True,
+                    dockerfile=name,
+                    tag=ref,
+                    buildargs=build_args,
+                    labels=labels,
+                    rm=True,
+                    forcerm=True,
+                    pull=False,
+                    decode=True,
                 ):
                     if msg.get("error"):
                         raise EngineError(f"docker build of {ref} failed: {_last(msg['error'])}")
@@ -495,8 +522,7 @@ class DockerEngine:
         return image_id.removeprefix("sha256:")
 
     def export_image(self, image: str, tar_path: str, labels: dict[str, str]) -> None:
-        self._must(f"export {image}",
-                   lambda: export_through_container(self, image, tar_path, labels, self.api.export))
+        self._must(f"export {image}", lambda: export_through_container(self, image, tar_path, labels, self.api.export))
 
     def update_image(
         self,
@@ -514,16 +540,25 @@ class DockerEngine:
         runtime whose writes reach the committed layer (runsc with --overlay2=none)."""
         name = f"qlite-{labels.get('qlite.home', 'x')}-{labels.get('qlite.qube', 'x')}-update"
         spec = ContainerSpec(
-            name=name, image=image_id, command=tuple(command), labels=dict(labels), user="root",
-            env={"DEBIAN_FRONTEND": "noninteractive"}, read_only=False, network="bridge", init=False,
+            name=name,
+            image=image_id,
+            command=tuple(command),
+            labels=dict(labels),
+            user="root",
+            env={"DEBIAN_FRONTEND": "noninteractive"},
+            read_only=False,
+            network="bridge",
+            init=False,
             runtime=os.environ.get("QLITE_DOCKER_BUILD_RUNTIME", "").strip(),
         )
         self.remove_container(name, force=True)
         try:
             cid = self.create_container(spec)
             self.start(cid)
-            tail = self._must("update output", lambda: _follow(self.api.logs(
-                cid, stdout=True, stderr=True, stream=True, follow=True), progress))
+            tail = self._must(
+                "update output",
+                lambda: _follow(self.api.logs(cid, stdout=True, stderr=True, stream=True, follow=True), progress),
+            )
             code = int(self._must(f"wait {cid}", lambda: self.api.wait(cid, timeout=None))["StatusCode"])
             if code != 0:
                 raise EngineError(f"template update failed (exit {code}): {_last(chr(10).join(tail))}")
@@ -622,7 +657,8 @@ def _volume_info(data: dict) -> VolumeInfo:
 def _network_info(data: dict) -> NetworkInfo:
     configs = (data.get("IPAM") or {}).get("Config") or ()
     return NetworkInfo(
-        name=data["Name"], labels=data.get("Labels") or {},
+        name=data["Name"],
+        labels=data.get("Labels") or {},
         subnets=tuple(c["Subnet"] for c in configs if c.get("Subnet")),
         internal=bool(data.get("Internal")),
         interface=(data.get("Options") or {}).get("com.docker.network.bridge.name", ""),
@@ -634,9 +670,12 @@ def _image_info(data: dict, labels: dict | None) -> ImageInfo:
     digests = data.get("RepoDigests") or ()
     created = data.get("Created", "")
     return ImageInfo(
-        id=data["Id"].removeprefix("sha256:"), tags=tuple(data.get("RepoTags") or ()),
-        labels=labels or {}, digest=digests[0].partition("@")[2] if digests else "",
-        size=data.get("Size") or 0, created=str(created),
+        id=data["Id"].removeprefix("sha256:"),
+        tags=tuple(data.get("RepoTags") or ()),
+        labels=labels or {},
+        digest=digests[0].partition("@")[2] if digests else "",
+        size=data.get("Size") or 0,
+        created=str(created),
     )
 
 

@@ -20,10 +20,12 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 
-INT_GRACE_S = 5.0   # from SIGINT to SIGTERM
+INT_GRACE_S = 5.0  # from SIGINT to SIGTERM
 TERM_GRACE_S = 5.0  # from SIGTERM to SIGKILL
 ESCALATION: tuple[tuple[int, float], ...] = (
-    (signal.SIGINT, 0.0), (signal.SIGTERM, INT_GRACE_S), (signal.SIGKILL, TERM_GRACE_S),
+    (signal.SIGINT, 0.0),
+    (signal.SIGTERM, INT_GRACE_S),
+    (signal.SIGKILL, TERM_GRACE_S),
 )
 
 

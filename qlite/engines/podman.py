@@ -110,14 +110,10 @@ def specgen(spec: ContainerSpec) -> dict[str, Any]:
             body["volumes"].append({"Name": m.source, "Dest": m.target, "Options": opts})
         elif m.type == "bind":
             opts = ["rbind", "ro" if m.read_only else "rw", *m.options]
-            body["mounts"].append(
-                {"destination": m.target, "type": "bind", "source": m.source, "options": opts}
-            )
+            body["mounts"].append({"destination": m.target, "type": "bind", "source": m.source, "options": opts})
         elif m.type == "tmpfs":
             opts = ["rw", "nosuid", "nodev", *m.options]
-            body["mounts"].append(
-                {"destination": m.target, "type": "tmpfs", "source": "tmpfs", "options": opts}
-            )
+            body["mounts"].append({"destination": m.target, "type": "tmpfs", "source": "tmpfs", "options": opts})
         else:
             raise ValueError(f"unknown mount type {m.type!r}")
     if spec.network == "none":
@@ -171,9 +167,7 @@ class PodmanService:
         if self._probe is None:
             raise EngineUnavailable("runsc is not installed: run setup.sh (or apt install runsc)")
         if not self._probe.platform:
-            raise EngineUnavailable(
-                "runsc cannot start a sandbox on this host: run 'qlite doctor' for details"
-            )
+            raise EngineUnavailable("runsc cannot start a sandbox on this host: run 'qlite doctor' for details")
         return self._probe
 
     def alive(self) -> bool:
@@ -218,8 +212,12 @@ class PodmanService:
         try:
             proc = subprocess.Popen(
                 [podman, "system", "service", f"--time={IDLE_TIMEOUT_S}", f"unix://{sock}"],
-                env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, close_fds=True,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
             )
         finally:
             log.close()
@@ -228,8 +226,7 @@ class PodmanService:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise EngineUnavailable(
-                    f"the podman service exited at start (code {proc.returncode}); "
-                    f"see {self.paths.podman_log}"
+                    f"the podman service exited at start (code {proc.returncode}); see {self.paths.podman_log}"
                 )
             if _ping(str(sock)):
                 return
@@ -260,8 +257,7 @@ class PodmanService:
             self.paths.podman_pidfile.unlink()
         return True
 
-    def cli(self, args: list[str],
-            **kwargs: Any) -> subprocess.CompletedProcess:  # noqa: ANN401 - options for subprocess.run, as they are
+    def cli(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:  # noqa: ANN401 - options for subprocess.run, as they are
         """Run the podman CLI with qlite's configuration (builds, imports)."""
         return subprocess.run(["podman", *args], env=self.env, **kwargs)
 
@@ -270,9 +266,9 @@ class DirectExec(NamedTuple):
     """What ``runsc exec`` into a qube's sandbox needs."""
 
     wrapper: str  # qlite's runsc wrapper for qubes
-    root: str     # the sandbox's runsc state directory
-    ids: str      # UID:GID
-    cid: str      # the full container ID
+    root: str  # the sandbox's runsc state directory
+    ids: str  # UID:GID
+    cid: str  # the full container ID
 
 
 def _runsc_root(sandbox_pid: int) -> str | None:
@@ -368,8 +364,7 @@ class PodmanEngine:
             self._client = PodmanClient(base_url=f"unix://{self.paths.podman_sock}")
         return self._client.api
 
-    def _json(self, method: str, path: str, what: str, ok404: bool = False,
-              **kw: object) -> Any:  # noqa: ANN401 - the endpoint's decoded JSON, whatever its shape
+    def _json(self, method: str, path: str, what: str, ok404: bool = False, **kw: object) -> Any:  # noqa: ANN401 - the endpoint's decoded JSON, whatever its shape
         def go() -> Any:  # noqa: ANN401 - as _json
             resp = getattr(self.api, method)(path, **kw)
             if ok404 and (resp.status_code == 404 or (method == "delete" and gone(resp))):
@@ -416,8 +411,11 @@ class PodmanEngine:
 
     def stop(self, cid: str, timeout: float) -> None:
         self._json(
-            "post", f"/containers/{cid}/stop", f"stop {cid}",
-            params={"timeout": int(timeout)}, timeout=timeout + 30,
+            "post",
+            f"/containers/{cid}/stop",
+            f"stop {cid}",
+            params={"timeout": int(timeout)},
+            timeout=timeout + 30,
         )
 
     def kill(self, cid: str, signal: str = "KILL") -> None:
@@ -431,7 +429,10 @@ class PodmanEngine:
 
     def remove_container(self, cid: str, force: bool = True) -> None:
         self._json(
-            "delete", f"/containers/{cid}", f"remove {cid}", ok404=True,
+            "delete",
+            f"/containers/{cid}",
+            f"remove {cid}",
+            ok404=True,
             params={"force": force, "v": False, "ignore": True},
         )
 
@@ -445,28 +446,41 @@ class PodmanEngine:
             for name, a in (net.get("Networks") or {}).items()
         }
         return ContainerInfo(
-            id=data["Id"], name=data["Name"].lstrip("/"), state=data["State"]["Status"],
-            labels=data["Config"].get("Labels") or {}, image_id=data.get("Image", ""),
-            pid=data["State"].get("Pid", 0), runtime=data.get("OCIRuntime", ""),
-            netns=net.get("SandboxKey", ""), networks=attachments,
+            id=data["Id"],
+            name=data["Name"].lstrip("/"),
+            state=data["State"]["Status"],
+            labels=data["Config"].get("Labels") or {},
+            image_id=data.get("Image", ""),
+            pid=data["State"].get("Pid", 0),
+            runtime=data.get("OCIRuntime", ""),
+            netns=net.get("SandboxKey", ""),
+            networks=attachments,
         )
 
     def list_containers(self, labels: dict[str, str]) -> list[ContainerInfo]:
         data = self._list("/containers/json", "list containers", {"all": True, "filters": label_filters(labels)})
         return [
             ContainerInfo(
-                id=c["Id"], name=(c.get("Names") or [""])[0], state=c.get("State", ""),
-                labels=c.get("Labels") or {}, image_id=c.get("ImageID", ""), pid=c.get("Pid", 0),
+                id=c["Id"],
+                name=(c.get("Names") or [""])[0],
+                state=c.get("State", ""),
+                labels=c.get("Labels") or {},
+                image_id=c.get("ImageID", ""),
+                pid=c.get("Pid", 0),
             )
-            for c in data if has_labels(c.get("Labels"), labels)
+            for c in data
+            if has_labels(c.get("Labels"), labels)
         ]
 
     def attach_and_start(self, cid: str, stdio: Stdio) -> int:
         """Attach to a created container, start it, pass stdio, return its exit code."""
-        sock, rest = self._call("attach", lambda: hijack(
-            str(self.paths.podman_sock),
-            f"{HIJACK_PREFIX}/containers/{cid}/attach?stream=true&stdin=true&stdout=true&stderr=true",
-        ))
+        sock, rest = self._call(
+            "attach",
+            lambda: hijack(
+                str(self.paths.podman_sock),
+                f"{HIJACK_PREFIX}/containers/{cid}/attach?stream=true&stdin=true&stdout=true&stderr=true",
+            ),
+        )
         with sock:
             self.start(cid)
             resize = self._resizer(f"/containers/{cid}/resize") if stdio.tty else None
@@ -494,17 +508,21 @@ class PodmanEngine:
             with contextlib.suppress(EngineError):
                 self.kill(cid)
             waiter.join(STREAM_GRACE_S)
-            raise EngineError("the sandbox was restarted under the command and its output was lost; "
-                              "the command was stopped")
+            raise EngineError(
+                "the sandbox was restarted under the command and its output was lost; the command was stopped"
+            )
         if isinstance(result[0], BaseException):
             raise result[0]
         return result[0]
 
     def _wait(self, cid: str) -> int:
         code = self._json(
-            "post", f"/containers/{cid}/wait", f"wait {cid}",
+            "post",
+            f"/containers/{cid}/wait",
+            f"wait {cid}",
             # podman polls the state every 250 ms unless told otherwise
-            params={"condition": "stopped", "interval": "10ms"}, timeout=None,
+            params={"condition": "stopped", "interval": "10ms"},
+            timeout=None,
         )
         return self._recorded_exit(cid) if int(code) == 0 else int(code)
 
@@ -534,15 +552,24 @@ class PodmanEngine:
         if direct is not None:
             return self._runsc_exec(direct, argv, stdio, workdir, env)
         body = {
-            "Cmd": argv, "AttachStdin": stdio.stdin is not None, "AttachStdout": True,
-            "AttachStderr": True, "Tty": stdio.tty, "User": user, "WorkingDir": workdir,
+            "Cmd": argv,
+            "AttachStdin": stdio.stdin is not None,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Tty": stdio.tty,
+            "User": user,
+            "WorkingDir": workdir,
             "Env": [f"{k}={v}" for k, v in (env or {}).items()],
         }
         eid = self._json("post", f"/containers/{cid}/exec", f"exec in {cid}", data=json.dumps(body))["Id"]
-        sock, rest = self._call("exec start", lambda: hijack(
-            str(self.paths.podman_sock), f"{HIJACK_PREFIX}/exec/{eid}/start",
-            {"Detach": False, "Tty": stdio.tty},
-        ))
+        sock, rest = self._call(
+            "exec start",
+            lambda: hijack(
+                str(self.paths.podman_sock),
+                f"{HIJACK_PREFIX}/exec/{eid}/start",
+                {"Detach": False, "Tty": stdio.tty},
+            ),
+        )
         with sock:
             resize = self._resizer(f"/exec/{eid}/resize") if stdio.tty else None
             pump(sock, stdio, rest, resize)
@@ -576,8 +603,7 @@ class PodmanEngine:
         return DirectExec(wrapper=str(wrapper), root=root, ids=ids, cid=data["Id"])
 
     @staticmethod
-    def _runsc_exec(target: DirectExec, argv: list[str], stdio: Stdio, workdir: str,
-                    env: dict[str, str] | None) -> int:
+    def _runsc_exec(target: DirectExec, argv: list[str], stdio: Stdio, workdir: str, env: dict[str, str] | None) -> int:
         root_user = target.ids.partition(":")[0] == "0"
         env = {"HOME": "/root" if root_user else "/home/user", **(env or {})}
         args = [target.wrapper, f"--root={target.root}", "exec", "--user", target.ids]
@@ -587,8 +613,14 @@ class PodmanEngine:
             args += ["--env", f"{k}={v}"]
         # In a process group of its own: a terminal's Ctrl-C is qlite's to
         # forward (runsc exec would die of it and leave the command running).
-        proc = subprocess.Popen([*args, target.cid, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, close_fds=True, process_group=0)
+        proc = subprocess.Popen(
+            [*args, target.cid, *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+            process_group=0,
+        )
         tail = bytearray()
         try:
             code = pump_process(proc, stdio, tail)
@@ -607,6 +639,7 @@ class PodmanEngine:
     def _resizer(self, path: str) -> Callable[[int, int], None]:
         def resize(rows: int, cols: int) -> None:
             self._json("post", path, "resize", params={"h": rows, "w": cols})
+
         return resize
 
     def logs(self, cid: str) -> Iterator[bytes]:
@@ -614,6 +647,7 @@ class PodmanEngine:
             resp = self.api.get(f"/containers/{cid}/logs", params={"stdout": True, "stderr": True})
             resp.raise_for_status()
             return resp.content
+
         decoder = FrameDecoder()
         for _stream, payload in decoder.feed(self._call("logs", go)):
             yield payload
@@ -622,7 +656,9 @@ class PodmanEngine:
 
     def create_volume(self, name: str, labels: dict[str, str]) -> VolumeInfo:
         data = self._json(
-            "post", "/volumes/create", f"create volume {name}",
+            "post",
+            "/volumes/create",
+            f"create volume {name}",
             data=json.dumps({"Name": name, "Label": labels}),
         )
         return VolumeInfo(name=data["Name"], labels=data.get("Labels") or {}, mountpoint=data["Mountpoint"])
@@ -640,7 +676,8 @@ class PodmanEngine:
         data = self._list("/volumes/json", "list volumes", {"filters": label_filters(labels)})
         return [
             VolumeInfo(name=v["Name"], labels=v.get("Labels") or {}, mountpoint=v["Mountpoint"])
-            for v in data if has_labels(v.get("Labels"), labels)
+            for v in data
+            if has_labels(v.get("Labels"), labels)
         ]
 
     # -- networks ----------------------------------------------------------
@@ -650,8 +687,7 @@ class PodmanEngine:
     ) -> NetworkInfo:
         # An internal network has no NAT and no default route; aardvark-dns
         # would only answer on the host's side of it, so it is off there.
-        body = {"name": name, "driver": "bridge", "labels": labels, "internal": internal,
-                "dns_enabled": not internal}
+        body = {"name": name, "driver": "bridge", "labels": labels, "internal": internal, "dns_enabled": not internal}
         if interface:
             body["network_interface"] = interface
         data = self._json("post", "/networks/create", f"create network {name}", data=json.dumps(body))
@@ -671,8 +707,13 @@ class PodmanEngine:
 
     def disconnect_network(self, cid: str, network: str) -> None:
         body = {"Container": cid, "Force": True}
-        self._json("post", f"/networks/{network}/disconnect", f"disconnect {cid} from {network}",
-                   ok404=True, data=json.dumps(body))
+        self._json(
+            "post",
+            f"/networks/{network}/disconnect",
+            f"disconnect {cid} from {network}",
+            ok404=True,
+            data=json.dumps(body),
+        )
 
     def list_networks(self, labels: dict[str, str]) -> list[NetworkInfo]:
         data = self._list("/networks/json", "list networks", {"filters": label_filters(labels)})
@@ -685,16 +726,26 @@ class PodmanEngine:
         return None if data is None else _image_info(data)
 
     def list_images(self, reference: str) -> list[ImageInfo]:
-        data = self._json(
-            "get", "/images/json", "list images",
-            params={"filters": json.dumps({"reference": [reference]})},
-        ) or []
+        data = (
+            self._json(
+                "get",
+                "/images/json",
+                "list images",
+                params={"filters": json.dumps({"reference": [reference]})},
+            )
+            or []
+        )
         out = []
         for img in data:
-            out.append(ImageInfo(
-                id=img["Id"].removeprefix("sha256:"), tags=tuple(img.get("RepoTags") or ()),
-                labels=img.get("Labels") or {}, digest=img.get("Digest", ""), size=img.get("Size", 0),
-            ))
+            out.append(
+                ImageInfo(
+                    id=img["Id"].removeprefix("sha256:"),
+                    tags=tuple(img.get("RepoTags") or ()),
+                    labels=img.get("Labels") or {},
+                    digest=img.get("Digest", ""),
+                    size=img.get("Size", 0),
+                )
+            )
         return out
 
     def tag_image(self, image_id: str, ref: str) -> None:
@@ -736,8 +787,17 @@ class PodmanEngine:
         self.service.ensure()
         iidfile = self.paths.run_dir / f"build-{os.getpid()}.iid"
         args = [
-            "build", "--isolation=chroot", "--pull=never", "--layers=true", "--network=host",
-            "-f", containerfile, "-t", ref, "--iidfile", str(iidfile),
+            "build",
+            "--isolation=chroot",
+            "--pull=never",
+            "--layers=true",
+            "--network=host",
+            "-f",
+            containerfile,
+            "-t",
+            ref,
+            "--iidfile",
+            str(iidfile),
         ]
         for k, v in build_args.items():
             args += ["--build-arg", f"{k}={v}"]
@@ -769,8 +829,18 @@ class PodmanEngine:
         is used because podman 4.3's REST API ignores a per-container runtime."""
         self.service.ensure()
         name = f"qlite-{labels.get('qlite.home', 'x')}-{labels.get('qlite.qube', 'x')}-update"
-        args = ["run", "--name", name, "--runtime", "qlite-runsc-build", "--pull=never",
-                "--user", "root", "--env", "DEBIAN_FRONTEND=noninteractive"]
+        args = [
+            "run",
+            "--name",
+            name,
+            "--runtime",
+            "qlite-runsc-build",
+            "--pull=never",
+            "--user",
+            "root",
+            "--env",
+            "DEBIAN_FRONTEND=noninteractive",
+        ]
         for k, v in labels.items():
             args += ["--label", f"{k}={v}"]
         args += [image_id, *command]
@@ -807,16 +877,23 @@ def _network_info(data: dict) -> NetworkInfo:
     subnets = tuple(s.get("subnet", "") for s in data.get("subnets") or ())
     gateways = tuple(s.get("gateway", "") for s in data.get("subnets") or () if s.get("gateway"))
     return NetworkInfo(
-        name=data["name"], labels=data.get("labels") or {}, subnets=subnets,
-        internal=bool(data.get("internal")), interface=data.get("network_interface", ""), gateways=gateways,
+        name=data["name"],
+        labels=data.get("labels") or {},
+        subnets=subnets,
+        internal=bool(data.get("internal")),
+        interface=data.get("network_interface", ""),
+        gateways=gateways,
     )
 
 
 def _image_info(data: dict) -> ImageInfo:
     return ImageInfo(
-        id=data["Id"].removeprefix("sha256:"), tags=tuple(data.get("RepoTags") or ()),
+        id=data["Id"].removeprefix("sha256:"),
+        tags=tuple(data.get("RepoTags") or ()),
         labels=(data.get("Config") or {}).get("Labels") or data.get("Labels") or {},
-        digest=data.get("Digest", ""), size=data.get("Size", 0), created=data.get("Created", ""),
+        digest=data.get("Digest", ""),
+        size=data.get("Size", 0),
+        created=data.get("Created", ""),
     )
 
 

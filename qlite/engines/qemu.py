@@ -67,12 +67,21 @@ class Qmp:
     def attach_block(self, node: str, path: str, read_only: bool, bus: str) -> None:
         """Hot-plug the file or block device PATH as a virtio disk on BUS
         (a PCIe root port of a q35 VM)."""
+
         def go(mon: QEMUMonitorProtocol) -> None:
-            mon.cmd("blockdev-add", **{
-                "node-name": node, "driver": "raw", "read-only": read_only,
-                "file": {"driver": "host_device" if path.startswith("/dev/") else "file",
-                         "filename": path, "read-only": read_only},
-            })
+            mon.cmd(
+                "blockdev-add",
+                **{
+                    "node-name": node,
+                    "driver": "raw",
+                    "read-only": read_only,
+                    "file": {
+                        "driver": "host_device" if path.startswith("/dev/") else "file",
+                        "filename": path,
+                        "read-only": read_only,
+                    },
+                },
+            )
             try:
                 mon.cmd("device_add", driver="virtio-blk-pci", id=node, drive=node, bus=bus)
             except Exception:
@@ -87,8 +96,7 @@ class Qmp:
             mon.cmd("device_del", id=node)
             for _ in range(100):  # bounded: the guest acknowledges the unplug
                 event = mon.pull_event(wait=0.2)
-                if event and event.get("event") == "DEVICE_DELETED" and \
-                        event.get("data", {}).get("device") == node:
+                if event and event.get("event") == "DEVICE_DELETED" and event.get("data", {}).get("device") == node:
                     break
             mon.cmd("blockdev-del", **{"node-name": node})
 

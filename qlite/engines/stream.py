@@ -47,7 +47,7 @@ class FrameDecoder:
             end = HEADER.size + length
             if len(self._buf) < end:
                 break
-            frames.append((stream, bytes(self._buf[HEADER.size:end])))
+            frames.append((stream, bytes(self._buf[HEADER.size : end])))
             del self._buf[:end]
         return frames
 
@@ -111,6 +111,7 @@ def pump(
     _flush(stdio.stderr)
     old_winch = None
     if stdio.tty and resize and in_fd is not None and os.isatty(in_fd):
+
         def on_winch(_sig: int, _frame: object) -> None:
             with contextlib.suppress(Exception):
                 resize(*terminal_size(in_fd))
@@ -278,8 +279,10 @@ def pump_process(proc: subprocess.Popen[bytes], stdio: Stdio, err_tail: bytearra
                     target = None  # the reader went away; keep draining so the command finishes
 
     threading.Thread(target=feed, daemon=True).start()
-    readers = [threading.Thread(target=drain, args=(src, fd, tail), daemon=True)
-               for src, fd, tail in ((proc.stdout, out_fd, None), (proc.stderr, err_fd, err_tail))]
+    readers = [
+        threading.Thread(target=drain, args=(src, fd, tail), daemon=True)
+        for src, fd, tail in ((proc.stdout, out_fd, None), (proc.stderr, err_fd, err_tail))
+    ]
     for t in readers:
         t.start()
     for t in readers:

@@ -40,8 +40,7 @@ class SplitGpgSetup:
         return asdict(self)
 
 
-def setup(ctx: Context, qm: QubeAdmin, vault: str, clients: list[str],
-          autoaccept: int | None = None) -> SplitGpgSetup:
+def setup(ctx: Context, qm: QubeAdmin, vault: str, clients: list[str], autoaccept: int | None = None) -> SplitGpgSetup:
     """Create or configure VAULT (offline), add CLIENTS, write the policy."""
     features = ctx.qube_store.features
     if autoaccept is not None and not 0 <= autoaccept <= 86400:
@@ -89,6 +88,8 @@ def quiet_vault_gpg(ctx: Context, qm: QubeAdmin, vault: str) -> bool:
         with contextlib.suppress(QliteError):
             qm.shutdown(vault)
     if code != 0:
-        ctx.warn(f"could not add no-secmem-warning to {vault}'s gpg.conf ({why}); "
-                 "gpg run there directly will warn about insecure memory")
+        ctx.warn(
+            f"could not add no-secmem-warning to {vault}'s gpg.conf ({why}); "
+            "gpg run there directly will warn about insecure memory"
+        )
     return code == 0

@@ -22,8 +22,21 @@ if TYPE_CHECKING:  # python-gnupg loads when a vault is first used
 
 # OpenPGP public-key algorithm numbers (RFC 4880 9.1, RFC 6637, RFC 9580),
 # named as gpg --list-keys names them; ECC keys are named by their curve.
-ALGORITHMS = {"1": "rsa", "2": "rsa", "3": "rsa", "16": "elg", "17": "dsa", "18": "ecdh", "19": "ecdsa",
-              "20": "elg", "22": "eddsa", "25": "x25519", "26": "x448", "27": "ed25519", "28": "ed448"}
+ALGORITHMS = {
+    "1": "rsa",
+    "2": "rsa",
+    "3": "rsa",
+    "16": "elg",
+    "17": "dsa",
+    "18": "ecdh",
+    "19": "ecdsa",
+    "20": "elg",
+    "22": "eddsa",
+    "25": "x25519",
+    "26": "x448",
+    "27": "ed25519",
+    "28": "ed448",
+}
 SIZED = ("rsa", "elg", "dsa")
 
 
@@ -93,6 +106,7 @@ class KeyInfo:
 
 def key_info(k: dict, secret: bool) -> KeyInfo:
     """A KeyInfo from one of python-gnupg's list_keys() entries. Pure."""
+
     def text(d: dict, key: str) -> str:
         return str(d.get(key) or "")
 
@@ -100,16 +114,28 @@ def key_info(k: dict, secret: bool) -> KeyInfo:
     for sub in k.get("subkeys") or []:
         keyid = str(sub[0]) if sub else ""
         info = (k.get("subkey_info") or {}).get(keyid, {})
-        subkeys.append(SubkeyInfo(
-            keyid=keyid, algorithm=algorithm_name(text(info, "algo"), text(info, "length"), text(info, "curve")),
-            usage=text(info, "cap") or (str(sub[1]) if len(sub) > 1 else ""),
-            created_at=iso_time(text(info, "date")), expires_at=iso_time(text(info, "expires")),
-        ))
+        subkeys.append(
+            SubkeyInfo(
+                keyid=keyid,
+                algorithm=algorithm_name(text(info, "algo"), text(info, "length"), text(info, "curve")),
+                usage=text(info, "cap") or (str(sub[1]) if len(sub) > 1 else ""),
+                created_at=iso_time(text(info, "date")),
+                expires_at=iso_time(text(info, "expires")),
+            )
+        )
     return KeyInfo(
-        fingerprint=text(k, "fingerprint"), keyid=text(k, "keyid"), uids=[str(u) for u in k.get("uids") or []],
-        secret=secret, algo=text(k, "algo"), length=text(k, "length"), created=text(k, "date"),
-        expires=text(k, "expires"), algorithm=algorithm_name(text(k, "algo"), text(k, "length"), text(k, "curve")),
-        created_at=iso_time(text(k, "date")), expires_at=iso_time(text(k, "expires")), subkeys=subkeys,
+        fingerprint=text(k, "fingerprint"),
+        keyid=text(k, "keyid"),
+        uids=[str(u) for u in k.get("uids") or []],
+        secret=secret,
+        algo=text(k, "algo"),
+        length=text(k, "length"),
+        created=text(k, "date"),
+        expires=text(k, "expires"),
+        algorithm=algorithm_name(text(k, "algo"), text(k, "length"), text(k, "curve")),
+        created_at=iso_time(text(k, "date")),
+        expires_at=iso_time(text(k, "expires")),
+        subkeys=subkeys,
     )
 
 
@@ -126,7 +152,7 @@ class VaultGPG:
             "#!/bin/sh\n"
             "# Written by qlite: python-gnupg runs this as its gpg binary.\n"
             f"QLITE_HOME={shlex.quote(str(self.ctx.paths.home))} exec {shlex.quote(sys.executable)} "
-            f"-m qlite run {shlex.quote(self.vault)} -- gpg \"$@\"\n"
+            f'-m qlite run {shlex.quote(self.vault)} -- gpg "$@"\n'
         )
         tmp = path.with_suffix(".tmp")
         tmp.write_text(script)
@@ -165,8 +191,12 @@ class VaultGPG:
         result = self.gpg.import_keys(data)
         if not result.count:
             raise InvalidValue(f"gpg imported nothing into {self.vault}: {(result.stderr or '').strip()[-200:]}")
-        return {"count": result.count, "imported": result.imported, "secret": result.sec_imported,
-                "fingerprints": list(result.fingerprints)}
+        return {
+            "count": result.count,
+            "imported": result.imported,
+            "secret": result.sec_imported,
+            "fingerprints": list(result.fingerprints),
+        }
 
     def export_public(self, key: str) -> str:
         if not key or key.startswith("-"):

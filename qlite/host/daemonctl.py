@@ -56,8 +56,12 @@ class DaemonControl:
         log = open(self.paths.daemon_log, "ab")
         try:
             subprocess.Popen(
-                [sys.executable, "-m", "qlite", "daemon", "run"], stdin=subprocess.DEVNULL,
-                stdout=log, stderr=log, start_new_session=True, close_fds=True,
+                [sys.executable, "-m", "qlite", "daemon", "run"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
                 env={**os.environ, "QLITE_HOME": str(self.paths.home)},
             )
         finally:

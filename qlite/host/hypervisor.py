@@ -32,7 +32,7 @@ class SupervisorBoot:
         self._ready_r = ready_r
 
     def answer(self) -> str:
-        """"ok", or "error WHY"; "" if it died without a word. The
+        """ "ok", or "error WHY"; "" if it died without a word. The
         supervisor bounds the wait (its boot timeout). After a failure the
         supervisor is reaped."""
         with os.fdopen(self._ready_r) as ready:
@@ -55,7 +55,11 @@ class QemuHost:
             with open(log, "ab") as out:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", module, str(config), str(ready_w)],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=(ready_w,), start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    pass_fds=(ready_w,),
+                    start_new_session=True,
                     env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
                 )
         except BaseException:
@@ -75,5 +79,6 @@ def start_qemu(argv: list[str], console: Path) -> subprocess.Popen:
     """Start QEMU (ARGV), its output appended to CONSOLE. It dies with the
     calling process, so that no QEMU outlives its supervisor."""
     with open(console, "ab") as out:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                preexec_fn=_die_with_parent, close_fds=True)
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=_die_with_parent, close_fds=True
+        )

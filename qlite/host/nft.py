@@ -27,8 +27,9 @@ def _in_netns(netns: str | None, cmd: list[str]) -> list[str]:
 
 def apply_nft(script: str, netns: str | None = None) -> None:
     """Load an nft script (atomically: all of it or nothing)."""
-    run_tool(_in_netns(netns, [_nft(), "-f", "-"]), "applying nftables rules", TIMEOUT_S, stdin=script,
-             complaint=COMPLAINT)
+    run_tool(
+        _in_netns(netns, [_nft(), "-f", "-"]), "applying nftables rules", TIMEOUT_S, stdin=script, complaint=COMPLAINT
+    )
 
 
 def delete_table(table: str, netns: str | None = None) -> None:
@@ -37,18 +38,27 @@ def delete_table(table: str, netns: str | None = None) -> None:
 
 
 def enable_forwarding(netns: str) -> None:
-    run_tool(_in_netns(netns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]), "enabling forwarding", TIMEOUT_S,
-             complaint=COMPLAINT)
+    run_tool(
+        _in_netns(netns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]),
+        "enabling forwarding",
+        TIMEOUT_S,
+        complaint=COMPLAINT,
+    )
 
 
 def set_default_route(netns: str, via: str) -> None:
-    run_tool(_in_netns(netns, ["ip", "route", "replace", "default", "via", via]), "setting the default route",
-             TIMEOUT_S, complaint=COMPLAINT)
+    run_tool(
+        _in_netns(netns, ["ip", "route", "replace", "default", "via", via]),
+        "setting the default route",
+        TIMEOUT_S,
+        complaint=COMPLAINT,
+    )
 
 
 def loopback_up(netns: str) -> None:
-    run_tool(_in_netns(netns, ["ip", "link", "set", "lo", "up"]), "bringing up loopback", TIMEOUT_S,
-             complaint=COMPLAINT)
+    run_tool(
+        _in_netns(netns, ["ip", "link", "set", "lo", "up"]), "bringing up loopback", TIMEOUT_S, complaint=COMPLAINT
+    )
 
 
 def interface_by_mac(netns: str, mac: str) -> str:
@@ -77,8 +87,28 @@ def tap_mirror(netns: str, mac: str, tap: str) -> None:
     for src, dst in ((eth, tap), (tap, eth)):
         steps += [
             ["tc", "qdisc", "add", "dev", src, "ingress"],
-            ["tc", "filter", "add", "dev", src, "parent", "ffff:", "protocol", "all", "u32", "match", "u8", "0",
-             "0", "action", "mirred", "egress", "redirect", "dev", dst],
+            [
+                "tc",
+                "filter",
+                "add",
+                "dev",
+                src,
+                "parent",
+                "ffff:",
+                "protocol",
+                "all",
+                "u32",
+                "match",
+                "u8",
+                "0",
+                "0",
+                "action",
+                "mirred",
+                "egress",
+                "redirect",
+                "dev",
+                dst,
+            ],
         ]
     for cmd in steps:
         run_tool(_in_netns(netns, cmd), f"joining the VM's tap to {eth}", TIMEOUT_S, complaint=COMPLAINT)

@@ -52,8 +52,16 @@ class Tpm2Tools:
 
     def _run(self, args: list[str], what: str, stdin: bytes | None = None, cwd: str | None = None) -> bytes:
         env = {**os.environ, "TPM2TOOLS_TCTI": self.tcti}
-        return run_tool(args, f"TPM: {what}", TIMEOUT_S, cwd, stdin=stdin, env=env, text=False,
-                        install="install tpm2-tools; setup.sh does")
+        return run_tool(
+            args,
+            f"TPM: {what}",
+            TIMEOUT_S,
+            cwd,
+            stdin=stdin,
+            env=env,
+            text=False,
+            install="install tpm2-tools; setup.sh does",
+        )
 
     def replay(self, events: list[bytes]) -> None:
         """Reset qlite's PCR and extend EVENTS (sha256 digests) into it."""
@@ -78,13 +86,36 @@ class Tpm2Tools:
         with tempfile.TemporaryDirectory(prefix="qlite-aem-") as d:
             sel = self._selection(pcrs)
             try:
-                self._step(["tpm2_createprimary", "-Q", "-C", "o", "-g", "sha256", "-G", "ecc", "-c", "primary.ctx"],
-                           "creating the primary key", d)
+                self._step(
+                    ["tpm2_createprimary", "-Q", "-C", "o", "-g", "sha256", "-G", "ecc", "-c", "primary.ctx"],
+                    "creating the primary key",
+                    d,
+                )
                 self._step(["tpm2_pcrread", "-Q", "-o", "pcrs.bin", sel], "reading PCRs", d)
-                self._step(["tpm2_createpolicy", "-Q", "--policy-pcr", "-l", sel, "-f", "pcrs.bin", "-L", "policy"],
-                           "making the PCR policy", d)
-                self._step(["tpm2_create", "-Q", "-C", "primary.ctx", "-L", "policy", "-i", "-", "-u", "seal.pub",
-                            "-r", "seal.priv"], "sealing", d, stdin=secret)
+                self._step(
+                    ["tpm2_createpolicy", "-Q", "--policy-pcr", "-l", sel, "-f", "pcrs.bin", "-L", "policy"],
+                    "making the PCR policy",
+                    d,
+                )
+                self._step(
+                    [
+                        "tpm2_create",
+                        "-Q",
+                        "-C",
+                        "primary.ctx",
+                        "-L",
+                        "policy",
+                        "-i",
+                        "-",
+                        "-u",
+                        "seal.pub",
+                        "-r",
+                        "seal.priv",
+                    ],
+                    "sealing",
+                    d,
+                    stdin=secret,
+                )
                 return Path(d, "seal.pub").read_bytes(), Path(d, "seal.priv").read_bytes()
             finally:
                 self._flush(d)
@@ -95,16 +126,22 @@ class Tpm2Tools:
             Path(d, "seal.pub").write_bytes(public)
             Path(d, "seal.priv").write_bytes(private)
             try:
-                self._step(["tpm2_createprimary", "-Q", "-C", "o", "-g", "sha256", "-G", "ecc", "-c", "primary.ctx"],
-                           "creating the primary key", d)
-                self._step(["tpm2_load", "-Q", "-C", "primary.ctx", "-u", "seal.pub", "-r", "seal.priv",
-                            "-c", "seal.ctx"], "loading the sealed secret", d)
+                self._step(
+                    ["tpm2_createprimary", "-Q", "-C", "o", "-g", "sha256", "-G", "ecc", "-c", "primary.ctx"],
+                    "creating the primary key",
+                    d,
+                )
+                self._step(
+                    ["tpm2_load", "-Q", "-C", "primary.ctx", "-u", "seal.pub", "-r", "seal.priv", "-c", "seal.ctx"],
+                    "loading the sealed secret",
+                    d,
+                )
                 try:
-                    return self._step(["tpm2_unseal", "-c", "seal.ctx", "-p", f"pcr:{self._selection(pcrs)}"],
-                                      "unsealing", d)
+                    return self._step(
+                        ["tpm2_unseal", "-c", "seal.ctx", "-p", f"pcr:{self._selection(pcrs)}"], "unsealing", d
+                    )
                 except EngineError as exc:
-                    raise AccessDenied("the TPM refused to unseal: the measurements differ from sealing time") \
-                        from exc
+                    raise AccessDenied("the TPM refused to unseal: the measurements differ from sealing time") from exc
             finally:
                 self._flush(d)
 

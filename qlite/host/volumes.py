@@ -36,8 +36,14 @@ def init_private(mountpoint: str, home_uid: int, root_uid: int = 0) -> None:
     left as it is, even a link: it is resolved only inside the sandbox."""
     with opened(open_trusted_dir(mountpoint)) as root:
         try:
-            os.close(make_dirs(root, "home/user", modes={0: 0o755, 1: 0o700},
-                               owners={0: (root_uid, root_uid), 1: (home_uid, home_uid)}))
+            os.close(
+                make_dirs(
+                    root,
+                    "home/user",
+                    modes={0: 0o755, 1: 0o700},
+                    owners={0: (root_uid, root_uid), 1: (home_uid, home_uid)},
+                )
+            )
         except UnsafePath:
             pass  # the qube made home or home/user something else: its own business
 

@@ -57,8 +57,10 @@ class Rule:
     @property
     def matches_everything(self) -> bool:
         """No condition, and no expiry: every packet, for good."""
-        return all(getattr(self, key) is None for key in
-                   ("dsthost", "proto", "dstports", "icmptype", "specialtarget", "expire"))
+        return all(
+            getattr(self, key) is None
+            for key in ("dsthost", "proto", "dstports", "icmptype", "specialtarget", "expire")
+        )
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"action": self.action}
@@ -97,7 +99,7 @@ def parse_rule(words: list[str], now: float) -> Rule:
         if not sep:
             raise InvalidValue(f"bad rule word {word!r}: expected key=value")
         if key == "comment":
-            fields["comment"] = " ".join([value, *words[i + 1:]])
+            fields["comment"] = " ".join([value, *words[i + 1 :]])
             break
         if key in fields:
             raise InvalidValue(f"{key}= given twice in one rule")
@@ -144,8 +146,16 @@ def rule_from_fields(fields: dict[str, str], now: float, relative_expire: bool =
     if comment is not None:
         if len(comment) > MAX_COMMENT or any(c in comment for c in "\n\r\0"):
             raise InvalidValue(f"comment= must be one line of at most {MAX_COMMENT} characters")
-    return Rule(action=action, dsthost=dsthost, proto=proto, dstports=dstports, icmptype=icmptype,
-                specialtarget=special, expire=expire, comment=comment)
+    return Rule(
+        action=action,
+        dsthost=dsthost,
+        proto=proto,
+        dstports=dstports,
+        icmptype=icmptype,
+        specialtarget=special,
+        expire=expire,
+        comment=comment,
+    )
 
 
 def _parse_dsthost(text: str) -> str:

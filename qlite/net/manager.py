@@ -132,8 +132,10 @@ class NetworkManager:
         self.set_rules(name, tuple(rules))
         first = shadowed_by(rules, position)
         if first is not None:
-            self.ctx.warn(f"rule {position} can never match: rule {first} before it matches everything "
-                          f"({rules[first].action}); add it with --before {first} instead")
+            self.ctx.warn(
+                f"rule {position} can never match: rule {first} before it matches everything "
+                f"({rules[first].action}); add it with --before {first} instead"
+            )
         return tuple(rules)
 
     def delete_rule(self, name: str, number: int) -> tuple[Rule, ...]:
@@ -224,8 +226,10 @@ class NetworkManager:
                 return existing
             self.drop_network(q)  # made for another netvm (or by an older qlite)
         return engine.create_network(
-            network_name(self.hh, q.name), engine_labels(self.hh, q.name, "net", q.owner),
-            internal=internal, interface=wanted,
+            network_name(self.hh, q.name),
+            engine_labels(self.hh, q.name, "net", q.owner),
+            internal=internal,
+            interface=wanted,
         )
 
     def _connect_gateway(self, gateway: Qube, g_info: ContainerInfo, client: Qube, net: NetworkInfo) -> None:
@@ -265,8 +269,11 @@ class NetworkManager:
             if c.state not in ("running", "paused", "created"):
                 continue
             info = self.ctx.engine.inspect_container(c.id)
-            if info is not None and net.name in info.networks and info.labels.get("qlite.qube") != \
-                    net.labels.get("qlite.qube"):
+            if (
+                info is not None
+                and net.name in info.networks
+                and info.labels.get("qlite.qube") != net.labels.get("qlite.qube")
+            ):
                 out.append(info)
         return out
 
@@ -311,10 +318,16 @@ class NetworkManager:
             gateway_ip = net.gateways[0] if net.gateways else str(ipaddress.ip_network(net.subnets[0])[1])
             behind = uplink != HOST_UPLINK
             dns = self.dns_override(q) or (gateway_ip,)
-            out.append(nft.QubeNet(
-                name=q.name, bridge=net.interface, gateway_ip=gateway_ip, behind_gateway=behind,
-                rules=self.live_rules(q.name), dns_servers=dns,
-            ))
+            out.append(
+                nft.QubeNet(
+                    name=q.name,
+                    bridge=net.interface,
+                    gateway_ip=gateway_ip,
+                    behind_gateway=behind,
+                    rules=self.live_rules(q.name),
+                    dns_servers=dns,
+                )
+            )
         return out
 
     @contextlib.contextmanager
@@ -361,12 +374,17 @@ class NetworkManager:
             att = info.networks[net.name]
             client_rules = self.live_rules(client.name)
             rules.extend(client_rules)
-            links.append(nft.ClientLink(
-                qube=client.name, ifname=self.apply.interface_by_mac(info.netns, att.mac), address=att.ip,
-                rules=client_rules,
-            ))
-        script = nft.gateway_table(GATEWAY_TABLE, upstream, resolver, links, self.resolve(tuple(rules)),
-                                   self.ctx.clock.time())
+            links.append(
+                nft.ClientLink(
+                    qube=client.name,
+                    ifname=self.apply.interface_by_mac(info.netns, att.mac),
+                    address=att.ip,
+                    rules=client_rules,
+                )
+            )
+        script = nft.gateway_table(
+            GATEWAY_TABLE, upstream, resolver, links, self.resolve(tuple(rules)), self.ctx.clock.time()
+        )
         self.apply.enable_forwarding(info.netns)
         self.apply.apply_nft(script, info.netns)
 

@@ -155,8 +155,9 @@ def _address_sets(addresses: Iterable[Address]) -> list[tuple[int, str]]:
     return out
 
 
-def _destinations(rule: Rule, dns_servers: Sequence[str],
-                  resolved: Mapping[str, Sequence[str]]) -> list[tuple[int | None, str]]:
+def _destinations(
+    rule: Rule, dns_servers: Sequence[str], resolved: Mapping[str, Sequence[str]]
+) -> list[tuple[int | None, str]]:
     """The destination matches of RULE as (family or None, text) alternatives.
 
     An empty list means the rule can match nothing."""
@@ -196,11 +197,21 @@ def _icmp(icmptype: int | None, family: int) -> str:
 def _check_rule(rule: Rule) -> None:
     """Rules normally come from the parser; one built by hand must not put
     arbitrary text into the script either."""
-    ok = (rule.action in ACTIONS and rule.proto in (None, *PROTOS) and rule.specialtarget in (None, *SPECIAL_TARGETS)
-          and (rule.icmptype is None or _is_int(rule.icmptype, 0, 255))
-          and (rule.expire is None or _is_int(rule.expire, 1, MAX_EPOCH))
-          and (rule.dstports is None or (len(rule.dstports) == 2 and all(_is_int(p, 1, 65535) for p in rule.dstports)
-                                         and rule.dstports[0] <= rule.dstports[1])))
+    ok = (
+        rule.action in ACTIONS
+        and rule.proto in (None, *PROTOS)
+        and rule.specialtarget in (None, *SPECIAL_TARGETS)
+        and (rule.icmptype is None or _is_int(rule.icmptype, 0, 255))
+        and (rule.expire is None or _is_int(rule.expire, 1, MAX_EPOCH))
+        and (
+            rule.dstports is None
+            or (
+                len(rule.dstports) == 2
+                and all(_is_int(p, 1, 65535) for p in rule.dstports)
+                and rule.dstports[0] <= rule.dstports[1]
+            )
+        )
+    )
     if not ok:
         raise ValueError(f"malformed firewall rule {rule!r}")
 
@@ -209,8 +220,7 @@ def _is_int(value: object, low: int, high: int) -> bool:
     return type(value) is int and low <= value <= high
 
 
-def _rule_lines(rule: Rule, dns_servers: Sequence[str], resolved: Mapping[str, Sequence[str]],
-                now: float) -> list[str]:
+def _rule_lines(rule: Rule, dns_servers: Sequence[str], resolved: Mapping[str, Sequence[str]], now: float) -> list[str]:
     _check_rule(rule)
     if rule.expired(now):
         return []
@@ -223,8 +233,9 @@ def _rule_lines(rule: Rule, dns_servers: Sequence[str], resolved: Mapping[str, S
     return lines
 
 
-def compile_rules(rules: Sequence[Rule], dns_servers: Sequence[str],
-                  resolved: Mapping[str, Sequence[str]], now: float) -> list[str]:
+def compile_rules(
+    rules: Sequence[Rule], dns_servers: Sequence[str], resolved: Mapping[str, Sequence[str]], now: float
+) -> list[str]:
     """The nft rule lines for RULES, in order (one rule may need several lines,
     e.g. one per address family). Expired rules and DNS rules without servers
     are left out. Raises InvalidValue for a host name missing from RESOLVED."""
@@ -234,8 +245,9 @@ def compile_rules(rules: Sequence[Rule], dns_servers: Sequence[str],
     return lines
 
 
-def _rule_chain(name: str, rules: Sequence[Rule], dns_servers: Sequence[str],
-                resolved: Mapping[str, Sequence[str]], now: float) -> list[str]:
+def _rule_chain(
+    name: str, rules: Sequence[Rule], dns_servers: Sequence[str], resolved: Mapping[str, Sequence[str]], now: float
+) -> list[str]:
     body = [f"{ESTABLISHED} accept", *compile_rules(rules, dns_servers, resolved, now), "drop"]
     return _chain(name, None, body)
 
@@ -255,8 +267,9 @@ def _matches_dns(rule: Rule, server: Address, proto: str, resolved: Mapping[str,
     return server in _network(rule.dsthost)
 
 
-def _dns_deciders(rules: Sequence[Rule], server: str, resolved: Mapping[str, Sequence[str]],
-                  now: float) -> list[Rule | None]:
+def _dns_deciders(
+    rules: Sequence[Rule], server: str, resolved: Mapping[str, Sequence[str]], now: float
+) -> list[Rule | None]:
     """The first live rule matching DNS to SERVER, for udp and for tcp."""
     addr = _address(server)
     live = [r for r in rules if not r.expired(now)]
@@ -274,8 +287,11 @@ def _dns_until(rules: Sequence[Rule], server: str, resolved: Mapping[str, Sequen
     """The ``meta time`` bound for the host's DNS accept: the earliest expiry
     among the deciding rules, so the accept ends with them (failing closed
     until the table is applied again) instead of outliving them."""
-    expires = [r.expire for r in _dns_deciders(rules, server, resolved, now)
-               if r is not None and r.expire is not None and r.expire <= NFT_TIME_MAX]
+    expires = [
+        r.expire
+        for r in _dns_deciders(rules, server, resolved, now)
+        if r is not None and r.expire is not None and r.expire <= NFT_TIME_MAX
+    ]
     return f"meta time < {min(expires)} " if expires else ""
 
 
@@ -330,9 +346,11 @@ def host_table(table: str, qubes: Sequence[QubeNet], resolved: Mapping[str, Sequ
     inputs = [f"iifname @bridges {ESTABLISHED} accept"]
     for q, br in routed:
         if dns_allowed(q.rules, q.gateway_ip, resolved, now):
-            inputs.append(f"iifname {br} {_dns_until(q.rules, q.gateway_ip, resolved, now)}"
-                          f"{_daddr(_address(q.gateway_ip))} "
-                          f"meta l4proto {TCP_UDP} th dport {DNS_PORT} accept")
+            inputs.append(
+                f"iifname {br} {_dns_until(q.rules, q.gateway_ip, resolved, now)}"
+                f"{_daddr(_address(q.gateway_ip))} "
+                f"meta l4proto {TCP_UDP} th dport {DNS_PORT} accept"
+            )
     inputs.append("iifname @bridges drop")
 
     blocks = [
@@ -344,8 +362,14 @@ def host_table(table: str, qubes: Sequence[QubeNet], resolved: Mapping[str, Sequ
     return _script(table, blocks)
 
 
-def gateway_table(table: str, upstream: str, resolver: str | None, clients: Sequence[ClientLink],
-                  resolved: Mapping[str, Sequence[str]], now: float) -> str:
+def gateway_table(
+    table: str,
+    upstream: str,
+    resolver: str | None,
+    clients: Sequence[ClientLink],
+    resolved: Mapping[str, Sequence[str]],
+    now: float,
+) -> str:
     """A gateway qube's nft script (applied in its network namespace): each
     client reaches UPSTREAM only as its rules allow, NAT'd; its DNS to the
     gateway's link address goes to RESOLVER; nothing else crosses."""
@@ -365,16 +389,19 @@ def gateway_table(table: str, upstream: str, resolver: str | None, clients: Sequ
         for _, name, addr in links:
             if addr.version != resolver_addr.version:
                 raise ValueError(f"cannot DNAT DNS for {addr} to {resolver_addr}: address families differ")
-            prerouting.append(f"iifname {name} {_daddr(addr)} meta l4proto {TCP_UDP} th dport {DNS_PORT} "
-                              f"dnat {_family_kw(addr.version)} to {resolver_addr}")
+            prerouting.append(
+                f"iifname {name} {_daddr(addr)} meta l4proto {TCP_UDP} th dport {DNS_PORT} "
+                f"dnat {_family_kw(addr.version)} to {resolver_addr}"
+            )
 
     blocks = [
         _ifname_set("clients", [name for _, name, _ in links]),
         _chain("forward", "type filter hook forward priority filter; policy drop;", forward),
         _chain("output", "type filter hook output priority filter; policy accept;", output),
         _chain("prerouting", "type nat hook prerouting priority dstnat; policy accept;", prerouting),
-        _chain("postrouting", "type nat hook postrouting priority srcnat; policy accept;",
-               [f"oifname {up} masquerade"]),
+        _chain(
+            "postrouting", "type nat hook postrouting priority srcnat; policy accept;", [f"oifname {up} masquerade"]
+        ),
     ]
     blocks += [_rule_chain(chain_name(c.qube), c.rules, dns_servers, resolved, now) for c, _, _ in links]
     return _script(table, blocks)

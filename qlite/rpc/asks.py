@@ -35,16 +35,21 @@ class Ask:
 
     def as_json(self, now: float) -> dict:
         return {
-            "id": self.id, "source": self.source, "service": self.service, "argument": self.argument,
-            "target": self.target, "choices": list(self.choices), "default_target": self.default_target,
+            "id": self.id,
+            "source": self.source,
+            "service": self.service,
+            "argument": self.argument,
+            "target": self.target,
+            "choices": list(self.choices),
+            "default_target": self.default_target,
             "seconds_left": max(0, round(self.deadline - now)),
         }
 
 
 @dataclass(frozen=True)
 class Approval:
-    chosen: str      # the target the user chose
-    chosen_id: str   # and who that was (its uuid)
+    chosen: str  # the target the user chose
+    chosen_id: str  # and who that was (its uuid)
     until: float
 
 
@@ -60,8 +65,7 @@ class Approvals:
         self._lock = threading.Lock()
         self._until: dict[tuple[str, str, str], Approval] = {}
 
-    def remember(self, source_id: str, service: str, target: str, chosen: str, chosen_id: str,
-                 seconds: float) -> None:
+    def remember(self, source_id: str, service: str, target: str, chosen: str, chosen_id: str, seconds: float) -> None:
         if seconds <= 0 or not source_id:
             return
         with self._lock:
@@ -97,14 +101,23 @@ class AskQueue:
         self._pending: dict[int, Ask] = {}
         self._ids = itertools.count(1)
 
-    def add(self, source: str, service: str, argument: str, target: str, choices: tuple[str, ...],
-            default_target: str | None, timeout: float) -> Ask:
+    def add(
+        self,
+        source: str,
+        service: str,
+        argument: str,
+        target: str,
+        choices: tuple[str, ...],
+        default_target: str | None,
+        timeout: float,
+    ) -> Ask:
         """Queue a question; TooManyAsks if SOURCE has too many waiting."""
         with self._lock:
             if sum(a.source == source for a in self._pending.values()) >= MAX_PENDING_ASKS_PER_SOURCE:
                 raise TooManyAsks(f"too many questions pending from {source}")
-            ask = Ask(next(self._ids), source, service, argument, target, choices, default_target,
-                      self.clock.time() + timeout)
+            ask = Ask(
+                next(self._ids), source, service, argument, target, choices, default_target, self.clock.time() + timeout
+            )
             self._pending[ask.id] = ask
             return ask
 
@@ -129,8 +142,9 @@ class AskQueue:
                 if chosen is None:
                     raise InvalidValue(f"name a target for question {ask_id}: one of {', '.join(ask.choices)}")
                 if chosen not in ask.choices:
-                    raise InvalidValue(f"{chosen!r} is not allowed for question {ask_id}; "
-                                       f"choose one of {', '.join(ask.choices)}")
+                    raise InvalidValue(
+                        f"{chosen!r} is not allowed for question {ask_id}; choose one of {', '.join(ask.choices)}"
+                    )
                 ask.chosen = chosen
             ask.allow = allow
             del self._pending[ask_id]

@@ -73,8 +73,11 @@ def system_snapshot(qm: PolicyFacts) -> System:
     facts = {}
     for q in qm.list():
         facts[q.name] = QubeFacts(
-            name=q.name, klass=q.klass, tags=frozenset(q.tags),
-            default_dispvm=qm.resolved_default_dispvm(q), template_for_dispvms=q.template_for_dispvms,
+            name=q.name,
+            klass=q.klass,
+            tags=frozenset(q.tags),
+            default_dispvm=qm.resolved_default_dispvm(q),
+            template_for_dispvms=q.template_for_dispvms,
             uuid=q.uuid,
         )
     return System(qubes=facts)
@@ -168,11 +171,14 @@ class Call:
         resolution, _policy = evaluate_call(self.broker.paths, qubes, request)
         if resolution.action == "ask":
             resolution = self._ask(request, resolution, ctx, qubes)
-        self._audit(decision=resolution.action, resolved=resolution.target, reason=resolution.reason,
-                    rule=f"{resolution.rule.file}:{resolution.rule.line}" if resolution.rule else None)
+        self._audit(
+            decision=resolution.action,
+            resolved=resolution.target,
+            reason=resolution.reason,
+            rule=f"{resolution.rule.file}:{resolution.rule.line}" if resolution.rule else None,
+        )
         if resolution.action != "allow" or resolution.target is None:
-            self.send_json(wire.RESULT, {"result": "deny", "code": wire.EXIT_REFUSED,
-                                         "message": resolution.reason})
+            self.send_json(wire.RESULT, {"result": "deny", "code": wire.EXIT_REFUSED, "message": resolution.reason})
             return
         code = self._execute(request, resolution, qubes)
         self._audit(decision="done", resolved=resolution.target, exit=code)
@@ -183,8 +189,11 @@ class Call:
         system = system_snapshot(qubes)
         key = (system.identity(request.source), request.service, request.target)
         remembered = approvals.lookup(*key)
-        if (remembered is not None and remembered.chosen in resolution.choices
-                and system.identity(remembered.chosen) == remembered.chosen_id):
+        if (
+            remembered is not None
+            and remembered.chosen in resolution.choices
+            and system.identity(remembered.chosen) == remembered.chosen_id
+        ):
             try:
                 allowed = answer_ask(resolution, remembered.chosen, system)
             except AccessDenied:
@@ -194,8 +203,13 @@ class Call:
                 return _with_reason(allowed, f"auto-accepted: approved earlier, until {until}")
         try:
             ask = self.broker.asks.add(
-                request.source, request.service, request.argument, request.target, resolution.choices,
-                resolution.target, self.broker.ask_timeout,
+                request.source,
+                request.service,
+                request.argument,
+                request.target,
+                resolution.choices,
+                resolution.target,
+                self.broker.ask_timeout,
             )
         except TooManyAsks as exc:
             return _with_reason(_denied(resolution), str(exc))
@@ -203,18 +217,35 @@ class Call:
         allow, chosen = self.broker.asks.wait(ask)
         if not allow or chosen is None:
             reason = "the user said no" if ask.answered.is_set() else "nobody answered in time"
-            return Resolution(action="deny", target=None, choices=(), user=None, notify=False, autostart=False,
-                              rule=resolution.rule, reason=reason)
+            return Resolution(
+                action="deny",
+                target=None,
+                choices=(),
+                user=None,
+                notify=False,
+                autostart=False,
+                rule=resolution.rule,
+                reason=reason,
+            )
         system = system_snapshot(qubes)  # the answer came later: who is who now
         if system.identity(request.source) != key[0]:
             return _with_reason(_denied(resolution), f"{request.source} was replaced while the question was open")
         try:
             allowed = answer_ask(resolution, chosen, system)
         except AccessDenied as exc:
-            return Resolution(action="deny", target=None, choices=(), user=None, notify=False, autostart=False,
-                              rule=resolution.rule, reason=str(exc))
-        approvals.remember(*key, chosen, system.identity(chosen),
-                           autoaccept_window(ctx, request.source, request.service))
+            return Resolution(
+                action="deny",
+                target=None,
+                choices=(),
+                user=None,
+                notify=False,
+                autostart=False,
+                rule=resolution.rule,
+                reason=str(exc),
+            )
+        approvals.remember(
+            *key, chosen, system.identity(chosen), autoaccept_window(ctx, request.source, request.service)
+        )
         return allowed
 
     # -- running the service -------------------------------------------------------
@@ -222,8 +253,11 @@ class Call:
     def _execute(self, request: Request, resolution: Resolution, qubes: RpcTargets) -> int:
         target = resolution.target or ""
         full = request.service + (f"+{request.argument}" if request.argument else "")
-        env = {"QREXEC_REMOTE_DOMAIN": request.source, "QREXEC_SERVICE_ARGUMENT": request.argument,
-               "QREXEC_SERVICE_FULL_NAME": full}
+        env = {
+            "QREXEC_REMOTE_DOMAIN": request.source,
+            "QREXEC_SERVICE_ARGUMENT": request.argument,
+            "QREXEC_SERVICE_FULL_NAME": full,
+        }
         argv = [DISPATCH, request.service, *([request.argument] if request.argument else [])]
         match tokens.parse_word(target):  # evaluate resolves to dom0, @dispvm:NAME or a qube
             case tokens.Dom0():
@@ -239,8 +273,9 @@ class Call:
             case other:
                 raise AccessDenied(f"policy resolved to {other}, which is not a qube")
 
-    def _in_qube(self, target: str, argv: list[str], env: dict[str, str], resolution: Resolution,
-                 qm: RpcTargets) -> int:
+    def _in_qube(
+        self, target: str, argv: list[str], env: dict[str, str], resolution: Resolution, qm: RpcTargets
+    ) -> int:
         q = qm.get(target)
         if qm.state_of(q) != State.RUNNING:
             if not resolution.autostart:
@@ -250,25 +285,32 @@ class Call:
         user = resolution.user or q.default_user
         return self._bridge(lambda stdio: qm.exec_in(q, argv, stdio, user, env))
 
-    def _in_disposable(self, dvm: str, argv: list[str], env: dict[str, str], resolution: Resolution,
-                       qubes: RpcTargets) -> int:
+    def _in_disposable(
+        self, dvm: str, argv: list[str], env: dict[str, str], resolution: Resolution, qubes: RpcTargets
+    ) -> int:
         def created(q: Qube) -> None:
             self.record["disposable"] = q.name
             self.send_json(wire.RESULT, {"result": "allow", "target": q.name})
 
-        return self._bridge(lambda stdio: qubes.run_disposable(
-            argv, stdio, dvm=dvm, user=resolution.user, env=env, on_created=created))
+        return self._bridge(
+            lambda stdio: qubes.run_disposable(argv, stdio, dvm=dvm, user=resolution.user, env=env, on_created=created)
+        )
 
     def _bridge(self, runner: Callable[[Stdio], int]) -> int:
         """Run RUNNER with its stdio joined to this connection's frames."""
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        stdio = Stdio(stdin=open(in_r, "rb", buffering=0), stdout=open(out_w, "wb", buffering=0),
-                      stderr=open(err_w, "wb", buffering=0))
+        stdio = Stdio(
+            stdin=open(in_r, "rb", buffering=0),
+            stdout=open(out_w, "wb", buffering=0),
+            stderr=open(err_w, "wb", buffering=0),
+        )
         feeder = threading.Thread(target=self._feed_stdin, args=(in_w,), daemon=True)
-        readers = [threading.Thread(target=self._drain, args=(fd, kind), daemon=True)
-                   for fd, kind in ((out_r, wire.STDOUT), (err_r, wire.STDERR))]
+        readers = [
+            threading.Thread(target=self._drain, args=(fd, kind), daemon=True)
+            for fd, kind in ((out_r, wire.STDOUT), (err_r, wire.STDERR))
+        ]
         for t in (feeder, *readers):
             t.start()
         try:
@@ -294,7 +336,7 @@ class Call:
                     return
                 view = memoryview(payload)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
         except wire.WireError as exc:
             self.send_json(wire.ERROR, {"message": str(exc)})
             with contextlib.suppress(OSError):
@@ -325,8 +367,9 @@ def _with_reason(resolution: Resolution, reason: str) -> Resolution:
 
 
 def _denied(resolution: Resolution) -> Resolution:
-    return dataclasses.replace(resolution, action="deny", target=None, choices=(), user=None, notify=False,
-                               autostart=False)
+    return dataclasses.replace(
+        resolution, action="deny", target=None, choices=(), user=None, notify=False, autostart=False
+    )
 
 
 def _no_host_service(stdio: Stdio, service: str) -> int:
@@ -337,9 +380,14 @@ def _no_host_service(stdio: Stdio, service: str) -> int:
 class Broker:
     """Listening sockets for running qubes and the admin socket."""
 
-    def __init__(self, paths: Paths, lifecycle: Callable[[Context], RpcTargets],
-                 ask_timeout: float = DEFAULT_ASK_TIMEOUT_S, log: Callable[[str], None] = print,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        lifecycle: Callable[[Context], RpcTargets],
+        ask_timeout: float = DEFAULT_ASK_TIMEOUT_S,
+        log: Callable[[str], None] = print,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.paths = paths
         self.lifecycle = lifecycle  # the qubes of one call (the daemon gives qlite.core.lifecycle.Lifecycle)
         self.ask_timeout = ask_timeout
@@ -372,8 +420,11 @@ class Broker:
     def running_qubes(self) -> dict[str, str]:
         """Running qubes by name, each with its container's id."""
         found = self.ctx.engine.list_containers({"qlite.home": self.ctx.home_hash})
-        return {c.labels.get("qlite.qube", ""): c.id for c in found
-                if c.state == "running" and c.labels.get("qlite.kind") in ("app", "disp")}
+        return {
+            c.labels.get("qlite.qube", ""): c.id
+            for c in found
+            if c.state == "running" and c.labels.get("qlite.kind") in ("app", "disp")
+        }
 
     def rescan(self) -> None:
         try:
@@ -642,8 +693,13 @@ def _chmod_socket(dirfd: int, name: str, mode: int) -> None:
 
 
 def _describe(mode: int) -> str:
-    for test, what in ((stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symlink"),
-                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISREG, "a regular file")):
+    for test, what in (
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISREG, "a regular file"),
+    ):
         if test(mode):
             return what
     return "a device or other special file"

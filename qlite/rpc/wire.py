@@ -23,12 +23,12 @@ else:
 VERSION = 1
 
 REQUEST = 0x01  # client -> broker, first frame: JSON {"version", "target", "service", "argument"}
-STDIN = 0x02    # client -> broker
-RESULT = 0x03   # broker -> client: JSON {"result": "allow", "target"} or {"result": "deny", ...}
-STDOUT = 0x04   # broker -> client
-STDERR = 0x05   # broker -> client
-EXIT = 0x06     # broker -> client: JSON {"code": N}; the last frame
-ERROR = 0x07    # broker -> client: JSON {"message": "..."}; the last frame
+STDIN = 0x02  # client -> broker
+RESULT = 0x03  # broker -> client: JSON {"result": "allow", "target"} or {"result": "deny", ...}
+STDOUT = 0x04  # broker -> client
+STDERR = 0x05  # broker -> client
+EXIT = 0x06  # broker -> client: JSON {"code": N}; the last frame
+ERROR = 0x07  # broker -> client: JSON {"message": "..."}; the last frame
 
 TYPES = frozenset({REQUEST, STDIN, RESULT, STDOUT, STDERR, EXIT, ERROR})
 MAX_PAYLOAD = 64 * 1024
@@ -45,7 +45,8 @@ class WireError(frames.FrameError):
 # The broker reads a REQUEST before it knows who is asking for what, so a
 # request has a tighter limit, refused from its header alone.
 FORMAT: frames.Format[tuple[int, bytes]] = frames.Format(
-    TYPES, MAX_PAYLOAD, limits={REQUEST: MAX_REQUEST}, error=WireError)
+    TYPES, MAX_PAYLOAD, limits={REQUEST: MAX_REQUEST}, error=WireError
+)
 HEADER = FORMAT.header
 
 
@@ -70,8 +71,9 @@ class Decoder(frames.Decoder[tuple[int, bytes]]):
         super().__init__(FORMAT)
 
 
-def recv_frame(sock: socket.socket, decoder: Decoder, backlog: list[tuple[int, bytes]],
-               deadline: float | None = None) -> tuple[int, bytes] | None:
+def recv_frame(
+    sock: socket.socket, decoder: Decoder, backlog: list[tuple[int, bytes]], deadline: float | None = None
+) -> tuple[int, bytes] | None:
     """The next frame from SOCK (None at a clean end of stream).
 
     With DEADLINE (a time.monotonic() value), the whole frame must arrive

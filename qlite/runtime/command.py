@@ -19,24 +19,60 @@ class ToolTimedOut(EngineError):
 
 
 @overload
-def run_tool(cmd: list[str], what: str, timeout: float, cwd: str | os.PathLike[str] | None = None, *,
-             stdin: str | bytes | None = None, env: Mapping[str, str] | None = None, text: Literal[True] = True,
-             check: Literal[True] = True, complaint: Literal["first", "last"] = "last",
-             install: str = SETUP_HINT) -> str: ...
+def run_tool(
+    cmd: list[str],
+    what: str,
+    timeout: float,
+    cwd: str | os.PathLike[str] | None = None,
+    *,
+    stdin: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    text: Literal[True] = True,
+    check: Literal[True] = True,
+    complaint: Literal["first", "last"] = "last",
+    install: str = SETUP_HINT,
+) -> str: ...
 @overload
-def run_tool(cmd: list[str], what: str, timeout: float, cwd: str | os.PathLike[str] | None = None, *,
-             stdin: str | bytes | None = None, env: Mapping[str, str] | None = None, text: Literal[False],
-             check: Literal[True] = True, complaint: Literal["first", "last"] = "last",
-             install: str = SETUP_HINT) -> bytes: ...
+def run_tool(
+    cmd: list[str],
+    what: str,
+    timeout: float,
+    cwd: str | os.PathLike[str] | None = None,
+    *,
+    stdin: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    text: Literal[False],
+    check: Literal[True] = True,
+    complaint: Literal["first", "last"] = "last",
+    install: str = SETUP_HINT,
+) -> bytes: ...
 @overload
-def run_tool(cmd: list[str], what: str, timeout: float, cwd: str | os.PathLike[str] | None = None, *,
-             stdin: str | bytes | None = None, env: Mapping[str, str] | None = None, text: bool = True,
-             check: Literal[False], complaint: Literal["first", "last"] = "last",
-             install: str = SETUP_HINT) -> subprocess.CompletedProcess[Any]: ...
-def run_tool(cmd: list[str], what: str, timeout: float, cwd: str | os.PathLike[str] | None = None, *,
-             stdin: str | bytes | None = None, env: Mapping[str, str] | None = None, text: bool = True,
-             check: bool = True, complaint: Literal["first", "last"] = "last",
-             install: str = SETUP_HINT) -> str | bytes | subprocess.CompletedProcess[Any]:
+def run_tool(
+    cmd: list[str],
+    what: str,
+    timeout: float,
+    cwd: str | os.PathLike[str] | None = None,
+    *,
+    stdin: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    text: bool = True,
+    check: Literal[False],
+    complaint: Literal["first", "last"] = "last",
+    install: str = SETUP_HINT,
+) -> subprocess.CompletedProcess[Any]: ...
+def run_tool(
+    cmd: list[str],
+    what: str,
+    timeout: float,
+    cwd: str | os.PathLike[str] | None = None,
+    *,
+    stdin: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    text: bool = True,
+    check: bool = True,
+    complaint: Literal["first", "last"] = "last",
+    install: str = SETUP_HINT,
+) -> str | bytes | subprocess.CompletedProcess[Any]:
     """Run CMD to completion, within TIMEOUT seconds; its stdout (str, or
     bytes unless TEXT). STDIN is fed to it, ENV replaces the environment.
 
@@ -50,8 +86,7 @@ def run_tool(cmd: list[str], what: str, timeout: float, cwd: str | os.PathLike[s
     if stdin is not None and text != isinstance(stdin, str):
         stdin = stdin.encode() if isinstance(stdin, str) else stdin.decode()
     try:
-        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=text, timeout=timeout, cwd=cwd,
-                              env=env)
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=text, timeout=timeout, cwd=cwd, env=env)
     except FileNotFoundError as exc:
         if exc.filename != cmd[0]:  # the directory to run in is missing, not the tool
             raise EngineError(f"{what}: {exc}") from exc

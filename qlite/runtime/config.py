@@ -29,9 +29,7 @@ def render_flags(template_text: str, probe: RuntimeProbe) -> str:
     """The flag line of a runsc-config/flags file, with the probe filled in."""
     stripped = (ln.strip() for ln in template_text.splitlines())
     lines = [ln for ln in stripped if ln and not ln.startswith("#")]
-    return Template(" ".join(lines)).substitute(
-        PLATFORM=probe.platform, NETWORK=probe.network_flag
-    )
+    return Template(" ".join(lines)).substitute(PLATFORM=probe.platform, NETWORK=probe.network_flag)
 
 
 def render_all(paths: Paths, probe: RuntimeProbe) -> dict[Path, str]:
@@ -41,9 +39,7 @@ def render_all(paths: Paths, probe: RuntimeProbe) -> dict[Path, str]:
     files: dict[Path, str] = {}
     for mode in MODES:
         flags = render_flags((cfg / "flags" / mode).read_text(), probe)
-        files[paths.runsc_wrapper(mode)] = wrapper_tpl.substitute(
-            MODE=mode, RUNSC=probe.runsc, FLAGS=flags
-        )
+        files[paths.runsc_wrapper(mode)] = wrapper_tpl.substitute(MODE=mode, RUNSC=probe.runsc, FLAGS=flags)
     files[paths.containers_conf] = Template((cfg / "containers.conf.in").read_text()).substitute(
         NOFILE=host_limit(resource.RLIMIT_NOFILE, NOFILE_CAP),
         RUN_DIR=str(paths.run_dir),

@@ -22,8 +22,13 @@ CNI_CONF_DIR = Path("/etc/cni/net.d")
 # Podman's own default network, shipped by Debian's podman package. Its
 # presence says nothing about the user's networks.
 CNI_DEFAULT_NETWORK = "podman"
-CNI_PLUGIN_DIRS = (Path("/usr/local/libexec/cni"), Path("/usr/libexec/cni"), Path("/usr/local/lib/cni"),
-                   Path("/usr/lib/cni"), Path("/opt/cni/bin"))
+CNI_PLUGIN_DIRS = (
+    Path("/usr/local/libexec/cni"),
+    Path("/usr/libexec/cni"),
+    Path("/usr/local/lib/cni"),
+    Path("/usr/lib/cni"),
+    Path("/opt/cni/bin"),
+)
 BACKEND_RECORD = Path("/var/lib/containers/storage/defaultNetworkBackend")
 
 
@@ -46,8 +51,9 @@ class HostPodman:
         return ""
 
 
-def read_host(cni_dir: Path = CNI_CONF_DIR, plugin_dirs: tuple[Path, ...] = CNI_PLUGIN_DIRS,
-              record: Path = BACKEND_RECORD) -> HostPodman:
+def read_host(
+    cni_dir: Path = CNI_CONF_DIR, plugin_dirs: tuple[Path, ...] = CNI_PLUGIN_DIRS, record: Path = BACKEND_RECORD
+) -> HostPodman:
     names = []
     for conf in sorted(cni_dir.glob("*.conflist")) + sorted(cni_dir.glob("*.conf")):
         try:

@@ -53,8 +53,19 @@ def firmware() -> bytes:
 
 def qemu_command(qemu: str, bios: str, accel: str) -> list[str]:
     return [
-        qemu, "-machine", f"pc,accel={accel}", "-nodefaults", "-nographic", "-display", "none",
-        "-m", "16", "-bios", bios, "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        qemu,
+        "-machine",
+        f"pc,accel={accel}",
+        "-nodefaults",
+        "-nographic",
+        "-display",
+        "none",
+        "-m",
+        "16",
+        "-bios",
+        bios,
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
     ]
 
 

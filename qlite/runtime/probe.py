@@ -44,8 +44,10 @@ class RuntimeProbe:
 
 
 def find_runsc() -> str | None:
-    return os.environ.get("QLITE_RUNSC") or shutil.which("runsc") or (
-        "/usr/bin/runsc" if os.path.exists("/usr/bin/runsc") else None
+    return (
+        os.environ.get("QLITE_RUNSC")
+        or shutil.which("runsc")
+        or ("/usr/bin/runsc" if os.path.exists("/usr/bin/runsc") else None)
     )
 
 
@@ -83,8 +85,16 @@ def run_sandbox(runsc: str, flags: list[str], args: list[str]) -> tuple[int, str
         bundle.mkdir()
         (bundle / "config.json").write_text(json.dumps(bundle_spec(args)))
         cmd = [
-            "unshare", "--net", runsc, "--root", str(Path(tmp) / "state"), *flags,
-            "run", "--bundle", str(bundle), f"qlite-probe-{os.getpid()}",
+            "unshare",
+            "--net",
+            runsc,
+            "--root",
+            str(Path(tmp) / "state"),
+            *flags,
+            "run",
+            "--bundle",
+            str(bundle),
+            f"qlite-probe-{os.getpid()}",
         ]
         try:
             proc = run_tool(cmd, "probing runsc", PROBE_TIMEOUT_S, check=False)
@@ -128,8 +138,12 @@ def probe(cache: Path | None = None, force: bool = False) -> RuntimeProbe | None
         rc, out = run_sandbox(runsc, [f"--platform={chosen}", "--network=sandbox"], ["/bin/true"])
         netstack, err = rc == 0, "" if rc == 0 else _last_line(out)
     result = RuntimeProbe(
-        runsc=runsc, version=runsc_version(runsc), platform=chosen,
-        netstack=netstack, netstack_error=err, key=key,
+        runsc=runsc,
+        version=runsc_version(runsc),
+        platform=chosen,
+        netstack=netstack,
+        netstack_error=err,
+        key=key,
     )
     if cache and chosen:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,46 @@ from qlite.state.store import Store
 
 # The qubes table's columns a caller may set one at a time (set_column):
 # what a property or the lifecycle changes.
-SETTABLE = frozenset({
-    "label", "template", "netvm", "provides_network", "memory", "maxmem", "vcpus", "autostart",
-    "default_dispvm", "template_for_dispvms", "default_user", "include_in_backups", "mode", "owner", "pending",
-})
-COLUMNS = ("name", "class", "label", "template", "netvm", "provides_network", "memory", "maxmem", "vcpus",
-           "autostart", "default_dispvm", "template_for_dispvms", "default_user", "include_in_backups", "mode",
-           "owner", "pending", "created_at", "uuid")
+SETTABLE = frozenset(
+    {
+        "label",
+        "template",
+        "netvm",
+        "provides_network",
+        "memory",
+        "maxmem",
+        "vcpus",
+        "autostart",
+        "default_dispvm",
+        "template_for_dispvms",
+        "default_user",
+        "include_in_backups",
+        "mode",
+        "owner",
+        "pending",
+    }
+)
+COLUMNS = (
+    "name",
+    "class",
+    "label",
+    "template",
+    "netvm",
+    "provides_network",
+    "memory",
+    "maxmem",
+    "vcpus",
+    "autostart",
+    "default_dispvm",
+    "template_for_dispvms",
+    "default_user",
+    "include_in_backups",
+    "mode",
+    "owner",
+    "pending",
+    "created_at",
+    "uuid",
+)
 
 
 class QubeStore:
@@ -38,13 +71,25 @@ class QubeStore:
     def _qube(self, row: sqlite3.Row) -> Qube:
         tags = {r["tag"] for r in self.store.query("SELECT tag FROM tags WHERE qube=?", (row["name"],))}
         return Qube(
-            name=row["name"], klass=row["class"], label=row["label"], template=row["template"],
-            netvm_raw=row["netvm"], provides_network=bool(row["provides_network"]),
-            memory=row["memory"], maxmem=row["maxmem"], vcpus=row["vcpus"],
-            autostart=bool(row["autostart"]), default_dispvm_raw=row["default_dispvm"],
+            name=row["name"],
+            klass=row["class"],
+            label=row["label"],
+            template=row["template"],
+            netvm_raw=row["netvm"],
+            provides_network=bool(row["provides_network"]),
+            memory=row["memory"],
+            maxmem=row["maxmem"],
+            vcpus=row["vcpus"],
+            autostart=bool(row["autostart"]),
+            default_dispvm_raw=row["default_dispvm"],
             template_for_dispvms=bool(row["template_for_dispvms"]),
-            default_user=row["default_user"], include_in_backups=bool(row["include_in_backups"]),
-            mode=row["mode"], owner=row["owner"], pending=row["pending"], created_at=row["created_at"], tags=tags,
+            default_user=row["default_user"],
+            include_in_backups=bool(row["include_in_backups"]),
+            mode=row["mode"],
+            owner=row["owner"],
+            pending=row["pending"],
+            created_at=row["created_at"],
+            tags=tags,
             uuid=row["uuid"],
         )
 
@@ -61,20 +106,38 @@ class QubeStore:
     def insert(self, q: Qube) -> None:
         """Q's row and tags (in the caller's transaction, if any). Raises
         sqlite3.IntegrityError if the name or uuid is taken."""
-        values = (q.name, q.klass, q.label, q.template, q.netvm_raw, int(q.provides_network), q.memory, q.maxmem,
-                  q.vcpus, int(q.autostart), q.default_dispvm_raw, int(q.template_for_dispvms), q.default_user,
-                  int(q.include_in_backups), q.mode, q.owner, q.pending, q.created_at, q.uuid)
+        values = (
+            q.name,
+            q.klass,
+            q.label,
+            q.template,
+            q.netvm_raw,
+            int(q.provides_network),
+            q.memory,
+            q.maxmem,
+            q.vcpus,
+            int(q.autostart),
+            q.default_dispvm_raw,
+            int(q.template_for_dispvms),
+            q.default_user,
+            int(q.include_in_backups),
+            q.mode,
+            q.owner,
+            q.pending,
+            q.created_at,
+            q.uuid,
+        )
         with self.transaction() as conn:
-            conn.execute(f"INSERT INTO qubes({', '.join(COLUMNS)}) VALUES({', '.join('?' * len(COLUMNS))})",
-                         values)
+            conn.execute(f"INSERT INTO qubes({', '.join(COLUMNS)}) VALUES({', '.join('?' * len(COLUMNS))})", values)
             for tag in sorted(q.tags):
                 conn.execute("INSERT INTO tags(qube, tag) VALUES(?, ?)", (q.name, tag))
 
     def copy_settings(self, src: str, dst: str) -> None:
         """Give DST (a new row) SRC's features and firewall rules."""
         with self.transaction() as conn:
-            conn.execute("INSERT INTO features(qube, key, value) SELECT ?, key, value FROM features WHERE qube=?",
-                         (dst, src))
+            conn.execute(
+                "INSERT INTO features(qube, key, value) SELECT ?, key, value FROM features WHERE qube=?", (dst, src)
+            )
             conn.execute("INSERT INTO firewall(qube, rules) SELECT ?, rules FROM firewall WHERE qube=?", (dst, src))
 
     def delete(self, name: str) -> None:
@@ -94,8 +157,9 @@ class QubeStore:
     def unfinished(self) -> list[sqlite3.Row]:
         """(name, class, owner, pending) of every disposable and of every qube
         whose create, clone or remove is under way: what reaping looks at."""
-        return self.store.query("SELECT name, class, owner, pending FROM qubes "
-                                "WHERE class='DispVM' OR pending IS NOT NULL")
+        return self.store.query(
+            "SELECT name, class, owner, pending FROM qubes WHERE class='DispVM' OR pending IS NOT NULL"
+        )
 
     def take_over(self, name: str, still_orphaned: Callable[[sqlite3.Row], bool], me: str) -> sqlite3.Row | None:
         """Atomically: if STILL_ORPHANED(row) holds for NAME's row, mark it as
@@ -142,12 +206,18 @@ class QubeStore:
         """DVM's disposables that carry TAG, oldest first."""
         rows = self.store.query(
             "SELECT q.name FROM qubes q JOIN tags t ON t.qube = q.name "
-            "WHERE q.class='DispVM' AND q.default_dispvm=? AND t.tag=? ORDER BY q.created_at", (dvm, tag))
+            "WHERE q.class='DispVM' AND q.default_dispvm=? AND t.tag=? ORDER BY q.created_at",
+            (dvm, tag),
+        )
         return [r["name"] for r in rows]
 
     def dvms_with_tagged_disposables(self, tag: str) -> set[str]:
-        return {r["default_dispvm"] for r in self.store.query(
-            "SELECT DISTINCT q.default_dispvm FROM qubes q JOIN tags t ON t.qube=q.name WHERE t.tag=?", (tag,))}
+        return {
+            r["default_dispvm"]
+            for r in self.store.query(
+                "SELECT DISTINCT q.default_dispvm FROM qubes q JOIN tags t ON t.qube=q.name WHERE t.tag=?", (tag,)
+            )
+        }
 
     def take_tagged_disposable(self, dvm: str, tag: str, owner: str) -> tuple[str, str] | None:
         """Atomically: the oldest of DVM's disposables with TAG loses the tag
@@ -155,7 +225,9 @@ class QubeStore:
         with self.transaction() as conn:
             row = conn.execute(
                 "SELECT q.name, q.owner FROM qubes q JOIN tags t ON t.qube = q.name WHERE q.class='DispVM' "
-                "AND q.default_dispvm=? AND t.tag=? ORDER BY q.created_at LIMIT 1", (dvm, tag)).fetchone()
+                "AND q.default_dispvm=? AND t.tag=? ORDER BY q.created_at LIMIT 1",
+                (dvm, tag),
+            ).fetchone()
             if row is None:
                 return None
             conn.execute("DELETE FROM tags WHERE qube=? AND tag=?", (row["name"], tag))
@@ -179,8 +251,10 @@ class QubeStore:
         if rules is None:
             self.store.execute("DELETE FROM firewall WHERE qube=?", (name,))
         else:
-            self.store.execute("INSERT INTO firewall(qube, rules) VALUES(?, ?) "
-                               "ON CONFLICT(qube) DO UPDATE SET rules=excluded.rules", (name, rules))
+            self.store.execute(
+                "INSERT INTO firewall(qube, rules) VALUES(?, ?) ON CONFLICT(qube) DO UPDATE SET rules=excluded.rules",
+                (name, rules),
+            )
 
     # -- device assignments --------------------------------------------------------------
 
@@ -201,7 +275,9 @@ class QubeStore:
         self.store.execute(
             "INSERT INTO device_assignments(qube, ident, read_only, required, paired) VALUES(?,?,?,?,?) "
             "ON CONFLICT(qube, ident) DO UPDATE SET read_only=excluded.read_only, required=excluded.required, "
-            "paired=excluded.paired", (qube, ident, int(read_only), int(required), int(paired)))
+            "paired=excluded.paired",
+            (qube, ident, int(read_only), int(required), int(paired)),
+        )
 
     def unassign(self, qube: str, ident: str) -> bool:
         return bool(self.store.execute("DELETE FROM device_assignments WHERE qube=? AND ident=?", (qube, ident)))

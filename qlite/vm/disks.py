@@ -54,8 +54,11 @@ def ensure_root_disk(paths: Paths, image_id: str, export: Callable[[str], None],
             progress(f"exporting template image {image_id[:12]} for VM qubes")
             export(str(tar))
             tree.mkdir()
-            run_tool(["tar", "-x", "--numeric-owner", "-p", "-f", str(tar), "-C", str(tree)], "unpacking the image",
-                     TIMEOUT_S)
+            run_tool(
+                ["tar", "-x", "--numeric-owner", "-p", "-f", str(tar), "-C", str(tree)],
+                "unpacking the image",
+                TIMEOUT_S,
+            )
             tar.unlink()
             # /home is the template's link into /rw.
             for d in ("proc", "sys", "dev", "run", "tmp", "var/tmp", "rw"):
@@ -64,8 +67,11 @@ def ensure_root_disk(paths: Paths, image_id: str, export: Callable[[str], None],
             progress(f"writing the VM root disk ({size} MiB)")
             part = dst.with_suffix(".part")
             part.unlink(missing_ok=True)
-            run_tool(["mkfs.ext4", "-q", "-F", "-L", "qlite-root", "-d", str(tree), str(part), f"{size}M"],
-                     "making the VM root disk", TIMEOUT_S)
+            run_tool(
+                ["mkfs.ext4", "-q", "-F", "-L", "qlite-root", "-d", str(tree), str(part), f"{size}M"],
+                "making the VM root disk",
+                TIMEOUT_S,
+            )
             os.chmod(part, 0o444)
             os.replace(part, dst)
     return dst
@@ -99,8 +105,10 @@ def verify_private(volume_mountpoint: str) -> bool:
         if st is None:
             return False
         if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and _has_private_label(root)):
-            raise UnsafePath(f"{PRIVATE_IMAGE} in the private volume is not a disk qlite made: "
-                             f"rename /rw/{PRIVATE_IMAGE} in the qube (as a container qube) and start again")
+            raise UnsafePath(
+                f"{PRIVATE_IMAGE} in the private volume is not a disk qlite made: "
+                f"rename /rw/{PRIVATE_IMAGE} in the qube (as a container qube) and start again"
+            )
         return True
 
 
@@ -117,8 +125,23 @@ def ensure_private(volume_mountpoint: str, size_mib: int = PRIVATE_SIZE_MIB) -> 
         part.unlink(missing_ok=True)
         # The qube is halted, so nothing changes under mke2fs, which copies
         # links as links (lstat), never following them.
-        run_tool(["mkfs.ext4", "-q", "-F", "-L", PRIVATE_LABEL, "-E", "root_owner=0:0", "-d", str(vol), str(part),
-                  f"{size_mib}M"], "making the private disk", TIMEOUT_S)
+        run_tool(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                PRIVATE_LABEL,
+                "-E",
+                "root_owner=0:0",
+                "-d",
+                str(vol),
+                str(part),
+                f"{size_mib}M",
+            ],
+            "making the private disk",
+            TIMEOUT_S,
+        )
         os.replace(part, PRIVATE_IMAGE, dst_dir_fd=root)
         for name in os.listdir(root):
             if name != PRIVATE_IMAGE:
@@ -137,6 +160,9 @@ def _has_private_label(root: int) -> bool:
 
 def create_overlay(root_disk: Path, overlay: Path) -> Path:
     overlay.unlink(missing_ok=True)
-    run_tool(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(root_disk), str(overlay)],
-         "making the per-boot overlay", TIMEOUT_S)
+    run_tool(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(root_disk), str(overlay)],
+        "making the per-boot overlay",
+        TIMEOUT_S,
+    )
     return overlay

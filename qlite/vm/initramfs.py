@@ -29,7 +29,8 @@ WANTED_MODULES = ("virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "virt
 AGENT_PORT = "org.qlite.agent"
 AGENT_COMMAND = "/usr/bin/python3 -u -m qlite_guest.vmagent"
 
-INIT_SCRIPT = r"""#!/bin/busybox sh
+INIT_SCRIPT = (
+    r"""#!/bin/busybox sh
 # qlite VM init: mounts, network, then the guest agent as PID 1.
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -61,7 +62,10 @@ if [ -n "$addr" ]; then
   for s in $(arg qlite.dns | tr , ' '); do echo "nameserver $s" >>/newroot/etc/resolv.conf; done
 fi
 for d in proc sys dev; do mount --move "/$d" "/newroot/$d"; done
-exec switch_root /newroot """ + AGENT_COMMAND + "\n"
+exec switch_root /newroot """
+    + AGENT_COMMAND
+    + "\n"
+)
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ class Kernel:
 
 def kernel_package(meta: str = META_PACKAGE) -> str:
     """The versioned package META depends on, from the host's apt lists."""
-    out = run_tool(["apt-cache", "depends", "--no-recommends", "--no-suggests", meta], "finding the VM kernel",
-                   TIMEOUT_S)
+    out = run_tool(
+        ["apt-cache", "depends", "--no-recommends", "--no-suggests", meta], "finding the VM kernel", TIMEOUT_S
+    )
     return parse_depends(out, meta)
 
 
@@ -76,8 +77,12 @@ def installed(paths: Paths) -> Kernel | None:
     if not versions:
         return None
     version = versions[-1]
-    k = Kernel(version, root / "boot" / f"vmlinuz-{version}", root / f"initrd-{version}.img",
-               root / "lib" / "modules" / version)
+    k = Kernel(
+        version,
+        root / "boot" / f"vmlinuz-{version}",
+        root / f"initrd-{version}.img",
+        root / "lib" / "modules" / version,
+    )
     return k if k.vmlinuz.is_file() and k.initrd.is_file() else None
 
 

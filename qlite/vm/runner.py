@@ -155,8 +155,10 @@ class VmRunner:
         machine = machine_of(self.qubes.features.all(q.name))
         accel = self.accel()
         if accel == "tcg":
-            self.ctx.warn(f"{q.name} runs under TCG emulation, without KVM: it is slow, "
-                          "but still behind a hypervisor boundary (see 'qlite doctor')")
+            self.ctx.warn(
+                f"{q.name} runs under TCG emulation, without KVM: it is slow, "
+                "but still behind a hypervisor boundary (see 'qlite doctor')"
+            )
         progress = self.ctx.progress
         k = kernel.ensure(self.paths, progress)
         image = self.qubes.image_for(q)
@@ -164,8 +166,9 @@ class VmRunner:
         if info is None:
             raise StateError(f"the template image {image} of {q.name} is missing")
         labels = engine_labels(hh, q.name, "export", q.owner)
-        root = disks.ensure_root_disk(self.paths, info.id, lambda tar: engine.export_image(image, tar, labels),
-                                      progress)
+        root = disks.ensure_root_disk(
+            self.paths, info.id, lambda tar: engine.export_image(image, tar, labels), progress
+        )
         private = self._private_disk(q)
         if stale is not None:
             engine.remove_container(stale.id, force=True)
@@ -176,10 +179,20 @@ class VmRunner:
             overlay = disks.create_overlay(root, d / "root.qcow2")
             holder, net = self._start_holder(q, image)
             cfg = VmConfig(
-                name=q.name, machine=machine, accel=accel, memory_mib=q.maxmem or q.memory, vcpus=q.vcpus,
-                kernel=str(k.vmlinuz), initrd=str(k.initrd), root_overlay=str(overlay), private_disk=str(private),
-                qmp_socket=str(d / "qmp.sock"), agent_socket=str(d / "agent-qemu.sock"),
-                console_log=str(d / "console.log"), pidfile=str(d / "qemu.pid"), net=net,
+                name=q.name,
+                machine=machine,
+                accel=accel,
+                memory_mib=q.maxmem or q.memory,
+                vcpus=q.vcpus,
+                kernel=str(k.vmlinuz),
+                initrd=str(k.initrd),
+                root_overlay=str(overlay),
+                private_disk=str(private),
+                qmp_socket=str(d / "qmp.sock"),
+                agent_socket=str(d / "agent-qemu.sock"),
+                console_log=str(d / "console.log"),
+                pidfile=str(d / "qemu.pid"),
+                net=net,
                 extra_append=tcg_append() if accel == "tcg" else (),
                 boot_devices=self.qubes.devices.claim_for_boot(q.name) if machine == "microvm" else (),
             )
@@ -197,8 +210,14 @@ class VmRunner:
         plan = self.qubes.net.prepare(q)
         labels = {**engine_labels(hh, q.name, "disp" if q.is_disposable else "app", q.owner), "qlite.mode": "vm"}
         spec = ContainerSpec(
-            name=container_name(hh, q.name), image=image, command=IDLE_COMMAND, labels=labels,
-            hostname=q.name, user="root", network=plan.network, dns=plan.dns,
+            name=container_name(hh, q.name),
+            image=image,
+            command=IDLE_COMMAND,
+            labels=labels,
+            hostname=q.name,
+            user="root",
+            network=plan.network,
+            dns=plan.dns,
         )
         cid = engine.create_container(spec)
         self.qubes.arrange_network(q, cid, plan)
@@ -225,27 +244,35 @@ class VmRunner:
         if not qemu:
             raise StateError("qemu-system-x86_64 is not installed (run setup.sh)")
         config = {
-            "home": str(self.paths.home), "run_dir": str(d), "argv": qemu_argv(qemu, cfg),
-            "netns": holder.netns if cfg.net is not None else "", "holder": holder.id,
-            "agent_socket": cfg.agent_socket, "client_socket": str(d / "agent.sock"),
-            "rpc_socket": str(self.qubes.rpc_dir(q) / "rpc.sock"), "boot_timeout": BOOT_TIMEOUT_S,
+            "home": str(self.paths.home),
+            "run_dir": str(d),
+            "argv": qemu_argv(qemu, cfg),
+            "netns": holder.netns if cfg.net is not None else "",
+            "holder": holder.id,
+            "agent_socket": cfg.agent_socket,
+            "client_socket": str(d / "agent.sock"),
+            "rpc_socket": str(self.qubes.rpc_dir(q) / "rpc.sock"),
+            "boot_timeout": BOOT_TIMEOUT_S,
         }
         (d / "vm.json").write_text(json.dumps(config, indent=1))
         self.paths.log_dir.mkdir(parents=True, exist_ok=True)
-        boot = self.ctx.hypervisor.start_supervisor(SUPERVISOR_MODULE, d / "vm.json",
-                                                    self.paths.log_dir / f"vm-{q.name}.log")
+        boot = self.ctx.hypervisor.start_supervisor(
+            SUPERVISOR_MODULE, d / "vm.json", self.paths.log_dir / f"vm-{q.name}.log"
+        )
         # Written before the wait: while it boots the qube counts as running,
         # so that no reconciliation takes its holder away.
         (d / "supervisor.pid").write_text(f"{boot.pid}\n")
         answer = boot.answer()
         if answer != "ok":
-            raise StateError(f"VM qube {q.name} did not boot: {answer.removeprefix('error ') or 'no answer'}"
-                             f"{self._console_tail(q)}")
+            raise StateError(
+                f"VM qube {q.name} did not boot: {answer.removeprefix('error ') or 'no answer'}{self._console_tail(q)}"
+            )
 
     def _console_tail(self, q: Qube) -> str:
         try:
-            lines = [ln for ln in (self.run_dir(q) / "console.log").read_text(errors="replace").splitlines()
-                     if ln.strip()]
+            lines = [
+                ln for ln in (self.run_dir(q) / "console.log").read_text(errors="replace").splitlines() if ln.strip()
+            ]
         except OSError:
             return ""
         return f" (console: {lines[-1].strip()[:200]})" if lines else ""
@@ -334,8 +361,15 @@ class VmRunner:
         workdir, env = exec_env(q, user, {})
         return self.exec(q, argv, stdio, user, workdir, env)
 
-    def run_disposable(self, q: Qube, argv: list[str], stdio: Stdio, user: str, env: dict[str, str],
-                       on_created: Callable[[Qube], None] | None) -> int:
+    def run_disposable(
+        self,
+        q: Qube,
+        argv: list[str],
+        stdio: Stdio,
+        user: str,
+        env: dict[str, str],
+        on_created: Callable[[Qube], None] | None,
+    ) -> int:
         """Boot disposable Q (its private disk made from the volume its
         disposable template's copy filled), then run its one command."""
         self.start(q)
@@ -347,8 +381,10 @@ class VmRunner:
     def attach_block(self, q: Qube, node: str, path: str, read_only: bool) -> str:
         """Hot-plug PATH into Q (q35 only); returns the PCIe port used."""
         if machine_of(self.qubes.features.all(q.name)) != "q35":
-            raise InvalidValue(f"{q.name} boots on microvm, which has no hot-plug: "
-                               f"set 'qlite features {q.name} {MACHINE_FEATURE} q35' and restart it")
+            raise InvalidValue(
+                f"{q.name} boots on microvm, which has no hot-plug: "
+                f"set 'qlite features {q.name} {MACHINE_FEATURE} q35' and restart it"
+            )
         ports = self._ports(q)
         if node in ports:
             raise InvalidValue(f"{q.name} already has a device {node!r}")

@@ -44,8 +44,14 @@ class Canary:
                     content = hashlib.sha256(p.read_bytes()).hexdigest()
                 elif stat.S_ISLNK(st.st_mode):
                     content = os.readlink(p)
-                out[str(p.relative_to(self.path))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
-                                                      st.st_gid, content, st.st_mtime_ns)
+                out[str(p.relative_to(self.path))] = (
+                    stat.S_IFMT(st.st_mode),
+                    stat.S_IMODE(st.st_mode),
+                    st.st_uid,
+                    st.st_gid,
+                    content,
+                    st.st_mtime_ns,
+                )
         st = self.path.lstat()
         out["."] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, "", st.st_mtime_ns)
         return out
@@ -78,8 +84,7 @@ def canary():
 
 def as_root(home, qube: str, script: str, check: bool = False, timeout: float = 120):
     """SCRIPT run by root inside QUBE (the attacker)."""
-    return home.run("run", "-u", "root", qube, "--", "sh", "-c", textwrap.dedent(script), check=check,
-                    timeout=timeout)
+    return home.run("run", "-u", "root", qube, "--", "sh", "-c", textwrap.dedent(script), check=check, timeout=timeout)
 
 
 def as_user(home, qube: str, script: str, check: bool = False, timeout: float = 120):
@@ -93,8 +98,12 @@ def restart(home, qube: str) -> subprocess.CompletedProcess:
 
 
 def volume_dir(home, qube: str) -> Path:
-    out = subprocess.run(["podman", "volume", "inspect", "--format", "{{.Mountpoint}}",
-                          f"qlite-{home.hash}-{qube}-private"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["podman", "volume", "inspect", "--format", "{{.Mountpoint}}", f"qlite-{home.hash}-{qube}-private"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return Path(out.stdout.strip())
 

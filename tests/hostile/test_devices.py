@@ -24,10 +24,12 @@ def drive(home):
     tree = home.path / f"tree-{image.stem}"
     tree.mkdir()
     (tree / "marker").write_text("on the drive\n")
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), "16M"], check=True,
-                   capture_output=True, timeout=60)
-    loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True,
-                          timeout=30).stdout.strip()
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), "16M"], check=True, capture_output=True, timeout=60
+    )
+    loop = subprocess.run(
+        ["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True, timeout=30
+    ).stdout.strip()
     yield loop.removeprefix("/dev/")
     subprocess.run(["umount", "-l", loop], capture_output=True, timeout=30)
     subprocess.run(["losetup", "-d", loop], capture_output=True, timeout=30)
@@ -70,8 +72,12 @@ def test_f3_the_qube_cannot_prepare_its_mount_point(home, canary, attacker, driv
 def test_f3_a_read_write_attachment_stays_writable(home, canary, attacker, drive):
     """The read-only devices directory does not make the drive read-only."""
     home.run("device", "attach", attacker, drive)
-    out = as_root(home, attacker, f"echo w > /mnt/removable/{drive}/written && cat /mnt/removable/{drive}/written; "
-                  f"ln -s {canary.path} /mnt/removable/{drive}/link")
+    out = as_root(
+        home,
+        attacker,
+        f"echo w > /mnt/removable/{drive}/written && cat /mnt/removable/{drive}/written; "
+        f"ln -s {canary.path} /mnt/removable/{drive}/link",
+    )
     assert out.stdout == "w\n", out.stderr
     home.run("device", "detach", drive)
     assert mounted_anywhere(drive) == []
@@ -96,8 +102,12 @@ def test_f4_aftermath_remove_cleans_up_whatever_state_the_daemon_died_in(home, c
         home.run("start", name)
     home.run("device", "attach", "deada", drive)
     # What the qube's root leaves where the host will clean up (refused here).
-    as_root(home, "deada", f"rm -f /run/qlite/rpc.sock; mkdir -p /run/qlite/rpc.sock/x /mnt/removable/junk; "
-                           f"ln -s {canary.path} /mnt/removable/{drive}/link")
+    as_root(
+        home,
+        "deada",
+        f"rm -f /run/qlite/rpc.sock; mkdir -p /run/qlite/rpc.sock/x /mnt/removable/junk; "
+        f"ln -s {canary.path} /mnt/removable/{drive}/link",
+    )
     home.run("shutdown", "--wait", "deada")
     home.run("start", "deada")
     home.run("device", "attach", "deada", drive)

@@ -28,8 +28,19 @@ def receiver(home):
 
 def send(home, qube: str, script: str) -> subprocess.CompletedProcess:
     """Run SCRIPT as root in QUBE, saying yes to the copy it asks for."""
-    p = home.popen("run", "-u", "root", qube, "--", "sh", "-c", textwrap.dedent(script),
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = home.popen(
+        "run",
+        "-u",
+        "root",
+        qube,
+        "--",
+        "sh",
+        "-c",
+        textwrap.dedent(script),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while p.poll() is None and time.monotonic() < deadline:
         for ask in home.json("policy", "ask"):
@@ -40,13 +51,21 @@ def send(home, qube: str, script: str) -> subprocess.CompletedProcess:
 
 
 def test_f7_sent_modes_are_normalised(home, canary, attacker, receiver):
-    sent = send(home, attacker, """
+    sent = send(
+        home,
+        attacker,
+        """
         mkdir -p /tmp/s/locked && echo data > /tmp/s/locked/open && chmod 4777 /tmp/s/locked/open
         chmod 0 /tmp/s/locked && cd /tmp/s && qlite-copy-to-vm receiver locked
-    """)
+    """,
+    )
     assert sent.returncode == 0, sent.stderr
-    got = as_user(home, receiver, f"cd ~/QubesIncoming/{attacker} && stat -c '%a %n' locked locked/open "
-                                  "&& cat locked/open", check=True)
+    got = as_user(
+        home,
+        receiver,
+        f"cd ~/QubesIncoming/{attacker} && stat -c '%a %n' locked locked/open && cat locked/open",
+        check=True,
+    )
     assert got.stdout.split("\n")[:3] == ["700 locked", "755 locked/open", "data"]
 
 

@@ -22,8 +22,9 @@ def split(home):
 
 
 def gpg_call(home, client: str) -> subprocess.Popen:
-    return home.popen("run", client, "--", "qlite-gpg", "--list-keys", stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, text=True)
+    return home.popen(
+        "run", client, "--", "qlite-gpg", "--list-keys", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def pending(home) -> list[dict]:
@@ -52,8 +53,11 @@ def approve_once(home, client: str) -> None:
 
 
 def last_gpg_decision(home, client: str) -> dict:
-    rows = [r for r in home.json("log", "rpc", "-n", "200") if r.get("source") == client
-            and r.get("service") == "qubes.Gpg" and r.get("decision") not in ("asking", "done")]
+    rows = [
+        r
+        for r in home.json("log", "rpc", "-n", "200")
+        if r.get("source") == client and r.get("service") == "qubes.Gpg" and r.get("decision") not in ("asking", "done")
+    ]
     return rows[-1]
 
 

@@ -33,12 +33,16 @@ def test_a_poisoned_home_reaches_nothing_on_the_host(home, canary, attacker, com
     started = restart(home, attacker)
     assert started.returncode == 0, started.stderr  # the qube broke only itself
     for who in (as_user, as_root):
-        out = who(home, attacker, """
+        out = who(
+            home,
+            attacker,
+            """
             cat /home/user/secret /home/user/link /home/user/sub/file 2>&1
             ls -la /home/user/ /home/user/run 2>&1
             echo planted > /home/user/planted 2>&1
             chmod 777 /home/user 2>&1; chown 1000 /home/user/secret 2>&1
-        """)
+        """,
+        )
         assert SECRET not in out.stdout and "inner" not in out.stdout
         assert "podman.sock" not in out.stdout and "admin.sock" not in out.stdout
     assert not (home.path / "run" / "planted").exists()
@@ -91,8 +95,12 @@ def test_clone_of_a_poisoned_qube_copies_links_as_links(home, canary, attacker):
         _check_copy(home, canary, clone, user="real")
         assert home.run("start", clone, check=False).returncode == 0
         for who in (as_user, as_root):
-            out = who(home, clone, "cat ~/secret /home/real/secretlink /home/real/uplink 2>&1; "
-                                   "echo x > /home/user/planted 2>&1; echo x > /home/real/escape/new 2>&1")
+            out = who(
+                home,
+                clone,
+                "cat ~/secret /home/real/secretlink /home/real/uplink 2>&1; "
+                "echo x > /home/user/planted 2>&1; echo x > /home/real/escape/new 2>&1",
+            )
             assert SECRET not in out.stdout
     finally:
         home.run("remove", "--force", clone, check=False)
@@ -105,15 +113,34 @@ def test_disposables_of_a_poisoned_disposable_template(home, canary):
         poison = POISON.format(canary=canary.path) + f"\nrm -rf /rw/home/user/d; ln -s {canary.path} /rw/home/user/d"
         as_root(home, dvm, poison, check=True)
         home.run("shutdown", "--wait", dvm)
-        out = home.run("run", "--disposable", "--dvm", dvm, "--", "sh", "-c",
-                       "cat ~/secretlink ~/uplink ~/d/secret 2>&1; echo x > ~/escape/planted 2>&1; ls -la ~/d/ 2>&1",
-                       check=False)
+        out = home.run(
+            "run",
+            "--disposable",
+            "--dvm",
+            dvm,
+            "--",
+            "sh",
+            "-c",
+            "cat ~/secretlink ~/uplink ~/d/secret 2>&1; echo x > ~/escape/planted 2>&1; ls -la ~/d/ 2>&1",
+            check=False,
+        )
         assert SECRET not in out.stdout
         # The disposable template itself poisoned to the top: /rw/home a link.
         as_root(home, dvm, f"rm -rf /rw/home; ln -s {canary.path} /rw/home", check=True)
         home.run("shutdown", "--wait", dvm)
-        out = home.run("run", "--disposable", "--dvm", dvm, "-u", "root", "--", "sh", "-c",
-                       "echo x > /home/user/planted 2>&1; cat /home/secret 2>&1", check=False)
+        out = home.run(
+            "run",
+            "--disposable",
+            "--dvm",
+            dvm,
+            "-u",
+            "root",
+            "--",
+            "sh",
+            "-c",
+            "echo x > /home/user/planted 2>&1; cat /home/secret 2>&1",
+            check=False,
+        )
         assert SECRET not in out.stdout
     finally:
         home.run("remove", "--force", dvm, check=False)

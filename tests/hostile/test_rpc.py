@@ -49,8 +49,11 @@ def test_f2_a_qube_cannot_reach_another_qubes_socket(broker, canary, attacker):
     as_root(home, attacker, f"rm -rf /rw/home/user; ln -s {victim_dir} /rw/home/user", check=True)
     assert restart(home, attacker).returncode == 0
     before = len(audit(home))
-    spoof = as_user(home, attacker, "ls -la /home/user/ 2>&1; "
-                    "QLITE_RPC_SOCKET=/home/user/rpc.sock qrexec-client-vm @default qubes.GetDate 2>&1")
+    spoof = as_user(
+        home,
+        attacker,
+        "ls -la /home/user/ 2>&1; QLITE_RPC_SOCKET=/home/user/rpc.sock qrexec-client-vm @default qubes.GetDate 2>&1",
+    )
     assert not spoof.stdout.strip().endswith("+00:00")  # no date came back
     assert all(r.get("source") != "victim" for r in audit(home)[before:])
 
@@ -140,8 +143,12 @@ def test_f6_a_connection_flood_is_capped_and_others_still_get_through(broker, at
 
 def test_f6_questions_from_one_qube_are_bounded(broker, attacker):
     home = broker
-    procs = [home.popen("run", attacker, "--", "sh", "-c", "echo x > f; qlite-copy-to-vm victim f",
-                        stdout=-1, stderr=-1, text=True) for _ in range(7)]
+    procs = [
+        home.popen(
+            "run", attacker, "--", "sh", "-c", "echo x > f; qlite-copy-to-vm victim f", stdout=-1, stderr=-1, text=True
+        )
+        for _ in range(7)
+    ]
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(home.json("policy", "ask")) < 4:
@@ -160,8 +167,12 @@ def test_f6_questions_from_one_qube_are_bounded(broker, attacker):
 
 def test_dom0_is_not_anyvm_filecopy_to_dom0_is_denied(broker, canary, attacker):
     home = broker
-    proc = as_user(home, attacker, "echo x > f; qrexec-client-vm dom0 qubes.Filecopy < f; "
-                   "qrexec-client-vm @adminvm qubes.Filecopy < f; echo; qlite-copy-to-vm dom0 f; echo $?")
+    proc = as_user(
+        home,
+        attacker,
+        "echo x > f; qrexec-client-vm dom0 qubes.Filecopy < f; "
+        "qrexec-client-vm @adminvm qubes.Filecopy < f; echo; qlite-copy-to-vm dom0 f; echo $?",
+    )
     assert proc.stdout.split()[-1] == "126"
     decisions = [r for r in audit(home) if r.get("source") == attacker and r.get("service") == "qubes.Filecopy"]
     assert decisions and all(r["decision"] in ("deny", "error") for r in decisions)

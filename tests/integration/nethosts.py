@@ -147,7 +147,9 @@ class NetHost:
     def _spawn(self, script: str, *args: str) -> None:
         p = subprocess.Popen(
             ["ip", "netns", "exec", self.name, sys.executable, "-c", script, *args],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         self.procs.append(p)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"

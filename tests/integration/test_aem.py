@@ -24,10 +24,21 @@ def swtpm(home):
     state.mkdir()
     sock = state / "tpm.sock"
     proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--flags", "startup-clear",
-         "--server", f"type=unixio,path={sock}",
-         "--ctrl", f"type=unixio,path={sock}.ctrl"],  # where the TCTI looks for it
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "swtpm",
+            "socket",
+            "--tpm2",
+            "--tpmstate",
+            f"dir={state}",
+            "--flags",
+            "startup-clear",
+            "--server",
+            f"type=unixio,path={sock}",
+            "--ctrl",
+            f"type=unixio,path={sock}.ctrl",
+        ],  # where the TCTI looks for it
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     while not sock.exists() and time.monotonic() < deadline:
@@ -78,10 +89,22 @@ def test_seal_and_verify_round_trip_through_the_tpm(aem, swtpm):
     # The TPM's PCR 23 holds exactly the chain qlite computes.
     log = json.loads(aem.run("aem", "log", "--json", env=env).stdout)
     assert [m["name"] for m in log["measurements"]][:6] == [
-        "qlite", "binary:runsc", "binary:podman", "binary:qemu", "runsc-config", "policy"]
+        "qlite",
+        "binary:runsc",
+        "binary:podman",
+        "binary:qemu",
+        "runsc-config",
+        "policy",
+    ]
     assert "template:debian-12" in [m["name"] for m in log["measurements"]]
-    pcr = subprocess.run(["tpm2_pcrread", "sha256:23"], capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "TPM2TOOLS_TCTI": swtpm}, check=True).stdout
+    pcr = subprocess.run(
+        ["tpm2_pcrread", "sha256:23"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "TPM2TOOLS_TCTI": swtpm},
+        check=True,
+    ).stdout
     assert log["chain"].lower() in pcr.lower().replace("0x", "")
 
 
@@ -116,8 +139,13 @@ def test_a_template_image_replaced_outside_qlite_is_named_and_refused(aem, swtpm
     tpl = aem.json("template", "list")[0]
     tag = f"localhost/qlite-home-{aem.hash}/{tpl['name']}:{tpl['current_revision']}"
     original = tpl["image_id"]
-    images = subprocess.run(["podman", "images", "--no-trunc", "--format", "{{.ID}}"], capture_output=True,
-                            text=True, timeout=60, check=True).stdout.split()
+    images = subprocess.run(
+        ["podman", "images", "--no-trunc", "--format", "{{.ID}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
     other = next(i.removeprefix("sha256:") for i in images if i.removeprefix("sha256:") != original)
     subprocess.run(["podman", "tag", other, tag], check=True, capture_output=True, timeout=60)
     try:
@@ -173,8 +201,15 @@ def test_without_a_tpm_a_passphrase_seals_and_a_wrong_one_is_refused(aem, tmp_pa
     (tmp_path / "wrong").write_text("incorrect horse\n")
     nopass = aem.run("aem", "seal", "--secret-file", str(aem.path / "secret.txt"), check=False, env=env)
     assert nopass.returncode != 0 and "passphrase" in nopass.stderr
-    sealed = aem.run("aem", "seal", "--secret-file", str(aem.path / "secret.txt"),
-                     "--passphrase-file", str(tmp_path / "pass"), env=env)
+    sealed = aem.run(
+        "aem",
+        "seal",
+        "--secret-file",
+        str(aem.path / "secret.txt"),
+        "--passphrase-file",
+        str(tmp_path / "pass"),
+        env=env,
+    )
     assert "weaker than a TPM" in sealed.stderr
     assert verify(aem, env, "--passphrase-file", str(tmp_path / "pass")).stdout == SECRET
     wrong = verify(aem, env, "--passphrase-file", str(tmp_path / "wrong"))

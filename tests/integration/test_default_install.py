@@ -28,8 +28,9 @@ POLICY = Path("/etc/qlite/policy.d/40-splitgpg.policy")
 
 def qlite(*args: str, check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("QLITE_HOME", "QLITE_ENGINE")}
-    proc = subprocess.run([sys.executable, "-m", "qlite", *args], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, **kw)
+    proc = subprocess.run(
+        [sys.executable, "-m", "qlite", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, **kw
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"qlite {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc
@@ -71,9 +72,23 @@ def test_split_gpg_signs_on_the_default_install(default_home):
     fpr = qlite("splitgpg", "gen-key", vault, "--name", "Default Install", "--email", "d@qlite.test").stdout.strip()
     env = {k: v for k, v in os.environ.items() if k != "QLITE_HOME"}
     signer = subprocess.Popen(
-        [sys.executable, "-m", "qlite", "run", client, "--", "sh", "-c",
-         f"echo hello | qlite-gpg --batch -u {fpr} --clearsign"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "qlite",
+            "run",
+            client,
+            "--",
+            "sh",
+            "-c",
+            f"echo hello | qlite-gpg --batch -u {fpr} --clearsign",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     result: list[tuple[str, str]] = []
     reader = threading.Thread(target=lambda: result.append(signer.communicate(timeout=180)))
     reader.start()

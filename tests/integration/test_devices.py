@@ -45,10 +45,27 @@ class Drives:
         (tree / "run.sh").write_text("#!/bin/sh\necho ran\n")
         (tree / "run.sh").chmod(0o755)
         d = Drive(self.workdir / f"drive-{len(self.drives)}.img", str(uuid.uuid4()))
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", f"qlt{len(self.drives)}", "-U", d.fs_uuid, "-d", str(tree),
-                        str(d.image), "16M"], check=True, capture_output=True, timeout=60)
-        d.loop = subprocess.run(["losetup", "-f", "--show", str(d.image)], check=True, capture_output=True,
-                                text=True, timeout=30).stdout.strip()
+        subprocess.run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                f"qlt{len(self.drives)}",
+                "-U",
+                d.fs_uuid,
+                "-d",
+                str(tree),
+                str(d.image),
+                "16M",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        d.loop = subprocess.run(
+            ["losetup", "-f", "--show", str(d.image)], check=True, capture_output=True, text=True, timeout=30
+        ).stdout.strip()
         self.drives.append(d)
         return d
 
@@ -207,8 +224,10 @@ def test_two_paired_qubes_at_once(dev, drives):
         dev.run("device", "pair", qube, "--fs-uuid", d.fs_uuid)
         d.uevent("add")
     wait_for("both to start", lambda: state(dev, "pa") == state(dev, "pb") == "Running")
-    wait_for("both drives in", lambda: listed(dev, a.name)["attached_to"] == "pa"
-             and listed(dev, b.name)["attached_to"] == "pb")
+    wait_for(
+        "both drives in",
+        lambda: listed(dev, a.name)["attached_to"] == "pa" and listed(dev, b.name)["attached_to"] == "pb",
+    )
     a.uevent("remove")
     wait_for("pa to stop", lambda: state(dev, "pa") == "Halted", timeout=30)
     assert state(dev, "pb") == "Running"
@@ -224,8 +243,9 @@ def test_a_vm_qube_gets_an_assigned_drive_as_a_block_device_at_boot(dev, drives)
     dev.run("start", "vmd", timeout=600)
     try:
         assert listed(dev, d.name)["attached_to"] == "vmd"
-        out = in_qube(dev, "vmd", "mkdir -p /mnt/d && mount -o ro /dev/vdc /mnt/d && cat /mnt/d/marker",
-                      user="root").stdout
+        out = in_qube(
+            dev, "vmd", "mkdir -p /mnt/d && mount -o ro /dev/vdc /mnt/d && cat /mnt/d/marker", user="root"
+        ).stdout
         assert out == "one"
         busy = dev.run("device", "attach", "box", d.name, check=False)
         assert busy.returncode != 0 and "already attached to vmd" in busy.stderr

@@ -66,6 +66,7 @@ def test_output_larger_than_input_does_not_deadlock(home):
     data = bytes(range(256)) * (8 << 10)  # 2 MiB in, ~2.7 MiB of base64 out
     proc = home.run("run", "--disposable", "--", "base64", "-w0", input=data, timeout=120)
     import base64
+
     assert base64.b64decode(proc.stdout) == data
 
 
@@ -105,8 +106,16 @@ def test_failed_command_still_destroys_everything(home):
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_destroys_the_disposable(home, sig, code):
-    p = home.popen("run", "--disposable", "--", "sh", "-c", "echo started; sleep 60",
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = home.popen(
+        "run",
+        "--disposable",
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 60",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert p.stdout.readline() == b"started\n"
         assert len(disposable_rows(home)) == 1
@@ -121,10 +130,19 @@ def test_signal_destroys_the_disposable(home, sig, code):
 
 
 def test_kill_9_leftovers_are_reaped_but_live_disposables_are_not(home):
-    live = home.popen("run", "--disposable", "--", "sh", "-c", "echo live; sleep 120",
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    victim = home.popen("run", "--disposable", "--", "sh", "-c", "echo victim; sleep 120",
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    live = home.popen(
+        "run", "--disposable", "--", "sh", "-c", "echo live; sleep 120", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    victim = home.popen(
+        "run",
+        "--disposable",
+        "--",
+        "sh",
+        "-c",
+        "echo victim; sleep 120",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert live.stdout.readline() == b"live\n"
         assert victim.stdout.readline() == b"victim\n"
@@ -154,8 +172,16 @@ def test_kill_9_leftovers_are_reaped_but_live_disposables_are_not(home):
 
 def test_parallel_disposables_do_not_interfere(home):
     procs = [
-        home.popen("run", "--disposable", "--", "sh", "-c", f"echo {i}; exit {i}",
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        home.popen(
+            "run",
+            "--disposable",
+            "--",
+            "sh",
+            "-c",
+            f"echo {i}; exit {i}",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for i in range(6)
     ]
     results = []
@@ -168,8 +194,9 @@ def test_parallel_disposables_do_not_interfere(home):
 
 
 def test_disposable_is_listed_while_it_runs(home):
-    p = home.popen("run", "--disposable", "--", "sh", "-c", "echo up; sleep 60",
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = home.popen(
+        "run", "--disposable", "--", "sh", "-c", "echo up; sleep 60", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         assert p.stdout.readline() == b"up\n"
         rows = disposable_rows(home)
@@ -195,8 +222,13 @@ def test_tty_mode_runs_under_a_pty(home):
     script = "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; exit 4"
     cmd = f"{shlex.quote(sys.executable)} -m qlite run -t --disposable -- sh -c '{script}'"
     proc = subprocess.run(
-        ["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, env=home.env,
-        timeout=120, cwd=REPO, stdin=subprocess.DEVNULL,
+        ["script", "-qec", cmd, "/dev/null"],
+        capture_output=True,
+        text=True,
+        env=home.env,
+        timeout=120,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
     )
     assert "is-a-tty" in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode == 4

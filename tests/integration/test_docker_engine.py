@@ -157,10 +157,14 @@ def test_missing_objects(engine, home):
     with pytest.raises(EngineError, match="docker: start"):
         engine.start(name(home, "nothing"))
     with pytest.raises(EngineError):
-        engine.create_container(ContainerSpec(
-            name=name(home, "noimage"), image="localhost/qlite-test/nothing:1", command=("true",),
-            labels=labels(home, "app"),
-        ))
+        engine.create_container(
+            ContainerSpec(
+                name=name(home, "noimage"),
+                image="localhost/qlite-test/nothing:1",
+                command=("true",),
+                labels=labels(home, "app"),
+            )
+        )
     assert engine.inspect_container(name(home, "noimage")) is None
 
 
@@ -176,11 +180,25 @@ def test_attach_and_start_passes_stdio_and_exit_code(engine, home, image):
         "echo kept > /rw/file; exit 3"
     )
     spec = ContainerSpec(
-        name=cname, image=image, command=("sh", "-c", script), labels=labels(home, "disp"),
-        hostname="dk-host", user="root", workdir="/rw", env={"QLITE_QUBE": QUBE}, read_only=True,
-        mounts=(Mount(type="volume", source=vname, target="/rw"),
-                Mount(type="tmpfs", target="/tmp", options=("mode=1777",))),
-        network="none", memory_mib=256, vcpus=1, pids_limit=256, init=True, stdin_open=True,
+        name=cname,
+        image=image,
+        command=("sh", "-c", script),
+        labels=labels(home, "disp"),
+        hostname="dk-host",
+        user="root",
+        workdir="/rw",
+        env={"QLITE_QUBE": QUBE},
+        read_only=True,
+        mounts=(
+            Mount(type="volume", source=vname, target="/rw"),
+            Mount(type="tmpfs", target="/tmp", options=("mode=1777",)),
+        ),
+        network="none",
+        memory_mib=256,
+        vcpus=1,
+        pids_limit=256,
+        init=True,
+        stdin_open=True,
     )
     cid = ""
     try:
@@ -195,8 +213,7 @@ def test_attach_and_start_passes_stdio_and_exit_code(engine, home, image):
 
         assert code == 3
         assert io_.out() == (
-            b"HELLO FROM STDIN\nroot-is-read-only\ntmp-is-tmpfs\n1777\n"
-            + f"{QUBE} dk-host root /rw\n".encode()
+            b"HELLO FROM STDIN\nroot-is-read-only\ntmp-is-tmpfs\n1777\n" + f"{QUBE} dk-host root /rw\n".encode()
         )
         assert io_.err() == b"to-stderr\n"
         assert (Path(vol.mountpoint) / "file").read_bytes() == b"kept\n"
@@ -216,8 +233,13 @@ def test_attach_with_a_tty_resizes_it(engine, home, image):
     io_ = Captured(tty=True)
     io_.stdio.stdin = stdin
     spec = ContainerSpec(
-        name=cname, image=image, command=("sh", "-c", f"{WAIT_FOR_SIZE}; exit 7"),
-        labels=labels(home, "disp"), network="none", stdin_open=True, tty=True,
+        name=cname,
+        image=image,
+        command=("sh", "-c", f"{WAIT_FOR_SIZE}; exit 7"),
+        labels=labels(home, "disp"),
+        network="none",
+        stdin_open=True,
+        tty=True,
     )
     try:
         cid = engine.create_container(spec)
@@ -235,8 +257,13 @@ def idle(engine, home, image):
     """A running qube-like container: sleep infinity under an init."""
     cname = name(home, "idle")
     spec = ContainerSpec(
-        name=cname, image=image, command=("sleep", "infinity"), labels=labels(home, "app"),
-        network="none", init=True, read_only=True,
+        name=cname,
+        image=image,
+        command=("sleep", "infinity"),
+        labels=labels(home, "app"),
+        network="none",
+        init=True,
+        read_only=True,
         mounts=(Mount(type="tmpfs", target="/tmp", options=("mode=1777",)),),
     )
     cid = engine.create_container(spec)
@@ -253,8 +280,12 @@ def test_exec_as_user_with_stdin(engine, idle):
     io_ = Captured(stdin=b"piped input\n")
     try:
         code = engine.exec(
-            idle, ["sh", "-c", "id -un; pwd; echo $GREETING; tr a-z A-Z; echo oops >&2; exit 4"],
-            io_.stdio, user="user", workdir="/tmp", env={"GREETING": "hi"},
+            idle,
+            ["sh", "-c", "id -un; pwd; echo $GREETING; tr a-z A-Z; echo oops >&2; exit 4"],
+            io_.stdio,
+            user="user",
+            workdir="/tmp",
+            env={"GREETING": "hi"},
         )
         assert code == 4
         assert io_.out() == b"user\n/tmp\nhi\nPIPED INPUT\n"
@@ -288,8 +319,9 @@ def test_exec_with_a_tty(engine, idle):
 
 def test_pause_stop_and_kill(engine, home, image):
     cname = name(home, "life")
-    spec = ContainerSpec(name=cname, image=image, command=("sleep", "infinity"),
-                         labels=labels(home, "app"), network="none")
+    spec = ContainerSpec(
+        name=cname, image=image, command=("sleep", "infinity"), labels=labels(home, "app"), network="none"
+    )
     try:
         cid = engine.create_container(spec)
         engine.start(cid)
@@ -311,10 +343,15 @@ def test_named_network_is_joined(engine, home, image):
     io_ = Captured()
     try:
         net = engine.create_network(nname, labels(home, "net"))
-        cid = engine.create_container(ContainerSpec(
-            name=cname, image=image, command=("cat", "/proc/net/route"),
-            labels=labels(home, "app"), network=nname,
-        ))
+        cid = engine.create_container(
+            ContainerSpec(
+                name=cname,
+                image=image,
+                command=("cat", "/proc/net/route"),
+                labels=labels(home, "app"),
+                network=nname,
+            )
+        )
         assert engine.attach_and_start(cid, io_.stdio) == 0
         # The sandbox has a route for the network's subnet through eth0.
         subnet_hex = "".join(f"{int(b):02X}" for b in reversed(net.subnets[0].split("/")[0].split(".")))
@@ -363,8 +400,12 @@ def test_import_build_tag_and_commit(engine, home, image, tmp_path, image_refs):
     built_ref = image_refs("build")
     lines.clear()
     built_id = engine.build_image(
-        str(containerfile), str(context), built_ref, {"BASE": base_ref, "FLAVOUR": "spicy"},
-        {"qlite.template": "dk-test", "qlite.home": home.hash}, lines.append,
+        str(containerfile),
+        str(context),
+        built_ref,
+        {"BASE": base_ref, "FLAVOUR": "spicy"},
+        {"qlite.template": "dk-test", "qlite.home": home.hash},
+        lines.append,
     )
     built = engine.inspect_image(built_ref)
     assert built.id == built_id
@@ -377,14 +418,24 @@ def test_import_build_tag_and_commit(engine, home, image, tmp_path, image_refs):
     (context / "Containerfile").write_text("ARG BASE\nFROM $BASE\nCOPY greeting.txt /greeting.txt\n")
     copied_ref = image_refs("copy")
     copied_id = engine.build_image(
-        str(context / "Containerfile"), str(context), copied_ref, {"BASE": image}, {}, lines.append,
+        str(context / "Containerfile"),
+        str(context),
+        copied_ref,
+        {"BASE": image},
+        {},
+        lines.append,
     )
     cname = name(home, "copy")
     io_ = Captured()
     try:
-        cid = engine.create_container(ContainerSpec(
-            name=cname, image=copied_id, command=("cat", "/greeting.txt"), labels=labels(home, "app"),
-        ))
+        cid = engine.create_container(
+            ContainerSpec(
+                name=cname,
+                image=copied_id,
+                command=("cat", "/greeting.txt"),
+                labels=labels(home, "app"),
+            )
+        )
         assert engine.attach_and_start(cid, io_.stdio) == 0
         assert io_.out() == b"copied in\n"
     finally:
@@ -409,8 +460,12 @@ def test_commit_and_update_image(engine, home, image, image_refs):
     lab = labels(home, "template")
     update_name = f"qlite-{home.hash}-{QUBE}-update"
     new_id = engine.update_image(
-        image, ["/bin/sh", "-c", "echo updating; echo warning >&2; id -u"], ref, lab,
-        ["LABEL qlite.origin=update", f"LABEL qlite.parent={image}"], lines.append,
+        image,
+        ["/bin/sh", "-c", "echo updating; echo warning >&2; id -u"],
+        ref,
+        lab,
+        ["LABEL qlite.origin=update", f"LABEL qlite.parent={image}"],
+        lines.append,
     )
     assert lines == ["updating", "warning", "0"]  # ran as root, output streamed
     new = engine.inspect_image(ref)
@@ -419,15 +474,22 @@ def test_commit_and_update_image(engine, home, image, image_refs):
     assert engine.inspect_container(update_name) is None
 
     with pytest.raises(EngineError, match=r"template update failed \(exit 5\): broken"):
-        engine.update_image(image, ["/bin/sh", "-c", "echo broken; exit 5"], image_refs("failed"), lab, [],
-                            lines.append)
+        engine.update_image(
+            image, ["/bin/sh", "-c", "echo broken; exit 5"], image_refs("failed"), lab, [], lines.append
+        )
     assert engine.inspect_container(update_name) is None
 
     cname = name(home, "commit")
     try:
-        cid = engine.create_container(ContainerSpec(
-            name=cname, image=new_id, command=("true",), labels=labels(home, "app"), network="none",
-        ))
+        cid = engine.create_container(
+            ContainerSpec(
+                name=cname,
+                image=new_id,
+                command=("true",),
+                labels=labels(home, "app"),
+                network="none",
+            )
+        )
         committed = engine.commit(cid, image_refs("commit"), ["LABEL qlite.committed=yes"])
         assert engine.inspect_image(committed).labels["qlite.committed"] == "yes"
     finally:
@@ -438,8 +500,15 @@ def test_cli_disposable_through_docker_engine(home, sock):
     before = home.leftovers()
     env = {"QLITE_ENGINE": "docker", "QLITE_DOCKER_HOST": sock, "QLITE_DOCKER_RUNTIME": ""}
     proc = home.run(
-        "run", "--disposable", "--", "sh", "-c", "cat /proc/version; exit 3",
-        input=b"", check=False, env=env,
+        "run",
+        "--disposable",
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/version; exit 3",
+        input=b"",
+        check=False,
+        env=env,
     )
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout.startswith(GVISOR_KERNEL), proc.stdout
@@ -447,8 +516,7 @@ def test_cli_disposable_through_docker_engine(home, sock):
 
 
 def test_cli_reports_an_unreachable_docker_engine(home, tmp_path):
-    env = {"QLITE_ENGINE": "docker", "QLITE_DOCKER_HOST": f"unix://{tmp_path / 'no.sock'}",
-           "QLITE_DOCKER_RUNTIME": ""}
+    env = {"QLITE_ENGINE": "docker", "QLITE_DOCKER_HOST": f"unix://{tmp_path / 'no.sock'}", "QLITE_DOCKER_RUNTIME": ""}
     proc = home.run("run", "--disposable", "--", "true", input=b"", check=False, env=env)
     assert proc.returncode == 125
     assert b"cannot reach the Docker engine" in proc.stderr

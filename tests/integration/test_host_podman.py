@@ -25,10 +25,10 @@ def test_the_host_podman_lists_a_running_qubes_objects(home):
     try:
         home.run("start", "seen")
         name = f"qlite-{home.hash}-seen"
-        for args, expected in ((["ps", "-a"], name), (["network", "ls"], name),
-                               (["volume", "ls"], f"{name}-private")):
-            proc = host_podman(*args, "--filter", "label=qlite.qube=seen", "--format", "{{.Names}}"
-                               if args[0] == "ps" else "{{.Name}}")
+        for args, expected in ((["ps", "-a"], name), (["network", "ls"], name), (["volume", "ls"], f"{name}-private")):
+            proc = host_podman(
+                *args, "--filter", "label=qlite.qube=seen", "--format", "{{.Names}}" if args[0] == "ps" else "{{.Name}}"
+            )
             assert proc.returncode == 0, proc.stderr
             assert expected in proc.stdout.split(), (args, proc.stdout)
             # The host's podman knows qlite's runtime: no "OCI Runtime
@@ -49,8 +49,17 @@ def test_a_store_whose_podman_recorded_cni_still_uses_netavark(tmp_path):
     runroot = Path(tempfile.mkdtemp(prefix="qlite-rr-", dir="/run"))
     root.mkdir()
     (root / "defaultNetworkBackend").write_text("cni")
-    proc = host_podman("--root", str(root), "--runroot", str(runroot), "--storage-driver", "vfs",
-                       "info", "--format", "{{.Host.NetworkBackend}}")
+    proc = host_podman(
+        "--root",
+        str(root),
+        "--runroot",
+        str(runroot),
+        "--storage-driver",
+        "vfs",
+        "info",
+        "--format",
+        "{{.Host.NetworkBackend}}",
+    )
     try:
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "netavark"

@@ -34,13 +34,15 @@ def h2(hosts):
 
 
 def host_table(home) -> str:
-    return subprocess.run(["nft", "list", "table", "inet", f"qlite-{home.hash}"],
-                          capture_output=True, text=True).stdout
+    return subprocess.run(["nft", "list", "table", "inet", f"qlite-{home.hash}"], capture_output=True, text=True).stdout
 
 
 def netns_of(home, qube: str) -> str:
-    out = subprocess.run(["podman", "inspect", "--format", "{{.NetworkSettings.SandboxKey}}",
-                          f"qlite-{home.hash}-{qube}"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["podman", "inspect", "--format", "{{.NetworkSettings.SandboxKey}}", f"qlite-{home.hash}-{qube}"],
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip()
 
 
@@ -53,7 +55,7 @@ def serve_in_qube(home, qube: str, port: int) -> None:
         "while True:\n"
         "    c,_=s.accept(); c.sendall(b'hello qube\\n'); c.close()\n"
     )
-    home.run("run", qube, "--", "sh", "-c", f"nohup python3 -c \"{script}\" >/dev/null 2>&1 &")
+    home.run("run", qube, "--", "sh", "-c", f'nohup python3 -c "{script}" >/dev/null 2>&1 &')
     for _ in range(50):  # bounded: until it listens
         if probe(home, qube, [("127.0.0.1", port)])[f"127.0.0.1:{port}"] == "hello qube":
             return
@@ -101,9 +103,16 @@ def test_offline_qube_has_no_route(home, h1):
         assert row["netvm"] is None and row["netpath"] == "none"
         # Loopback only, and it works.
         serve_in_qube(home, "off", 7100)
-        out = home.run("run", "--dvm", "dvm-loop", "--", "python3", "-c",
-                       "import socket;s=socket.socket();s.bind(('127.0.0.1',7101));s.listen();"
-                       "c=socket.create_connection(('127.0.0.1',7101),2);print('loopback ok')").stdout
+        out = home.run(
+            "run",
+            "--dvm",
+            "dvm-loop",
+            "--",
+            "python3",
+            "-c",
+            "import socket;s=socket.socket();s.bind(('127.0.0.1',7101));s.listen();"
+            "c=socket.create_connection(('127.0.0.1',7101),2);print('loopback ok')",
+        ).stdout
         assert out == "loopback ok\n"
     finally:
         home.run("remove", "--force", "off", "dvm-loop")
@@ -116,19 +125,21 @@ def test_firewall_allows_and_denies_by_host_and_port(home, h1, h2, hosts):
     h3 = hosts.new().listen(8001)
     home.run("create", "fw", "--label", "orange")
     try:
-        targets = [(h1.address, 8001), (h1.address, 8002), (h2.address, 8001), (h2.address, 8002),
-                   (h3.address, 8001)]
+        targets = [(h1.address, 8001), (h1.address, 8002), (h2.address, 8001), (h2.address, 8002), (h3.address, 8001)]
         assert set(probe(home, "fw", targets).values()) == {"hello 8001", "hello 8002"}
 
         home.run("firewall", "fw", "reset")
-        home.run("firewall", "fw", "add", "accept", f"dsthost={h1.address}", "proto=tcp", "dstports=8001",
-                 "--before", "0")
+        home.run(
+            "firewall", "fw", "add", "accept", f"dsthost={h1.address}", "proto=tcp", "dstports=8001", "--before", "0"
+        )
         home.run("firewall", "fw", "add", "action=accept", f"dsthost={h2.address}/32", "--before", "1")
         home.run("firewall", "fw", "add", "drop", "--before", "2")  # before the default accept
         out = probe(home, "fw", targets)
         assert out == {
-            f"{h1.address}:8001": "hello 8001", f"{h1.address}:8002": "blocked",
-            f"{h2.address}:8001": "hello 8001", f"{h2.address}:8002": "hello 8002",
+            f"{h1.address}:8001": "hello 8001",
+            f"{h1.address}:8002": "blocked",
+            f"{h2.address}:8001": "hello 8001",
+            f"{h2.address}:8002": "hello 8002",
             f"{h3.address}:8001": "blocked",
         }
 
@@ -161,8 +172,13 @@ def test_rules_round_trip_through_list_json(home):
         for i, words in enumerate(given):
             home.run("firewall", "rt", "add", "--before", str(i), *words)
         listed = home.json("firewall", "rt", "list")
-        assert listed[0] == {"action": "accept", "dsthost": "198.18.0.0/15", "proto": "tcp",
-                             "dstports": "1000-2000", "comment": "test range"}
+        assert listed[0] == {
+            "action": "accept",
+            "dsthost": "198.18.0.0/15",
+            "proto": "tcp",
+            "dstports": "1000-2000",
+            "comment": "test range",
+        }
         assert listed[1] == {"action": "drop", "proto": "icmp", "icmptype": 8}
         assert listed[2] == {"action": "accept", "specialtarget": "dns"}
         assert listed[3] == {"action": "drop", "dsthost": "localhost", "proto": "udp", "dstports": "53"}
@@ -181,21 +197,24 @@ def test_rules_round_trip_through_list_json(home):
         home.run("remove", "--force", "rt")
 
 
-@pytest.mark.parametrize("words, fragment", [
-    (["permit"], "bad rule word"),
-    (["action=maybe"], "action must be accept or drop"),
-    (["accept", "dsthost=10.0.0.1/8"], "not a valid address"),
-    (["accept", "dsthost=-x-"], "not an address"),
-    (["accept", "proto=sctp"], "proto must be"),
-    (["accept", "dstports=80"], "needs proto=tcp"),
-    (["accept", "proto=tcp", "dstports=0"], "1 to 65535"),
-    (["accept", "proto=tcp", "dstports=90-80"], "1 to 65535"),
-    (["accept", "icmptype=8"], "needs proto=icmp"),
-    (["accept", "specialtarget=dns", "dsthost=1.2.3.4"], "cannot be combined"),
-    (["accept", "expire=1"], "in the past"),
-    (["accept", "colour=red"], "unknown rule field"),
-    (["accept", "dsthost=no-such-host.invalid"], "cannot resolve"),
-])
+@pytest.mark.parametrize(
+    "words, fragment",
+    [
+        (["permit"], "bad rule word"),
+        (["action=maybe"], "action must be accept or drop"),
+        (["accept", "dsthost=10.0.0.1/8"], "not a valid address"),
+        (["accept", "dsthost=-x-"], "not an address"),
+        (["accept", "proto=sctp"], "proto must be"),
+        (["accept", "dstports=80"], "needs proto=tcp"),
+        (["accept", "proto=tcp", "dstports=0"], "1 to 65535"),
+        (["accept", "proto=tcp", "dstports=90-80"], "1 to 65535"),
+        (["accept", "icmptype=8"], "needs proto=icmp"),
+        (["accept", "specialtarget=dns", "dsthost=1.2.3.4"], "cannot be combined"),
+        (["accept", "expire=1"], "in the past"),
+        (["accept", "colour=red"], "unknown rule field"),
+        (["accept", "dsthost=no-such-host.invalid"], "cannot resolve"),
+    ],
+)
 def test_bad_rules_are_rejected_and_nothing_is_applied(home, words, fragment):
     if not any(r["name"] == "bad" for r in home.json("ls")):
         home.run("create", "bad", "--label", "gray")
@@ -238,8 +257,7 @@ def test_rules_that_cannot_be_applied_leave_the_qube_offline(home, h1):
         home.run("start", "fc")
         assert probe(home, "fc", [(h1.address, 8001)])[f"{h1.address}:8001"] == "hello 8001"
         # A rule change that cannot be loaded keeps the previous rules.
-        bad = home.run("firewall", "fc", "add", "drop", "--before", "0", check=False,
-                       env={"QLITE_NFT": "/bin/false"})
+        bad = home.run("firewall", "fc", "add", "drop", "--before", "0", check=False, env={"QLITE_NFT": "/bin/false"})
         assert bad.returncode == 125 and "nftables" in bad.stderr
         assert home.json("firewall", "fc", "list") == [{"action": "accept"}]
         assert probe(home, "fc", [(h1.address, 8001)])[f"{h1.address}:8001"] == "hello 8001"
@@ -296,8 +314,9 @@ def test_gateway_routes_sees_and_filters_its_clients_traffic(home, h1, h2):
         assert len(h1.connections()) == before + 1
         # The gateway's namespace carried it: its conntrack table has the flow.
         gw_ns = netns_of(home, "gw")
-        conntrack = subprocess.run(["nsenter", f"--net={gw_ns}", "cat", "/proc/net/nf_conntrack"],
-                                   capture_output=True, text=True).stdout
+        conntrack = subprocess.run(
+            ["nsenter", f"--net={gw_ns}", "cat", "/proc/net/nf_conntrack"], capture_output=True, text=True
+        ).stdout
         assert f"src={cl_ip} dst={h1.address}" in conntrack
 
         # An app in the gateway takes part: the client reaches it on its link.
@@ -306,8 +325,9 @@ def test_gateway_routes_sees_and_filters_its_clients_traffic(home, h1, h2):
         assert probe(home, "cl", [(gw_addr, 3128)])[f"{gw_addr}:3128"] == "hello qube"
 
         # The client's own rules are enforced in the gateway's namespace...
-        home.run("firewall", "cl", "add", "drop", f"dsthost={h1.address}", "proto=tcp", "dstports=8002",
-                 "--before", "0")
+        home.run(
+            "firewall", "cl", "add", "drop", f"dsthost={h1.address}", "proto=tcp", "dstports=8002", "--before", "0"
+        )
         out = probe(home, "cl", [(h1.address, 8001), (h1.address, 8002)])
         assert out == {f"{h1.address}:8001": "hello 8001", f"{h1.address}:8002": "blocked"}
         # ...and the gateway's rules cover what it forwards.
@@ -352,13 +372,19 @@ def test_disposable_behind_a_gateway(home, h1):
     home.run("create", "gw2", "--label", "orange", "--prop", "provides_network=True")
     home.run("create", "dvm-gw", "--label", "red", "--netvm", "gw2", "--prop", "template_for_dispvms=True")
     try:
-        out = home.run("run", "--dvm", "dvm-gw", "--", "python3", "-c",
-                       f"import socket;print(socket.create_connection(('{h1.address}',8001),timeout=3).recv(20))")
+        out = home.run(
+            "run",
+            "--dvm",
+            "dvm-gw",
+            "--",
+            "python3",
+            "-c",
+            f"import socket;print(socket.create_connection(('{h1.address}',8001),timeout=3).recv(20))",
+        )
         assert "hello 8001" in out.stdout
         assert not home.disposable_leftovers()["networks"]
         ns = netns_of(home, "gw2")
-        links = subprocess.run(["nsenter", f"--net={ns}", "ip", "-o", "link"], capture_output=True,
-                               text=True).stdout
+        links = subprocess.run(["nsenter", f"--net={ns}", "ip", "-o", "link"], capture_output=True, text=True).stdout
         names = [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()]
         assert names == ["lo", "eth0"], names  # the disposable's link left with it
     finally:

@@ -13,8 +13,11 @@ WAIT_S = 60
 
 
 def ready(home, dvm: str = "default-dvm") -> list[str]:
-    return sorted(r["name"] for r in home.json("ls")
-                  if r["class"] == "DispVM" and "preloaded" in r["tags"] and r["state"] == "Running")
+    return sorted(
+        r["name"]
+        for r in home.json("ls")
+        if r["class"] == "DispVM" and "preloaded" in r["tags"] and r["state"] == "Running"
+    )
 
 
 def wait_ready(home, n: int, dvm: str = "default-dvm") -> list[str]:
@@ -50,8 +53,16 @@ def test_the_daemon_keeps_the_pool_full_and_a_member_serves_one_command(pool):
     assert all(r["usage"] is None for r in rows.values() if r["state"] != "Running")
     listing = {line.split()[0]: line.split()[1] for line in pool.run("ls").stdout.splitlines()[1:]}
     assert all(listing[name] == "Preloaded" for name in members)
-    proc = pool.run("run", "--disposable", "--", "sh", "-c", "echo $QLITE_QUBE; id -un; pwd; cat; exit 5",
-                    input="from stdin\n", check=False)
+    proc = pool.run(
+        "run",
+        "--disposable",
+        "--",
+        "sh",
+        "-c",
+        "echo $QLITE_QUBE; id -un; pwd; cat; exit 5",
+        input="from stdin\n",
+        check=False,
+    )
     assert proc.returncode == 5, proc.stderr
     name, user, cwd, line = proc.stdout.splitlines()
     assert name in members and (user, cwd, line) == ("user", "/home/user", "from stdin")
@@ -92,8 +103,11 @@ def test_a_killed_claimant_leaves_nothing_behind(pool):
     deadline = time.monotonic() + WAIT_S
     claimed = None
     while claimed is None and time.monotonic() < deadline:
-        rows = [r for r in pool.json("ls") if r["class"] == "DispVM" and "preloaded" not in r["tags"]
-                and "spent" not in r["tags"]]
+        rows = [
+            r
+            for r in pool.json("ls")
+            if r["class"] == "DispVM" and "preloaded" not in r["tags"] and "spent" not in r["tags"]
+        ]
         claimed = rows[0]["name"] if rows else None
         time.sleep(0.2)
     assert claimed is not None

@@ -121,8 +121,15 @@ def test_tty_exec_in_a_running_qube(home, work):
     qlite under script(1) so that it has one."""
     inner = "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; exit 6"
     cmd = f"{shlex.quote(sys.executable)} -m qlite run -t {work} -- sh -c '{inner}'"
-    proc = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True,
-                          env=home.env, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"],
+        capture_output=True,
+        text=True,
+        env=home.env,
+        timeout=120,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
     assert "is-a-tty" in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode == 6
 
@@ -142,8 +149,7 @@ def test_a_command_in_a_running_qube_goes_straight_to_runsc(home, work):
     rather than through a podman exec session; a terminal still uses podman."""
     home.run("start", work, "--skip-if-running")
     before = podman_execs(home)
-    proc = home.run("run", work, "--", "sh", "-c", "id -un; pwd; echo $HOME; cat; exit 9", input="in\n",
-                    check=False)
+    proc = home.run("run", work, "--", "sh", "-c", "id -un; pwd; echo $HOME; cat; exit 9", input="in\n", check=False)
     assert (proc.returncode, proc.stdout) == (9, "user\n/home/user\n/home/user\nin\n")
     assert home.run("run", "-u", "root", work, "--", "sh", "-c", "id -un; pwd").stdout == "root\n/\n"
     missing = home.run("run", work, "--", "/no/such/program", check=False)
@@ -183,8 +189,10 @@ def test_network_follows_netvm(home):
         home.run("shutdown", "offline")
         home.run("prefs", "offline", "netvm", "dom0")
         assert "eth0" in home.run("run", "offline", "--", "cat", "/proc/net/dev").stdout
-        assert home.leftovers()["networks"] == [f"qlite-{home.hash}-offline"] or \
-            f"qlite-{home.hash}-offline" in home.leftovers()["networks"]
+        assert (
+            home.leftovers()["networks"] == [f"qlite-{home.hash}-offline"]
+            or f"qlite-{home.hash}-offline" in home.leftovers()["networks"]
+        )
     finally:
         home.run("remove", "--force", "offline")
     assert f"qlite-{home.hash}-offline" not in home.leftovers()["networks"]
@@ -193,12 +201,15 @@ def test_network_follows_netvm(home):
 def test_engine_objects_carry_the_contract_labels(home, work):
     home.run("start", "--skip-if-running", work)
     ctr = f"qlite-{home.hash}-{work}"
-    fmt = "{{index .Config.Labels \"qlite.qube\"}} {{index .Config.Labels \"qlite.kind\"}} " \
-          "{{index .Config.Labels \"qlite.home\"}} {{.OCIRuntime}}"
+    fmt = (
+        '{{index .Config.Labels "qlite.qube"}} {{index .Config.Labels "qlite.kind"}} '
+        '{{index .Config.Labels "qlite.home"}} {{.OCIRuntime}}'
+    )
     out = subprocess.run(["podman", "inspect", "--format", fmt, ctr], capture_output=True, text=True).stdout.split()
     assert out == [work, "app", home.hash, "qlite-runsc"]
-    vol = subprocess.run(["podman", "volume", "inspect", "--format", "{{.Labels}}", f"{ctr}-private"],
-                         capture_output=True, text=True).stdout
+    vol = subprocess.run(
+        ["podman", "volume", "inspect", "--format", "{{.Labels}}", f"{ctr}-private"], capture_output=True, text=True
+    ).stdout
     assert f"qlite.qube:{work}" in vol and "qlite.kind:private" in vol and f"qlite.home:{home.hash}" in vol
 
 
@@ -269,10 +280,13 @@ def test_concurrent_writers_do_not_corrupt_the_state(home):
     """Several qlite processes at once (as the CLI, the TUI and the daemon
     will be): every write lands and the store stays consistent."""
     names = [f"par{i}" for i in range(6)]
-    procs = [home.popen("create", n, "--label", "yellow", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for n in names]
-    procs += [home.popen("features", "default-dvm", f"x-par{i}", str(i), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE) for i in range(6)]
+    procs = [
+        home.popen("create", n, "--label", "yellow", stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in names
+    ]
+    procs += [
+        home.popen("features", "default-dvm", f"x-par{i}", str(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for i in range(6)
+    ]
     for p in procs:
         _out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err

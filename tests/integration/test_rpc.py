@@ -51,8 +51,7 @@ def wait_for_ask(home, timeout: float = 30) -> dict:
 
 
 def in_background(home, qube: str, script: str) -> subprocess.Popen:
-    return home.popen("run", qube, "--", "sh", "-c", script, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                      text=True)
+    return home.popen("run", qube, "--", "sh", "-c", script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def audit(home) -> list[dict]:
@@ -125,8 +124,7 @@ def test_open_in_dvm_works_out_of_the_box(rpc):
     default-dvm: the file is shown on the caller's terminal (stderr), and
     the call succeeds with no terminal at all."""
     home = rpc
-    assert home.run("run", "default-dvm", "--", "test", "-e", ".config/qlite/open-program",
-                    check=False).returncode == 1
+    assert home.run("run", "default-dvm", "--", "test", "-e", ".config/qlite/open-program", check=False).returncode == 1
     home.run("run", "work", "--", "sh", "-c", "printf 'line one\\nline two\\n' > notes.txt")
     proc = home.run("run", "work", "--", "qlite-open-in-dvm", "notes.txt", input="")
     assert "notes.txt (shown as text" in proc.stderr and "line one\nline two\n" in proc.stderr
@@ -138,14 +136,22 @@ def test_open_in_dvm_writes_the_edit_back(rpc):
     home = rpc
     # (In --view-only mode the file is read-only there, so the edit fails.)
     program = "sh -c 'echo edited-in-$(hostname) >> \"$1\" || true' edit"
-    home.run("run", "default-dvm", "--", "sh", "-c", "mkdir -p ~/.config/qlite && cat > ~/.config/qlite/open-program",
-             input=program + "\n")
+    home.run(
+        "run",
+        "default-dvm",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p ~/.config/qlite && cat > ~/.config/qlite/open-program",
+        input=program + "\n",
+    )
     home.run("shutdown", "default-dvm")
     home.run("run", "work", "--", "sh", "-c", "echo original > doc.txt")
     out = home.run("run", "work", "--", "sh", "-c", "qlite-open-in-dvm doc.txt; echo rc=$?; cat doc.txt").stdout
     assert "rc=0" in out and "original\nedited-in-disp" in out
-    view = home.run("run", "work", "--", "sh", "-c",
-                    "qlite-open-in-dvm --view-only doc.txt; echo rc=$?; cat doc.txt").stdout
+    view = home.run(
+        "run", "work", "--", "sh", "-c", "qlite-open-in-dvm --view-only doc.txt; echo rc=$?; cat doc.txt"
+    ).stdout
     assert "rc=0" in view and view.count("edited-in-disp") == 1  # nothing written back
     # The disposables went with their calls.
     assert not any(r["class"] == "DispVM" for r in home.json("ls"))
@@ -179,15 +185,24 @@ def test_service_gets_its_environment_and_stdio(rpc):
     admin_policy(home, "30-test.policy", "test.Echo +hello work vault allow user=root\n")
     service = (
         "#!/bin/sh\n"
-        "echo \"from=$QREXEC_REMOTE_DOMAIN arg=$QREXEC_SERVICE_ARGUMENT full=$QREXEC_SERVICE_FULL_NAME "
-        "user=$(id -un)\"\ntr a-z A-Z\necho to-stderr >&2\nexit 7\n"
+        'echo "from=$QREXEC_REMOTE_DOMAIN arg=$QREXEC_SERVICE_ARGUMENT full=$QREXEC_SERVICE_FULL_NAME '
+        'user=$(id -un)"\ntr a-z A-Z\necho to-stderr >&2\nexit 7\n'
     )
-    home.run("run", "-u", "root", "vault", "--", "sh", "-c",
-             "mkdir -p /run/qubes-rpc && cat > /run/qubes-rpc/test.Echo && chmod 755 /run/qubes-rpc/test.Echo",
-             input=service)
+    home.run(
+        "run",
+        "-u",
+        "root",
+        "vault",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /run/qubes-rpc && cat > /run/qubes-rpc/test.Echo && chmod 755 /run/qubes-rpc/test.Echo",
+        input=service,
+    )
     try:
-        proc = home.run("run", "work", "--", "qrexec-client-vm", "vault", "test.Echo+hello", input="quiet\n",
-                        check=False)
+        proc = home.run(
+            "run", "work", "--", "qrexec-client-vm", "vault", "test.Echo+hello", input="quiet\n", check=False
+        )
         assert proc.returncode == 7
         assert proc.stdout == "from=work arg=hello full=test.Echo+hello user=root\nQUIET\n"
         assert "to-stderr" in proc.stderr
@@ -238,8 +253,9 @@ def test_spoofing_and_malformed_frames_are_refused_and_the_broker_goes_on(rpc):
     admin_policy(home, "30-test.policy", "test.Spoof * vault @default allow target=dom0\n")
     try:
         # vault may make this call (dom0 has no such service: 127)...
-        assert home.run("run", "vault", "--", "qrexec-client-vm", "@default", "test.Spoof",
-                        check=False).returncode == 127
+        assert (
+            home.run("run", "vault", "--", "qrexec-client-vm", "@default", "test.Spoof", check=False).returncode == 127
+        )
         out = json.loads(home.run("run", "work", "--", "python3", "-c", SPOOF).stdout)
         # ...work, claiming to be vault, is still work, and work may not.
         kind, payload = out["spoof"][0]
@@ -278,8 +294,16 @@ def test_a_broken_policy_denies_every_call_and_lint_says_where(rpc):
 
 def test_vmshell_in_a_disposable_and_getdate(rpc):
     home = rpc
-    out = home.run("run", "work", "--", "qrexec-client-vm", "@dispvm", "qubes.VMShell",
-                   input="hostname; id -un; exit 3\n", check=False)
+    out = home.run(
+        "run",
+        "work",
+        "--",
+        "qrexec-client-vm",
+        "@dispvm",
+        "qubes.VMShell",
+        input="hostname; id -un; exit 3\n",
+        check=False,
+    )
     assert out.returncode == 3
     name, user = out.stdout.split()
     assert name.startswith("disp") and user == "user"
@@ -298,13 +322,19 @@ def test_connect_tcp_reaches_a_port_in_another_qube(rpc):
     home = rpc
     admin_policy(home, "30-tcp.policy", "qubes.ConnectTCP +8444 work vault allow\n")
     try:
-        home.run("run", "vault", "--", "sh", "-c",
-                 "nohup python3 -c \"import socket\ns=socket.socket();s.bind(('127.0.0.1',8444));s.listen(4)\n"
-                 "while True:\n    c,_=s.accept();c.sendall(b'vault says hi\\n');c.close()\" >/dev/null 2>&1 &")
+        home.run(
+            "run",
+            "vault",
+            "--",
+            "sh",
+            "-c",
+            "nohup python3 -c \"import socket\ns=socket.socket();s.bind(('127.0.0.1',8444));s.listen(4)\n"
+            "while True:\n    c,_=s.accept();c.sendall(b'vault says hi\\n');c.close()\" >/dev/null 2>&1 &",
+        )
         script = (
             "qlite-connect-tcp 9444:vault:8444 >/dev/null 2>&1 & pid=$!; "
             "for i in $(seq 50); do python3 -c \"import socket,sys;s=socket.create_connection(('127.0.0.1',9444),1);"
-            "d=s.recv(64).decode().strip();print(d);sys.exit(0 if d else 1)\" 2>/dev/null && break; sleep 0.2; done;"
+            'd=s.recv(64).decode().strip();print(d);sys.exit(0 if d else 1)" 2>/dev/null && break; sleep 0.2; done;'
             "kill $pid"
         )
         assert "vault says hi" in home.run("run", "work", "--", "sh", "-c", script).stdout
@@ -338,9 +368,15 @@ def test_every_decision_is_in_the_audit_log(rpc):
     home = rpc
     home.run("run", "work", "--", "qrexec-client-vm", "@default", "qubes.GetDate")  # allow, done
     home.run("run", "work", "--", "qrexec-client-vm", "vault", "qubes.VMShell", check=False)  # deny
-    home.run("run", "work", "--", "python3", "-c",  # error: a bad first frame
-             "import socket;s=socket.socket(socket.AF_UNIX);s.connect('/run/qlite/rpc.sock');"
-             "s.sendall(bytes([9,0,0,0,0]));s.recv(100)")
+    home.run(
+        "run",
+        "work",
+        "--",
+        "python3",
+        "-c",  # error: a bad first frame
+        "import socket;s=socket.socket(socket.AF_UNIX);s.connect('/run/qlite/rpc.sock');"
+        "s.sendall(bytes([9,0,0,0,0]));s.recv(100)",
+    )
     p = in_background(home, "work", "echo z > q.txt; qlite-copy-to-vm vault q.txt")  # asking
     home.run("policy", "ask", str(wait_for_ask(home)["id"]), "deny")
     p.communicate(timeout=60)

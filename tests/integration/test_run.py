@@ -48,8 +48,9 @@ def read_line(stream, timeout: float = 60) -> bytes:
     return stream.readline()
 
 
-def interrupt(p: subprocess.Popen, sig: int = signal.SIGINT, group: bool = False,
-              timeout: float = 30) -> tuple[int, float]:
+def interrupt(
+    p: subprocess.Popen, sig: int = signal.SIGINT, group: bool = False, timeout: float = 30
+) -> tuple[int, float]:
     """Send SIG to qlite (or, as a terminal's Ctrl-C does, to its whole
     process group); its exit code and how long it took to end."""
     start = time.monotonic()
@@ -90,8 +91,14 @@ def started(home, *args: str, **kw) -> subprocess.Popen:
 
 def under_script(home, command: str) -> subprocess.Popen:
     """qlite with a terminal: COMMAND under script(1)."""
-    return subprocess.Popen(["script", "-qec", command, "/dev/null"], env=home.env, cwd=REPO,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        ["script", "-qec", command, "/dev/null"],
+        env=home.env,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 QLITE = f"{shlex.quote(sys.executable)} -m qlite"
@@ -138,7 +145,7 @@ def test_a_command_that_runs_keeps_its_own_exit_code(home, work):
 
 
 def test_ctrl_c_stops_the_command_in_an_app_qube(home, work):
-    p = started(home, "run", work, "--", "sh", "-c", f"echo \"started $QLITE_QUBE\"; {MARK}")
+    p = started(home, "run", work, "--", "sh", "-c", f'echo "started $QLITE_QUBE"; {MARK}')
     code, took = interrupt(p)
     assert code == 128 + signal.SIGINT and took < 5
     assert left_in(home, work) == []
@@ -147,8 +154,16 @@ def test_ctrl_c_stops_the_command_in_an_app_qube(home, work):
 def test_ctrl_c_from_a_terminal_reaches_the_whole_command(home, work):
     """A terminal sends SIGINT to qlite's process group: the command (a
     shell and its child) stops, and qlite's own helpers do not die first."""
-    p = started(home, "run", work, "--", "sh", "-c", f"echo \"started $QLITE_QUBE\"; {MARK}; echo not-reached",
-                start_new_session=True)
+    p = started(
+        home,
+        "run",
+        work,
+        "--",
+        "sh",
+        "-c",
+        f'echo "started $QLITE_QUBE"; {MARK}; echo not-reached',
+        start_new_session=True,
+    )
     code, took = interrupt(p, group=True)
     assert code == 128 + signal.SIGINT and took < 5
     assert b"not-reached" not in p.stdout.read()
@@ -156,8 +171,9 @@ def test_ctrl_c_from_a_terminal_reaches_the_whole_command(home, work):
 
 
 def test_a_command_that_handles_ctrl_c_exits_as_it_chooses(home, work):
-    p = started(home, "run", work, "--", "sh", "-c",
-                f"trap 'echo cleaned up; exit 3' INT; echo \"started $QLITE_QUBE\"; {MARK}")
+    p = started(
+        home, "run", work, "--", "sh", "-c", f"trap 'echo cleaned up; exit 3' INT; echo \"started $QLITE_QUBE\"; {MARK}"
+    )
     code, took = interrupt(p)
     assert code == 3 and took < 5
     assert p.stdout.read() == b"cleaned up\n"  # its output after the interrupt still arrives
@@ -186,13 +202,20 @@ def test_ctrl_c_with_a_terminal(home, work):
 
 
 def test_ctrl_c_stops_the_command_in_a_new_disposable(home):
-    p = started(home, "run", "--disposable", "--", "sh", "-c",
-                f"trap 'echo bye; exit 4' INT; echo \"started $QLITE_QUBE\"; {MARK}")
+    p = started(
+        home,
+        "run",
+        "--disposable",
+        "--",
+        "sh",
+        "-c",
+        f"trap 'echo bye; exit 4' INT; echo \"started $QLITE_QUBE\"; {MARK}",
+    )
     code, took = interrupt(p)
     assert code == 4 and took < 10
     assert p.stdout.read() == b"bye\n"
     assert disposables(home) == [] and not any(home.disposable_leftovers().values())
-    p = started(home, "run", "--disposable", "--", "sh", "-c", f"echo \"started $QLITE_QUBE\"; {MARK}")
+    p = started(home, "run", "--disposable", "--", "sh", "-c", f'echo "started $QLITE_QUBE"; {MARK}')
     code, took = interrupt(p)
     assert code == 128 + signal.SIGINT and took < 10
     assert disposables(home) == [] and not any(home.disposable_leftovers().values())
@@ -217,8 +240,9 @@ def pool(home):
 def wait_preloaded(home) -> str:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        ready = [r["name"] for r in home.json("ls") if r["class"] == "DispVM" and r["preloaded"]
-                 and r["state"] == "Running"]
+        ready = [
+            r["name"] for r in home.json("ls") if r["class"] == "DispVM" and r["preloaded"] and r["state"] == "Running"
+        ]
         if ready:
             return ready[0]
         time.sleep(0.3)

@@ -67,8 +67,9 @@ def in_work(home, script: str, **kw) -> subprocess.Popen:
 
 
 def host_gpg(gnupghome, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["gpg", "--homedir", str(gnupghome), "--batch", "--no-tty", *args], input=input,
-                          capture_output=True, timeout=60)
+    return subprocess.run(
+        ["gpg", "--homedir", str(gnupghome), "--batch", "--no-tty", *args], input=input, capture_output=True, timeout=60
+    )
 
 
 def test_the_vault_is_offline_and_holds_the_secret_key(gpg):
@@ -139,9 +140,22 @@ def test_commit_signed_in_the_client_verifies_on_the_host(gpg):
     tar = home.run("run", "work", "--", "tar", "-C", "repo", "-c", ".", input=b"").stdout
     checkout = gpg["gnupghome"].parent / "repo"
     tarfile.open(fileobj=io.BytesIO(tar)).extractall(checkout)
-    verify = subprocess.run(["git", "-c", f"safe.directory={checkout}", "-c", "gpg.program=gpg", "-C", str(checkout),
-                             "verify-commit", "HEAD"], capture_output=True, text=True,
-                            env={**os.environ, "GNUPGHOME": str(gpg["gnupghome"])})
+    verify = subprocess.run(
+        [
+            "git",
+            "-c",
+            f"safe.directory={checkout}",
+            "-c",
+            "gpg.program=gpg",
+            "-C",
+            str(checkout),
+            "verify-commit",
+            "HEAD",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GNUPGHOME": str(gpg["gnupghome"])},
+    )
     assert verify.returncode == 0, verify.stderr
     assert f"using EDDSA key {fpr}" in verify.stderr and "Good signature" in verify.stderr
 
@@ -149,8 +163,7 @@ def test_commit_signed_in_the_client_verifies_on_the_host(gpg):
 def test_encrypted_message_is_decrypted_for_the_client(gpg):
     home, fpr = gpg["home"], gpg["fpr"]
     host_gpg(gpg["gnupghome"], "--import", input=home.run("splitgpg", "export", "vault", fpr).stdout.encode())
-    enc = host_gpg(gpg["gnupghome"], "--trust-model", "always", "-a", "-e", "-r", fpr,
-                   input=b"for the vault's eyes\n")
+    enc = host_gpg(gpg["gnupghome"], "--trust-model", "always", "-a", "-e", "-r", fpr, input=b"for the vault's eyes\n")
     assert enc.returncode == 0, enc.stderr
     p = in_work(home, "qlite-gpg -d", stdin=subprocess.PIPE)
     out, err = finish_approving(home, p, enc.stdout)
@@ -183,11 +196,23 @@ def test_after_the_window_the_next_use_asks_again_and_a_no_fails_clearly(gpg):
     assert any("auto-accepted" in r.get("reason", "") for r in records)
 
 
-@pytest.mark.parametrize("args", [
-    ["--export-secret-keys"], ["--export-secret-subkeys"], ["--gen-key"], ["--quick-gen-key", "x"],
-    ["--edit-key", "x"], ["--delete-secret-keys", "x"], ["--import"], ["--homedir", "/tmp"],
-    ["--clear"], ["--export-secret-k"], ["--output", "x", "-s"], ["--command-fd", "0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--export-secret-keys"],
+        ["--export-secret-subkeys"],
+        ["--gen-key"],
+        ["--quick-gen-key", "x"],
+        ["--edit-key", "x"],
+        ["--delete-secret-keys", "x"],
+        ["--import"],
+        ["--homedir", "/tmp"],
+        ["--clear"],
+        ["--export-secret-k"],
+        ["--output", "x", "-s"],
+        ["--command-fd", "0"],
+    ],
+)
 def test_forbidden_options_are_refused_by_the_client(gpg, args):
     proc = gpg["home"].run("run", "work", "--", "qlite-gpg", *args, check=False)
     assert proc.returncode == 2
@@ -217,8 +242,11 @@ def test_the_client_never_holds_secret_key_material(gpg):
     packet = first_packet(secret, tag=5)
     needle = packet[-34:-2]
     # The client's private volume, on the host...
-    volume = subprocess.run(["podman", "volume", "inspect", "--format", "{{.Mountpoint}}",
-                             f"qlite-{home.hash}-work-private"], capture_output=True, text=True).stdout.strip()
+    volume = subprocess.run(
+        ["podman", "volume", "inspect", "--format", "{{.Mountpoint}}", f"qlite-{home.hash}-work-private"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     for root, _dirs, files in os.walk(volume):
         for name in files:
             path = os.path.join(root, name)
@@ -255,13 +283,13 @@ def first_packet(data: bytes, tag: int) -> bytes:
         assert head & 0x3F == tag
         first = data[1]
         if first < 192:
-            return data[2:2 + first]
+            return data[2 : 2 + first]
         if first < 224:
             length = ((first - 192) << 8) + data[2] + 192
-            return data[3:3 + length]
+            return data[3 : 3 + length]
         length = int.from_bytes(data[2:6], "big")
-        return data[6:6 + length]
+        return data[6 : 6 + length]
     assert (head >> 2) & 0x0F == tag
     size = {0: 1, 1: 2, 2: 4}[head & 3]
-    length = int.from_bytes(data[1:1 + size], "big")
-    return data[1 + size:1 + size + length]
+    length = int.from_bytes(data[1 : 1 + size], "big")
+    return data[1 + size : 1 + size + length]

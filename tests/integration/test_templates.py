@@ -34,14 +34,13 @@ def share(home):
     tdir = root / "images" / name
     tdir.mkdir()
     (tdir / "Containerfile").write_text(
-        f"FROM {base_image}\n"
-        "RUN echo built > /etc/qtest-marker\n"
-        'LABEL qlite.update="date +%s%N > /etc/qtest-updated"\n'
+        f'FROM {base_image}\nRUN echo built > /etc/qtest-marker\nLABEL qlite.update="date +%s%N > /etc/qtest-updated"\n'
     )
     yield name, root
     shutil.rmtree(root, ignore_errors=True)
-    images = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"],
-                            capture_output=True, text=True).stdout.split()
+    images = subprocess.run(
+        ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True
+    ).stdout.split()
     for ref in images:
         if ref.startswith(f"localhost/qlite/{name}:") or ref.startswith(f"localhost/qlite-cache/stage-{name}:"):
             subprocess.run(["podman", "rmi", "-f", ref], capture_output=True)
@@ -98,8 +97,9 @@ def test_template_lifecycle(home, share):
 
 
 def template_images(name: str) -> list[str]:
-    proc = subprocess.run(["podman", "images", "-a", "-q", "--filter", f"label=qlite.template={name}"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["podman", "images", "-a", "-q", "--filter", f"label=qlite.template={name}"], capture_output=True, text=True
+    )
     return proc.stdout.split()
 
 
@@ -159,7 +159,10 @@ def test_an_update_with_nothing_to_upgrade_makes_no_revision(home, share):
             assert (result["revision"], result["updated"]) == (rev["current_revision"], False)
             now = next(t for t in home.json("template", "list") if t["name"] == name)
             assert (now["current_revision"], now["revisions"], now["image_id"]) == (
-                rev["current_revision"], rev["revisions"], rev["image_id"])
+                rev["current_revision"],
+                rev["revisions"],
+                rev["image_id"],
+            )
         assert not home.leftovers()["containers"]  # the update's container went
     finally:
         home.run("template", "remove", name, check=False)

@@ -37,8 +37,9 @@ class Tmux:
         self.socket = socket
 
     def tmux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30,
-                              check=check)
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30, check=check
+        )
 
     def start(self, command: str) -> None:
         self.tmux("new-session", "-d", "-x", str(WIDTH), "-y", str(HEIGHT), command)
@@ -114,8 +115,8 @@ def test_tui_end_to_end(home):
         tmux.wait_text("New qube")
         tmux.type(QUBE)
         tmux.keys("Tab", "Enter", "Down", "Down", "Enter")  # label: red -> orange -> yellow
-        tmux.keys("Tab", "Tab", "Enter", "Down", "Enter")   # netvm: default -> none
-        tmux.keys("Tab", "Tab", "Enter")                    # past the mode, from the memory field: submit
+        tmux.keys("Tab", "Tab", "Enter", "Down", "Enter")  # netvm: default -> none
+        tmux.keys("Tab", "Tab", "Enter")  # past the mode, from the memory field: submit
         tmux.wait_text(f"created {QUBE}")
         made = ls(home)[QUBE]
         assert (made["label"], made["netvm"], made["template"], made["memory"]) == ("yellow", None, "debian-12", 400)
@@ -138,8 +139,9 @@ def test_tui_end_to_end(home):
         first = f"[{QUBE}] terminal in {QUBE} (label yellow)"
         assert first in tmux.screen()
         assert tmux.title() == f"[{QUBE}] terminal"
-        assert re.search(rf"\x1b\[[0-9;]*33[0-9;]*m\[{re.escape(QUBE)}\]", tmux.screen(colours=True)), \
-            tmux.screen(colours=True)
+        assert re.search(rf"\x1b\[[0-9;]*33[0-9;]*m\[{re.escape(QUBE)}\]", tmux.screen(colours=True)), tmux.screen(
+            colours=True
+        )
         tmux.type("echo READY-$((40+2))")
         tmux.keys("Enter")
         tmux.wait_text("READY-42", timeout=60)
@@ -164,14 +166,22 @@ def test_tui_end_to_end(home):
         tmux.keys("4")
         tmux.wait(lambda text: "ATTACHED TO" in text and "Device log" in text and "a Attach" in text, "devices")
         tmux.keys("5")
-        tmux.wait(lambda text: "binary:runsc" in text and "Sealed: nothing yet" in text, "anti-evil-maid",
-                  timeout=120)
+        tmux.wait(lambda text: "binary:runsc" in text and "Sealed: nothing yet" in text, "anti-evil-maid", timeout=120)
         tmux.keys("1")
         tmux.wait(lambda text: row_state(text, QUBE) == "Running", "the qube list again")
 
         # An RPC question from the qube, answered in the modal.
-        copier = home.popen("run", QUBE, "--", "qlite-copy-to-vm", OTHER, "/home/user/t",
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        copier = home.popen(
+            "run",
+            QUBE,
+            "--",
+            "qlite-copy-to-vm",
+            OTHER,
+            "/home/user/t",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         tmux.wait_text(f"{QUBE} wants to call qubes.Filecopy", timeout=60)
         [ask] = home.json("policy", "ask")
         assert ask["source"] == QUBE and OTHER in ask["choices"]

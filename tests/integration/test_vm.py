@@ -30,10 +30,12 @@ def vm(home):
     home.run("daemon", "stop")
     home.run("daemon", "start")
     (home.path / "policy.d").mkdir(exist_ok=True)
-    (home.path / "policy.d" / "30-vm.policy").write_text(textwrap.dedent("""\
+    (home.path / "policy.d" / "30-vm.policy").write_text(
+        textwrap.dedent("""\
         qubes.Filecopy * ctr vmq allow
         qubes.Filecopy * vmq ctr allow
-    """))
+    """)
+    )
     home.run("create", "vmq", "--label", "blue", "--mode", "vm")
     home.run("create", "ctr", "--label", "green")
     home.run("start", "vmq", "ctr", timeout=600)
@@ -112,8 +114,9 @@ def test_a_command_that_cannot_run_and_ctrl_c(vm):
     assert (missing.returncode, missing.stderr) == (127, "qlite: no-such-command: executable file not found in $PATH\n")
     plain = vm.run("run", "vmq", "--", "/etc/passwd", check=False)
     assert (plain.returncode, plain.stderr) == (126, "qlite: /etc/passwd: permission denied (not an executable file)\n")
-    p = vm.popen("run", "vmq", "--", "sh", "-c", "echo started; sleep 29", stdout=subprocess.PIPE,
-                 stderr=subprocess.PIPE)
+    p = vm.popen(
+        "run", "vmq", "--", "sh", "-c", "echo started; sleep 29", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         assert p.stdout.readline() == b"started\n"
         # Until sleep runs, a Ctrl-C would reach the shell alone (as at a terminal).
@@ -175,8 +178,18 @@ def test_file_copy_over_rpc_container_to_vm_and_back(vm):
 
 
 def test_a_disposable_vm_runs_one_command_and_leaves_nothing(vm):
-    proc = vm.run("run", "--disposable", "--mode", "vm", "--", "sh", "-c",
-                  "uname -r; echo $QLITE_QUBE; exit 3", check=False, timeout=600)
+    proc = vm.run(
+        "run",
+        "--disposable",
+        "--mode",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "uname -r; echo $QLITE_QUBE; exit 3",
+        check=False,
+        timeout=600,
+    )
     assert proc.returncode == 3, proc.stderr
     kernel, name = proc.stdout.split()
     assert kernel.endswith("-cloud-amd64") and name.startswith("disp")
@@ -216,8 +229,17 @@ def test_kill_9_of_the_supervisor_takes_qemu_with_it_and_reconcile_cleans_up(vm)
 
 def test_the_firewall_and_isolation_apply_to_a_vm_qube(vm, hosts):
     h1 = hosts.new().listen(8001, 8002)
-    vm.run("firewall", "vmq", "add", "action=accept", f"dsthost={h1.address}", "proto=tcp", "dstports=8001",
-           "--before", "0")
+    vm.run(
+        "firewall",
+        "vmq",
+        "add",
+        "action=accept",
+        f"dsthost={h1.address}",
+        "proto=tcp",
+        "dstports=8001",
+        "--before",
+        "0",
+    )
     vm.run("firewall", "vmq", "add", "action=drop", "--before", "1")
     try:
         ctr_ip = vm.json("prefs", "ctr")["ip"]

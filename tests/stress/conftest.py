@@ -63,8 +63,13 @@ def engine_objects(home) -> dict[str, dict[str, dict]]:
         ("volumes", ["volume", "ls"], lambda o: o["Name"], lambda o: o.get("Labels")),
         ("networks", ["network", "ls"], lambda o: o["name"], lambda o: o.get("labels")),
     ):
-        proc = subprocess.run(["podman", *args, "--format", "json", "--filter", f"label=qlite.home={home.hash}"],
-                              capture_output=True, text=True, timeout=60, check=True)
+        proc = subprocess.run(
+            ["podman", *args, "--format", "json", "--filter", f"label=qlite.home={home.hash}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         out[kind] = {name_of(o): labels_of(o) or {} for o in json.loads(proc.stdout or "[]")}
     return out
 
@@ -90,8 +95,9 @@ def mismatches(home) -> list[str]:
 
 def nft_chains(home) -> set[str]:
     """The firewall chains in the home's nft table."""
-    proc = subprocess.run(["nft", "-j", "list", "table", "inet", f"qlite-{home.hash}"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["nft", "-j", "list", "table", "inet", f"qlite-{home.hash}"], capture_output=True, text=True, timeout=30
+    )
     if proc.returncode != 0:
         return set()
     return {item["chain"]["name"] for item in json.loads(proc.stdout)["nftables"] if "chain" in item}

@@ -31,8 +31,9 @@ CALL_TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def broker(home):
-    yield from caller_and_target(home, "qubes.VMShell * caller target allow\n"
-                                       "qubes.GetDate * caller @default allow target=dom0\n")
+    yield from caller_and_target(
+        home, "qubes.VMShell * caller target allow\nqubes.GetDate * caller @default allow target=dom0\n"
+    )
 
 
 def request(service: str, target: str) -> bytes:
@@ -63,8 +64,11 @@ class Caller:
 
     def payload(self) -> bytes:
         if self.kind == "vmshell":
-            return (request("qubes.VMShell", "target") + wire.encode(wire.STDIN, f"echo good-{self.index}\n".encode())
-                    + wire.encode(wire.STDIN))
+            return (
+                request("qubes.VMShell", "target")
+                + wire.encode(wire.STDIN, f"echo good-{self.index}\n".encode())
+                + wire.encode(wire.STDIN)
+            )
         if self.kind == "getdate":
             return request("qubes.GetDate", "@default") + wire.encode(wire.STDIN)
         return BAD[self.kind]

@@ -55,8 +55,13 @@ def private_volume(home, qube: str) -> Path | None:
     names = [n for n, labels in volumes.items() if labels.get("qlite.qube") == qube]
     if not names:
         return None
-    mountpoint = subprocess.run(["podman", "volume", "inspect", "--format", "{{.Mountpoint}}", names[0]],
-                                capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    mountpoint = subprocess.run(
+        ["podman", "volume", "inspect", "--format", "{{.Mountpoint}}", names[0]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
     return Path(mountpoint)
 
 
@@ -77,8 +82,10 @@ def test_kill_9_at_random_points(base, op):
     full = {
         "create": lambda: duration(home, "create", "probe-c", "--label", "red", "--netvm", "none"),
         "clone": lambda: duration(home, "clone", "base", "probe-c"),
-        "remove": lambda: (home.run("create", "probe-c", "--label", "red", "--netvm", "none"),
-                           duration(home, "remove", "probe-c"))[1],
+        "remove": lambda: (
+            home.run("create", "probe-c", "--label", "red", "--netvm", "none"),
+            duration(home, "remove", "probe-c"),
+        )[1],
     }[op]()
     home.run("remove", "probe-c", check=False)
     outcomes: Counter[str] = Counter()
@@ -98,8 +105,9 @@ def test_kill_9_at_random_points(base, op):
             outcomes["complete" if op != "remove" else "kept"] += 1
             assert after[name]["pending"] is None
             volume = private_volume(home, name)
-            assert volume is not None and (volume / "home" / "user").is_dir(), \
+            assert volume is not None and (volume / "home" / "user").is_dir(), (
                 f"{name} exists without an initialised private volume"
+            )
             if op == "clone":
                 assert (volume / "home" / "user" / "marker").read_text() == MARKER
             # It is a working qube: it can go.
@@ -110,4 +118,3 @@ def test_kill_9_at_random_points(base, op):
     print(f"{op}: {ROUNDS} kills over {full:.2f}s: {dict(outcomes)}")
     assert "base" in rows(home)
     assert (private_volume(home, "base") / "home" / "user" / "marker").read_text() == MARKER
-

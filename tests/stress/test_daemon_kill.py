@@ -24,8 +24,17 @@ def rpc(home):
 
 
 def call(home, target: str, script: str) -> subprocess.Popen:
-    proc = home.popen("run", "caller", "--", "qrexec-client-vm", target, "qubes.VMShell",
-                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = home.popen(
+        "run",
+        "caller",
+        "--",
+        "qrexec-client-vm",
+        target,
+        "qubes.VMShell",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdin.write(script.encode())
     proc.stdin.close()
     proc.stdin = None  # communicate() must not flush it again

@@ -79,9 +79,15 @@ def storm(home):
 
 def plan(rng: random.Random) -> list[Run]:
     fates = ["ok", "kill-qlite", "kill-runsc-setup", "kill-runsc-running"]
-    return [Run(i, rng.choice(["default-dvm", OFFLINE_DVM, PRELOAD_DVM]), rng.choices(fates, weights=[6, 2, 1, 2])[0],
-                rng.uniform(0.0, 2.0))
-            for i in range(TOTAL)]
+    return [
+        Run(
+            i,
+            rng.choice(["default-dvm", OFFLINE_DVM, PRELOAD_DVM]),
+            rng.choices(fates, weights=[6, 2, 1, 2])[0],
+            rng.uniform(0.0, 2.0),
+        )
+        for i in range(TOTAL)
+    ]
 
 
 def sandbox_of(home, owner: str) -> str | None:
@@ -90,8 +96,12 @@ def sandbox_of(home, owner: str) -> str | None:
     member it claimed (either way the row's owner is the command)."""
     for name, row in rows(home).items():
         if row["owner"] == owner:
-            proc = subprocess.run(["podman", "inspect", "--format", "{{.Id}}", f"qlite-{home.hash}-{name}"],
-                                  capture_output=True, text=True, timeout=60)
+            proc = subprocess.run(
+                ["podman", "inspect", "--format", "{{.Id}}", f"qlite-{home.hash}-{name}"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             cid = proc.stdout.strip()
             if cid and runsc_processes(cid):
                 return cid
@@ -121,8 +131,9 @@ def kill_sandbox(home, run: Run) -> None:
 def one_run(home, run: Run) -> None:
     """Launch RUN, strike as its fate says, and collect how it ended."""
     script = f"echo ok-{run.index}" if run.fate == "ok" else f"echo up; sleep {VICTIM_S}"
-    run.proc = home.popen("run", "--dvm", run.dvm, "--", "sh", "-c", script,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.proc = home.popen(
+        "run", "--dvm", run.dvm, "--", "sh", "-c", script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     run.owner = f"{run.proc.pid}:{process_start_ticks(run.proc.pid)}"
     head = ""
     try:
@@ -177,8 +188,9 @@ def test_two_hundred_disposables_with_kills_leave_nothing_behind(storm):
     runs = plan(random.Random(SEED))
     started = time.monotonic()
     for first in range(0, TOTAL, BATCH):
-        threads = [threading.Thread(target=one_run, args=(home, run), daemon=True)
-                   for run in runs[first:first + BATCH]]
+        threads = [
+            threading.Thread(target=one_run, args=(home, run), daemon=True) for run in runs[first : first + BATCH]
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -196,8 +208,12 @@ def test_two_hundred_disposables_with_kills_leave_nothing_behind(storm):
     allowed = {r.owner for r in killed} | {daemon_owner(home)}
     assert store_problems(home) == []
     assert {r["owner"] for r in rows(home).values() if r["class"] == "DispVM"} <= allowed
-    left_by = {labels["qlite.owner"] for found in engine_objects(home).values() for labels in found.values()
-               if "qlite.owner" in labels}
+    left_by = {
+        labels["qlite.owner"]
+        for found in engine_objects(home).values()
+        for labels in found.values()
+        if "qlite.owner" in labels
+    }
     assert left_by <= allowed, left_by - allowed
 
     # Stop the pool and the daemon: every disposable left is an orphan.
@@ -209,8 +225,11 @@ def test_two_hundred_disposables_with_kills_leave_nothing_behind(storm):
     assert store_problems(home) == []
     assert [n for n, r in rows(home).items() if r["class"] == "DispVM"] == []
     objects = engine_objects(home)
-    assert {k: [n for n, labels in v.items() if "qlite.owner" in labels] for k, v in objects.items()} == \
-        {"containers": [], "volumes": [], "networks": []}
+    assert {k: [n for n, labels in v.items() if "qlite.owner" in labels] for k, v in objects.items()} == {
+        "containers": [],
+        "volumes": [],
+        "networks": [],
+    }
     assert mismatches(home) == []
     assert [c for c in nft_chains(home) if c.startswith("fw-disp")] == []
     assert wait_for(lambda: not home_conmons(home), timeout=30), home_conmons(home)

@@ -42,7 +42,12 @@ TEMPLATE = "debian-12"
 IMAGE_ID = "ab" * 32
 SIZE = (120, 36)
 FAKE_PROBE = RuntimeProbe(
-    runsc="/usr/bin/runsc", version="fake", platform="systrap", netstack=True, netstack_error="", key="fake",
+    runsc="/usr/bin/runsc",
+    version="fake",
+    platform="systrap",
+    netstack=True,
+    netstack_error="",
+    key="fake",
 )
 # What every running qube costs in these tests: fixed, so snapshots are stable.
 FIXED_USAGE = Usage(rss_mib=96.0, pss_mib=64.0, cpu_percent=1.5, processes=5)
@@ -61,6 +66,7 @@ def pytest_pyfunc_call(pyfuncitem):
 @pytest.fixture(autouse=True)
 def no_kernel_network_changes(monkeypatch):
     """TUI tests must never change nftables, routes or sysctls, nor start a daemon."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"a TUI test tried to change kernel network state: {args}")
 
@@ -144,14 +150,25 @@ class FakeCore:
     blocks: FakeBlockDevices = field(default_factory=FakeBlockDevices)  # likewise
 
     def context(self) -> Context:
-        return Context(self.paths, engine=LockedEngine(self.engine), store=Store(self.paths.db),
-                       runtime_probe=FAKE_PROBE, net_apply=self.net_apply, mounts=self.mounts, daemon=self.daemon,
-                       block_devices=self.blocks, private_volumes=PrivateVolumes(HOME_UID, ROOT_UID))
+        return Context(
+            self.paths,
+            engine=LockedEngine(self.engine),
+            store=Store(self.paths.db),
+            runtime_probe=FAKE_PROBE,
+            net_apply=self.net_apply,
+            mounts=self.mounts,
+            daemon=self.daemon,
+            block_devices=self.blocks,
+            private_volumes=PrivateVolumes(HOME_UID, ROOT_UID),
+        )
 
     def app(self, **kwargs) -> QliteApp:
-        backend = Backend(self.context, usage=lambda ctx, containers: {
-            name: FIXED_USAGE for name, c in containers.items() if c.state in ("running", "paused")
-        })
+        backend = Backend(
+            self.context,
+            usage=lambda ctx, containers: {
+                name: FIXED_USAGE for name, c in containers.items() if c.state in ("running", "paused")
+            },
+        )
         options = {"refresh_interval": 0, "ask_interval": 0.05, **kwargs}
         return QliteApp(backend, self.asks, self.runner, **options)
 
@@ -230,7 +247,8 @@ def aem(core: FakeCore, monkeypatch) -> AemHome:
         home.component(name).write_text(f"{name} 1.0\n")
     (core.paths.home / "aem").mkdir()
     (core.paths.home / "aem" / "components.json").write_text(
-        json.dumps({name: str(home.component(name)) for name in AEM_COMPONENTS}))
+        json.dumps({name: str(home.component(name)) for name in AEM_COMPONENTS})
+    )
     return home
 
 
@@ -238,8 +256,11 @@ async def wait_for_screen(pilot, screen_type: type, what: str = "") -> None:
     """Until the app's screen is a SCREEN_TYPE with its widgets mounted: a
     pushed screen is the app's screen at once, its widgets come a moment
     later, and a key pressed or a query made before then finds nothing."""
-    await wait_for(pilot, lambda: isinstance(pilot.app.screen, screen_type) and pilot.app.screen.is_mounted,
-                   what=what or screen_type.__name__)
+    await wait_for(
+        pilot,
+        lambda: isinstance(pilot.app.screen, screen_type) and pilot.app.screen.is_mounted,
+        what=what or screen_type.__name__,
+    )
 
 
 async def wait_for(pilot, predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
@@ -258,8 +279,9 @@ async def footer_settled(pilot) -> None:
 
     def settled() -> bool:
         footers = pilot.app.screen.query(KeyFooter)
-        return bool(footers) and footers.first()._rows != [] and \
-            footers.first().size.height == len(footers.first()._rows)
+        return (
+            bool(footers) and footers.first()._rows != [] and footers.first().size.height == len(footers.first()._rows)
+        )
 
     await wait_for(pilot, settled, what="the footer")
     await pilot.pause(0.05)  # and its keys are painted

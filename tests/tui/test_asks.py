@@ -21,10 +21,19 @@ class Clock:
         return self.now
 
 
-def question(ask_id: int = 1, *, choices=("vault", "personal"), default=None, seconds=60,
-             service="qubes.Filecopy") -> Question:
-    return Question(id=ask_id, source="work", service=service, argument="", target="@default",
-                    choices=tuple(choices), default_target=default, seconds_left=seconds)
+def question(
+    ask_id: int = 1, *, choices=("vault", "personal"), default=None, seconds=60, service="qubes.Filecopy"
+) -> Question:
+    return Question(
+        id=ask_id,
+        source="work",
+        service=service,
+        argument="",
+        target="@default",
+        choices=tuple(choices),
+        default_target=default,
+        seconds_left=seconds,
+    )
 
 
 def shown_targets(screen: AskScreen) -> list[tuple[str, bool]]:
@@ -34,8 +43,11 @@ def shown_targets(screen: AskScreen) -> list[tuple[str, bool]]:
 async def wait_for_question(pilot, app, ask_id: int | None = None) -> AskScreen:
     """The question's screen once it is laid out: a pushed screen is the
     app's screen at once, but its widgets come a moment later."""
-    await wait_for(pilot, lambda: isinstance(app.screen, AskScreen)
-                   and ask_id in (None, app.screen.question.id), what=f"question {ask_id or ''}")
+    await wait_for(
+        pilot,
+        lambda: isinstance(app.screen, AskScreen) and ask_id in (None, app.screen.question.id),
+        what=f"question {ask_id or ''}",
+    )
     # query(), not query_one(): on a loaded machine the dialog may not be composed yet.
     await wait_for(pilot, lambda: any(d.region.area for d in app.screen.query(".dialog")), what="the dialog's layout")
     return app.screen

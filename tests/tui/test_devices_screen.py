@@ -48,8 +48,10 @@ def attachment(core, device: str):
 
 
 def assignments(core) -> list[tuple]:
-    return [(r["qube"], r["ident"], r["read_only"], r["required"], r["paired"])
-            for r in core.store.query("SELECT * FROM device_assignments ORDER BY qube, ident")]
+    return [
+        (r["qube"], r["ident"], r["read_only"], r["required"], r["paired"])
+        for r in core.store.query("SELECT * FROM device_assignments ORDER BY qube, ident")
+    ]
 
 
 def mounts(core) -> list[tuple]:
@@ -122,8 +124,9 @@ async def test_attach_read_only_then_detach(core, drives):
         await pilot.press("a")
         await wait_for_screen(pilot, DeviceFormScreen)
         # Only running qubes are offered.
-        assert [value for _, value in app.screen.query_one("#qube", Select)._options if value != Select.NULL] \
-            == ["work"]
+        assert [value for _, value in app.screen.query_one("#qube", Select)._options if value != Select.NULL] == [
+            "work"
+        ]
         await fill_form(pilot, app, "work", read_only=True)
         await wait_for(pilot, lambda: cell(screen, "sdb1", "attached") == "work (ro)", what="the attachment")
         row = attachment(core, "sdb1")

@@ -25,8 +25,10 @@ from tests.conftest import REPO
 
 
 def test_qlite_itself_never_imports_textual():
-    code = ("import sys, qlite.cli, qlite.core.qubes, qlite.core.usage\n"
-            "print([m for m in sys.modules if m.split('.')[0] == 'textual' or m.startswith('qlite.tui')])")
+    code = (
+        "import sys, qlite.cli, qlite.core.qubes, qlite.core.usage\n"
+        "print([m for m in sys.modules if m.split('.')[0] == 'textual' or m.startswith('qlite.tui')])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -34,16 +36,31 @@ def test_qlite_itself_never_imports_textual():
 def test_the_tui_installs_as_qlite_tui_and_not_as_tui(tmp_path):
     """The folder tui/ is qlite.tui; a package named tui would clash with
     any other of that name."""
-    code = ("import importlib.util, qlite.tui.app\n"
-            "print(importlib.util.find_spec('tui'), qlite.tui.app.QliteApp.__module__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True,
-                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    code = (
+        "import importlib.util, qlite.tui.app\n"
+        "print(importlib.util.find_spec('tui'), qlite.tui.app.QliteApp.__module__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert out.stdout.split() == ["None", "qlite.tui.app"]
 
 
 def test_qlite_tui_needs_a_terminal(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "qlite", "tui"], stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, cwd=REPO, env={**os.environ, "QLITE_HOME": str(tmp_path)}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "qlite", "tui"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "QLITE_HOME": str(tmp_path)},
+        timeout=60,
+    )
     assert proc.returncode == 125
     assert proc.stderr == "qlite: error: qlite tui needs a terminal\n"
 
@@ -51,8 +68,15 @@ def test_qlite_tui_needs_a_terminal(tmp_path):
 def test_run_requests_become_qlite_run_arguments():
     assert RunRequest(["bash"], terminal=True, qube="work").cli_args() == ["run", "-t", "work", "--", "bash"]
     assert RunRequest(["ls", "-l"], terminal=False).cli_args() == ["run", "--disposable", "--", "ls", "-l"]
-    assert RunRequest(["sh"], terminal=True, dvm="dvm2").cli_args() == \
-        ["run", "--disposable", "--dvm", "dvm2", "-t", "--", "sh"]
+    assert RunRequest(["sh"], terminal=True, dvm="dvm2").cli_args() == [
+        "run",
+        "--disposable",
+        "--dvm",
+        "dvm2",
+        "-t",
+        "--",
+        "sh",
+    ]
 
 
 class FakeAdmin:
@@ -104,8 +128,16 @@ def test_daemon_asks_without_a_daemon_has_no_questions(paths):
 
 
 def test_daemon_asks_lists_and_answers(paths):
-    ask = {"id": 3, "source": "work", "service": "qubes.Filecopy", "argument": "", "target": "@default",
-           "choices": ["vault", "personal"], "default_target": None, "seconds_left": 41}
+    ask = {
+        "id": 3,
+        "source": "work",
+        "service": "qubes.Filecopy",
+        "argument": "",
+        "target": "@default",
+        "choices": ["vault", "personal"],
+        "default_target": None,
+        "seconds_left": 41,
+    }
 
     def replies(request: dict) -> dict:
         if request["op"] == "asks":
@@ -117,8 +149,9 @@ def test_daemon_asks_lists_and_answers(paths):
     admin = FakeAdmin(paths, replies)
     try:
         asks = DaemonAsks(paths)
-        assert asks.pending() == [Question(3, "work", "qubes.Filecopy", "", "@default", ("vault", "personal"),
-                                           None, 41)]
+        assert asks.pending() == [
+            Question(3, "work", "qubes.Filecopy", "", "@default", ("vault", "personal"), None, 41)
+        ]
         asks.answer(3, True, "personal")
         with pytest.raises(QliteError, match="no pending question 4"):
             asks.answer(4, False, None)

@@ -60,8 +60,12 @@ async def test_the_essential_columns_fit_at_80x24(core):
         assert table.virtual_size.width <= table.scrollable_content_region.width
         # The label is there in words, not only as the name's colour.
         assert str(table.get_cell("work", "label")) == "blue"
-        assert [str(table.get_cell("work", k)) for k in ("state", "netvm", "mem", "cpu")] == \
-            ["Running", "dom0", "64/400", "1.5%"]
+        assert [str(table.get_cell("work", k)) for k in ("state", "netvm", "mem", "cpu")] == [
+            "Running",
+            "dom0",
+            "64/400",
+            "1.5%",
+        ]
         # Rows are visible: the list is not squeezed out by the footer and the log.
         assert table.scrollable_content_region.height >= 6
 

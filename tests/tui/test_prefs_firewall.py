@@ -66,8 +66,10 @@ async def test_prefs_show_features_and_tags(core):
         screen = await open_prefs(pilot, app, "work")
         features = screen.query_one("#features", DataTable)
         await wait_for(pilot, lambda: features.row_count == 2, what="the features")
-        assert [list(map(str, features.get_row_at(i))) for i in range(2)] == \
-            [["net.dns-servers", "9.9.9.9"], ["vm.machine", "q35"]]
+        assert [list(map(str, features.get_row_at(i))) for i in range(2)] == [
+            ["net.dns-servers", "9.9.9.9"],
+            ["vm.machine", "q35"],
+        ]
         assert str(screen.query_one("#tags", Static).content) == "Tags: audited, project-x"
         await pilot.press("escape")
         screen = await open_prefs(pilot, app, "bare")
@@ -135,7 +137,8 @@ async def test_firewall_add_delete_reset(core):
         await wait_for(pilot, lambda: table.row_count == 3)
         assert stored_rules(core, "work") == [
             {"action": "accept", "dsthost": "10.1.2.3", "proto": "tcp", "dstports": "443"},
-            {"action": "accept"}, {"action": "drop"},
+            {"action": "accept"},
+            {"action": "drop"},
         ]
         assert len(core.net_apply.scripts) > loads
         assert "10.1.2.3" in core.net_apply.scripts[-1][0]
@@ -154,7 +157,8 @@ async def test_firewall_add_delete_reset(core):
         await pilot.press("d")
         await wait_for(pilot, lambda: table.row_count == 2)
         assert stored_rules(core, "work") == [
-            {"action": "accept", "dsthost": "10.1.2.3", "proto": "tcp", "dstports": "443"}, {"action": "drop"},
+            {"action": "accept", "dsthost": "10.1.2.3", "proto": "tcp", "dstports": "443"},
+            {"action": "drop"},
         ]
 
         await pilot.press("R")

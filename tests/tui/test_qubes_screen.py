@@ -116,8 +116,13 @@ async def test_create_through_the_form(core):
         await wait_for(pilot, lambda: not isinstance(app.screen, CreateQubeScreen), what="the form to close")
         await select(pilot, app, "mail")
     row = core.qube_row("mail")
-    assert (row["class"], row["label"], row["template"], row["netvm"], row["memory"]) == \
-        ("AppVM", "yellow", TEMPLATE, "", 512)
+    assert (row["class"], row["label"], row["template"], row["netvm"], row["memory"]) == (
+        "AppVM",
+        "yellow",
+        TEMPLATE,
+        "",
+        512,
+    )
     assert [args[0] for args in core.calls("create_volume")] == [f"qlite-{core.paths.home_hash}-mail-private"]
 
 

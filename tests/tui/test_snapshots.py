@@ -104,7 +104,8 @@ def test_devices_screen(core, block, snap_compare):
         '"ident": "uuid:1234-ABCD"}\n'
         '{"time": 60, "event": "detach", "qube": "personal", "device": "sdc1", "gone": true}\n'
         '{"time": 60, "event": "removed", "qube": "personal", "device": "sdc1", "unsafe": true, '
-        '"detail": "removed without eject: writes not yet on the drive may be lost"}\n')
+        '"detail": "removed without eject: writes not yet on the drive may be lost"}\n'
+    )
 
     async def ready(pilot) -> None:
         await pilot.press("4")

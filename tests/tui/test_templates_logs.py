@@ -61,10 +61,21 @@ async def test_update_streams_progress_then_revert(core):
 
 
 async def test_logs_show_rpc_audit_and_daemon_log(core):
-    audit.append(core.paths.rpc_log, {"source": "work", "target": "vault", "service": "qubes.Filecopy",
-                                      "decision": "allow", "resolved": "vault", "rule": "90-default.policy:12"})
-    audit.append(core.paths.rpc_log, {"source": "work", "target": "@default", "service": "qubes.Gpg",
-                                      "decision": "deny", "reason": "no answer"})
+    audit.append(
+        core.paths.rpc_log,
+        {
+            "source": "work",
+            "target": "vault",
+            "service": "qubes.Filecopy",
+            "decision": "allow",
+            "resolved": "vault",
+            "rule": "90-default.policy:12",
+        },
+    )
+    audit.append(
+        core.paths.rpc_log,
+        {"source": "work", "target": "@default", "service": "qubes.Gpg", "decision": "deny", "reason": "no answer"},
+    )
     core.paths.daemon_log.parent.mkdir(parents=True, exist_ok=True)
     core.paths.daemon_log.write_text("qlite daemon: listening for work\nqlite daemon: rescan\n")
     app = core.app()
@@ -101,8 +112,10 @@ async def test_a_slow_older_load_does_not_overwrite_a_newer_one(core):
 
         app.backend.templates = slow_then_real
         screen.load()  # slow: answers last, with the old list
-        core.store.execute("INSERT INTO template_revisions(template, rev, image_id, origin, created_at) "
-                           "VALUES(?, 2, ?, 'update', 0)", (TEMPLATE, IMAGE_ID))
+        core.store.execute(
+            "INSERT INTO template_revisions(template, rev, image_id, origin, created_at) VALUES(?, 2, ?, 'update', 0)",
+            (TEMPLATE, IMAGE_ID),
+        )
         core.store.execute("UPDATE templates SET current_rev=2 WHERE name=?", (TEMPLATE,))
         screen.load()  # fast: the newer list
         table = screen.query_one("#templates", DataTable)

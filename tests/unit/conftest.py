@@ -46,14 +46,19 @@ HOME_UID = USER_UID if os.geteuid() == 0 else os.geteuid()
 ROOT_UID = os.geteuid()
 
 FAKE_PROBE = RuntimeProbe(
-    runsc="/usr/bin/runsc", version="fake", platform="systrap", netstack=True,
-    netstack_error="", key="fake",
+    runsc="/usr/bin/runsc",
+    version="fake",
+    platform="systrap",
+    netstack=True,
+    netstack_error="",
+    key="fake",
 )
 
 
 @pytest.fixture(autouse=True)
 def no_kernel_network_changes(monkeypatch):
     """Unit tests must never change nftables, routes or sysctls."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"a unit test tried to change kernel network state: {args}")
 
@@ -95,9 +100,18 @@ def blocks() -> FakeBlockDevices:
 def ctx(paths, engine, tmp_path, clock, blocks):
     store = Store(paths.home / "qlite.db")
     # Never run the real runsc probe, nor touch the kernel's network state.
-    c = Context(paths, engine=engine, store=store, runtime_probe=FAKE_PROBE, net_apply=FakeNetApply(),
-                mounts=FakeMounts(), daemon=FakeDaemon(), private_volumes=PrivateVolumes(HOME_UID, ROOT_UID),
-                clock=clock, block_devices=blocks)
+    c = Context(
+        paths,
+        engine=engine,
+        store=store,
+        runtime_probe=FAKE_PROBE,
+        net_apply=FakeNetApply(),
+        mounts=FakeMounts(),
+        daemon=FakeDaemon(),
+        private_volumes=PrivateVolumes(HOME_UID, ROOT_UID),
+        clock=clock,
+        block_devices=blocks,
+    )
     engine.add_image(IMAGE_ID, (image_ref(TEMPLATE, 1),), {"qlite.origin": "build"})
     TemplateManager(c)._record(TEMPLATE, 1, IMAGE_ID, "build")
     engine.calls.clear()
@@ -111,8 +125,14 @@ def dump_store(store: Store) -> list[str]:
 
 def insert_row(qm: QubeManager, name: str, **kw) -> Qube:
     """A qube row without engine objects (no root needed)."""
-    q = Qube(name=name, klass=kw.pop("klass", "AppVM"), label=kw.pop("label", "green"),
-             template=kw.pop("template", TEMPLATE), created_at=time.time(), **kw)
+    q = Qube(
+        name=name,
+        klass=kw.pop("klass", "AppVM"),
+        label=kw.pop("label", "green"),
+        template=kw.pop("template", TEMPLATE),
+        created_at=time.time(),
+        **kw,
+    )
     qm.qstore.insert(q)
     return q
 

@@ -19,9 +19,19 @@ class FakeBlockDevices:
     drives: dict[str, FakeDrive] = field(default_factory=dict)  # by kernel name
     probed: list[str] = field(default_factory=list)  # the paths blkid was run on
 
-    def add(self, name: str, *, size_mib: int = 16, fs_uuid: str = "", label: str = "", fs_type: str = "ext4",
-            serial: str = "", major_minor: str = "7:5", holders: tuple[str, ...] = (),
-            attributes: dict[str, str] | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        *,
+        size_mib: int = 16,
+        fs_uuid: str = "",
+        label: str = "",
+        fs_type: str = "ext4",
+        serial: str = "",
+        major_minor: str = "7:5",
+        holders: tuple[str, ...] = (),
+        attributes: dict[str, str] | None = None,
+    ) -> None:
         attrs = {"size": str(size_mib * 2048), "dev": major_minor}
         if serial:
             attrs["device/serial"] = serial

@@ -31,12 +31,34 @@ from qlite.engines.base import (
 )
 from qlite.errors import EngineError
 
-MUTATING = frozenset({
-    "create_container", "start", "stop", "kill", "pause", "unpause", "remove_container",
-    "attach_and_start", "exec", "create_volume", "remove_volume", "create_network",
-    "remove_network", "tag_image", "untag_image", "remove_image", "import_rootfs",
-    "build_image", "update_image", "commit", "prune_images", "connect_network", "disconnect_network", "init",
-})
+MUTATING = frozenset(
+    {
+        "create_container",
+        "start",
+        "stop",
+        "kill",
+        "pause",
+        "unpause",
+        "remove_container",
+        "attach_and_start",
+        "exec",
+        "create_volume",
+        "remove_volume",
+        "create_network",
+        "remove_network",
+        "tag_image",
+        "untag_image",
+        "remove_image",
+        "import_rootfs",
+        "build_image",
+        "update_image",
+        "commit",
+        "prune_images",
+        "connect_network",
+        "disconnect_network",
+        "init",
+    }
+)
 
 
 @dataclass
@@ -77,12 +99,14 @@ class FakeEngine:
 
     def snapshot(self) -> dict:
         """Everything the engine holds, comparable with ==."""
-        return copy.deepcopy({
-            "containers": {k: (v.info, v.spec) for k, v in self.containers.items()},
-            "volumes": dict(self.volumes),
-            "networks": dict(self.networks),
-            "images": dict(self.images),
-        })
+        return copy.deepcopy(
+            {
+                "containers": {k: (v.info, v.spec) for k, v in self.containers.items()},
+                "volumes": dict(self.volumes),
+                "networks": dict(self.networks),
+                "images": dict(self.images),
+            }
+        )
 
     def add_image(self, image_id: str, tags: tuple[str, ...] = (), labels: dict[str, str] | None = None) -> ImageInfo:
         # Every image qlite builds carries the guest-tools layer and its label.
@@ -126,8 +150,9 @@ class FakeEngine:
         if self.inspect_image(spec.image) is None:
             raise EngineError(f"fake: no such image {spec.image}")
         cid = f"c{next(self._ids):04d}"
-        info = ContainerInfo(id=cid, name=spec.name, state="created", labels=dict(spec.labels),
-                             image_id=spec.image, runtime=spec.runtime)
+        info = ContainerInfo(
+            id=cid, name=spec.name, state="created", labels=dict(spec.labels), image_id=spec.image, runtime=spec.runtime
+        )
         self.containers[cid] = FakeContainer(info=info, spec=spec)
         return cid
 
@@ -171,8 +196,15 @@ class FakeEngine:
         self._set_state(cid, "exited")
         return self.exit_code
 
-    def exec(self, cid: str, argv: list[str], stdio: Stdio, user: str = "", workdir: str = "",
-             env: dict[str, str] | None = None) -> int:
+    def exec(
+        self,
+        cid: str,
+        argv: list[str],
+        stdio: Stdio,
+        user: str = "",
+        workdir: str = "",
+        env: dict[str, str] | None = None,
+    ) -> int:
         self._rec("exec", cid, list(argv), user, workdir, dict(env or {}))
         if self._need(cid).info.state != "running":
             raise EngineError(f"fake: container {cid} is not running")
@@ -213,8 +245,14 @@ class FakeEngine:
         if name in self.networks:
             raise EngineError(f"fake: network {name} already exists")
         n = len(self.networks)
-        net = NetworkInfo(name=name, labels=dict(labels), subnets=(f"10.89.{n}.0/24",), internal=internal,
-                          interface=interface, gateways=(f"10.89.{n}.1",))
+        net = NetworkInfo(
+            name=name,
+            labels=dict(labels),
+            subnets=(f"10.89.{n}.0/24",),
+            internal=internal,
+            interface=interface,
+            gateways=(f"10.89.{n}.1",),
+        )
         self.networks[name] = net
         return net
 
@@ -248,8 +286,11 @@ class FakeEngine:
 
     def list_images(self, reference: str) -> list[ImageInfo]:
         self._rec("list_images", reference)
-        return [img for img in self.images.values()
-                if any(t == reference or t.startswith(reference + ":") for t in img.tags)]
+        return [
+            img
+            for img in self.images.values()
+            if any(t == reference or t.startswith(reference + ":") for t in img.tags)
+        ]
 
     def tag_image(self, image_id: str, ref: str) -> None:
         self._rec("tag_image", image_id, ref)
@@ -270,8 +311,11 @@ class FakeEngine:
         self._rec("prune_images", label, value)
         used = {c.spec.image for c in self.containers.values()} | {c.info.image_id for c in self.containers.values()}
         gone = [
-            iid for iid, img in self.images.items()
-            if not img.tags and label in img.labels and (value is None or img.labels[label] == value)
+            iid
+            for iid, img in self.images.items()
+            if not img.tags
+            and label in img.labels
+            and (value is None or img.labels[label] == value)
             and iid not in used
         ]
         for iid in gone:
@@ -288,14 +332,28 @@ class FakeEngine:
         self._rec("import_rootfs", tar_path, ref)
         return self._new_image(ref, {})
 
-    def build_image(self, containerfile: str, context: str, ref: str, build_args: dict[str, str],
-                    labels: dict[str, str], progress: Progress) -> str:
+    def build_image(
+        self,
+        containerfile: str,
+        context: str,
+        ref: str,
+        build_args: dict[str, str],
+        labels: dict[str, str],
+        progress: Progress,
+    ) -> str:
         self._rec("build_image", containerfile, context, ref, dict(build_args), dict(labels))
         return self._new_image(ref, labels)
 
-    def update_image(self, image_id: str, command: list[str], ref: str, labels: dict[str, str],
-                     changes: list[str], progress: Progress,
-                     worth_committing: Callable[[list[tuple[str, str]]], bool] | None = None) -> str | None:
+    def update_image(
+        self,
+        image_id: str,
+        command: list[str],
+        ref: str,
+        labels: dict[str, str],
+        changes: list[str],
+        progress: Progress,
+        worth_committing: Callable[[list[tuple[str, str]]], bool] | None = None,
+    ) -> str | None:
         self._rec("update_image", image_id, list(command), ref, dict(labels), list(changes))
         if worth_committing is not None and not worth_committing(list(self.update_changes)):
             return None

@@ -57,12 +57,24 @@ class GuestTree:
         env.update(extra)
         return env
 
-    def run_tool(self, name: str, *args: str, socket_path: Path | str, input: bytes = b"",
-                 cwd: Path | None = None, timeout: float = 30, **env: str) -> subprocess.CompletedProcess:
+    def run_tool(
+        self,
+        name: str,
+        *args: str,
+        socket_path: Path | str,
+        input: bytes = b"",
+        cwd: Path | None = None,
+        timeout: float = 30,
+        **env: str,
+    ) -> subprocess.CompletedProcess:
         """Run a guest executable (with the test's python) against SOCKET_PATH."""
         return subprocess.run(
-            [sys.executable, str(self.bin(name)), *args], input=input, capture_output=True,
-            env=self.env(QLITE_RPC_SOCKET=str(socket_path), **env), cwd=cwd, timeout=timeout,
+            [sys.executable, str(self.bin(name)), *args],
+            input=input,
+            capture_output=True,
+            env=self.env(QLITE_RPC_SOCKET=str(socket_path), **env),
+            cwd=cwd,
+            timeout=timeout,
         )
 
 
@@ -131,8 +143,9 @@ class BrokerConn:
     def run(self, argv: list[str], env: dict[str, str], cwd: str | None = None) -> int:
         """Run ARGV with its stdio joined to this connection, as the broker does;
         send EXIT; return the code."""
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, cwd=cwd)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd
+        )
 
         def feed() -> None:
             try:
@@ -159,9 +172,11 @@ class BrokerConn:
                 while stream.read1(wire.MAX_PAYLOAD):
                     pass
 
-        threads = [threading.Thread(target=feed, daemon=True),
-                   threading.Thread(target=drain, args=(proc.stdout, wire.STDOUT), daemon=True),
-                   threading.Thread(target=drain, args=(proc.stderr, wire.STDERR), daemon=True)]
+        threads = [
+            threading.Thread(target=feed, daemon=True),
+            threading.Thread(target=drain, args=(proc.stdout, wire.STDOUT), daemon=True),
+            threading.Thread(target=drain, args=(proc.stderr, wire.STDERR), daemon=True),
+        ]
         for t in threads:
             t.start()
         code = proc.wait(timeout=60)
@@ -227,19 +242,26 @@ def _shutdown(sock: socket.socket) -> None:
         pass  # not connected, or already gone
 
 
-def allow_running(argv_for: Callable[[dict], list[str]], env_for: Callable[[dict], dict[str, str]],
-                  requests: list[dict], target: str = "work") -> Handler:
+def allow_running(
+    argv_for: Callable[[dict], list[str]],
+    env_for: Callable[[dict], dict[str, str]],
+    requests: list[dict],
+    target: str = "work",
+) -> Handler:
     """A handler that allows every call and runs ARGV_FOR(request)."""
+
     def handler(conn: BrokerConn) -> None:
         request = conn.recv_request()
         requests.append(request)
         conn.send_json(wire.RESULT, {"result": "allow", "target": target})
         conn.run(argv_for(request), env_for(request))
+
     return handler
 
 
-def dispatching_broker(path: Path, home: Path, source: str = "src-qube", target: str = "work",
-                       **service_env: str) -> FakeBroker:
+def dispatching_broker(
+    path: Path, home: Path, source: str = "src-qube", target: str = "work", **service_env: str
+) -> FakeBroker:
     """A broker that runs the real dispatcher (and so the real services of the
     assembled tree) locally, with HOME=HOME, as a call from SOURCE."""
     requests: list[dict] = []
@@ -250,9 +272,14 @@ def dispatching_broker(path: Path, home: Path, source: str = "src-qube", target:
 
     def env_for(request: dict) -> dict[str, str]:
         full = request["service"] + (f"+{request['argument']}" if request["argument"] else "")
-        return GUEST.env(HOME=str(home), QLITE_RPC_DIRS=str(GUEST.rpc_dir), QREXEC_REMOTE_DOMAIN=source,
-                         QREXEC_SERVICE_ARGUMENT=request["argument"], QREXEC_SERVICE_FULL_NAME=full,
-                         **service_env)
+        return GUEST.env(
+            HOME=str(home),
+            QLITE_RPC_DIRS=str(GUEST.rpc_dir),
+            QREXEC_REMOTE_DOMAIN=source,
+            QREXEC_SERVICE_ARGUMENT=request["argument"],
+            QREXEC_SERVICE_FULL_NAME=full,
+            **service_env,
+        )
 
     broker = FakeBroker(path, allow_running(argv_for, env_for, requests, target))
     broker.requests = requests

@@ -28,14 +28,20 @@ def test_order_and_every_digest_matter():
     assert chain([A, B]) != chain([A, B, C])
 
 
-@pytest.mark.parametrize(("old", "new", "want"), [
-    ([A, B], [A, B], []),
-    ([A, B], [A, Measurement("policy", "b2")], [("policy", "bb", "b2")]),
-    ([A, B], [A, B, C], [("template:t", None, "cc")]),
-    ([A, B, C], [A, B], [("template:t", "cc", None)]),
-    ([A, B], [Measurement("qlite", "a2"), Measurement("policy", "b2")],
-     [("qlite", "aa", "a2"), ("policy", "bb", "b2")]),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "want"),
+    [
+        ([A, B], [A, B], []),
+        ([A, B], [A, Measurement("policy", "b2")], [("policy", "bb", "b2")]),
+        ([A, B], [A, B, C], [("template:t", None, "cc")]),
+        ([A, B, C], [A, B], [("template:t", "cc", None)]),
+        (
+            [A, B],
+            [Measurement("qlite", "a2"), Measurement("policy", "b2")],
+            [("qlite", "aa", "a2"), ("policy", "bb", "b2")],
+        ),
+    ],
+)
 def test_changed_names_each_component(old, new, want):
     assert changed(old, new) == want
 

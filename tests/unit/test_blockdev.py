@@ -31,36 +31,61 @@ def table(*drives: tuple[str, dict]) -> FakeBlockDevices:
 
 # (case, drives, the name read, udev's properties, what it is read as, whether blkid ran)
 READS = [
-    ("a filesystem blkid finds", [("sdb1", {"fs_uuid": UUID, "label": "STICK", "fs_type": "vfat", "serial": "S9",
-                                           "major_minor": "8:17"})], "sdb1", None,
-     BlockDevice("sdb1", 16 * MIB, UUID, "vfat", "STICK", "S9", "8:17"), True),
+    (
+        "a filesystem blkid finds",
+        [("sdb1", {"fs_uuid": UUID, "label": "STICK", "fs_type": "vfat", "serial": "S9", "major_minor": "8:17"})],
+        "sdb1",
+        None,
+        BlockDevice("sdb1", 16 * MIB, UUID, "vfat", "STICK", "S9", "8:17"),
+        True,
+    ),
     ("no medium", [("sdc", {"size_mib": 0})], "sdc", None, None, False),
     ("gone", [], "sdd", None, None, False),
-    ("udev's properties spare blkid", [("sde", {"fs_uuid": "not-read", "serial": "sysfs-serial"})], "sde",
-     {"ID_FS_UUID": "from-udev", "ID_FS_TYPE": "ext4", "ID_SERIAL_SHORT": "udev-serial"},
-     BlockDevice("sde", 16 * MIB, "from-udev", "ext4", "", "udev-serial", "7:5"), False),
-    ("a loop device's backing file as its serial",
-     [("loop3", {"fs_type": "", "attributes": {"loop/backing_file": "/srv/disk.img"}, "major_minor": "7:3"})],
-     "loop3", None, BlockDevice("loop3", 16 * MIB, "", "", "", "/srv/disk.img", "7:3"), True),
-    ("no identity but its name", [("sdf", {"fs_type": "", "size_mib": 2})], "sdf", None,
-     BlockDevice("sdf", 2 * MIB, major_minor="7:5"), True),
+    (
+        "udev's properties spare blkid",
+        [("sde", {"fs_uuid": "not-read", "serial": "sysfs-serial"})],
+        "sde",
+        {"ID_FS_UUID": "from-udev", "ID_FS_TYPE": "ext4", "ID_SERIAL_SHORT": "udev-serial"},
+        BlockDevice("sde", 16 * MIB, "from-udev", "ext4", "", "udev-serial", "7:5"),
+        False,
+    ),
+    (
+        "a loop device's backing file as its serial",
+        [("loop3", {"fs_type": "", "attributes": {"loop/backing_file": "/srv/disk.img"}, "major_minor": "7:3"})],
+        "loop3",
+        None,
+        BlockDevice("loop3", 16 * MIB, "", "", "", "/srv/disk.img", "7:3"),
+        True,
+    ),
+    (
+        "no identity but its name",
+        [("sdf", {"fs_type": "", "size_mib": 2})],
+        "sdf",
+        None,
+        BlockDevice("sdf", 2 * MIB, major_minor="7:5"),
+        True,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("drives", "name", "props", "want", "probed"), [c[1:] for c in READS],
-                         ids=[c[0] for c in READS])
+@pytest.mark.parametrize(
+    ("drives", "name", "props", "want", "probed"), [c[1:] for c in READS], ids=[c[0] for c in READS]
+)
 def test_read_device(drives, name, props, want, probed):
     blocks = table(*drives)
     assert read_device(blocks, name, props) == want
     assert blocks.probed == ([f"/dev/{name}"] if probed else [])
 
 
-@pytest.mark.parametrize(("name", "holders", "offered"), [
-    ("sdb1", (), True),
-    ("loop0", (), True),
-    ("sdb", ("dm-0",), False),  # its device-mapper view is what is offered
-    *((name, (), False) for name in ("ram0", "zram0", "dm-0", "sr0", "fd0", "nbd0")),
-])
+@pytest.mark.parametrize(
+    ("name", "holders", "offered"),
+    [
+        ("sdb1", (), True),
+        ("loop0", (), True),
+        ("sdb", ("dm-0",), False),  # its device-mapper view is what is offered
+        *((name, (), False) for name in ("ram0", "zram0", "dm-0", "sr0", "fd0", "nbd0")),
+    ],
+)
 def test_is_removable_candidate(name, holders, offered):
     assert is_removable_candidate(table((name, {"holders": holders})), name) is offered
 
@@ -80,19 +105,29 @@ def test_the_devices_offered_are_the_candidates_with_a_medium(devices):
     assert [d.name for d in devices.devices()] == ["loop2", "sdb1"]
 
 
-@pytest.mark.parametrize(("text", "found"), [
-    ("sdb1", "sdb1"), ("/dev/sdb1", "sdb1"), (f"uuid:{UUID}", "sdb1"), ("serial:S9", "sdb1"), ("dev:loop2", "loop2"),
-])
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("sdb1", "sdb1"),
+        ("/dev/sdb1", "sdb1"),
+        (f"uuid:{UUID}", "sdb1"),
+        ("serial:S9", "sdb1"),
+        ("dev:loop2", "loop2"),
+    ],
+)
 def test_find(devices, text, found):
     assert devices.find(text).name == found
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("sdz", "no such block device: 'sdz' (see 'qlite device list')"),
-    ("../sdb1", "no such block device: '../sdb1' (see 'qlite device list')"),
-    ("sdc", "block device sdc has no medium"),
-    ("uuid:FFFF-0000", "no device uuid:FFFF-0000 is present"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sdz", "no such block device: 'sdz' (see 'qlite device list')"),
+        ("../sdb1", "no such block device: '../sdb1' (see 'qlite device list')"),
+        ("sdc", "block device sdc has no medium"),
+        ("uuid:FFFF-0000", "no device uuid:FFFF-0000 is present"),
+    ],
+)
 def test_find_names_what_is_missing(devices, text, message):
     with pytest.raises(NotFound) as exc:
         devices.find(text)
@@ -109,8 +144,11 @@ def test_a_device_the_host_stacked_something_on_is_not_given_to_a_qube(ctx, devi
 
 def test_an_attached_device_that_went_is_gone(ctx, blocks, devices):
     for name in ("sdb1", "loop2"):
-        ctx.store.execute("INSERT INTO device_attachments(device, qube, ident, read_only, how, target, attached_at) "
-                          "VALUES(?,?,?,?,?,?,?)", (name, "work", f"dev:{name}", 0, "block", f"dev-{name}", 0.0))
+        ctx.store.execute(
+            "INSERT INTO device_attachments(device, qube, ident, read_only, how, target, attached_at) "
+            "VALUES(?,?,?,?,?,?,?)",
+            (name, "work", f"dev:{name}", 0, "block", f"dev-{name}", 0.0),
+        )
     assert devices.gone() == []
     blocks.remove("sdb1")
     assert devices.gone() == ["sdb1"]
@@ -122,8 +160,12 @@ def test_an_attached_device_that_went_is_gone(ctx, blocks, devices):
 @pytest.fixture
 def sysfs(tmp_path) -> Path:
     root = tmp_path / "class-block"
-    for path, text in {"sdb/size": "2048\n", "sdb/dev": "8:16\n", "sdb/device/serial": "  S9 \n",
-                       "sda/size": "4096\n"}.items():
+    for path, text in {
+        "sdb/size": "2048\n",
+        "sdb/dev": "8:16\n",
+        "sdb/device/serial": "  S9 \n",
+        "sda/size": "4096\n",
+    }.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
     (root / "sda" / "holders" / "dm-0").mkdir(parents=True)
@@ -135,8 +177,12 @@ def test_the_host_seam_reads_sysfs(sysfs):
     blocks = HostBlockDevices(sysfs)
     assert blocks.names() == ["sda", "sdb"]
     assert (blocks.exists("sdb"), blocks.exists("sdz")) == (True, False)
-    assert [blocks.attribute("sdb", a) for a in ("size", "dev", "device/serial", "loop/backing_file")] == \
-        ["2048", "8:16", "S9", ""]
+    assert [blocks.attribute("sdb", a) for a in ("size", "dev", "device/serial", "loop/backing_file")] == [
+        "2048",
+        "8:16",
+        "S9",
+        "",
+    ]
     assert blocks.attribute("sdz", "size") == ""
     assert (blocks.holders("sda"), blocks.holders("sdb"), blocks.holders("sdz")) == (["dm-0"], [], [])
     assert HostBlockDevices(sysfs / "absent").names() == []
@@ -155,7 +201,11 @@ def test_blkid_that_finds_nothing_or_is_missing_says_nothing(tmp_path, monkeypat
 def test_blkid_reads_the_filesystem_on_a_device(tmp_path):
     image = tmp_path / "fs.img"
     uuid = "0f3c2a7e-9b1d-4c55-8e2a-3d6f1b2c4e5f"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "backup", "-U", uuid, str(image), "1M"], check=True, timeout=60,
-                   capture_output=True)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "backup", "-U", uuid, str(image), "1M"],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
     found = HostBlockDevices(tmp_path).probe(str(image))
     assert (found["UUID"], found["TYPE"], found["LABEL"]) == (uuid, "ext4", "backup")

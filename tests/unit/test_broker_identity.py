@@ -21,13 +21,16 @@ from tests.unit.fake_clock import FakeClock
 A, B, C = "aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002", "cccc"
 
 
-@pytest.mark.parametrize(("remembered", "asked", "found"), [
-    ((A, "qubes.Gpg", "@default", "vault", B), (A, "qubes.Gpg", "@default"), True),
-    ((A, "qubes.Gpg", "@default", "vault", B), (C, "qubes.Gpg", "@default"), False),  # another caller
-    ((A, "qubes.Gpg", "@default", "vault", B), (A, "qubes.Gpg", "vault"), False),
-    ((A, "qubes.Gpg", "@default", "vault", B), (A, "qubes.Other", "@default"), False),
-    (("", "qubes.Gpg", "@default", "vault", B), ("", "qubes.Gpg", "@default"), False),  # no identity: no memory
-])
+@pytest.mark.parametrize(
+    ("remembered", "asked", "found"),
+    [
+        ((A, "qubes.Gpg", "@default", "vault", B), (A, "qubes.Gpg", "@default"), True),
+        ((A, "qubes.Gpg", "@default", "vault", B), (C, "qubes.Gpg", "@default"), False),  # another caller
+        ((A, "qubes.Gpg", "@default", "vault", B), (A, "qubes.Gpg", "vault"), False),
+        ((A, "qubes.Gpg", "@default", "vault", B), (A, "qubes.Other", "@default"), False),
+        (("", "qubes.Gpg", "@default", "vault", B), ("", "qubes.Gpg", "@default"), False),  # no identity: no memory
+    ],
+)
 def test_approvals_are_kept_by_the_callers_uuid(remembered, asked, found):
     a = Approvals()
     a.remember(*remembered, seconds=60)
@@ -67,9 +70,16 @@ def test_a_question_left_unanswered_past_its_deadline_is_denied():
     assert q.pending() == []
 
 
-@pytest.mark.parametrize(("token", "identity"), [
-    ("vault", B), ("@dispvm:vault", B), ("dom0", "dom0"), ("@dispvm", "@dispvm"), ("gone", "gone"),
-])
+@pytest.mark.parametrize(
+    ("token", "identity"),
+    [
+        ("vault", B),
+        ("@dispvm:vault", B),
+        ("dom0", "dom0"),
+        ("@dispvm", "@dispvm"),
+        ("gone", "gone"),
+    ],
+)
 def test_system_identity(token, identity):
     system = System(qubes={"vault": QubeFacts(name="vault", klass="AppVM", uuid=B)})
     assert system.identity(token) == identity

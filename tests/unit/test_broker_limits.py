@@ -92,13 +92,22 @@ def wait_until(cond: Callable[[], bool], what: str, timeout: float = WAIT_S) -> 
 
 
 def resolution(action: str, target: str | None = None, choices: tuple[str, ...] = ()) -> Resolution:
-    return Resolution(action=action, target=target, choices=choices, user=None, notify=False,
-                      autostart=False, rule=None, reason=f"the test says {action}")
+    return Resolution(
+        action=action,
+        target=target,
+        choices=choices,
+        user=None,
+        notify=False,
+        autostart=False,
+        rule=None,
+        reason=f"the test says {action}",
+    )
 
 
 def policy_says(monkeypatch, action: str, target: str | None = None, choices: tuple[str, ...] = ()) -> None:
-    monkeypatch.setattr(broker_mod, "evaluate_call",
-                        lambda paths, qubes, request: (resolution(action, target, choices), None))
+    monkeypatch.setattr(
+        broker_mod, "evaluate_call", lambda paths, qubes, request: (resolution(action, target, choices), None)
+    )
 
 
 def connect(path: Path) -> socket.socket:
@@ -258,8 +267,9 @@ def test_a_question_over_the_bound_is_denied_at_once_and_audited(broker, ctx, pa
         client.sendall(request())
         frames = read_all(client)  # the ask timeout is 30 s: only a refusal answers within WAIT_S
     handler.join(timeout=WAIT_S)
-    assert messages(frames, wire.RESULT) == [{"result": "deny", "code": wire.EXIT_REFUSED,
-                                              "message": "too many questions pending from asker"}]
+    assert messages(frames, wire.RESULT) == [
+        {"result": "deny", "code": wire.EXIT_REFUSED, "message": "too many questions pending from asker"}
+    ]
     decisions = [(r["decision"], r.get("reason")) for r in audit.read(paths.rpc_log) if r["source"] == "asker"]
     assert decisions == [("deny", "too many questions pending from asker")]
 

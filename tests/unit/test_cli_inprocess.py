@@ -41,12 +41,15 @@ def test_tags_features_and_clone(ctx, capsys):
     assert json.loads(run(ctx, capsys, "features", "work2", "--json")[1]) == {"gui": "1"}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["remove", "nosuch", "work"], "no such qube: 'nosuch'"),
-    (["device", "attach", "--fs-uuid", "1234", "work", "sdb1"], "unrecognized arguments: --fs-uuid"),
-    (["prefs", "work", "memory", "lots"], "memory"),
-    (["tags", "work", "add", "bad tag!"], "letters, digits"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["remove", "nosuch", "work"], "no such qube: 'nosuch'"),
+        (["device", "attach", "--fs-uuid", "1234", "work", "sdb1"], "unrecognized arguments: --fs-uuid"),
+        (["prefs", "work", "memory", "lots"], "memory"),
+        (["tags", "work", "add", "bad tag!"], "letters, digits"),
+    ],
+)
 def test_refusals_change_nothing(ctx, capsys, argv, message):
     run(ctx, capsys, "create", "work", "-l", "blue", "-t", TEMPLATE)
     before = run(ctx, capsys, "ls", "--json")[1]

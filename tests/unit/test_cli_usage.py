@@ -24,30 +24,36 @@ def parsed(argv: list[str]):
     return parse(build_parser(argv[0]), argv, argv[0])
 
 
-@pytest.mark.parametrize(("argv", "expected"), [
-    (["prefs", "work", "--json", "memory"], {"json": True, "args": ["work", "memory"]}),
-    (["prefs", "--json", "work", "memory"], {"json": True, "args": ["work", "memory"]}),
-    (["policy", "eval", "--json", "qubes.Gpg", "a", "b"], {"json": True, "args": ["qubes.Gpg", "a", "b"]}),
-    (["remove", "a", "-f", "b"], {"force": True, "names": ["a", "b"]}),
-    (["tags", "work", "add", "--json", "x"], {"json": True, "tags": ["x"]}),
-    (["create", "w", "--json", "-l", "red"], {"json": True, "name": "w", "label": "red"}),
-    (["clone", "a", "b", "--json"], {"json": True, "source": "a", "name": "b"}),
-    # The rest of the line belongs to the command run in the qube.
-    (["run", "work", "--", "ls", "--json", "-f"], {"args": ["work", "--", "ls", "--json", "-f"]}),
-])
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["prefs", "work", "--json", "memory"], {"json": True, "args": ["work", "memory"]}),
+        (["prefs", "--json", "work", "memory"], {"json": True, "args": ["work", "memory"]}),
+        (["policy", "eval", "--json", "qubes.Gpg", "a", "b"], {"json": True, "args": ["qubes.Gpg", "a", "b"]}),
+        (["remove", "a", "-f", "b"], {"force": True, "names": ["a", "b"]}),
+        (["tags", "work", "add", "--json", "x"], {"json": True, "tags": ["x"]}),
+        (["create", "w", "--json", "-l", "red"], {"json": True, "name": "w", "label": "red"}),
+        (["clone", "a", "b", "--json"], {"json": True, "source": "a", "name": "b"}),
+        # The rest of the line belongs to the command run in the qube.
+        (["run", "work", "--", "ls", "--json", "-f"], {"args": ["work", "--", "ls", "--json", "-f"]}),
+    ],
+)
 def test_options_anywhere_after_the_command(argv, expected):
     args = parsed(argv)
     for key, value in expected.items():
         assert getattr(args, key) == value, key
 
 
-@pytest.mark.parametrize(("argv", "fragment"), [
-    (["create", "w", "-l", "red", "extra"], "see 'qlite create --help'"),
-    (["prefs", "a", "b", "c", "--bogus"], "see 'qlite prefs --help'"),
-    (["log", "rpc", "-n", "-1"], "--lines must be 0 or more"),
-    (["shutdown", "--timeout", "-5", "nosuch"], "--timeout takes seconds, 0 or more"),
-    (["shutdown", "--timeout", "nan", "x"], "--timeout takes seconds"),
-])
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["create", "w", "-l", "red", "extra"], "see 'qlite create --help'"),
+        (["prefs", "a", "b", "c", "--bogus"], "see 'qlite prefs --help'"),
+        (["log", "rpc", "-n", "-1"], "--lines must be 0 or more"),
+        (["shutdown", "--timeout", "-5", "nosuch"], "--timeout takes seconds, 0 or more"),
+        (["shutdown", "--timeout", "nan", "x"], "--timeout takes seconds"),
+    ],
+)
 def test_usage_errors_are_one_line_and_point_to_the_command(capsys, argv, fragment):
     with pytest.raises(SystemExit) as exc:
         parsed(argv)
@@ -96,8 +102,18 @@ def test_prefs_json_has_the_types_of_ls_json(home, capsys):
 @pytest.mark.parametrize(("lines", "shown"), [("0", 0), ("2", 2), ("50", 3)])
 def test_log_lines(home, capsys, lines, shown):
     for i in range(3):
-        audit.append(home.rpc_log, {"time": time.time(), "source": "work", "service": f"s{i}", "target": "b",
-                                    "decision": "deny", "reason": f"denied by policy p:{i}", "rule": f"p:{i}"})
+        audit.append(
+            home.rpc_log,
+            {
+                "time": time.time(),
+                "source": "work",
+                "service": f"s{i}",
+                "target": "b",
+                "decision": "deny",
+                "reason": f"denied by policy p:{i}",
+                "rule": f"p:{i}",
+            },
+        )
     code, out, _ = cli(capsys, "log", "rpc", "-n", lines)
     assert code == 0 and len(out.splitlines()) == shown
     for line in out.splitlines():
@@ -118,15 +134,18 @@ def test_a_bad_tag_says_what_is_allowed(home, capsys):
 EVERYTHING = Rule("accept")
 
 
-@pytest.mark.parametrize(("rules", "index", "by"), [
-    ([EVERYTHING, Rule("drop")], 1, 0),
-    ([Rule("drop", proto="tcp"), EVERYTHING, Rule("drop", dsthost="10.0.0.1")], 2, 1),
-    ([Rule("drop"), Rule("accept")], 1, 0),  # a drop of everything shadows too
-    ([Rule("accept", dsthost="1.2.3.4"), Rule("drop")], 1, None),
-    ([Rule("accept", expire=2_000_000_000), Rule("drop")], 1, None),  # reachable once it expires
-    ([Rule("accept", specialtarget="dns"), Rule("drop")], 1, None),
-    ([EVERYTHING], 0, None),
-])
+@pytest.mark.parametrize(
+    ("rules", "index", "by"),
+    [
+        ([EVERYTHING, Rule("drop")], 1, 0),
+        ([Rule("drop", proto="tcp"), EVERYTHING, Rule("drop", dsthost="10.0.0.1")], 2, 1),
+        ([Rule("drop"), Rule("accept")], 1, 0),  # a drop of everything shadows too
+        ([Rule("accept", dsthost="1.2.3.4"), Rule("drop")], 1, None),
+        ([Rule("accept", expire=2_000_000_000), Rule("drop")], 1, None),  # reachable once it expires
+        ([Rule("accept", specialtarget="dns"), Rule("drop")], 1, None),
+        ([EVERYTHING], 0, None),
+    ],
+)
 def test_shadowed_rules(rules, index, by):
     assert shadowed_by(rules, index) == by
 

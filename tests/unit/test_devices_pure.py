@@ -14,20 +14,32 @@ from qlite.host.mounts import host_mounts
 DEV = BlockDevice(name="sdb1", size=1 << 30, fs_uuid="1234-ABCD", fs_type="vfat", label="STICK", serial="XYZ9")
 
 
-@pytest.mark.parametrize(("dev", "ident"), [
-    (DEV, "uuid:1234-ABCD"),
-    (BlockDevice(name="sdc", size=1, serial="S1"), "serial:S1"),
-    (BlockDevice(name="loop4", size=1), "dev:loop4"),
-])
+@pytest.mark.parametrize(
+    ("dev", "ident"),
+    [
+        (DEV, "uuid:1234-ABCD"),
+        (BlockDevice(name="sdc", size=1, serial="S1"), "serial:S1"),
+        (BlockDevice(name="loop4", size=1), "dev:loop4"),
+    ],
+)
 def test_ident_prefers_the_filesystem_uuid_then_the_serial(dev, ident):
     assert dev.ident == ident
     assert dev.matches(ident)
 
 
-@pytest.mark.parametrize(("ident", "matches"), [
-    ("uuid:1234-ABCD", True), ("serial:XYZ9", True), ("dev:sdb1", True),
-    ("uuid:1234-abcd", False), ("serial:", False), ("dev:sdb", False), ("label:STICK", False), ("", False),
-])
+@pytest.mark.parametrize(
+    ("ident", "matches"),
+    [
+        ("uuid:1234-ABCD", True),
+        ("serial:XYZ9", True),
+        ("dev:sdb1", True),
+        ("uuid:1234-abcd", False),
+        ("serial:", False),
+        ("dev:sdb", False),
+        ("label:STICK", False),
+        ("", False),
+    ],
+)
 def test_matches_compares_one_identity_exactly(ident, matches):
     assert DEV.matches(ident) is matches
 
@@ -38,13 +50,18 @@ def test_as_json_pins_the_keys():
     assert BlockDevice(name="loop1", size=5).as_json()["fs_uuid"] is None
 
 
-@pytest.mark.parametrize(("text", "want"), [
-    ("DEVNAME=/dev/loop0\nUUID=ab-cd\nTYPE=ext4\nLABEL=my disk\n",
-     {"DEVNAME": "/dev/loop0", "UUID": "ab-cd", "TYPE": "ext4", "LABEL": "my disk"}),
-    ("UUID=x=y\n", {"UUID": "x=y"}),
-    ("garbage\nlower=case\n\n", {}),
-    ("", {}),
-])
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        (
+            "DEVNAME=/dev/loop0\nUUID=ab-cd\nTYPE=ext4\nLABEL=my disk\n",
+            {"DEVNAME": "/dev/loop0", "UUID": "ab-cd", "TYPE": "ext4", "LABEL": "my disk"},
+        ),
+        ("UUID=x=y\n", {"UUID": "x=y"}),
+        ("garbage\nlower=case\n\n", {}),
+        ("", {}),
+    ],
+)
 def test_parse_blkid_export(text, want):
     assert parse_blkid_export(text) == want
 
@@ -61,12 +78,15 @@ def test_parse_ident_rejects_with_one_line(text):
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize(("ro", "allow_exec", "want"), [
-    (False, False, "nodev,nosuid,noexec,rw"),
-    (True, False, "nodev,nosuid,noexec,ro"),
-    (False, True, "nodev,nosuid,rw"),
-    (True, True, "nodev,nosuid,ro"),
-])
+@pytest.mark.parametrize(
+    ("ro", "allow_exec", "want"),
+    [
+        (False, False, "nodev,nosuid,noexec,rw"),
+        (True, False, "nodev,nosuid,noexec,ro"),
+        (False, True, "nodev,nosuid,rw"),
+        (True, True, "nodev,nosuid,ro"),
+    ],
+)
 def test_mount_options_are_never_dev_or_suid(ro, allow_exec, want):
     assert mount_options(ro, allow_exec) == want
 

@@ -92,12 +92,15 @@ def test_create_straight_from_a_template(qm, dm):
     assert qm.image_for(qm.get(q.name)) == IMAGE_ID
 
 
-@pytest.mark.parametrize(("kwargs", "error"), [
-    ({}, InvalidValue),  # no default_dispvm set
-    ({"dvm": "ghost"}, NotFound),
-    ({"template": "fedora-40"}, NotFound),
-    ({"dvm": "default-dvm", "template": TEMPLATE}, InvalidValue),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({}, InvalidValue),  # no default_dispvm set
+        ({"dvm": "ghost"}, NotFound),
+        ({"template": "fedora-40"}, NotFound),
+        ({"dvm": "default-dvm", "template": TEMPLATE}, InvalidValue),
+    ],
+)
 def test_create_errors_change_nothing(ctx, dm, engine, kwargs, error):
     before = dump_store(ctx.store)
     with pytest.raises(error):
@@ -156,9 +159,15 @@ def test_run_needs_a_command(dm, dvm):
         dm.run([], Stdio())
 
 
-@pytest.mark.parametrize(("exc", "code"), [
-    (Terminated(15), 143), (Terminated(1), 129), (KeyboardInterrupt(), 130), (RuntimeError(), 125),
-])
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (Terminated(15), 143),
+        (Terminated(1), 129),
+        (KeyboardInterrupt(), 130),
+        (RuntimeError(), 125),
+    ],
+)
 def test_exit_code_for(exc, code):
     assert exit_code_for(exc) == code
 
@@ -215,10 +224,13 @@ def test_reap_of_a_row_with_garbage_owner(ctx, qm, dm, engine):
 def test_sweep_removes_stray_objects_of_this_home_only(ctx, qm, engine):
     hh = ctx.home_hash
     engine.create_volume(f"qlite-{hh}-gone-private", {"qlite.qube": "gone", "qlite.kind": "private", "qlite.home": hh})
-    engine.create_network(f"qlite-{hh}-orphan", {"qlite.qube": "disp5", "qlite.kind": "net", "qlite.home": hh,
-                                                 "qlite.owner": dead_owner()})
-    engine.create_volume("qlite-otherhome-x-private", {"qlite.qube": "x", "qlite.kind": "private",
-                                                      "qlite.home": "otherhome"})
+    engine.create_network(
+        f"qlite-{hh}-orphan",
+        {"qlite.qube": "disp5", "qlite.kind": "net", "qlite.home": hh, "qlite.owner": dead_owner()},
+    )
+    engine.create_volume(
+        "qlite-otherhome-x-private", {"qlite.qube": "x", "qlite.kind": "private", "qlite.home": "otherhome"}
+    )
     engine.create_volume("not-ours", {})
     report = reap(ctx, sweep=True)
     assert report.volumes == [f"qlite-{hh}-gone-private"]
@@ -246,8 +258,9 @@ def test_sweep_never_removes_a_new_object_that_took_a_stale_listed_name(ctx, dm,
             getattr(engine, f"remove_{kind}")(name)
             q = dm.create(template=TEMPLATE)
             ctx.store.execute("UPDATE qubes SET name='disp1386' WHERE name=?", (q.name,))
-            create(name, {"qlite.qube": "disp1386", "qlite.kind": "x", "qlite.home": hh,
-                          "qlite.owner": current_owner()})
+            create(
+                name, {"qlite.qube": "disp1386", "qlite.kind": "x", "qlite.home": hh, "qlite.owner": current_owner()}
+            )
         return out
 
     setattr(engine, f"list_{kind}s", list_then_replace)
@@ -264,8 +277,15 @@ def test_a_stale_host_table_never_replaces_a_newer_one(ctx, engine, paths):
     qube would run without its firewall."""
     other = Store(paths.db)
     # One kernel: one record of what was loaded.
-    ctx_b = Context(paths, engine=engine, store=other, runtime_probe=ctx.runtime_probe, net_apply=ctx.net_apply,
-                    mounts=ctx.mounts, daemon=ctx.daemon)
+    ctx_b = Context(
+        paths,
+        engine=engine,
+        store=other,
+        runtime_probe=ctx.runtime_probe,
+        net_apply=ctx.net_apply,
+        mounts=ctx.mounts,
+        daemon=ctx.daemon,
+    )
     loaded = ctx.net_apply.scripts
     first = DisposableManager(ctx).create(template=TEMPLATE)
     QubeManager(ctx).net.prepare(first)
@@ -303,15 +323,18 @@ def test_a_stale_host_table_never_replaces_a_newer_one(ctx, engine, paths):
     assert f"chain {nft.chain_name(first.name)} " in loaded[-1][0]
 
 
-@pytest.mark.parametrize(("status", "text", "expected"), [
-    (500, "no volume with name qlite-x found in database: no such volume", True),
-    (500, "no container with name or ID \"x\" found: no such container", True),
-    (500, "unable to find network with name or ID x: network not found", True),
-    (500, "volume is being used", False),
-    (500, "open /var/lib/x: no such file or directory", False),
-    (409, "no such volume", False),
-    (200, "", False),
-])
+@pytest.mark.parametrize(
+    ("status", "text", "expected"),
+    [
+        (500, "no volume with name qlite-x found in database: no such volume", True),
+        (500, 'no container with name or ID "x" found: no such container', True),
+        (500, "unable to find network with name or ID x: network not found", True),
+        (500, "volume is being used", False),
+        (500, "open /var/lib/x: no such file or directory", False),
+        (409, "no such volume", False),
+        (200, "", False),
+    ],
+)
 def test_a_removal_that_lost_a_race_counts_as_done(status, text, expected):
     class Resp:
         status_code = status

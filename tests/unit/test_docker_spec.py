@@ -11,8 +11,12 @@ IMAGE_ID = "20c45533d36d54ef4b9e27e3dc8462aec18abb625b48d5ba4c9235e5fd43cf0d"
 
 
 def spec(**kw) -> ContainerSpec:
-    base = {"name": "qlite-h-work", "image": "localhost/qlite/debian-12:1", "command": ("sleep", "infinity"),
-            "labels": {"qlite.qube": "work"}}
+    base = {
+        "name": "qlite-h-work",
+        "image": "localhost/qlite/debian-12:1",
+        "command": ("sleep", "infinity"),
+        "labels": {"qlite.qube": "work"},
+    }
     return ContainerSpec(**{**base, **kw})
 
 
@@ -20,95 +24,149 @@ def spec(**kw) -> ContainerSpec:
 CASES = [
     (
         "minimal: read-only, no network, init, default runtime",
-        spec(), "runsc",
-        {"name": "qlite-h-work", "image": "localhost/qlite/debian-12:1", "command": ["sleep", "infinity"],
-         "labels": {"qlite.qube": "work"}, "stdin_open": False, "tty": False, "hostname": None,
-         "user": None, "working_dir": None, "environment": None},
+        spec(),
+        "runsc",
+        {
+            "name": "qlite-h-work",
+            "image": "localhost/qlite/debian-12:1",
+            "command": ["sleep", "infinity"],
+            "labels": {"qlite.qube": "work"},
+            "stdin_open": False,
+            "tty": False,
+            "hostname": None,
+            "user": None,
+            "working_dir": None,
+            "environment": None,
+        },
         {"read_only": True, "init": True, "network_mode": "none", "mounts": [], "runtime": "runsc"},
     ),
     (
         "empty runtime leaves the engine's default",
-        spec(), "",
+        spec(),
+        "",
         {},
         {"read_only": True, "init": True, "network_mode": "none", "mounts": []},
     ),
     (
         "the spec's runtime wins over the default",
-        spec(runtime="runsc-build"), "runsc",
+        spec(runtime="runsc-build"),
+        "runsc",
         {},
         {"read_only": True, "init": True, "network_mode": "none", "mounts": [], "runtime": "runsc-build"},
     ),
     (
         "the spec's runtime applies when there is no default",
-        spec(runtime="runsc-build"), "",
+        spec(runtime="runsc-build"),
+        "",
         {},
         {"read_only": True, "init": True, "network_mode": "none", "mounts": [], "runtime": "runsc-build"},
     ),
     (
         "named network, writable root, no init",
-        spec(network="qlite-h-work", read_only=False, init=False), "",
+        spec(network="qlite-h-work", read_only=False, init=False),
+        "",
         {},
         {"read_only": False, "init": False, "network_mode": "qlite-h-work", "mounts": []},
     ),
     (
         "limits: memory in bytes, vcpus in nano-CPUs, pids",
-        spec(memory_mib=400, vcpus=2, pids_limit=4096), "",
+        spec(memory_mib=400, vcpus=2, pids_limit=4096),
+        "",
         {},
-        {"read_only": True, "init": True, "network_mode": "none", "mounts": [],
-         "mem_limit": 400 * 1024 * 1024, "nano_cpus": 2_000_000_000, "pids_limit": 4096},
+        {
+            "read_only": True,
+            "init": True,
+            "network_mode": "none",
+            "mounts": [],
+            "mem_limit": 400 * 1024 * 1024,
+            "nano_cpus": 2_000_000_000,
+            "pids_limit": 4096,
+        },
     ),
     (
         "process: user, workdir, env, hostname, stdin, tty",
-        spec(user="user", workdir="/home/user", env={"QLITE_QUBE": "work"}, hostname="work",
-             stdin_open=True, tty=True), "",
-        {"user": "user", "working_dir": "/home/user", "environment": {"QLITE_QUBE": "work"},
-         "hostname": "work", "stdin_open": True, "tty": True},
+        spec(user="user", workdir="/home/user", env={"QLITE_QUBE": "work"}, hostname="work", stdin_open=True, tty=True),
+        "",
+        {
+            "user": "user",
+            "working_dir": "/home/user",
+            "environment": {"QLITE_QUBE": "work"},
+            "hostname": "work",
+            "stdin_open": True,
+            "tty": True,
+        },
         {"read_only": True, "init": True, "network_mode": "none", "mounts": []},
     ),
     (
         "an empty command keeps the image's own",
-        spec(command=()), "",
+        spec(command=()),
+        "",
         {"command": None},
         {"read_only": True, "init": True, "network_mode": "none", "mounts": []},
     ),
     (
         "a bare image id is made explicit",
-        spec(image=IMAGE_ID), "",
+        spec(image=IMAGE_ID),
+        "",
         {"image": f"sha256:{IMAGE_ID}"},
         {"read_only": True, "init": True, "network_mode": "none", "mounts": []},
     ),
     (
         "mounts: volume, bind, tmpfs with options",
-        spec(mounts=(
-            Mount(type="volume", source="qlite-h-work-private", target="/rw"),
-            Mount(type="bind", source="/var/lib/v/home/user", target="/home/user"),
-            Mount(type="tmpfs", target="/tmp", options=("mode=1777",)),
-            Mount(type="tmpfs", target="/run", options=("mode=755", "size=64m")),
-        )), "",
+        spec(
+            mounts=(
+                Mount(type="volume", source="qlite-h-work-private", target="/rw"),
+                Mount(type="bind", source="/var/lib/v/home/user", target="/home/user"),
+                Mount(type="tmpfs", target="/tmp", options=("mode=1777",)),
+                Mount(type="tmpfs", target="/run", options=("mode=755", "size=64m")),
+            )
+        ),
+        "",
         {},
-        {"read_only": True, "init": True, "network_mode": "none",
-         "mounts": [
-             {"Type": "volume", "Source": "qlite-h-work-private", "Target": "/rw", "ReadOnly": False},
-             {"Type": "bind", "Source": "/var/lib/v/home/user", "Target": "/home/user", "ReadOnly": False},
-         ],
-         "tmpfs": {"/tmp": "rw,nosuid,nodev,mode=1777", "/run": "rw,nosuid,nodev,mode=755,size=64m"}},
+        {
+            "read_only": True,
+            "init": True,
+            "network_mode": "none",
+            "mounts": [
+                {"Type": "volume", "Source": "qlite-h-work-private", "Target": "/rw", "ReadOnly": False},
+                {"Type": "bind", "Source": "/var/lib/v/home/user", "Target": "/home/user", "ReadOnly": False},
+            ],
+            "tmpfs": {"/tmp": "rw,nosuid,nodev,mode=1777", "/run": "rw,nosuid,nodev,mode=755,size=64m"},
+        },
     ),
     (
         "mount options with a Mount API equivalent",
-        spec(mounts=(
-            Mount(type="volume", source="v", target="/data", read_only=True, options=("nocopy",)),
-            Mount(type="bind", source="/src", target="/dst", options=("ro", "rslave")),
-            Mount(type="bind", source="/src2", target="/dst2", read_only=True, options=("rw",)),
-        )), "",
+        spec(
+            mounts=(
+                Mount(type="volume", source="v", target="/data", read_only=True, options=("nocopy",)),
+                Mount(type="bind", source="/src", target="/dst", options=("ro", "rslave")),
+                Mount(type="bind", source="/src2", target="/dst2", read_only=True, options=("rw",)),
+            )
+        ),
+        "",
         {},
-        {"read_only": True, "init": True, "network_mode": "none",
-         "mounts": [
-             {"Type": "volume", "Source": "v", "Target": "/data", "ReadOnly": True,
-              "VolumeOptions": {"NoCopy": True}},
-             {"Type": "bind", "Source": "/src", "Target": "/dst", "ReadOnly": True,
-              "BindOptions": {"Propagation": "rslave"}},
-             {"Type": "bind", "Source": "/src2", "Target": "/dst2", "ReadOnly": False},
-         ]},
+        {
+            "read_only": True,
+            "init": True,
+            "network_mode": "none",
+            "mounts": [
+                {
+                    "Type": "volume",
+                    "Source": "v",
+                    "Target": "/data",
+                    "ReadOnly": True,
+                    "VolumeOptions": {"NoCopy": True},
+                },
+                {
+                    "Type": "bind",
+                    "Source": "/src",
+                    "Target": "/dst",
+                    "ReadOnly": True,
+                    "BindOptions": {"Propagation": "rslave"},
+                },
+                {"Type": "bind", "Source": "/src2", "Target": "/dst2", "ReadOnly": False},
+            ],
+        },
     ),
 ]
 
@@ -123,7 +181,15 @@ def test_create_args(case, given, runtime, container, host):
 def test_create_args_names_every_container_field():
     """Every key is one the SDK's create_container accepts."""
     assert set(create_args(spec(), "").container) == {
-        "name", "image", "command", "labels", "stdin_open", "tty", "hostname", "user", "working_dir",
+        "name",
+        "image",
+        "command",
+        "labels",
+        "stdin_open",
+        "tty",
+        "hostname",
+        "user",
+        "working_dir",
         "environment",
     }
 
@@ -150,22 +216,28 @@ def test_create_args_rejects_what_it_cannot_express(mount, message):
         create_args(spec(mounts=(mount,)), "")
 
 
-@pytest.mark.parametrize(("env", "expected"), [
-    ({}, "runsc"),
-    ({"QLITE_DOCKER_RUNTIME": ""}, ""),
-    ({"QLITE_DOCKER_RUNTIME": "  "}, ""),
-    ({"QLITE_DOCKER_RUNTIME": "runsc-kvm"}, "runsc-kvm"),
-])
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "runsc"),
+        ({"QLITE_DOCKER_RUNTIME": ""}, ""),
+        ({"QLITE_DOCKER_RUNTIME": "  "}, ""),
+        ({"QLITE_DOCKER_RUNTIME": "runsc-kvm"}, "runsc-kvm"),
+    ],
+)
 def test_default_runtime(env, expected):
     assert default_runtime(env) == expected
 
 
-@pytest.mark.parametrize(("ref", "expected"), [
-    (IMAGE_ID, f"sha256:{IMAGE_ID}"),
-    (f"sha256:{IMAGE_ID}", f"sha256:{IMAGE_ID}"),
-    ("20c45533d36d", "20c45533d36d"),
-    ("localhost/qlite/debian-12:1", "localhost/qlite/debian-12:1"),
-])
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        (IMAGE_ID, f"sha256:{IMAGE_ID}"),
+        (f"sha256:{IMAGE_ID}", f"sha256:{IMAGE_ID}"),
+        ("20c45533d36d", "20c45533d36d"),
+        ("localhost/qlite/debian-12:1", "localhost/qlite/debian-12:1"),
+    ],
+)
 def test_image_ref(ref, expected):
     assert image_ref(ref) == expected
 
@@ -174,13 +246,16 @@ def test_label_filters_are_sorted_pairs():
     assert label_filters({"qlite.qube": "a", "qlite.home": "h"}) == {"label": ["qlite.home=h", "qlite.qube=a"]}
 
 
-@pytest.mark.parametrize(("found", "wanted", "expected"), [
-    ({"qlite.home": "h", "qlite.kind": "net"}, {"qlite.home": "h", "qlite.kind": "net"}, True),
-    ({"qlite.home": "h", "qlite.kind": "net", "x": "y"}, {"qlite.home": "h"}, True),
-    ({"qlite.home": "other", "qlite.kind": "net"}, {"qlite.home": "h", "qlite.kind": "net"}, False),
-    ({"qlite.home": "h"}, {"qlite.home": "h", "qlite.kind": "net"}, False),
-    (None, {"qlite.home": "h"}, False),
-    (None, {}, True),
-])
+@pytest.mark.parametrize(
+    ("found", "wanted", "expected"),
+    [
+        ({"qlite.home": "h", "qlite.kind": "net"}, {"qlite.home": "h", "qlite.kind": "net"}, True),
+        ({"qlite.home": "h", "qlite.kind": "net", "x": "y"}, {"qlite.home": "h"}, True),
+        ({"qlite.home": "other", "qlite.kind": "net"}, {"qlite.home": "h", "qlite.kind": "net"}, False),
+        ({"qlite.home": "h"}, {"qlite.home": "h", "qlite.kind": "net"}, False),
+        (None, {"qlite.home": "h"}, False),
+        (None, {}, True),
+    ],
+)
 def test_has_labels_needs_every_label(found, wanted, expected):
     assert has_labels(found, wanted) is expected

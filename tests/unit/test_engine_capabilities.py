@@ -25,8 +25,7 @@ def test_the_engines_declare_their_capabilities(engine_class, has):
 
 
 @pytest.mark.parametrize(("gives", "bound"), [(True, True), (False, False)])
-def test_a_container_qube_gets_a_devices_directory_only_where_the_engine_can_give_devices(ctx, engine, gives,
-                                                                                         bound):
+def test_a_container_qube_gets_a_devices_directory_only_where_the_engine_can_give_devices(ctx, engine, gives, bound):
     engine.gives_devices_to_containers = gives
     q = insert_row(QubeManager(ctx), "work")
     source = QubeManager(ctx).devices_source(q)
@@ -34,11 +33,14 @@ def test_a_container_qube_gets_a_devices_directory_only_where_the_engine_can_giv
     assert [c[0] for c in ctx.mounts.calls] == (["bind_ro_shared"] if bound else [])
 
 
-@pytest.mark.parametrize(("probed", "netstack", "loopback"), [
-    (True, False, True),  # the host-netns path: nobody else brings lo up
-    (True, True, False),  # netstack brings up its own
-    (False, False, False),  # another engine's runsc: its owner's configuration
-])
+@pytest.mark.parametrize(
+    ("probed", "netstack", "loopback"),
+    [
+        (True, False, True),  # the host-netns path: nobody else brings lo up
+        (True, True, False),  # netstack brings up its own
+        (False, False, False),  # another engine's runsc: its owner's configuration
+    ],
+)
 def test_an_offline_qube_gets_its_loopback_up_only_under_the_probed_runsc(ctx, engine, probed, netstack, loopback):
     engine.runs_probed_runsc = probed
     ctx.runtime_probe = replace(FAKE_PROBE, netstack=netstack)
@@ -49,10 +51,13 @@ def test_an_offline_qube_gets_its_loopback_up_only_under_the_probed_runsc(ctx, e
     assert ctx.net_apply.calls == ([("loopback_up", "/proc/4242/ns/net")] if loopback else [])
 
 
-@pytest.mark.parametrize(("managed", "detail"), [
-    (True, "fake service answers (API 0.0-fake) at {sock}"),
-    (False, "fake answers (version 0.0-fake)"),
-])
+@pytest.mark.parametrize(
+    ("managed", "detail"),
+    [
+        (True, "fake service answers (API 0.0-fake) at {sock}"),
+        (False, "fake answers (version 0.0-fake)"),
+    ],
+)
 def test_doctor_names_the_socket_only_of_qlites_own_service(ctx, engine, managed, detail):
     engine.managed_by_qlite = managed
     check = check_service(ctx)

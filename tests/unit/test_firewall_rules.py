@@ -29,8 +29,11 @@ HOSTNAMES = ("example.com", "dns.example", "v6.example")
 
 def _network(version: int) -> st.SearchStrategy[str]:
     bits = 32 if version == 4 else 128
-    return st.builds(lambda a, p: str(ipaddress.ip_network(f"{a}/{p}", strict=False)),
-                     st.ip_addresses(v=version), st.integers(0, bits))
+    return st.builds(
+        lambda a, p: str(ipaddress.ip_network(f"{a}/{p}", strict=False)),
+        st.ip_addresses(v=version),
+        st.integers(0, bits),
+    )
 
 
 ADDRESSES = st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str), _network(4), _network(6))
@@ -44,8 +47,12 @@ NO_COMMENT = st.none()
 
 
 @st.composite
-def valid_rules(draw, comments: st.SearchStrategy[str | None] = NO_COMMENT,
-                hostnames: st.SearchStrategy[str] = KNOWN_HOSTS, now: float = NOW) -> Rule:
+def valid_rules(
+    draw,
+    comments: st.SearchStrategy[str | None] = NO_COMMENT,
+    hostnames: st.SearchStrategy[str] = KNOWN_HOSTS,
+    now: float = NOW,
+) -> Rule:
     """Any rule parse_rule accepts: consistent protocol, ports and icmp type,
     a future expiry."""
     special = draw(st.sampled_from([None, None, None, "dns"]))
@@ -59,8 +66,16 @@ def valid_rules(draw, comments: st.SearchStrategy[str | None] = NO_COMMENT,
     if proto == "icmp":
         icmptype = draw(st.none() | st.integers(0, 255))
     expire = draw(st.none() | st.integers(int(now) + 1, MAX_EPOCH))
-    return Rule(action=draw(st.sampled_from(ACTIONS)), dsthost=dsthost, proto=proto, dstports=dstports,
-                icmptype=icmptype, specialtarget=special, expire=expire, comment=draw(comments))
+    return Rule(
+        action=draw(st.sampled_from(ACTIONS)),
+        dsthost=dsthost,
+        proto=proto,
+        dstports=dstports,
+        icmptype=icmptype,
+        specialtarget=special,
+        expire=expire,
+        comment=draw(comments),
+    )
 
 
 # -- parse_rule: good inputs ---------------------------------------------------
@@ -75,8 +90,11 @@ GOOD = [
     ("everything", "accept dsthost=0.0.0.0/0", Rule("accept", dsthost="0.0.0.0/0")),
     ("ipv6 address normalised", "accept dsthost=2001:DB8:0::1", Rule("accept", dsthost="2001:db8::1")),
     ("ipv6 cidr", "accept dsthost=2001:db8::/32", Rule("accept", dsthost="2001:db8::/32")),
-    ("hostname lowered, root dot dropped", "accept dsthost=WWW.Example.COM.",
-     Rule("accept", dsthost="www.example.com")),
+    (
+        "hostname lowered, root dot dropped",
+        "accept dsthost=WWW.Example.COM.",
+        Rule("accept", dsthost="www.example.com"),
+    ),
     ("single-label hostname", "accept dsthost=localhost", Rule("accept", dsthost="localhost")),
     ("digit-led hostname", "accept dsthost=1e100.net", Rule("accept", dsthost="1e100.net")),
     ("tcp port", "accept proto=tcp dstports=443", Rule("accept", proto="tcp", dstports=(443, 443))),
@@ -92,13 +110,14 @@ GOOD = [
     ("dns udp", "accept specialtarget=dns proto=udp", Rule("accept", specialtarget="dns", proto="udp")),
     ("relative expire", "drop expire=+60", Rule("drop", expire=1_700_000_060)),
     ("absolute expire", "drop expire=1800000000", Rule("drop", expire=1_800_000_000)),
-    ("comment takes the rest", "accept comment=hello big world",
-     Rule("accept", comment="hello big world")),
-    ("comment swallows key=value words", "accept comment=a=b proto=tcp",
-     Rule("accept", comment="a=b proto=tcp")),
+    ("comment takes the rest", "accept comment=hello big world", Rule("accept", comment="hello big world")),
+    ("comment swallows key=value words", "accept comment=a=b proto=tcp", Rule("accept", comment="a=b proto=tcp")),
     ("empty comment", "accept comment=", Rule("accept", comment="")),
-    ("key order free", "proto=tcp dstports=22 action=accept dsthost=192.168.1.0/24",
-     Rule("accept", dsthost="192.168.1.0/24", proto="tcp", dstports=(22, 22))),
+    (
+        "key order free",
+        "proto=tcp dstports=22 action=accept dsthost=192.168.1.0/24",
+        Rule("accept", dsthost="192.168.1.0/24", proto="tcp", dstports=(22, 22)),
+    ),
 ]
 
 
@@ -216,8 +235,14 @@ def test_rule_from_json_keeps_past_expire():
 
 def test_to_json_keys_and_ports_text():
     rule = Rule("accept", dsthost="10.0.0.0/8", proto="tcp", dstports=(80, 90), expire=2_000_000_000, comment="x")
-    assert rule.to_json() == {"action": "accept", "dsthost": "10.0.0.0/8", "proto": "tcp", "dstports": "80-90",
-                              "expire": 2_000_000_000, "comment": "x"}
+    assert rule.to_json() == {
+        "action": "accept",
+        "dsthost": "10.0.0.0/8",
+        "proto": "tcp",
+        "dstports": "80-90",
+        "expire": 2_000_000_000,
+        "comment": "x",
+    }
     assert Rule("accept", proto="tcp", dstports=(22, 22)).to_json()["dstports"] == "22"
     assert rule.format() == "action=accept dsthost=10.0.0.0/8 proto=tcp dstports=80-90 expire=2000000000 comment=x"
 
@@ -238,8 +263,9 @@ def test_dst_network_and_hostname(dsthost, network, hostname):
     assert rule.dst_hostname == hostname
 
 
-@pytest.mark.parametrize(("expire", "expired"), [(None, False), (int(NOW) - 1, True), (int(NOW), True),
-                                                 (int(NOW) + 1, False)])
+@pytest.mark.parametrize(
+    ("expire", "expired"), [(None, False), (int(NOW) - 1, True), (int(NOW), True), (int(NOW) + 1, False)]
+)
 def test_expired(expire, expired):
     assert Rule("drop", expire=expire).expired(int(NOW)) is expired
 

@@ -26,11 +26,13 @@ FORMATS = {"wire": (wire.FORMAT, wire.WireError), "channel": (ch.FORMAT, ch.Chan
 
 def frame_st(fmt: frames.Format) -> st.SearchStrategy[tuple]:
     """A valid frame of FMT as its decoder returns it: (type, *fields, payload)."""
-    return st.sampled_from(sorted(fmt.kinds)).flatmap(lambda kind: st.tuples(
-        st.just(kind),
-        *[st.integers(0, frames.MAX_FIELD)] * len(fmt.fields),
-        st.binary(max_size=min(300, fmt.limit(kind))),
-    ))
+    return st.sampled_from(sorted(fmt.kinds)).flatmap(
+        lambda kind: st.tuples(
+            st.just(kind),
+            *[st.integers(0, frames.MAX_FIELD)] * len(fmt.fields),
+            st.binary(max_size=min(300, fmt.limit(kind))),
+        )
+    )
 
 
 def encode(fmt: frames.Format, frame: tuple) -> bytes:
@@ -78,7 +80,7 @@ def test_one_byte_at_a_time_and_pending():
     ends = [0, wire.HEADER.size + 5, len(stream)]
     decoder, out = wire.Decoder(), []
     for i in range(1, len(stream) + 1):
-        out += decoder.feed(stream[i - 1:i])
+        out += decoder.feed(stream[i - 1 : i])
         assert decoder.pending == i - max(e for e in ends if e <= i)
     assert out == [(wire.STDOUT, b"hello"), (wire.STDOUT, b"")]
     assert decoder.feed(b"") == [] and decoder.pending == 0
@@ -90,6 +92,7 @@ def test_one_byte_at_a_time_and_pending():
 def mutated_stream(fmt: frames.Format) -> st.SearchStrategy[bytes]:
     """Valid frames with some bytes overwritten, cut short or extended: close
     enough to the format that the decoder gets past the first header."""
+
     def mutate(args: tuple[bytes, list[tuple[int, int]], int, bytes]) -> bytes:
         stream, flips, cut, tail = args
         buf = bytearray(stream)
@@ -97,10 +100,12 @@ def mutated_stream(fmt: frames.Format) -> st.SearchStrategy[bytes]:
             if buf:
                 buf[pos % len(buf)] = value
         return bytes(buf[:cut] if cut < len(buf) else buf) + tail
+
     return st.tuples(
         st.lists(frame_st(fmt), max_size=5).map(lambda fs: b"".join(encode(fmt, f) for f in fs)),
         st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4),
-        st.integers(0, 2000), st.binary(max_size=20),
+        st.integers(0, 2000),
+        st.binary(max_size=20),
     ).map(mutate)
 
 
@@ -142,13 +147,16 @@ def test_deep_nesting_is_a_malformed_message(decode):
         decode(b"[" * 4000)  # fits in a REQUEST
 
 
-@pytest.mark.parametrize(("name", "kind", "length"), [
-    ("wire", wire.STDOUT, wire.MAX_PAYLOAD + 1),
-    ("wire", wire.REQUEST, wire.MAX_REQUEST + 1),  # a request has a tighter limit
-    ("wire", wire.EXIT, frames.MAX_FIELD),
-    ("channel", ch.DATA, ch.MAX_PAYLOAD + 1),
-    ("channel", ch.OPEN, frames.MAX_FIELD),
-])
+@pytest.mark.parametrize(
+    ("name", "kind", "length"),
+    [
+        ("wire", wire.STDOUT, wire.MAX_PAYLOAD + 1),
+        ("wire", wire.REQUEST, wire.MAX_REQUEST + 1),  # a request has a tighter limit
+        ("wire", wire.EXIT, frames.MAX_FIELD),
+        ("channel", ch.DATA, ch.MAX_PAYLOAD + 1),
+        ("channel", ch.OPEN, frames.MAX_FIELD),
+    ],
+)
 def test_an_oversized_frame_is_refused_from_its_header(name, kind, length):
     fmt, error = FORMATS[name]
     header = fmt.header.pack(kind, *[7] * len(fmt.fields), length)
@@ -184,23 +192,29 @@ def test_a_good_frame_holds_no_more_than_itself():
     assert decoder.pending == 3
 
 
-@pytest.mark.parametrize(("kind", "values", "payload", "message"), [
-    (0x99, (1,), b"", "unknown frame type 0x99"),
-    (ch.DATA, (-1,), b"", "channel -1 out of range"),
-    (ch.DATA, (frames.MAX_FIELD + 1,), b"", "out of range"),
-    (ch.DATA, (), b"", "has 1 fields, not 0"),
-])
+@pytest.mark.parametrize(
+    ("kind", "values", "payload", "message"),
+    [
+        (0x99, (1,), b"", "unknown frame type 0x99"),
+        (ch.DATA, (-1,), b"", "channel -1 out of range"),
+        (ch.DATA, (frames.MAX_FIELD + 1,), b"", "out of range"),
+        (ch.DATA, (), b"", "has 1 fields, not 0"),
+    ],
+)
 def test_encode_refuses_what_it_cannot_frame(kind, values, payload, message):
     with pytest.raises(ch.ChannelError, match=message):
         ch.FORMAT.encode(kind, values, payload)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"kinds": {0x100}, "max_payload": 10},
-    {"kinds": {1}, "max_payload": frames.MAX_FIELD + 1},
-    {"kinds": {1}, "max_payload": 10, "limits": {1: 11}},
-    {"kinds": {1}, "max_payload": 10, "limits": {2: 5}},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kinds": {0x100}, "max_payload": 10},
+        {"kinds": {1}, "max_payload": frames.MAX_FIELD + 1},
+        {"kinds": {1}, "max_payload": 10, "limits": {1: 11}},
+        {"kinds": {1}, "max_payload": 10, "limits": {2: 5}},
+    ],
+)
 def test_a_format_that_could_not_hold_is_a_bug(kwargs):
     with pytest.raises(ValueError):
         frames.Format(**kwargs)
@@ -212,8 +226,9 @@ def test_a_format_that_could_not_hold_is_a_bug(kwargs):
 def test_recv_frame_over_a_socket():
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        theirs.sendall(wire.encode(wire.STDOUT, b"a") + wire.encode(wire.STDERR, b"b") + wire.HEADER.pack(
-            wire.STDOUT, 4) + b"12")
+        theirs.sendall(
+            wire.encode(wire.STDOUT, b"a") + wire.encode(wire.STDERR, b"b") + wire.HEADER.pack(wire.STDOUT, 4) + b"12"
+        )
         decoder, backlog = wire.Decoder(), []
         assert wire.recv_frame(ours, decoder, backlog) == (wire.STDOUT, b"a")
         assert wire.recv_frame(ours, decoder, backlog) == (wire.STDERR, b"b")
@@ -266,7 +281,13 @@ def test_the_guest_copies_share_the_guest_codec_without_qlite(tmp_path):
         "except wire.WireError as exc:\n"
         "    print(exc)\n"
     )
-    done = subprocess.run([str(SYSTEM_PYTHON), "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(GUEST.pythonpath), "PATH": "/usr/bin:/bin"}, timeout=30)
+    done = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(GUEST.pythonpath), "PATH": "/usr/bin:/bin"},
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "unknown frame type 0x99\n"

@@ -35,24 +35,25 @@ def broker_factory():
 
 def echo_upper(requests):
     """Allow; answer stdin upper-cased on stdout, a note on stderr, exit 3."""
+
     def handler(conn):
         requests.append(conn.recv_request())
         conn.send_json(wire.RESULT, {"result": "allow", "target": "work"})
         data = conn.read_stdin().upper()
         for i in range(0, len(data), wire.MAX_PAYLOAD):
-            conn.send(wire.STDOUT, data[i:i + wire.MAX_PAYLOAD])
+            conn.send(wire.STDOUT, data[i : i + wire.MAX_PAYLOAD])
         conn.send(wire.STDERR, b"note\n")
         conn.send(wire.STDOUT)
         conn.send(wire.STDERR)
         conn.send_json(wire.EXIT, {"code": 3})
+
     return handler
 
 
 def test_allowed_call_joins_stdio_and_returns_the_service_code(broker_factory):
     requests = []
     broker = broker_factory(echo_upper(requests))
-    proc = GUEST.run_tool("qrexec-client-vm", "work", "my.Service+some+arg", socket_path=broker.path,
-                          input=b"hello\n")
+    proc = GUEST.run_tool("qrexec-client-vm", "work", "my.Service+some+arg", socket_path=broker.path, input=b"hello\n")
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, b"HELLO\n", b"note\n")
     assert requests == [{"version": 1, "target": "work", "service": "my.Service", "argument": "some+arg"}]
 
@@ -76,8 +77,9 @@ def test_large_streams_both_ways(broker_factory):
 
 def test_service_that_ignores_stdin_still_ends(broker_factory):
     requests = []
-    broker = broker_factory(allow_running(lambda r: ["sh", "-c", "exec 0<&-; echo done; exit 4"],
-                                          lambda r: GUEST.env(), requests))
+    broker = broker_factory(
+        allow_running(lambda r: ["sh", "-c", "exec 0<&-; echo done; exit 4"], lambda r: GUEST.env(), requests)
+    )
     proc = GUEST.run_tool("qrexec-client-vm", "work", "svc", socket_path=broker.path, input=b"z" * 3_000_000)
     assert (proc.returncode, proc.stdout) == (4, b"done\n")
 
@@ -110,12 +112,15 @@ def test_error_frame_fails_with_its_message(broker_factory):
         assert message in proc.stderr and b"Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("tail, message, output", [
-    (wire.HEADER.pack(wire.STDOUT, 100) + b"0123456789", b"middle of a frame", b"some output"),
-    (b"", b"before the service's exit code", b"some output"),
-    # The codec rejects the whole read, which may hold the good frame too.
-    (b"\x99" + wire.HEADER.pack(0, 0)[1:], b"unknown frame type 0x99", None),
-])
+@pytest.mark.parametrize(
+    "tail, message, output",
+    [
+        (wire.HEADER.pack(wire.STDOUT, 100) + b"0123456789", b"middle of a frame", b"some output"),
+        (b"", b"before the service's exit code", b"some output"),
+        # The codec rejects the whole read, which may hold the good frame too.
+        (b"\x99" + wire.HEADER.pack(0, 0)[1:], b"unknown frame type 0x99", None),
+    ],
+)
 def test_broker_closing_mid_call_is_a_clean_error(broker_factory, tail, message, output):
     def handler(conn):
         conn.recv_request()
@@ -155,8 +160,11 @@ def test_local_program_talks_to_the_service(broker_factory, tmp_path):
     requests = []
     service = ["sh", "-c", 'read line; echo "pong:$line"; echo service-err >&2; exit 5']
     broker = broker_factory(allow_running(lambda r: service, lambda r: GUEST.env(), requests))
-    local = [sys.executable, "-c",
-             "import sys; print('ping', flush=True); sys.stderr.write('local got ' + sys.stdin.read())"]
+    local = [
+        sys.executable,
+        "-c",
+        "import sys; print('ping', flush=True); sys.stderr.write('local got ' + sys.stdin.read())",
+    ]
     proc = GUEST.run_tool("qrexec-client-vm", "work", "svc", *local, socket_path=broker.path, input=b"unused")
     assert proc.returncode == 5
     assert proc.stdout == b""
@@ -176,8 +184,9 @@ def test_local_program_is_not_started_when_refused(broker_factory, tmp_path):
         conn.send_json(wire.RESULT, {"result": "deny", "code": 126, "message": "no"})
 
     marker = tmp_path / "started"
-    proc = GUEST.run_tool("qrexec-client-vm", "work", "svc", "touch", str(marker),
-                          socket_path=broker_factory(deny).path)
+    proc = GUEST.run_tool(
+        "qrexec-client-vm", "work", "svc", "touch", str(marker), socket_path=broker_factory(deny).path
+    )
     assert proc.returncode == 126
     assert not marker.exists()
 
@@ -193,8 +202,14 @@ def test_escape_characters_are_filtered_on_request(broker_factory):
     broker = broker_factory(handler)
     raw = GUEST.run_tool("qrexec-client-vm", "work", "svc", socket_path=broker.path)
     assert raw.stdout == b"a\x1b]0;pwned\x07b\n"  # not a terminal: passed as is
-    filtered = GUEST.run_tool("qrexec-client-vm", "--filter-escape-chars-stdout", "--filter-escape-chars-stderr",
-                              "work", "svc", socket_path=broker.path)
+    filtered = GUEST.run_tool(
+        "qrexec-client-vm",
+        "--filter-escape-chars-stdout",
+        "--filter-escape-chars-stderr",
+        "work",
+        "svc",
+        socket_path=broker.path,
+    )
     assert filtered.stdout == b"a_]0;pwned_b\n" and filtered.stderr == b"c_[2Jd\n"
 
 

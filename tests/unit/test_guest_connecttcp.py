@@ -20,13 +20,16 @@ from .guest_helpers import GUEST, dispatching_broker, short_tmpdir
 connecttcp = GUEST.module("connecttcp")
 
 
-@pytest.mark.parametrize("spec, parsed", [
-    ("work:22", (22, "work", 22)),
-    ("2222:work:22", (2222, "work", 22)),
-    (":work:80", (80, "work", 80)),
-    ("8080::80", (8080, "@default", 80)),
-    (":80", (80, "@default", 80)),
-])
+@pytest.mark.parametrize(
+    "spec, parsed",
+    [
+        ("work:22", (22, "work", 22)),
+        ("2222:work:22", (2222, "work", 22)),
+        (":work:80", (80, "work", 80)),
+        ("8080::80", (8080, "@default", 80)),
+        (":80", (80, "@default", 80)),
+    ],
+)
 def test_parse_spec(spec, parsed):
     assert connecttcp.parse_spec(spec) == parsed
 
@@ -40,8 +43,9 @@ def test_parse_spec_refuses(spec):
 @pytest.mark.parametrize("port", ["", "0", "65536", "abc", "22 ", "+22"])
 def test_service_refuses_bad_ports(port):
     env = GUEST.env(QREXEC_SERVICE_ARGUMENT=port)
-    proc = subprocess.run([str(GUEST.rpc_dir / "qubes.ConnectTCP"), *([port] if port else [])],
-                          capture_output=True, env=env, timeout=30)
+    proc = subprocess.run(
+        [str(GUEST.rpc_dir / "qubes.ConnectTCP"), *([port] if port else [])], capture_output=True, env=env, timeout=30
+    )
     assert proc.returncode == 1 and b"not a port number" in proc.stderr
 
 
@@ -102,7 +106,9 @@ def test_forwarded_connections_reach_the_target_port(tmp_path):
     local = free_port()
     forwarder = subprocess.Popen(
         [sys.executable, str(GUEST.bin("qlite-connect-tcp")), f"{local}:work:{port}"],
-        env=GUEST.env(QLITE_RPC_SOCKET=str(broker.path)), stderr=subprocess.PIPE)
+        env=GUEST.env(QLITE_RPC_SOCKET=str(broker.path)),
+        stderr=subprocess.PIPE,
+    )
     try:
         for message in (b"first", b"second" * 20000):
             with connect_retry(local, time.monotonic() + 10) as conn:
@@ -188,6 +194,7 @@ def test_a_closed_echo_server_takes_no_later_connection():
 
 def test_service_reports_a_closed_port():
     port = free_port()
-    proc = subprocess.run([str(GUEST.rpc_dir / "qubes.ConnectTCP"), str(port)], capture_output=True,
-                          env=GUEST.env(), timeout=30)
+    proc = subprocess.run(
+        [str(GUEST.rpc_dir / "qubes.ConnectTCP"), str(port)], capture_output=True, env=GUEST.env(), timeout=30
+    )
     assert proc.returncode == 1 and b"cannot connect to 127.0.0.1" in proc.stderr

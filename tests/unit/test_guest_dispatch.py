@@ -11,8 +11,13 @@ from .guest_helpers import GUEST
 
 
 def dispatch(dirs, *args: str, input: bytes = b"", **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(GUEST.dispatch), *args], input=input, capture_output=True, timeout=30,
-                          env=GUEST.env(QLITE_RPC_DIRS=":".join(str(d) for d in dirs), **env))
+    return subprocess.run(
+        [str(GUEST.dispatch), *args],
+        input=input,
+        capture_output=True,
+        timeout=30,
+        env=GUEST.env(QLITE_RPC_DIRS=":".join(str(d) for d in dirs), **env),
+    )
 
 
 @pytest.fixture
@@ -24,7 +29,7 @@ def dirs(tmp_path):
 
 
 def service(path, body: str = "", mode: int = 0o755) -> None:
-    path.write_text(f"#!/bin/sh\necho {path.parent.name}/{path.name} \"$#\" \"$@\"\n{body}")
+    path.write_text(f'#!/bin/sh\necho {path.parent.name}/{path.name} "$#" "$@"\n{body}')
     path.chmod(mode)
 
 
@@ -64,10 +69,23 @@ def test_missing_service_is_127_with_a_message(dirs):
     assert b"no such service no.Such+arg" in proc.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ("../etc/my.Svc",), ("a/b",), ("",), (".",), ("..",), ("x" * 65,), ("my.Svc", "a/b"), ("my.Svc", "a b"),
-    ("my.Svc", "../../x"), ("my.Svc", "x" * 257), ("my.Svc", "a", "b"), (),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("../etc/my.Svc",),
+        ("a/b",),
+        ("",),
+        (".",),
+        ("..",),
+        ("x" * 65,),
+        ("my.Svc", "a/b"),
+        ("my.Svc", "a b"),
+        ("my.Svc", "../../x"),
+        ("my.Svc", "x" * 257),
+        ("my.Svc", "a", "b"),
+        (),
+    ],
+)
 def test_unsafe_names_are_127(dirs, args):
     service(dirs[0] / "my.Svc")
     proc = dispatch(dirs, *args)

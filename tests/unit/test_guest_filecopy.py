@@ -51,8 +51,7 @@ def packed(*paths: Path) -> bytes:
 
 
 def test_nested_tree_round_trips_with_modes(tmp_path):
-    tree = {"top": {"a.txt": b"hello", "empty": {}, "sub": {"deeper": {"b.bin": bytes(range(256)) * 500}},
-                    "z": b""}}
+    tree = {"top": {"a.txt": b"hello", "empty": {}, "sub": {"deeper": {"b.bin": bytes(range(256)) * 500}}, "z": b""}}
     write_tree(tmp_path / "src", tree)
     os.chmod(tmp_path / "src/top/a.txt", 0o640)
     os.chmod(tmp_path / "src/top/sub", 0o750)
@@ -72,7 +71,8 @@ def test_several_sources_and_a_single_file(tmp_path):
 
 
 SAFE_NAMES = st.text(alphabet=st.sampled_from("abcXYZ019._- é日"), min_size=1, max_size=12).filter(
-    lambda s: s not in (".", ".."))
+    lambda s: s not in (".", "..")
+)
 TREES = st.recursive(
     st.binary(max_size=300),
     lambda children: st.dictionaries(SAFE_NAMES, children, max_size=4),
@@ -120,8 +120,9 @@ MODES = [
 ]
 
 
-@pytest.mark.parametrize("kind, sent, expected", MODES,
-                         ids=[f"{k}-{'none' if s is None else oct(s)}" for k, s, _ in MODES])
+@pytest.mark.parametrize(
+    "kind, sent, expected", MODES, ids=[f"{k}-{'none' if s is None else oct(s)}" for k, s, _ in MODES]
+)
 def test_received_modes_are_normalised(tmp_path, kind, sent, expected):
     header = {"type": kind, "name": "x"} | ({} if sent is None else {"mode": sent})
     if kind == "file":
@@ -131,8 +132,12 @@ def test_received_modes_are_normalised(tmp_path, kind, sent, expected):
 
 
 def test_a_mode_0_directory_stays_usable(tmp_path):
-    data = stream_of({"type": "dir", "name": "d", "mode": 0}, {"type": "dir", "name": "d/e", "mode": 0},
-                     {"type": "file", "name": "d/e/f", "mode": 0, "size": 2}, content={2: b"hi"})
+    data = stream_of(
+        {"type": "dir", "name": "d", "mode": 0},
+        {"type": "dir", "name": "d/e", "mode": 0},
+        {"type": "file", "name": "d/e/f", "mode": 0, "size": 2},
+        content={2: b"hi"},
+    )
     unpack(tmp_path / "dest", data)
     assert read_tree(tmp_path / "dest") == {"d": {"e": {"f": b"hi"}}}
     for path in ("d", "d/e"):
@@ -144,15 +149,35 @@ def test_a_mode_0_directory_stays_usable(tmp_path):
 
 HOSTILE_NAMES = st.one_of(
     SAFE_NAMES,
-    st.sampled_from(["..", "../x", "/etc/passwd", "a/../../b", "", "a//b", "a/", "link/x", "link",
-                     "x\x00y", "x\ny", "\u202eevil", "a" * 300, "ok/" * 2000, "\udcff"]),
+    st.sampled_from(
+        [
+            "..",
+            "../x",
+            "/etc/passwd",
+            "a/../../b",
+            "",
+            "a//b",
+            "a/",
+            "link/x",
+            "link",
+            "x\x00y",
+            "x\ny",
+            "\u202eevil",
+            "a" * 300,
+            "ok/" * 2000,
+            "\udcff",
+        ]
+    ),
     st.text(max_size=20),
 )
 HEADERS = st.fixed_dictionaries(
     {"type": st.sampled_from(["file", "dir", "end", "symlink", "fifo", 7])},
-    optional={"name": HOSTILE_NAMES, "mode": st.one_of(st.integers(-5, 0o20000), st.booleans()),
-              "size": st.one_of(st.integers(-3, 64), st.just(2 ** 70), st.text(max_size=3)),
-              "mtime": st.integers(-1, 2 ** 41)},
+    optional={
+        "name": HOSTILE_NAMES,
+        "mode": st.one_of(st.integers(-5, 0o20000), st.booleans()),
+        "size": st.one_of(st.integers(-3, 64), st.just(2**70), st.text(max_size=3)),
+        "mtime": st.integers(-1, 2**41),
+    },
 )
 
 
@@ -163,7 +188,7 @@ def hostile_streams(draw) -> bytes:
     out = bytearray()
     for header in draw(st.lists(HEADERS, max_size=6)):
         data = json.dumps(header).encode()
-        length = draw(st.one_of(st.just(len(data)), st.integers(0, 2 ** 32 - 1)))
+        length = draw(st.one_of(st.just(len(data)), st.integers(0, 2**32 - 1)))
         out += struct.pack(">I", length) + data + draw(st.binary(max_size=70))
     return bytes(out)
 
@@ -189,8 +214,24 @@ def test_hostile_streams_are_refused_cleanly_and_stay_inside(data):
 # -- the receiver's refusals ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["..", "../evil", "a/../../evil", "/tmp/evil", "", "a//b", "a/", ".",
-                                  "x\x1by", "tab\there", "\u202etxt.exe", "n" * 256, "\udcff"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "..",
+        "../evil",
+        "a/../../evil",
+        "/tmp/evil",
+        "",
+        "a//b",
+        "a/",
+        ".",
+        "x\x1by",
+        "tab\there",
+        "\u202etxt.exe",
+        "n" * 256,
+        "\udcff",
+    ],
+)
 def test_unsafe_names_are_refused(tmp_path, name):
     data = stream_of({"type": "file", "name": name, "mode": 0o644, "size": 1}, content={0: b"x"})
     with pytest.raises(filecopy.Refusal):
@@ -207,9 +248,14 @@ def test_symlink_planted_in_the_destination_is_never_followed(tmp_path):
     os.symlink(outside, dest / "docs")
     (outside / "victim").write_bytes(b"keep")
     os.symlink(outside / "victim", dest / "victim")
-    for data in (stream_of({"type": "dir", "name": "docs", "mode": 0o755},
-                           {"type": "file", "name": "docs/x", "mode": 0o644, "size": 1}, content={1: b"x"}),
-                 stream_of({"type": "file", "name": "victim", "mode": 0o644, "size": 3}, content={0: b"bad"})):
+    for data in (
+        stream_of(
+            {"type": "dir", "name": "docs", "mode": 0o755},
+            {"type": "file", "name": "docs/x", "mode": 0o644, "size": 1},
+            content={1: b"x"},
+        ),
+        stream_of({"type": "file", "name": "victim", "mode": 0o644, "size": 3}, content={0: b"bad"}),
+    ):
         with pytest.raises(filecopy.Refusal):
             unpack(dest, data)
     assert sorted(p.name for p in outside.iterdir()) == ["victim"]
@@ -226,11 +272,21 @@ def test_a_file_whose_directory_was_not_sent_is_refused(tmp_path):
 def test_existing_files_are_not_overwritten_but_existing_dirs_are_reused(tmp_path):
     (tmp_path / "dest/d").mkdir(parents=True)
     (tmp_path / "dest/d/old").write_bytes(b"old")
-    unpack(tmp_path / "dest", stream_of({"type": "dir", "name": "d", "mode": 0o755},
-                                        {"type": "file", "name": "d/new", "size": 1}, content={1: b"n"}))
+    unpack(
+        tmp_path / "dest",
+        stream_of(
+            {"type": "dir", "name": "d", "mode": 0o755}, {"type": "file", "name": "d/new", "size": 1}, content={1: b"n"}
+        ),
+    )
     with pytest.raises(filecopy.Refusal, match="already exists"):
-        unpack(tmp_path / "dest", stream_of({"type": "dir", "name": "d", "mode": 0o755},
-                                            {"type": "file", "name": "d/old", "size": 3}, content={1: b"new"}))
+        unpack(
+            tmp_path / "dest",
+            stream_of(
+                {"type": "dir", "name": "d", "mode": 0o755},
+                {"type": "file", "name": "d/old", "size": 3},
+                content={1: b"new"},
+            ),
+        )
     assert (tmp_path / "dest/d/old").read_bytes() == b"old"
     assert (tmp_path / "dest/d/new").read_bytes() == b"n"
 
@@ -281,29 +337,42 @@ def prefix_then(*more: tuple[dict, bytes], end: bool = True) -> bytes:
 
 
 REFUSED_MIDWAY = [
-    pytest.param(prefix_then(({"type": "file", "name": "d/big", "size": 1000}, b"x" * 1000)), {"max_bytes": 100},
-                 "more than 100 bytes", id="size-over-the-limit"),
-    pytest.param(prefix_then(({"type": "file", "name": "more", "size": 0}, b"")), {"max_files": len(PREFIX)},
-                 "more than 7 entries", id="count-over-the-limit"),
+    pytest.param(
+        prefix_then(({"type": "file", "name": "d/big", "size": 1000}, b"x" * 1000)),
+        {"max_bytes": 100},
+        "more than 100 bytes",
+        id="size-over-the-limit",
+    ),
+    pytest.param(
+        prefix_then(({"type": "file", "name": "more", "size": 0}, b"")),
+        {"max_files": len(PREFIX)},
+        "more than 7 entries",
+        id="count-over-the-limit",
+    ),
     pytest.param(prefix_then(({"type": "file", "name": "..", "size": 1}, b"x")), {}, "'..'", id="dotdot"),
-    pytest.param(prefix_then(({"type": "file", "name": "d/../../x", "size": 1}, b"x")), {}, "'..'",
-                 id="dotdot-inside"),
-    pytest.param(prefix_then(({"type": "file", "name": "d/e/cut", "size": 100}, b"only part"), end=False), {},
-                 "middle of the file", id="cut-in-a-file"),
+    pytest.param(prefix_then(({"type": "file", "name": "d/../../x", "size": 1}, b"x")), {}, "'..'", id="dotdot-inside"),
+    pytest.param(
+        prefix_then(({"type": "file", "name": "d/e/cut", "size": 100}, b"only part"), end=False),
+        {},
+        "middle of the file",
+        id="cut-in-a-file",
+    ),
     pytest.param(prefix_then(end=False), {}, "before its end marker", id="no-end-marker"),
     pytest.param(prefix_then(end=False)[:-3], {}, "middle of", id="cut-in-content"),
     pytest.param(prefix_then() + b"x", {}, "after the end", id="data-after-end"),
-    pytest.param(prefix_then(({"type": "file", "name": "keep.txt", "size": 3}, b"new")), {}, "already exists",
-                 id="existing-file"),
+    pytest.param(
+        prefix_then(({"type": "file", "name": "keep.txt", "size": 3}, b"new")), {}, "already exists", id="existing-file"
+    ),
     pytest.param(prefix_then(({"type": "dir", "name": "link"}, b"")), {}, "already exists", id="existing-link"),
-    pytest.param(prefix_then(({"type": "file", "name": "link/x", "size": 0}, b"")), {}, "not sent before",
-                 id="through-a-link"),
-    pytest.param(prefix_then(({"type": "file", "name": "locked/x", "size": 0}, b"")), {}, "not sent before",
-                 id="unsent-dir"),
+    pytest.param(
+        prefix_then(({"type": "file", "name": "link/x", "size": 0}, b"")), {}, "not sent before", id="through-a-link"
+    ),
+    pytest.param(
+        prefix_then(({"type": "file", "name": "locked/x", "size": 0}, b"")), {}, "not sent before", id="unsent-dir"
+    ),
     pytest.param(prefix_then(({"type": "dir", "name": "d/e"}, b"")), {}, "sent twice", id="dir-sent-twice"),
     pytest.param(prefix_then(({"type": "fifo", "name": "p"}, b"")), {}, "unknown entry type", id="bad-type"),
-    pytest.param(prefix_then(({"type": "file", "name": "m", "size": 0, "mode": -1}, b"")), {}, "'mode'",
-                 id="bad-mode"),
+    pytest.param(prefix_then(({"type": "file", "name": "m", "size": 0, "mode": -1}, b"")), {}, "'mode'", id="bad-mode"),
 ]
 
 
@@ -344,26 +413,31 @@ def tree_entries(tree: dict, modes: st.DataObject, prefix: str = "") -> list[tup
     return out
 
 
-FAULTS = st.sampled_from([
-    ({"type": "file", "name": "../escape", "size": 1}, b"x"),
-    ({"type": "file", "name": "big", "size": 10_000}, b"x" * 10_000),
-    ({"type": "file", "name": "keep.txt", "size": 1}, b"x"),
-    ({"type": "dir", "name": "nowhere/x"}, b""),
-    ({"type": "symlink", "name": "s"}, b""),
-    ({"type": "file", "name": "cut", "size": 50}, b"short"),
-    "truncate",
-    "trailing",
-])
+FAULTS = st.sampled_from(
+    [
+        ({"type": "file", "name": "../escape", "size": 1}, b"x"),
+        ({"type": "file", "name": "big", "size": 10_000}, b"x" * 10_000),
+        ({"type": "file", "name": "keep.txt", "size": 1}, b"x"),
+        ({"type": "dir", "name": "nowhere/x"}, b""),
+        ({"type": "symlink", "name": "s"}, b""),
+        ({"type": "file", "name": "cut", "size": 50}, b"short"),
+        "truncate",
+        "trailing",
+    ]
+)
 
 
 @settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
-@given(tree=st.dictionaries(st.one_of(SAFE_NAMES, st.just("shared")), TREES, min_size=1, max_size=3),
-       fault=FAULTS, modes=st.data())
+@given(
+    tree=st.dictionaries(st.one_of(SAFE_NAMES, st.just("shared")), TREES, min_size=1, max_size=3),
+    fault=FAULTS,
+    modes=st.data(),
+)
 def test_random_refused_streams_leave_the_destination_as_it_was(tree, fault, modes):
     entries = tree_entries(tree, modes)
     if fault == "truncate":
         whole = stream_of(*(h for h, _ in entries), content={i: c for i, (_, c) in enumerate(entries)})
-        data = whole[:modes.draw(st.integers(0, len(whole) - 1))]
+        data = whole[: modes.draw(st.integers(0, len(whole) - 1))]
     elif fault == "trailing":
         data = stream_of(*(h for h, _ in entries), content={i: c for i, (_, c) in enumerate(entries)}) + b"\0"
     else:
@@ -382,23 +456,26 @@ def test_random_refused_streams_leave_the_destination_as_it_was(tree, fault, mod
         assert listing(Path(tmp)) == before
 
 
-@pytest.mark.parametrize("raw, match", [
-    (struct.pack(">I", 0), "length 0"),
-    (struct.pack(">I", 9000) + b"{" * 9000, "length 9000"),
-    (struct.pack(">I", 5) + b"nope!", "not UTF-8 JSON"),
-    (struct.pack(">I", 2) + b"[]", "not a JSON object"),
-    (struct.pack(">I", 2) + b"\xff\xfe", "not UTF-8 JSON"),
-    (struct.pack(">I", 40) + b"{}", "middle of a header"),
-    (b"\x00\x00", "before its end marker"),
-    (b"", "before its end marker"),
-    (stream_of({"type": "symlink", "name": "x"}, end=False), "unknown entry type"),
-    (stream_of({"type": "file", "name": "x"}, end=False), "'size'"),
-    (stream_of({"type": "file", "name": "x", "size": -1}, end=False), "'size'"),
-    (stream_of({"type": "file", "name": "x", "size": True}, end=False), "'size'"),
-    (stream_of({"type": "file", "name": "x", "size": 0, "mode": "rwx"}, end=False), "'mode'"),
-    (stream_of({"type": "dir", "name": "d"}, {"type": "dir", "name": "d"}), "sent twice"),
-    (stream_of() + b"trailing", "after the end"),
-])
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (struct.pack(">I", 0), "length 0"),
+        (struct.pack(">I", 9000) + b"{" * 9000, "length 9000"),
+        (struct.pack(">I", 5) + b"nope!", "not UTF-8 JSON"),
+        (struct.pack(">I", 2) + b"[]", "not a JSON object"),
+        (struct.pack(">I", 2) + b"\xff\xfe", "not UTF-8 JSON"),
+        (struct.pack(">I", 40) + b"{}", "middle of a header"),
+        (b"\x00\x00", "before its end marker"),
+        (b"", "before its end marker"),
+        (stream_of({"type": "symlink", "name": "x"}, end=False), "unknown entry type"),
+        (stream_of({"type": "file", "name": "x"}, end=False), "'size'"),
+        (stream_of({"type": "file", "name": "x", "size": -1}, end=False), "'size'"),
+        (stream_of({"type": "file", "name": "x", "size": True}, end=False), "'size'"),
+        (stream_of({"type": "file", "name": "x", "size": 0, "mode": "rwx"}, end=False), "'mode'"),
+        (stream_of({"type": "dir", "name": "d"}, {"type": "dir", "name": "d"}), "sent twice"),
+        (stream_of() + b"trailing", "after the end"),
+    ],
+)
 def test_bad_headers_are_refused(tmp_path, raw, match):
     with pytest.raises(filecopy.Refusal, match=match):
         unpack(tmp_path / "dest", raw)
@@ -448,8 +525,13 @@ def test_a_file_that_changes_while_sent_aborts_the_stream(tmp_path):
 def run_service(home: Path, data: bytes, source: str = "work", **env: str):
     import subprocess
 
-    return subprocess.run([str(GUEST.rpc_dir / "qubes.Filecopy")], input=data, capture_output=True, timeout=30,
-                          env=GUEST.env(HOME=str(home), QREXEC_REMOTE_DOMAIN=source, **env))
+    return subprocess.run(
+        [str(GUEST.rpc_dir / "qubes.Filecopy")],
+        input=data,
+        capture_output=True,
+        timeout=30,
+        env=GUEST.env(HOME=str(home), QREXEC_REMOTE_DOMAIN=source, **env),
+    )
 
 
 def test_service_unpacks_into_qubes_incoming_and_answers_json(tmp_path):
@@ -507,8 +589,11 @@ def test_service_limits_come_from_the_environment(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.decode().count("\n") == 1 and "more than 2 entries" in proc.stderr.decode()
     assert json_line(proc.stdout)["ok"] is False
-    proc = run_service(tmp_path / "home2", stream_of({"type": "file", "name": "f", "size": 3}, content={0: b"abc"}),
-                       QLITE_FILECOPY_MAX_BYTES="2")
+    proc = run_service(
+        tmp_path / "home2",
+        stream_of({"type": "file", "name": "f", "size": 3}, content={0: b"abc"}),
+        QLITE_FILECOPY_MAX_BYTES="2",
+    )
     assert proc.returncode == 1 and b"more than 2 bytes" in proc.stderr
     proc = run_service(tmp_path / "home3", stream_of(), QLITE_FILECOPY_MAX_BYTES="lots")
     assert proc.returncode == 1 and b"QLITE_FILECOPY_MAX_BYTES" in proc.stderr
@@ -542,8 +627,9 @@ def test_qlite_copy_lands_in_qubes_incoming_of_the_source(tmp_path, rpc):
     broker = start()
     tree = {"report": {"a.txt": b"A" * 200_000, "sub": {"b": b"B"}}, "note.txt": b"n"}
     write_tree(tmp_path / "src", tree)
-    proc = GUEST.run_tool("qlite-copy", str(tmp_path / "src/report"), str(tmp_path / "src/note.txt"),
-                          socket_path=broker.path)
+    proc = GUEST.run_tool(
+        "qlite-copy", str(tmp_path / "src/report"), str(tmp_path / "src/note.txt"), socket_path=broker.path
+    )
     assert proc.returncode == 0, proc.stderr
     assert b"copied 3 files, 2 directories" in proc.stdout and b"to work" in proc.stdout
     assert read_tree(home / "QubesIncoming/src-qube") == tree
@@ -572,8 +658,9 @@ def test_qlite_move_deletes_sources_only_after_success(tmp_path, rpc):
 
     # Now the receiver refuses (the names exist already): nothing is deleted.
     write_tree(tmp_path / "src", {"d": {"x": b"1"}, "f": b"2"})
-    proc = GUEST.run_tool("qlite-move-to-vm", "work", str(tmp_path / "src/d"), str(tmp_path / "src/f"),
-                          socket_path=broker.path)
+    proc = GUEST.run_tool(
+        "qlite-move-to-vm", "work", str(tmp_path / "src/d"), str(tmp_path / "src/f"), socket_path=broker.path
+    )
     assert proc.returncode != 0
     assert b"already exists" in proc.stderr and b"nothing was deleted" in proc.stderr
     assert read_tree(tmp_path / "src") == {"d": {"x": b"1"}, "f": b"2"}

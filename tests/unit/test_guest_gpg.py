@@ -34,31 +34,72 @@ def ops(*pairs):
 
 ACCEPTED = [
     # git commit -S
-    (["--status-fd=2", "-bsau", "KEYID"], "detach-sign",
-     ("--status-fd=2", "--detach-sign", "--sign", "--armor", "--local-user=KEYID"), ()),
+    (
+        ["--status-fd=2", "-bsau", "KEYID"],
+        "detach-sign",
+        ("--status-fd=2", "--detach-sign", "--sign", "--armor", "--local-user=KEYID"),
+        (),
+    ),
     # git verify-commit
-    (["--keyid-format=long", "--status-fd=1", "--verify", "/tmp/.git_vtag_ab12", "-"], "verify",
-     ("--keyid-format=long", "--status-fd=1", "--verify"), ops((F, "/tmp/.git_vtag_ab12"), (S, "-"))),
+    (
+        ["--keyid-format=long", "--status-fd=1", "--verify", "/tmp/.git_vtag_ab12", "-"],
+        "verify",
+        ("--keyid-format=long", "--status-fd=1", "--verify"),
+        ops((F, "/tmp/.git_vtag_ab12"), (S, "-")),
+    ),
     (["-ba"], "detach-sign", ("--detach-sign", "--armor"), ()),
-    (["-b", "-s", "-a", "-u", "KEY"], "detach-sign",
-     ("--detach-sign", "--sign", "--armor", "--local-user=KEY"), ()),
+    (["-b", "-s", "-a", "-u", "KEY"], "detach-sign", ("--detach-sign", "--sign", "--armor", "--local-user=KEY"), ()),
     (["-bsauKEY"], "detach-sign", ("--detach-sign", "--sign", "--armor", "--local-user=KEY"), ()),
     (["--status-fd", "2", "--detach-sign"], "detach-sign", ("--status-fd=2", "--detach-sign"), ()),
     (["--status-fd=1", "-s"], "sign", ("--status-fd=1", "--sign"), ()),
     (["--local-user=KEY", "--sign", "in.txt"], "sign", ("--local-user=KEY", "--sign"), ops((F, "in.txt"))),
-    (["--local-user", "Test <t@example.org>", "-s", "-"], "sign",
-     ("--local-user=Test <t@example.org>", "--sign"), ops((S, "-"))),
+    (
+        ["--local-user", "Test <t@example.org>", "-s", "-"],
+        "sign",
+        ("--local-user=Test <t@example.org>", "--sign"),
+        ops((S, "-")),
+    ),
     (["--clearsign"], "clearsign", ("--clearsign",), ()),
     (["--clear-sign"], "clearsign", ("--clearsign",), ()),
-    (["-s", "--clearsign", "--no-emit-version", "--comment", "hi there", "--no-comment"], "clearsign",
-     ("--sign", "--clearsign", "--no-emit-version", "--comment=hi there", "--no-comments"), ()),
+    (
+        ["-s", "--clearsign", "--no-emit-version", "--comment", "hi there", "--no-comment"],
+        "clearsign",
+        ("--sign", "--clearsign", "--no-emit-version", "--comment=hi there", "--no-comments"),
+        (),
+    ),
     (["-e", "-r", "KEY", "-a"], "encrypt", ("--encrypt", "--recipient=KEY", "--armor"), ()),
-    (["--encrypt", "--recipient=A", "-R", "B", "--throw-keyids", "--cipher-algo", "AES256",
-      "--compress-algo=zlib", "--trust-model", "always", "x.txt"], "encrypt",
-     ("--encrypt", "--recipient=A", "--hidden-recipient=B", "--throw-keyids", "--cipher-algo=AES256",
-      "--compress-algo=zlib", "--trust-model=always"), ops((F, "x.txt"))),
-    (["-se", "-rKEY", "--digest-algo=SHA512", "-t"], "sign-encrypt",
-     ("--sign", "--encrypt", "--recipient=KEY", "--digest-algo=SHA512", "--textmode"), ()),
+    (
+        [
+            "--encrypt",
+            "--recipient=A",
+            "-R",
+            "B",
+            "--throw-keyids",
+            "--cipher-algo",
+            "AES256",
+            "--compress-algo=zlib",
+            "--trust-model",
+            "always",
+            "x.txt",
+        ],
+        "encrypt",
+        (
+            "--encrypt",
+            "--recipient=A",
+            "--hidden-recipient=B",
+            "--throw-keyids",
+            "--cipher-algo=AES256",
+            "--compress-algo=zlib",
+            "--trust-model=always",
+        ),
+        ops((F, "x.txt")),
+    ),
+    (
+        ["-se", "-rKEY", "--digest-algo=SHA512", "-t"],
+        "sign-encrypt",
+        ("--sign", "--encrypt", "--recipient=KEY", "--digest-algo=SHA512", "--textmode"),
+        (),
+    ),
     (["-d"], "decrypt", ("--decrypt",), ()),
     (["--decrypt", "--", "-weird.gpg"], "decrypt", ("--decrypt",), ops((F, "-weird.gpg"))),
     (["-d", "msg.asc"], "decrypt", ("--decrypt",), ops((F, "msg.asc"))),
@@ -67,10 +108,18 @@ ACCEPTED = [
     (["--verify", "-", "data"], "verify", ("--verify",), ops((S, "-"), (F, "data"))),
     (["--verify", "sig", "d1", "d2"], "verify", ("--verify",), ops((F, "sig"), (F, "d1"), (F, "d2"))),
     (["-k"], "list-keys", ("--list-keys",), ()),
-    (["--list-keys", "alice", "bob@example.org"], "list-keys", ("--list-keys",),
-     ops((K, "alice"), (K, "bob@example.org"))),
-    (["--list-public-keys", "--with-colons", "--fixed-list-mode", "--with-fingerprint", "--with-keygrip"],
-     "list-keys", ("--list-keys", "--with-colons", "--fixed-list-mode", "--with-fingerprint", "--with-keygrip"), ()),
+    (
+        ["--list-keys", "alice", "bob@example.org"],
+        "list-keys",
+        ("--list-keys",),
+        ops((K, "alice"), (K, "bob@example.org")),
+    ),
+    (
+        ["--list-public-keys", "--with-colons", "--fixed-list-mode", "--with-fingerprint", "--with-keygrip"],
+        "list-keys",
+        ("--list-keys", "--with-colons", "--fixed-list-mode", "--with-fingerprint", "--with-keygrip"),
+        (),
+    ),
     (["-K", "--keyid-format", "0xLONG"], "list-secret-keys", ("--list-secret-keys", "--keyid-format=0xlong"), ()),
     (["--list-secret-keys", "--fingerprint"], "list-secret-keys", ("--list-secret-keys", "--fingerprint"), ()),
     (["--fingerprint", "alice"], "list-keys", ("--fingerprint",), ops((K, "alice"))),
@@ -78,11 +127,43 @@ ACCEPTED = [
     (["--export", "-a", "KEY"], "export", ("--export", "--armor"), ops((K, "KEY"))),
     (["--export", "--no-armor"], "export", ("--export", "--no-armor"), ()),
     (["--version"], "version", ("--version",), ()),
-    (["--batch", "--no-tty", "--yes", "-q", "-v", "--quiet", "--verbose", "--no-verbose", "--utf8-strings",
-      "--charset", "utf-8", "--display-charset=iso-8859-1", "--emit-version", "--always-trust", "-k"],
-     "list-keys", ("--batch", "--no-tty", "--yes", "--quiet", "--verbose", "--quiet", "--verbose", "--no-verbose",
-                   "--utf8-strings", "--display-charset=utf-8", "--display-charset=iso-8859-1", "--emit-version",
-                   "--always-trust", "--list-keys"), ()),
+    (
+        [
+            "--batch",
+            "--no-tty",
+            "--yes",
+            "-q",
+            "-v",
+            "--quiet",
+            "--verbose",
+            "--no-verbose",
+            "--utf8-strings",
+            "--charset",
+            "utf-8",
+            "--display-charset=iso-8859-1",
+            "--emit-version",
+            "--always-trust",
+            "-k",
+        ],
+        "list-keys",
+        (
+            "--batch",
+            "--no-tty",
+            "--yes",
+            "--quiet",
+            "--verbose",
+            "--quiet",
+            "--verbose",
+            "--no-verbose",
+            "--utf8-strings",
+            "--display-charset=utf-8",
+            "--display-charset=iso-8859-1",
+            "--emit-version",
+            "--always-trust",
+            "--list-keys",
+        ),
+        (),
+    ),
 ]
 
 
@@ -229,7 +310,7 @@ def test_double_dash_ends_options():
     assert request.operands == ops((K, "--export-secret-keys"), (K, "-a"))
     # ...and gpg sees them after its own "--", so never as options.
     argv = request.gpg_argv("/usr/bin/gpg")
-    assert argv[argv.index("--") + 1:] == ["--export-secret-keys", "-a"]
+    assert argv[argv.index("--") + 1 :] == ["--export-secret-keys", "-a"]
 
 
 def test_stdin_use():
@@ -249,13 +330,39 @@ def test_the_vault_argv_forces_batch_and_stdout_and_renames_files():
     assert request.files == ("/home/user/in.txt",)
     renamed = request.with_files(["/tmp/qlite-gpg-x/file1"])
     assert renamed.gpg_argv("/usr/bin/gpg") == [
-        "/usr/bin/gpg", "--batch", "--no-tty", "--no-secmem-warning", "--status-fd=2", "--detach-sign", "--sign",
+        "/usr/bin/gpg",
+        "--batch",
+        "--no-tty",
+        "--no-secmem-warning",
+        "--status-fd=2",
+        "--detach-sign",
+        "--sign",
         "--armor",
-        "--local-user=KEY", "--output", "-", "--", "/tmp/qlite-gpg-x/file1"]
-    assert gpgopts.parse(["-k", "x"]).gpg_argv("gpg") == ["gpg", "--batch", "--no-tty", "--no-secmem-warning",
-                                                          "--list-keys", "--", "x"]
+        "--local-user=KEY",
+        "--output",
+        "-",
+        "--",
+        "/tmp/qlite-gpg-x/file1",
+    ]
+    assert gpgopts.parse(["-k", "x"]).gpg_argv("gpg") == [
+        "gpg",
+        "--batch",
+        "--no-tty",
+        "--no-secmem-warning",
+        "--list-keys",
+        "--",
+        "x",
+    ]
     assert gpgopts.parse(["--verify", "s", "-"]).with_files(["file1"]).gpg_argv("gpg") == [
-        "gpg", "--batch", "--no-tty", "--no-secmem-warning", "--verify", "--", "file1", "-"]
+        "gpg",
+        "--batch",
+        "--no-tty",
+        "--no-secmem-warning",
+        "--verify",
+        "--",
+        "file1",
+        "-",
+    ]
     with pytest.raises(ValueError):
         request.with_files([])
 
@@ -272,16 +379,60 @@ def test_every_name_sent_to_gpg_is_a_full_gpg_option_name():
 # -- gpgopts: Hypothesis --------------------------------------------------------------------
 
 FORBIDDEN_NAMES = {
-    "export-secret-keys", "export-secret-subkeys", "gen-key", "full-gen-key", "quick-gen-key", "generate-key",
-    "quick-add-key", "edit-key", "delete-keys", "delete-secret-keys", "import", "homedir", "options", "output",
-    "passphrase", "passphrase-fd", "command-fd", "pinentry-mode", "exec-path", "load-extension", "logger-fd",
-    "status-file", "export-options", "symmetric", "sign-key", "lsign-key", "passwd", "gen-revoke",
+    "export-secret-keys",
+    "export-secret-subkeys",
+    "gen-key",
+    "full-gen-key",
+    "quick-gen-key",
+    "generate-key",
+    "quick-add-key",
+    "edit-key",
+    "delete-keys",
+    "delete-secret-keys",
+    "import",
+    "homedir",
+    "options",
+    "output",
+    "passphrase",
+    "passphrase-fd",
+    "command-fd",
+    "pinentry-mode",
+    "exec-path",
+    "load-extension",
+    "logger-fd",
+    "status-file",
+    "export-options",
+    "symmetric",
+    "sign-key",
+    "lsign-key",
+    "passwd",
+    "gen-revoke",
 }
 VOCABULARY = sorted(
-    [f"--{name}" for name in gpgopts.OPTIONS] + [f"--{name}" for name in FORBIDDEN_NAMES]
-    + ["-" + letter for letter in gpgopts.SHORT] + ["-o", "-c", "-n", "-bsau", "-ba", "-se", "-uK", "-bso"]
-    + ["--", "-", "--status-fd=1", "--status-fd=3", "--local-user=K", "--clear", "--lis", "--export-secret-k",
-       "KEY", "file.txt", "long", "always", "tofu", "1", "2", "SHA256", ""])
+    [f"--{name}" for name in gpgopts.OPTIONS]
+    + [f"--{name}" for name in FORBIDDEN_NAMES]
+    + ["-" + letter for letter in gpgopts.SHORT]
+    + ["-o", "-c", "-n", "-bsau", "-ba", "-se", "-uK", "-bso"]
+    + [
+        "--",
+        "-",
+        "--status-fd=1",
+        "--status-fd=3",
+        "--local-user=K",
+        "--clear",
+        "--lis",
+        "--export-secret-k",
+        "KEY",
+        "file.txt",
+        "long",
+        "always",
+        "tofu",
+        "1",
+        "2",
+        "SHA256",
+        "",
+    ]
+)
 
 
 @given(st.lists(st.one_of(st.sampled_from(VOCABULARY), st.text(max_size=12)), max_size=10))
@@ -302,7 +453,7 @@ def test_any_argv_is_refused_cleanly_or_accepted_without_forbidden_options(argv)
         name = arg[2:].partition("=")[0]
         assert arg.startswith("--") and name in ALLOWED_NAMES | {"output", "no-secmem-warning"}, arg
         assert name not in FORBIDDEN_NAMES - {"output"}
-    assert vault_argv[end - 2:end] == ["--output", "-"] or "--output" not in vault_argv[:end]
+    assert vault_argv[end - 2 : end] == ["--output", "-"] or "--output" not in vault_argv[:end]
     for operand in request.operands:
         assert operand.kind in ("stdin", "file", "key")
 
@@ -319,22 +470,28 @@ def test_header_round_trip_and_limits():
         splitgpg.encode_header(splitgpg.Header(["-k", "--", *["k" * 1000] * 70], []))
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    (b"\xff", "not UTF-8 JSON"),
-    (b"[]", "not a version 1"),
-    (b'{"version": 2, "args": [], "files": []}', "not a version 1"),
-    (b'{"version": 1, "args": "-k", "files": []}', "args"),
-    (b'{"version": 1, "args": [1], "files": []}', "args"),
-    (b'{"version": 1, "args": [], "files": {}}', "files"),
-    (b'{"version": "1", "args": [], "files": []}', "not a version 1"),
-    (b'{"version": 1, "args": [], "files": [{"name": "../x", "size": 1}]}', "file1, file2"),
-    (b'{"version": 1, "args": [], "files": [{"name": "/etc/passwd", "size": 1}]}', "file1, file2"),
-    (b'{"version": 1, "args": [], "files": [{"name": "file1", "size": -1}]}', "no size"),
-    (b'{"version": 1, "args": [], "files": [{"name": "file1", "size": true}]}', "no size"),
-    (b'{"version": 1, "args": [], "files": [{"name": "file1", "size": 104857601}]}', "limit"),
-    (b'{"version": 1, "args": [], "files": [{"name": "file1", "size": 60000000}, '
-     b'{"name": "file2", "size": 60000000}]}', "limit"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        (b"\xff", "not UTF-8 JSON"),
+        (b"[]", "not a version 1"),
+        (b'{"version": 2, "args": [], "files": []}', "not a version 1"),
+        (b'{"version": 1, "args": "-k", "files": []}', "args"),
+        (b'{"version": 1, "args": [1], "files": []}', "args"),
+        (b'{"version": 1, "args": [], "files": {}}', "files"),
+        (b'{"version": "1", "args": [], "files": []}', "not a version 1"),
+        (b'{"version": 1, "args": [], "files": [{"name": "../x", "size": 1}]}', "file1, file2"),
+        (b'{"version": 1, "args": [], "files": [{"name": "/etc/passwd", "size": 1}]}', "file1, file2"),
+        (b'{"version": 1, "args": [], "files": [{"name": "file1", "size": -1}]}', "no size"),
+        (b'{"version": 1, "args": [], "files": [{"name": "file1", "size": true}]}', "no size"),
+        (b'{"version": 1, "args": [], "files": [{"name": "file1", "size": 104857601}]}', "limit"),
+        (
+            b'{"version": 1, "args": [], "files": [{"name": "file1", "size": 60000000}, '
+            b'{"name": "file2", "size": 60000000}]}',
+            "limit",
+        ),
+    ],
+)
 def test_bad_headers(raw, fragment):
     with pytest.raises(splitgpg.RequestError, match=fragment):
         splitgpg.decode_header(raw)
@@ -347,7 +504,7 @@ def test_the_sent_header_names_files_not_paths(tmp_path):
     request = gpgopts.parse(["--status-fd=1", "--verify", str(sig), "-"])
     sent, chunks = splitgpg.request_prefix(request, splitgpg.read_inputs(request.files))
     stream = b"".join(chunks)
-    header = splitgpg.decode_header(stream[4:4 + int.from_bytes(stream[:4], "big")])
+    header = splitgpg.decode_header(stream[4 : 4 + int.from_bytes(stream[:4], "big")])
     assert header == splitgpg.Header(["--status-fd=1", "--verify", "--", "file1", "-"], [("file1", 3)])
     assert stream.endswith(b"SIG") and b"secret-project" not in stream
     assert gpgopts.parse(header.args) == sent
@@ -450,8 +607,13 @@ def test_listing_does_not_wait_for_stdin(sockdir):
 
     broker = scripted(sockdir, reply)
     # stdin is a pipe that is never written to or closed: reading it would hang.
-    proc = subprocess.Popen([GUEST.bin("qlite-gpg"), "-k", "alice"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=GUEST.env(QLITE_RPC_SOCKET=str(broker.path)))
+    proc = subprocess.Popen(
+        [GUEST.bin("qlite-gpg"), "-k", "alice"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=GUEST.env(QLITE_RPC_SOCKET=str(broker.path)),
+    )
     try:
         out, err = proc.communicate(timeout=20)
     finally:
@@ -467,8 +629,9 @@ def test_listing_does_not_wait_for_stdin(sockdir):
 def _gpg(home, *args, input=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPG_", "GNUPG"))}
     env["GNUPGHOME"] = str(home)
-    return subprocess.run([splitgpg.GPG, "--batch", *args], input=input, capture_output=True, env=env,
-                          timeout=60, check=True)
+    return subprocess.run(
+        [splitgpg.GPG, "--batch", *args], input=input, capture_output=True, env=env, timeout=60, check=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -496,8 +659,9 @@ def vault(vault_keys, tmp_path):
     sockdir = short_tmpdir()
     service_tmp = tmp_path / "vault-tmp"
     service_tmp.mkdir()
-    broker = dispatching_broker(sockdir / "rpc.sock", tmp_path, source="work", target="vault",
-                                GNUPGHOME=str(home), TMPDIR=str(service_tmp))
+    broker = dispatching_broker(
+        sockdir / "rpc.sock", tmp_path, source="work", target="vault", GNUPGHOME=str(home), TMPDIR=str(service_tmp)
+    )
 
     def run(*args, input=b"", tool="qlite-gpg"):
         return GUEST.run_tool(tool, *args, socket_path=broker.path, input=input, cwd=tmp_path)
@@ -592,25 +756,46 @@ def _header(args, files=()):
     return splitgpg.encode_header(splitgpg.Header(list(args), list(files)))
 
 
-@pytest.mark.parametrize("args, files, content, message", [
-    (["--export-secret-keys", "--armor", "--"], [], b"", "Forbidden option: --export-secret-keys"),
-    (["--export-secret-subkeys", "--"], [], b"", "Forbidden option: --export-secret-subkeys"),
-    (["--quick-gen-key", "--", "x"], [], b"", "Forbidden option: --quick-gen-key"),
-    (["--edit-key", "--", "x"], [], b"", "Forbidden option: --edit-key"),
-    (["--export", "--export-options=export-secret-subkey-passwd", "--"], [], b"",
-     "Forbidden option: --export-options"),
-    (["--status-fd=5", "--sign", "--"], [], b"", "Forbidden option value: --status-fd=5"),
-    (["--export-sec", "--"], [], b"", "Forbidden option: --export-sec"),
-    (["--homedir=/tmp", "--list-keys", "--"], [], b"", "Forbidden option: --homedir"),
-    (["--output=/home/user/x", "--sign", "--"], [], b"", "Forbidden option: --output"),
-    # a path named by the client is never opened: files must be sent
-    (["--verify", "--", "/etc/passwd"], [], b"", "qubes.Gpg: bad header: the files sent are not the file operands"),
-    (["--decrypt", "--", "file1"], [], b"", "qubes.Gpg: bad header: the files sent are not the file operands"),
-    (["--verify", "--", "file2", "file1"], [("file1", 1), ("file2", 1)], b"ab",
-     "qubes.Gpg: bad header: the files sent are not the file operands"),
-    (["--list-keys", "--"], [("file1", 1)], b"a", "qubes.Gpg: bad header: the files sent are not the file operands"),
-    (["--verify", "--", "file1"], [("file1", 100)], b"short", "qubes.Gpg: the request ended in the middle of a file"),
-])
+@pytest.mark.parametrize(
+    "args, files, content, message",
+    [
+        (["--export-secret-keys", "--armor", "--"], [], b"", "Forbidden option: --export-secret-keys"),
+        (["--export-secret-subkeys", "--"], [], b"", "Forbidden option: --export-secret-subkeys"),
+        (["--quick-gen-key", "--", "x"], [], b"", "Forbidden option: --quick-gen-key"),
+        (["--edit-key", "--", "x"], [], b"", "Forbidden option: --edit-key"),
+        (
+            ["--export", "--export-options=export-secret-subkey-passwd", "--"],
+            [],
+            b"",
+            "Forbidden option: --export-options",
+        ),
+        (["--status-fd=5", "--sign", "--"], [], b"", "Forbidden option value: --status-fd=5"),
+        (["--export-sec", "--"], [], b"", "Forbidden option: --export-sec"),
+        (["--homedir=/tmp", "--list-keys", "--"], [], b"", "Forbidden option: --homedir"),
+        (["--output=/home/user/x", "--sign", "--"], [], b"", "Forbidden option: --output"),
+        # a path named by the client is never opened: files must be sent
+        (["--verify", "--", "/etc/passwd"], [], b"", "qubes.Gpg: bad header: the files sent are not the file operands"),
+        (["--decrypt", "--", "file1"], [], b"", "qubes.Gpg: bad header: the files sent are not the file operands"),
+        (
+            ["--verify", "--", "file2", "file1"],
+            [("file1", 1), ("file2", 1)],
+            b"ab",
+            "qubes.Gpg: bad header: the files sent are not the file operands",
+        ),
+        (
+            ["--list-keys", "--"],
+            [("file1", 1)],
+            b"a",
+            "qubes.Gpg: bad header: the files sent are not the file operands",
+        ),
+        (
+            ["--verify", "--", "file1"],
+            [("file1", 100)],
+            b"short",
+            "qubes.Gpg: the request ended in the middle of a file",
+        ),
+    ],
+)
 def test_the_service_checks_again_what_a_crafted_client_sends(vault, args, files, content, message):
     _, _, broker, _ = vault
     code, out, err = _raw_call(broker, _header(args, files) + content)
@@ -626,13 +811,16 @@ def test_the_options_are_checked_before_the_rest_of_the_header(vault):
     assert (code, out, err) == (2, b"", b"Forbidden option: --export-secret-keys\n")
 
 
-@pytest.mark.parametrize("stream, message", [
-    (b"\x00\x00", "the request ended early"),
-    (b"\x00\x00\x00\x00", "bad header length 0"),
-    ((64 * 1024 + 1).to_bytes(4, "big") + b"{}", "bad header length 65537"),
-    (b"\x00\x00\x00\x0e{\"version\": 3}", "not a version 1 JSON object"),
-    (b"\x00\x00\x00\x02{}", "args is not a list of strings"),
-])
+@pytest.mark.parametrize(
+    "stream, message",
+    [
+        (b"\x00\x00", "the request ended early"),
+        (b"\x00\x00\x00\x00", "bad header length 0"),
+        ((64 * 1024 + 1).to_bytes(4, "big") + b"{}", "bad header length 65537"),
+        (b'\x00\x00\x00\x0e{"version": 3}', "not a version 1 JSON object"),
+        (b"\x00\x00\x00\x02{}", "args is not a list of strings"),
+    ],
+)
 def test_the_service_refuses_broken_headers(vault, stream, message):
     _, _, broker, _ = vault
     code, out, err = _raw_call(broker, stream)
@@ -643,14 +831,25 @@ def test_git_commit_signed_and_verified_through_the_vault(vault, tmp_path):
     _, fpr, broker, _ = vault
     repo = tmp_path / "repo"
     repo.mkdir()
-    env = GUEST.env(QLITE_RPC_SOCKET=str(broker.path), HOME=str(tmp_path), GIT_CONFIG_NOSYSTEM="1",
-                    GIT_AUTHOR_NAME="Test", GIT_AUTHOR_EMAIL="t@example.org",
-                    GIT_COMMITTER_NAME="Test", GIT_COMMITTER_EMAIL="t@example.org")
+    env = GUEST.env(
+        QLITE_RPC_SOCKET=str(broker.path),
+        HOME=str(tmp_path),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_AUTHOR_NAME="Test",
+        GIT_AUTHOR_EMAIL="t@example.org",
+        GIT_COMMITTER_NAME="Test",
+        GIT_COMMITTER_EMAIL="t@example.org",
+    )
     program = str(GUEST.bin("qlite-gpg"))
 
     def git(*args):
-        return subprocess.run(["git", "-c", f"gpg.program={program}", "-c", f"user.signingkey={fpr}", *args],
-                              cwd=repo, env=env, capture_output=True, timeout=60)
+        return subprocess.run(
+            ["git", "-c", f"gpg.program={program}", "-c", f"user.signingkey={fpr}", *args],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
 
     assert git("init", "-q").returncode == 0
     (repo / "a.txt").write_text("hello\n")
@@ -666,8 +865,18 @@ def test_git_commit_signed_and_verified_through_the_vault(vault, tmp_path):
     assert shown.startswith(f"G {fpr}\n"), shown  # %GG: gpg's (or qlite-gpg's) messages
     # A forged signature (the payload changed after signing) fails to verify.
     forged = raw.replace(b"signed in the vault", b"signed elsewhere")
-    oid = subprocess.run(["git", "hash-object", "-t", "commit", "-w", "--stdin"], cwd=repo, env=env, input=forged,
-                         capture_output=True, check=True).stdout.decode().strip()
+    oid = (
+        subprocess.run(
+            ["git", "hash-object", "-t", "commit", "-w", "--stdin"],
+            cwd=repo,
+            env=env,
+            input=forged,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
     assert git("verify-commit", oid).returncode != 0
 
 
@@ -679,4 +888,3 @@ def test_stdin_and_files_stream_concurrently_with_output(vault):
     assert encrypted.returncode == 0, encrypted.stderr
     decrypted = run("-d", input=encrypted.stdout)
     assert decrypted.returncode == 0 and decrypted.stdout == data
-

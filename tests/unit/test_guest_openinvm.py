@@ -47,8 +47,10 @@ def leftovers(directory):
 
 def test_edited_file_is_written_back_atomically_keeping_its_mode(tmp_path, dvm):
     start, _ = dvm
-    broker = start('test "$(basename "$1")" = "my report.txt" || exit 9\nprintf "edited:" > "$1.new"\n'
-                   'cat "$1" >> "$1.new"\nmv "$1.new" "$1"\n')
+    broker = start(
+        'test "$(basename "$1")" = "my report.txt" || exit 9\nprintf "edited:" > "$1.new"\n'
+        'cat "$1" >> "$1.new"\nmv "$1.new" "$1"\n'
+    )
     doc = tmp_path / "docs/my report.txt"
     doc.parent.mkdir()
     doc.write_bytes(b"original")
@@ -156,8 +158,7 @@ def test_program_choice(tmp_path, monkeypatch):
     home = tmp_path / "home"
     (home / ".config/qlite").mkdir(parents=True)
     (home / ".config/qlite/open-program").write_text("\n# comment\nmyviewer --flag\n")
-    assert openinvm.program_argv("/t/f", str(home)) == ["/bin/sh", "-c", 'myviewer --flag "$@"', "open-program",
-                                                        "/t/f"]
+    assert openinvm.program_argv("/t/f", str(home)) == ["/bin/sh", "-c", 'myviewer --flag "$@"', "open-program", "/t/f"]
     (home / ".config/qlite/open-program").unlink()
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -170,7 +171,9 @@ def test_program_choice(tmp_path, monkeypatch):
     assert openinvm.program_argv("/t/f", str(home), {"PATH": str(bindir)}) == shown  # no display to open it on
     for display in ({"DISPLAY": ":0"}, {"WAYLAND_DISPLAY": "wayland-0"}):
         assert openinvm.program_argv("/t/f", str(home), {"PATH": str(bindir), **display}) == [
-            str(bindir / "xdg-open"), "/t/f"]
+            str(bindir / "xdg-open"),
+            "/t/f",
+        ]
 
 
 def test_with_nothing_configured_the_file_is_shown_on_the_callers_stderr(tmp_path):
@@ -179,8 +182,9 @@ def test_with_nothing_configured_the_file_is_shown_on_the_callers_stderr(tmp_pat
     sockdir = short_tmpdir()
     home = tmp_path / "dvm-home"
     home.mkdir()
-    broker = dispatching_broker(sockdir / "rpc.sock", home, target="disp1234", PATH="/usr/bin:/bin",
-                               DISPLAY="", WAYLAND_DISPLAY="")
+    broker = dispatching_broker(
+        sockdir / "rpc.sock", home, target="disp1234", PATH="/usr/bin:/bin", DISPLAY="", WAYLAND_DISPLAY=""
+    )
     try:
         doc = tmp_path / "notes.txt"
         doc.write_bytes(b"first line\nsecond line\n")
@@ -195,7 +199,8 @@ def test_with_nothing_configured_the_file_is_shown_on_the_callers_stderr(tmp_pat
     assert not broker.errors, broker.errors
 
 
-@pytest.mark.parametrize("name, safe", [("a.txt", "a.txt"), ("a\nb", "a_b"), ("..", "file"), ("", "file"),
-                                        ("\u202egpj.exe", "_gpj.exe")])
+@pytest.mark.parametrize(
+    "name, safe", [("a.txt", "a.txt"), ("a\nb", "a_b"), ("..", "file"), ("", "file"), ("\u202egpj.exe", "_gpj.exe")]
+)
 def test_sent_names_are_made_safe(name, safe):
     assert openinvm.safe_name(name) == safe

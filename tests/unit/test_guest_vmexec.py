@@ -27,12 +27,15 @@ def test_text_arguments_round_trip_as_utf8(args):
     assert vmexec.decode(vmexec.encode(args)) == [a.encode("utf-8", "surrogateescape") for a in args]
 
 
-@pytest.mark.parametrize("args, encoded", [
-    (["ls", "-la", "/tmp"], "ls+--la+-2Ftmp"),
-    (["echo", "a b+c"], "echo+a-20b-2Bc"),
-    (["x", ""], "x+"),
-    (["ü"], "-C3-BC"),
-])
+@pytest.mark.parametrize(
+    "args, encoded",
+    [
+        (["ls", "-la", "/tmp"], "ls+--la+-2Ftmp"),
+        (["echo", "a b+c"], "echo+a-20b-2Bc"),
+        (["x", ""], "x+"),
+        (["ü"], "-C3-BC"),
+    ],
+)
 def test_known_encodings(args, encoded):
     assert vmexec.encode(args) == encoded
     assert vmexec.decode(encoded) == [a.encode() for a in args]
@@ -45,8 +48,9 @@ def test_malformed_arguments_are_refused(bad):
 
 
 def run_service(*argv: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(GUEST.rpc_dir / "qubes.VMExec"), *argv], capture_output=True, timeout=30,
-                          env=GUEST.env(**env))
+    return subprocess.run(
+        [str(GUEST.rpc_dir / "qubes.VMExec"), *argv], capture_output=True, timeout=30, env=GUEST.env(**env)
+    )
 
 
 def test_service_execs_the_decoded_command():

@@ -36,9 +36,7 @@ class OneShotServer:
                 break
             self.request += chunk
         head, _, body = self.request.partition(b"\r\n\r\n")
-        length = int(dict(
-            line.split(": ", 1) for line in head.decode().split("\r\n")[1:]
-        ).get("Content-Length", "0"))
+        length = int(dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:]).get("Content-Length", "0"))
         while len(body) < length:
             body += conn.recv(4096)
         self.body = body
@@ -89,13 +87,19 @@ def test_200_is_accepted_too(sock_path):
         server.close()
 
 
-@pytest.mark.parametrize(("reply", "fragment"), [
-    (b'HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n\r\n{"cause":"no such container",'
-     b'"message":"no container with id x found"}', "no container with id x found"),
-    (b"HTTP/1.1 500 Internal Server Error\r\n\r\nplain text failure", "plain text failure"),
-    (b"HTTP/1.1 409 Conflict\r\n\r\n{}", "409 Conflict"),
-    (b"garbage\r\n\r\n", "engine refused the request"),
-])
+@pytest.mark.parametrize(
+    ("reply", "fragment"),
+    [
+        (
+            b'HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n\r\n{"cause":"no such container",'
+            b'"message":"no container with id x found"}',
+            "no container with id x found",
+        ),
+        (b"HTTP/1.1 500 Internal Server Error\r\n\r\nplain text failure", "plain text failure"),
+        (b"HTTP/1.1 409 Conflict\r\n\r\n{}", "409 Conflict"),
+        (b"garbage\r\n\r\n", "engine refused the request"),
+    ],
+)
 def test_refusals_are_engine_errors(sock_path, reply, fragment):
     server = OneShotServer(sock_path, reply, close_after=True)
     try:

@@ -16,8 +16,9 @@ from qlite.runtime.hostpodman import HostPodman, dropin_state, install_dropin, r
 
 @pytest.fixture
 def paths(tmp_path) -> Paths:
-    return Paths(tmp_path / "home", host_lib_dir=tmp_path / "lib",
-                 podman_dropin=tmp_path / "containers.conf.d" / "50-qlite.conf")
+    return Paths(
+        tmp_path / "home", host_lib_dir=tmp_path / "lib", podman_dropin=tmp_path / "containers.conf.d" / "50-qlite.conf"
+    )
 
 
 @pytest.mark.parametrize("network", [True, False])
@@ -37,18 +38,21 @@ def write_conflist(d: Path, filename: str, name: str | None) -> None:
     (d / filename).write_text(json.dumps({"cniVersion": "0.4.0", **({"name": name} if name else {})}))
 
 
-@pytest.mark.parametrize(("confs", "plugins", "record", "networks", "in_use"), [
-    # A stock Debian 12: podman's default network only, no plugins.
-    ([("87-podman-bridge.conflist", "podman")], False, "cni", (), False),
-    ([("87-podman-bridge.conflist", "podman")], False, "", (), False),
-    ([], False, "netavark", (), False),
-    # CNI that works, and podman recorded it: its containers use it.
-    ([("87-podman-bridge.conflist", "podman")], True, "cni", (), True),
-    ([], True, "netavark", (), False),
-    # The user's own CNI networks.
-    ([("87-podman-bridge.conflist", "podman"), ("10-mine.conflist", "mine")], False, "cni", ("mine",), True),
-    ([("20-x.conflist", None)], False, "", ("20-x",), True),
-])
+@pytest.mark.parametrize(
+    ("confs", "plugins", "record", "networks", "in_use"),
+    [
+        # A stock Debian 12: podman's default network only, no plugins.
+        ([("87-podman-bridge.conflist", "podman")], False, "cni", (), False),
+        ([("87-podman-bridge.conflist", "podman")], False, "", (), False),
+        ([], False, "netavark", (), False),
+        # CNI that works, and podman recorded it: its containers use it.
+        ([("87-podman-bridge.conflist", "podman")], True, "cni", (), True),
+        ([], True, "netavark", (), False),
+        # The user's own CNI networks.
+        ([("87-podman-bridge.conflist", "podman"), ("10-mine.conflist", "mine")], False, "cni", ("mine",), True),
+        ([("20-x.conflist", None)], False, "", ("20-x",), True),
+    ],
+)
 def test_read_host(tmp_path, confs, plugins, record, networks, in_use):
     cni = tmp_path / "cni"
     cni.mkdir()
@@ -77,9 +81,15 @@ FREE = HostPodman((), False, "cni")
 IN_USE = HostPodman(("mine",), False, "cni")
 
 
-@pytest.mark.parametrize(("host", "force", "netavark"), [
-    (FREE, False, True), (IN_USE, False, False), (IN_USE, True, True), (FREE, True, True),
-])
+@pytest.mark.parametrize(
+    ("host", "force", "netavark"),
+    [
+        (FREE, False, True),
+        (IN_USE, False, False),
+        (IN_USE, True, True),
+        (FREE, True, True),
+    ],
+)
 def test_install_dropin(paths, host, force, netavark):
     result = install_dropin(paths, force=force, host=host)
     assert result.changed and result.netavark is netavark

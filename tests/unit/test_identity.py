@@ -51,8 +51,10 @@ def test_the_migration_gives_existing_qubes_distinct_uuids(tmp_path):
     path = tmp_path / "old.db"
     old = Store(path, migrations=MIGRATIONS[:4])
     for name in ("a", "b", "c"):
-        old.execute("INSERT INTO qubes(name, class, label, memory, vcpus, created_at) VALUES(?,?,?,?,?,?)",
-                    (name, "AppVM", "red", 400, 2, 0.0))
+        old.execute(
+            "INSERT INTO qubes(name, class, label, memory, vcpus, created_at) VALUES(?,?,?,?,?,?)",
+            (name, "AppVM", "red", 400, 2, 0.0),
+        )
     old.close()
     new = Store(path)
     uuids = {r["name"]: r["uuid"] for r in new.query("SELECT name, uuid FROM qubes")}
@@ -69,9 +71,12 @@ def _policy(ctx) -> str:
 def _named(ctx) -> set[str]:
     """Every qube the managed policy's rules name."""
     rules = parse_policy(_policy(ctx), policyfile.POLICY_FILE)
-    return {n for r in rules
-            for n in (str(r.source), str(r.target), r.params.get("target"), r.params.get("default_target"))
-            if n and not n.startswith("@")}
+    return {
+        n
+        for r in rules
+        for n in (str(r.source), str(r.target), r.params.get("target"), r.params.get("default_target"))
+        if n and not n.startswith("@")
+    }
 
 
 @pytest.mark.parametrize("removed", ["vault", "client"])
@@ -114,11 +119,14 @@ qubes.VMShell * @anyvm @dispvm allow
 """
 
 
-@pytest.mark.parametrize(("known", "flagged"), [
-    ({"work", "vault", "gone-dvm", "ghost"}, []),
-    ({"work", "vault"}, ["gone-dvm", "ghost"]),
-    (set(), ["work", "vault", "gone-dvm", "ghost"]),
-])
+@pytest.mark.parametrize(
+    ("known", "flagged"),
+    [
+        ({"work", "vault", "gone-dvm", "ghost"}, []),
+        ({"work", "vault"}, ["gone-dvm", "ghost"]),
+        (set(), ["work", "vault", "gone-dvm", "ghost"]),
+    ],
+)
 def test_lint_names_rules_for_qubes_that_do_not_exist(known, flagged):
     policy = parse_policy(POLICY, "50-test.policy")
     warnings = unknown_qubes(policy, known)

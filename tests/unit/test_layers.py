@@ -96,7 +96,11 @@ def test_every_module_of_qlite_has_a_layer():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
     layered = next(c for c in config["contracts"] if c["type"] == "layers")
     names = {n.strip() for line in layered["layers"] for n in line.replace("|", ":").split(":")}
-    outside = sorted(m for m in import_graph("qlite")
-                     if m != "qlite" and not any(m == n or m.startswith(n + ".") for n in names)
-                     and m not in {"qlite.core", "qlite.domain"})  # package faces that define nothing
+    outside = sorted(
+        m
+        for m in import_graph("qlite")
+        if m != "qlite"
+        and not any(m == n or m.startswith(n + ".") for n in names)
+        and m not in {"qlite.core", "qlite.domain"}
+    )  # package faces that define nothing
     assert outside == []

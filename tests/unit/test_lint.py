@@ -16,8 +16,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_ruff_is_clean():
     ruff = Path(sys.executable).with_name("ruff")
-    done = subprocess.run([str(ruff), "check", "--no-cache", "qlite", "tests", "tui", "bench"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(ruff), "check", "--no-cache", "qlite", "tests", "tui", "bench"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
 
@@ -28,20 +33,26 @@ WITH_REASON = re.compile(r"#\s*noqa: PLC0415 - \S")
 def unexplained_local_imports(text: str) -> list[int]:
     """The numbers of the lines of TEXT whose noqa for PLC0415 (import
     outside top level) gives no reason, as "# noqa: PLC0415 - <reason>"."""
-    return [n for n, line in enumerate(text.splitlines(), 1)
-            if LOCAL_IMPORT_NOQA.search(line) and not WITH_REASON.search(line)]
+    return [
+        n
+        for n, line in enumerate(text.splitlines(), 1)
+        if LOCAL_IMPORT_NOQA.search(line) and not WITH_REASON.search(line)
+    ]
 
 
-@pytest.mark.parametrize("line, unexplained", [
-    ("    import gnupg  # noqa: PLC0415 - python-gnupg is slow to import", False),
-    ("    import gnupg  # noqa: PLC0415", True),
-    ("    import gnupg  # noqa: PLC0415 -", True),
-    ("    import gnupg  # noqa: PLC0415 slow", True),
-    ("    import gnupg  # noqa:PLC0415", True),
-    ("    import gnupg  # noqa: E501, PLC0415", True),
-    ("    import gnupg", False),  # ruff itself reports a local import without a noqa
-    ("except Exception:  # noqa: BLE001 - logged", False),
-])
+@pytest.mark.parametrize(
+    "line, unexplained",
+    [
+        ("    import gnupg  # noqa: PLC0415 - python-gnupg is slow to import", False),
+        ("    import gnupg  # noqa: PLC0415", True),
+        ("    import gnupg  # noqa: PLC0415 -", True),
+        ("    import gnupg  # noqa: PLC0415 slow", True),
+        ("    import gnupg  # noqa:PLC0415", True),
+        ("    import gnupg  # noqa: E501, PLC0415", True),
+        ("    import gnupg", False),  # ruff itself reports a local import without a noqa
+        ("except Exception:  # noqa: BLE001 - logged", False),
+    ],
+)
 def test_a_local_import_without_a_reason_is_found(line, unexplained):
     assert unexplained_local_imports(f"def f():\n{line}\n") == ([2] if unexplained else [])
 

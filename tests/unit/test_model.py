@@ -87,9 +87,19 @@ def test_parse_good_values(prop, text, expected):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("on", True), ("1", True), ("true", True), ("True", True), ("TRUE", True), ("yes", True),
+        ("on", True),
+        ("1", True),
+        ("true", True),
+        ("True", True),
+        ("TRUE", True),
+        ("yes", True),
         (" on ", True),
-        ("off", False), ("0", False), ("false", False), ("False", False), ("no", False), ("", False),
+        ("off", False),
+        ("0", False),
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("", False),
         ("  ", False),
     ],
 )
@@ -105,15 +115,18 @@ def test_parse_bad_values(prop, text):
     assert "\n" not in msg and msg
 
 
-@pytest.mark.parametrize(("prop", "text", "fragment"), [
-    ("memory", "31", "out of range (32..4194304)"),
-    ("vcpus", "257", "out of range (1..256)"),
-    ("memory", "abc", "expected a whole number"),
-    ("autostart", "maybe", "expected true or false"),
-    ("mode", "hvm", "expected one of container, vm"),
-    ("default_user", "admin", "expected user or root"),
-    ("label", "pink", "unknown label"),
-])
+@pytest.mark.parametrize(
+    ("prop", "text", "fragment"),
+    [
+        ("memory", "31", "out of range (32..4194304)"),
+        ("vcpus", "257", "out of range (1..256)"),
+        ("memory", "abc", "expected a whole number"),
+        ("autostart", "maybe", "expected true or false"),
+        ("mode", "hvm", "expected one of container, vm"),
+        ("default_user", "admin", "expected user or root"),
+        ("label", "pink", "unknown label"),
+    ],
+)
 def test_error_messages_say_what_is_wrong(prop, text, fragment):
     with pytest.raises(InvalidValue, match=re.escape(fragment)):
         parse_property(prop, text)
@@ -133,12 +146,15 @@ def test_unknown_properties(prop):
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize(("memory", "maxmem", "expected"), [
-    (400, 0, 400),
-    (400, 800, 800),
-    (32, 0, 32),
-    (1024, 512, 512),  # maxmem wins whenever it is set
-])
+@pytest.mark.parametrize(
+    ("memory", "maxmem", "expected"),
+    [
+        (400, 0, 400),
+        (400, 800, 800),
+        (32, 0, 32),
+        (1024, 512, 512),  # maxmem wins whenever it is set
+    ],
+)
 def test_parse_memory_limit(memory, maxmem, expected):
     q = Qube(name="q", klass="AppVM", label="red", template="t", memory=memory, maxmem=maxmem)
     assert parse_memory_limit(q) == expected

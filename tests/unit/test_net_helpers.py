@@ -31,11 +31,14 @@ def test_bridge_names_are_short_stable_and_distinct():
     assert bridge_name("aaaa", "work") == bridge_name("aaaa", "work")
 
 
-@pytest.mark.parametrize("subnet, expected", [
-    ("10.89.3.0/24", "10.89.3.254"),
-    ("10.89.0.0/16", "10.89.255.254"),
-    ("192.168.7.0/30", "192.168.7.2"),
-])
+@pytest.mark.parametrize(
+    "subnet, expected",
+    [
+        ("10.89.3.0/24", "10.89.3.254"),
+        ("10.89.0.0/16", "10.89.255.254"),
+        ("192.168.7.0/30", "192.168.7.2"),
+    ],
+)
 def test_gateway_address_is_the_last_host(subnet, expected):
     assert gateway_address(NetworkInfo(name="n", labels={}, subnets=(subnet,))) == expected
 
@@ -50,12 +53,15 @@ def test_host_table_name():
     assert host_table_name("0123456789") == "qlite-0123456789"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("198.18.1.2", ("198.18.1.2",)),
-    ("198.18.1.2 198.18.1.3", ("198.18.1.2", "198.18.1.3")),
-    ("198.18.1.2,198.18.1.3", ("198.18.1.2", "198.18.1.3")),
-    ("", ()),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("198.18.1.2", ("198.18.1.2",)),
+        ("198.18.1.2 198.18.1.3", ("198.18.1.2", "198.18.1.3")),
+        ("198.18.1.2,198.18.1.3", ("198.18.1.2", "198.18.1.3")),
+        ("", ()),
+    ],
+)
 def test_parse_dns_servers(text, expected):
     assert parse_dns_servers(text) == expected
 
@@ -66,13 +72,16 @@ def test_parse_dns_servers_rejects(text):
         parse_dns_servers(text)
 
 
-@pytest.mark.parametrize("words, expected", [
-    (["accept"], (["accept"], None, False)),
-    (["accept", "--before", "2"], (["accept"], 2, False)),
-    (["--before=0", "drop", "--json"], (["drop"], 0, True)),
-    (["drop", "comment=keep --before 3 --json"], (["drop", "comment=keep --before 3 --json"], None, False)),
-    (["drop", "comment=a", "--json"], (["drop", "comment=a", "--json"], None, False)),
-])
+@pytest.mark.parametrize(
+    "words, expected",
+    [
+        (["accept"], (["accept"], None, False)),
+        (["accept", "--before", "2"], (["accept"], 2, False)),
+        (["--before=0", "drop", "--json"], (["drop"], 0, True)),
+        (["drop", "comment=keep --before 3 --json"], (["drop", "comment=keep --before 3 --json"], None, False)),
+        (["drop", "comment=a", "--json"], (["drop", "comment=a", "--json"], None, False)),
+    ],
+)
 def test_split_firewall_flags(words, expected):
     assert split_firewall_flags(words) == expected
 
@@ -83,12 +92,15 @@ def test_split_firewall_flags_rejects(words):
         split_firewall_flags(words)
 
 
-@pytest.mark.parametrize(("later", "left"), [
-    (0, ("accept", "accept", "drop")),
-    (59, ("accept", "accept", "drop")),
-    (60, ("accept", "drop")),  # the rule expires at its second
-    (10_000, ("accept", "drop")),
-])
+@pytest.mark.parametrize(
+    ("later", "left"),
+    [
+        (0, ("accept", "accept", "drop")),
+        (59, ("accept", "accept", "drop")),
+        (60, ("accept", "drop")),  # the rule expires at its second
+        (10_000, ("accept", "drop")),
+    ],
+)
 def test_a_rule_leaves_the_live_rules_when_the_clock_passes_its_expiry(ctx, clock, later, left):
     insert_row(QubeManager(ctx), "work")
     rules = (Rule("accept", dsthost="10.9.0.1"), Rule("accept", expire=int(clock.time()) + 60), Rule("drop"))

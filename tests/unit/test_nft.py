@@ -71,10 +71,17 @@ def set_body(script: str, name: str) -> list[str]:
 ACCEPT_ALL = (Rule("accept"),)
 
 
-def qube(name="work", bridge="qb1a2b3c4d5e6f", gateway_ip="10.89.0.1", behind=False, rule_list=ACCEPT_ALL,
-         dns=("10.89.0.1",)) -> QubeNet:
-    return QubeNet(name=name, bridge=bridge, gateway_ip=gateway_ip, behind_gateway=behind, rules=tuple(rule_list),
-                   dns_servers=tuple(dns))
+def qube(
+    name="work", bridge="qb1a2b3c4d5e6f", gateway_ip="10.89.0.1", behind=False, rule_list=ACCEPT_ALL, dns=("10.89.0.1",)
+) -> QubeNet:
+    return QubeNet(
+        name=name,
+        bridge=bridge,
+        gateway_ip=gateway_ip,
+        behind_gateway=behind,
+        rules=tuple(rule_list),
+        dns_servers=tuple(dns),
+    )
 
 
 # -- compiling rules -------------------------------------------------------------
@@ -84,44 +91,93 @@ COMPILE = [
     ("accept all", rules("accept"), DNS, ["accept"]),
     ("drop all", rules("drop"), DNS, ["drop"]),
     ("no rules", (), DNS, []),
-    ("host and port allow, then drop",
-     rules("accept dsthost=192.168.1.10 proto=tcp dstports=443",
-           "accept dsthost=10.0.0.0/8 proto=udp dstports=1000-2000", "drop"),
-     DNS,
-     ["ip daddr 192.168.1.10 meta l4proto tcp tcp dport 443 accept",
-      "ip daddr 10.0.0.0/8 meta l4proto udp udp dport 1000-2000 accept", "drop"]),
+    (
+        "host and port allow, then drop",
+        rules(
+            "accept dsthost=192.168.1.10 proto=tcp dstports=443",
+            "accept dsthost=10.0.0.0/8 proto=udp dstports=1000-2000",
+            "drop",
+        ),
+        DNS,
+        [
+            "ip daddr 192.168.1.10 meta l4proto tcp tcp dport 443 accept",
+            "ip daddr 10.0.0.0/8 meta l4proto udp udp dport 1000-2000 accept",
+            "drop",
+        ],
+    ),
     ("/32 network", rules("drop dsthost=10.0.0.1/32"), DNS, ["ip daddr 10.0.0.1 drop"]),
     ("everything v4", rules("accept dsthost=0.0.0.0/0"), DNS, ["ip daddr 0.0.0.0/0 accept"]),
     ("proto only", rules("drop proto=udp"), DNS, ["meta l4proto udp drop"]),
-    ("icmp with type, both families", rules("accept proto=icmp icmptype=8"), DNS,
-     ["meta l4proto icmp icmp type 8 accept", "meta l4proto ipv6-icmp icmpv6 type 8 accept"]),
-    ("icmp to a v4 host", rules("accept dsthost=1.1.1.1 proto=icmp"), DNS,
-     ["ip daddr 1.1.1.1 meta l4proto icmp accept"]),
-    ("icmpv6 to a v6 host", rules("accept dsthost=2001:db8::1 proto=icmp icmptype=128"), DNS,
-     ["ip6 daddr 2001:db8::1 meta l4proto ipv6-icmp icmpv6 type 128 accept"]),
-    ("ipv6 dsthost", rules("drop dsthost=2001:db8::/32", "accept dsthost=::/0"), DNS,
-     ["ip6 daddr 2001:db8::/32 drop", "ip6 daddr ::/0 accept"]),
-    ("dns with a server", rules("accept specialtarget=dns"), DNS,
-     ["ip daddr { 10.89.0.1 } meta l4proto { tcp, udp } th dport 53 accept"]),
-    ("dns udp, servers of both families", rules("accept specialtarget=dns proto=udp"),
-     ("10.89.0.1", "9.9.9.9", "fd00::53", "9.9.9.9"),
-     ["ip daddr { 9.9.9.9, 10.89.0.1 } meta l4proto udp th dport 53 accept",
-      "ip6 daddr { fd00::53 } meta l4proto udp th dport 53 accept"]),
+    (
+        "icmp with type, both families",
+        rules("accept proto=icmp icmptype=8"),
+        DNS,
+        ["meta l4proto icmp icmp type 8 accept", "meta l4proto ipv6-icmp icmpv6 type 8 accept"],
+    ),
+    (
+        "icmp to a v4 host",
+        rules("accept dsthost=1.1.1.1 proto=icmp"),
+        DNS,
+        ["ip daddr 1.1.1.1 meta l4proto icmp accept"],
+    ),
+    (
+        "icmpv6 to a v6 host",
+        rules("accept dsthost=2001:db8::1 proto=icmp icmptype=128"),
+        DNS,
+        ["ip6 daddr 2001:db8::1 meta l4proto ipv6-icmp icmpv6 type 128 accept"],
+    ),
+    (
+        "ipv6 dsthost",
+        rules("drop dsthost=2001:db8::/32", "accept dsthost=::/0"),
+        DNS,
+        ["ip6 daddr 2001:db8::/32 drop", "ip6 daddr ::/0 accept"],
+    ),
+    (
+        "dns with a server",
+        rules("accept specialtarget=dns"),
+        DNS,
+        ["ip daddr { 10.89.0.1 } meta l4proto { tcp, udp } th dport 53 accept"],
+    ),
+    (
+        "dns udp, servers of both families",
+        rules("accept specialtarget=dns proto=udp"),
+        ("10.89.0.1", "9.9.9.9", "fd00::53", "9.9.9.9"),
+        [
+            "ip daddr { 9.9.9.9, 10.89.0.1 } meta l4proto udp th dport 53 accept",
+            "ip6 daddr { fd00::53 } meta l4proto udp th dport 53 accept",
+        ],
+    ),
     ("dns without servers matches nothing", rules("accept specialtarget=dns", "drop"), (), ["drop"]),
-    ("future expire", rules("accept dsthost=10.0.0.1 expire=+3600"), DNS,
-     [f"meta time < {NOW + 3600} ip daddr 10.0.0.1 accept"]),
-    ("past expire omitted", (Rule("accept", expire=NOW), Rule("drop", expire=NOW - 1), Rule("drop")), DNS,
-     ["drop"]),
+    (
+        "future expire",
+        rules("accept dsthost=10.0.0.1 expire=+3600"),
+        DNS,
+        [f"meta time < {NOW + 3600} ip daddr 10.0.0.1 accept"],
+    ),
+    ("past expire omitted", (Rule("accept", expire=NOW), Rule("drop", expire=NOW - 1), Rule("drop")), DNS, ["drop"]),
     ("expired hostname needs no resolution", (Rule("accept", dsthost="nowhere.example", expire=NOW),), DNS, []),
     ("expire beyond nft's clock is left out", (Rule("drop", expire=MAX_EPOCH),), DNS, ["drop"]),
-    ("hostname, both families, deduplicated", rules("accept dsthost=example.com proto=tcp dstports=443"), DNS,
-     ["ip daddr { 93.184.216.34 } meta l4proto tcp tcp dport 443 accept",
-      "ip6 daddr { 2606:2800:220:1::1 } meta l4proto tcp tcp dport 443 accept"]),
-    ("hostname v6 only, icmp follows it", rules("accept dsthost=v6.example proto=icmp"), DNS,
-     ["ip6 daddr { 2001:db8::53 } meta l4proto ipv6-icmp accept"]),
-    ("comment kept, unsafe characters removed",
-     rules('accept comment=allow "web"; rm -rf / $(x) `y` {z} \\ é'), DNS,
-     ['accept comment "allow web; rm -rf / (x) y z"']),
+    (
+        "hostname, both families, deduplicated",
+        rules("accept dsthost=example.com proto=tcp dstports=443"),
+        DNS,
+        [
+            "ip daddr { 93.184.216.34 } meta l4proto tcp tcp dport 443 accept",
+            "ip6 daddr { 2606:2800:220:1::1 } meta l4proto tcp tcp dport 443 accept",
+        ],
+    ),
+    (
+        "hostname v6 only, icmp follows it",
+        rules("accept dsthost=v6.example proto=icmp"),
+        DNS,
+        ["ip6 daddr { 2001:db8::53 } meta l4proto ipv6-icmp accept"],
+    ),
+    (
+        "comment kept, unsafe characters removed",
+        rules('accept comment=allow "web"; rm -rf / $(x) `y` {z} \\ é'),
+        DNS,
+        ['accept comment "allow web; rm -rf / (x) y z"'],
+    ),
     ("comment of nothing safe", rules('drop comment="{}"'), DNS, ["drop"]),
     ("long comment cut to 128", rules("drop comment=" + "x" * 200), DNS, [f'drop comment "{"x" * 128}"']),
 ]
@@ -154,18 +210,29 @@ def test_bad_resolved_address_is_a_programming_error(bad):
         compile_rules(rules("accept dsthost=example.com"), DNS, {"example.com": (bad,)}, NOW)
 
 
-@pytest.mark.parametrize("rule", [
-    Rule("accept; flush ruleset"), Rule("reject"), Rule("accept", proto="sctp"), Rule("accept", proto="tcp;"),
-    Rule("accept", proto="icmp", icmptype=256), Rule("accept", proto="icmp", icmptype="8; flush"),  # type: ignore[arg-type]
-    Rule("accept", proto="tcp", dstports=(0, 80)), Rule("accept", proto="tcp", dstports=(90, 80)),
-    Rule("accept", expire="1; flush"), Rule("accept", specialtarget="ntp"),  # type: ignore[arg-type]
-], ids=repr)
+@pytest.mark.parametrize(
+    "rule",
+    [
+        Rule("accept; flush ruleset"),
+        Rule("reject"),
+        Rule("accept", proto="sctp"),
+        Rule("accept", proto="tcp;"),
+        Rule("accept", proto="icmp", icmptype=256),
+        Rule("accept", proto="icmp", icmptype="8; flush"),  # type: ignore[arg-type]
+        Rule("accept", proto="tcp", dstports=(0, 80)),
+        Rule("accept", proto="tcp", dstports=(90, 80)),
+        Rule("accept", expire="1; flush"),
+        Rule("accept", specialtarget="ntp"),  # type: ignore[arg-type]
+    ],
+    ids=repr,
+)
 def test_malformed_rule_is_a_programming_error(rule):
     with pytest.raises(ValueError, match="malformed firewall rule"):
         compile_rules((rule,), DNS, RESOLVED, NOW)
 
 
 # -- chain names -----------------------------------------------------------------
+
 
 def test_chain_name_shape():
     assert chain_name("work") == chain_name("work")
@@ -254,8 +321,10 @@ def test_host_table_structure():
 def test_host_input_dns_follows_expiring_accept():
     q = qube(rule_list=rules("accept specialtarget=dns expire=+60", "accept dsthost=10.89.0.0/16 expire=+30", "drop"))
     script = host_table(TABLE, [q], RESOLVED, NOW)
-    assert (f'iifname "qb1a2b3c4d5e6f" meta time < {NOW + 60} ip daddr 10.89.0.1 '
-            "meta l4proto { tcp, udp } th dport 53 accept") in chain_body(script, "input")
+    assert (
+        f'iifname "qb1a2b3c4d5e6f" meta time < {NOW + 60} ip daddr 10.89.0.1 '
+        "meta l4proto { tcp, udp } th dport 53 accept"
+    ) in chain_body(script, "input")
     nft_check(script)
 
 
@@ -293,6 +362,7 @@ def test_bad_table_name(table):
 
 
 # -- gateway_table ---------------------------------------------------------------
+
 
 def test_gateway_table_structure():
     clients = [
@@ -343,8 +413,10 @@ def test_gateway_table_without_resolver():
 def test_gateway_table_without_clients():
     script = gateway_table(TABLE, "eth0", "10.89.0.1", [], {}, NOW)
     assert set_body(script, "clients") == ["type ifname"]
-    assert chain_body(script, "forward") == ["type filter hook forward priority filter; policy drop;",
-                                             "ct state established,related accept"]
+    assert chain_body(script, "forward") == [
+        "type filter hook forward priority filter; policy drop;",
+        "ct state established,related accept",
+    ]
     assert "chain fw-" not in script
     nft_check(script)
 
@@ -360,18 +432,27 @@ GATEWAY_INVALID = [
     ("bad upstream", "eth 0", "10.89.0.1", [ClientLink("c", "eth1", "10.90.0.1", ())]),
     ("bad client ifname", "eth0", "10.89.0.1", [ClientLink("c", "eth1;", "10.90.0.1", ())]),
     ("client on upstream", "eth0", "10.89.0.1", [ClientLink("c", "eth0", "10.90.0.1", ())]),
-    ("duplicate ifname", "eth0", "10.89.0.1",
-     [ClientLink("a", "eth1", "10.90.0.1", ()), ClientLink("b", "eth1", "10.90.1.1", ())]),
-    ("duplicate client", "eth0", "10.89.0.1",
-     [ClientLink("a", "eth1", "10.90.0.1", ()), ClientLink("a", "eth2", "10.90.1.1", ())]),
+    (
+        "duplicate ifname",
+        "eth0",
+        "10.89.0.1",
+        [ClientLink("a", "eth1", "10.90.0.1", ()), ClientLink("b", "eth1", "10.90.1.1", ())],
+    ),
+    (
+        "duplicate client",
+        "eth0",
+        "10.89.0.1",
+        [ClientLink("a", "eth1", "10.90.0.1", ()), ClientLink("a", "eth2", "10.90.1.1", ())],
+    ),
     ("bad address", "eth0", "10.89.0.1", [ClientLink("c", "eth1", "gateway", ())]),
     ("bad resolver", "eth0", "10.89.0.1/24", [ClientLink("c", "eth1", "10.90.0.1", ())]),
     ("families differ", "eth0", "fd00::53", [ClientLink("c", "eth1", "10.90.0.1", ())]),
 ]
 
 
-@pytest.mark.parametrize(("upstream", "resolver", "clients"), [c[1:] for c in GATEWAY_INVALID],
-                         ids=[c[0] for c in GATEWAY_INVALID])
+@pytest.mark.parametrize(
+    ("upstream", "resolver", "clients"), [c[1:] for c in GATEWAY_INVALID], ids=[c[0] for c in GATEWAY_INVALID]
+)
 def test_gateway_table_rejects_unsafe_values(upstream, resolver, clients):
     with pytest.raises(ValueError):
         gateway_table(TABLE, upstream, resolver, clients, RESOLVED, NOW)
@@ -386,14 +467,16 @@ DNS_CASES = [
     ("drop all", rules("drop"), False),
     ("dns target", rules("accept specialtarget=dns", "drop"), True),
     ("dns target udp only", rules("accept specialtarget=dns proto=udp", "drop"), False),
-    ("dns target udp then tcp", rules("accept specialtarget=dns proto=udp", "accept specialtarget=dns proto=tcp",
-                                      "drop"), True),
+    (
+        "dns target udp then tcp",
+        rules("accept specialtarget=dns proto=udp", "accept specialtarget=dns proto=tcp", "drop"),
+        True,
+    ),
     ("network holding the server", rules("accept dsthost=10.89.0.0/24", "drop"), True),
     ("the server itself", rules("accept dsthost=10.89.0.1", "drop"), True),
     ("other network", rules("accept dsthost=10.90.0.0/24", "drop"), False),
     ("v6 network", rules("accept dsthost=::/0", "drop"), False),
-    ("port ranges holding 53", rules("accept proto=udp dstports=50-60", "accept proto=tcp dstports=53", "drop"),
-     True),
+    ("port ranges holding 53", rules("accept proto=udp dstports=50-60", "accept proto=tcp dstports=53", "drop"), True),
     ("other port", rules("accept proto=tcp dstports=80", "drop"), False),
     ("icmp", rules("accept proto=icmp", "drop"), False),
     ("tcp 53 dropped first", rules("drop proto=tcp dstports=53", "accept"), False),
@@ -423,16 +506,26 @@ def test_dns_allowed_unresolvable_hostname():
 # -- Hypothesis: whatever valid rules, nft accepts the script ---------------------
 
 _QUBE_NAMES = st.from_regex(r"[A-Za-z][A-Za-z0-9_.-]{0,30}", fullmatch=True)
-_RULE_LISTS = st.lists(valid_rules(comments=st.none() | st.text(max_size=40).filter(lambda c: "\n" not in c)),
-                       max_size=6).map(tuple)
+_RULE_LISTS = st.lists(
+    valid_rules(comments=st.none() | st.text(max_size=40).filter(lambda c: "\n" not in c)), max_size=6
+).map(tuple)
 _DNS_SERVERS = st.lists(st.sampled_from(["10.89.0.1", "9.9.9.9", "fd00::53"]), max_size=3).map(tuple)
 
 
 @st.composite
 def _qube_lists(draw):
     names = draw(st.lists(_QUBE_NAMES, max_size=4, unique=True))
-    return [QubeNet(name=n, bridge=f"qb{i}", gateway_ip=f"10.89.{i}.1", behind_gateway=draw(st.booleans()),
-                    rules=draw(_RULE_LISTS), dns_servers=draw(_DNS_SERVERS)) for i, n in enumerate(names)]
+    return [
+        QubeNet(
+            name=n,
+            bridge=f"qb{i}",
+            gateway_ip=f"10.89.{i}.1",
+            behind_gateway=draw(st.booleans()),
+            rules=draw(_RULE_LISTS),
+            dns_servers=draw(_DNS_SERVERS),
+        )
+        for i, n in enumerate(names)
+    ]
 
 
 @settings(max_examples=30, deadline=None)
@@ -443,8 +536,10 @@ def test_host_table_always_parses(qubes):
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.lists(st.tuples(_QUBE_NAMES, _RULE_LISTS), max_size=3, unique_by=lambda t: t[0]),
-       st.sampled_from([None, "10.89.0.1"]))
+@given(
+    st.lists(st.tuples(_QUBE_NAMES, _RULE_LISTS), max_size=3, unique_by=lambda t: t[0]),
+    st.sampled_from([None, "10.89.0.1"]),
+)
 def test_gateway_table_always_parses(clients, resolver):
     links = [ClientLink(name, f"eth{i + 1}", f"10.90.{i}.1", rule_list) for i, (name, rule_list) in enumerate(clients)]
     nft_check(gateway_table(TABLE, "eth0", resolver, links, RESOLVED, NOW))

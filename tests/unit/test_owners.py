@@ -11,29 +11,32 @@ import pytest
 from qlite.state.owners import current_owner, owner_alive, parse_owner, process_start_ticks
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("1:2", (1, 2)),
-    ("12345:987654321", (12345, 987654321)),
-    ("0:0", (0, 0)),
-    ("007:010", (7, 10)),
-    ("", None),
-    (":", None),
-    ("1", None),
-    ("1:", None),
-    (":2", None),
-    ("a:1", None),
-    ("1:b", None),
-    ("-1:2", None),
-    ("1:-2", None),
-    ("1.5:2", None),
-    (" 1:2", None),
-    ("1:2 ", None),
-    ("1:2:3", None),
-    ("1:None", None),
-    ("+1:2", None),
-    ("²:1", None),  # str.isdigit() is True for superscripts, int() refuses them
-    ("1:³", None),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1:2", (1, 2)),
+        ("12345:987654321", (12345, 987654321)),
+        ("0:0", (0, 0)),
+        ("007:010", (7, 10)),
+        ("", None),
+        (":", None),
+        ("1", None),
+        ("1:", None),
+        (":2", None),
+        ("a:1", None),
+        ("1:b", None),
+        ("-1:2", None),
+        ("1:-2", None),
+        ("1.5:2", None),
+        (" 1:2", None),
+        ("1:2 ", None),
+        ("1:2:3", None),
+        ("1:None", None),
+        ("+1:2", None),
+        ("²:1", None),  # str.isdigit() is True for superscripts, int() refuses them
+        ("1:³", None),
+    ],
+)
 def test_parse_owner(text, expected):
     assert parse_owner(text) == expected
 
@@ -78,8 +81,21 @@ def test_a_wrong_start_time_is_dead():
     assert owner_alive(f"{pid}:0") is False
 
 
-@pytest.mark.parametrize("owner", [
-    None, "", "garbage", "1:x", ":", "99999999:1", "4194305:1", f"{2**40}:1", "0:0", "²:1", "1:²",
-])
+@pytest.mark.parametrize(
+    "owner",
+    [
+        None,
+        "",
+        "garbage",
+        "1:x",
+        ":",
+        "99999999:1",
+        "4194305:1",
+        f"{2**40}:1",
+        "0:0",
+        "²:1",
+        "1:²",
+    ],
+)
 def test_garbage_owners_are_dead(owner):
     assert owner_alive(owner) is False

@@ -43,8 +43,19 @@ def test_from_env_relocates_everything(monkeypatch, tmp_path):
     monkeypatch.setenv("QLITE_HOME", "rel/home")
     p = Paths.from_env()
     assert p.home == (tmp_path / "rel" / "home").resolve() and not p.is_default_install
-    for path in (p.db, p.run_dir, p.log_dir, p.podman_sock, p.podman_pidfile, p.podman_log, p.containers_conf,
-                 p.probe_file, p.service_lock, p.rpc_log, p.policy_dir):
+    for path in (
+        p.db,
+        p.run_dir,
+        p.log_dir,
+        p.podman_sock,
+        p.podman_pidfile,
+        p.podman_log,
+        p.containers_conf,
+        p.probe_file,
+        p.service_lock,
+        p.rpc_log,
+        p.policy_dir,
+    ):
         assert path.is_absolute()
         assert p.home in path.parents
     assert p.podman_sock == p.home / "run" / "podman.sock"
@@ -56,11 +67,14 @@ def test_from_env_relocates_everything(monkeypatch, tmp_path):
     assert p.podman_dropin == PODMAN_DROPIN
 
 
-@pytest.mark.parametrize(("a", "b", "same"), [
-    ("/var/lib/qlite", "/var/lib/qlite", True),
-    ("/var/lib/qlite", "/var/lib/qlite2", False),
-    ("/tmp/h1", "/tmp/h2", False),
-])
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("/var/lib/qlite", "/var/lib/qlite", True),
+        ("/var/lib/qlite", "/var/lib/qlite2", False),
+        ("/tmp/h1", "/tmp/h2", False),
+    ],
+)
 def test_home_hash(a, b, same):
     ha, hb = Paths(Path(a)).home_hash, Paths(Path(b)).home_hash
     assert len(ha) == 10 and int(ha, 16) >= 0

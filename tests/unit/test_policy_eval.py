@@ -31,20 +31,25 @@ def qube(name, klass="AppVM", tags=(), default_dispvm="default-dvm", dvm=False) 
     return QubeFacts(name, klass, frozenset(tags), default_dispvm, dvm)
 
 
-SYSTEM = System({q.name: q for q in [
-    qube("work", tags={"work"}),
-    qube("work-web", tags={"work"}),
-    qube("personal"),
-    qube("vault", default_dispvm=None),
-    qube("anon", tags={"anon-vm"}, default_dispvm="anon-dvm"),
-    qube("odd", default_dispvm="personal"),  # its default_dispvm is no disposable template
-    qube("default-dvm", tags={"dvm"}, dvm=True),
-    qube("anon-dvm", tags={"anon-vm", "dvm"}, dvm=True),
-    qube("offline-dvm", dvm=True),
-    qube("debian-12", "TemplateVM"),
-    qube("sys-net", "StandaloneVM"),
-    qube("disp42", "DispVM", default_dispvm=None),
-]})
+SYSTEM = System(
+    {
+        q.name: q
+        for q in [
+            qube("work", tags={"work"}),
+            qube("work-web", tags={"work"}),
+            qube("personal"),
+            qube("vault", default_dispvm=None),
+            qube("anon", tags={"anon-vm"}, default_dispvm="anon-dvm"),
+            qube("odd", default_dispvm="personal"),  # its default_dispvm is no disposable template
+            qube("default-dvm", tags={"dvm"}, dvm=True),
+            qube("anon-dvm", tags={"anon-vm", "dvm"}, dvm=True),
+            qube("offline-dvm", dvm=True),
+            qube("debian-12", "TemplateVM"),
+            qube("sys-net", "StandaloneVM"),
+            qube("disp42", "DispVM", default_dispvm=None),
+        ]
+    }
+)
 ALL_QUBES = set(SYSTEM.qubes)
 DISPVMS = {"@dispvm:default-dvm", "@dispvm:anon-dvm", "@dispvm:offline-dvm"}
 
@@ -53,8 +58,9 @@ def policy_of(text: str) -> Policy:
     return Policy(tuple(parse_policy(text, "t.policy")))
 
 
-def decide(policy: Policy | str, source: str, target: str, service: str = "svc", argument: str = "",
-           system: System = SYSTEM) -> Resolution:
+def decide(
+    policy: Policy | str, source: str, target: str, service: str = "svc", argument: str = "", system: System = SYSTEM
+) -> Resolution:
     if isinstance(policy, str):
         policy = policy_of(policy)
     return evaluate(policy, system, Request(service, argument, source, target))
@@ -66,72 +72,79 @@ def summary(res: Resolution) -> tuple:
 
 # -- matching -------------------------------------------------------------------
 
-@pytest.mark.parametrize("policy, source, target, expected", [
-    # the first matching rule wins
-    ("svc * work vault allow\nsvc * work vault deny", "work", "vault", ("allow", "vault", 1)),
-    ("svc * work vault deny\nsvc * work vault allow", "work", "vault", ("deny", None, 1)),
-    ("svc * work personal deny\nsvc * work vault allow", "work", "vault", ("allow", "vault", 2)),
-    # no match: deny
-    ("svc * work vault allow", "work", "personal", ("deny", None, None)),
-    ("svc * work vault allow", "personal", "vault", ("deny", None, None)),
-    ("", "work", "vault", ("deny", None, None)),
-    # dom0 is matched only by the tokens naming it, never by @anyvm or '*'
-    ("svc * work @anyvm allow", "work", "dom0", ("deny", None, None)),
-    ("svc * work @anyvm allow", "work", "@adminvm", ("deny", None, None)),
-    ("svc * work * allow", "work", "dom0", ("deny", None, None)),
-    ("svc * work @type:AdminVM allow", "work", "dom0", ("deny", None, None)),
-    ("svc * work dom0 allow", "work", "dom0", ("allow", "dom0", 1)),
-    ("svc * work dom0 allow", "work", "@adminvm", ("allow", "dom0", 1)),
-    ("svc * work @adminvm allow", "work", "dom0", ("allow", "dom0", 1)),
-    ("svc * @anyvm @anyvm allow\nsvc * @anyvm dom0 ask", "work", "dom0", ("ask", None, 2)),
-    # @anyvm and '*' match every qube, @default and @dispvm targets
-    ("svc * @anyvm @anyvm allow", "work", "vault", ("allow", "vault", 1)),
-    ("svc * * * allow", "work", "vault", ("allow", "vault", 1)),
-    ("svc * @anyvm @anyvm allow target=vault", "work", "@default", ("allow", "vault", 1)),
-    ("svc * * * allow", "work", "@dispvm", ("allow", "@dispvm:default-dvm", 1)),
-    # tags
-    ("svc * @tag:work personal allow", "work-web", "personal", ("allow", "personal", 1)),
-    ("svc * @tag:work personal allow", "personal", "personal", ("deny", None, None)),
-    ("svc * personal @tag:work allow", "personal", "work", ("allow", "work", 1)),
-    ("svc * personal @tag:work allow", "personal", "vault", ("deny", None, None)),
-    ("svc * personal @tag:work allow", "personal", "@default", ("deny", None, None)),
-    # types
-    ("svc * @type:TemplateVM @default allow target=sys-net", "debian-12", "@default", ("allow", "sys-net", 1)),
-    ("svc * @type:TemplateVM @default allow target=sys-net", "work", "@default", ("deny", None, None)),
-    ("svc * work @type:StandaloneVM allow", "work", "sys-net", ("allow", "sys-net", 1)),
-    ("svc * work @type:DispVM allow", "work", "disp42", ("allow", "disp42", 1)),
-    ("svc * work @type:DispVM allow", "work", "personal", ("deny", None, None)),
-    ("svc * @type:DispVM work allow", "disp42", "work", ("allow", "work", 1)),
-    # a target= redirect keeps its action, whatever the rules say of the new target
-    ("svc * work vault deny\nsvc * work personal allow target=vault", "work", "personal", ("allow", "vault", 2)),
-    ("svc * work @anyvm allow target=vault\nsvc * @anyvm vault deny", "work", "sys-net", ("allow", "vault", 1)),
-    ("svc * work @anyvm ask target=vault\nsvc * @anyvm vault deny", "work", "sys-net", ("ask", None, 1)),
-    # @default: only a caller that named no target
-    ("svc * work @default allow target=vault", "work", "@default", ("allow", "vault", 1)),
-    ("svc * work @default allow target=vault", "work", "", ("allow", "vault", 1)),
-    ("svc * work @default allow target=vault", "work", "personal", ("deny", None, None)),
-    ("svc * work @anyvm allow", "work", "@default", ("deny", None, 1)),
-    ("svc * work @default allow target=dom0", "work", "@default", ("allow", "dom0", 1)),
-    # a source spelled @dispvm:... matches no caller (as in Qubes)
-    ("svc * @dispvm:default-dvm work allow", "disp42", "work", ("deny", None, None)),
-])
+
+@pytest.mark.parametrize(
+    "policy, source, target, expected",
+    [
+        # the first matching rule wins
+        ("svc * work vault allow\nsvc * work vault deny", "work", "vault", ("allow", "vault", 1)),
+        ("svc * work vault deny\nsvc * work vault allow", "work", "vault", ("deny", None, 1)),
+        ("svc * work personal deny\nsvc * work vault allow", "work", "vault", ("allow", "vault", 2)),
+        # no match: deny
+        ("svc * work vault allow", "work", "personal", ("deny", None, None)),
+        ("svc * work vault allow", "personal", "vault", ("deny", None, None)),
+        ("", "work", "vault", ("deny", None, None)),
+        # dom0 is matched only by the tokens naming it, never by @anyvm or '*'
+        ("svc * work @anyvm allow", "work", "dom0", ("deny", None, None)),
+        ("svc * work @anyvm allow", "work", "@adminvm", ("deny", None, None)),
+        ("svc * work * allow", "work", "dom0", ("deny", None, None)),
+        ("svc * work @type:AdminVM allow", "work", "dom0", ("deny", None, None)),
+        ("svc * work dom0 allow", "work", "dom0", ("allow", "dom0", 1)),
+        ("svc * work dom0 allow", "work", "@adminvm", ("allow", "dom0", 1)),
+        ("svc * work @adminvm allow", "work", "dom0", ("allow", "dom0", 1)),
+        ("svc * @anyvm @anyvm allow\nsvc * @anyvm dom0 ask", "work", "dom0", ("ask", None, 2)),
+        # @anyvm and '*' match every qube, @default and @dispvm targets
+        ("svc * @anyvm @anyvm allow", "work", "vault", ("allow", "vault", 1)),
+        ("svc * * * allow", "work", "vault", ("allow", "vault", 1)),
+        ("svc * @anyvm @anyvm allow target=vault", "work", "@default", ("allow", "vault", 1)),
+        ("svc * * * allow", "work", "@dispvm", ("allow", "@dispvm:default-dvm", 1)),
+        # tags
+        ("svc * @tag:work personal allow", "work-web", "personal", ("allow", "personal", 1)),
+        ("svc * @tag:work personal allow", "personal", "personal", ("deny", None, None)),
+        ("svc * personal @tag:work allow", "personal", "work", ("allow", "work", 1)),
+        ("svc * personal @tag:work allow", "personal", "vault", ("deny", None, None)),
+        ("svc * personal @tag:work allow", "personal", "@default", ("deny", None, None)),
+        # types
+        ("svc * @type:TemplateVM @default allow target=sys-net", "debian-12", "@default", ("allow", "sys-net", 1)),
+        ("svc * @type:TemplateVM @default allow target=sys-net", "work", "@default", ("deny", None, None)),
+        ("svc * work @type:StandaloneVM allow", "work", "sys-net", ("allow", "sys-net", 1)),
+        ("svc * work @type:DispVM allow", "work", "disp42", ("allow", "disp42", 1)),
+        ("svc * work @type:DispVM allow", "work", "personal", ("deny", None, None)),
+        ("svc * @type:DispVM work allow", "disp42", "work", ("allow", "work", 1)),
+        # a target= redirect keeps its action, whatever the rules say of the new target
+        ("svc * work vault deny\nsvc * work personal allow target=vault", "work", "personal", ("allow", "vault", 2)),
+        ("svc * work @anyvm allow target=vault\nsvc * @anyvm vault deny", "work", "sys-net", ("allow", "vault", 1)),
+        ("svc * work @anyvm ask target=vault\nsvc * @anyvm vault deny", "work", "sys-net", ("ask", None, 1)),
+        # @default: only a caller that named no target
+        ("svc * work @default allow target=vault", "work", "@default", ("allow", "vault", 1)),
+        ("svc * work @default allow target=vault", "work", "", ("allow", "vault", 1)),
+        ("svc * work @default allow target=vault", "work", "personal", ("deny", None, None)),
+        ("svc * work @anyvm allow", "work", "@default", ("deny", None, 1)),
+        ("svc * work @default allow target=dom0", "work", "@default", ("allow", "dom0", 1)),
+        # a source spelled @dispvm:... matches no caller (as in Qubes)
+        ("svc * @dispvm:default-dvm work allow", "disp42", "work", ("deny", None, None)),
+    ],
+)
 def test_matching(policy, source, target, expected):
     assert summary(decide(policy, source, target)) == expected
 
 
-@pytest.mark.parametrize("policy, service, argument, matches", [
-    ("svc * work vault allow", "svc", "", True),
-    ("svc * work vault allow", "svc", "anything", True),
-    ("svc + work vault allow", "svc", "", True),
-    ("svc + work vault allow", "svc", "x", False),
-    ("svc +x work vault allow", "svc", "x", True),
-    ("svc +x work vault allow", "svc", "", False),
-    ("svc +x work vault allow", "svc", "xy", False),
-    ("svc +a+b work vault allow", "svc", "a+b", True),
-    ("* * work vault allow", "anything.Else", "arg", True),
-    ("svc * work vault allow", "svc2", "", False),
-    ("svc * work vault allow", "Svc", "", False),
-])
+@pytest.mark.parametrize(
+    "policy, service, argument, matches",
+    [
+        ("svc * work vault allow", "svc", "", True),
+        ("svc * work vault allow", "svc", "anything", True),
+        ("svc + work vault allow", "svc", "", True),
+        ("svc + work vault allow", "svc", "x", False),
+        ("svc +x work vault allow", "svc", "x", True),
+        ("svc +x work vault allow", "svc", "", False),
+        ("svc +x work vault allow", "svc", "xy", False),
+        ("svc +a+b work vault allow", "svc", "a+b", True),
+        ("* * work vault allow", "anything.Else", "arg", True),
+        ("svc * work vault allow", "svc2", "", False),
+        ("svc * work vault allow", "Svc", "", False),
+    ],
+)
 def test_service_and_argument_matching(policy, service, argument, matches):
     res = decide(policy, "work", "vault", service, argument)
     assert res.action == ("allow" if matches else "deny")
@@ -139,14 +152,18 @@ def test_service_and_argument_matching(policy, service, argument, matches):
 
 # -- resolution details ----------------------------------------------------------
 
-@pytest.mark.parametrize("line, notify, autostart, user", [
-    ("svc * work vault allow", False, True, None),
-    ("svc * work vault allow notify=yes autostart=no user=root", True, False, "root"),
-    ("svc * work vault deny", True, False, None),
-    ("svc * work vault deny notify=no", False, False, None),
-    ("svc * work vault ask", False, True, None),
-    ("svc * work vault ask notify=yes autostart=no user=user", True, False, "user"),
-])
+
+@pytest.mark.parametrize(
+    "line, notify, autostart, user",
+    [
+        ("svc * work vault allow", False, True, None),
+        ("svc * work vault allow notify=yes autostart=no user=root", True, False, "root"),
+        ("svc * work vault deny", True, False, None),
+        ("svc * work vault deny notify=no", False, False, None),
+        ("svc * work vault ask", False, True, None),
+        ("svc * work vault ask notify=yes autostart=no user=user", True, False, "user"),
+    ],
+)
 def test_notify_autostart_and_user(line, notify, autostart, user):
     res = decide(line + "\nsvc * work @anyvm allow", "work", "vault")
     assert (res.notify, res.autostart, res.user) == (notify, autostart, user)
@@ -158,25 +175,30 @@ def test_reasons_carry_the_rule_location():
     assert decide("\nsvc * work vault deny", "work", "vault").reason == "denied by policy t.policy:2"
     assert decide("svc * work vault ask", "work", "vault").reason == "ask by policy t.policy:1"
     assert decide("svc * work @anyvm allow target=ghost", "work", "vault").reason == (
-        "denied by policy t.policy:1: no such qube 'ghost'")
+        "denied by policy t.policy:1: no such qube 'ghost'"
+    )
     assert decide("", "work", "vault", "qubes.Filecopy", "x").reason == (
-        "denied: no rule matches qubes.Filecopy+x from work to vault")
+        "denied: no rule matches qubes.Filecopy+x from work to vault"
+    )
     for res in (decide("svc * work vault allow", "work", "vault"), decide("", "work", "vault")):
         assert "\n" not in res.reason
 
 
-@pytest.mark.parametrize("target, reason", [
-    ("ghost", "no such qube 'ghost'"),
-    ("@anyvm", "invalid target '@anyvm'"),
-    ("*", "invalid target '*'"),
-    ("@tag:work", "invalid target '@tag:work'"),
-    ("@type:AppVM", "invalid target '@type:AppVM'"),
-    ("@dispvm:@tag:dvm", "target '@dispvm:@tag:dvm' is not a disposable template"),
-    ("@dispvm:personal", "target '@dispvm:personal' is not a disposable template"),
-    ("@dispvm:ghost", "target '@dispvm:ghost' is not a disposable template"),
-    ("bad name", "invalid target 'bad name'"),
-    ("work\nvault", "invalid target"),
-])
+@pytest.mark.parametrize(
+    "target, reason",
+    [
+        ("ghost", "no such qube 'ghost'"),
+        ("@anyvm", "invalid target '@anyvm'"),
+        ("*", "invalid target '*'"),
+        ("@tag:work", "invalid target '@tag:work'"),
+        ("@type:AppVM", "invalid target '@type:AppVM'"),
+        ("@dispvm:@tag:dvm", "target '@dispvm:@tag:dvm' is not a disposable template"),
+        ("@dispvm:personal", "target '@dispvm:personal' is not a disposable template"),
+        ("@dispvm:ghost", "target '@dispvm:ghost' is not a disposable template"),
+        ("bad name", "invalid target 'bad name'"),
+        ("work\nvault", "invalid target"),
+    ],
+)
 def test_invalid_or_missing_targets_are_denied_before_any_rule(target, reason):
     res = decide("svc * * * allow\nsvc * @anyvm @anyvm allow", "work", target)
     assert (res.action, res.rule) == ("deny", None)
@@ -184,16 +206,19 @@ def test_invalid_or_missing_targets_are_denied_before_any_rule(target, reason):
     assert "\n" not in res.reason
 
 
-@pytest.mark.parametrize("service, argument, source, reason", [
-    ("svc", "", "ghost", "unknown source qube 'ghost'"),
-    ("svc", "", "@adminvm", "unknown source qube '@adminvm'"),
-    ("svc", "", "", "unknown source qube ''"),
-    ("bad service", "", "work", "invalid service name 'bad service'"),
-    ("*", "", "work", "invalid service name '*'"),
-    ("", "", "work", "invalid service name ''"),
-    ("svc", "a/b", "work", "invalid argument 'a/b'"),
-    ("svc", "x" * 100, "work", None),
-])
+@pytest.mark.parametrize(
+    "service, argument, source, reason",
+    [
+        ("svc", "", "ghost", "unknown source qube 'ghost'"),
+        ("svc", "", "@adminvm", "unknown source qube '@adminvm'"),
+        ("svc", "", "", "unknown source qube ''"),
+        ("bad service", "", "work", "invalid service name 'bad service'"),
+        ("*", "", "work", "invalid service name '*'"),
+        ("", "", "work", "invalid service name ''"),
+        ("svc", "a/b", "work", "invalid argument 'a/b'"),
+        ("svc", "x" * 100, "work", None),
+    ],
+)
 def test_invalid_requests_are_denied(service, argument, source, reason):
     res = decide("* * * * allow\n* * @anyvm @anyvm allow", source, "vault", service, argument)
     if reason is None:
@@ -211,34 +236,58 @@ def test_a_qube_cannot_call_itself():
 
 # -- @dispvm --------------------------------------------------------------------
 
-@pytest.mark.parametrize("policy, source, target, expected, reason", [
-    # @dispvm: a new disposable from the caller's default_dispvm
-    ("svc * @anyvm @dispvm allow", "work", "@dispvm", ("allow", "@dispvm:default-dvm", 1), None),
-    ("svc * @anyvm @dispvm allow", "anon", "@dispvm", ("allow", "@dispvm:anon-dvm", 1), None),
-    ("svc * @anyvm @dispvm allow", "vault", "@dispvm", ("deny", None, 1), "vault has no default_dispvm"),
-    ("svc * @anyvm @dispvm allow", "odd", "@dispvm", ("deny", None, 1), "'personal' is not a disposable template"),
-    ("svc * @anyvm @anyvm allow target=@dispvm", "work", "personal", ("allow", "@dispvm:default-dvm", 1), None),
-    ("svc * @anyvm @dispvm allow", "work", "@dispvm:default-dvm", ("deny", None, None), None),
-    # @dispvm:NAME: a new disposable from NAME, which must be a disposable template
-    ("svc * @anyvm @dispvm:offline-dvm allow", "work", "@dispvm:offline-dvm",
-     ("allow", "@dispvm:offline-dvm", 1), None),
-    ("svc * @anyvm @dispvm:default-dvm allow", "work", "@dispvm", ("allow", "@dispvm:default-dvm", 1), None),
-    ("svc * @anyvm @dispvm:default-dvm allow", "anon", "@dispvm", ("deny", None, None), None),
-    ("svc * @anyvm @anyvm allow target=@dispvm:offline-dvm", "vault", "@default",
-     ("allow", "@dispvm:offline-dvm", 1), None),
-    ("svc * @anyvm @anyvm allow target=@dispvm:personal", "work", "vault", ("deny", None, 1),
-     "'personal' is not a disposable template"),
-    ("svc * @anyvm @anyvm allow target=@dispvm:ghost", "work", "vault", ("deny", None, 1),
-     "'ghost' is not a disposable template"),
-    # @dispvm:@tag:T: a disposable from any disposable template tagged T
-    ("svc * @anyvm @dispvm:@tag:dvm allow", "work", "@dispvm:anon-dvm", ("allow", "@dispvm:anon-dvm", 1), None),
-    ("svc * @anyvm @dispvm:@tag:dvm allow", "work", "@dispvm", ("allow", "@dispvm:default-dvm", 1), None),
-    ("svc * @anyvm @dispvm:@tag:dvm allow", "work", "@dispvm:offline-dvm", ("deny", None, None), None),
-    ("svc * @anyvm @dispvm:@tag:dvm allow", "vault", "@dispvm", ("deny", None, None), None),
-    ("svc * @anyvm @dispvm:@tag:anon-vm allow", "anon", "@dispvm", ("allow", "@dispvm:anon-dvm", 1), None),
-    # autostart=no cannot make a disposable
-    ("svc * @anyvm @dispvm allow autostart=no", "work", "@dispvm", ("deny", None, 1), "autostart=no"),
-])
+
+@pytest.mark.parametrize(
+    "policy, source, target, expected, reason",
+    [
+        # @dispvm: a new disposable from the caller's default_dispvm
+        ("svc * @anyvm @dispvm allow", "work", "@dispvm", ("allow", "@dispvm:default-dvm", 1), None),
+        ("svc * @anyvm @dispvm allow", "anon", "@dispvm", ("allow", "@dispvm:anon-dvm", 1), None),
+        ("svc * @anyvm @dispvm allow", "vault", "@dispvm", ("deny", None, 1), "vault has no default_dispvm"),
+        ("svc * @anyvm @dispvm allow", "odd", "@dispvm", ("deny", None, 1), "'personal' is not a disposable template"),
+        ("svc * @anyvm @anyvm allow target=@dispvm", "work", "personal", ("allow", "@dispvm:default-dvm", 1), None),
+        ("svc * @anyvm @dispvm allow", "work", "@dispvm:default-dvm", ("deny", None, None), None),
+        # @dispvm:NAME: a new disposable from NAME, which must be a disposable template
+        (
+            "svc * @anyvm @dispvm:offline-dvm allow",
+            "work",
+            "@dispvm:offline-dvm",
+            ("allow", "@dispvm:offline-dvm", 1),
+            None,
+        ),
+        ("svc * @anyvm @dispvm:default-dvm allow", "work", "@dispvm", ("allow", "@dispvm:default-dvm", 1), None),
+        ("svc * @anyvm @dispvm:default-dvm allow", "anon", "@dispvm", ("deny", None, None), None),
+        (
+            "svc * @anyvm @anyvm allow target=@dispvm:offline-dvm",
+            "vault",
+            "@default",
+            ("allow", "@dispvm:offline-dvm", 1),
+            None,
+        ),
+        (
+            "svc * @anyvm @anyvm allow target=@dispvm:personal",
+            "work",
+            "vault",
+            ("deny", None, 1),
+            "'personal' is not a disposable template",
+        ),
+        (
+            "svc * @anyvm @anyvm allow target=@dispvm:ghost",
+            "work",
+            "vault",
+            ("deny", None, 1),
+            "'ghost' is not a disposable template",
+        ),
+        # @dispvm:@tag:T: a disposable from any disposable template tagged T
+        ("svc * @anyvm @dispvm:@tag:dvm allow", "work", "@dispvm:anon-dvm", ("allow", "@dispvm:anon-dvm", 1), None),
+        ("svc * @anyvm @dispvm:@tag:dvm allow", "work", "@dispvm", ("allow", "@dispvm:default-dvm", 1), None),
+        ("svc * @anyvm @dispvm:@tag:dvm allow", "work", "@dispvm:offline-dvm", ("deny", None, None), None),
+        ("svc * @anyvm @dispvm:@tag:dvm allow", "vault", "@dispvm", ("deny", None, None), None),
+        ("svc * @anyvm @dispvm:@tag:anon-vm allow", "anon", "@dispvm", ("allow", "@dispvm:anon-dvm", 1), None),
+        # autostart=no cannot make a disposable
+        ("svc * @anyvm @dispvm allow autostart=no", "work", "@dispvm", ("deny", None, 1), "autostart=no"),
+    ],
+)
 def test_dispvm_resolution(policy, source, target, expected, reason):
     res = decide(policy, source, target)
     assert summary(res) == expected
@@ -247,6 +296,7 @@ def test_dispvm_resolution(policy, source, target, expected, reason):
 
 
 # -- ask --------------------------------------------------------------------------
+
 
 def test_ask_offers_every_allowed_or_asked_target_but_not_denied_ones_dom0_or_the_caller():
     res = decide("svc * work vault deny\nsvc * work @default ask\nsvc * work @anyvm ask", "work", "@default")
@@ -261,8 +311,7 @@ def test_ask_offers_dom0_only_when_a_rule_names_it():
     assert "dom0" not in decide("svc * work * ask\n", "work", "@default").choices
     assert "dom0" in decide(base + "svc * work dom0 allow", "work", "@default").choices
     assert "dom0" in decide(base + "svc * work @adminvm ask", "work", "@default").choices
-    assert "dom0" not in decide("svc * work dom0 deny\n" + base + "svc * work dom0 allow", "work",
-                                "@default").choices
+    assert "dom0" not in decide("svc * work dom0 deny\n" + base + "svc * work dom0 allow", "work", "@default").choices
 
 
 def test_ask_choices_follow_tags_types_and_redirects():
@@ -277,8 +326,9 @@ def test_ask_choices_follow_tags_types_and_redirects():
 
 
 def test_ask_never_offers_the_caller_even_through_a_redirect():
-    res = decide("svc * work @default ask\nsvc * work personal allow target=work\nsvc * work @anyvm ask", "work",
-                 "@default")
+    res = decide(
+        "svc * work @default ask\nsvc * work personal allow target=work\nsvc * work @anyvm ask", "work", "@default"
+    )
     assert res.action == "ask"
     assert "work" not in res.choices and "personal" not in res.choices
     assert "vault" in res.choices
@@ -291,14 +341,17 @@ def test_ask_with_a_target_offers_only_that_target():
     assert decide("svc * vault @default ask target=@dispvm", "vault", "@default").action == "deny"
 
 
-@pytest.mark.parametrize("default_target, expected", [
-    ("personal", "personal"),
-    ("@dispvm", "@dispvm:default-dvm"),
-    ("@dispvm:offline-dvm", "@dispvm:offline-dvm"),
-    ("vault", None),      # denied, so not offered, so not preselected
-    ("dom0", None),       # not offered
-    ("ghost", None),
-])
+@pytest.mark.parametrize(
+    "default_target, expected",
+    [
+        ("personal", "personal"),
+        ("@dispvm", "@dispvm:default-dvm"),
+        ("@dispvm:offline-dvm", "@dispvm:offline-dvm"),
+        ("vault", None),  # denied, so not offered, so not preselected
+        ("dom0", None),  # not offered
+        ("ghost", None),
+    ],
+)
 def test_default_target_is_preselected_only_if_offered(default_target, expected):
     policy = f"svc * work @default ask default_target={default_target}\nsvc * work vault deny\nsvc * work @anyvm ask"
     res = decide(policy, "work", "@default")
@@ -323,6 +376,7 @@ def test_ask_without_autostart_offers_no_disposable():
 
 
 # -- answer_ask -------------------------------------------------------------------
+
 
 def test_answer_ask_returns_an_allow_for_an_offered_target():
     asked = decide("svc * work @anyvm ask notify=yes user=user", "work", "@default")
@@ -359,6 +413,7 @@ def test_answer_ask_refuses_a_target_gone_while_the_question_waited():
 
 # -- calls from dom0 ---------------------------------------------------------------
 
+
 def test_calls_from_dom0_are_decided_by_rules_naming_dom0():
     assert summary(decide("svc * dom0 work allow", "dom0", "work")) == ("allow", "work", 1)
     assert summary(decide("svc * @adminvm work allow", "dom0", "work")) == ("allow", "work", 1)
@@ -381,14 +436,19 @@ def test_the_snapshot_does_not_change_with_its_source():
 
 # -- a broken policy -------------------------------------------------------------
 
+
 def test_a_broken_policy_denies_everything_and_says_where(tmp_path):
     admin = tmp_path.resolve() / "admin"
     admin.mkdir()
     (admin / "30-user.policy").write_text("qubes.Filecopy * work vault allow\nqubes.Filecopy * work @oops allow\n")
     policy = load_policy([SHIPPED, admin])
     assert policy.error == f"{admin}/30-user.policy:2: invalid target '@oops': unknown keyword"
-    for source, target, service in [("work", "vault", "qubes.Filecopy"), ("work", "@dispvm", "qubes.OpenInVM"),
-                                    ("dom0", "work", "qubes.VMShell"), ("work", "@default", "qubes.GetDate")]:
+    for source, target, service in [
+        ("work", "vault", "qubes.Filecopy"),
+        ("work", "@dispvm", "qubes.OpenInVM"),
+        ("dom0", "work", "qubes.VMShell"),
+        ("work", "@default", "qubes.GetDate"),
+    ]:
         res = decide(policy, source, target, service)
         assert (res.action, res.target, res.choices, res.rule) == ("deny", None, (), None)
         assert res.reason == f"denied: the policy is broken: {policy.error}"
@@ -439,23 +499,31 @@ QUBES_DECISIONS = [
 ]
 
 
-@pytest.mark.parametrize("call, expected", QUBES_DECISIONS + [
-    (("qubes.UpdatesProxy", "", "debian-12", "@default"), ("allow", "sys-net")),
-    (("qubes.UpdatesProxy", "", "work", "@default"), ("deny", None)),
-    (("qubes.ClipboardPaste", "", "dom0", "work"), ("deny", None)),
-    (("qubes.ClipboardPaste", "", "work", "personal"), ("ask", None)),
-])
+@pytest.mark.parametrize(
+    "call, expected",
+    QUBES_DECISIONS
+    + [
+        (("qubes.UpdatesProxy", "", "debian-12", "@default"), ("allow", "sys-net")),
+        (("qubes.UpdatesProxy", "", "work", "@default"), ("deny", None)),
+        (("qubes.ClipboardPaste", "", "dom0", "work"), ("deny", None)),
+        (("qubes.ClipboardPaste", "", "work", "personal"), ("ask", None)),
+    ],
+)
 def test_qubes_90_default_decisions(call, expected):
     service, argument, source, target = call
     res = decide(QUBES_90_DEFAULT, source, target, service, argument)
     assert (res.action, res.target) == expected
 
 
-@pytest.mark.parametrize("call, expected", QUBES_DECISIONS + [
-    (("qubes.VMExec", "", "work", "@dispvm"), ("allow", "@dispvm:default-dvm")),
-    (("qubes.VMExec", "", "work", "personal"), ("deny", None)),
-    (("qubes.UpdatesProxy", "", "debian-12", "@default"), ("deny", None)),  # not shipped by qlite
-])
+@pytest.mark.parametrize(
+    "call, expected",
+    QUBES_DECISIONS
+    + [
+        (("qubes.VMExec", "", "work", "@dispvm"), ("allow", "@dispvm:default-dvm")),
+        (("qubes.VMExec", "", "work", "personal"), ("deny", None)),
+        (("qubes.UpdatesProxy", "", "debian-12", "@default"), ("deny", None)),  # not shipped by qlite
+    ],
+)
 def test_qlite_shipped_policy_makes_the_same_decisions(call, expected):
     service, argument, source, target = call
     res = decide(load_policy([SHIPPED]), source, target, service, argument)
@@ -484,6 +552,7 @@ def test_qubes_rpc_policy_doc_work_tag_example(tmp_path):
 
     def filecopy(source, target):
         return decide(policy, source, target, "qubes.Filecopy")
+
     # qvm-copy from a work qube: the prompt lists only the other work qubes
     res = filecopy("work", "@default")
     assert (res.action, res.choices) == ("ask", ("work-web",))
@@ -517,6 +586,7 @@ def test_multifile_user_policy_overrides_the_shipped_one(tmp_path):
         res = decide(policy, source, target, service, argument)
         assert (res.action, res.target, res.rule.location if res.rule else None) == (action, resolved, where)
         return res
+
     check("qubes.Filecopy", "", "work", "vault", "deny", None, f"{user}:2")  # beats the shipped ask
     check("qubes.Filecopy", "", "work", "work-web", "allow", "work-web", f"{user}:3")
     shipped_rules = load_policy([SHIPPED]).rules
@@ -534,36 +604,45 @@ def test_multifile_user_policy_overrides_the_shipped_one(tmp_path):
     replaced = load_policy([SHIPPED, admin])
     assert decide(replaced, "work", "@dispvm", "qubes.OpenInVM").action == "deny"
     assert decide(replaced, "work", "personal", "qubes.Filecopy").reason == (
-        f"denied by policy {admin}/90-default.policy:1")
+        f"denied by policy {admin}/90-default.policy:1"
+    )
 
 
 # qrexec's own test system and policies (qrexec/tests/policy_parser.py)
-QREXEC_SYSTEM = System({q.name: q for q in [
-    qube("test-vm1", tags={"tag1", "tag2"}),
-    qube("test-vm2", tags={"tag2"}),
-    qube("test-vm3", tags={"tag3"}, dvm=True),
-    qube("default-dvm", dvm=True),
-    qube("test-invalid-dvm", tags={"tag1", "tag2"}, default_dispvm="test-vm1"),
-    qube("test-no-dvm", tags={"tag1", "tag2"}, default_dispvm=None),
-    qube("test-template", "TemplateVM", tags={"tag1", "tag2"}),
-    qube("test-standalone", "StandaloneVM", tags={"tag1", "tag2"}),
-]})
+QREXEC_SYSTEM = System(
+    {
+        q.name: q
+        for q in [
+            qube("test-vm1", tags={"tag1", "tag2"}),
+            qube("test-vm2", tags={"tag2"}),
+            qube("test-vm3", tags={"tag3"}, dvm=True),
+            qube("default-dvm", dvm=True),
+            qube("test-invalid-dvm", tags={"tag1", "tag2"}, default_dispvm="test-vm1"),
+            qube("test-no-dvm", tags={"tag1", "tag2"}, default_dispvm=None),
+            qube("test-template", "TemplateVM", tags={"tag1", "tag2"}),
+            qube("test-standalone", "StandaloneVM", tags={"tag1", "tag2"}),
+        ]
+    }
+)
 
 
-@pytest.mark.parametrize("source, target, line", [
-    ("test-vm1", "test-vm2", 1),
-    ("test-vm1", "test-vm3", 2),
-    ("test-vm2", "test-vm2", 4),
-    ("test-vm2", "test-no-dvm", 3),
-    ("test-vm1", "@default", 2),  # @anyvm matches @default too
-    ("test-vm2", "@default", 8),
-    ("test-no-dvm", "test-vm3", 9),
-    ("test-vm2", "@dispvm:test-vm3", 5),
-    ("test-vm2", "@dispvm", 7),
-    ("test-no-dvm", "test-standalone", None),
-    ("test-no-dvm", "@dispvm", None),
-    ("test-standalone", "@default", None),
-])
+@pytest.mark.parametrize(
+    "source, target, line",
+    [
+        ("test-vm1", "test-vm2", 1),
+        ("test-vm1", "test-vm3", 2),
+        ("test-vm2", "test-vm2", 4),
+        ("test-vm2", "test-no-dvm", 3),
+        ("test-vm1", "@default", 2),  # @anyvm matches @default too
+        ("test-vm2", "@default", 8),
+        ("test-no-dvm", "test-vm3", 9),
+        ("test-vm2", "@dispvm:test-vm3", 5),
+        ("test-vm2", "@dispvm", 7),
+        ("test-no-dvm", "test-standalone", None),
+        ("test-no-dvm", "@dispvm", None),
+        ("test-standalone", "@default", None),
+    ],
+)
 def test_qrexec_find_rule(source, target, line):
     policy = policy_of(
         "* * test-vm1 test-vm2 allow\n"
@@ -580,17 +659,43 @@ def test_qrexec_find_rule(source, target, line):
     assert (res.rule.line if res.rule else None) == line
 
 
-@pytest.mark.parametrize("source, choices", [
-    ("test-vm1", {"test-vm2", "test-vm3", "@dispvm:test-vm3", "default-dvm", "@dispvm:default-dvm",
-                  "test-invalid-dvm", "test-no-dvm", "test-template", "test-standalone"}),
-    # qrexec offers test-vm3 here, the redirect of an @default rule; no
-    # target test-vm2 can name is allowed or asked, so qlite offers nothing.
-    ("test-vm2", set()),
-    ("test-vm3", set()),
-    ("test-standalone", {"test-vm1", "test-vm2", "test-vm3", "default-dvm", "test-no-dvm", "test-invalid-dvm",
-                         "@dispvm:default-dvm", "dom0"}),
-    ("test-no-dvm", set()),
-])
+@pytest.mark.parametrize(
+    "source, choices",
+    [
+        (
+            "test-vm1",
+            {
+                "test-vm2",
+                "test-vm3",
+                "@dispvm:test-vm3",
+                "default-dvm",
+                "@dispvm:default-dvm",
+                "test-invalid-dvm",
+                "test-no-dvm",
+                "test-template",
+                "test-standalone",
+            },
+        ),
+        # qrexec offers test-vm3 here, the redirect of an @default rule; no
+        # target test-vm2 can name is allowed or asked, so qlite offers nothing.
+        ("test-vm2", set()),
+        ("test-vm3", set()),
+        (
+            "test-standalone",
+            {
+                "test-vm1",
+                "test-vm2",
+                "test-vm3",
+                "default-dvm",
+                "test-no-dvm",
+                "test-invalid-dvm",
+                "@dispvm:default-dvm",
+                "dom0",
+            },
+        ),
+        ("test-no-dvm", set()),
+    ],
+)
 def test_qrexec_collect_targets_for_ask(source, choices):
     policy = policy_of(
         "* * @anyvm @default ask\n"  # so that every source is asked; choices never come from it
@@ -621,26 +726,38 @@ QREXEC_EVAL_POLICY = (
     "* * @tag:tag2 @anyvm allow\n"
     "* * test-vm3 @anyvm deny\n"
 )
-QREXEC_ASK_CHOICES = ("@dispvm:default-dvm", "@dispvm:test-vm3", "default-dvm", "test-invalid-dvm", "test-no-dvm",
-                      "test-template", "test-vm1", "test-vm2", "test-vm3")
+QREXEC_ASK_CHOICES = (
+    "@dispvm:default-dvm",
+    "@dispvm:test-vm3",
+    "default-dvm",
+    "test-invalid-dvm",
+    "test-no-dvm",
+    "test-template",
+    "test-vm1",
+    "test-vm2",
+    "test-vm3",
+)
 
 
-@pytest.mark.parametrize("policy, source, target, expected, choices", [
-    (QREXEC_EVAL_POLICY, "test-vm1", "test-vm2", ("allow", "test-vm2", 1), ()),
-    (QREXEC_EVAL_POLICY, "test-vm1", "@default", ("allow", "test-vm2", 2), ()),
-    (QREXEC_EVAL_POLICY, "test-standalone", "@default", ("deny", None, 5), ()),
-    (QREXEC_EVAL_POLICY, "test-standalone", "test-vm2", ("ask", None, 3), QREXEC_ASK_CHOICES),
-    (QREXEC_EVAL_POLICY, "test-standalone", "test-vm3", ("ask", "test-vm3", 4), QREXEC_ASK_CHOICES),
-    ("* * test-vm3 @default ask", "test-vm3", "@default", ("deny", None, 1), ()),
-    ("* * test-vm3 @dispvm allow", "test-vm3", "@dispvm", ("allow", "@dispvm:default-dvm", 1), ()),
-    ("* * @anyvm @dispvm allow", "test-vm3", "@dispvm", ("allow", "@dispvm:default-dvm", 1), ()),
-    ("* * test-no-dvm @dispvm allow", "test-no-dvm", "@dispvm", ("deny", None, 1), ()),
-    # qrexec would hand out @dispvm:test-vm1 here; qlite checks it is a disposable template
-    ("* * @anyvm @dispvm allow", "test-invalid-dvm", "@dispvm", ("deny", None, 1), ()),
-    ("* * test-vm3 @anyvm allow target=no-such-vm", "test-vm3", "@default", ("deny", None, 1), ()),
-    ("* * test-vm3 @adminvm allow", "test-vm3", "@adminvm", ("allow", "dom0", 1), ()),
-    ("* * test-vm3 @adminvm allow", "test-vm3", "dom0", ("allow", "dom0", 1), ()),
-])
+@pytest.mark.parametrize(
+    "policy, source, target, expected, choices",
+    [
+        (QREXEC_EVAL_POLICY, "test-vm1", "test-vm2", ("allow", "test-vm2", 1), ()),
+        (QREXEC_EVAL_POLICY, "test-vm1", "@default", ("allow", "test-vm2", 2), ()),
+        (QREXEC_EVAL_POLICY, "test-standalone", "@default", ("deny", None, 5), ()),
+        (QREXEC_EVAL_POLICY, "test-standalone", "test-vm2", ("ask", None, 3), QREXEC_ASK_CHOICES),
+        (QREXEC_EVAL_POLICY, "test-standalone", "test-vm3", ("ask", "test-vm3", 4), QREXEC_ASK_CHOICES),
+        ("* * test-vm3 @default ask", "test-vm3", "@default", ("deny", None, 1), ()),
+        ("* * test-vm3 @dispvm allow", "test-vm3", "@dispvm", ("allow", "@dispvm:default-dvm", 1), ()),
+        ("* * @anyvm @dispvm allow", "test-vm3", "@dispvm", ("allow", "@dispvm:default-dvm", 1), ()),
+        ("* * test-no-dvm @dispvm allow", "test-no-dvm", "@dispvm", ("deny", None, 1), ()),
+        # qrexec would hand out @dispvm:test-vm1 here; qlite checks it is a disposable template
+        ("* * @anyvm @dispvm allow", "test-invalid-dvm", "@dispvm", ("deny", None, 1), ()),
+        ("* * test-vm3 @anyvm allow target=no-such-vm", "test-vm3", "@default", ("deny", None, 1), ()),
+        ("* * test-vm3 @adminvm allow", "test-vm3", "@adminvm", ("allow", "dom0", 1), ()),
+        ("* * test-vm3 @adminvm allow", "test-vm3", "dom0", ("allow", "dom0", 1), ()),
+    ],
+)
 def test_qrexec_evaluate(policy, source, target, expected, choices):
     res = decide(policy, source, target, "test.Service", "argument", QREXEC_SYSTEM)
     assert summary(res) == expected
@@ -659,10 +776,26 @@ FACTS = st.builds(
     template_for_dispvms=st.booleans(),
 )
 SYSTEMS = st.dictionaries(st.sampled_from(NAMES), FACTS, min_size=2, max_size=len(NAMES)).map(
-    lambda qubes: System({name: QubeFacts(name, f.klass, f.tags, f.default_dispvm, f.template_for_dispvms)
-                          for name, f in qubes.items()}))
-QUBE_TOKENS = [*NAMES, "ghost", "dom0", "@adminvm", "@anyvm", "@anyvm", "*", "*", "@tag:t1", "@tag:anon-vm",
-               "@type:AppVM", "@type:DispVM", "@dispvm:dvm1", "@dispvm:@tag:t1"]
+    lambda qubes: System(
+        {name: QubeFacts(name, f.klass, f.tags, f.default_dispvm, f.template_for_dispvms) for name, f in qubes.items()}
+    )
+)
+QUBE_TOKENS = [
+    *NAMES,
+    "ghost",
+    "dom0",
+    "@adminvm",
+    "@anyvm",
+    "@anyvm",
+    "*",
+    "*",
+    "@tag:t1",
+    "@tag:anon-vm",
+    "@type:AppVM",
+    "@type:DispVM",
+    "@dispvm:dvm1",
+    "@dispvm:@tag:t1",
+]
 PARAM_VALUES = {
     "target": ["work", "@dispvm", "dom0", "ghost", "@dispvm:dvm2"],
     "default_target": ["vault", "@dispvm", "dom0"],
@@ -670,8 +803,11 @@ PARAM_VALUES = {
     "autostart": ["yes", "no"],
     "user": ["root"],
 }
-ACTION_PARAMS = {"allow": ["target", "notify", "autostart", "user"], "deny": ["notify"],
-                 "ask": ["target", "default_target", "notify", "autostart", "user"]}
+ACTION_PARAMS = {
+    "allow": ["target", "notify", "autostart", "user"],
+    "deny": ["notify"],
+    "ask": ["target", "default_target", "notify", "autostart", "user"],
+}
 
 
 @st.composite
@@ -707,7 +843,8 @@ JUNK = st.text(max_size=8)
 def mostly(good: list[str], bad: list[str]) -> st.SearchStrategy[str]:
     """GOOD values most of the time; BAD ones and arbitrary text now and then."""
     return st.integers(0, 9).flatmap(
-        lambda n: st.sampled_from(good) if n < 8 else st.sampled_from(bad) if n == 8 else JUNK)
+        lambda n: st.sampled_from(good) if n < 8 else st.sampled_from(bad) if n == 8 else JUNK
+    )
 
 
 @st.composite
@@ -716,15 +853,22 @@ def scenarios(draw, max_lines: int = 10) -> tuple[System, Policy, Request]:
     system = draw(SYSTEMS)
     names = sorted(system.qubes) or ["work"]
     # A generic last rule, as real policies have, so that many calls reach a decision.
-    tail = draw(st.sampled_from(["", "* * @anyvm @anyvm ask", "* * * * allow", "svc * @anyvm @dispvm allow",
-                                 "* * @anyvm @anyvm deny"]))
+    tail = draw(
+        st.sampled_from(
+            ["", "* * @anyvm @anyvm ask", "* * * * allow", "svc * @anyvm @dispvm allow", "* * @anyvm @anyvm deny"]
+        )
+    )
     policy = policies_from([*draw(st.lists(LINES, max_size=max_lines)), tail])
     request = Request(
         service=draw(mostly(["svc", "other"], ["*", "bad name", ""])),
         argument=draw(mostly(["", "x"], ["a/b", "+"])),
         source=draw(mostly([*names, "dom0"], ["ghost", "@adminvm"])),
-        target=draw(mostly([*names, "dom0", "@adminvm", "@default", "", "@dispvm", "@dispvm:dvm1"],
-                           ["@dispvm:work", "@anyvm", "ghost", "@tag:t1"])),
+        target=draw(
+            mostly(
+                [*names, "dom0", "@adminvm", "@default", "", "@dispvm", "@dispvm:dvm1"],
+                ["@dispvm:work", "@anyvm", "ghost", "@tag:t1"],
+            )
+        ),
     )
     return system, policy, request
 

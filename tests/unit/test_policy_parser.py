@@ -40,59 +40,116 @@ def write(path: Path, text: str) -> Path:
 
 # -- lines, tokens and actions --------------------------------------------------
 
-@pytest.mark.parametrize("line, service, argument, source, target, action, params", [
-    # the service and argument columns
-    ("qubes.Filecopy * @anyvm @anyvm ask", "qubes.Filecopy", None, "@anyvm", "@anyvm", "ask", {}),
-    ("* * @anyvm @anyvm deny", "*", None, "@anyvm", "@anyvm", "deny", {}),
-    ("svc + work vault allow", "svc", "", "work", "vault", "allow", {}),
-    ("svc +foo work vault allow", "svc", "foo", "work", "vault", "allow", {}),
-    ("svc +a+b.c_d-e work vault allow", "svc", "a+b.c_d-e", "work", "vault", "allow", {}),
-    # every source token
-    ("svc * dom0 work allow", "svc", None, "dom0", "work", "allow", {}),
-    ("svc * @adminvm work allow", "svc", None, "@adminvm", "work", "allow", {}),
-    ("svc * * work allow", "svc", None, "*", "work", "allow", {}),
-    ("svc * @tag:anon-vm work deny", "svc", None, "@tag:anon-vm", "work", "deny", {}),
-    ("svc * @type:TemplateVM work deny", "svc", None, "@type:TemplateVM", "work", "deny", {}),
-    ("svc * @dispvm:default-dvm work deny", "svc", None, "@dispvm:default-dvm", "work", "deny", {}),
-    ("svc * @dispvm:@tag:dvm work deny", "svc", None, "@dispvm:@tag:dvm", "work", "deny", {}),
-    # every target token
-    ("svc * work * deny", "svc", None, "work", "*", "deny", {}),
-    ("svc * work dom0 allow", "svc", None, "work", "dom0", "allow", {}),
-    ("svc * work @adminvm allow", "svc", None, "work", "@adminvm", "allow", {}),
-    ("svc * work @default ask", "svc", None, "work", "@default", "ask", {}),
-    ("svc * work @dispvm allow", "svc", None, "work", "@dispvm", "allow", {}),
-    ("svc * work @dispvm:default-dvm allow", "svc", None, "work", "@dispvm:default-dvm", "allow", {}),
-    ("svc * work @dispvm:@tag:dvm allow", "svc", None, "work", "@dispvm:@tag:dvm", "allow", {}),
-    ("svc * work @tag:work allow", "svc", None, "work", "@tag:work", "allow", {}),
-    ("svc * work @type:AppVM allow", "svc", None, "work", "@type:AppVM", "allow", {}),
-    ("svc * work @type:AdminVM allow", "svc", None, "work", "@type:AdminVM", "allow", {}),
-    # every action with every parameter it takes
-    ("svc * work vault allow target=personal user=root notify=yes autostart=no", "svc", None, "work", "vault",
-     "allow", {"target": "personal", "user": "root", "notify": "yes", "autostart": "no"}),
-    ("svc * work vault deny notify=no", "svc", None, "work", "vault", "deny", {"notify": "no"}),
-    ("svc * work @default ask target=vault default_target=vault user=user notify=yes autostart=yes",
-     "svc", None, "work", "@default", "ask",
-     {"target": "vault", "default_target": "vault", "user": "user", "notify": "yes", "autostart": "yes"}),
-    ("svc * work @default allow target=dom0", "svc", None, "work", "@default", "allow", {"target": "dom0"}),
-    ("svc * work @default allow target=@adminvm", "svc", None, "work", "@default", "allow", {"target": "@adminvm"}),
-    ("svc * work @default allow target=@dispvm", "svc", None, "work", "@default", "allow", {"target": "@dispvm"}),
-    # qrexec's own parser tests
-    ("test.Service +argument @tag:tag1 @type:AppVM ask target=test-vm2 user=user", "test.Service", "argument",
-     "@tag:tag1", "@type:AppVM", "ask", {"target": "test-vm2", "user": "user"}),
-    ("test.Service +argument @anyvm @default allow target=@dispvm:test-vm2", "test.Service", "argument",
-     "@anyvm", "@default", "allow", {"target": "@dispvm:test-vm2"}),
-    ("test.Service +argument @anyvm @default ask default_target=test-vm1", "test.Service", "argument",
-     "@anyvm", "@default", "ask", {"default_target": "test-vm1"}),
-    ("test.Service +argument @anyvm @adminvm ask default_target=@adminvm", "test.Service", "argument",
-     "@anyvm", "@adminvm", "ask", {"default_target": "@adminvm"}),
-    # whitespace: tabs, runs of blanks, leading and trailing blanks
-    ("  qubes.GetDate\t*\t@anyvm   @anyvm\tallow  target=dom0  ", "qubes.GetDate", None, "@anyvm", "@anyvm",
-     "allow", {"target": "dom0"}),
-])
+
+@pytest.mark.parametrize(
+    "line, service, argument, source, target, action, params",
+    [
+        # the service and argument columns
+        ("qubes.Filecopy * @anyvm @anyvm ask", "qubes.Filecopy", None, "@anyvm", "@anyvm", "ask", {}),
+        ("* * @anyvm @anyvm deny", "*", None, "@anyvm", "@anyvm", "deny", {}),
+        ("svc + work vault allow", "svc", "", "work", "vault", "allow", {}),
+        ("svc +foo work vault allow", "svc", "foo", "work", "vault", "allow", {}),
+        ("svc +a+b.c_d-e work vault allow", "svc", "a+b.c_d-e", "work", "vault", "allow", {}),
+        # every source token
+        ("svc * dom0 work allow", "svc", None, "dom0", "work", "allow", {}),
+        ("svc * @adminvm work allow", "svc", None, "@adminvm", "work", "allow", {}),
+        ("svc * * work allow", "svc", None, "*", "work", "allow", {}),
+        ("svc * @tag:anon-vm work deny", "svc", None, "@tag:anon-vm", "work", "deny", {}),
+        ("svc * @type:TemplateVM work deny", "svc", None, "@type:TemplateVM", "work", "deny", {}),
+        ("svc * @dispvm:default-dvm work deny", "svc", None, "@dispvm:default-dvm", "work", "deny", {}),
+        ("svc * @dispvm:@tag:dvm work deny", "svc", None, "@dispvm:@tag:dvm", "work", "deny", {}),
+        # every target token
+        ("svc * work * deny", "svc", None, "work", "*", "deny", {}),
+        ("svc * work dom0 allow", "svc", None, "work", "dom0", "allow", {}),
+        ("svc * work @adminvm allow", "svc", None, "work", "@adminvm", "allow", {}),
+        ("svc * work @default ask", "svc", None, "work", "@default", "ask", {}),
+        ("svc * work @dispvm allow", "svc", None, "work", "@dispvm", "allow", {}),
+        ("svc * work @dispvm:default-dvm allow", "svc", None, "work", "@dispvm:default-dvm", "allow", {}),
+        ("svc * work @dispvm:@tag:dvm allow", "svc", None, "work", "@dispvm:@tag:dvm", "allow", {}),
+        ("svc * work @tag:work allow", "svc", None, "work", "@tag:work", "allow", {}),
+        ("svc * work @type:AppVM allow", "svc", None, "work", "@type:AppVM", "allow", {}),
+        ("svc * work @type:AdminVM allow", "svc", None, "work", "@type:AdminVM", "allow", {}),
+        # every action with every parameter it takes
+        (
+            "svc * work vault allow target=personal user=root notify=yes autostart=no",
+            "svc",
+            None,
+            "work",
+            "vault",
+            "allow",
+            {"target": "personal", "user": "root", "notify": "yes", "autostart": "no"},
+        ),
+        ("svc * work vault deny notify=no", "svc", None, "work", "vault", "deny", {"notify": "no"}),
+        (
+            "svc * work @default ask target=vault default_target=vault user=user notify=yes autostart=yes",
+            "svc",
+            None,
+            "work",
+            "@default",
+            "ask",
+            {"target": "vault", "default_target": "vault", "user": "user", "notify": "yes", "autostart": "yes"},
+        ),
+        ("svc * work @default allow target=dom0", "svc", None, "work", "@default", "allow", {"target": "dom0"}),
+        ("svc * work @default allow target=@adminvm", "svc", None, "work", "@default", "allow", {"target": "@adminvm"}),
+        ("svc * work @default allow target=@dispvm", "svc", None, "work", "@default", "allow", {"target": "@dispvm"}),
+        # qrexec's own parser tests
+        (
+            "test.Service +argument @tag:tag1 @type:AppVM ask target=test-vm2 user=user",
+            "test.Service",
+            "argument",
+            "@tag:tag1",
+            "@type:AppVM",
+            "ask",
+            {"target": "test-vm2", "user": "user"},
+        ),
+        (
+            "test.Service +argument @anyvm @default allow target=@dispvm:test-vm2",
+            "test.Service",
+            "argument",
+            "@anyvm",
+            "@default",
+            "allow",
+            {"target": "@dispvm:test-vm2"},
+        ),
+        (
+            "test.Service +argument @anyvm @default ask default_target=test-vm1",
+            "test.Service",
+            "argument",
+            "@anyvm",
+            "@default",
+            "ask",
+            {"default_target": "test-vm1"},
+        ),
+        (
+            "test.Service +argument @anyvm @adminvm ask default_target=@adminvm",
+            "test.Service",
+            "argument",
+            "@anyvm",
+            "@adminvm",
+            "ask",
+            {"default_target": "@adminvm"},
+        ),
+        # whitespace: tabs, runs of blanks, leading and trailing blanks
+        (
+            "  qubes.GetDate\t*\t@anyvm   @anyvm\tallow  target=dom0  ",
+            "qubes.GetDate",
+            None,
+            "@anyvm",
+            "@anyvm",
+            "allow",
+            {"target": "dom0"},
+        ),
+    ],
+)
 def test_valid_lines(line, service, argument, source, target, action, params):
     rule = one(line)
     assert (rule.service, rule.argument, str(rule.source), str(rule.target), rule.action) == (
-        service, argument, source, target, action)
+        service,
+        argument,
+        source,
+        target,
+        action,
+    )
     assert dict(rule.params) == params
     assert (rule.file, rule.line) == ("x.policy", 1)
 
@@ -124,69 +181,75 @@ def test_comments_blank_lines_and_line_numbers():
     assert parse_policy("", "x.policy") == []
 
 
-@pytest.mark.parametrize("line, message", [
-    # fields
-    ("svc * work vault", "expected SERVICE +ARGUMENT SOURCE TARGET ACTION"),
-    ("svc", "got 1 words"),
-    # service and argument
-    ("qubes+Filecopy * work vault allow", "invalid service name 'qubes+Filecopy'"),
-    ("qubes/Filecopy * work vault allow", "invalid service name"),
-    ("svc foo work vault allow", "must be '*' or start with '+'"),
-    ("svc +a/b work vault allow", "invalid argument '+a/b'"),
-    ("* +argument @anyvm @default allow target=work", "a '*' service takes only a '*' argument"),
-    # tokens
-    ("svc * @invalid work allow", "invalid source '@invalid'"),
-    ("svc * work @invalid deny", "invalid target '@invalid'"),
-    ("svc * @default work allow", "'@default' cannot be used as a source"),
-    ("svc * @dispvm work allow", "'@dispvm' cannot be used as a source"),
-    ("svc * work @tag: allow", "invalid target '@tag:'"),
-    ("svc * @tag:@x work allow", "invalid source '@tag:@x'"),
-    ("svc * work @type:AppVm allow", "the type must be one of"),
-    ("svc * work @type: allow", "invalid target '@type:'"),
-    ("svc * work @dispvm: allow", "invalid target '@dispvm:'"),
-    ("svc * work @dispvm:@tag: allow", "invalid target '@dispvm:@tag:'"),
-    ("svc * work @dispvm:@type:AppVM allow", "invalid target"),
-    ("svc * work bad$name allow", "not a qube name"),
-    ("svc * 1work vault allow", "invalid source '1work'"),
-    # actions
-    ("svc * work vault permit", "invalid action 'permit'"),
-    ("svc * work vault Allow", "invalid action 'Allow'"),
-    # parameters
-    ("svc * work vault allow extra", "parameter 'extra' is not KEY=VALUE"),
-    ("svc * work vault allow # no inline comments", "parameter '#' is not KEY=VALUE"),
-    ("svc * work vault allow invalid=xx", "unknown parameter 'invalid'"),
-    ("svc * work vault deny target=work", "deny does not take target="),
-    ("svc * work vault deny user=user", "deny does not take user="),
-    ("svc * work vault deny default_target=work", "deny does not take default_target="),
-    ("svc * work vault deny autostart=no", "deny does not take autostart="),
-    ("svc * work vault allow default_target=work", "allow does not take default_target="),
-    ("svc * work vault allow notify", "parameter 'notify' is not KEY=VALUE"),
-    ("svc * work vault allow notify=xx", "notify= must be yes or no, not 'xx'"),
-    ("svc * work vault ask autostart=true", "autostart= must be yes or no"),
-    ("svc * work vault allow user=root user=user", "parameter 'user' given twice"),
-    ("svc * work vault allow user=", "invalid user= ''"),
-    ("svc * work vault allow user=a;b", "invalid user="),
-    ("svc * work vault allow target=", "target= must be a qube name"),
-    # @default and redirects
-    ("svc * work @default allow", "allow to @default needs target="),
-    ("test.Service +argument @anyvm @default allow", "allow to @default needs target="),
-    ("svc * work @default allow target=@tag:x", "target= must be a qube name, dom0, @adminvm, @dispvm or @dispvm:NAME"),
-    ("svc * work @anyvm allow target=@type:AppVM", "not '@type:AppVM'"),
-    ("svc * work @anyvm allow target=@anyvm", "not '@anyvm'"),
-    ("svc * work @anyvm allow target=*", "not '*'"),
-    ("svc * work @anyvm allow target=@default", "not '@default'"),
-    ("svc * work @anyvm ask target=@dispvm:@tag:dvm", "not '@dispvm:@tag:dvm'"),
-    ("svc * work @anyvm ask default_target=@tag:x", "default_target= must be a qube name"),
-    # directives
-    ("!compat-4.0", "!compat-4.0 is not supported"),
-    ("!includes x", "unknown directive '!includes'"),
-    ("!include", "!include takes exactly one path"),
-    ("!include a b", "!include takes exactly one path"),
-    ("!include-service svc * ", "!include-service takes SERVICE ARGUMENT FILE"),
-    ("!include-service svc foo file", "must be '*' or start with '+'"),
-    ("!include-service * +x file", "a '*' service takes only a '*' argument"),
-    ("!include file", "includes are not available"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        # fields
+        ("svc * work vault", "expected SERVICE +ARGUMENT SOURCE TARGET ACTION"),
+        ("svc", "got 1 words"),
+        # service and argument
+        ("qubes+Filecopy * work vault allow", "invalid service name 'qubes+Filecopy'"),
+        ("qubes/Filecopy * work vault allow", "invalid service name"),
+        ("svc foo work vault allow", "must be '*' or start with '+'"),
+        ("svc +a/b work vault allow", "invalid argument '+a/b'"),
+        ("* +argument @anyvm @default allow target=work", "a '*' service takes only a '*' argument"),
+        # tokens
+        ("svc * @invalid work allow", "invalid source '@invalid'"),
+        ("svc * work @invalid deny", "invalid target '@invalid'"),
+        ("svc * @default work allow", "'@default' cannot be used as a source"),
+        ("svc * @dispvm work allow", "'@dispvm' cannot be used as a source"),
+        ("svc * work @tag: allow", "invalid target '@tag:'"),
+        ("svc * @tag:@x work allow", "invalid source '@tag:@x'"),
+        ("svc * work @type:AppVm allow", "the type must be one of"),
+        ("svc * work @type: allow", "invalid target '@type:'"),
+        ("svc * work @dispvm: allow", "invalid target '@dispvm:'"),
+        ("svc * work @dispvm:@tag: allow", "invalid target '@dispvm:@tag:'"),
+        ("svc * work @dispvm:@type:AppVM allow", "invalid target"),
+        ("svc * work bad$name allow", "not a qube name"),
+        ("svc * 1work vault allow", "invalid source '1work'"),
+        # actions
+        ("svc * work vault permit", "invalid action 'permit'"),
+        ("svc * work vault Allow", "invalid action 'Allow'"),
+        # parameters
+        ("svc * work vault allow extra", "parameter 'extra' is not KEY=VALUE"),
+        ("svc * work vault allow # no inline comments", "parameter '#' is not KEY=VALUE"),
+        ("svc * work vault allow invalid=xx", "unknown parameter 'invalid'"),
+        ("svc * work vault deny target=work", "deny does not take target="),
+        ("svc * work vault deny user=user", "deny does not take user="),
+        ("svc * work vault deny default_target=work", "deny does not take default_target="),
+        ("svc * work vault deny autostart=no", "deny does not take autostart="),
+        ("svc * work vault allow default_target=work", "allow does not take default_target="),
+        ("svc * work vault allow notify", "parameter 'notify' is not KEY=VALUE"),
+        ("svc * work vault allow notify=xx", "notify= must be yes or no, not 'xx'"),
+        ("svc * work vault ask autostart=true", "autostart= must be yes or no"),
+        ("svc * work vault allow user=root user=user", "parameter 'user' given twice"),
+        ("svc * work vault allow user=", "invalid user= ''"),
+        ("svc * work vault allow user=a;b", "invalid user="),
+        ("svc * work vault allow target=", "target= must be a qube name"),
+        # @default and redirects
+        ("svc * work @default allow", "allow to @default needs target="),
+        ("test.Service +argument @anyvm @default allow", "allow to @default needs target="),
+        (
+            "svc * work @default allow target=@tag:x",
+            "target= must be a qube name, dom0, @adminvm, @dispvm or @dispvm:NAME",
+        ),
+        ("svc * work @anyvm allow target=@type:AppVM", "not '@type:AppVM'"),
+        ("svc * work @anyvm allow target=@anyvm", "not '@anyvm'"),
+        ("svc * work @anyvm allow target=*", "not '*'"),
+        ("svc * work @anyvm allow target=@default", "not '@default'"),
+        ("svc * work @anyvm ask target=@dispvm:@tag:dvm", "not '@dispvm:@tag:dvm'"),
+        ("svc * work @anyvm ask default_target=@tag:x", "default_target= must be a qube name"),
+        # directives
+        ("!compat-4.0", "!compat-4.0 is not supported"),
+        ("!includes x", "unknown directive '!includes'"),
+        ("!include", "!include takes exactly one path"),
+        ("!include a b", "!include takes exactly one path"),
+        ("!include-service svc * ", "!include-service takes SERVICE ARGUMENT FILE"),
+        ("!include-service svc foo file", "must be '*' or start with '+'"),
+        ("!include-service * +x file", "a '*' service takes only a '*' argument"),
+        ("!include file", "includes are not available"),
+    ],
+)
 def test_syntax_errors_name_the_file_and_line(line, message):
     text = "# first line\nsvc * work vault allow\n" + line + "\nsvc * work vault deny\n"
     error = syntax_error(text)
@@ -202,14 +265,21 @@ def test_policy_syntax_error_is_an_access_denied():
 
 # -- includes -------------------------------------------------------------------
 
+
 def test_include_relative_and_absolute(tmp_path):
     other = write(tmp_path / "lib" / "other.policy", "# other\nsvc * work @anyvm deny\n")
-    main = write(tmp_path / "main.policy", f"a * work vault allow\n!include lib/other.policy\n!include {other}\n"
-                                           "b * work vault allow\n")
+    main = write(
+        tmp_path / "main.policy",
+        f"a * work vault allow\n!include lib/other.policy\n!include {other}\nb * work vault allow\n",
+    )
     text, name = read_policy_path(str(main))
     rules = parse_policy(text, name, read_policy_path)
     assert [(r.service, Path(r.file).name, r.line) for r in rules] == [
-        ("a", "main.policy", 1), ("svc", "other.policy", 2), ("svc", "other.policy", 2), ("b", "main.policy", 4)]
+        ("a", "main.policy", 1),
+        ("svc", "other.policy", 2),
+        ("svc", "other.policy", 2),
+        ("b", "main.policy", 4),
+    ]
     assert rules[1].file == str(other.resolve())
 
 
@@ -230,8 +300,11 @@ def test_include_dir_reads_policy_files_in_c_locale_order(tmp_path):
     write(d / ".hidden.policy", "broken line\n")
     write(d / "notes.policy~", "broken line\n")
     (d / "sub.policy").mkdir()  # a directory is not a policy file
-    rules = parse_policy("first * work vault allow\n!include-dir inc\nlast * work vault allow\n",
-                         str(tmp_path / "main.policy"), read_policy_path)
+    rules = parse_policy(
+        "first * work vault allow\n!include-dir inc\nlast * work vault allow\n",
+        str(tmp_path / "main.policy"),
+        read_policy_path,
+    )
     assert [r.service for r in rules] == ["first", "ten", "nine", "letter", "last"]
 
 
@@ -252,18 +325,26 @@ def test_include_dir_with_a_bad_file_name_is_an_error(tmp_path):
 
 
 def test_include_service_reads_the_old_format(tmp_path):
-    write(tmp_path / "qubes.Filecopy", (
-        "## 4.0 format\n"
-        "@tag:work   @default    ask\n"
-        "$tag:work   $tag:work   allow\n"
-        "@anyvm      @dispvm     ask,default_target=$dispvm\n"
-        "$include:more\n"
-    ))
+    write(
+        tmp_path / "qubes.Filecopy",
+        (
+            "## 4.0 format\n"
+            "@tag:work   @default    ask\n"
+            "$tag:work   $tag:work   allow\n"
+            "@anyvm      @dispvm     ask,default_target=$dispvm\n"
+            "$include:more\n"
+        ),
+    )
     write(tmp_path / "more", "@anyvm @anyvm deny notify=no\n")
-    rules = parse_policy("!include-service qubes.Filecopy + qubes.Filecopy\n!include-service * * more\n",
-                         str(tmp_path / "main.policy"), read_policy_path)
-    assert [(r.service, r.argument, str(r.source), str(r.target), r.action, dict(r.params), Path(r.file).name, r.line)
-            for r in rules] == [
+    rules = parse_policy(
+        "!include-service qubes.Filecopy + qubes.Filecopy\n!include-service * * more\n",
+        str(tmp_path / "main.policy"),
+        read_policy_path,
+    )
+    assert [
+        (r.service, r.argument, str(r.source), str(r.target), r.action, dict(r.params), Path(r.file).name, r.line)
+        for r in rules
+    ] == [
         ("qubes.Filecopy", "", "@tag:work", "@default", "ask", {}, "qubes.Filecopy", 2),
         ("qubes.Filecopy", "", "@tag:work", "@tag:work", "allow", {}, "qubes.Filecopy", 3),
         ("qubes.Filecopy", "", "@anyvm", "@dispvm", "ask", {"default_target": "@dispvm"}, "qubes.Filecopy", 4),
@@ -272,14 +353,17 @@ def test_include_service_reads_the_old_format(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("line, message", [
-    ("@anyvm @anyvm", "expected SOURCE TARGET ACTION"),
-    ("@dispvm @default allow", "'@dispvm' cannot be used as a source"),
-    ("@anyvm @default allow", "allow to @default needs target="),
-    ("@anyvm @default allow,target=@tag:x", "target= must be a qube name"),
-    ("@anyvm @anyvm deny,user=user", "deny does not take user="),
-    ("!include-dir x", "only !include may appear in a !include-service file"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("@anyvm @anyvm", "expected SOURCE TARGET ACTION"),
+        ("@dispvm @default allow", "'@dispvm' cannot be used as a source"),
+        ("@anyvm @default allow", "allow to @default needs target="),
+        ("@anyvm @default allow,target=@tag:x", "target= must be a qube name"),
+        ("@anyvm @anyvm deny,user=user", "deny does not take user="),
+        ("!include-dir x", "only !include may appear in a !include-service file"),
+    ],
+)
 def test_include_service_errors_name_the_included_file(tmp_path, line, message):
     old = write(tmp_path / "old", "# 4.0\n" + line + "\n")
     main = str(tmp_path / "main.policy")
@@ -315,11 +399,14 @@ def test_include_depth_is_bounded(tmp_path):
     assert error.startswith(str(tmp_path / f"f{MAX_INCLUDE_DEPTH - 1}.policy") + ":1: ")
 
 
-@pytest.mark.parametrize("line, missing", [
-    ("!include missing.policy", "missing.policy"),
-    ("!include-service svc * missing", "missing"),
-    ("!include /nonexistent/x.policy", "/nonexistent/x.policy"),
-])
+@pytest.mark.parametrize(
+    "line, missing",
+    [
+        ("!include missing.policy", "missing.policy"),
+        ("!include-service svc * missing", "missing"),
+        ("!include /nonexistent/x.policy", "/nonexistent/x.policy"),
+    ],
+)
 def test_missing_include_file_is_an_error(tmp_path, line, missing):
     main = str(tmp_path / "main.policy")
     error = syntax_error("svc * work vault allow\n" + line + "\n", main, read_policy_path)
@@ -339,21 +426,34 @@ def test_include_loader_errors_are_wrapped_with_the_directive_location():
         if path == "boom":
             raise PolicySyntaxError("loader says no")
         return "svc * work vault allow\n", path
+
     assert [r.file for r in parse_policy("!include ok\n", "x.policy", loader)] == ["ok"]
     assert syntax_error("\n!include boom\n", "x.policy", loader) == "x.policy:2: cannot read boom: loader says no"
 
 
 # -- files and directories ----------------------------------------------------
 
+
 def test_c_locale_order():
     assert c_locale_sorted(["a", "Z", "9-b", "10-a", "_x", "-y"]) == ["-y", "10-a", "9-b", "Z", "_x", "a"]
 
 
-@pytest.mark.parametrize("name, valid", [
-    ("90-default.policy", True), ("30-user.policy", True), ("a_b.c-d.policy", True), ("x.policy", True),
-    ("Z.policy", False), ("30 user.policy", False), ("30-ü.policy", False), ("30-user.Policy", False),
-    (".hidden.policy", False), ("README", False), ("30-user.policy.swp", False),
-])
+@pytest.mark.parametrize(
+    "name, valid",
+    [
+        ("90-default.policy", True),
+        ("30-user.policy", True),
+        ("a_b.c-d.policy", True),
+        ("x.policy", True),
+        ("Z.policy", False),
+        ("30 user.policy", False),
+        ("30-ü.policy", False),
+        ("30-user.Policy", False),
+        (".hidden.policy", False),
+        ("README", False),
+        ("30-user.policy.swp", False),
+    ],
+)
 def test_file_names(name, valid):
     assert valid_file_name(name) is valid
 
@@ -394,19 +494,32 @@ def test_shipped_policy_is_valid():
     policy = load_policy([SHIPPED])
     assert policy.error is None
     assert {r.service for r in policy.rules} == {
-        "qubes.Filecopy", "qubes.OpenInVM", "qubes.VMShell", "qubes.VMExec", "qubes.GetDate", "qubes.ConnectTCP"}
+        "qubes.Filecopy",
+        "qubes.OpenInVM",
+        "qubes.VMShell",
+        "qubes.VMExec",
+        "qubes.GetDate",
+        "qubes.ConnectTCP",
+    }
     assert all(r.file == str(SHIPPED / "90-default.policy") for r in policy.rules)
 
 
-@pytest.mark.parametrize("files, error", [
-    ({"30-user.policy": "svc * work vault allow\n\nsvc * work vault sometimes\n"},
-     "{d}/30-user.policy:3: invalid action 'sometimes'"),
-    ({"Z.policy": "svc * work vault allow\n"}, "{d}/Z.policy:0: invalid policy file name"),
-    ({"30-user.policy": b"svc * work vault allow\n\xff\n"}, "{d}/30-user.policy:0: cannot read: not UTF-8 text"),
-    ({"30-user.policy": "!include nope.policy\n"}, "{d}/30-user.policy:1: cannot read {d}/nope.policy"),
-    ({"30-user.policy": "svc * work vault allow\n", "40-x.policy": "!include 30-user.policy\n!include ../\n"},
-     "{d}/40-x.policy:2: cannot read {parent}: not a regular file"),
-])
+@pytest.mark.parametrize(
+    "files, error",
+    [
+        (
+            {"30-user.policy": "svc * work vault allow\n\nsvc * work vault sometimes\n"},
+            "{d}/30-user.policy:3: invalid action 'sometimes'",
+        ),
+        ({"Z.policy": "svc * work vault allow\n"}, "{d}/Z.policy:0: invalid policy file name"),
+        ({"30-user.policy": b"svc * work vault allow\n\xff\n"}, "{d}/30-user.policy:0: cannot read: not UTF-8 text"),
+        ({"30-user.policy": "!include nope.policy\n"}, "{d}/30-user.policy:1: cannot read {d}/nope.policy"),
+        (
+            {"30-user.policy": "svc * work vault allow\n", "40-x.policy": "!include 30-user.policy\n!include ../\n"},
+            "{d}/40-x.policy:2: cannot read {parent}: not a regular file",
+        ),
+    ],
+)
 def test_a_broken_file_breaks_the_whole_policy(tmp_path, files, error):
     admin = tmp_path.resolve() / "admin"
     admin.mkdir()
@@ -434,8 +547,11 @@ def test_lint_reports_every_error_and_goes_on(tmp_path):
     errors = lint([SHIPPED, admin])
     assert [e.split(": ", 1)[0] for e in errors] == [
         f"{admin}/Bad.policy:0",
-        f"{d}/30-user.policy:1", f"{d}/30-user.policy:3",
-        f"{d}/40-more.policy:1", f"{d}/40-more.policy:2", f"{d}/40-more.policy:3",
+        f"{d}/30-user.policy:1",
+        f"{d}/30-user.policy:3",
+        f"{d}/40-more.policy:1",
+        f"{d}/40-more.policy:2",
+        f"{d}/40-more.policy:3",
     ]
     assert lint([SHIPPED]) == []
 
@@ -458,12 +574,44 @@ def test_lint_reports_every_bad_name_in_an_included_directory(tmp_path):
 
 # -- properties -----------------------------------------------------------------
 
-WORDS = st.sampled_from([
-    "*", "+", "+arg", "svc", "qubes.Filecopy", "@anyvm", "@adminvm", "dom0", "@default", "@dispvm",
-    "@dispvm:dvm", "@dispvm:@tag:t", "@tag:t", "@tag:", "@type:AppVM", "@type:Bad", "work", "allow", "deny",
-    "ask", "target=work", "target=@tag:t", "default_target=@dispvm", "user=root", "notify=yes", "autostart=no",
-    "notify=maybe", "x=y", "!include", "!include-dir", "!include-service", "!compat-4.0", "#", "$anyvm",
-])
+WORDS = st.sampled_from(
+    [
+        "*",
+        "+",
+        "+arg",
+        "svc",
+        "qubes.Filecopy",
+        "@anyvm",
+        "@adminvm",
+        "dom0",
+        "@default",
+        "@dispvm",
+        "@dispvm:dvm",
+        "@dispvm:@tag:t",
+        "@tag:t",
+        "@tag:",
+        "@type:AppVM",
+        "@type:Bad",
+        "work",
+        "allow",
+        "deny",
+        "ask",
+        "target=work",
+        "target=@tag:t",
+        "default_target=@dispvm",
+        "user=root",
+        "notify=yes",
+        "autostart=no",
+        "notify=maybe",
+        "x=y",
+        "!include",
+        "!include-dir",
+        "!include-service",
+        "!compat-4.0",
+        "#",
+        "$anyvm",
+    ]
+)
 LINES = st.lists(st.one_of(st.lists(WORDS, max_size=8).map(" ".join), st.text(max_size=40)), max_size=12)
 
 
@@ -478,8 +626,13 @@ def test_parse_policy_raises_only_policy_syntax_errors(text):
         assert all(r.action in ("allow", "deny", "ask") for r in rules)
 
 
-@given(st.dictionaries(st.sampled_from(["10-a.policy", "30-user.policy", "Z.policy", "README", "90-default.policy"]),
-                       st.one_of(LINES.map("\n".join), st.binary(max_size=64)), max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(["10-a.policy", "30-user.policy", "Z.policy", "README", "90-default.policy"]),
+        st.one_of(LINES.map("\n".join), st.binary(max_size=64)),
+        max_size=4,
+    )
+)
 def test_load_policy_never_raises(files):
     with tempfile.TemporaryDirectory() as tmp:
         admin = Path(tmp)

@@ -36,24 +36,27 @@ DISPVM_HINT = "@dispvm: must be followed by a qube name or @tag:TAG"
 NAME_HINT = "not a qube name (a letter, then up to 30 letters, digits, '_', '.' or '-')"
 
 
-@pytest.mark.parametrize("word, token", [
-    ("work", QubeName("work")),
-    ("a", QubeName("a")),
-    ("W0rk_.-x", QubeName("W0rk_.-x")),
-    ("a" * 31, QubeName("a" * 31)),
-    ("dom0", Dom0("dom0")),
-    ("@adminvm", Dom0("@adminvm")),
-    ("@anyvm", AnyVM()),
-    ("*", Wildcard()),
-    ("@default", Default()),
-    ("@dispvm", DispVM()),
-    ("@dispvm:default-dvm", DispVMName("default-dvm")),
-    ("@dispvm:@tag:dvm", DispVMTag("dvm")),
-    ("@dispvm:@tag:a:b", DispVMTag("a:b")),
-    ("@tag:work", Tag("work")),
-    ("@tag:x@y", Tag("x@y")),
-    *((f"@type:{klass}", QubeType(klass)) for klass in sorted(QUBE_TYPES)),
-])
+@pytest.mark.parametrize(
+    "word, token",
+    [
+        ("work", QubeName("work")),
+        ("a", QubeName("a")),
+        ("W0rk_.-x", QubeName("W0rk_.-x")),
+        ("a" * 31, QubeName("a" * 31)),
+        ("dom0", Dom0("dom0")),
+        ("@adminvm", Dom0("@adminvm")),
+        ("@anyvm", AnyVM()),
+        ("*", Wildcard()),
+        ("@default", Default()),
+        ("@dispvm", DispVM()),
+        ("@dispvm:default-dvm", DispVMName("default-dvm")),
+        ("@dispvm:@tag:dvm", DispVMTag("dvm")),
+        ("@dispvm:@tag:a:b", DispVMTag("a:b")),
+        ("@tag:work", Tag("work")),
+        ("@tag:x@y", Tag("x@y")),
+        *((f"@type:{klass}", QubeType(klass)) for klass in sorted(QUBE_TYPES)),
+    ],
+)
 def test_each_kind_parses_and_gives_back_its_word(word, token):
     assert parse_word(word) == token
     assert type(parse_word(word)) is type(token)
@@ -67,25 +70,28 @@ def test_dom0_keeps_its_spelling_but_both_spellings_are_the_host():
     assert str(Dom0()) == "dom0"
 
 
-@pytest.mark.parametrize("word, message, kind", [
-    ("@tag:", TAG_HINT, Tag),
-    ("@tag:@x", TAG_HINT, Tag),
-    ("@type:", TYPE_HINT, QubeType),
-    ("@type:AppVm", TYPE_HINT, QubeType),
-    ("@dispvm:", DISPVM_HINT, DispVMName),
-    ("@dispvm:1x", DISPVM_HINT, DispVMName),
-    ("@dispvm:@type:AppVM", DISPVM_HINT, DispVMName),
-    ("@dispvm:@tag:", TAG_HINT, DispVMTag),
-    ("@dispvm:@tag:@x", TAG_HINT, DispVMTag),
-    ("@invalid", "unknown keyword", None),
-    ("@", "unknown keyword", None),
-    ("@ADMINVM", "unknown keyword", None),
-    ("1work", NAME_HINT, QubeName),
-    ("bad$name", NAME_HINT, QubeName),
-    ("a" * 32, NAME_HINT, QubeName),
-    ("work\n", NAME_HINT, QubeName),
-    ("", NAME_HINT, QubeName),
-])
+@pytest.mark.parametrize(
+    "word, message, kind",
+    [
+        ("@tag:", TAG_HINT, Tag),
+        ("@tag:@x", TAG_HINT, Tag),
+        ("@type:", TYPE_HINT, QubeType),
+        ("@type:AppVm", TYPE_HINT, QubeType),
+        ("@dispvm:", DISPVM_HINT, DispVMName),
+        ("@dispvm:1x", DISPVM_HINT, DispVMName),
+        ("@dispvm:@type:AppVM", DISPVM_HINT, DispVMName),
+        ("@dispvm:@tag:", TAG_HINT, DispVMTag),
+        ("@dispvm:@tag:@x", TAG_HINT, DispVMTag),
+        ("@invalid", "unknown keyword", None),
+        ("@", "unknown keyword", None),
+        ("@ADMINVM", "unknown keyword", None),
+        ("1work", NAME_HINT, QubeName),
+        ("bad$name", NAME_HINT, QubeName),
+        ("a" * 32, NAME_HINT, QubeName),
+        ("work\n", NAME_HINT, QubeName),
+        ("", NAME_HINT, QubeName),
+    ],
+)
 def test_invalid_words_say_why_and_what_they_were_meant_to_be(word, message, kind):
     with pytest.raises(InvalidToken) as caught:
         parse_word(word)
@@ -103,20 +109,24 @@ def test_default_and_dispvm_are_targets_only(word):
     assert str(parse_target(word)) == word
 
 
-@pytest.mark.parametrize("word, token", [
-    ("work", QubeName("work")),
-    ("dom0", Dom0("dom0")),
-    ("@adminvm", Dom0("@adminvm")),
-    ("@dispvm", DispVM()),
-    ("@dispvm:dvm", DispVMName("dvm")),
-])
+@pytest.mark.parametrize(
+    "word, token",
+    [
+        ("work", QubeName("work")),
+        ("dom0", Dom0("dom0")),
+        ("@adminvm", Dom0("@adminvm")),
+        ("@dispvm", DispVM()),
+        ("@dispvm:dvm", DispVMName("dvm")),
+    ],
+)
 def test_redirects_name_one_target(word, token):
     assert parse_redirect("target", word) == token
     assert str(parse_redirect("default_target", word)) == word
 
 
-@pytest.mark.parametrize("word", ["@anyvm", "*", "@default", "@tag:x", "@type:AppVM", "@dispvm:@tag:x", "@bad", "",
-                                  "1x"])
+@pytest.mark.parametrize(
+    "word", ["@anyvm", "*", "@default", "@tag:x", "@type:AppVM", "@dispvm:@tag:x", "@bad", "", "1x"]
+)
 @pytest.mark.parametrize("key", ["target", "default_target"])
 def test_redirects_reject_everything_else(key, word):
     expected = f"{key}= must be a qube name, dom0, @adminvm, @dispvm or @dispvm:NAME, not {word!r}"
@@ -129,39 +139,48 @@ def facts(name="work", klass="AppVM", tags=(), dvm=False) -> QubeFacts:
     return QubeFacts(name, klass, frozenset(tags), None, dvm)
 
 
-@pytest.mark.parametrize("token, qube, matches", [
-    (QubeName("work"), facts("work"), True),
-    (QubeName("work"), facts("work-web"), False),
-    (AnyVM(), facts(), True),
-    (Wildcard(), facts(), True),
-    (Tag("red"), facts(tags={"red", "blue"}), True),
-    (Tag("red"), facts(tags={"blue"}), False),
-    (QubeType("TemplateVM"), facts(klass="TemplateVM"), True),
-    (QubeType("AppVM"), facts(klass="TemplateVM"), False),
-    (QubeType("AdminVM"), facts(klass="AppVM"), False),
-])
+@pytest.mark.parametrize(
+    "token, qube, matches",
+    [
+        (QubeName("work"), facts("work"), True),
+        (QubeName("work"), facts("work-web"), False),
+        (AnyVM(), facts(), True),
+        (Wildcard(), facts(), True),
+        (Tag("red"), facts(tags={"red", "blue"}), True),
+        (Tag("red"), facts(tags={"blue"}), False),
+        (QubeType("TemplateVM"), facts(klass="TemplateVM"), True),
+        (QubeType("AppVM"), facts(klass="TemplateVM"), False),
+        (QubeType("AdminVM"), facts(klass="AppVM"), False),
+    ],
+)
 def test_tokens_match_a_qube_by_its_facts(token, qube, matches):
     assert token.matches(qube) is matches
 
 
-@pytest.mark.parametrize("template, matches", [
-    (facts("dvm", tags={"dvm"}, dvm=True), True),
-    (facts("dvm", tags={"other"}, dvm=True), False),
-    (facts("dvm", tags={"dvm"}, dvm=False), False),  # tagged, but no disposable template
-])
+@pytest.mark.parametrize(
+    "template, matches",
+    [
+        (facts("dvm", tags={"dvm"}, dvm=True), True),
+        (facts("dvm", tags={"other"}, dvm=True), False),
+        (facts("dvm", tags={"dvm"}, dvm=False), False),  # tagged, but no disposable template
+    ],
+)
 def test_dispvm_tag_matches_tagged_disposable_templates_only(template, matches):
     assert DispVMTag("dvm").matches_template(template) is matches
 
 
-@pytest.mark.parametrize("word, name", [
-    ("work", "work"),
-    ("@dispvm:dvm", "dvm"),
-    ("dom0", None),
-    ("@dispvm", None),
-    ("@dispvm:@tag:work", None),
-    ("@tag:work", None),
-    ("@anyvm", None),
-])
+@pytest.mark.parametrize(
+    "word, name",
+    [
+        ("work", "work"),
+        ("@dispvm:dvm", "dvm"),
+        ("dom0", None),
+        ("@dispvm", None),
+        ("@dispvm:@tag:work", None),
+        ("@tag:work", None),
+        ("@anyvm", None),
+    ],
+)
 def test_named_qube(word, name):
     assert named_qube(parse_word(word)) == name
     assert named_qube(None) is None
@@ -179,11 +198,19 @@ def test_tokens_are_frozen_and_compare_by_value():
 def test_rules_hold_typed_tokens_and_their_params_as_written():
     (rule,) = parse_policy("svc * @tag:work @default ask target=@dispvm:dvm default_target=@adminvm", "x.policy")
     assert (rule.source, rule.target, rule.redirect, rule.default_redirect) == (
-        Tag("work"), Default(), DispVMName("dvm"), Dom0("@adminvm"))
+        Tag("work"),
+        Default(),
+        DispVMName("dvm"),
+        Dom0("@adminvm"),
+    )
     assert dict(rule.params) == {"target": "@dispvm:dvm", "default_target": "@adminvm"}
     (plain,) = parse_policy("svc * @anyvm work allow", "x.policy")
     assert (plain.source, plain.target, plain.redirect, plain.default_redirect) == (
-        AnyVM(), QubeName("work"), None, None)
+        AnyVM(),
+        QubeName("work"),
+        None,
+        None,
+    )
 
 
 def test_a_rule_built_by_hand_parses_its_redirects():
@@ -197,7 +224,8 @@ def test_a_rule_built_by_hand_parses_its_redirects():
 
 NAMES = st.from_regex(r"\A[A-Za-z][A-Za-z0-9_.-]{0,30}\Z")
 TAGS = st.text(st.characters(blacklist_categories=("Z", "C")), min_size=1, max_size=12).filter(
-    lambda tag: not tag.startswith("@"))
+    lambda tag: not tag.startswith("@")
+)
 VALID_WORDS = st.one_of(
     st.sampled_from(["dom0", "@adminvm", "@anyvm", "*", "@default", "@dispvm"]),
     NAMES,
@@ -207,7 +235,8 @@ VALID_WORDS = st.one_of(
     st.sampled_from(sorted(QUBE_TYPES)).map("@type:".__add__),
 )
 ANY_WORDS = st.tuples(
-    st.sampled_from(["", "@", "@tag:", "@type:", "@dispvm:", "@dispvm:@tag:", "@dispvm:@type:"]), st.text(max_size=10),
+    st.sampled_from(["", "@", "@tag:", "@type:", "@dispvm:", "@dispvm:@tag:", "@dispvm:@type:"]),
+    st.text(max_size=10),
 ).map("".join)
 
 

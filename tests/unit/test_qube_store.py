@@ -50,11 +50,20 @@ def test_an_insert_inside_a_failed_transaction_leaves_nothing(qs):
     assert not qs.exists("a")
 
 
-@pytest.mark.parametrize(("column", "value", "ok"), [
-    ("memory", 512, True), ("autostart", True, True), ("netvm", None, True), ("pending", "1:2", True),
-    ("name", "b", False), ("uuid", "x", False), ("class", "DispVM", False), ("created_at", 0, False),
-    ("memory=0, name", 1, False),
-])
+@pytest.mark.parametrize(
+    ("column", "value", "ok"),
+    [
+        ("memory", 512, True),
+        ("autostart", True, True),
+        ("netvm", None, True),
+        ("pending", "1:2", True),
+        ("name", "b", False),
+        ("uuid", "x", False),
+        ("class", "DispVM", False),
+        ("created_at", 0, False),
+        ("memory=0, name", 1, False),
+    ],
+)
 def test_set_column_only_settable_columns(qs, column, value, ok):
     qs.insert(qube("a"))
     if ok:
@@ -83,8 +92,9 @@ def test_take_over_goes_to_one_reaper_only(qs):
 
 def test_tagged_disposables_are_taken_once(qs):
     for i, name in enumerate(("d1", "d2")):
-        qs.insert(qube(name, klass="DispVM", default_dispvm_raw="dvm", owner="daemon", tags={"ready"},
-                       created_at=float(i)))
+        qs.insert(
+            qube(name, klass="DispVM", default_dispvm_raw="dvm", owner="daemon", tags={"ready"}, created_at=float(i))
+        )
     assert qs.disposables_of("dvm", "ready") == ["d1", "d2"]
     assert qs.dvms_with_tagged_disposables("ready") == {"dvm"}
     assert qs.take_tagged_disposable("dvm", "ready", "me") == ("d1", "daemon")
@@ -99,8 +109,9 @@ def test_assignments(qs):
     qs.insert(qube("a"))
     qs.assign("a", "uuid:u", read_only=True, required=False, paired=False)
     qs.assign("a", "serial:s", read_only=False, required=True, paired=True)
-    assert [r["ident"] for r in qs.assignments("a")] == ["uuid:u", "serial:s"] or \
-        sorted(r["ident"] for r in qs.assignments("a")) == ["serial:s", "uuid:u"]
+    assert [r["ident"] for r in qs.assignments("a")] == ["uuid:u", "serial:s"] or sorted(
+        r["ident"] for r in qs.assignments("a")
+    ) == ["serial:s", "uuid:u"]
     assert [r["ident"] for r in qs.assignments(paired=True)] == ["serial:s"]
     assert qs.unassign("a", "uuid:u") is True
     assert qs.unassign("a", "uuid:u") is False  # said so, not silently done
@@ -119,15 +130,16 @@ SQL_ON_QUBE_TABLES = re.compile(rf"\b(?:FROM|INTO|UPDATE|JOIN)\s+(?:{TABLES})\b"
 def sql_on_qube_tables(text: str) -> list[int]:
     """Line numbers of TEXT that hold SQL on a qube table."""
     statement = re.compile(r"""["'][^"']*\b(?:SELECT|INSERT|UPDATE|DELETE)\b""")
-    return [n for n, line in enumerate(text.splitlines(), 1)
-            if statement.search(line) and SQL_ON_QUBE_TABLES.search(line)]
+    return [
+        n for n, line in enumerate(text.splitlines(), 1) if statement.search(line) and SQL_ON_QUBE_TABLES.search(line)
+    ]
 
 
 def test_the_check_finds_such_sql():
-    assert sql_on_qube_tables('''conn.execute("DELETE FROM tags WHERE qube=?", (n,))''') == [1]
-    assert sql_on_qube_tables('''x = store.query("SELECT rules FROM firewall WHERE qube=?")''') == [1]
-    assert sql_on_qube_tables('''s.execute(f"UPDATE qubes SET {c}=? WHERE name=?", v)''') == [1]
-    assert sql_on_qube_tables('''store.query("SELECT * FROM device_attachments")''') == []
+    assert sql_on_qube_tables("""conn.execute("DELETE FROM tags WHERE qube=?", (n,))""") == [1]
+    assert sql_on_qube_tables("""x = store.query("SELECT rules FROM firewall WHERE qube=?")""") == [1]
+    assert sql_on_qube_tables("""s.execute(f"UPDATE qubes SET {c}=? WHERE name=?", v)""") == [1]
+    assert sql_on_qube_tables("""store.query("SELECT * FROM device_attachments")""") == []
 
 
 def test_no_module_but_the_store_runs_sql_on_the_qube_tables():

@@ -35,29 +35,32 @@ def qm(ctx) -> QubeManager:
 # -- create: validate first, then act ---------------------------------------------------
 
 
-@pytest.mark.parametrize(("kwargs", "error"), [
-    pytest.param({"name": "1bad"}, InvalidName, id="bad-name"),
-    pytest.param({"name": "dom0"}, InvalidName, id="reserved-name"),
-    pytest.param({"name": "disp12"}, InvalidName, id="disp-name"),
-    pytest.param({"name": "q" * 32}, InvalidName, id="32-chars"),
-    pytest.param({"name": "x-dm"}, InvalidName, id="dm-name"),
-    pytest.param({"template": "fedora-40"}, NotFound, id="unknown-template"),
-    pytest.param({"label": "pink"}, InvalidValue, id="bad-label"),
-    pytest.param({"name": TEMPLATE}, AlreadyExists, id="template-name"),
-    pytest.param({"klass": "TemplateVM"}, InvalidValue, id="templatevm"),
-    pytest.param({"klass": "DispVM"}, InvalidValue, id="dispvm"),
-    pytest.param({"klass": "HVM"}, InvalidValue, id="unknown-class"),
-    pytest.param({"memory": 8}, InvalidValue, id="memory-too-small"),
-    pytest.param({"vcpus": 0}, InvalidValue, id="no-vcpus"),
-    pytest.param({"netvm": "nonexistent"}, NotFound, id="unknown-netvm"),
-    pytest.param({"netvm": "work"}, InvalidValue, id="own-netvm"),
-    pytest.param({"props": {"memory": "lots"}}, InvalidValue, id="bad-prop-value"),
-    pytest.param({"props": {"colour": "red"}}, InvalidValue, id="unknown-prop"),
-    pytest.param({"props": {"name": "other"}}, InvalidValue, id="read-only-prop"),
-    pytest.param({"props": {"mode": "vm", "provides_network": "true"}}, InvalidValue, id="vm-gateway"),
-    pytest.param({"props": {"mode": "kvm"}}, InvalidValue, id="unknown-mode"),
-    pytest.param({"props": {"default_dispvm": "nonexistent"}}, NotFound, id="unknown-dispvm"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        pytest.param({"name": "1bad"}, InvalidName, id="bad-name"),
+        pytest.param({"name": "dom0"}, InvalidName, id="reserved-name"),
+        pytest.param({"name": "disp12"}, InvalidName, id="disp-name"),
+        pytest.param({"name": "q" * 32}, InvalidName, id="32-chars"),
+        pytest.param({"name": "x-dm"}, InvalidName, id="dm-name"),
+        pytest.param({"template": "fedora-40"}, NotFound, id="unknown-template"),
+        pytest.param({"label": "pink"}, InvalidValue, id="bad-label"),
+        pytest.param({"name": TEMPLATE}, AlreadyExists, id="template-name"),
+        pytest.param({"klass": "TemplateVM"}, InvalidValue, id="templatevm"),
+        pytest.param({"klass": "DispVM"}, InvalidValue, id="dispvm"),
+        pytest.param({"klass": "HVM"}, InvalidValue, id="unknown-class"),
+        pytest.param({"memory": 8}, InvalidValue, id="memory-too-small"),
+        pytest.param({"vcpus": 0}, InvalidValue, id="no-vcpus"),
+        pytest.param({"netvm": "nonexistent"}, NotFound, id="unknown-netvm"),
+        pytest.param({"netvm": "work"}, InvalidValue, id="own-netvm"),
+        pytest.param({"props": {"memory": "lots"}}, InvalidValue, id="bad-prop-value"),
+        pytest.param({"props": {"colour": "red"}}, InvalidValue, id="unknown-prop"),
+        pytest.param({"props": {"name": "other"}}, InvalidValue, id="read-only-prop"),
+        pytest.param({"props": {"mode": "vm", "provides_network": "true"}}, InvalidValue, id="vm-gateway"),
+        pytest.param({"props": {"mode": "kvm"}}, InvalidValue, id="unknown-mode"),
+        pytest.param({"props": {"default_dispvm": "nonexistent"}}, NotFound, id="unknown-dispvm"),
+    ],
+)
 def test_create_validates_before_acting(ctx, qm, engine, kwargs, error):
     args = {"name": "work", "label": "red", "template": TEMPLATE, **kwargs}
     name = args.pop("name")
@@ -103,8 +106,13 @@ def test_create_makes_a_labelled_private_volume(ctx, qm, engine):
 
 
 def test_create_with_props_and_netvm(qm):
-    q = qm.create("work", label="red", template=TEMPLATE, netvm="none",
-                  props={"autostart": "on", "maxmem": "1024", "default_user": "root", "mode": "container"})
+    q = qm.create(
+        "work",
+        label="red",
+        template=TEMPLATE,
+        netvm="none",
+        props={"autostart": "on", "maxmem": "1024", "default_user": "root", "mode": "container"},
+    )
     got = qm.get("work")
     assert got == q
     assert (got.autostart, got.maxmem, got.default_user, got.netvm_raw) == (True, 1024, "root", "")
@@ -244,8 +252,12 @@ def test_run_autostarts_and_execs_as_the_default_user(ctx, qm, engine, work):
     cid, argv, user, workdir, env = call[1]
     assert cid == container_name(ctx.home_hash, "work")
     # The command starts through the lookup shim (127/126 as podman answers).
-    assert (argv, user, workdir, env) == (shimmed(["id", "-u"]), "user", "/home/user",
-                                          {"QLITE_QUBE": "work", "PWD": "/home/user"})
+    assert (argv, user, workdir, env) == (
+        shimmed(["id", "-u"]),
+        "user",
+        "/home/user",
+        {"QLITE_QUBE": "work", "PWD": "/home/user"},
+    )
     qm.run("work", ["id"], Stdio(), user="root")
     assert engine.calls[-1][1][2:4] == ("root", "/")
 
@@ -355,13 +367,16 @@ def test_clone_copies_private_data_features_and_tags(ctx, qm, engine, work):
     assert qm.features.all("work") == {"gui": "1", "preload-dispvm-max": "2"}
 
 
-@pytest.mark.parametrize(("src", "dst", "error"), [
-    ("ghost", "x", NotFound),
-    ("work", "work", AlreadyExists),
-    ("work", TEMPLATE, AlreadyExists),
-    ("work", "dom0", InvalidName),
-    ("work", "2bad", InvalidName),
-])
+@pytest.mark.parametrize(
+    ("src", "dst", "error"),
+    [
+        ("ghost", "x", NotFound),
+        ("work", "work", AlreadyExists),
+        ("work", TEMPLATE, AlreadyExists),
+        ("work", "dom0", InvalidName),
+        ("work", "2bad", InvalidName),
+    ],
+)
 def test_clone_errors_change_nothing(ctx, qm, engine, work, src, dst, error):
     before_db, before_engine = dump_store(ctx.store), engine.snapshot()
     engine.calls.clear()
@@ -393,24 +408,27 @@ def row(qm) -> Qube:
     return insert_row(qm, "work", label="blue")
 
 
-@pytest.mark.parametrize(("prop", "text", "shown"), [
-    ("label", "purple", "purple"),
-    ("memory", "512", "512"),
-    ("maxmem", "4096", "4096"),
-    ("maxmem", "0", "0"),
-    ("vcpus", "4", "4"),
-    ("autostart", "on", "True"),
-    ("autostart", "0", "False"),
-    ("include_in_backups", "false", "False"),
-    ("template_for_dispvms", "1", "True"),
-    ("default_user", "root", "root"),
-    ("mode", "container", "container"),
-    ("provides_network", "off", "False"),
-    ("netvm", "none", ""),
-    ("netvm", "dom0", "dom0"),
-    ("default_dispvm", "none", ""),
-    ("template", TEMPLATE, TEMPLATE),
-])
+@pytest.mark.parametrize(
+    ("prop", "text", "shown"),
+    [
+        ("label", "purple", "purple"),
+        ("memory", "512", "512"),
+        ("maxmem", "4096", "4096"),
+        ("maxmem", "0", "0"),
+        ("vcpus", "4", "4"),
+        ("autostart", "on", "True"),
+        ("autostart", "0", "False"),
+        ("include_in_backups", "false", "False"),
+        ("template_for_dispvms", "1", "True"),
+        ("default_user", "root", "root"),
+        ("mode", "container", "container"),
+        ("provides_network", "off", "False"),
+        ("netvm", "none", ""),
+        ("netvm", "dom0", "dom0"),
+        ("default_dispvm", "none", ""),
+        ("template", TEMPLATE, TEMPLATE),
+    ],
+)
 def test_set_pref(qm, row, prop, text, shown):
     qm.set_pref("work", prop, text)
     value, is_default = qm.get_prefs("work")[prop]
@@ -418,22 +436,25 @@ def test_set_pref(qm, row, prop, text, shown):
     assert is_default is False
 
 
-@pytest.mark.parametrize(("prop", "text", "error"), [
-    ("label", "pink", InvalidValue),
-    ("memory", "16", InvalidValue),
-    ("vcpus", "many", InvalidValue),
-    ("autostart", "perhaps", InvalidValue),
-    ("name", "other", InvalidValue),
-    ("class", "DispVM", InvalidValue),
-    ("colour", "red", InvalidValue),
-    ("mode", "hvm", InvalidValue),
-    ("default_user", "alice", InvalidValue),
-    ("template", "fedora-40", NotFound),
-    ("netvm", "ghost", NotFound),
-    ("netvm", "work", InvalidValue),
-    ("default_dispvm", "ghost", NotFound),
-    ("default_dispvm", "work", InvalidValue),  # not a disposable template
-])
+@pytest.mark.parametrize(
+    ("prop", "text", "error"),
+    [
+        ("label", "pink", InvalidValue),
+        ("memory", "16", InvalidValue),
+        ("vcpus", "many", InvalidValue),
+        ("autostart", "perhaps", InvalidValue),
+        ("name", "other", InvalidValue),
+        ("class", "DispVM", InvalidValue),
+        ("colour", "red", InvalidValue),
+        ("mode", "hvm", InvalidValue),
+        ("default_user", "alice", InvalidValue),
+        ("template", "fedora-40", NotFound),
+        ("netvm", "ghost", NotFound),
+        ("netvm", "work", InvalidValue),
+        ("default_dispvm", "ghost", NotFound),
+        ("default_dispvm", "work", InvalidValue),  # not a disposable template
+    ],
+)
 def test_set_pref_validation_changes_nothing(ctx, qm, row, prop, text, error):
     before = dump_store(ctx.store)
     with pytest.raises(error) as exc:
@@ -539,10 +560,21 @@ def test_tags(ctx, qm, row):
     assert dump_store(ctx.store) == before
 
 
-@pytest.mark.parametrize(("tag", "ok"), [
-    ("work-related", True), ("a_b", True), ("x" * 64, True), ("A9", True),
-    ("bad tag!", False), ("x" * 65, False), ("@tag", False), ("a:b", False), ("é", False), ("a\nb", False),
-])
+@pytest.mark.parametrize(
+    ("tag", "ok"),
+    [
+        ("work-related", True),
+        ("a_b", True),
+        ("x" * 64, True),
+        ("A9", True),
+        ("bad tag!", False),
+        ("x" * 65, False),
+        ("@tag", False),
+        ("a:b", False),
+        ("é", False),
+        ("a\nb", False),
+    ],
+)
 def test_tag_characters(qm, row, tag, ok):
     if ok:
         qm.add_tags("work", [tag])
@@ -580,8 +612,9 @@ def test_create_and_clone_leave_no_pending_mark(ctx, qm, work):
     assert [(r["name"], r["pending"]) for r in rows] == [("copy", None), ("work", None)]
 
 
-@pytest.mark.parametrize("cut", ["create-before-volume", "create-after-volume", "remove-after-container",
-                                 "remove-after-volume"])
+@pytest.mark.parametrize(
+    "cut", ["create-before-volume", "create-after-volume", "remove-after-container", "remove-after-volume"]
+)
 def test_reap_finishes_what_a_dead_process_left_pending(ctx, qm, engine, cut):
     if cut.startswith("create"):
         q = qm.create("work", label="red", template=TEMPLATE)
@@ -613,23 +646,37 @@ def test_a_live_pending_qube_is_left_alone_and_cannot_start(ctx, qm, engine, wor
         qm.start("work")
 
 
-
 # -- prefs of a running qube: at once, or at its next start ----------------------------------
 
 
-@pytest.mark.parametrize(("prop", "mode", "note"), [
-    ("memory", "container", "work is running: its new memory takes effect at its next start (podman cannot change "
-                            "a running gVisor sandbox's memory or CPUs: runsc has no 'update')"),
-    ("maxmem", "container", "work is running: its new maxmem takes effect at its next start (podman cannot change "
-                            "a running gVisor sandbox's memory or CPUs: runsc has no 'update')"),
-    ("vcpus", "vm", "work is running: its new vcpus takes effect at its next start "
-                    "(QEMU fixes a VM's memory and vCPUs when it boots)"),
-    ("netvm", "container", "work is running: its new netvm takes effect at its next start"),
-    ("template", "vm", "work is running: its new template takes effect at its next start"),
-    ("label", "container", None),
-    ("default_user", "container", None),
-    ("autostart", "vm", None),
-])
+@pytest.mark.parametrize(
+    ("prop", "mode", "note"),
+    [
+        (
+            "memory",
+            "container",
+            "work is running: its new memory takes effect at its next start (podman cannot change "
+            "a running gVisor sandbox's memory or CPUs: runsc has no 'update')",
+        ),
+        (
+            "maxmem",
+            "container",
+            "work is running: its new maxmem takes effect at its next start (podman cannot change "
+            "a running gVisor sandbox's memory or CPUs: runsc has no 'update')",
+        ),
+        (
+            "vcpus",
+            "vm",
+            "work is running: its new vcpus takes effect at its next start "
+            "(QEMU fixes a VM's memory and vCPUs when it boots)",
+        ),
+        ("netvm", "container", "work is running: its new netvm takes effect at its next start"),
+        ("template", "vm", "work is running: its new template takes effect at its next start"),
+        ("label", "container", None),
+        ("default_user", "container", None),
+        ("autostart", "vm", None),
+    ],
+)
 def test_next_start_note(prop, mode, note):
     from qlite.core.runtimes import ContainerRuntime
     from qlite.vm.runner import VmRunner

@@ -22,10 +22,14 @@ GOOD = [
     ("  suite   =   trixie  ", RootfsConfig(suite="trixie")),
     ("# a comment\n\nsuite = bookworm # trailing comment\n", RootfsConfig(suite="bookworm")),
     ("suite = bookworm\nvariant = apt", RootfsConfig(suite="bookworm", variant="apt")),
-    ("suite = bookworm\ncomponents = main contrib non-free-firmware",
-     RootfsConfig(suite="bookworm", components=("main", "contrib", "non-free-firmware"))),
-    ("suite = bookworm\ninclude = ca-certificates, sudo  python3",
-     RootfsConfig(suite="bookworm", include=("ca-certificates", "sudo", "python3"))),
+    (
+        "suite = bookworm\ncomponents = main contrib non-free-firmware",
+        RootfsConfig(suite="bookworm", components=("main", "contrib", "non-free-firmware")),
+    ),
+    (
+        "suite = bookworm\ninclude = ca-certificates, sudo  python3",
+        RootfsConfig(suite="bookworm", include=("ca-certificates", "sudo", "python3")),
+    ),
     ("suite = bookworm\ninclude = a,b,c", RootfsConfig(suite="bookworm", include=("a", "b", "c"))),
     ("suite = bookworm\ninclude =", RootfsConfig(suite="bookworm")),
     ("suite = bookworm\ninclude = sudo,", RootfsConfig(suite="bookworm", include=("sudo",))),
@@ -40,18 +44,21 @@ def test_parse_good(text, expected):
     assert parse_rootfs_conf(text) == expected
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("", "'suite' is required"),
-    ("# nothing\n", "'suite' is required"),
-    ("variant = minbase", "'suite' is required"),
-    ("suite =", "'suite' is empty"),
-    ("suite = # comment only", "'suite' is empty"),
-    ("suite bookworm", "rootfs.conf:1: expected 'key = value'"),
-    ("suite = bookworm\n\njunk", "rootfs.conf:3:"),
-    ("suite = bookworm\nmirror = http://x", "unknown key 'mirror'"),
-    ("suite = bookworm\nSuite = x", "unknown key 'Suite'"),
-    ("suite = bookworm\n= x", "unknown key ''"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "'suite' is required"),
+        ("# nothing\n", "'suite' is required"),
+        ("variant = minbase", "'suite' is required"),
+        ("suite =", "'suite' is empty"),
+        ("suite = # comment only", "'suite' is empty"),
+        ("suite bookworm", "rootfs.conf:1: expected 'key = value'"),
+        ("suite = bookworm\n\njunk", "rootfs.conf:3:"),
+        ("suite = bookworm\nmirror = http://x", "unknown key 'mirror'"),
+        ("suite = bookworm\nSuite = x", "unknown key 'Suite'"),
+        ("suite = bookworm\n= x", "unknown key ''"),
+    ],
+)
 def test_parse_bad(text, fragment):
     with pytest.raises(InvalidValue, match=fragment) as exc:
         parse_rootfs_conf(text)
@@ -60,11 +67,14 @@ def test_parse_bad(text, fragment):
 
 conf_texts = st.one_of(
     st.text(max_size=200),
-    st.lists(st.tuples(
-        st.sampled_from(["suite", "variant", "components", "include", "x", "", " suite"]),
-        st.sampled_from(["=", "", " = ", "=="]),
-        st.text(alphabet="abc ,#=\t-", max_size=20),
-    ), max_size=6).map(lambda items: "\n".join(k + s + v for k, s, v in items)),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["suite", "variant", "components", "include", "x", "", " suite"]),
+            st.sampled_from(["=", "", " = ", "=="]),
+            st.text(alphabet="abc ,#=\t-", max_size=20),
+        ),
+        max_size=6,
+    ).map(lambda items: "\n".join(k + s + v for k, s, v in items)),
 )
 
 
@@ -140,27 +150,37 @@ def test_deb822_multi_stanza(tmp_path):
 
 
 def test_deb822_skips_deb_src_only_and_takes_the_first_uri(tmp_path):
-    d, lst = write_sources(tmp_path, {
-        "a.sources": "Types: deb-src\nURIs: http://src.example/debian\nSuites: sid\n",
-        "b.sources": "Types: deb\nURIs: http://one.example/debian http://two.example/debian\nSuites: trixie\n",
-    })
+    d, lst = write_sources(
+        tmp_path,
+        {
+            "a.sources": "Types: deb-src\nURIs: http://src.example/debian\nSuites: sid\n",
+            "b.sources": "Types: deb\nURIs: http://one.example/debian http://two.example/debian\nSuites: trixie\n",
+        },
+    )
     assert host_debian_uris(d, lst) == {"trixie": "http://one.example/debian"}
 
 
 def test_deb822_continuation_lines(tmp_path):
-    d, lst = write_sources(tmp_path, {
-        "c.sources": "Types: deb\nURIs:\n http://cont.example/debian\nSuites: bookworm\n  bookworm-updates\n",
-    })
+    d, lst = write_sources(
+        tmp_path,
+        {
+            "c.sources": "Types: deb\nURIs:\n http://cont.example/debian\nSuites: bookworm\n  bookworm-updates\n",
+        },
+    )
     assert host_debian_uris(d, lst) == {
-        "bookworm": "http://cont.example/debian", "bookworm-updates": "http://cont.example/debian",
+        "bookworm": "http://cont.example/debian",
+        "bookworm-updates": "http://cont.example/debian",
     }
 
 
 def test_deb822_disabled_stanza_is_ignored(tmp_path):
-    d, lst = write_sources(tmp_path, {
-        "a.sources": "Enabled: no\nTypes: deb\nURIs: http://disabled.example/debian\nSuites: bookworm\n",
-        "b.sources": "Types: deb\nURIs: http://enabled.example/debian\nSuites: bookworm\n",
-    })
+    d, lst = write_sources(
+        tmp_path,
+        {
+            "a.sources": "Enabled: no\nTypes: deb\nURIs: http://disabled.example/debian\nSuites: bookworm\n",
+            "b.sources": "Types: deb\nURIs: http://enabled.example/debian\nSuites: bookworm\n",
+        },
+    )
     assert host_debian_uris(d, lst) == {"bookworm": "http://enabled.example/debian"}
 
 
@@ -186,11 +206,13 @@ def test_one_line_format(tmp_path):
 
 def test_deb822_wins_over_sources_list(tmp_path):
     d, lst = write_sources(
-        tmp_path, {"debian.sources": "Types: deb\nURIs: http://deb822.example/debian\nSuites: bookworm\n"},
+        tmp_path,
+        {"debian.sources": "Types: deb\nURIs: http://deb822.example/debian\nSuites: bookworm\n"},
         one_line="deb http://oneline.example/debian bookworm main\ndeb http://oneline.example/debian sid main\n",
     )
     assert host_debian_uris(d, lst) == {
-        "bookworm": "http://deb822.example/debian", "sid": "http://oneline.example/debian",
+        "bookworm": "http://deb822.example/debian",
+        "sid": "http://oneline.example/debian",
     }
 
 
@@ -199,31 +221,50 @@ def test_missing_files_give_nothing(tmp_path):
 
 
 def test_only_dot_sources_files_are_read_as_deb822(tmp_path):
-    d, lst = write_sources(tmp_path, {
-        "x.sources.bak": "Types: deb\nURIs: http://bak.example/debian\nSuites: bookworm\n",
-    })
+    d, lst = write_sources(
+        tmp_path,
+        {
+            "x.sources.bak": "Types: deb\nURIs: http://bak.example/debian\nSuites: bookworm\n",
+        },
+    )
     assert host_debian_uris(d, lst) == {}
 
 
 # -- mirrors and the command --------------------------------------------------------
 
 
-@pytest.mark.parametrize(("uris", "expected"), [
-    ({}, [
-        f"deb {DEFAULT_MIRROR} bookworm main",
-        f"deb {DEFAULT_MIRROR} bookworm-updates main",
-    ]),
-    ({"bookworm": "http://m/debian"}, [
-        "deb http://m/debian bookworm main",
-        "deb http://m/debian bookworm-updates main",
-    ]),
-    ({"bookworm": "http://m/debian", "bookworm-updates": "http://u/debian",
-      "bookworm-security": "http://s/debian-security", "sid": "http://x"}, [
-        "deb http://m/debian bookworm main",
-        "deb http://u/debian bookworm-updates main",
-        "deb http://s/debian-security bookworm-security main",
-    ]),
-])
+@pytest.mark.parametrize(
+    ("uris", "expected"),
+    [
+        (
+            {},
+            [
+                f"deb {DEFAULT_MIRROR} bookworm main",
+                f"deb {DEFAULT_MIRROR} bookworm-updates main",
+            ],
+        ),
+        (
+            {"bookworm": "http://m/debian"},
+            [
+                "deb http://m/debian bookworm main",
+                "deb http://m/debian bookworm-updates main",
+            ],
+        ),
+        (
+            {
+                "bookworm": "http://m/debian",
+                "bookworm-updates": "http://u/debian",
+                "bookworm-security": "http://s/debian-security",
+                "sid": "http://x",
+            },
+            [
+                "deb http://m/debian bookworm main",
+                "deb http://u/debian bookworm-updates main",
+                "deb http://s/debian-security bookworm-security main",
+            ],
+        ),
+    ],
+)
 def test_mirror_lines(uris, expected):
     assert mirror_lines(RootfsConfig(suite="bookworm"), uris) == expected
 
@@ -236,16 +277,36 @@ def test_mirror_lines_components():
     ]
 
 
-@pytest.mark.parametrize(("cfg", "expected"), [
-    (RootfsConfig(suite="bookworm"), [
-        "mmdebstrap", "--variant=minbase", "--format=tar", "bookworm", "/t/rootfs.tar",
-        "deb http://m bookworm main", "deb http://m bookworm-updates main",
-    ]),
-    (RootfsConfig(suite="bookworm", variant="apt", include=("sudo", "ca-certificates")), [
-        "mmdebstrap", "--variant=apt", "--format=tar", "--include=sudo,ca-certificates", "bookworm",
-        "/t/rootfs.tar", "deb http://m bookworm main", "deb http://m bookworm-updates main",
-    ]),
-])
+@pytest.mark.parametrize(
+    ("cfg", "expected"),
+    [
+        (
+            RootfsConfig(suite="bookworm"),
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--format=tar",
+                "bookworm",
+                "/t/rootfs.tar",
+                "deb http://m bookworm main",
+                "deb http://m bookworm-updates main",
+            ],
+        ),
+        (
+            RootfsConfig(suite="bookworm", variant="apt", include=("sudo", "ca-certificates")),
+            [
+                "mmdebstrap",
+                "--variant=apt",
+                "--format=tar",
+                "--include=sudo,ca-certificates",
+                "bookworm",
+                "/t/rootfs.tar",
+                "deb http://m bookworm main",
+                "deb http://m bookworm-updates main",
+            ],
+        ),
+    ],
+)
 def test_mmdebstrap_command(cfg, expected):
     assert mmdebstrap_command(cfg, "/t/rootfs.tar", {"bookworm": "http://m"}) == expected
 

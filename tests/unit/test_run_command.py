@@ -29,8 +29,9 @@ from .guest_helpers import GUEST, short_tmpdir
 
 
 def shim(tmp_path: Path, *argv: str, path: str = "/usr/bin:/bin") -> subprocess.CompletedProcess:
-    return subprocess.run(shimmed(list(argv)), capture_output=True, text=True, timeout=30, cwd=tmp_path,
-                          env={"PATH": path})
+    return subprocess.run(
+        shimmed(list(argv)), capture_output=True, text=True, timeout=30, cwd=tmp_path, env={"PATH": path}
+    )
 
 
 @pytest.fixture
@@ -45,16 +46,19 @@ def tools(tmp_path):
     return bindir
 
 
-@pytest.mark.parametrize(("argv", "code", "message"), [
-    (["no-such-command"], 127, "qlite: no-such-command: executable file not found in $PATH"),
-    (["plain"], 127, "qlite: plain: executable file not found in $PATH"),  # not executable: not a match
-    (["adir"], 127, "qlite: adir: executable file not found in $PATH"),
-    ([""], 127, "qlite: : executable file not found in $PATH"),
-    (["/no/such/program"], 127, "qlite: /no/such/program: no such file or directory"),
-    (["{bin}/plain"], 126, "qlite: {bin}/plain: permission denied (not an executable file)"),
-    (["{bin}/adir"], 126, "qlite: {bin}/adir: is a directory"),
-    (["./bin/plain"], 126, "qlite: ./bin/plain: permission denied (not an executable file)"),
-])
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["no-such-command"], 127, "qlite: no-such-command: executable file not found in $PATH"),
+        (["plain"], 127, "qlite: plain: executable file not found in $PATH"),  # not executable: not a match
+        (["adir"], 127, "qlite: adir: executable file not found in $PATH"),
+        ([""], 127, "qlite: : executable file not found in $PATH"),
+        (["/no/such/program"], 127, "qlite: /no/such/program: no such file or directory"),
+        (["{bin}/plain"], 126, "qlite: {bin}/plain: permission denied (not an executable file)"),
+        (["{bin}/adir"], 126, "qlite: {bin}/adir: is a directory"),
+        (["./bin/plain"], 126, "qlite: ./bin/plain: permission denied (not an executable file)"),
+    ],
+)
 def test_a_command_that_cannot_run_gets_one_line_and_podmans_code(tmp_path, tools, argv, code, message):
     argv = [a.format(bin=tools) for a in argv]
     proc = shim(tmp_path, *argv, path=f"{tools}:/usr/bin:/bin")
@@ -80,8 +84,9 @@ def test_a_command_that_runs_keeps_its_arguments_output_and_exit_code(tmp_path, 
 def test_the_signal_script_reaches_every_process_of_the_run_and_no_other(tmp_path):
     token, other = new_run_token(), new_run_token()
     script = "sleep 30 & sleep 30 & wait"  # a shell and what it started, like a terminal's job
-    ours = subprocess.Popen(["sh", "-c", script], env={"PATH": "/usr/bin:/bin", RUN_TOKEN_ENV: token},
-                            start_new_session=True)
+    ours = subprocess.Popen(
+        ["sh", "-c", script], env={"PATH": "/usr/bin:/bin", RUN_TOKEN_ENV: token}, start_new_session=True
+    )
     theirs = subprocess.Popen(["sleep", "30"], env={RUN_TOKEN_ENV: other}, start_new_session=True)
     try:
         time.sleep(0.3)
@@ -182,8 +187,9 @@ def agent():
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(path))
     srv.listen(1)
-    proc = subprocess.Popen([sys.executable, "-m", "qlite_guest.vmagent", "--connect", str(path)],
-                            env=GUEST.env(), stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qlite_guest.vmagent", "--connect", str(path)], env=GUEST.env(), stdin=subprocess.DEVNULL
+    )
     try:
         srv.settimeout(30)
         conn, _ = srv.accept()
@@ -205,8 +211,15 @@ def run_in_agent(conn, argv: list[str], relay: InterruptRelay, interrupt_after: 
     threading.Timer(interrupt_after, relay.interrupt).start()
     with open(os.devnull, "wb") as null:
         start = time.monotonic()
-        code = exec_over(conn, "test", argv, Stdio(stdin=None, stdout=null, stderr=null, interrupts=relay),
-                         "root", "/", {"PATH": "/usr/bin:/bin"})
+        code = exec_over(
+            conn,
+            "test",
+            argv,
+            Stdio(stdin=None, stdout=null, stderr=null, interrupts=relay),
+            "root",
+            "/",
+            {"PATH": "/usr/bin:/bin"},
+        )
     return code, time.monotonic() - start
 
 

@@ -18,8 +18,14 @@ from qlite.runtime.probe import RuntimeProbe, bundle_spec
 
 
 def probe(netstack: bool = True, platform: str = "systrap", runsc: str = "/opt/gvisor/runsc") -> RuntimeProbe:
-    return RuntimeProbe(runsc=runsc, version="release-20240101.0", platform=platform,
-                        netstack=netstack, netstack_error="" if netstack else "kernel too new", key="k")
+    return RuntimeProbe(
+        runsc=runsc,
+        version="release-20240101.0",
+        platform=platform,
+        netstack=netstack,
+        netstack_error="" if netstack else "kernel too new",
+        key="k",
+    )
 
 
 @pytest.mark.parametrize(
@@ -31,16 +37,17 @@ def test_probe_network_flag(netstack, flag, netpath):
     assert p.netpath == netpath
 
 
-@pytest.mark.parametrize(("template", "p", "expected"), [
-    ("--platform=${PLATFORM} --network=${NETWORK}", probe(True, "systrap"),
-     "--platform=systrap --network=sandbox"),
-    ("--platform=${PLATFORM} --network=${NETWORK}", probe(False, "ptrace"),
-     "--platform=ptrace --network=host"),
-    ("# comment\n\n--a\n--b=${PLATFORM}\n", probe(True, "kvm"), "--a --b=kvm"),
-    ("--x\n   \n# --not-a-flag\n--y", probe(), "--x --y"),
-    ("  --indented\n", probe(), "--indented"),
-    ("--x\n  # an indented comment\n--y", probe(), "--x --y"),
-])
+@pytest.mark.parametrize(
+    ("template", "p", "expected"),
+    [
+        ("--platform=${PLATFORM} --network=${NETWORK}", probe(True, "systrap"), "--platform=systrap --network=sandbox"),
+        ("--platform=${PLATFORM} --network=${NETWORK}", probe(False, "ptrace"), "--platform=ptrace --network=host"),
+        ("# comment\n\n--a\n--b=${PLATFORM}\n", probe(True, "kvm"), "--a --b=kvm"),
+        ("--x\n   \n# --not-a-flag\n--y", probe(), "--x --y"),
+        ("  --indented\n", probe(), "--indented"),
+        ("--x\n  # an indented comment\n--y", probe(), "--x --y"),
+    ],
+)
 def test_render_flags(template, p, expected):
     assert render_flags(template, p) == expected
 
@@ -60,8 +67,9 @@ def test_render_flags_never_emits_a_shell_comment():
 
 @pytest.fixture
 def paths(tmp_path) -> Paths:
-    return Paths(tmp_path / "home", host_lib_dir=tmp_path / "lib",
-                 podman_dropin=tmp_path / "containers.conf.d" / "50-qlite.conf")
+    return Paths(
+        tmp_path / "home", host_lib_dir=tmp_path / "lib", podman_dropin=tmp_path / "containers.conf.d" / "50-qlite.conf"
+    )
 
 
 @pytest.mark.parametrize(("netstack", "network"), [(True, "--network=sandbox"), (False, "--network=host")])
@@ -106,12 +114,15 @@ def test_render_all_containers_conf(paths):
     assert hard <= NOFILE_CAP
 
 
-@pytest.mark.parametrize(("limits", "expected"), [
-    ((1024, 4096), 4096),
-    ((1024, 10 * NOFILE_CAP), NOFILE_CAP),
-    ((1024, resource.RLIM_INFINITY), NOFILE_CAP),
-    ((1024, 1024), 1024),
-])
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ((1024, 4096), 4096),
+        ((1024, 10 * NOFILE_CAP), NOFILE_CAP),
+        ((1024, resource.RLIM_INFINITY), NOFILE_CAP),
+        ((1024, 1024), 1024),
+    ],
+)
 def test_host_limit(monkeypatch, limits, expected):
     monkeypatch.setattr(config.resource, "getrlimit", lambda _which: limits)
     assert host_limit(resource.RLIMIT_NOFILE, NOFILE_CAP) == expected
@@ -211,20 +222,32 @@ def test_users_runsc_exec_can_take():
     from qlite.engines.podman import KNOWN_USERS, USER_RE
 
     assert KNOWN_USERS == {"root": "0:0", "user": "1000:1000"}
-    assert [bool(USER_RE.fullmatch(u)) for u in ("0", "1000:1000", "alice", "1:x", "", "1" * 10)] == \
-        [True, True, False, False, False, False]
+    assert [bool(USER_RE.fullmatch(u)) for u in ("0", "1000:1000", "alice", "1:x", "", "1" * 10)] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
 
 
-@pytest.mark.parametrize(("failures", "message", "outcome"), [
-    pytest.param(0, "", "listed", id="first-time"),
-    pytest.param(2, "podman: list volumes: no volume with name qlite-x-disp1-private found", "listed",
-                 id="a-volume-went-away"),
-    pytest.param(1, "podman: list containers: no such container abc", "listed", id="a-container-went-away"),
-    pytest.param(5, "podman: list volumes: no volume with name v found", "error", id="gives-up-after-5"),
-    pytest.param(1, "podman: list volumes: permission denied", "error", id="other-errors-are-not-retried"),
-])
-def test_a_listing_is_asked_again_when_an_object_vanishes_under_it(tmp_path, monkeypatch, failures, message,
-                                                                   outcome):
+@pytest.mark.parametrize(
+    ("failures", "message", "outcome"),
+    [
+        pytest.param(0, "", "listed", id="first-time"),
+        pytest.param(
+            2,
+            "podman: list volumes: no volume with name qlite-x-disp1-private found",
+            "listed",
+            id="a-volume-went-away",
+        ),
+        pytest.param(1, "podman: list containers: no such container abc", "listed", id="a-container-went-away"),
+        pytest.param(5, "podman: list volumes: no volume with name v found", "error", id="gives-up-after-5"),
+        pytest.param(1, "podman: list volumes: permission denied", "error", id="other-errors-are-not-retried"),
+    ],
+)
+def test_a_listing_is_asked_again_when_an_object_vanishes_under_it(tmp_path, monkeypatch, failures, message, outcome):
     from qlite.engines.podman import PodmanEngine
     from qlite.errors import EngineError
     from qlite.paths import Paths

@@ -39,12 +39,15 @@ def test_names():
     assert network_name(HH, "work") == f"qlite-{HH}-work"
 
 
-@pytest.mark.parametrize(("kind", "owner", "expected"), [
-    ("app", None, {"qlite.qube": "work", "qlite.kind": "app", "qlite.home": HH}),
-    ("private", None, {"qlite.qube": "work", "qlite.kind": "private", "qlite.home": HH}),
-    ("net", None, {"qlite.qube": "work", "qlite.kind": "net", "qlite.home": HH}),
-    ("disp", "42:1000", {"qlite.qube": "work", "qlite.kind": "disp", "qlite.home": HH, "qlite.owner": "42:1000"}),
-])
+@pytest.mark.parametrize(
+    ("kind", "owner", "expected"),
+    [
+        ("app", None, {"qlite.qube": "work", "qlite.kind": "app", "qlite.home": HH}),
+        ("private", None, {"qlite.qube": "work", "qlite.kind": "private", "qlite.home": HH}),
+        ("net", None, {"qlite.qube": "work", "qlite.kind": "net", "qlite.home": HH}),
+        ("disp", "42:1000", {"qlite.qube": "work", "qlite.kind": "disp", "qlite.home": HH, "qlite.owner": "42:1000"}),
+    ],
+)
 def test_engine_labels(kind, owner, expected):
     assert engine_labels(HH, "work", kind, owner) == expected
 
@@ -52,23 +55,46 @@ def test_engine_labels(kind, owner, expected):
 # -- Qube -> ContainerSpec -----------------------------------------------------
 
 SPEC_CASES = [
-    pytest.param(qube(), {}, dict(
-        labels={"qlite.qube": "work", "qlite.kind": "app", "qlite.home": HH},
-        network="none", memory_mib=400, vcpus=2, user="root", workdir="/", command=IDLE_COMMAND,
-    ), id="app-defaults"),
-    pytest.param(qube(memory=600, maxmem=2048, vcpus=4), {"network": f"qlite-{HH}-work"}, dict(
-        network=f"qlite-{HH}-work", memory_mib=2048, vcpus=4,
-    ), id="maxmem-wins-and-network"),
-    pytest.param(qube(memory=512), {"user": "user"}, dict(memory_mib=512, user="user", workdir="/rw/home/user"),
-                 id="as-user"),
-    pytest.param(qube(name="disp123", klass="DispVM", owner="77:12345"),
-                 {"command": ("sh", "-c", "id"), "user": "user", "stdin_open": True, "tty": True},
-                 dict(
-                     name=f"qlite-{HH}-disp123",
-                     labels={"qlite.qube": "disp123", "qlite.kind": "disp", "qlite.home": HH,
-                             "qlite.owner": "77:12345"},
-                     command=("sh", "-c", "id"), stdin_open=True, tty=True, hostname="disp123",
-                 ), id="disposable"),
+    pytest.param(
+        qube(),
+        {},
+        dict(
+            labels={"qlite.qube": "work", "qlite.kind": "app", "qlite.home": HH},
+            network="none",
+            memory_mib=400,
+            vcpus=2,
+            user="root",
+            workdir="/",
+            command=IDLE_COMMAND,
+        ),
+        id="app-defaults",
+    ),
+    pytest.param(
+        qube(memory=600, maxmem=2048, vcpus=4),
+        {"network": f"qlite-{HH}-work"},
+        dict(
+            network=f"qlite-{HH}-work",
+            memory_mib=2048,
+            vcpus=4,
+        ),
+        id="maxmem-wins-and-network",
+    ),
+    pytest.param(
+        qube(memory=512), {"user": "user"}, dict(memory_mib=512, user="user", workdir="/rw/home/user"), id="as-user"
+    ),
+    pytest.param(
+        qube(name="disp123", klass="DispVM", owner="77:12345"),
+        {"command": ("sh", "-c", "id"), "user": "user", "stdin_open": True, "tty": True},
+        dict(
+            name=f"qlite-{HH}-disp123",
+            labels={"qlite.qube": "disp123", "qlite.kind": "disp", "qlite.home": HH, "qlite.owner": "77:12345"},
+            command=("sh", "-c", "id"),
+            stdin_open=True,
+            tty=True,
+            hostname="disp123",
+        ),
+        id="disposable",
+    ),
 ]
 
 
@@ -110,9 +136,14 @@ def test_no_bind_source_is_writable_by_the_qube():
     assert set(binds) == {"/run/qlite", "/mnt/removable"}
 
 
-@pytest.mark.parametrize(("user", "workdir", "pwd"), [
-    ("user", "/rw/home/user", "/home/user"), ("root", "/", None), ("alice", "/rw/home/user", "/home/user"),
-])
+@pytest.mark.parametrize(
+    ("user", "workdir", "pwd"),
+    [
+        ("user", "/rw/home/user", "/home/user"),
+        ("root", "/", None),
+        ("alice", "/rw/home/user", "/home/user"),
+    ],
+)
 def test_workdir_follows_user(user, workdir, pwd):
     spec = build(qube(), user=user)
     assert spec.workdir == workdir
@@ -159,33 +190,53 @@ def spec(**kw) -> ContainerSpec:
     return ContainerSpec(**base)
 
 
-@pytest.mark.parametrize(("kw", "check"), [
-    pytest.param({"network": "none"}, lambda b: b["netns"] == {"nsmode": "none"} and "Networks" not in b,
-                 id="no-network"),
-    pytest.param({"network": "qnet"}, lambda b: b["netns"] == {"nsmode": "bridge"} and b["Networks"] == {"qnet": {}},
-                 id="named-network"),
-    pytest.param({"memory_mib": 1}, lambda b: b["resource_limits"]["memory"] == {"limit": MIB}, id="memory-1"),
-    pytest.param({"memory_mib": 4096}, lambda b: b["resource_limits"]["memory"]["limit"] == 4096 * MIB,
-                 id="memory-4096"),
-    pytest.param({"vcpus": 1}, lambda b: b["resource_limits"]["cpu"] == {"period": 100_000, "quota": 100_000},
-                 id="vcpus-1"),
-    pytest.param({"vcpus": 8}, lambda b: b["resource_limits"]["cpu"]["quota"] == 800_000, id="vcpus-8"),
-    pytest.param({"pids_limit": 99}, lambda b: b["resource_limits"] == {"pids": {"limit": 99}}, id="pids"),
-    pytest.param({}, lambda b: "resource_limits" not in b, id="no-limits"),
-    pytest.param({"read_only": False}, lambda b: b["read_only_filesystem"] is False, id="rw-root"),
-    pytest.param({"init": False}, lambda b: b["init"] is False, id="no-init"),
-    pytest.param({"stdin_open": True, "tty": True}, lambda b: b["stdin"] is True and b["terminal"] is True,
-                 id="interactive"),
-    pytest.param({}, lambda b: b["stdin"] is False and b["terminal"] is False, id="not-interactive"),
-    pytest.param({"runtime": "qlite-runsc"}, lambda b: b["oci_runtime"] == "qlite-runsc", id="runtime"),
-    pytest.param({}, lambda b: not ({"user", "work_dir", "hostname", "env", "oci_runtime"} & set(b)),
-                 id="optional-fields-omitted"),
-    pytest.param({"mounts": (Mount(type="volume", source="v", target="/d", read_only=True, options=("z",)),)},
-                 lambda b: b["volumes"] == [{"Name": "v", "Dest": "/d", "Options": ["ro", "z"]}], id="ro-volume"),
-    pytest.param({"mounts": (Mount(type="bind", source="/s", target="/d", read_only=True),)},
-                 lambda b: b["mounts"] == [{"destination": "/d", "type": "bind", "source": "/s",
-                                            "options": ["rbind", "ro"]}], id="ro-bind"),
-])
+@pytest.mark.parametrize(
+    ("kw", "check"),
+    [
+        pytest.param(
+            {"network": "none"}, lambda b: b["netns"] == {"nsmode": "none"} and "Networks" not in b, id="no-network"
+        ),
+        pytest.param(
+            {"network": "qnet"},
+            lambda b: b["netns"] == {"nsmode": "bridge"} and b["Networks"] == {"qnet": {}},
+            id="named-network",
+        ),
+        pytest.param({"memory_mib": 1}, lambda b: b["resource_limits"]["memory"] == {"limit": MIB}, id="memory-1"),
+        pytest.param(
+            {"memory_mib": 4096}, lambda b: b["resource_limits"]["memory"]["limit"] == 4096 * MIB, id="memory-4096"
+        ),
+        pytest.param(
+            {"vcpus": 1}, lambda b: b["resource_limits"]["cpu"] == {"period": 100_000, "quota": 100_000}, id="vcpus-1"
+        ),
+        pytest.param({"vcpus": 8}, lambda b: b["resource_limits"]["cpu"]["quota"] == 800_000, id="vcpus-8"),
+        pytest.param({"pids_limit": 99}, lambda b: b["resource_limits"] == {"pids": {"limit": 99}}, id="pids"),
+        pytest.param({}, lambda b: "resource_limits" not in b, id="no-limits"),
+        pytest.param({"read_only": False}, lambda b: b["read_only_filesystem"] is False, id="rw-root"),
+        pytest.param({"init": False}, lambda b: b["init"] is False, id="no-init"),
+        pytest.param(
+            {"stdin_open": True, "tty": True}, lambda b: b["stdin"] is True and b["terminal"] is True, id="interactive"
+        ),
+        pytest.param({}, lambda b: b["stdin"] is False and b["terminal"] is False, id="not-interactive"),
+        pytest.param({"runtime": "qlite-runsc"}, lambda b: b["oci_runtime"] == "qlite-runsc", id="runtime"),
+        pytest.param(
+            {},
+            lambda b: not ({"user", "work_dir", "hostname", "env", "oci_runtime"} & set(b)),
+            id="optional-fields-omitted",
+        ),
+        pytest.param(
+            {"mounts": (Mount(type="volume", source="v", target="/d", read_only=True, options=("z",)),)},
+            lambda b: b["volumes"] == [{"Name": "v", "Dest": "/d", "Options": ["ro", "z"]}],
+            id="ro-volume",
+        ),
+        pytest.param(
+            {"mounts": (Mount(type="bind", source="/s", target="/d", read_only=True),)},
+            lambda b: (
+                b["mounts"] == [{"destination": "/d", "type": "bind", "source": "/s", "options": ["rbind", "ro"]}]
+            ),
+            id="ro-bind",
+        ),
+    ],
+)
 def test_specgen_table(kw, check):
     assert check(specgen(spec(**kw)))
 
@@ -204,5 +255,4 @@ def test_specgen_refuses_unknown_mount_types():
 
 
 def test_label_filters_are_sorted_json():
-    assert label_filters({"qlite.qube": "w", "qlite.home": "h"}) == \
-        '{"label": ["qlite.home=h", "qlite.qube=w"]}'
+    assert label_filters({"qlite.qube": "w", "qlite.home": "h"}) == '{"label": ["qlite.home=h", "qlite.qube=w"]}'

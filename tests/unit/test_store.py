@@ -120,20 +120,27 @@ def test_an_unopenable_path_is_a_state_error(tmp_path):
 # -- _split_sql -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("script", "expected"), [
-    ("", []),
-    ("   \n\n", []),
-    ("-- only a comment\n-- another", []),
-    ("CREATE TABLE a (x);", ["CREATE TABLE a (x);"]),
-    ("CREATE TABLE a (x);\nCREATE TABLE b (y);", ["CREATE TABLE a (x);", "CREATE TABLE b (y);"]),
-    ("CREATE TABLE a (\n  x INTEGER, -- the x\n  y TEXT -- the y; not the end\n);",
-     ["CREATE TABLE a (\n  x INTEGER, -- the x\n  y TEXT -- the y; not the end\n);"]),
-    ("-- header; with a semicolon\nCREATE TABLE a (x); -- trailing\n",
-     ["-- header; with a semicolon\nCREATE TABLE a (x); -- trailing"]),
-    ("CREATE TABLE a (x)", ["CREATE TABLE a (x)"]),
-    (";\n;\n", []),
-    ("INSERT INTO t VALUES ('a--b');", ["INSERT INTO t VALUES ('a--b');"]),
-])
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("", []),
+        ("   \n\n", []),
+        ("-- only a comment\n-- another", []),
+        ("CREATE TABLE a (x);", ["CREATE TABLE a (x);"]),
+        ("CREATE TABLE a (x);\nCREATE TABLE b (y);", ["CREATE TABLE a (x);", "CREATE TABLE b (y);"]),
+        (
+            "CREATE TABLE a (\n  x INTEGER, -- the x\n  y TEXT -- the y; not the end\n);",
+            ["CREATE TABLE a (\n  x INTEGER, -- the x\n  y TEXT -- the y; not the end\n);"],
+        ),
+        (
+            "-- header; with a semicolon\nCREATE TABLE a (x); -- trailing\n",
+            ["-- header; with a semicolon\nCREATE TABLE a (x); -- trailing"],
+        ),
+        ("CREATE TABLE a (x)", ["CREATE TABLE a (x)"]),
+        (";\n;\n", []),
+        ("INSERT INTO t VALUES ('a--b');", ["INSERT INTO t VALUES ('a--b');"]),
+    ],
+)
 def test_split_sql(script, expected):
     assert [" ".join(s.split()) for s in _split_sql(script)] == [" ".join(s.split()) for s in expected]
 

@@ -56,7 +56,7 @@ def test_decode_byte_by_byte():
     d = FrameDecoder()
     out = []
     for i in range(len(data)):
-        out += d.feed(data[i:i + 1])
+        out += d.feed(data[i : i + 1])
     assert out == FRAMES and d.pending == 0
 
 
@@ -80,7 +80,7 @@ def test_encode_decode_roundtrip_in_random_chunks(frames, data):
     pos = 0
     while pos < len(wire):
         n = data.draw(st.integers(1, max(1, len(wire) - pos)))
-        out += d.feed(wire[pos:pos + n])
+        out += d.feed(wire[pos : pos + n])
         pos += n
     out += d.feed(b"")
     assert out == frames
@@ -353,7 +353,7 @@ def test_pump_process_passes_stdio_and_the_exit_code():
 def test_pump_process_does_not_deadlock_on_more_output_than_input():
     data = os.urandom(3 << 20)
     code, out, _err, _tail = _run_piped(["sh", "-c", "cat; cat /dev/zero | head -c 4000000"], data)
-    assert code == 0 and out[:len(data)] == data and len(out) == len(data) + 4000000
+    assert code == 0 and out[: len(data)] == data and len(out) == len(data) + 4000000
 
 
 def test_pump_process_survives_a_command_that_ignores_its_stdin():

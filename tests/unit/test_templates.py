@@ -13,22 +13,25 @@ from qlite.errors import NotFound, StateError
 from .conftest import IMAGE_ID, TEMPLATE
 
 
-@pytest.mark.parametrize(("tag", "template", "expected"), [
-    ("localhost/qlite/debian-12:1", "debian-12", 1),
-    ("localhost/qlite/debian-12:42", "debian-12", 42),
-    ("localhost/qlite/debian-12:007", "debian-12", 7),
-    ("localhost/qlite/debian-12:latest", "debian-12", None),
-    ("localhost/qlite/debian-12:", "debian-12", None),
-    ("localhost/qlite/debian-12:1a", "debian-12", None),
-    ("localhost/qlite/debian-12:-1", "debian-12", None),
-    ("localhost/qlite/debian-12:+1", "debian-12", None),
-    ("localhost/qlite/debian-12:1 ", "debian-12", None),
-    ("localhost/qlite/debian-12:1", "debian", None),
-    ("localhost/qlite/debian:1", "debian-12", None),
-    ("localhost/qlite-cache/debian-12:1", "debian-12", None),
-    ("docker.io/qlite/debian-12:1", "debian-12", None),
-    ("localhost/qlite/fedora-40:3", "fedora-40", 3),
-])
+@pytest.mark.parametrize(
+    ("tag", "template", "expected"),
+    [
+        ("localhost/qlite/debian-12:1", "debian-12", 1),
+        ("localhost/qlite/debian-12:42", "debian-12", 42),
+        ("localhost/qlite/debian-12:007", "debian-12", 7),
+        ("localhost/qlite/debian-12:latest", "debian-12", None),
+        ("localhost/qlite/debian-12:", "debian-12", None),
+        ("localhost/qlite/debian-12:1a", "debian-12", None),
+        ("localhost/qlite/debian-12:-1", "debian-12", None),
+        ("localhost/qlite/debian-12:+1", "debian-12", None),
+        ("localhost/qlite/debian-12:1 ", "debian-12", None),
+        ("localhost/qlite/debian-12:1", "debian", None),
+        ("localhost/qlite/debian:1", "debian-12", None),
+        ("localhost/qlite-cache/debian-12:1", "debian-12", None),
+        ("docker.io/qlite/debian-12:1", "debian-12", None),
+        ("localhost/qlite/fedora-40:3", "fedora-40", 3),
+    ],
+)
 def test_tag_revision(tag, template, expected):
     assert tag_revision(tag, template) == expected
 
@@ -59,13 +62,16 @@ def test_fingerprint_is_order_independent():
     assert fingerprint(FILES) == fingerprint([FILES[1], FILES[0], FILES[2]])
 
 
-@pytest.mark.parametrize("change", [
-    lambda f: [(f[0][0], f[0][1] + b" "), *f[1:]],  # content
-    lambda f: [(f[0][0] + "x", f[0][1]), *f[1:]],  # name
-    lambda f: f[:-1],  # a file removed
-    lambda f: [*f, ("guest/b", b"")],  # an empty file added
-    lambda f: [(f[0][0], f[1][1]), (f[1][0], f[0][1]), f[2]],  # contents swapped between files
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda f: [(f[0][0], f[0][1] + b" "), *f[1:]],  # content
+        lambda f: [(f[0][0] + "x", f[0][1]), *f[1:]],  # name
+        lambda f: f[:-1],  # a file removed
+        lambda f: [*f, ("guest/b", b"")],  # an empty file added
+        lambda f: [(f[0][0], f[1][1]), (f[1][0], f[0][1]), f[2]],  # contents swapped between files
+    ],
+)
 def test_fingerprint_is_content_sensitive(change):
     assert fingerprint(change(FILES)) != fingerprint(FILES)
 
@@ -75,8 +81,9 @@ def test_fingerprint_of_nothing_is_stable():
 
 
 @settings(max_examples=100)
-@given(st.lists(st.tuples(st.text(max_size=8), st.binary(max_size=8)), max_size=6, unique_by=lambda t: t[0]),
-       st.randoms())
+@given(
+    st.lists(st.tuples(st.text(max_size=8), st.binary(max_size=8)), max_size=6, unique_by=lambda t: t[0]), st.randoms()
+)
 def test_fingerprint_order_independence_fuzz(files, rnd):
     shuffled = list(files)
     rnd.shuffle(shuffled)
@@ -117,28 +124,40 @@ def test_revert_goes_back_one_revision(ctx, engine):
 
 # What podman diff showed after apt-get update && apt-get upgrade upgraded
 # nothing in the debian-12 template (its update removes the lists again).
-NOTHING_UPGRADED = [("C", "/etc"), ("C", "/var/cache/apt"), ("C", "/var/cache/apt/archives/lock"),
-                    ("C", "/var/lib/apt/lists"), ("C", "/var/lib/dpkg/lock"), ("C", "/var/lib/dpkg/lock-frontend")]
+NOTHING_UPGRADED = [
+    ("C", "/etc"),
+    ("C", "/var/cache/apt"),
+    ("C", "/var/cache/apt/archives/lock"),
+    ("C", "/var/lib/apt/lists"),
+    ("C", "/var/lib/dpkg/lock"),
+    ("C", "/var/lib/dpkg/lock-frontend"),
+]
 
 
-@pytest.mark.parametrize(("changes", "meaningful"), [
-    (NOTHING_UPGRADED, []),
-    ([], []),
-    # the default update keeps the package lists it fetched: still nothing
-    ([("A", "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease"), ("C", "/var/lib/apt")], []),
-    ([("C", "/var/log"), ("A", "/var/log/apt/history.log"), ("A", "/tmp/x"), ("A", "/run/lock/y")], []),
-    # an upgrade: dpkg's database and the upgraded files
-    (NOTHING_UPGRADED + [("C", "/var/lib/dpkg"), ("C", "/var/lib/dpkg/status"), ("C", "/usr/bin"),
-                         ("C", "/usr/bin/gpg")], ["/var/lib/dpkg/status", "/usr/bin/gpg"]),
-    # a template's own update command that writes a file
-    ([("C", "/etc"), ("A", "/etc/qtest-updated")], ["/etc/qtest-updated"]),
-    ([("D", "/etc/motd")], ["/etc/motd"]),
-    ([("C", "/etc/passwd")], ["/etc/passwd"]),
-    # a directory that changed by itself (not through a listed entry) counts
-    ([("C", "/opt/app/")], ["/opt/app"]),
-    # a path merely starting like a noise directory is not noise
-    ([("A", "/var/logbook")], ["/var/logbook"]),
-])
+@pytest.mark.parametrize(
+    ("changes", "meaningful"),
+    [
+        (NOTHING_UPGRADED, []),
+        ([], []),
+        # the default update keeps the package lists it fetched: still nothing
+        ([("A", "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease"), ("C", "/var/lib/apt")], []),
+        ([("C", "/var/log"), ("A", "/var/log/apt/history.log"), ("A", "/tmp/x"), ("A", "/run/lock/y")], []),
+        # an upgrade: dpkg's database and the upgraded files
+        (
+            NOTHING_UPGRADED
+            + [("C", "/var/lib/dpkg"), ("C", "/var/lib/dpkg/status"), ("C", "/usr/bin"), ("C", "/usr/bin/gpg")],
+            ["/var/lib/dpkg/status", "/usr/bin/gpg"],
+        ),
+        # a template's own update command that writes a file
+        ([("C", "/etc"), ("A", "/etc/qtest-updated")], ["/etc/qtest-updated"]),
+        ([("D", "/etc/motd")], ["/etc/motd"]),
+        ([("C", "/etc/passwd")], ["/etc/passwd"]),
+        # a directory that changed by itself (not through a listed entry) counts
+        ([("C", "/opt/app/")], ["/opt/app"]),
+        # a path merely starting like a noise directory is not noise
+        ([("A", "/var/logbook")], ["/var/logbook"]),
+    ],
+)
 def test_meaningful_changes(changes, meaningful):
     assert meaningful_changes(changes) == meaningful
 

@@ -14,9 +14,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def mypy(*targets: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mypy", "--ignore-missing-imports", "--no-incremental",
-                           "--cache-dir", "/dev/null", *targets],
-                          cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--ignore-missing-imports",
+            "--no-incremental",
+            "--cache-dir",
+            "/dev/null",
+            *targets,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_qlite_type_checks():

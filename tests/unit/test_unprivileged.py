@@ -29,12 +29,36 @@ def test_the_lifecycle_unit_tests_pass_without_root(tmp_path):
     runuser = shutil.which("runuser")
     assert runuser, "runuser (util-linux) is missing"
     tmp_path.chmod(0o1777)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
-           "LANG": "C.UTF-8"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path),
+        "LANG": "C.UTF-8",
+    }
     proc = subprocess.run(
-        [runuser, "-u", "nobody", "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=-rs", *LIFECYCLE],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            runuser,
+            "-u",
+            "nobody",
+            "--",
+            "env",
+            "-i",
+            *(f"{k}={v}" for k, v in env.items()),
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=-rs",
+            *LIFECYCLE,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     tail = proc.stdout[-3000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, tail

@@ -22,8 +22,9 @@ from qlite.vm.qemu_args import HOTPLUG_PORTS, TAP, NetConfig, VmConfig, hotplug_
 
 # -- channel: framing ----------------------------------------------------------------------
 
-frames_st = st.lists(st.tuples(st.sampled_from(sorted(ch.TYPES)), st.integers(0, ch.MAX_CHANNEL),
-                               st.binary(max_size=300)), max_size=15)
+frames_st = st.lists(
+    st.tuples(st.sampled_from(sorted(ch.TYPES)), st.integers(0, ch.MAX_CHANNEL), st.binary(max_size=300)), max_size=15
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -38,16 +39,23 @@ def test_frames_round_trip_split_anywhere(frames, data):
     for c in [*cuts, len(wire)]:
         out += d.feed(wire[prev:c])
         prev = c
-        assert out == frames[:len(out)] and d.pending == c - ends[len(out)]  # a partial frame waits
+        assert out == frames[: len(out)] and d.pending == c - ends[len(out)]  # a partial frame waits
     assert out == frames and d.pending == 0
 
 
-@pytest.mark.parametrize(("kind", "channel", "size", "error"), [
-    (0x00, 0, 0, "unknown frame type"), (0x1C, 0, 0, "unknown frame type"), (0xFF, 0, 0, "unknown frame type"),
-    (ch.DATA, 0, ch.MAX_PAYLOAD + 1, "limit"), (ch.CLOSE, -1, 0, "out of range"),
-    (ch.CLOSE, ch.MAX_CHANNEL + 1, 0, "out of range"),
-    (ch.DATA, ch.MAX_CHANNEL, ch.MAX_PAYLOAD, None), (ch.CLOSE, 0, 0, None),
-])
+@pytest.mark.parametrize(
+    ("kind", "channel", "size", "error"),
+    [
+        (0x00, 0, 0, "unknown frame type"),
+        (0x1C, 0, 0, "unknown frame type"),
+        (0xFF, 0, 0, "unknown frame type"),
+        (ch.DATA, 0, ch.MAX_PAYLOAD + 1, "limit"),
+        (ch.CLOSE, -1, 0, "out of range"),
+        (ch.CLOSE, ch.MAX_CHANNEL + 1, 0, "out of range"),
+        (ch.DATA, ch.MAX_CHANNEL, ch.MAX_PAYLOAD, None),
+        (ch.CLOSE, 0, 0, None),
+    ],
+)
 def test_bad_frames_rejected_both_ways(kind, channel, size, error):
     payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     if error is None:
@@ -94,16 +102,40 @@ def test_decode_json_rejects_deep_nesting():
 DEFAULTS = {"user": "root", "cwd": "/", "env": {}, "tty": False}
 
 
-@pytest.mark.parametrize(("req", "want"), [
-    ({"argv": ["ls"]}, {"argv": ["ls"], **DEFAULTS}),
-    ({"argv": [""], "tty": 0}, {"argv": [""], **DEFAULTS}),
-    ({"kind": "exec", "argv": ["sh", "-c", "x"], "user": "user", "cwd": "/home/user", "env": {"A": "1"}, "tty": True},
-     {"argv": ["sh", "-c", "x"], "user": "user", "cwd": "/home/user", "env": {"A": "1"}, "tty": True}),
-    *[(bad, None) for bad in (
-        {}, {"argv": []}, {"argv": "ls"}, {"argv": None}, {"argv": ["ls", 1]}, {"argv": [b"ls"]},
-        {"argv": ["ls"], "user": 0}, {"argv": ["ls"], "cwd": None}, {"argv": ["ls"], "env": ["A=1"]},
-        {"argv": ["ls"], "env": {"A": 1}}, {"argv": ["ls"], "env": {"A": None}})],
-])
+@pytest.mark.parametrize(
+    ("req", "want"),
+    [
+        ({"argv": ["ls"]}, {"argv": ["ls"], **DEFAULTS}),
+        ({"argv": [""], "tty": 0}, {"argv": [""], **DEFAULTS}),
+        (
+            {
+                "kind": "exec",
+                "argv": ["sh", "-c", "x"],
+                "user": "user",
+                "cwd": "/home/user",
+                "env": {"A": "1"},
+                "tty": True,
+            },
+            {"argv": ["sh", "-c", "x"], "user": "user", "cwd": "/home/user", "env": {"A": "1"}, "tty": True},
+        ),
+        *[
+            (bad, None)
+            for bad in (
+                {},
+                {"argv": []},
+                {"argv": "ls"},
+                {"argv": None},
+                {"argv": ["ls", 1]},
+                {"argv": [b"ls"]},
+                {"argv": ["ls"], "user": 0},
+                {"argv": ["ls"], "cwd": None},
+                {"argv": ["ls"], "env": ["A=1"]},
+                {"argv": ["ls"], "env": {"A": 1}},
+                {"argv": ["ls"], "env": {"A": None}},
+            )
+        ],
+    ],
+)
 def test_validate_exec(req, want):
     if want is None:
         with pytest.raises(ch.ChannelError):
@@ -118,10 +150,23 @@ NET = NetConfig(ip="10.137.0.5/24", gateway="10.137.0.1", dns=("10.137.0.1", "9.
 
 
 def cfg(machine="microvm", accel="kvm", net=None, extra=()):
-    return VmConfig(name="work", machine=machine, accel=accel, memory_mib=512, vcpus=2, kernel="/k/vmlinuz",
-                    initrd="/k/initrd.img", root_overlay="/r/root.qcow2", private_disk="/v/private.img",
-                    qmp_socket="/r/qmp.sock", agent_socket="/r/agent-qemu.sock", console_log="/r/console.log",
-                    pidfile="/r/qemu.pid", net=net, extra_append=tuple(extra))
+    return VmConfig(
+        name="work",
+        machine=machine,
+        accel=accel,
+        memory_mib=512,
+        vcpus=2,
+        kernel="/k/vmlinuz",
+        initrd="/k/initrd.img",
+        root_overlay="/r/root.qcow2",
+        private_disk="/v/private.img",
+        qmp_socket="/r/qmp.sock",
+        agent_socket="/r/agent-qemu.sock",
+        console_log="/r/console.log",
+        pidfile="/r/qemu.pid",
+        net=net,
+        extra_append=tuple(extra),
+    )
 
 
 def opt(argv, flag):
@@ -138,9 +183,12 @@ def test_qemu_argv(machine, net, accel, cpu):
     assert argv[0] == "/usr/bin/qemu" and opt(argv, "-append") == [kernel_cmdline(cfg(machine, accel, net))]
     virtio = [d.split(",")[0] for d in devices if d.startswith("virtio-")]
     assert virtio == [f"virtio-blk{suffix}", f"virtio-blk{suffix}", f"virtio-serial{suffix}"] + (
-        [f"virtio-net{suffix}"] if net else [])
-    assert opt(argv, "-drive") == ["id=root,file=/r/root.qcow2,format=qcow2,if=none,discard=unmap",
-                                   "id=private,file=/v/private.img,format=raw,if=none,discard=unmap"]
+        [f"virtio-net{suffix}"] if net else []
+    )
+    assert opt(argv, "-drive") == [
+        "id=root,file=/r/root.qcow2,format=qcow2,if=none,discard=unmap",
+        "id=private,file=/v/private.img,format=raw,if=none,discard=unmap",
+    ]
     assert f"{virtio[0]},drive=root" in devices and f"{virtio[1]},drive=private" in devices
     assert opt(argv, "-chardev") == ["socket,id=agent,path=/r/agent-qemu.sock,server=on,wait=off"]
     assert f"virtserialport,chardev=agent,name={AGENT_PORT}" in devices
@@ -152,8 +200,9 @@ def test_qemu_argv(machine, net, accel, cpu):
     ports = [d for d in devices if d.startswith("pcie-root-port")]
     if machine == "q35":
         assert opt(argv, "-machine") == [f"q35,accel={accel}"]
-        assert ports == [f"pcie-root-port,id={hotplug_bus(i)},chassis={i + 1},slot={i + 1}"
-                         for i in range(HOTPLUG_PORTS)]
+        assert ports == [
+            f"pcie-root-port,id={hotplug_bus(i)},chassis={i + 1},slot={i + 1}" for i in range(HOTPLUG_PORTS)
+        ]
         assert len({hotplug_bus(i) for i in range(HOTPLUG_PORTS)}) == HOTPLUG_PORTS
     else:
         assert opt(argv, "-machine") == [f"microvm,acpi=on,rtc=on,accel={accel}"] and ports == []
@@ -170,14 +219,23 @@ def test_unknown_machine_raises(machine):
         qemu_argv("qemu", cfg(machine))
 
 
-@pytest.mark.parametrize(("config", "present", "absent"), [
-    (cfg("microvm"), ["console=ttyS0", "panic=-1", "qlite.name=work", "pci=off"], ["qlite.ip=", "qlite.gw="]),
-    (cfg("q35"), ["console=ttyS0", "qlite.name=work"], ["pci=off", "qlite.ip=", "qlite.dns="]),
-    (cfg("q35", net=NET), ["qlite.ip=10.137.0.5/24", "qlite.gw=10.137.0.1", "qlite.dns=10.137.0.1,9.9.9.9"],
-     ["pci=off"]),
-    (cfg("microvm", net=NetConfig("10.0.0.2/16", "10.0.0.1", (), "02:00:00:00:00:01")),
-     ["qlite.ip=10.0.0.2/16", "qlite.gw=10.0.0.1", "pci=off"], ["qlite.dns="]),
-])
+@pytest.mark.parametrize(
+    ("config", "present", "absent"),
+    [
+        (cfg("microvm"), ["console=ttyS0", "panic=-1", "qlite.name=work", "pci=off"], ["qlite.ip=", "qlite.gw="]),
+        (cfg("q35"), ["console=ttyS0", "qlite.name=work"], ["pci=off", "qlite.ip=", "qlite.dns="]),
+        (
+            cfg("q35", net=NET),
+            ["qlite.ip=10.137.0.5/24", "qlite.gw=10.137.0.1", "qlite.dns=10.137.0.1,9.9.9.9"],
+            ["pci=off"],
+        ),
+        (
+            cfg("microvm", net=NetConfig("10.0.0.2/16", "10.0.0.1", (), "02:00:00:00:00:01")),
+            ["qlite.ip=10.0.0.2/16", "qlite.gw=10.0.0.1", "pci=off"],
+            ["qlite.dns="],
+        ),
+    ],
+)
 def test_kernel_cmdline(config, present, absent):
     words = kernel_cmdline(config).split(" ")
     assert all(w in words for w in present), words
@@ -198,17 +256,17 @@ def read_cpio(blob: bytes) -> list[tuple[str, int, bytes, int]]:
     """(name, mode, data, ino) of each newc member, checking the layout."""
     out, pos = [], 0
     while True:
-        assert pos % 4 == 0 and blob[pos:pos + 6] == b"070701", pos
-        f = [int(blob[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        assert pos % 4 == 0 and blob[pos : pos + 6] == b"070701", pos
+        f = [int(blob[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         ino, mode, uid, gid, _nlink, _mtime, size, *_, namesize, check = f
         assert (uid, gid, check) == (0, 0, 0)
         name_end = pos + 110 + namesize
-        name = blob[pos + 110:name_end]
+        name = blob[pos + 110 : name_end]
         assert name.endswith(b"\0") and b"\0" not in name[:-1]
         pos = name_end + (-name_end % 4)
         assert blob[name_end:pos] == b"\0" * (pos - name_end)
-        data, pad_end = blob[pos:pos + size], pos + size + (-size % 4)
-        assert len(data) == size and blob[pos + size:pad_end] == b"\0" * (pad_end - pos - size)
+        data, pad_end = blob[pos : pos + size], pos + size + (-size % 4)
+        assert len(data) == size and blob[pos + size : pad_end] == b"\0" * (pad_end - pos - size)
         pos = pad_end
         if name == b"TRAILER!!!\0":
             assert pos == len(blob) and size == 0
@@ -217,11 +275,16 @@ def read_cpio(blob: bytes) -> list[tuple[str, int, bytes, int]]:
 
 
 entries_st = st.lists(
-    st.builds(Entry, st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1,
-                             max_size=20).filter(lambda p: p != "TRAILER!!!"),
-              st.sampled_from([stat.S_IFREG | 0o644, stat.S_IFREG | 0o755, stat.S_IFDIR | 0o755]),
-              st.binary(max_size=40)),
-    max_size=8)
+    st.builds(
+        Entry,
+        st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1, max_size=20).filter(
+            lambda p: p != "TRAILER!!!"
+        ),
+        st.sampled_from([stat.S_IFREG | 0o644, stat.S_IFREG | 0o755, stat.S_IFDIR | 0o755]),
+        st.binary(max_size=40),
+    ),
+    max_size=8,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -234,18 +297,21 @@ def test_cpio_round_trip(entries):
     assert len(initramfs.cpio_newc([])) == 124  # only the trailer: 110 + "TRAILER!!!\0", padded to 4
 
 
-@pytest.mark.parametrize(("wanted", "depends", "order"), [
-    (["a"], {"a": ("b",), "b": ("c",), "c": ()}, ["c", "b", "a"]),
-    (["a", "b"], {"a": ("c",), "b": ("c",), "c": ()}, ["c", "a", "b"]),
-    (["a"], {"a": ("b", "c"), "b": ("d",), "c": ("d",), "d": ()}, ["d", "b", "c", "a"]),
-    (["a", "a", "b"], {"a": (), "b": ("a",)}, ["a", "b"]),
-    (["virtio_blk", "virtio_pci"], {"virtio_blk": ("virtio",)}, ["virtio_blk"]),  # virtio, virtio_pci built in
-    (["x"], {}, []),
-    ([], {"a": ()}, []),
-    (["a"], {"a": ("a",)}, None),
-    (["a"], {"a": ("b",), "b": ("a",)}, None),
-    (["z", "a"], {"z": (), "a": ("b",), "b": ("c",), "c": ("a",)}, None),
-])
+@pytest.mark.parametrize(
+    ("wanted", "depends", "order"),
+    [
+        (["a"], {"a": ("b",), "b": ("c",), "c": ()}, ["c", "b", "a"]),
+        (["a", "b"], {"a": ("c",), "b": ("c",), "c": ()}, ["c", "a", "b"]),
+        (["a"], {"a": ("b", "c"), "b": ("d",), "c": ("d",), "d": ()}, ["d", "b", "c", "a"]),
+        (["a", "a", "b"], {"a": (), "b": ("a",)}, ["a", "b"]),
+        (["virtio_blk", "virtio_pci"], {"virtio_blk": ("virtio",)}, ["virtio_blk"]),  # virtio, virtio_pci built in
+        (["x"], {}, []),
+        ([], {"a": ()}, []),
+        (["a"], {"a": ("a",)}, None),
+        (["a"], {"a": ("b",), "b": ("a",)}, None),
+        (["z", "a"], {"z": (), "a": ("b",), "b": ("c",), "c": ("a",)}, None),
+    ],
+)
 def test_module_order(wanted, depends, order):
     if order is None:
         with pytest.raises(EngineError, match="loop"):
@@ -259,8 +325,11 @@ def test_module_order(wanted, depends, order):
 def test_module_order_property(data):
     n = data.draw(st.integers(0, 8))
     names = [f"m{i}" for i in range(n)]  # a DAG: deps only on lower numbers; some missing (built in)
-    depends = {m: tuple(data.draw(st.lists(st.sampled_from(names[:i] + ["builtin"]), max_size=3)))
-               for i, m in enumerate(names) if data.draw(st.booleans()) or i == n - 1}
+    depends = {
+        m: tuple(data.draw(st.lists(st.sampled_from(names[:i] + ["builtin"]), max_size=3)))
+        for i, m in enumerate(names)
+        if data.draw(st.booleans()) or i == n - 1
+    }
     wanted = data.draw(st.lists(st.sampled_from(names + ["builtin"]), max_size=5))
     order = initramfs.module_order(wanted, depends)
     assert len(order) == len(set(order)) and set(order) <= set(depends)
@@ -299,16 +368,21 @@ def test_module_bytes(tmp_path):
 # -- kernel ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "want"), [
-    ("linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-18-cloud-amd64\n", "linux-image-6.1.0-18-cloud-amd64"),
-    ("linux-image-cloud-amd64\n  PreDepends: dpkg\n  Depends: initramfs-tools\n"
-     "  Depends: linux-image-6.12.9-cloud-amd64\n  Depends: linux-image-7-cloud-amd64\n",
-     "linux-image-6.12.9-cloud-amd64"),
-    ("W: something\nlinux-image-cloud-amd64\n\tDepends:linux-image-x\n", "linux-image-x"),
-    ("linux-image-cloud-amd64\n", None),
-    ("", None),
-    ("linux-image-cloud-amd64\n  Recommends: linux-image-6.1.0-18-cloud-amd64\n  Depends: kmod\n", None),
-])
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-18-cloud-amd64\n", "linux-image-6.1.0-18-cloud-amd64"),
+        (
+            "linux-image-cloud-amd64\n  PreDepends: dpkg\n  Depends: initramfs-tools\n"
+            "  Depends: linux-image-6.12.9-cloud-amd64\n  Depends: linux-image-7-cloud-amd64\n",
+            "linux-image-6.12.9-cloud-amd64",
+        ),
+        ("W: something\nlinux-image-cloud-amd64\n\tDepends:linux-image-x\n", "linux-image-x"),
+        ("linux-image-cloud-amd64\n", None),
+        ("", None),
+        ("linux-image-cloud-amd64\n  Recommends: linux-image-6.1.0-18-cloud-amd64\n  Depends: kmod\n", None),
+    ],
+)
 def test_parse_depends(text, want):
     if want is None:
         with pytest.raises(EngineError, match="apt-get update"):
@@ -320,13 +394,16 @@ def test_parse_depends(text, want):
 V = "6.1.0-18-cloud-amd64"
 
 
-@pytest.mark.parametrize(("files", "complete"), [
-    ([f"lib/modules/{V}/", f"boot/vmlinuz-{V}", f"initrd-{V}.img"], True),
-    ([f"lib/modules/{V}/", f"boot/vmlinuz-{V}"], False),
-    ([f"lib/modules/{V}/", f"initrd-{V}.img"], False),
-    (["lib/modules/", f"boot/vmlinuz-{V}", f"initrd-{V}.img"], False),
-    ([], False),
-])
+@pytest.mark.parametrize(
+    ("files", "complete"),
+    [
+        ([f"lib/modules/{V}/", f"boot/vmlinuz-{V}", f"initrd-{V}.img"], True),
+        ([f"lib/modules/{V}/", f"boot/vmlinuz-{V}"], False),
+        ([f"lib/modules/{V}/", f"initrd-{V}.img"], False),
+        (["lib/modules/", f"boot/vmlinuz-{V}", f"initrd-{V}.img"], False),
+        ([], False),
+    ],
+)
 def test_kernel_installed(tmp_path, files, complete):
     paths, root = Paths(tmp_path), tmp_path / "vm" / "kernel"
     assert paths.vm_kernel_dir == root
@@ -341,11 +418,19 @@ def test_kernel_installed(tmp_path, files, complete):
 # -- runner helpers ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("features", "want"), [
-    ({}, "microvm"), ({"vm.machine": "microvm"}, "microvm"), ({"vm.machine": "q35"}, "q35"),
-    ({"other": "q35"}, "microvm"), ({"vm.machine": "pc"}, None), ({"vm.machine": ""}, None),
-    ({"vm.machine": "Q35"}, None), ({"vm.machine": "q35 "}, None),
-])
+@pytest.mark.parametrize(
+    ("features", "want"),
+    [
+        ({}, "microvm"),
+        ({"vm.machine": "microvm"}, "microvm"),
+        ({"vm.machine": "q35"}, "q35"),
+        ({"other": "q35"}, "microvm"),
+        ({"vm.machine": "pc"}, None),
+        ({"vm.machine": ""}, None),
+        ({"vm.machine": "Q35"}, None),
+        ({"vm.machine": "q35 "}, None),
+    ],
+)
 def test_machine_of(features, want):
     if want is None:
         with pytest.raises(InvalidValue, match="vm.machine"):
@@ -354,9 +439,14 @@ def test_machine_of(features, want):
         assert runner.machine_of(features) == want
 
 
-@pytest.mark.parametrize(("ip", "subnet", "want"), [("10.137.0.5", "10.137.0.0/24", "10.137.0.5/24"),
-                                                    ("172.16.3.4", "172.16.0.0/16", "172.16.3.4/16"),
-                                                    ("fd00::5", "fd00::/64", "fd00::5/64")])
+@pytest.mark.parametrize(
+    ("ip", "subnet", "want"),
+    [
+        ("10.137.0.5", "10.137.0.0/24", "10.137.0.5/24"),
+        ("172.16.3.4", "172.16.0.0/16", "172.16.3.4/16"),
+        ("fd00::5", "fd00::/64", "fd00::5/64"),
+    ],
+)
 def test_net_config(ip, subnet, want):
     n = runner.net_config(ip, "02:00:00:00:00:05", subnet, "10.137.0.1", ("1.1.1.1",))
     assert n == NetConfig(ip=want, gateway="10.137.0.1", dns=("1.1.1.1",), mac="02:00:00:00:00:05", tap=TAP)
@@ -395,14 +485,17 @@ def test_root_disks(tmp_path):
     assert disks.private_image("/v/q/_data") == Path("/v/q/_data/private.img")
 
 
-@pytest.mark.parametrize(("text", "want"), [
-    ("processor\t: 0\ncpu MHz\t\t: 2596.148\ncache size\t: 512 KB\n", 2596148),
-    ("cpu MHz : 3000\n", 3000000),
-    ("cpu MHz : fast\n", None),
-    ("cpu MHz : 0.000\n", None),
-    ("model name : x\n", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("processor\t: 0\ncpu MHz\t\t: 2596.148\ncache size\t: 512 KB\n", 2596148),
+        ("cpu MHz : 3000\n", 3000000),
+        ("cpu MHz : fast\n", None),
+        ("cpu MHz : 0.000\n", None),
+        ("model name : x\n", None),
+        ("", None),
+    ],
+)
 def test_tsc_khz_reads_the_hosts_clock_rate(text, want):
     from qlite.vm.runner import tsc_khz
 

@@ -69,8 +69,17 @@ class FakeHypervisor:
 @pytest.fixture
 def vm(paths, engine, ctx):
     hv = FakeHypervisor()
-    vctx = Context(paths, engine=engine, store=ctx.store, net_apply=ctx.net_apply, mounts=ctx.mounts,
-                   daemon=ctx.daemon, runtime_probe=ctx.runtime_probe, hypervisor=hv, clock=ctx.clock)
+    vctx = Context(
+        paths,
+        engine=engine,
+        store=ctx.store,
+        net_apply=ctx.net_apply,
+        mounts=ctx.mounts,
+        daemon=ctx.daemon,
+        runtime_probe=ctx.runtime_probe,
+        hypervisor=hv,
+        clock=ctx.clock,
+    )
     qm = QubeManager(vctx)
     q = insert_row(qm, "work", mode="vm")
     runner = VmRunner(vctx, qm)
@@ -99,8 +108,10 @@ def test_hot_plug_takes_the_first_free_port_and_gives_it_back(vm):
     runner.detach_block(q, "d1")
     assert runner.attach_block(q, "d3", "/dev/sdw", True) == hotplug_bus(0)  # d1's port, free again
     assert [c for c in hv.calls if c[0] in ("attach", "detach")] == [
-        ("attach", "d1", "/dev/sdz", True, hotplug_bus(0)), ("attach", "d2", "/dev/sdy", False, hotplug_bus(1)),
-        ("detach", "d1"), ("attach", "d3", "/dev/sdw", True, hotplug_bus(0)),
+        ("attach", "d1", "/dev/sdz", True, hotplug_bus(0)),
+        ("attach", "d2", "/dev/sdy", False, hotplug_bus(1)),
+        ("detach", "d1"),
+        ("attach", "d3", "/dev/sdw", True, hotplug_bus(0)),
     ]
 
 
@@ -116,20 +127,35 @@ def test_hot_plug_needs_q35_and_a_free_port(vm):
 
 
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="setup.sh installs QEMU")
-@pytest.mark.parametrize(("answer", "error"), [
-    ("ok", None),
-    ("error the agent did not start in time", "did not boot: the agent did not start in time"),
-    ("", "did not boot: no answer"),
-])
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ("ok", None),
+        ("error the agent did not start in time", "did not boot: the agent did not start in time"),
+        ("", "did not boot: no answer"),
+    ],
+)
 def test_a_boot_is_the_supervisors_answer(vm, answer, error):
     runner, q, hv = vm
     hv.answer = answer
     d = runner.run_dir(q)
     (d / "console.log").write_text("early boot\nKernel panic - not syncing\n")
-    cfg = VmConfig(name=q.name, machine="microvm", accel="tcg", memory_mib=256, vcpus=1, kernel="/k", initrd="/i",
-                   root_overlay=str(d / "root.qcow2"), private_disk="/p", qmp_socket=str(d / "qmp.sock"),
-                   agent_socket=str(d / "agent-qemu.sock"), console_log=str(d / "console.log"),
-                   pidfile=str(d / "qemu.pid"), net=None)
+    cfg = VmConfig(
+        name=q.name,
+        machine="microvm",
+        accel="tcg",
+        memory_mib=256,
+        vcpus=1,
+        kernel="/k",
+        initrd="/i",
+        root_overlay=str(d / "root.qcow2"),
+        private_disk="/p",
+        qmp_socket=str(d / "qmp.sock"),
+        agent_socket=str(d / "agent-qemu.sock"),
+        console_log=str(d / "console.log"),
+        pidfile=str(d / "qemu.pid"),
+        net=None,
+    )
     holder = ContainerInfo(id="h1", name="holder", state="running", labels={})
     if error is None:
         runner._launch(q, cfg, holder)

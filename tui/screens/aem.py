@@ -43,8 +43,11 @@ def status_lines(s: AemStatus) -> str:
         how = "with the TPM" if s.sealed == "tpm" else "with a passphrase (no TPM: weaker)"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.sealed_at)) if s.sealed_at is not None else "?"
         sealed = f"Sealed: {how}, {when}"
-    enforced = ("Enforced: yes, qubes wait for a confirmed verify in each boot" if s.enforced
-                else "Enforced: no, qubes start without a verify")
+    enforced = (
+        "Enforced: yes, qubes wait for a confirmed verify in each boot"
+        if s.enforced
+        else "Enforced: no, qubes start without a verify"
+    )
     boot = "This boot: verified and confirmed" if s.confirmed else "This boot: not confirmed"
     where = f"TPM PCR {s.pcr} ({s.tpm})" if s.tpm else "software only (no TPM here)"
     return f"{sealed}\n{enforced} · {boot}\nChain {s.chain}\nExtended in: {where}"
@@ -162,8 +165,9 @@ class AemScreen(CallingScreen):
                 self.start_call("confirming", self._confirm)
             elif enforced:
                 verdict.set_class(True, "-failed")
-                verdict.update("You said that is not your secret: treat this machine as tampered with. "
-                               "Qubes stay held back.")
+                verdict.update(
+                    "You said that is not your secret: treat this machine as tampered with. Qubes stay held back."
+                )
 
         self.app.push_screen(SecretScreen(result.secret, enforced), answered)
 
@@ -173,21 +177,31 @@ class AemScreen(CallingScreen):
 
     def _set_enforced(self, on: bool) -> str:
         qlite_app(self).backend.aem_set_enforced(on)
-        return ("enforced: qubes start only after a confirmed verify in each boot" if on
-                else "relaxed: qubes start without anti-evil-maid verification")
+        return (
+            "enforced: qubes start only after a confirmed verify in each boot"
+            if on
+            else "relaxed: qubes start without anti-evil-maid verification"
+        )
 
     def action_reseal(self) -> None:
         def reseal(passphrase: bytes | None) -> None:
-            self.start_call("resealing", lambda: "resealed to the current measurements "
-                            f"({qlite_app(self).backend.aem_reseal(passphrase)})")
+            self.start_call(
+                "resealing",
+                lambda: f"resealed to the current measurements ({qlite_app(self).backend.aem_reseal(passphrase)})",
+            )
 
         def answered(yes: bool | None) -> None:
             if yes:
                 self._with_passphrase("Give the passphrase the secret was sealed with, to seal it again.", reseal)
 
-        self.app.push_screen(ConfirmScreen(
-            "Reseal the secret to what is installed now? Do it only after an update you made yourself: "
-            "whatever changed becomes what the next verify expects.", "Reseal"), answered)
+        self.app.push_screen(
+            ConfirmScreen(
+                "Reseal the secret to what is installed now? Do it only after an update you made yourself: "
+                "whatever changed becomes what the next verify expects.",
+                "Reseal",
+            ),
+            answered,
+        )
 
     def action_enforce(self) -> None:
         self.start_call("enforcing", lambda: self._set_enforced(True))
@@ -197,8 +211,10 @@ class AemScreen(CallingScreen):
             if yes:
                 self.start_call("relaxing", lambda: self._set_enforced(False))
 
-        self.app.push_screen(ConfirmScreen(
-            "Relax anti-evil-maid? Qubes then start without a verified, confirmed boot.", "Relax"), answered)
+        self.app.push_screen(
+            ConfirmScreen("Relax anti-evil-maid? Qubes then start without a verified, confirmed boot.", "Relax"),
+            answered,
+        )
 
     def call_succeeded(self, action: str) -> None:
         if action == "resealing":

@@ -48,8 +48,9 @@ class AskScreen(ModalScreen[AskAnswer | None]):
     def compose(self) -> ComposeResult:
         q = self.question
         with Vertical(classes="dialog ask"):
-            yield Label("Split GPG: use of a key" if q.service == GPG_SERVICE else "RPC request",
-                        classes="dialog-title")
+            yield Label(
+                "Split GPG: use of a key" if q.service == GPG_SERVICE else "RPC request", classes="dialog-title"
+            )
             yield Static(self._summary(), id="summary", markup=False)
             yield Label("Target:")
             with RadioSet(id="targets"):
@@ -62,8 +63,10 @@ class AskScreen(ModalScreen[AskAnswer | None]):
 
     def _summary(self) -> str:
         q = self.question
-        lines = [f"{q.source} wants to call {q.service}" + (f"+{q.argument}" if q.argument else ""),
-                 f"requested target: {q.target or '(none)'}"]
+        lines = [
+            f"{q.source} wants to call {q.service}" + (f"+{q.argument}" if q.argument else ""),
+            f"requested target: {q.target or '(none)'}",
+        ]
         if q.service == GPG_SERVICE:
             lines.append(f"{q.source} asks to use the keys of the vault; a yes stands for the vault's window.")
         return "\n".join(lines)

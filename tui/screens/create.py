@@ -82,8 +82,11 @@ class CreateQubeScreen(_QubeForm):
         snap = self.snapshot
         templates = snap.templates
         default_template = snap.default_template if snap.default_template in templates else None
-        netvms = [(f"default ({snap.default_netvm or 'none'})", NETVM_DEFAULT), ("none", NETVM_NONE),
-                  (f"{HOST_UPLINK} (the host's uplink)", HOST_UPLINK)]
+        netvms = [
+            (f"default ({snap.default_netvm or 'none'})", NETVM_DEFAULT),
+            ("none", NETVM_NONE),
+            (f"{HOST_UPLINK} (the host's uplink)", HOST_UPLINK),
+        ]
         netvms += [(name, name) for name in snap.gateways]
         # Compact fields (no borders): the whole form fits an 80x24 terminal.
         with Vertical(classes="dialog form compact-form"):
@@ -93,19 +96,34 @@ class CreateQubeScreen(_QubeForm):
                 yield Input(placeholder="e.g. work", id="name", compact=True)
             with Horizontal(classes="field"):
                 yield Label("Label")
-                yield Select([(Text(name, style=f"bold {label_colour(name)}"), name) for name in LABELS],
-                             value="red", allow_blank=False, id="label", compact=True)
+                yield Select(
+                    [(Text(name, style=f"bold {label_colour(name)}"), name) for name in LABELS],
+                    value="red",
+                    allow_blank=False,
+                    id="label",
+                    compact=True,
+                )
             with Horizontal(classes="field"):
                 yield Label("Template")
-                yield Select([(t, t) for t in templates], value=default_template or Select.NULL,
-                             prompt="(choose a template)", id="template", compact=True)
+                yield Select(
+                    [(t, t) for t in templates],
+                    value=default_template or Select.NULL,
+                    prompt="(choose a template)",
+                    id="template",
+                    compact=True,
+                )
             with Horizontal(classes="field"):
                 yield Label("NetVM")
                 yield Select(netvms, value=NETVM_DEFAULT, allow_blank=False, id="netvm", compact=True)
             with Horizontal(classes="field"):
                 yield Label("Mode")
-                yield Select([("container (gVisor)", "container"), ("VM (QEMU)", "vm")], value="container",
-                             allow_blank=False, id="mode", compact=True)
+                yield Select(
+                    [("container (gVisor)", "container"), ("VM (QEMU)", "vm")],
+                    value="container",
+                    allow_blank=False,
+                    id="mode",
+                    compact=True,
+                )
             with Horizontal(classes="field"):
                 yield Label("Memory (MiB)")
                 yield Input(str(DEFAULT_MEMORY_MIB), id="memory", restrict=r"[0-9]*", compact=True)
@@ -144,16 +162,31 @@ class CreateQubeScreen(_QubeForm):
         vcpus_text = self.query_one("#vcpus", Input).value.strip()
         if not vcpus_text:
             raise InvalidValue("vcpus: give a number of virtual CPUs")
-        return NewQube(name, str(self.query_one("#label", Select).value),
-                       None if template is Select.NULL else str(template),
-                       str(self.query_one("#netvm", Select).value), int(memory_text), int(vcpus_text),
-                       str(self.query_one("#mode", Select).value),
-                       self.query_one("#provides_network", StateCheckbox).value)
+        return NewQube(
+            name,
+            str(self.query_one("#label", Select).value),
+            None if template is Select.NULL else str(template),
+            str(self.query_one("#netvm", Select).value),
+            int(memory_text),
+            int(vcpus_text),
+            str(self.query_one("#mode", Select).value),
+            self.query_one("#provides_network", StateCheckbox).value,
+        )
 
     def _create(self, q: NewQube) -> None:
-        self._make(q.name, lambda: qlite_app(self).backend.create(
-            q.name, label=q.label, template=q.template, netvm=q.netvm, memory=q.memory, vcpus=q.vcpus, mode=q.mode,
-            provides_network=q.provides_network))
+        self._make(
+            q.name,
+            lambda: qlite_app(self).backend.create(
+                q.name,
+                label=q.label,
+                template=q.template,
+                netvm=q.netvm,
+                memory=q.memory,
+                vcpus=q.vcpus,
+                mode=q.mode,
+                provides_network=q.provides_network,
+            ),
+        )
 
 
 class CloneScreen(_QubeForm):

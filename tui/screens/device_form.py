@@ -35,14 +35,14 @@ def pair_idents(row: DeviceRow) -> list[str]:
     """The identities a drive can be paired by: only those that survive
     re-insertion (a kernel name does not)."""
     dev = row.device
-    return [i for i in (f"uuid:{dev.fs_uuid}" if dev.fs_uuid else "", f"serial:{dev.serial}" if dev.serial else "")
-            if i]
+    return [
+        i for i in (f"uuid:{dev.fs_uuid}" if dev.fs_uuid else "", f"serial:{dev.serial}" if dev.serial else "") if i
+    ]
 
 
 def qube_option(q: QubeChoice) -> tuple[Text, str]:
     text = Text(q.name, style=f"bold {label_colour(q.label)}")
-    text.append(f"  {q.label}" + (", VM" if q.mode == "vm" else "") + ("" if q.running else ", halted"),
-                style="dim")
+    text.append(f"  {q.label}" + (", VM" if q.mode == "vm" else "") + ("" if q.running else ", halted"), style="dim")
     return text, q.name
 
 
@@ -59,17 +59,24 @@ class DeviceFormScreen(ModalScreen[DeviceRequest | None]):
     def _explanation(self) -> str:
         name = self.row.device.name
         if self.kind == "attach":
-            return (f"A container qube gets its filesystem at /mnt/removable/{name} (nodev, nosuid, noexec); "
-                    "a VM qube gets the block device.")
+            return (
+                f"A container qube gets its filesystem at /mnt/removable/{name} (nodev, nosuid, noexec); "
+                "a VM qube gets the block device."
+            )
         if self.kind == "assign":
             return "Attached at every start of the qube while it is present; required: the qube starts only with it."
-        return ("The qube then runs only while this drive is in: inserting it starts the qube (fresh), "
-                "pulling it out stops the qube at once.")
+        return (
+            "The qube then runs only while this drive is in: inserting it starts the qube (fresh), "
+            "pulling it out stops the qube at once."
+        )
 
     def compose(self) -> ComposeResult:
         name = self.row.device.name
-        title = {"attach": f"Attach {name} to a running qube", "assign": f"Assign {name} to a qube",
-                 "pair": f"Pair {name} with a qube"}[self.kind]
+        title = {
+            "attach": f"Attach {name} to a running qube",
+            "assign": f"Assign {name} to a qube",
+            "pair": f"Pair {name} with a qube",
+        }[self.kind]
         with Vertical(classes="dialog form"):
             yield Label(title, classes="dialog-title")
             yield Static(self._explanation(), classes="dialog-note", markup=False)

@@ -29,8 +29,14 @@ from qlite.tui.screens.nav import nav_bindings
 from qlite.tui.widgets.error_line import ErrorLine
 from qlite.tui.widgets.key_footer import KeyFooter
 
-DEVICE_COLUMNS = (("device", "DEVICE"), ("size", "SIZE"), ("ident", "IDENT"), ("label", "LABEL"),
-                  ("attached", "ATTACHED TO"), ("assigned", "ASSIGNED TO"))
+DEVICE_COLUMNS = (
+    ("device", "DEVICE"),
+    ("size", "SIZE"),
+    ("ident", "IDENT"),
+    ("label", "LABEL"),
+    ("attached", "ATTACHED TO"),
+    ("assigned", "ASSIGNED TO"),
+)
 ASSIGNMENT_COLUMNS = ("QUBE", "IDENT", "HOW", "PRESENT")
 EVENT_COLUMNS = ("TIME", "EVENT", "DEVICE", "QUBE", "DETAIL")
 IDENT_WIDTH = 24
@@ -45,7 +51,7 @@ def size_text(n: float) -> str:
 
 
 def short(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def qube_text(name: str, labels: dict[str, str], suffix: str = "") -> Text:
@@ -58,14 +64,24 @@ def device_cells(r: DeviceRow, labels: dict[str, str]) -> tuple:
         attached: Text | str = qube_text(r.attached_to, labels, " (ro)" if r.read_only else "")
     else:
         attached = f"host: {r.host_mounts[0]}" if r.host_mounts else "-"
-    return (dev.name, size_text(dev.size), short(dev.ident, IDENT_WIDTH), dev.label or "-", attached,
-            ", ".join(r.assigned_to) or "-")
+    return (
+        dev.name,
+        size_text(dev.size),
+        short(dev.ident, IDENT_WIDTH),
+        dev.label or "-",
+        attached,
+        ", ".join(r.assigned_to) or "-",
+    )
 
 
 def assignment_cells(a: Assignment, labels: dict[str, str]) -> tuple:
     how = "paired" if a.paired else "required" if a.required else "assigned"
-    return (qube_text(a.qube, labels), short(a.ident, IDENT_WIDTH + 16), how + (", ro" if a.read_only else ""),
-            a.present or "absent")
+    return (
+        qube_text(a.qube, labels),
+        short(a.ident, IDENT_WIDTH + 16),
+        how + (", ro" if a.read_only else ""),
+        a.present or "absent",
+    )
 
 
 def event_cells(e: dict) -> tuple:
@@ -109,8 +125,10 @@ class DevicesScreen(CallingScreen):
         yield Header()
         yield DataTable(cursor_type="row", zebra_stripes=True, id="devices")
         yield Static("", id="device-status", markup=False)
-        yield Label("Assigned and paired (attached at each start; paired: runs only while the drive is in)",
-                    classes="section-title")
+        yield Label(
+            "Assigned and paired (attached at each start; paired: runs only while the drive is in)",
+            classes="section-title",
+        )
         yield DataTable(cursor_type="row", id="assignments")
         yield Label("Device log, newest first (UNSAFE: pulled out without eject)", classes="section-title")
         yield DataTable(cursor_type="row", id="events")
@@ -172,12 +190,15 @@ class DevicesScreen(CallingScreen):
     def redraw(self) -> None:
         view = self.view
         labels = {q.name: q.label for q in view.qubes}
-        _fill(self.query_one("#devices", DataTable),
-              [(r.device.name, device_cells(r, labels)) for r in view.devices])
-        _fill(self.query_one("#assignments", DataTable),
-              [(f"{a.qube}\0{a.ident}", assignment_cells(a, labels)) for a in view.assignments])
-        _fill(self.query_one("#events", DataTable),
-              [(str(i), event_cells(e)) for i, e in reversed(list(enumerate(view.events)))])
+        _fill(self.query_one("#devices", DataTable), [(r.device.name, device_cells(r, labels)) for r in view.devices])
+        _fill(
+            self.query_one("#assignments", DataTable),
+            [(f"{a.qube}\0{a.ident}", assignment_cells(a, labels)) for a in view.assignments],
+        )
+        _fill(
+            self.query_one("#events", DataTable),
+            [(str(i), event_cells(e)) for i, e in reversed(list(enumerate(view.events)))],
+        )
         attached = sum(1 for r in view.devices if r.attached_to)
         unsafe = sum(1 for e in view.events if e.get("unsafe"))
         parts = [f"{len(view.devices)} devices, {attached} attached"]
@@ -227,8 +248,11 @@ class DevicesScreen(CallingScreen):
     def _form(self, kind: str, row: DeviceRow, then: Callable[[DeviceRequest], None]) -> None:
         qubes = [q for q in self.view.qubes if q.running or kind != "attach"]
         if not qubes:
-            self.error("no qube is running: start one first, or assign the device (s)" if kind == "attach"
-                       else "there is no qube to give it to: create one first")
+            self.error(
+                "no qube is running: start one first, or assign the device (s)"
+                if kind == "attach"
+                else "there is no qube to give it to: create one first"
+            )
             return
 
         def answered(request: DeviceRequest | None) -> None:
@@ -244,9 +268,13 @@ class DevicesScreen(CallingScreen):
         backend = qlite_app(self).backend
 
         def attach(r: DeviceRequest) -> None:
-            self.start_call(f"attaching {row.device.name}", lambda: (
-                f"{backend.attach_device(r.qube, row.device.name, r.read_only)} attached to {r.qube}"
-                + (" read-only" if r.read_only else "")))
+            self.start_call(
+                f"attaching {row.device.name}",
+                lambda: (
+                    f"{backend.attach_device(r.qube, row.device.name, r.read_only)} attached to {r.qube}"
+                    + (" read-only" if r.read_only else "")
+                ),
+            )
 
         self._form("attach", row, attach)
 
@@ -254,8 +282,9 @@ class DevicesScreen(CallingScreen):
         row = self.selected_device()
         if row is not None:
             name = row.device.name
-            self.start_call(f"detaching {name}",
-                     lambda: f"detached {', '.join(qlite_app(self).backend.detach_device(name))}")
+            self.start_call(
+                f"detaching {name}", lambda: f"detached {', '.join(qlite_app(self).backend.detach_device(name))}"
+            )
 
     def action_assign(self) -> None:
         row = self.selected_device()
@@ -268,8 +297,9 @@ class DevicesScreen(CallingScreen):
         self._form("assign", row, assign)
 
     def _assign(self, r: DeviceRequest, paired: bool) -> str:
-        qlite_app(self).backend.assign_device(r.qube, r.ident, read_only=r.read_only, required=r.required,
-                                              paired=paired)
+        qlite_app(self).backend.assign_device(
+            r.qube, r.ident, read_only=r.read_only, required=r.required, paired=paired
+        )
         return f"{r.ident} {'paired with' if paired else 'assigned to'} {r.qube}"
 
     def action_unassign(self) -> None:
@@ -288,8 +318,10 @@ class DevicesScreen(CallingScreen):
         if row is None:
             return
         if not pair_idents(row):
-            self.error(f"{row.device.name} has no filesystem UUID and no serial, so it cannot be recognised "
-                       "when it comes back: assign it instead (s)")
+            self.error(
+                f"{row.device.name} has no filesystem UUID and no serial, so it cannot be recognised "
+                "when it comes back: assign it instead (s)"
+            )
             return
 
         def confirm(r: DeviceRequest) -> None:
@@ -297,10 +329,14 @@ class DevicesScreen(CallingScreen):
                 if yes:
                     self.start_call("pairing", lambda: self._assign(r, paired=True))
 
-            self.app.push_screen(ConfirmScreen(
-                f"Pair {r.ident} with {r.qube}? {r.qube} then runs only while this drive is in: inserting it "
-                f"starts {r.qube}, pulling it out stops {r.qube} at once, and unsaved work there is lost.",
-                "Pair"), answered)
+            self.app.push_screen(
+                ConfirmScreen(
+                    f"Pair {r.ident} with {r.qube}? {r.qube} then runs only while this drive is in: inserting it "
+                    f"starts {r.qube}, pulling it out stops {r.qube} at once, and unsaved work there is lost.",
+                    "Pair",
+                ),
+                answered,
+            )
 
         self._form("pair", row, confirm)
 

@@ -25,8 +25,17 @@ ADD_HINT = "rule: accept|drop [dsthost=…] [proto=tcp|udp|icmp] [dstports=N[-M]
 
 def rule_cells(number: int, r: Rule) -> tuple:
     expire = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.expire)) if r.expire else ""
-    return (str(number), r.action, r.dsthost or "", r.proto or "", str(r.to_json().get("dstports", "")),
-            r.specialtarget or "", "" if r.icmptype is None else str(r.icmptype), expire, r.comment or "")
+    return (
+        str(number),
+        r.action,
+        r.dsthost or "",
+        r.proto or "",
+        str(r.to_json().get("dstports", "")),
+        r.specialtarget or "",
+        "" if r.icmptype is None else str(r.icmptype),
+        expire,
+        r.comment or "",
+    )
 
 
 class FirewallScreen(Screen):
@@ -46,8 +55,7 @@ class FirewallScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Label(f"Firewall of {self.qube} (the first matching rule wins; no match drops)",
-                    classes="screen-title")
+        yield Label(f"Firewall of {self.qube} (the first matching rule wins; no match drops)", classes="screen-title")
         yield DataTable(cursor_type="row", zebra_stripes=True, id="rules")
         yield Input(placeholder=ADD_HINT, id="rule")
         yield ErrorLine(id="error")
@@ -134,8 +142,11 @@ class FirewallScreen(Screen):
                 self.change("reset")
 
         self.app.push_screen(
-            ConfirmScreen(f"Reset the firewall of {self.qube} to the single rule 'accept' (everything allowed)?",
-                          "Reset"), confirmed)
+            ConfirmScreen(
+                f"Reset the firewall of {self.qube} to the single rule 'accept' (everything allowed)?", "Reset"
+            ),
+            confirmed,
+        )
 
     def action_back(self) -> None:
         field = self.query_one("#rule", Input)

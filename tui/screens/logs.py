@@ -27,8 +27,16 @@ def rpc_cells(r: dict) -> tuple:
     service = str(r.get("service", "?")) + (f"+{r['argument']}" if r.get("argument") else "")
     target = r.get("resolved") or r.get("target") or "?"
     reason = r.get("reason") if r.get("reason") and r.get("decision") != "done" else ""
-    return (when, str(r.get("source", "?")), str(target), service, str(r.get("decision", "?")),
-            str(r.get("exit", "")), str(r.get("rule") or ""), str(reason or ""))
+    return (
+        when,
+        str(r.get("source", "?")),
+        str(target),
+        service,
+        str(r.get("decision", "?")),
+        str(r.get("exit", "")),
+        str(r.get("rule") or ""),
+        str(reason or ""),
+    )
 
 
 class LogsScreen(Screen):

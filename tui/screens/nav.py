@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from textual.binding import Binding
 
-MODES = (("1", "qubes", "Qubes"), ("2", "templates", "Templates"), ("3", "logs", "Logs"),
-         ("4", "devices", "Devices"), ("5", "aem", "AEM"))
+MODES = (
+    ("1", "qubes", "Qubes"),
+    ("2", "templates", "Templates"),
+    ("3", "logs", "Logs"),
+    ("4", "devices", "Devices"),
+    ("5", "aem", "AEM"),
+)
 
 
 def nav_bindings(current: str) -> list[Binding]:

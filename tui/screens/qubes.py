@@ -34,8 +34,15 @@ from qlite.tui.widgets.qube_table import SORTS, QubeTable
 ACTIVITY_LINES = 1000
 SMALL_HEIGHT = 30  # below it the activity log gives its lines to the qube list
 # action -> what the state column says while it runs
-BUSY_WORDS = {"start": "Starting", "shutdown": "Stopping", "kill": "Killing", "remove": "Removing",
-              "pause": "Pausing", "unpause": "Resuming", "terminal": "Starting"}
+BUSY_WORDS = {
+    "start": "Starting",
+    "shutdown": "Stopping",
+    "kill": "Killing",
+    "remove": "Removing",
+    "pause": "Pausing",
+    "unpause": "Resuming",
+    "terminal": "Starting",
+}
 
 
 class QubesScreen(Screen):
@@ -214,8 +221,9 @@ class QubesScreen(Screen):
         elif message.action == "terminal":
             self.redraw()
             row = self.snapshot.row(message.qube)
-            intro = Intro.for_qube(message.qube, row.label if row else "", "terminal",
-                                   "exit the shell to return to qlite")
+            intro = Intro.for_qube(
+                message.qube, row.label if row else "", "terminal", "exit the shell to return to qlite"
+            )
             self.interactive(f"terminal in {message.qube}", ["run", "-t", message.qube, "--", *SHELL], intro=intro)
         else:
             self.log_activity(f"{message.action} {message.qube}: done")
@@ -254,16 +262,22 @@ class QubesScreen(Screen):
         if row is None:
             return
         name = row.name
-        self._confirmed(f"Kill {name} now? Its processes stop at once and unsaved work is lost.", "Kill",
-                        lambda: self.start_call(name, "kill", lambda: qlite_app(self).backend.kill(name)))
+        self._confirmed(
+            f"Kill {name} now? Its processes stop at once and unsaved work is lost.",
+            "Kill",
+            lambda: self.start_call(name, "kill", lambda: qlite_app(self).backend.kill(name)),
+        )
 
     def action_remove(self) -> None:
         row = self.selected()
         if row is None:
             return
         name = row.name
-        self._confirmed(f"Remove {name} and its private data (/home/user, /rw)? This cannot be undone.",
-                        "Remove", lambda: self.start_call(name, "remove", lambda: qlite_app(self).backend.remove(name)))
+        self._confirmed(
+            f"Remove {name} and its private data (/home/user, /rw)? This cannot be undone.",
+            "Remove",
+            lambda: self.start_call(name, "remove", lambda: qlite_app(self).backend.remove(name)),
+        )
 
     # -- forms -----------------------------------------------------------------
 
@@ -349,8 +363,9 @@ class QubesScreen(Screen):
             return Intro.for_qube(request.qube, row.label if row else "", what)
         dvm = request.dvm or self.snapshot.default_dispvm
         row = self.snapshot.row(dvm)
-        return Intro.for_qube(f"a new disposable of {dvm or 'default_dispvm'}", row.label if row else "", what,
-                              tag="[disposable]")
+        return Intro.for_qube(
+            f"a new disposable of {dvm or 'default_dispvm'}", row.label if row else "", what, tag="[disposable]"
+        )
 
     def capture(self, title: str, args: list[str]) -> None:
         def job() -> None:

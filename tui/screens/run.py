@@ -85,8 +85,9 @@ class RunScreen(ModalScreen[RunRequest | None]):
             self.query_one("#error", ErrorLine).show("give a command to run")
             return
         dvm = str(self.query_one("#dvm", Select).value) if self.qube is None else DEFAULT_DVM
-        self.dismiss(RunRequest(argv=argv, terminal=self.query_one("#terminal", StateCheckbox).value,
-                                qube=self.qube, dvm=dvm))
+        self.dismiss(
+            RunRequest(argv=argv, terminal=self.query_one("#terminal", StateCheckbox).value, qube=self.qube, dvm=dvm)
+        )
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:

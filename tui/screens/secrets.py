@@ -70,8 +70,12 @@ class SecretScreen(ModalScreen[bool]):
         with Vertical(classes="dialog secret-dialog"):
             yield Label("Anti-evil-maid: the measurements match", classes="dialog-title")
             yield Static(shown_secret(self.secret), id="secret", markup=False)
-            yield Static("Is this your secret? If it is not, this machine is not the one you sealed it on, "
-                         "or it was tampered with: do not trust it.", classes="dialog-note", markup=False)
+            yield Static(
+                "Is this your secret? If it is not, this machine is not the one you sealed it on, "
+                "or it was tampered with: do not trust it.",
+                classes="dialog-note",
+                markup=False,
+            )
             with Horizontal(classes="buttons"):
                 if self.enforced:
                     yield Button("Yes, it is mine: let qubes start", variant="success", id="yes")

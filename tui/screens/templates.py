@@ -82,8 +82,15 @@ class TemplatesScreen(Screen):
         table.clear()
         for t in self.templates:
             rev = "(not built)" if not t.built else str(t.current_rev or "")
-            table.add_row(t.name, rev, t.image_id[:12], t.origin, ", ".join(t.users),
-                          f"{self.busy[t.name]}…" if t.name in self.busy else "", key=t.name)
+            table.add_row(
+                t.name,
+                rev,
+                t.image_id[:12],
+                t.origin,
+                ", ".join(t.users),
+                f"{self.busy[t.name]}…" if t.name in self.busy else "",
+                key=t.name,
+            )
         if self.templates:
             table.move_cursor(row=min(row, len(self.templates) - 1), animate=False)
         self.show_revisions()
@@ -141,9 +148,14 @@ class TemplatesScreen(Screen):
             if yes and self._start("revert", "reverting") is not None:
                 self.run_job(t.name, "revert")
 
-        self.app.push_screen(ConfirmScreen(
-            f"Revert {t.name} to its previous revision? Revision {t.current_rev} is discarded; "
-            "qubes use the older one from their next start.", "Revert"), confirmed)
+        self.app.push_screen(
+            ConfirmScreen(
+                f"Revert {t.name} to its previous revision? Revision {t.current_rev} is discarded; "
+                "qubes use the older one from their next start.",
+                "Revert",
+            ),
+            confirmed,
+        )
 
     def run_job(self, name: str, action: str) -> None:
         # One worker per template: exclusive within the template's group, so

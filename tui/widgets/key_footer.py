@@ -66,7 +66,7 @@ class KeyFooter(Footer):
         self._rows = pack(self._widths, self._width())
         start = 0
         for count in self._rows:
-            yield HorizontalGroup(*keys[start:start + count], classes="key-row")
+            yield HorizontalGroup(*keys[start : start + count], classes="key-row")
             start += count
 
     def on_resize(self, event: events.Resize) -> None:

@@ -22,9 +22,18 @@ if TYPE_CHECKING:
     from qlite.tui.widgets.options import WidgetOptions
 
 # (key, header), in the order shown.
-COLUMNS = (("name", "NAME"), ("state", "STATE"), ("label", "LABEL"), ("class", "CLASS"), ("mode", "MODE"),
-           ("template", "TEMPLATE"), ("netvm", "NETVM"), ("netpath", "NETPATH"), ("mem", "MEM MiB"),
-           ("cpu", "CPU"))
+COLUMNS = (
+    ("name", "NAME"),
+    ("state", "STATE"),
+    ("label", "LABEL"),
+    ("class", "CLASS"),
+    ("mode", "MODE"),
+    ("template", "TEMPLATE"),
+    ("netvm", "NETVM"),
+    ("netpath", "NETPATH"),
+    ("mem", "MEM MiB"),
+    ("cpu", "CPU"),
+)
 ESSENTIAL = ("name", "state", "label", "netvm", "mem", "cpu")
 DROP_FIRST = ("netpath", "mode", "class", "template")  # what goes first when the table is too narrow
 STATE_STYLES = {"Running": "bold green", "Paused": "yellow", "Transient": "yellow", "Halted": "dim"}
@@ -46,8 +55,7 @@ def matches(row: QubeRow, text: str) -> bool:
     """Case-insensitive substring match on every shown word."""
     if not text:
         return True
-    words = (row.name, row.state, row.klass, row.label, row.template or "", row.netvm or "", row.mode,
-             row.netpath)
+    words = (row.name, row.state, row.klass, row.label, row.template or "", row.netvm or "", row.mode, row.netpath)
     needle = text.lower()
     return any(needle in w.lower() for w in words)
 

@@ -22,11 +22,11 @@ class QubeFacts:
     """What policy needs to know about one qube."""
 
     name: str
-    klass: str                    # AppVM | TemplateVM | DispVM | StandaloneVM
+    klass: str  # AppVM | TemplateVM | DispVM | StandaloneVM
     tags: frozenset[str] = frozenset()
     default_dispvm: str | None = None
     template_for_dispvms: bool = False
-    uuid: str = ""                # the qube's identity; policy itself goes by names, as Qubes' does
+    uuid: str = ""  # the qube's identity; policy itself goes by names, as Qubes' does
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", frozenset(self.tags))
@@ -68,9 +68,9 @@ class Request:
     """One call: SOURCE asks for SERVICE+ARGUMENT in TARGET."""
 
     service: str
-    argument: str                 # "" if none; without the '+'
+    argument: str  # "" if none; without the '+'
     source: str
-    target: str                   # as the caller gave it; "@default" when none
+    target: str  # as the caller gave it; "@default" when none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,13 +78,13 @@ class Resolution:
     """The policy's answer to one request."""
 
     action: Action
-    target: str | None            # allow: "work", "dom0" or "@dispvm:NAME"; ask: default_target if any; deny: None
-    choices: tuple[str, ...]      # ask: the targets the user may choose from (sorted); else ()
+    target: str | None  # allow: "work", "dom0" or "@dispvm:NAME"; ask: default_target if any; deny: None
+    choices: tuple[str, ...]  # ask: the targets the user may choose from (sorted); else ()
     user: str | None
     notify: bool
     autostart: bool
-    rule: Rule | None             # the matching rule (None: no match, broken policy or invalid request)
-    reason: str                   # one line for the audit log
+    rule: Rule | None  # the matching rule (None: no match, broken policy or invalid request)
+    reason: str  # one line for the audit log
 
 
 class _Denied(Exception):
@@ -97,8 +97,9 @@ def _show(text: str) -> str:
 
 
 def _deny(reason: str, rule: Rule | None = None) -> Resolution:
-    return Resolution(action="deny", target=None, choices=(), user=None, notify=True, autostart=False,
-                      rule=rule, reason=reason)
+    return Resolution(
+        action="deny", target=None, choices=(), user=None, notify=True, autostart=False, rule=rule, reason=reason
+    )
 
 
 class _Call:
@@ -152,8 +153,7 @@ class _Call:
                 return facts is not None and token.matches_template(facts)
             case tokens.DispVMName():
                 # @dispvm:NAME also matches a plain @dispvm whose base is NAME.
-                return token == intended or (
-                    isinstance(intended, tokens.DispVM) and self.default_dispvm == token.base)
+                return token == intended or (isinstance(intended, tokens.DispVM) and self.default_dispvm == token.base)
             case tokens.Tag() | tokens.QubeType():
                 facts = self.system.qubes.get(intended.name) if isinstance(intended, tokens.QubeName) else None
                 return facts is not None and token.matches(facts)
@@ -280,7 +280,8 @@ def evaluate(policy: Policy, system: System, request: Request) -> Resolution:
     rule = call.first_match(policy, intended)
     if rule is None:
         return _deny(
-            f"denied: no rule matches {_call_name(request)} from {request.source} to {request.target or '@default'}")
+            f"denied: no rule matches {_call_name(request)} from {request.source} to {request.target or '@default'}"
+        )
     try:
         return _apply(rule, policy, call, intended)
     except _Denied as err:
@@ -302,8 +303,16 @@ def _yes(rule: Rule, key: str, default: bool) -> bool:
 def _apply(rule: Rule, policy: Policy, call: _Call, intended: CallTarget) -> Resolution:
     where = rule.location
     if rule.action == "deny":
-        return Resolution(action="deny", target=None, choices=(), user=None, notify=_yes(rule, "notify", True),
-                          autostart=False, rule=rule, reason=f"denied by policy {where}")
+        return Resolution(
+            action="deny",
+            target=None,
+            choices=(),
+            user=None,
+            notify=_yes(rule, "notify", True),
+            autostart=False,
+            rule=rule,
+            reason=f"denied by policy {where}",
+        )
     user = rule.params.get("user")
     notify = _yes(rule, "notify", False)
     autostart = _yes(rule, "autostart", True)
@@ -311,8 +320,16 @@ def _apply(rule: Rule, policy: Policy, call: _Call, intended: CallTarget) -> Res
         target = _not_loopback(call, call.resolve(intended if rule.redirect is None else rule.redirect))
         if not autostart and isinstance(target, tokens.DispVMName):
             raise _Denied("autostart=no, but a disposable has to be started")
-        return Resolution(action="allow", target=str(target), choices=(), user=user, notify=notify,
-                          autostart=autostart, rule=rule, reason=f"allowed by policy {where}")
+        return Resolution(
+            action="allow",
+            target=str(target),
+            choices=(),
+            user=user,
+            notify=notify,
+            autostart=autostart,
+            rule=rule,
+            reason=f"allowed by policy {where}",
+        )
     if rule.redirect is not None:
         choices = {_not_loopback(call, call.resolve(rule.redirect))}
     else:
@@ -324,8 +341,16 @@ def _apply(rule: Rule, policy: Policy, call: _Call, intended: CallTarget) -> Res
     if not choices:
         raise _Denied("ask, but there is no target to choose from")
     default = _default_target(call, rule, choices)
-    return Resolution(action="ask", target=default, choices=tuple(sorted(map(str, choices))), user=user,
-                      notify=notify, autostart=autostart, rule=rule, reason=f"ask by policy {where}")
+    return Resolution(
+        action="ask",
+        target=default,
+        choices=tuple(sorted(map(str, choices))),
+        user=user,
+        notify=notify,
+        autostart=autostart,
+        rule=rule,
+        reason=f"ask by policy {where}",
+    )
 
 
 def _default_target(call: _Call, rule: Rule, choices: set[Concrete]) -> str | None:
@@ -356,5 +381,6 @@ def answer_ask(resolution: Resolution, chosen: str, system: System) -> Resolutio
     elif chosen != DOM0 and chosen not in system.qubes:
         raise AccessDenied(f"qube {chosen} no longer exists")
     where = resolution.rule.location if resolution.rule else "?"
-    return replace(resolution, action="allow", target=chosen, choices=(),
-                   reason=f"allowed by the user (asked by policy {where})")
+    return replace(
+        resolution, action="allow", target=chosen, choices=(), reason=f"allowed by the user (asked by policy {where})"
+    )

@@ -27,11 +27,13 @@ IncludeLoader = Callable[[str], tuple[str, str]]
 Action = Literal["allow", "deny", "ask"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
 # Which parameters each action takes, after qrexec's Allow/Deny/Ask.
-PARAMS: Mapping[str, frozenset[str]] = MappingProxyType({
-    "allow": frozenset({"target", "user", "notify", "autostart"}),
-    "deny": frozenset({"notify"}),
-    "ask": frozenset({"target", "default_target", "user", "notify", "autostart"}),
-})
+PARAMS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "allow": frozenset({"target", "user", "notify", "autostart"}),
+        "deny": frozenset({"notify"}),
+        "ask": frozenset({"target", "default_target", "user", "notify", "autostart"}),
+    }
+)
 ALL_PARAMS = frozenset().union(*PARAMS.values())
 YES_NO = ("yes", "no")
 MAX_INCLUDE_DEPTH = 16
@@ -46,8 +48,8 @@ def _one_line(text: str) -> str:
 class Rule:
     """One policy line, as written, with where it was written."""
 
-    service: str            # "*" or a service name
-    argument: str | None    # None: any ("*"); "": empty ("+"); "x": "+x"
+    service: str  # "*" or a service name
+    argument: str | None  # None: any ("*"); "": empty ("+"); "x": "+x"
     source: tokens.SourceToken  # str() gives it back as written
     target: tokens.TargetToken
     action: Action
@@ -80,7 +82,7 @@ class Policy:
     """A loaded policy. When ``error`` is set the rules are empty and every call is denied."""
 
     rules: tuple[Rule, ...]
-    error: str | None = None     # "file:line: message"
+    error: str | None = None  # "file:line: message"
 
 
 class _LineError(Exception):
@@ -118,8 +120,9 @@ class _Parser:
             raise PolicySyntaxError(text)
         self.errors.append(text)
 
-    def parse(self, text: str, filename: str, stack: tuple[str, ...],
-              scope: tuple[str, str | None] | None = None) -> None:
+    def parse(
+        self, text: str, filename: str, stack: tuple[str, ...], scope: tuple[str, str | None] | None = None
+    ) -> None:
         """Parse TEXT. SCOPE is (service, argument) for a !include-service file (4.0 format)."""
         # Only '\n' ends a line, so line numbers are the ones an editor shows.
         for lineno, raw in enumerate(text.split("\n"), start=1):
@@ -136,8 +139,9 @@ class _Parser:
             except _LineError as err:
                 self.fail(filename, lineno, str(err))
 
-    def _directive(self, line: str, filename: str, lineno: int, stack: tuple[str, ...],
-                   scope: tuple[str, str | None] | None) -> None:
+    def _directive(
+        self, line: str, filename: str, lineno: int, stack: tuple[str, ...], scope: tuple[str, str | None] | None
+    ) -> None:
         directive, *args = line.split()
         if scope is not None:
             if directive != "!include":
@@ -168,13 +172,12 @@ class _Parser:
         except (OSError, ValueError, QliteError) as err:
             raise _LineError(f"cannot read {path}: {_why(err)}") from None
 
-    def _include(self, path: str, filename: str, stack: tuple[str, ...],
-                 scope: tuple[str, str | None] | None) -> None:
+    def _include(self, path: str, filename: str, stack: tuple[str, ...], scope: tuple[str, str | None] | None) -> None:
         if len(stack) > MAX_INCLUDE_DEPTH:
             raise _LineError(f"includes nest deeper than {MAX_INCLUDE_DEPTH} files")
         text, resolved = self._load(_resolve(path, filename))
         if resolved in stack:
-            loop = " -> ".join((*stack[stack.index(resolved):], resolved))
+            loop = " -> ".join((*stack[stack.index(resolved) :], resolved))
             raise _LineError(f"include loop: {loop}")
         self.parse(text, resolved, (*stack, resolved), scope)
 
@@ -215,7 +218,8 @@ def _rule(line: str, filename: str, lineno: int, scope: tuple[str, str | None] |
     if scope is None:
         if len(words) < 5:
             raise _LineError(
-                f"expected SERVICE +ARGUMENT SOURCE TARGET ACTION [PARAM=VALUE ...], got {len(words)} words")
+                f"expected SERVICE +ARGUMENT SOURCE TARGET ACTION [PARAM=VALUE ...], got {len(words)} words"
+            )
         service, argument, source, target, action, *params = words
         problem = tokens.service_problem(service) or tokens.argument_problem(service, argument)
         if problem:
@@ -345,8 +349,10 @@ def unknown_qubes(rules: Sequence[Rule], known: set[str]) -> list[str]:
         words = (rule.source, rule.target, rule.redirect, rule.default_redirect)
         for name in dict.fromkeys(n for n in map(tokens.named_qube, words) if n):
             if name not in known:
-                warnings.append(f"{rule.location}: names qube {_one_line(name)!r}, which does not exist; "
-                                "a qube created under that name would be covered by this rule")
+                warnings.append(
+                    f"{rule.location}: names qube {_one_line(name)!r}, which does not exist; "
+                    "a qube created under that name would be covered by this rule"
+                )
     return warnings
 
 

@@ -49,6 +49,7 @@ class QubeTraits(Protocol):
 
 # -- the token kinds ---------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class QubeName:
     """A qube, by its name."""
@@ -66,7 +67,7 @@ class QubeName:
 class Dom0:
     """The host, spelled 'dom0' or '@adminvm'; both mean the same."""
 
-    text: str = DOM0   # kept only so that str() gives back what was written
+    text: str = DOM0  # kept only so that str() gives back what was written
 
     def __str__(self) -> str:
         return self.text
@@ -196,7 +197,11 @@ Concrete: TypeAlias = QubeName | Dom0 | DispVMName
 _KEYWORDS: dict[str, Token] = {"@anyvm": AnyVM(), WILDCARD: Wildcard(), "@default": Default(), "@dispvm": DispVM()}
 # Longest prefix first: '@dispvm:@tag:' also starts with '@dispvm:'.
 _PREFIXED: tuple[type[DispVMTag] | type[DispVMName] | type[Tag] | type[QubeType], ...] = (
-    DispVMTag, DispVMName, Tag, QubeType)
+    DispVMTag,
+    DispVMName,
+    Tag,
+    QubeType,
+)
 
 
 def _tag_ok(tag: str) -> bool:
@@ -206,6 +211,7 @@ def _tag_ok(tag: str) -> bool:
 
 
 # -- parsing -----------------------------------------------------------------------
+
 
 class InvalidToken(PolicySyntaxError):
     """A word that is no qube token. The message says why; ``kind`` is the
@@ -228,7 +234,7 @@ def parse_word(word: str) -> Token:
         return keyword
     for kind in _PREFIXED:
         if word.startswith(kind.PREFIX):
-            rest = word[len(kind.PREFIX):]
+            rest = word[len(kind.PREFIX) :]
             if not kind.accepts(rest):
                 raise InvalidToken(kind.HINT, kind)
             return kind(rest)
@@ -280,6 +286,7 @@ def named_qube(token: Token | None) -> str | None:
 
 
 # -- services and arguments ------------------------------------------------------
+
 
 def service_problem(service: str) -> str | None:
     if service == WILDCARD or SERVICE_RE.fullmatch(service):
