@@ -26,6 +26,18 @@ def test_ruff_is_clean():
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
 
+def test_the_code_is_as_ruff_format_writes_it():
+    ruff = Path(sys.executable).with_name("ruff")
+    done = subprocess.run(
+        [str(ruff), "format", "--check", "--no-cache", "qlite", "tests", "tui", "bench"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, "run: ruff format qlite tests tui bench\n" + done.stdout[-4000:] + done.stderr[-2000:]
+
+
 LOCAL_IMPORT_NOQA = re.compile(r"#\s*noqa:[^#]*\bPLC0415\b")
 WITH_REASON = re.compile(r"#\s*noqa: PLC0415 - \S")
 
