@@ -1,11 +1,12 @@
 """Every qlite benchmark in one run, against baselines of the same run.
 
-In one bench home: disposable latency, idle density, RPC call latency,
-split GPG signing and ``qlite ls`` with many qubes, each against a baseline
-measured in the same run on the same machine.
+In one bench home: disposable latency, idle density, RPC call latency, a
+command in a running qube, split GPG signing and ``qlite ls`` with many
+qubes, each against a baseline measured in the same run on the same machine.
 
 Run as root:  .venv/bin/python bench/suite.py [--runs N] [--density N]
-              [--rpc-runs N] [--gpg-runs N] [--ls-qubes N] [--ls-runs N]
+              [--rpc-runs N] [--run-runs N] [--gpg-runs N] [--ls-qubes N]
+              [--ls-runs N]
               [--workers N] [--json OUT]
 
 It writes a table to stdout, the results to bench/results/suite.json (or
@@ -34,10 +35,15 @@ It writes a table to stdout, the results to bench/results/suite.json (or
    in neither. Every timed call must exit 0 and echo its input exactly, and
    the broker's log must show them as allowed by the bench's rule and done
    with exit 0, so a broken path cannot pass as a fast one.
-4. Split GPG signing (bench/splitgpg.py): ``qlite-gpg -bsa`` in the client
+4. A command in a running qube, timed from the host (p50 and p95 over
+   --run-runs interleaved rounds after one warm-up): ``qlite run
+   bench-rpc-b -- true``, against ``podman exec`` (qlite's containers.conf,
+   so qlite-runsc) and ``runsc exec`` with the sandbox's own --root, both
+   into the very same container. runsc exec is gVisor alone, the floor.
+5. Split GPG signing (bench/splitgpg.py): ``qlite-gpg -bsa`` in the client
    through the vault, against gpg in the vault, both timed inside the
    qube; every signature is verified afterwards.
-5. ``qlite ls`` and ``qlite ls --json`` (p50 and p95 over --ls-runs runs
+6. ``qlite ls`` and ``qlite ls --json`` (p50 and p95 over --ls-runs runs
    each) with the bench's own few qubes, then again after --ls-qubes more
    halted app qubes are defined (``qlite create NAME --label gray --netvm
    none``, --workers at a time). The first is the baseline: the ratio is
@@ -58,6 +64,7 @@ label that nothing is left.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -206,6 +213,54 @@ def measure_rpc(home: BenchHome, runs: int) -> dict:
 
 
 # --------------------------------------------------------------------------
+# A command in a running qube
+
+
+def runsc_root_of(pid: int) -> str:
+    """The --root that the runsc process PID (a running container's
+    sandbox, started by podman through qlite's wrapper) was given: where
+    runsc exec finds the container."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError as exc:
+        raise BenchError(f"cannot read the sandbox's command line: {exc}") from None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--root="):
+            return arg.removeprefix("--root=")
+        if arg == "--root" and i + 1 < len(argv):
+            return argv[i + 1]
+    raise BenchError(f"the sandbox (pid {pid}) was started without --root: {argv[:4]}")
+
+
+def running_cases(home: BenchHome, runsc: str) -> list[disposable.Case]:
+    """`qlite run` into the running RPC_TARGET, and the same `true` through
+    podman exec and runsc exec into the very same container."""
+    container = f"qlite-{home.hash}-{RPC_TARGET}"
+    info = json.loads(home.podman("inspect", "--type", "container", container).stdout)[0]
+    if info["State"]["Status"] != "running":
+        raise BenchError(f"{container} is {info['State']['Status']}, not running")
+    root = runsc_root_of(int(info["State"]["Pid"]))
+    return [
+        disposable.Case(
+            "run_running",
+            f"qlite run {RPC_TARGET} -- true (running)",
+            (*QLITE, "run", RPC_TARGET, "--", "true"),
+            home.env,
+        ),
+        disposable.Case(
+            "podman_exec", "podman exec, qlite-runsc", ("podman", "exec", container, "true"), home.podman_env
+        ),
+        disposable.Case("runsc_exec", "runsc exec", (runsc, f"--root={root}", "exec", info["Id"], "true"), home.env),
+    ]
+
+
+def measure_running(home: BenchHome, runsc: str, runs: int) -> dict:
+    cases = running_cases(home, runsc)
+    samples = disposable.measure_latency(cases, runs, home.path)
+    return {"cases": cases, "samples": samples}
+
+
+# --------------------------------------------------------------------------
 # Split GPG
 
 
@@ -280,12 +335,13 @@ def build_result(
     lat_cases: list,
     memory: dict,
     rpc: dict,
+    running: dict,
     gpg: dict,
     ls: dict,
 ) -> dict:
     per_qube = memory["per_qube"]
     pss = [q["gvisor_pss_mib"] for q in per_qube.values()]
-    rs, gs, ls_s = rpc["samples"], gpg["samples"], ls["samples"]
+    rs, gs, ls_s, run_s = rpc["samples"], gpg["samples"], ls["samples"], running["samples"]
     r = {
         **pair(lat["a"], "cold"),
         **pair(lat["b"], "cold_offline"),
@@ -295,6 +351,9 @@ def build_result(
         **pair(lat["d"], "runsc_do"),
         **pair(rs["rpc"], "rpc_call"),
         **pair(rs["rpc_local"], "rpc_local"),
+        **pair(run_s["run_running"], "run_running"),
+        **pair(run_s["podman_exec"], "podman_exec"),
+        **pair(run_s["runsc_exec"], "runsc_exec"),
         **pair(gs["a"], "gpg_split_sign"),
         **pair(gs["b"], "gpg_local_sign"),
         **pair(ls_s["ls_base"], "ls_base"),
@@ -311,6 +370,8 @@ def build_result(
         "ratio_podman_run_to_runsc_do_p50": r["podman_run_p50_s"] / r["runsc_do_p50_s"],
         "ratio_rpc_call_to_local_p50": r["rpc_call_p50_s"] / r["rpc_local_p50_s"],
         "rpc_call_minus_local_p50_s": r["rpc_call_p50_s"] - r["rpc_local_p50_s"],
+        "ratio_run_running_to_podman_exec_p50": r["run_running_p50_s"] / r["podman_exec_p50_s"],
+        "ratio_run_running_to_runsc_exec_p50": r["run_running_p50_s"] / r["runsc_exec_p50_s"],
         "ratio_gpg_split_to_local_p50": r["gpg_split_sign_p50_s"] / r["gpg_local_sign_p50_s"],
         "ratio_ls_to_base_p50": r["ls_p50_s"] / r["ls_base_p50_s"],
         "ratio_ls_json_to_base_p50": r["ls_json_p50_s"] / r["ls_json_base_p50_s"],
@@ -326,6 +387,7 @@ def build_result(
         "ls_qubes_defined": ls["qubes_after"],
         "runs": args.runs,
         "rpc_runs": args.rpc_runs,
+        "run_runs": args.run_runs,
         "gpg_runs": args.gpg_runs,
         "ls_runs": args.ls_runs,
         "workers": args.workers,
@@ -343,6 +405,7 @@ def build_result(
                 c.key: {"label": c.label, "qube": c.qube, "argv": list(c.argv), "timed": "inside the qube"}
                 for c in rpc["cases"]
             },
+            **{c.key: {"label": c.label, "argv": list(c.argv), "timed": "from the host"} for c in running["cases"]},
             **{
                 f"gpg_{c.key}": {"label": c.label, "qube": c.qube, "argv": list(c.argv), "timed": "inside the qube"}
                 for c in gpg["cases"]
@@ -351,6 +414,7 @@ def build_result(
         "samples_s": {
             **{f"disposable_{k}": v for k, v in lat.items()},
             **rs,
+            **run_s,
             **{f"gpg_{k}": v for k, v in gs.items()},
             **ls_s,
         },
@@ -390,6 +454,10 @@ def table_rows(r: dict) -> list[tuple[str, str, str | None, str | None, str | No
             "rpc_local",
             f"{p['qubes_rpc_call_ms']} ms",
         ),
+        (f"qlite run {RPC_TARGET} -- true (running)", "run_running", "podman exec", "podman_exec", None),
+        ("  the same", "run_running", "runsc exec", "runsc_exec", None),
+        ("podman exec, qlite-runsc", "podman_exec", "runsc exec", "runsc_exec", None),
+        ("runsc exec", "runsc_exec", None, None, None),
         ("split GPG sign, qlite-gpg (in qube)", "gpg_split_sign", "gpg in the vault", "gpg_local_sign", None),
         (f"qlite ls, {n} qubes", "ls", f"qlite ls, {b} qubes", "ls_base", None),
         (f"qlite ls --json, {n} qubes", "ls_json", f"qlite ls --json, {b} qubes", "ls_json_base", None),
@@ -457,6 +525,9 @@ def plot_rows(r: dict) -> list[tuple[str, str, bool]]:
         ("runsc --network=none do true", "runsc_do", True),
         ("qlite RPC call (in qube)", "rpc_call", False),
         ("RPC: same command, local", "rpc_local", True),
+        ("qlite run, running qube", "run_running", False),
+        ("podman exec, running container", "podman_exec", True),
+        ("runsc exec, running container", "runsc_exec", True),
         ("qlite split GPG sign (in qube)", "gpg_split_sign", False),
         ("gpg in the vault", "gpg_local_sign", True),
         (f"qlite ls, {n} qubes", "ls", False),
@@ -551,6 +622,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=30, help="timed runs per disposable case (default 30)")
     parser.add_argument("--density", type=int, default=50, help="idle app qubes to start (default 50)")
     parser.add_argument("--rpc-runs", type=int, default=50, help="timed RPC calls and local runs (default 50)")
+    parser.add_argument(
+        "--run-runs", type=int, default=30, help="timed commands in a running qube, per case (default 30)"
+    )
     parser.add_argument("--gpg-runs", type=int, default=30, help="timed signatures per case (default 30)")
     parser.add_argument("--ls-qubes", type=int, default=200, help="halted qubes to define for qlite ls (default 200)")
     parser.add_argument("--ls-runs", type=int, default=10, help="timed runs of each qlite ls (default 10)")
@@ -567,8 +641,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"write results here, and the plot next to it as .png (default {DEFAULT_JSON})",
     )
     args = parser.parse_args(argv)
-    if min(args.runs, args.rpc_runs, args.gpg_runs, args.ls_runs) < 2:
-        parser.error("--runs, --rpc-runs, --gpg-runs and --ls-runs must be at least 2")
+    if min(args.runs, args.rpc_runs, args.run_runs, args.gpg_runs, args.ls_runs) < 2:
+        parser.error("--runs, --rpc-runs, --run-runs, --gpg-runs and --ls-runs must be at least 2")
     if min(args.density, args.ls_qubes, args.workers) < 1:
         parser.error("--density, --ls-qubes and --workers must be at least 1")
     warn_if_few_runs(min(args.runs, args.rpc_runs, args.gpg_runs))
@@ -593,13 +667,15 @@ def run_bench(home: BenchHome, args: argparse.Namespace) -> dict:
     remove_bulk(home, disposable.idle_names(args.density))
     stage(f"3. RPC call latency, {args.rpc_runs} calls")
     rpc = measure_rpc(home, args.rpc_runs)
-    stage(f"4. split GPG signing, {args.gpg_runs} signatures")
+    stage(f"4. a command in a running qube, {args.run_runs} rounds")
+    running = measure_running(home, setup.probe["runsc"], args.run_runs)
+    stage(f"5. split GPG signing, {args.gpg_runs} signatures")
     gpg = measure_gpg(home, args.gpg_runs)
-    stage(f"5. qlite ls with {args.ls_qubes} more qubes")
+    stage(f"6. qlite ls with {args.ls_qubes} more qubes")
     ls = measure_ls(home, args.ls_qubes, args.ls_runs)
     stage("done measuring")
     facts = host_facts(home, setup.probe, netpath=setup.netpath, **splitgpg.key_facts(home, gpg["fpr"]))
-    return build_result(args, facts, lat, lat_cases, memory, rpc, gpg, ls)
+    return build_result(args, facts, lat, lat_cases, memory, rpc, running, gpg, ls)
 
 
 def main(argv: list[str] | None = None) -> int:
