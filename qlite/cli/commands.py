@@ -736,8 +736,7 @@ def _with_rule(reason: str, rule: str | None) -> str:
 
 
 def _policy_lint(args: argparse.Namespace) -> Lines:
-    from qlite.rpc.broker import policy_dirs  # noqa: PLC0415 - the broker costs ~30 ms; only policy needs it
-    from qlite.rpc.policy import lint, load_policy, unknown_qubes  # noqa: PLC0415 - only policy needs it (~13 ms)
+    from qlite.rpc.policy import lint, load_policy, policy_dirs, unknown_qubes  # noqa: PLC0415 - only policy needs it
 
     ctx = _given(args)
     dirs = policy_dirs(ctx.paths)

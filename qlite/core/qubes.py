@@ -60,6 +60,7 @@ from qlite.gpg.policyfile import forget_qube
 from qlite.state.owners import current_owner
 
 if TYPE_CHECKING:  # the rooms load when a qube first needs them (they import this module)
+    from qlite.core.templates import TemplateManager
     from qlite.devices.manager import DeviceManager
     from qlite.net.manager import NetPlan, NetworkManager
     from qlite.vm.runner import VmRunner
@@ -117,6 +118,12 @@ class QubeManager:
         from qlite.vm.runner import VmRunner  # noqa: PLC0415 - ~12 ms; only VM qubes need it
 
         return VmRunner(self.ctx, self)
+
+    @cached_property
+    def templates(self) -> TemplateManager:
+        from qlite.core.templates import TemplateManager  # noqa: PLC0415 - ~8 ms; features, tags, prefs do without
+
+        return TemplateManager(self.ctx)
 
     @cached_property
     def container(self) -> ContainerRuntime:
@@ -215,9 +222,7 @@ class QubeManager:
         return self.exists(name) and self.get(name).netvm_raw is None
 
     def check_template(self, name: str) -> str:
-        from qlite.core.templates import TemplateManager  # noqa: PLC0415 - ~8 ms; many qube commands never need it
-
-        TemplateManager(self.ctx).current_image(name)
+        self.templates.current_image(name)
         return name
 
     def check_dispvm(self, name: str) -> str:
@@ -262,8 +267,6 @@ class QubeManager:
     def infos(self, containers: dict[str, ContainerInfo] | None = None) -> list[QubeInfo]:
         """Every qube and template, templates first: what ``qlite ls`` and
         the TUI list show."""
-        from qlite.core.templates import TemplateManager  # noqa: PLC0415 - ~8 ms; many qube commands never need it
-
         containers = self.containers() if containers is None else containers
         rows = [self.info(q, containers) for q in self.list()]
         rows += [
@@ -283,7 +286,7 @@ class QubeManager:
                 tags=[],
                 revision=t.current_rev,
             )
-            for t in TemplateManager(self.ctx).list()
+            for t in self.templates.list()
         ]
         rows.sort(key=lambda r: (r.klass != "TemplateVM", r.name))
         return rows
@@ -486,9 +489,8 @@ class QubeManager:
         """With anti-evil-maid enforced, nothing starts before this boot's
         measurements were verified and confirmed."""
         from qlite.aem.manager import AemManager  # noqa: PLC0415 - ~3 ms (TPM code); only a start needs it
-        from qlite.core.templates import TemplateManager  # noqa: PLC0415 - ~8 ms; many qube commands never need it
 
-        AemManager(self.ctx, TemplateManager(self.ctx)).check_start(name)
+        AemManager(self.ctx, self.templates).check_start(name)
 
     def rpc_dir(self, q: Qube) -> Path:
         """Q's RPC directory on the host (created if missing)."""
@@ -543,14 +545,12 @@ class QubeManager:
 
     def image_for(self, q: Qube) -> str:
         """The image a qube starts from: its template's current revision."""
-        from qlite.core.templates import TemplateManager  # noqa: PLC0415 - ~8 ms; many qube commands never need it
-
         template = q.template
         if q.is_disposable and template and self.exists(template):
             template = self.get(template).template
         if not template:
             raise StateError(f"qube {q.name!r} has no template")
-        return TemplateManager(self.ctx).verified_image(template)
+        return self.templates.verified_image(template)
 
     def net_depth(self, q: Qube) -> int:
         """How many gateway qubes stand between Q and the host (0 for a loop,

@@ -32,7 +32,18 @@ from qlite.host.clock import SYSTEM_CLOCK
 from qlite.paths import Paths
 from qlite.rpc import audit, wire
 from qlite.rpc.asks import Approvals, AskQueue, TooManyAsks
-from qlite.rpc.policy import Policy, QubeFacts, Request, Resolution, System, answer_ask, evaluate, load_policy, tokens
+from qlite.rpc.policy import (
+    Policy,
+    QubeFacts,
+    Request,
+    Resolution,
+    System,
+    answer_ask,
+    evaluate,
+    load_policy,
+    policy_dirs,
+    tokens,
+)
 from qlite.state.qubes import Features
 
 DISPATCH = "/usr/lib/qlite/qubes-rpc-dispatch"
@@ -61,11 +72,6 @@ def autoaccept_window(ctx: Context, source: str, service: str) -> float:
         return max(0.0, float(text))
     except ValueError:
         return 0.0
-
-
-def policy_dirs(paths: Paths) -> list[Path]:
-    """Shipped first; the admin's files replace same-named shipped ones."""
-    return [paths.shipped_policy_dir, paths.policy_dir]
 
 
 def system_snapshot(qm: PolicyFacts) -> System:

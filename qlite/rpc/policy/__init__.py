@@ -8,6 +8,7 @@ policy files. The broker loads a ``Policy`` with ``load_policy`` and asks
 from __future__ import annotations
 
 from qlite.rpc.policy.evaluate import QubeFacts, Request, Resolution, System, answer_ask, evaluate
+from qlite.rpc.policy.files import policy_dirs
 from qlite.rpc.policy.parser import Policy, Rule, lint, load_policy, parse_policy, unknown_qubes
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "lint",
     "load_policy",
     "parse_policy",
+    "policy_dirs",
     "unknown_qubes",
 ]

@@ -10,12 +10,23 @@ import os
 import re
 import stat
 from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qlite.paths import Paths
 
 POLICY_SUFFIX = ".policy"
 # Qubes' rule: digits, lowercase latin letters, '_', '.' and '-' only, so
 # that `ls` in any locale lists the files in the order they are read.
 FILE_NAME_RE = re.compile(r"[0-9a-z_.-]+\.policy")
 MAX_POLICY_BYTES = 1024 * 1024
+
+
+def policy_dirs(paths: Paths) -> list[Path]:
+    """Where policy files are read from, in order: shipped first; the
+    admin's files replace same-named shipped ones."""
+    return [paths.shipped_policy_dir, paths.policy_dir]
 
 
 def is_policy_candidate(name: str) -> bool:
