@@ -103,6 +103,23 @@ class QubeAdmin(QubeAccess, Protocol):
     def run(self, name: str, argv: list[str], stdio: Stdio) -> int: ...
 
 
+class NetQubes(Protocol):
+    """What the network room asks of the lifecycle: qubes, the chain of
+    gateways behind each, and a gateway running when a client needs it."""
+
+    def get(self, name: str) -> Qube: ...
+
+    def resolved_netvm(self, q: Qube) -> str | None: ...
+
+    def netvm_chain(self, q: Qube, default_netvm: str | None = None) -> list[str]: ...
+
+    def ensure_running(self, q: Qube) -> ContainerInfo: ...
+
+    # Last in the class: a method named "list" would shadow the builtin in
+    # the annotations of every method after it.
+    def list(self) -> list[Qube]: ...
+
+
 class PolicyFacts(Protocol):
     """The facts RPC policy is evaluated on: every qube, and the disposable
     template each one's calls default to (all that 'qlite policy eval' needs)."""

@@ -28,19 +28,16 @@ import json
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from qlite.domain.context import Context
 from qlite.domain.model import HOST_UPLINK, Qube
+from qlite.domain.ports import NetQubes
 from qlite.domain.spec import container_name, engine_labels, network_name
 from qlite.engines.base import ContainerInfo, NetworkInfo
 from qlite.errors import EngineError, InvalidValue, NotFound, QliteError, StateError
 from qlite.net import nft
 from qlite.net.firewall import DEFAULT_RULES, Rule, rule_from_json, shadowed_by
 from qlite.progress import file_lock
-
-if TYPE_CHECKING:  # annotation only: the manager that owns this one (it imports us)
-    from qlite.core.qubes import QubeManager
 
 GATEWAY_TABLE = "qlite-gw"
 DNS_FEATURE = "net.dns-servers"
@@ -89,7 +86,7 @@ class NetPlan:
 
 
 class NetworkManager:
-    def __init__(self, ctx: Context, qubes: QubeManager, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, ctx: Context, qubes: NetQubes, warn: Callable[[str], None] | None = None) -> None:
         self.ctx = ctx
         self.qubes = qubes
         self.hh = ctx.home_hash
@@ -166,7 +163,7 @@ class NetworkManager:
         return {n.labels.get("qlite.qube", ""): n for n in found}
 
     def dns_override(self, q: Qube) -> tuple[str, ...]:
-        text = self.qubes.features.all(q.name).get(DNS_FEATURE, "")
+        text = self.ctx.qube_store.features.all(q.name).get(DNS_FEATURE, "")
         return parse_dns_servers(text) if text else ()
 
     # -- preparing a qube's network ----------------------------------------------
