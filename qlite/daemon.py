@@ -25,6 +25,7 @@ from qlite.domain.context import Context
 from qlite.errors import QliteError
 from qlite.paths import Paths
 from qlite.rpc.broker import DEFAULT_ASK_TIMEOUT_S, Broker
+from qlite.served import server as fork_server
 
 
 def log(message: str) -> None:
@@ -104,6 +105,8 @@ def run(paths: Paths) -> int:
         log("another qlite daemon already runs for this home")
         return 1
     paths.daemon_pidfile.write_text(str(os.getpid()))
+    # Forked before any thread starts; it must not keep our lock.
+    served = fork_server.start(paths, close=(lock,))
     broker = Broker(paths, Lifecycle, ask_timeout=ask_timeout(), log=log)
 
     def stop(_signum: int, _frame: object) -> None:
@@ -132,6 +135,7 @@ def run(paths: Paths) -> int:
     try:
         broker.serve()
     finally:
+        fork_server.stop(paths, served)
         with contextlib.suppress(OSError):
             paths.daemon_pidfile.unlink()
         os.close(lock)

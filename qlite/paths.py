@@ -114,6 +114,11 @@ class Paths:
     def admin_sock(self) -> Path:
         return self.run_dir / "admin.sock"
 
+    @property
+    def cli_sock(self) -> Path:
+        """Where the daemon serves ``qlite`` commands (qlite.served)."""
+        return self.run_dir / "cli.sock"
+
     def devices_dir(self, qube: str) -> Path:
         """Where attached filesystems are mounted on the host; a container
         qube sees it at /mnt/removable (mounts propagate into it). It is a
