@@ -17,14 +17,33 @@ standard library only.
 from __future__ import annotations
 
 import json
-import socket
 import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Generic, TypeVar, cast
+from types import GenericAlias
 
-# A decoded frame as its format spells it: the flat tuple (type, *fields, payload).
-Frame = TypeVar("Frame")
+# Every RPC call in a qube starts a Python that imports this module, and
+# typing would be its only reason to load typing: the type checker sees
+# typing's Generic, the interpreter a stand-in subscripted the same way.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    # _socket's class, socket.socket's base: what the guest's client uses.
+    from _socket import socket
+    from typing import Generic, TypeVar, cast
+
+    # A decoded frame as its format spells it: the flat tuple (type, *fields, payload).
+    Frame = TypeVar("Frame")
+else:
+
+    class Generic:
+        __slots__ = ()
+        __class_getitem__ = classmethod(GenericAlias)
+
+    Frame = None
+
+    def cast(_type: object, value: object) -> object:
+        return value
+
 
 MAX_FIELD = 0xFFFFFFFF
 
@@ -140,7 +159,7 @@ class Decoder(Generic[Frame]):
 
 
 def recv_frame(
-    sock: socket.socket, decoder: Decoder[Frame], backlog: list[Frame], deadline: float | None = None
+    sock: socket, decoder: Decoder[Frame], backlog: list[Frame], deadline: float | None = None
 ) -> Frame | None:
     """The next frame from SOCK (None at a clean end of stream). BACKLOG
     keeps the frames that arrived in the same read, for the next calls.

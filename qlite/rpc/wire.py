@@ -11,14 +11,18 @@ payload. An empty STDIN, STDOUT or STDERR payload means end of that stream.
 
 from __future__ import annotations
 
-import socket
-
 # The codec's module sits next to this one in the guest, in qlite.agent on the
 # host. Each type-checker run sees one side only, hence the ignore.
 if __package__ == "qlite_guest":
     from qlite_guest import frames
 else:
     from qlite.agent import frames  # type: ignore[no-redef, unused-ignore]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    # _socket's class, socket.socket's base: the guest's client uses it
+    # without socket.py, whose enums cost a qube's Python start dearly.
+    from _socket import socket
 
 VERSION = 1
 
@@ -72,7 +76,7 @@ class Decoder(frames.Decoder[tuple[int, bytes]]):
 
 
 def recv_frame(
-    sock: socket.socket, decoder: Decoder, backlog: list[tuple[int, bytes]], deadline: float | None = None
+    sock: socket, decoder: Decoder, backlog: list[tuple[int, bytes]], deadline: float | None = None
 ) -> tuple[int, bytes] | None:
     """The next frame from SOCK (None at a clean end of stream).
 
