@@ -9,13 +9,14 @@ copier, open-in-dvm and the TCP forwarder.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import selectors
-import socket
-import subprocess
 import sys
+
+# _socket, not socket: socket.py turns _socket's constants into enums as it
+# is imported, which costs a Python start in a qube more than this module.
+from _socket import AF_UNIX, SOCK_STREAM, socket
 from collections.abc import Callable, Iterable, Iterator
 
 from qlite_guest import wire
@@ -68,7 +69,7 @@ def normalize_target(target: str) -> str:
 class Call:
     """An allowed call: the socket, and frames already read past RESULT."""
 
-    def __init__(self, sock: socket.socket, target: str, decoder: wire.Decoder,
+    def __init__(self, sock: socket, target: str, decoder: wire.Decoder,
                  backlog: list[tuple[int, bytes]]):
         self.sock = sock
         self.target = target
@@ -94,7 +95,7 @@ def connect(target: str, service: str, argument: str = "", path: str | None = No
         raise RpcError(problem)
     target = normalize_target(target)
     path = path or socket_path()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket(AF_UNIX, SOCK_STREAM)
     try:
         try:
             sock.connect(path)
@@ -412,6 +413,11 @@ def main(argv: list[str], prog: str = "qrexec-client-vm") -> int:
 
 def _run_with_program(call: Call, program: list[str], prog: str, err_filter: bool | None) -> int:
     """The local program talks to the service; its stderr stays ours."""
+    # Here, not at the top: every call starts a Python, and few calls run a
+    # local program.
+    import contextlib  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
     try:
         proc = subprocess.Popen(program, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     except OSError as exc:

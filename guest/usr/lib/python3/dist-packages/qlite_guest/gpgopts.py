@@ -38,10 +38,8 @@ Refusals raise ForbiddenOption (message "Forbidden option: ..." or
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 
 class OptionError(ValueError):
@@ -56,11 +54,49 @@ class UsageError(OptionError):
     """Allowed options put together wrongly (missing value, two commands, bad operands)."""
 
 
-@dataclass(frozen=True)
-class Option:
+class FrozenRecord:
+    """A value object: its fields are its __slots__; equal, hashed and shown
+    by them, and read-only. What a frozen dataclass gives, without importing
+    dataclasses: that module imports inspect, which costs a Python start in
+    a qube more than all of split GPG's own code."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def _set(self, **fields: object) -> None:
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, FrozenRecord)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+
+class Option(FrozenRecord):
+    __slots__ = ("name", "command", "value")
     name: str                   # gpg's own long name: what the vault's gpg receives
-    command: str | None = None  # the command flag this option sets
-    value: str | None = None    # the kind of value it takes (VALUE_RULES), or None for a flag
+    command: str | None         # the command flag this option sets
+    value: str | None           # the kind of value it takes (VALUE_RULES), or None for a flag
+
+    def __init__(self, name: str, command: str | None = None, value: str | None = None) -> None:
+        self._set(name=name, command=command, value=value)
 
 
 def _flag(name: str) -> Option:
@@ -173,19 +209,25 @@ TRUST_MODELS = frozenset({"pgp", "classic", "direct", "always", "auto"})
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:-]{0,63}")
 
 
-@dataclass(frozen=True)
-class Operand:
+class Operand(FrozenRecord):
+    __slots__ = ("kind", "value")
     kind: str   # "stdin" ("-"), "file" (content sent by the client) or "key" (a key name)
     value: str
 
+    def __init__(self, kind: str, value: str) -> None:
+        self._set(kind=kind, value=value)
 
-@dataclass(frozen=True)
-class GpgRequest:
+
+class GpgRequest(FrozenRecord):
     """A command line that passed the filter, in one normal form."""
 
+    __slots__ = ("command", "options", "operands")
     command: str
     options: tuple[str, ...]     # e.g. ("--detach-sign", "--sign", "--armor", "--local-user=KEY")
     operands: tuple[Operand, ...]
+
+    def __init__(self, command: str, options: tuple[str, ...], operands: tuple[Operand, ...]) -> None:
+        self._set(command=command, options=options, operands=operands)
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -206,7 +248,7 @@ class GpgRequest:
             raise ValueError(f"{len(self.files)} file operands, {len(names)} names")
         it = iter(names)
         operands = tuple(Operand("file", next(it)) if op.kind == "file" else op for op in self.operands)
-        return dataclasses.replace(self, operands=operands)
+        return GpgRequest(self.command, self.options, operands)
 
     def args(self) -> list[str]:
         """The normal form as a command line; parse(args()) gives this request back."""
