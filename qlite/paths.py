@@ -114,6 +114,10 @@ class Paths:
     def admin_sock(self) -> Path:
         return self.run_dir / "admin.sock"
 
+    def agent_client_sock(self, qube: str) -> Path:
+        """The daemon's socket for host clients of running container QUBE's agent."""
+        return self.run_dir / "agents" / f"{qube}.sock"
+
     @property
     def cli_sock(self) -> Path:
         """Where the daemon serves ``qlite`` commands (qlite.served)."""

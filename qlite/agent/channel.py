@@ -33,8 +33,13 @@ ERROR = 0x18  # JSON {"message"}; ends the channel
 SIGNAL = 0x19  # host -> guest (exec): JSON {"signal": N} for the command's process group
 PING = 0x1A  # either way, channel 0; answered with PONG
 PONG = 0x1B
+RESIZE = 0x1C  # host -> guest (exec with a terminal): JSON {"rows", "cols"}
 
-TYPES = frozenset({HELLO, OPEN, STDIN, STDOUT, STDERR, EXIT, DATA, CLOSE, ERROR, SIGNAL, PING, PONG})
+TYPES = frozenset({HELLO, OPEN, STDIN, STDOUT, STDERR, EXIT, DATA, CLOSE, ERROR, SIGNAL, PING, PONG, RESIZE})
+# The frames each side may send. A frame the other side alone sends is a
+# forgery, and ends the link.
+FROM_HOST = frozenset({OPEN, STDIN, CLOSE, SIGNAL, PING, PONG, RESIZE, DATA})
+FROM_GUEST = frozenset({HELLO, OPEN, STDOUT, STDERR, EXIT, DATA, CLOSE, ERROR, PING, PONG})
 MAX_PAYLOAD = 64 * 1024
 MAX_CHANNEL = frames.MAX_FIELD
 
@@ -85,4 +90,16 @@ def validate_exec(req: dict) -> dict:
         raise ChannelError("user and cwd must be strings")
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ChannelError("env must map strings to strings")
-    return {"argv": argv, "user": user, "cwd": cwd, "env": env, "tty": bool(req.get("tty", False))}
+    out = {"argv": argv, "user": user, "cwd": cwd, "env": env, "tty": bool(req.get("tty", False))}
+    if "rows" in req or "cols" in req:
+        out["rows"], out["cols"] = validate_size(req)
+    return out
+
+
+def validate_size(req: dict) -> tuple[int, int]:
+    """A terminal's (rows, cols), each a whole number from 1 to 65535."""
+    rows, cols = req.get("rows"), req.get("cols")
+    for v in (rows, cols):
+        if type(v) is not int or not 0 < v <= 0xFFFF:
+            raise ChannelError("a terminal size is two whole numbers from 1 to 65535")
+    return rows, cols  # type: ignore[return-value]

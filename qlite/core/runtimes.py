@@ -14,10 +14,11 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from qlite.agent import client as agent_client
 from qlite.domain.model import Qube, State
 from qlite.domain.ports import exec_env
 from qlite.domain.runcommand import RUN_TOKEN_ENV, new_run_token, signal_argv
-from qlite.domain.spec import IDLE_COMMAND, container_name, qube_container_spec, volume_name
+from qlite.domain.spec import AGENT_COMMAND, container_name, qube_container_spec, volume_name
 from qlite.engines.base import ContainerInfo, Stdio
 from qlite.errors import InvalidValue, QliteError
 from qlite.safepath import UnsafePath
@@ -121,7 +122,7 @@ class ContainerRuntime:
             dns=plan.dns,
             rpc_source=str(self.qubes.rpc_dir(q)),
             devices_source=self.qubes.devices_source(q),
-            command=IDLE_COMMAND if command is None else tuple(command),
+            command=AGENT_COMMAND if command is None else tuple(command),
             user="root" if command is None else user,
             env=None if command is None else env,
             stdin_open=command is not None,
@@ -164,11 +165,34 @@ class ContainerRuntime:
         self.ctx.engine.unpause(self._name(q))
 
     def exec(self, q: Qube, argv: list[str], stdio: Stdio, user: str, workdir: str, env: dict[str, str]) -> int:
+        """Through the qube's agent, whose link the daemon holds: no exec
+        session, no runsc exec. Only when the agent cannot be reached (the
+        daemon is down, the agent died) is it runsc exec, as recovery."""
+        try:
+            return self._through_agent(q, argv, stdio, user, workdir, env)
+        except agent_client.AgentUnavailable:
+            return self._recovery_exec(q, argv, stdio, user, workdir, env)
+
+    def _through_agent(
+        self, q: Qube, argv: list[str], stdio: Stdio, user: str, workdir: str, env: dict[str, str]
+    ) -> int:
+        conn = agent_client.connect(self.ctx.paths.agent_client_sock(q.name), q.name)
+        return agent_client.exec_over(conn, q.name, argv, stdio, user, workdir, env)
+
+    def _recovery_exec(
+        self, q: Qube, argv: list[str], stdio: Stdio, user: str, workdir: str, env: dict[str, str]
+    ) -> int:
         return self.ctx.engine.exec(self._name(q), argv, stdio, user=user, workdir=workdir, env=env)
 
     def run(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int:
-        """runsc exec forwards no signal: the run carries a token, and Ctrl-C
-        reaches every process that carries it (qlite.domain.runcommand)."""
+        """The agent forwards signals itself. runsc exec forwards none: on
+        that path the run carries a token, and Ctrl-C reaches every process
+        that carries it (qlite.domain.runcommand)."""
+        workdir, env = exec_env(q, user, {})
+        try:
+            return self._through_agent(q, argv, stdio, user, workdir, env)
+        except agent_client.AgentUnavailable:
+            pass
         relay = stdio.interrupts
         token = new_run_token() if relay is not None else None
         workdir, env = exec_env(q, user, {RUN_TOKEN_ENV: token} if token else {})

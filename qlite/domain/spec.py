@@ -13,8 +13,12 @@ PRIVATE_HOME = "/rw/home/user"
 USER_UID = 1000
 # Volatile directories: they live in tmpfs and vanish at shutdown.
 VOLATILE = {"/tmp": "mode=1777", "/var/tmp": "mode=1777", "/run": "mode=755", "/var/log": "mode=755"}
-IDLE_COMMAND = ("sleep", "infinity")
+IDLE_COMMAND = ("sleep", "infinity")  # a VM qube's network holder
 RPC_MOUNT = "/run/qlite"  # holds rpc.sock, the qube's own socket to the broker
+AGENT_SOCKET = "agent.sock"  # beside rpc.sock: the daemon's socket for the qube's agent
+# A container qube's main process: the guest agent, connected to the daemon.
+AGENT_LABEL = "qlite.agent"
+AGENT_COMMAND = ("python3", "-E", "-m", "qlite_guest.vmagent", "--serve", f"{RPC_MOUNT}/{AGENT_SOCKET}")
 REMOVABLE_MOUNT = "/mnt/removable"  # attached devices' filesystems appear below it
 
 
@@ -93,11 +97,14 @@ def qube_container_spec(
     # the template's /home link. PWD keeps the shell's name for it.
     workdir = PRIVATE_HOME if user != "root" else "/"
     pwd = exec_place(user)[1]
+    labels = engine_labels(home_hash, qube.name, container_kind(qube), qube.owner)
+    if tuple(command) == AGENT_COMMAND:
+        labels[AGENT_LABEL] = "1"  # the daemon holds a link to this one's agent
     return ContainerSpec(
         name=container_name(home_hash, qube.name),
         image=image,
         command=tuple(command),
-        labels=engine_labels(home_hash, qube.name, container_kind(qube), qube.owner),
+        labels=labels,
         hostname=qube.name,
         user=user,
         workdir=workdir,

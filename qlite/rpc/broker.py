@@ -4,6 +4,10 @@ One listening socket per running qube (``run/rpc/<qube>/rpc.sock``, which
 the qube sees as ``/run/qlite/rpc.sock``): the socket a call arrives on is
 the caller's identity. Each call is evaluated against the policy, perhaps
 asked about, and then run in its target with stdio joined; see docs/rpc.md.
+
+The broker also holds each running container qube's agent link: the agent
+connects to ``agent.sock`` beside ``rpc.sock``, and host clients reach it
+through ``run/agents/<qube>.sock`` (qlite.agent.mux).
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from qlite.agent.mux import AgentMux
 from qlite.domain import preload
 from qlite.domain.context import Clock, Context
 from qlite.domain.model import Qube, State
 from qlite.domain.ports import PolicyFacts, RpcTargets
+from qlite.domain.spec import AGENT_LABEL, AGENT_SOCKET
 from qlite.engines.base import Stdio
 from qlite.errors import AccessDenied, NotRunning, QliteError
 from qlite.host.clock import SYSTEM_CLOCK
@@ -403,6 +409,8 @@ class Broker:
         self.log = log
         self.sel = selectors.DefaultSelector()
         self.listeners: dict[str, socket.socket] = {}
+        self.agents: dict[str, tuple[AgentMux, socket.socket, socket.socket]] = {}  # mux, agent's, clients'
+        self._with_agent: set[str] = set()  # running qubes whose main process is the agent
         self._bound_for: dict[str, str] = {}  # qube -> the container its listener was made for
         self.ctx = Context(paths)
         self._rescans: list[threading.Event] = []
@@ -426,11 +434,13 @@ class Broker:
     def running_qubes(self) -> dict[str, str]:
         """Running qubes by name, each with its container's id."""
         found = self.ctx.engine.list_containers({"qlite.home": self.ctx.home_hash})
-        return {
-            c.labels.get("qlite.qube", ""): c.id
+        running = {
+            c.labels.get("qlite.qube", ""): c
             for c in found
             if c.state == "running" and c.labels.get("qlite.kind") in ("app", "disp")
         }
+        self._with_agent = {name for name, c in running.items() if c.labels.get(AGENT_LABEL) == "1"}
+        return {name: c.id for name, c in running.items()}
 
     def rescan(self) -> None:
         try:
@@ -455,6 +465,11 @@ class Broker:
             self.listeners[name] = s
             self._bound_for[name] = running[name]
             self.sel.register(s, selectors.EVENT_READ, ("qube", name))
+            try:
+                if name in self._with_agent:
+                    self._host_agent(name)
+            except OSError as exc:
+                self._no_listener(name, f"cannot listen for {name}'s agent: {exc}")
         for name in set(self._trouble) - set(running):
             del self._trouble[name]
         for name in set(self.listeners) - set(running):
@@ -467,6 +482,44 @@ class Broker:
         s.close()
         with contextlib.suppress(OSError):
             (self.paths.rpc_dir(name) / SOCKET_NAME).unlink()
+        self._drop_agent(name)
+
+    def _host_agent(self, name: str) -> None:
+        """Listen for NAME's agent in its RPC directory (root in the qube
+        only), and for host clients of it in qlite's own run directory."""
+        dirfd = os.open(self.paths.rpc_dir(name), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self._clear_socket_name(name, dirfd, AGENT_SOCKET)
+            agent = _bind_at(dirfd, AGENT_SOCKET, 0o600)
+        finally:
+            os.close(dirfd)
+        try:
+            path = self.paths.agent_client_sock(name)
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            clients = _bind(path, 0o600)
+        except OSError:
+            agent.close()
+            raise
+        mux = AgentMux(name, self.log)
+        self.agents[name] = (mux, agent, clients)
+        self.sel.register(agent, selectors.EVENT_READ, ("agent", name))
+        self.sel.register(clients, selectors.EVENT_READ, ("agent-client", name))
+
+    def _drop_agent(self, name: str) -> None:
+        host = self.agents.pop(name, None)
+        if host is None:
+            return
+        mux, agent, clients = host
+        for s in (agent, clients):
+            self.sel.unregister(s)
+            s.close()
+        mux.close()
+        with contextlib.suppress(OSError):
+            (self.paths.rpc_dir(name) / AGENT_SOCKET).unlink()
+        with contextlib.suppress(OSError):
+            self.paths.agent_client_sock(name).unlink()
 
     def _listen(self, name: str) -> socket.socket | None:
         """A listener in NAME's RPC directory (None: it has none). The qube's
@@ -482,22 +535,22 @@ class Broker:
         finally:
             os.close(dirfd)
 
-    def _clear_socket_name(self, name: str, dirfd: int) -> None:
+    def _clear_socket_name(self, name: str, dirfd: int, socket_name: str = SOCKET_NAME) -> None:
         try:
-            st = os.stat(SOCKET_NAME, dir_fd=dirfd, follow_symlinks=False)
+            st = os.stat(socket_name, dir_fd=dirfd, follow_symlinks=False)
         except FileNotFoundError:
             return
         what = _describe(st.st_mode)
         try:
             # rmdir, never a tree walk: a qube's deep tree must not stall the loop.
             if stat.S_ISDIR(st.st_mode):
-                os.rmdir(SOCKET_NAME, dir_fd=dirfd)
+                os.rmdir(socket_name, dir_fd=dirfd)
             else:
-                os.unlink(SOCKET_NAME, dir_fd=dirfd)
+                os.unlink(socket_name, dir_fd=dirfd)
         except OSError as exc:
-            raise OSError(exc.errno, f"{SOCKET_NAME} is {what} that cannot be removed ({exc.strerror})") from None
+            raise OSError(exc.errno, f"{socket_name} is {what} that cannot be removed ({exc.strerror})") from None
         if not stat.S_ISSOCK(st.st_mode):  # an old socket is expected; anything else is the qube's doing
-            self.log(f"{name}: removed {what} in the place of {SOCKET_NAME}")
+            self.log(f"{name}: removed {what} in the place of {socket_name}")
 
     def _no_listener(self, name: str, message: str) -> None:
         """Log MESSAGE, unless it is what the last rescan said about NAME."""
@@ -538,6 +591,8 @@ class Broker:
                     continue
                 if kind == "admin":
                     threading.Thread(target=self._admin, args=(conn,), daemon=True).start()
+                elif kind in ("agent", "agent-client"):
+                    self._agent_connection(kind, name, conn)
                 else:
                     self._start_call(conn, name)
             if time.monotonic() >= next_scan:
@@ -545,7 +600,25 @@ class Broker:
                 next_scan = time.monotonic() + rescan_every
         self.close()
 
+    def _agent_connection(self, kind: str, name: str, conn: socket.socket) -> None:
+        host = self.agents.get(name)
+        if host is None:
+            conn.close()
+            return
+        mux = host[0]
+        if kind == "agent" and not mux.may_greet():
+            conn.close()  # a flood of connections from the qube: only a few may wait to greet
+            return
+        target = mux.agent_connected if kind == "agent" else mux.client
+        try:
+            threading.Thread(target=target, args=(conn,), daemon=True).start()
+        except RuntimeError as exc:
+            conn.close()
+            self.log(f"cannot serve {name}'s agent: {exc}")
+
     def close(self) -> None:
+        for name in list(self.agents):
+            self._drop_agent(name)
         for name, s in list(self.listeners.items()):
             s.close()
             with contextlib.suppress(OSError):

@@ -11,7 +11,7 @@ from qlite.core.reconcile import reap
 from qlite.domain.model import Qube, next_start_note
 from qlite.domain.prefs import GlobalPrefs
 from qlite.domain.runcommand import shimmed
-from qlite.domain.spec import container_name, network_name, volume_name
+from qlite.domain.spec import AGENT_COMMAND, container_name, network_name, volume_name
 from qlite.engines.base import Stdio
 from qlite.errors import (
     AlreadyExists,
@@ -143,7 +143,8 @@ def test_start_creates_a_read_only_labelled_container(ctx, qm, engine, work):
     spec = c.spec
     assert spec.image == IMAGE_ID
     assert spec.read_only is True
-    assert spec.labels == {"qlite.qube": "work", "qlite.kind": "app", "qlite.home": ctx.home_hash}
+    assert spec.labels == {"qlite.qube": "work", "qlite.kind": "app", "qlite.home": ctx.home_hash, "qlite.agent": "1"}
+    assert spec.command == AGENT_COMMAND  # the agent is the qube's main process
     mounts = {m.target: m for m in spec.mounts}
     vol = engine.volumes[volume_name(ctx.home_hash, "work")]
     assert mounts["/rw"].source == vol.name

@@ -47,7 +47,7 @@ def test_frames_round_trip_split_anywhere(frames, data):
     ("kind", "channel", "size", "error"),
     [
         (0x00, 0, 0, "unknown frame type"),
-        (0x1C, 0, 0, "unknown frame type"),
+        (0x1D, 0, 0, "unknown frame type"),
         (0xFF, 0, 0, "unknown frame type"),
         (ch.DATA, 0, ch.MAX_PAYLOAD + 1, "limit"),
         (ch.CLOSE, -1, 0, "out of range"),
