@@ -159,6 +159,16 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def alive(pid: int) -> bool:
+    """Whether PID runs (a zombie has died)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
 def _log(message: str) -> None:
     with contextlib.suppress(OSError):
         os.write(2, f"{time.strftime('%Y-%m-%d %H:%M:%S')} qlite fork server[{os.getpid()}]: {message}\n".encode())
@@ -304,9 +314,11 @@ class Server:
             with contextlib.suppress(Exception):
                 os.write(2, f"qlite: error: the daemon could not run this command: {exc!r}\n".encode())
         finally:
-            # A command that ended because the daemon died (its SIGTERM) says so.
+            # A command that ended because the daemon died says so: it may
+            # have seen that (a connection of the daemon's ends) before the
+            # SIGTERM that comes when the server dies with it.
             outcome: dict[str, object] = {"exit": code}
-            if os.getppid() != server:
+            if os.getppid() != server or not alive(self.parent):
                 outcome["daemon_stopped"] = True
             with contextlib.suppress(Exception):
                 conn.sendall(encode(outcome))
