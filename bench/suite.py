@@ -420,7 +420,36 @@ def build_result(
         },
         "idle_per_qube": per_qube,
     }
+    r["targets"] = targets(r)
     return r
+
+
+# Speed and memory targets: what is measured, the key holding it, the
+# limit, and how the figure prints. Each is a p50 from this one run.
+TARGETS = [
+    ("RPC call adds to the service's own run", "rpc_call_minus_local_p50_s", 0.025, "ms"),
+    ("split-GPG sign / gpg in the vault", "ratio_gpg_split_to_local_p50", 2.0, "x"),
+    ("cold disposable, networked / podman run, bridge", "ratio_cold_to_podman_run_net_p50", 1.0, "x"),
+    ("cold disposable, offline / podman run, none", "ratio_cold_offline_to_podman_run_p50", 1.0, "x"),
+    ("preloaded disposable / runsc do true", "ratio_preloaded_to_runsc_do_p50", 0.5, "x"),
+    ("qlite run RUNNING -- true / podman exec", "ratio_run_running_to_podman_exec_p50", 0.5, "x"),
+    ("qlite ls, all the bench's qubes", "ls_p50_s", 0.080, "ms"),
+    ("idle qube, gVisor PSS (agent included)", "idle_pss_per_qube_p50_mib", 20.0, "MiB"),
+]
+
+
+def targets(r: dict) -> dict[str, dict]:
+    """Each target with its measured value, its limit and whether it is met."""
+    return {
+        key: {"label": label, "measured": r[key], "limit": limit, "met": r[key] <= limit}
+        for label, key, limit, _unit in TARGETS
+    }
+
+
+def show_target(value: float, unit: str) -> str:
+    if unit == "ms":
+        return f"{value * 1000:.0f} ms"
+    return f"{value:.2f}x" if unit == "x" else f"{value:.1f} {unit}"
 
 
 # Table rows: label, key prefix, baseline label, baseline key prefix, published (text) or None.
@@ -505,6 +534,15 @@ def render(result: dict) -> None:
         f"\nchecks: {r['rpc_calls_logged_done']} RPC calls logged as done with exit 0 under {r['rpc_rule']}; "
         f"{r['gpg_signatures_verified']} signatures verified; "
         f"{r['gpg_rpc_auto_accepted_calls']} qubes.Gpg calls auto-accepted"
+    )
+    print("\ntargets (p50, this run)")
+    for label, key, limit, unit in TARGETS:
+        t = r["targets"][key]
+        verdict = "met" if t["met"] else f"MISSED by {show_target(t['measured'] - limit, unit)}"
+        print(f"  {label:<52} {show_target(t['measured'], unit):>9}  limit {show_target(limit, unit):>8}  {verdict}")
+    print(
+        f"  {'whole RPC call against Qubes OS (PUBLISHED)':<52} {ms(r['rpc_call_p50_s']):>9}  "
+        f"Qubes {r['published_not_measured_here']['qubes_rpc_call_ms']} ms"
     )
     p = r["published_not_measured_here"]
     print(
