@@ -94,14 +94,38 @@ def test_unsafe_names_are_127(dirs, args):
 
 
 def test_default_directories_are_the_qubes_ones():
-    dispatch_mod = GUEST.module("dispatch")
-    assert dispatch_mod.service_dirs({}) == ["/run/qubes-rpc", "/usr/local/etc/qubes-rpc", "/etc/qubes-rpc"]
-    assert dispatch_mod.service_dirs({"QLITE_RPC_DIRS": "/a::/b"}) == ["/a", "/b"]
+    text = GUEST.dispatch.read_text()
+    assert "${QLITE_RPC_DIRS:-/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc}" in text
+
+
+def test_empty_directories_in_the_list_are_skipped(dirs):
+    service(dirs[2] / "my.Svc")
+    proc = subprocess.run(
+        [str(GUEST.dispatch), "my.Svc"],
+        capture_output=True,
+        timeout=30,
+        env=GUEST.env(QLITE_RPC_DIRS=f"::{dirs[0]}::{dirs[2]}:"),
+    )
+    assert proc.stdout == b"etc/my.Svc 0\n"
+
+
+def test_a_service_that_is_not_executable_or_a_directory_is_passed_over(dirs):
+    service(dirs[0] / "my.Svc", mode=0o644)
+    (dirs[1] / "my.Svc").mkdir()
+    service(dirs[2] / "my.Svc")
+    assert dispatch(dirs, "my.Svc").stdout == b"etc/my.Svc 0\n"
+
+
+def test_names_are_not_globbed(dirs):
+    service(dirs[0] / "my.Svc")
+    proc = dispatch(dirs, "my.Sv*")
+    assert proc.returncode == 127 and proc.stdout == b""
 
 
 def test_shipped_services_are_executable_and_found():
     for name in ("qubes.Filecopy", "qubes.OpenInVM", "qubes.VMShell", "qubes.VMExec", "qubes.ConnectTCP"):
-        assert GUEST.module("dispatch").find_service(name, "", [str(GUEST.rpc_dir)]) == str(GUEST.rpc_dir / name)
+        path = GUEST.rpc_dir / name
+        assert path.is_file() and path.stat().st_mode & 0o111, name
 
 
 def test_vmshell_runs_stdin_as_commands():
