@@ -160,6 +160,9 @@ class ContainerRuntime:
 
     def pause(self, q: Qube) -> None:
         self.ctx.engine.pause(self._name(q))
+        # The broker takes a linked agent for a running qube: it must learn
+        # of the pause now, not at its next rescan.
+        self.ctx.daemon.notify(q.name)
 
     def resume(self, q: Qube) -> None:
         self.ctx.engine.unpause(self._name(q))

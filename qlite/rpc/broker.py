@@ -289,7 +289,8 @@ class Call:
         self, target: str, argv: list[str], env: dict[str, str], resolution: Resolution, qm: RpcTargets
     ) -> int:
         q = qm.get(target)
-        if qm.state_of(q) != State.RUNNING:
+        # A qube whose agent holds its link runs: no engine round trip.
+        if not self.broker.agent_linked(target) and qm.state_of(q) != State.RUNNING:
             if not resolution.autostart:
                 raise NotRunning(f"{target} is not running and the policy says autostart=no")
             qm.start(target, skip_if_running=True)
@@ -599,6 +600,11 @@ class Broker:
                 self.rescan()
                 next_scan = time.monotonic() + rescan_every
         self.close()
+
+    def agent_linked(self, name: str) -> bool:
+        """Whether running qube NAME's agent is connected now."""
+        host = self.agents.get(name)
+        return host is not None and host[0].link is not None
 
     def _agent_connection(self, kind: str, name: str, conn: socket.socket) -> None:
         host = self.agents.get(name)
