@@ -16,7 +16,7 @@ standard library only.
 
 from __future__ import annotations
 
-import json
+import _json
 import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -181,15 +181,73 @@ def recv_frame(
     return backlog.pop(0)
 
 
+# JSON through json's C half (_json): the json package itself imports re,
+# enum and functools, ~20 ms of every RPC tool's start inside a qube. The
+# result is what json.dumps(obj, separators=(",", ":")) and json.loads give.
+
+
+class _Decoding:
+    """What _json's scanner reads from a json.JSONDecoder."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> object:
+        raise ValueError(f"{name} is not a JSON value")
+
+
+def _not_json(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_scan = _json.make_scanner(_Decoding())  # type: ignore[arg-type]  # it reads only these attributes
+_ENCODERS = {
+    ascii: _json.make_encoder(
+        None,
+        _not_json,
+        _json.encode_basestring_ascii if ascii else _json.encode_basestring,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        True,
+    )
+    for ascii in (True, False)
+}
+_SPACE = " \t\n\r"
+
+
+def dumps(obj: object, ascii: bool = True) -> str:
+    """OBJ as compact JSON; with ASCII false, non-ASCII text stays as it is."""
+    return "".join(_ENCODERS[ascii](obj, 0))
+
+
+def loads(text: str) -> object:
+    """One JSON value (ValueError if TEXT is not exactly one)."""
+    start = len(text) - len(text.lstrip(_SPACE))
+    try:
+        value, end = _scan(text, start)
+    except StopIteration:
+        raise ValueError(f"Expecting value: char {start}") from None
+    if text[end:].strip(_SPACE):
+        raise ValueError(f"Extra data: char {end}")
+    return value
+
+
 def encode_json(obj: dict) -> bytes:
     """A JSON object as a frame payload."""
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return dumps(obj).encode()
 
 
 def decode_json(payload: bytes, error: type[FrameError] = FrameError) -> dict:
     """A payload that must hold one JSON object; else ERROR."""
     try:
-        obj = json.loads(payload.decode("utf-8"))
+        obj = loads(payload.decode("utf-8"))
     except UnicodeDecodeError:
         raise error("malformed message: not UTF-8") from None
     except RecursionError:  # a few KiB of "[" is enough

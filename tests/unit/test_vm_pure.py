@@ -4,6 +4,7 @@ bookkeeping, and the runner's small helpers. No QEMU, no root, no network."""
 
 from __future__ import annotations
 
+import json
 import lzma
 import os
 import stat
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qlite.agent import channel as ch
+from qlite.agent import frames
 from qlite.errors import EngineError, InvalidValue
 from qlite.paths import Paths
 from qlite.vm import disks, initramfs, kernel, runner
@@ -500,3 +502,26 @@ def test_tsc_khz_reads_the_hosts_clock_rate(text, want):
     from qlite.vm.runner import tsc_khz
 
     assert tsc_khz(text) == want
+
+
+# -- the JSON codec every frame format uses (json's C half, without re) --------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES)
+def test_frames_json_is_json(value):
+    assert frames.dumps(value) == json.dumps(value, separators=(",", ":"))
+    assert frames.dumps(value, ascii=False) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert frames.loads(frames.dumps(value)) == json.loads(json.dumps(value))
+    assert frames.loads(" \n" + json.dumps(value, indent=2) + "\t ") == json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize("text", ["", " ", "NaN", "Infinity", "[1] x", "{", '{"a":1}}', "[1,]", "'a'", '"\\x"'])
+def test_frames_json_refuses_what_is_not_one_json_value(text):
+    with pytest.raises(ValueError):
+        frames.loads(text)
