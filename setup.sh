@@ -25,7 +25,7 @@ fi
 PACKAGES=(
     podman netavark aardvark-dns conmon catatonit uidmap iptables
     mmdebstrap nftables iproute2 util-linux bsdutils procps
-    python3 python3-venv python3-dev gcc
+    python3 python3-venv python3-dev gcc libc6-dev
     ca-certificates git gnupg tmux
     qemu-system-x86 qemu-utils busybox-static e2fsprogs kmod swtpm swtpm-tools tpm2-tools
 )

@@ -27,7 +27,7 @@ def share(home):
     base_image = home.json("template", "list")[0]["image_id"]
     name = f"qt-{secrets.token_hex(3)}"
     root = Path(tempfile.mkdtemp(prefix="qlite-share-", dir="/var/tmp"))
-    for item in ("runsc-config", "guest", "Containerfile", "policies"):
+    for item in ("runsc-config", "guest", "guest-src", "Containerfile", "policies"):
         os.symlink(REPO / item, root / item)
     (root / "images").mkdir()
     os.symlink(REPO / "images" / "debian-12", root / "images" / "debian-12")
