@@ -45,8 +45,8 @@ DEFAULT_UPDATE = "export DEBIAN_FRONTEND=noninteractive; apt-get update && apt-g
 
 # The guest-tools layer's version (LABEL qlite.guest-tools in the top-level
 # Containerfile) that qubes need: 2 made /home a link into /rw; 3 has the
-# agent that container qubes run as their main process.
-GUEST_TOOLS = 3
+# agent that container qubes run as their main process; 4 has it in C.
+GUEST_TOOLS = 4
 
 
 def guest_tools_version(info: ImageInfo) -> int:

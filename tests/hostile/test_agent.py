@@ -183,6 +183,11 @@ def test_a_link_planted_where_the_agent_socket_goes_is_not_followed(daemon, atta
     binds its own socket; the canary fixture checks nothing was touched."""
     home = daemon
     home.run("shutdown", "--wait", attacker)
+    # Once the daemon has seen the qube stop, it removes its sockets: plant after that.
+    deadline = time.monotonic() + 30
+    while (home.path / "run" / "agents" / f"{attacker}.sock").exists():
+        assert time.monotonic() < deadline, "the daemon did not drop the stopped qube's agent socket"
+        time.sleep(0.2)
     rpc_dir = home.path / "run" / "rpc" / attacker
     rpc_dir.mkdir(parents=True, exist_ok=True)
     planted = rpc_dir / "agent.sock"

@@ -110,7 +110,7 @@ class FakeEngine:
 
     def add_image(self, image_id: str, tags: tuple[str, ...] = (), labels: dict[str, str] | None = None) -> ImageInfo:
         # Every image qlite builds carries the guest-tools layer and its label.
-        img = ImageInfo(id=image_id, tags=tuple(tags), labels={"qlite.guest-tools": "3", **(labels or {})})
+        img = ImageInfo(id=image_id, tags=tuple(tags), labels={"qlite.guest-tools": "4", **(labels or {})})
         self.images[image_id] = img
         return img
 
