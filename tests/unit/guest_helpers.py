@@ -67,9 +67,11 @@ class GuestTree:
         timeout: float = 30,
         **env: str,
     ) -> subprocess.CompletedProcess:
-        """Run a guest executable (with the test's python) against SOCKET_PATH."""
+        """Run a guest executable (a script with the test's python) against SOCKET_PATH."""
+        path = self.bin(name)
+        compiled = path.read_bytes()[:4] == b"\x7fELF"
         return subprocess.run(
-            [sys.executable, str(self.bin(name)), *args],
+            [*([] if compiled else [sys.executable]), str(path), *args],
             input=input,
             capture_output=True,
             env=self.env(QLITE_RPC_SOCKET=str(socket_path), **env),

@@ -39,7 +39,7 @@ ENTRY_POINTS = python_entry_points()
 
 def test_the_entry_points_are_found():
     assert {
-        "usr/bin/qrexec-client-vm",
+        "usr/lib/qlite/qrexec-client-vm.py",
         "usr/bin/qlite-gpg",
         "etc/qubes-rpc/qubes.Gpg",
     } <= set(ENTRY_POINTS)
