@@ -231,7 +231,15 @@ def loads(text: str) -> object:
     """One JSON value (ValueError if TEXT is not exactly one)."""
     start = len(text) - len(text.lstrip(_SPACE))
     try:
-        value, end = _scan(text, start)
+        try:
+            value, end = _scan(text, start)
+        except SystemError:
+            # _json reports a syntax error with json.decoder's error class,
+            # which it finds only once json.decoder is loaded: load it (on
+            # errors only) and scan again, for the error itself.
+            import json.decoder  # noqa: F401, PLC0415 - json brings re: only a malformed message pays for it
+
+            value, end = _scan(text, start)
     except StopIteration:
         raise ValueError(f"Expecting value: char {start}") from None
     if text[end:].strip(_SPACE):

@@ -72,7 +72,14 @@ def decode(line: bytes) -> dict[str, object]:
     """One JSON line as an object; ValueError if it is not one."""
     try:
         text = line.decode()
-        value, end = _scan(text, 0)
+        try:
+            value, end = _scan(text, 0)
+        except SystemError:
+            # _json raises json.decoder's error class, found only once that
+            # is loaded: load it (a malformed line only) and scan again.
+            import json.decoder  # noqa: F401, PLC0415 - json brings re: only a malformed line pays for it
+
+            value, end = _scan(text, 0)
     except (UnicodeDecodeError, StopIteration, ValueError, RecursionError) as exc:
         raise ValueError(f"not a JSON line: {exc}") from None
     if not isinstance(value, dict) or text[end:].strip():

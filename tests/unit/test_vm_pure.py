@@ -525,3 +525,24 @@ def test_frames_json_is_json(value):
 def test_frames_json_refuses_what_is_not_one_json_value(text):
     with pytest.raises(ValueError):
         frames.loads(text)
+
+
+@pytest.mark.parametrize("text", ["{", '{"a" 1}', '"\\x"', '"abc', "[1,", '{"a":}'])
+def test_frames_json_reports_a_syntax_error_in_a_fresh_python(text):
+    """_json raises json.decoder's class, which it finds only once loaded:
+    a Python that never imported json must still get a ValueError."""
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(frames.__file__).parent)!r})\n"
+        "import frames\n"
+        "assert 'json.decoder' not in sys.modules\n"
+        "try:\n"
+        f"    frames.loads({text!r})\n"
+        "except ValueError as exc:\n"
+        "    print('ValueError', exc)\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-SE", "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.startswith("ValueError"), done.stdout + done.stderr
