@@ -817,6 +817,85 @@ static int exec_search(char **argv, char **envp) {
     return seen_eacces ? EACCES : ENOENT;
 }
 
+/* -- RPC services: what /usr/lib/qlite/qubes-rpc-dispatch does ----------------------------
+ *
+ * The broker starts every RPC service as "qubes-rpc-dispatch SERVICE [ARG]".
+ * The dispatcher is a shell script (it serves VM qubes and the tests too),
+ * and a shell's start is most of what a call costs inside gVisor. So the
+ * agent does the script's work itself in the command's process, after it
+ * became the command's user: the same name rules, lookup order, argv and
+ * exit codes, and the same messages. */
+
+#define DISPATCHER "/usr/lib/qlite/qubes-rpc-dispatch"
+#define DEFAULT_RPC_DIRS "/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc"
+
+static void dispatch_fail(const char *fmt, const char *a, const char *b) {
+    char buf[1200];
+    int n = snprintf(buf, sizeof buf, "qubes-rpc-dispatch: ");
+    n += snprintf(buf + n, sizeof buf - (size_t)n, fmt, a, b);
+    if (n >= (int)sizeof buf - 1) n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    if (write_all(2, buf, (size_t)n)) {
+    }
+    _exit(127);
+}
+
+static int all_of(const char *s, const char *extra) {
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || strchr(extra, c)))
+            return 0;
+    }
+    return 1;
+}
+
+/* Exec NAME from the first directory of DIRS that has it as an executable
+ * regular file; return if none has. */
+static void run_from_dirs(const char *dirs, const char *name, const char *argument, char **envp) {
+    char path[PATH_MAX];
+    for (const char *p = dirs;; p++) {
+        const char *colon = strchr(p, ':');
+        size_t dlen = colon ? (size_t)(colon - p) : strlen(p);
+        struct stat st;
+        if (dlen && dlen + 1 + strlen(name) < sizeof path) {
+            memcpy(path, p, dlen);
+            path[dlen] = '/';
+            strcpy(path + dlen + 1, name);
+            if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0) {
+                char *args[] = {path, (char *)argument, NULL};
+                if (!*argument) args[1] = NULL;
+                execve(path, args, envp);
+                if (errno == ENOEXEC) { /* no #! line: a shell runs it, as the script's exec would */
+                    char *sh[] = {"/bin/sh", path, (char *)argument, NULL};
+                    if (!*argument) sh[2] = NULL;
+                    execve("/bin/sh", sh, envp);
+                }
+                child_fail(path, strerror(errno), 126);
+            }
+        }
+        if (!colon) return;
+        p = colon;
+    }
+}
+
+static void dispatch_service(char **argv, char **envp) {
+    int argc = 0;
+    while (argv[argc]) argc++;
+    if (argc < 2 || argc > 3) dispatch_fail("usage: qubes-rpc-dispatch SERVICE [ARG]%s%s", "", "");
+    const char *service = argv[1], *argument = argc == 3 ? argv[2] : "";
+    if (!*service || !strcmp(service, ".") || !strcmp(service, "..") || strlen(service) > 64 || !all_of(service, "._-"))
+        dispatch_fail("invalid service name '%s': use at most 64 of A-Z a-z 0-9 . _ -%s", service, "");
+    if (strlen(argument) > 256 || !all_of(argument, "._+-"))
+        dispatch_fail("invalid service argument '%s': use at most 256 of A-Z a-z 0-9 . _ + -%s", argument, "");
+    const char *dirs = env_get(envp, "QLITE_RPC_DIRS");
+    if (!dirs || !*dirs) dirs = DEFAULT_RPC_DIRS;
+    char full[64 + 1 + 256 + 1];
+    snprintf(full, sizeof full, "%s%s%s", service, *argument ? "+" : "", argument);
+    if (*argument) run_from_dirs(dirs, full, argument, envp);
+    run_from_dirs(dirs, service, argument, envp);
+    dispatch_fail("no such service %s (looked in %s)", full, dirs);
+}
+
 /* In the child: become the command. Never returns. */
 static void child(char **argv, char **envp, const struct user *u, const char *cwd, int fd0, int fd1, int fd2,
                   int tty) {
@@ -833,6 +912,7 @@ static void child(char **argv, char **envp, const struct user *u, const char *cw
     if (setgid(u->gid) < 0) child_fail(argv[0], "cannot switch to the command's group", 126);
     if (setuid(u->uid) < 0) child_fail(argv[0], "cannot switch to the command's user", 126);
     if (chdir(cwd) < 0 && chdir("/") < 0) child_fail(argv[0], "cannot change to its directory", 126);
+    if (!strcmp(argv[0], DISPATCHER)) dispatch_service(argv, envp);
     int err = exec_search(argv, envp);
     if (err == ENOENT) child_fail(argv[0], "command not found", 127);
     child_fail(argv[0], strerror(err), 126);

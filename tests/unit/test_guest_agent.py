@@ -583,3 +583,59 @@ def test_the_c_agent_survives_any_open_payload(c_host, data):
         kind, _ = c_host.recv(2)
         assert kind == ch.ERROR, bytes(payload)
     c_host.ping()
+
+
+# -- RPC services: the C agent does the dispatcher's work itself -----------------------------
+
+DISPATCH_ARGS = [
+    ("my.Svc", "arg"),
+    ("my.Svc", "other"),
+    ("my.Svc",),
+    ("no.Such", "arg"),
+    ("no.Such",),
+    ("../etc/my.Svc",),
+    ("a/b",),
+    ("",),
+    (".",),
+    ("..",),
+    ("x" * 65,),
+    ("x" * 64,),
+    ("my.Svc", "a/b"),
+    ("my.Svc", "a b"),
+    ("my.Svc", "../../x"),
+    ("my.Svc", "x" * 257),
+    ("my.Svc", "a", "b"),
+    ("my.Sv*",),
+    ("my.Svc", "é"),
+    (),
+]
+
+
+@pytest.fixture
+def rpc_dirs(tmp_path):
+    run, local, etc = (tmp_path / n for n in ("run", "local", "etc"))
+    for d in (run, local, etc):
+        d.mkdir()
+    for path, mode in ((run / "my.Svc", 0o755), (etc / "my.Svc+arg", 0o755), (local / "my.Svc+other", 0o644)):
+        path.write_text(f'#!/bin/sh\necho {path.parent.name}/{path.name} "$#" "$@" "$QREXEC_REMOTE_DOMAIN"; cat\n')
+        path.chmod(mode)
+    (local / "no-shebang.Svc").write_text('echo "no shebang" "$@"\n')
+    (local / "no-shebang.Svc").chmod(0o755)
+    return f"{run}::{local}:{etc}"
+
+
+@pytest.mark.parametrize("args", [*DISPATCH_ARGS, ("no-shebang.Svc", "x")], ids=repr)
+def test_the_c_agent_dispatches_services_as_the_dispatcher_script_does(agent, rpc_dirs, args):
+    """The broker's command line for a service: the C agent runs it without
+    the script, the Python agent through the script; same result."""
+    argv0 = "/usr/lib/qlite/qubes-rpc-dispatch" if agent.kind == "c" else str(GUEST.dispatch)
+    env = {"QLITE_RPC_DIRS": rpc_dirs, "QREXEC_REMOTE_DOMAIN": "work"}
+    res = agent.host.run(2, [argv0, *args], b"payload\n", env=env)
+    expected = subprocess.run(
+        [str(GUEST.dispatch), *args], input=b"payload\n", capture_output=True, timeout=TIMEOUT, env=GUEST.env(**env)
+    )
+    assert (res.code, res.stdout, res.stderr.replace(b"sh: 1: ", b"")) == (
+        expected.returncode,
+        expected.stdout,
+        expected.stderr,
+    )
