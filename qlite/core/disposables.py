@@ -9,26 +9,25 @@ the next qlite command what to reap; see ``reconcile``.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 
-from qlite.agent import client
+from qlite.agent import client as agent_client
 from qlite.core.qubes import QubeManager
 from qlite.domain import preload
 from qlite.domain.context import Context
 from qlite.domain.model import MODES, Qube, parse_choice, parse_mode
 from qlite.domain.runcommand import shimmed
-from qlite.domain.spec import exec_place
+from qlite.domain.spec import AGENT_COMMAND, exec_place
 from qlite.engines.base import Stdio
 from qlite.errors import InvalidValue, NotFound, QliteError, QubeNotFound
 from qlite.state.owners import current_owner
 
 MAX_DISPID = 9999
-# A preloaded member's main process: the guest agent on a root-only socket.
-PRELOAD_AGENT = ("python3", "-u", "-m", "qlite_guest.vmagent", "--connect", "/run/qlite/agent-host.sock")
 NAME_ATTEMPTS = 50
 
 
@@ -164,9 +163,9 @@ class DisposableManager:
                 if on_created is not None:
                     on_created(q)
                 user = user or q.default_user
-                conn = self.ctx.daemon.take_connection(q.name)
+                conn = agent_client.connect(self.ctx.paths.agent_client_sock(q.name), q.name)
                 workdir, place = exec_place(user)
-                return client.exec_over(
+                return agent_client.exec_over(
                     conn, q.name, argv, stdio, user, workdir, {"QLITE_QUBE": q.name, **place, **(env or {})}
                 )
             finally:
@@ -175,25 +174,23 @@ class DisposableManager:
                         self.qubes.destroy(q)
 
     def preload(self, dvm: str, generation: str) -> str:
-        """Create and start one ready member of DVM (in the daemon)."""
+        """Create and start one ready member of DVM (in the daemon): ready
+        once a command has run through its agent."""
         q = self.create(dvm)
-        srv = None
         try:
             self.qubes.features.set(q.name, preload.GENERATION, generation)
-            srv = preload.listen_for_agent(self.qubes.rpc_dir(q) / preload.AGENT_SOCKET)
-            cid = self.prepare(q, list(PRELOAD_AGENT), "root", Stdio(stdin=None))
+            cid = self.prepare(q, list(AGENT_COMMAND), "root", Stdio(stdin=None))
             self.ctx.engine.start(cid)
-            preload.accept_agent(srv, q.name)
-            self.qubes.rpc_ready(q, start_daemon=False)
+            self.qubes.rpc_ready(q, start_daemon=False)  # the broker links its agent
+            with open(os.devnull, "r+b") as null:
+                conn = agent_client.connect(self.ctx.paths.agent_client_sock(q.name), q.name)
+                code = agent_client.exec_over(conn, q.name, ["true"], Stdio(null, null, null), "root", "/", {})
+            if code != 0:
+                raise QliteError(f"the agent of preloaded {q.name} cannot run a command (exit {code})")
             self.qubes.add_tags(q.name, [preload.READY])
         except BaseException:
-            preload.drop_connection(q.name)
             self.qubes.destroy(q)
             raise
-        finally:
-            if srv is not None:
-                srv.close()
-                (self.qubes.rpc_dir(q) / preload.AGENT_SOCKET).unlink(missing_ok=True)
         return q.name
 
 

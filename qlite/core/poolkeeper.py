@@ -16,17 +16,7 @@ from qlite.core.qubes import QubeManager
 from qlite.domain.context import Context
 from qlite.domain.model import Qube
 from qlite.domain.prefs import GlobalPrefs
-from qlite.domain.preload import (
-    CONNECTIONS,
-    CONNECTIONS_LOCK,
-    FEATURE,
-    GENERATION,
-    READY,
-    SPENT,
-    drop_connection,
-    members,
-    parse_max,
-)
+from qlite.domain.preload import FEATURE, GENERATION, READY, SPENT, members, parse_max
 from qlite.errors import QliteError
 from qlite.paths import Paths
 
@@ -85,16 +75,8 @@ class PoolKeeper:
         ctx.on_warning = lambda m: self.log(f"preload: {m}")
         qm = QubeManager(ctx)
         for name in ctx.qube_store.tagged(SPENT):
-            drop_connection(name)
             with contextlib.suppress(QliteError):
                 qm.destroy(qm.get(name))
-        # A member claimed by a command that was killed before it took the
-        # connection is reaped by the next command; its connection goes too.
-        with CONNECTIONS_LOCK:
-            held = list(CONNECTIONS)
-        for name in held:
-            if not qm.exists(name):
-                drop_connection(name)
         want = wanted(ctx)
         dvms = ctx.qube_store.dvms_with_tagged_disposables(READY)
         for dvm in sorted(set(want) | dvms):
@@ -110,7 +92,6 @@ class PoolKeeper:
             if stale or len(ready) > n:
                 if self._unclaim(ctx, name):
                     ready.remove(name)
-                    drop_connection(name)
                     qm.destroy(qm.get(name))
                     self.log(f"preload: removed {name} ({'recycled' if stale else 'over the limit'})")
         for _ in range(n - len(members(ctx, dvm, READY))):

@@ -19,7 +19,6 @@ from qlite.host.clock import SYSTEM_CLOCK
 from qlite.paths import Paths
 
 if TYPE_CHECKING:  # annotations only: every command imports this module
-    import socket
     from pathlib import Path
 
     from qlite.runtime.probe import RuntimeProbe
@@ -102,8 +101,6 @@ class Daemon(Protocol):
     def notify(self, qube: str) -> None: ...
 
     def forget(self, uuid: str) -> None: ...
-
-    def take_connection(self, qube: str) -> socket.socket: ...
 
 
 class VmControl(Protocol):

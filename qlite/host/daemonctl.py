@@ -126,28 +126,6 @@ class DaemonControl:
         is not one the policy offers."""
         return self.request({"op": "answer", "id": ask_id, "allow": allow, "target": target}, timeout=timeout)
 
-    def take_connection(self, qube: str, timeout: float = ADMIN_TIMEOUT_S) -> socket.socket:
-        """The daemon's connection to preloaded QUBE's agent, passed to us."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(str(self.paths.admin_sock))
-            s.sendall(json.dumps({"op": "take", "qube": qube}).encode() + b"\n")
-            msg, fds, _flags, _addr = socket.recv_fds(s, 65536, 1)
-        except OSError as exc:
-            raise StateError(f"qlite daemon does not answer ({exc}); is it running?") from None
-        finally:
-            s.close()
-        if not fds:
-            try:
-                error = json.loads(msg).get("error")
-            except ValueError:
-                error = None
-            raise StateError(error or f"the daemon holds no agent connection for {qube}")
-        conn = socket.socket(fileno=fds[0])
-        conn.settimeout(None)
-        return conn
-
     def notify(self, qube: str) -> None:
         """Best effort: a qube started; create its socket now."""
         if self.running():

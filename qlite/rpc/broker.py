@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qlite.agent.mux import AgentMux
-from qlite.domain import preload
 from qlite.domain.context import Clock, Context
 from qlite.domain.model import Qube, State
 from qlite.domain.ports import PolicyFacts, RpcTargets
@@ -696,9 +695,6 @@ class Broker:
                         break
                     buf += chunk
                 msg = json.loads(buf)
-                if isinstance(msg, dict) and msg.get("op") == "take":
-                    self._take(conn, msg)
-                    return
                 reply = self._admin_op(msg)
             except (ValueError, OSError) as exc:
                 reply = {"ok": False, "error": f"bad request: {exc}"}
@@ -706,15 +702,6 @@ class Broker:
                 reply = {"ok": False, "error": str(exc)}
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode() + b"\n")
-
-    def _take(self, conn: socket.socket, msg: dict) -> None:
-        """Pass a preloaded disposable's agent connection to the claimant."""
-        agent = preload.take_connection(str(msg.get("qube", "")))
-        if agent is None:
-            conn.sendall(json.dumps({"ok": False, "error": f"no preloaded {msg.get('qube')!r} here"}).encode())
-            return
-        with agent:
-            socket.send_fds(conn, [json.dumps({"ok": True}).encode()], [agent.fileno()])
 
     def _admin_op(self, msg: dict) -> dict:
         op = msg.get("op")

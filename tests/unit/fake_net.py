@@ -56,9 +56,6 @@ class FakeDaemon:
     def running(self) -> bool:
         return False
 
-    def take_connection(self, qube: str):
-        raise AssertionError("a unit test tried to take a preloaded disposable's connection")
-
 
 @dataclass
 class FakeMounts:

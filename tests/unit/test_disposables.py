@@ -343,24 +343,6 @@ def test_a_removal_that_lost_a_race_counts_as_done(status, text, expected):
     assert gone(Resp()) is expected
 
 
-def test_the_pool_keeper_drops_connections_of_members_that_are_gone(ctx, paths):
-    import socket
-
-    from qlite.core import poolkeeper
-    from qlite.domain import preload
-
-    held, peer = socket.socketpair()
-    preload.CONNECTIONS["disp4321"] = held  # its claimant was killed, and the member reaped
-    try:
-        poolkeeper.PoolKeeper(paths, log=lambda _m: None).once()
-        assert "disp4321" not in preload.CONNECTIONS
-        assert held.fileno() == -1  # closed
-    finally:
-        preload.CONNECTIONS.pop("disp4321", None)
-        held.close()
-        peer.close()
-
-
 def test_a_reaper_takes_an_orphan_over_before_destroying_it(ctx, qm, dm, dvm, monkeypatch):
     """Two commands reaping at once: the orphan is first made the reaper's
     own in one transaction, so another reaper sees a live owner and leaves
