@@ -98,15 +98,17 @@ def test_a_changed_disposable_template_recycles_the_pool(pool):
 
 
 def test_a_killed_claimant_leaves_nothing_behind(pool):
-    wait_ready(pool, 2)
+    members = wait_ready(pool, 2)
     p = pool.popen("run", "--disposable", "--", "sleep", "60", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + WAIT_S
     claimed = None
     while claimed is None and time.monotonic() < deadline:
+        # One of the ready members, untagged by the claim: not the
+        # replacement the daemon starts meanwhile, untagged until ready.
         rows = [
             r
             for r in pool.json("ls")
-            if r["class"] == "DispVM" and "preloaded" not in r["tags"] and "spent" not in r["tags"]
+            if r["name"] in members and "preloaded" not in r["tags"] and "spent" not in r["tags"]
         ]
         claimed = rows[0]["name"] if rows else None
         time.sleep(0.2)

@@ -166,6 +166,11 @@ class Agent:
     host: Host
 
 
+def ignore_job_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 @pytest.fixture(params=["c", "python"])
 def agent(request, c_agent):
     d = short_tmpdir()
@@ -174,7 +179,9 @@ def agent(request, c_agent):
     srv.bind(str(sock))
     srv.listen(4)
     cmd, env = agent_command(request.param, c_agent, sock)
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+    # Started as a shell's background job under nohup starts it: SIGINT,
+    # SIGQUIT and SIGHUP ignored. The commands it runs must get them anyway.
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=ignore_job_signals)
     try:
         yield Agent(request.param, proc, Host(srv))
     finally:

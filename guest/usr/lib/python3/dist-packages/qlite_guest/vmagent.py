@@ -497,18 +497,29 @@ def _ignore(_signum: int, _frame: object) -> None:
     host's Ctrl-C could not stop them."""
 
 
+def _defaults_for_commands() -> None:
+    """The commands the agent starts inherit an ignored signal as ignored
+    (subprocess resets only SIGPIPE and SIGXFSZ), and then the host could
+    not stop them with it. Whatever started the agent (a shell's background
+    job, nohup) may have ignored some: the agent handles them instead."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, _ignore)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--connect":
-        signal.signal(signal.SIGINT, _ignore)
+        _defaults_for_commands()
         serve_host(sys.argv[2])
         return
     if len(sys.argv) == 3 and sys.argv[1] == "--serve":
-        signal.signal(signal.SIGINT, _ignore)
+        _defaults_for_commands()
         serve_forever(sys.argv[2])
         return
     if os.getpid() != 1:
         sys.exit("qlite-agent runs as PID 1 in a VM qube")
-    signal.signal(signal.SIGINT, _ignore)
+    _defaults_for_commands()
     signal.signal(signal.SIGTERM, _ignore)
     setup_mounts()
     Agent(Link(find_port())).serve()
