@@ -32,7 +32,10 @@ import psutil
 from qlite.state.owners import current_owner
 
 REPO = Path(__file__).resolve().parent.parent
-QLITE = (sys.executable, "-m", "qlite")
+# The command users type: the console script, a thin client that the
+# home's daemon serves while it runs (python -m qlite always runs in-process).
+_SCRIPT = Path(sys.executable).with_name("qlite")
+QLITE = (str(_SCRIPT),) if _SCRIPT.exists() else (sys.executable, "-m", "qlite")
 HOME_BASE = Path("/var/tmp")
 TEMPLATE = "debian-12"
 DEFAULT_DVM = "default-dvm"
