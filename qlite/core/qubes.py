@@ -616,6 +616,9 @@ class QubeManager:
         if not argv:
             raise InvalidValue("no command given")
         q = self.get(name)
+        linked = self.runtime(q).run_if_linked(q, shimmed(argv), stdio, user or q.default_user)
+        if linked is not None:
+            return linked
         state = self.state_of(q)
         if state == State.PAUSED:
             raise NotRunning(f"qube {name!r} is paused: unpause it first")

@@ -187,6 +187,19 @@ class ContainerRuntime:
     ) -> int:
         return self.ctx.engine.exec(self._name(q), argv, stdio, user=user, workdir=workdir, env=env)
 
+    def run_if_linked(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int | None:
+        """The daemon listens for Q's clients only while Q runs (it drops the
+        socket when Q stops or is paused): a connection is Q's answer."""
+        try:
+            conn = agent_client.connect(self.ctx.paths.agent_client_sock(q.name), q.name)
+        except agent_client.AgentUnavailable:
+            return None
+        workdir, env = exec_env(q, user, {})
+        try:
+            return agent_client.exec_over(conn, q.name, argv, stdio, user, workdir, env)
+        except agent_client.AgentUnavailable:
+            return None  # connected, but the agent was not there: nothing ran
+
     def run(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int:
         """The agent forwards signals itself. runsc exec forwards none: on
         that path the run carries a token, and Ctrl-C reaches every process

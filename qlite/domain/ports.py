@@ -48,6 +48,10 @@ class QubeRuntime(Protocol):
     def run(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int:
         """A user's command in running Q, with Ctrl-C (stdio.interrupts) passed to it."""
 
+    def run_if_linked(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int | None:
+        """As run, if Q's agent is linked to the daemon (so Q runs: no
+        engine round trip to ask); None, with nothing run, if it is not."""
+
     def attach_block(self, q: Qube, node: str, path: str, read_only: bool) -> str:
         """Give block device PATH to running Q as NODE (takes_block_devices only)."""
 

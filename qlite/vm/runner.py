@@ -356,6 +356,9 @@ class VmRunner:
     def check_private(self, q: Qube) -> None:
         """Any private volume becomes the VM's disk (verified at start)."""
 
+    def run_if_linked(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int | None:
+        return None  # the supervisor's socket outlives a VM that stopped: ask QEMU's state first
+
     def run(self, q: Qube, argv: list[str], stdio: Stdio, user: str) -> int:
         """The agent's client passes Ctrl-C on to the command (a SIGNAL frame)."""
         workdir, env = exec_env(q, user, {})
